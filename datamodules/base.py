@@ -1,0 +1,227 @@
+"""Shared data layer for every stage: manifest -> validated samples -> persisted splits -> cache.
+
+The segmentation and classification DataModules differ only in what an item is; reading,
+validation, splitting and the once-per-image deterministic preprocessing live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from datamodules.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
+from datamodules.splits import fold_ids, load_or_make_splits
+from datamodules.transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedSample:
+    """A sample after the deterministic part (decode, preprocess), kept in memory once."""
+
+    sample: Sample
+    label: int
+    image: np.ndarray  # uint8 HxWxC, preprocessed, original resolution
+    labels: np.ndarray | None  # uint8 HxW: 0 bg, 1 cytoplasm, 2 nucleus
+
+
+def balanced_sampler(labels: Sequence[int], seed: int = 0) -> WeightedRandomSampler:
+    """Draw classes about uniformly: each item weighted by 1 / its class frequency."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    gen = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=gen)
+
+
+class WBCDataModule(L.LightningDataModule):
+    """Base DataModule; subclasses implement `make_dataset(split, items)`."""
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "dataset",
+        layout: str = "csv",
+        csv_name: str = "labels.csv",
+        classes: Sequence[str] | None = None,
+        drop_classes: Sequence[str] = (),
+        mask_encoding: Mapping | None = None,
+        preprocess: Mapping | None = None,
+        image_size: int = 128,
+        target: str = "nucleus",
+        train_transforms: Mapping[str, Any] | Sequence[Any] | None = None,
+        splits: Mapping | None = None,
+        fold: int = 0,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        sampler: str = "none",
+        sampler_seed: int = 0,
+        generator: Any = None,
+        require_masks: bool = True,
+    ) -> None:
+        super().__init__()
+        if sampler not in ("none", "balanced"):
+            raise ValueError(f"data.sampler must be 'none' or 'balanced', got {sampler!r}")
+        if target not in ("nucleus", "multiclass"):
+            raise ValueError(f"data.target must be 'nucleus' or 'multiclass', got {target!r}")
+        self.root = Path(root)
+        self.name = name
+        self.layout, self.csv_name = layout, csv_name
+        self.classes = list(classes) if classes is not None else None
+        self.drop_classes = list(drop_classes or [])
+        self.encoding = MaskEncoding.from_config(mask_encoding)
+        self.preprocess = Preprocess.from_config(preprocess)
+        self.image_size = image_size
+        self.target = target
+        if isinstance(train_transforms, Mapping):  # named entries from conf/augment/*.yaml
+            train_transforms = [t for t in train_transforms.values() if t is not None]
+        self.train_transforms = list(train_transforms or [])
+        self.splits_cfg = dict(splits or {})
+        self.fold = fold
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.sampler = sampler
+        self.sampler_seed = sampler_seed
+        self.generator = generator
+        self.require_masks = require_masks
+        self.manifest: Manifest | None = None
+        self.splits: dict | None = None
+        self.cache: dict[str, CachedSample] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    # ----------------------------------------------------------------- data preparation
+    def prepare_data(self) -> None:
+        """Generate the embedded synthetic dataset on first use (rank 0 only)."""
+        if self.generator is not None:
+            from datamodules.synthetic import ensure_synthetic
+
+            ensure_synthetic(self.root, self.generator)
+
+    def splits_path(self) -> Path:
+        cfg = self.splits_cfg
+        k, seed, tf = cfg.get("k", 5), cfg.get("seed", 0), cfg.get("test_fraction", 0.3)
+        folder = Path(cfg.get("dir") or self.root)
+        return folder / f"splits_{self.name}_seed{seed}_k{k}_test{round(tf * 100)}.json"
+
+    def load_manifest(self) -> Manifest:
+        if self.manifest is None:
+            self.manifest = read_manifest(
+                self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks
+            )
+            if self.manifest.dropped:
+                log.info("data.drop_classes excluded %s", self.manifest.dropped)
+            self.classes = self.manifest.classes
+        return self.manifest
+
+    def load_splits(self) -> dict:
+        if self.splits is None:
+            m = self.load_manifest()
+            cfg = self.splits_cfg
+            self.splits = load_or_make_splits(
+                self.splits_path(),
+                [s.id for s in m.samples],
+                m.labels,
+                m.groups if cfg.get("use_groups", True) else None,
+                test_fraction=cfg.get("test_fraction", 0.3),
+                k=cfg.get("k", 5),
+                seed=cfg.get("seed", 0),
+                user_file=cfg.get("file"),
+            )
+            for note in self.splits.get("meta", {}).get("notes", []):
+                log.warning("splits: %s", note)
+        return self.splits
+
+    def split_ids(self) -> dict[str, list[str]]:
+        train, val, test = fold_ids(self.load_splits(), self.fold)
+        return {"train": train, "val": val, "test": test}
+
+    def cached(self, ids: Sequence[str]) -> list[CachedSample]:
+        """Decode + preprocess each image once; later calls reuse the arrays."""
+        m = self.load_manifest()
+        by_id = m.by_id()
+        index = {c: i for i, c in enumerate(m.classes)}
+        problems = []
+        for sid in ids:
+            if sid in self.cache:
+                continue
+            s = by_id[sid]
+            try:
+                rgb, labels = load_sample(s, self.encoding)
+            except ManifestError as err:
+                problems.append(str(err))
+                continue
+            self.cache[sid] = CachedSample(s, index[s.class_name], self.preprocess(rgb), labels)
+        if problems:
+            shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+            raise ManifestError(f"{len(problems)} bad file(s) in dataset {self.name} at {self.root}: " + " | ".join(shown))
+        return [self.cache[sid] for sid in ids]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        ids = self.split_ids()
+        self.cached(ids["train"] + ids["val"] + ids["test"])  # validate everything up front, one error
+        for split, split_ids in ids.items():
+            self.datasets[split] = self.make_dataset(split, self.cached(split_ids))
+
+    def make_dataset(self, split: str, items: list[CachedSample]) -> Dataset:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- loaders
+    def dataset_labels(self, split: str) -> list[int]:
+        return list(self.datasets[split].class_labels)  # type: ignore[attr-defined]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        ds = self.datasets[split]
+        sampler = None
+        if train and self.sampler == "balanced":
+            sampler = balanced_sampler(self.dataset_labels(split), self.sampler_seed)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(ds) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def data_info(self) -> dict:
+        """What a checkpoint must carry so prediction sees the same inputs as training."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes or []),
+            "preprocess": self.preprocess.to_dict(),
+            "image_size": self.image_size,
+            "target": self.target,
+        }

@@ -1,0 +1,267 @@
+"""Dataset manifests: one in-memory description for every on-disk layout, validated up front.
+
+Two layouts are read:
+- `csv`: a folder with `labels.csv` (columns `image`, `mask`, `class_name`; optional `group`
+  = patient/slide id, `instances` = nucleus instance map, `image_id`) plus the files;
+- `folders`: `images/<class>/x.png` and `masks/<class>/x.<ext>` with the same stem.
+
+Mask values are decoded through a `MaskEncoding` taken from config, into one label map with
+0 = background, 1 = cytoplasm, 2 = nucleus. Every problem found is reported in one
+`ManifestError` that names the file (or key) and says what was expected; nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.imageio import ImageReadError, decode_raw, read_mask, read_rgb
+
+BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
+LABEL_NAMES = ("background", "cytoplasm", "nucleus")
+IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+REQUIRED_COLUMNS = ("image", "mask", "class_name")
+
+
+class ManifestError(ValueError):
+    """The dataset on disk does not match what the config says it should be."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset (paths are absolute)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+    class_name: str
+    group: str | None = None
+    instances: Path | None = None
+
+
+@dataclass(frozen=True)
+class MaskEncoding:
+    """How raw mask values map to background / cytoplasm / nucleus.
+
+    `mode="grey"`: each label lists inclusive [lo, hi] value ranges (a user's 0/255 binary mask is
+    `nucleus: [[255, 255]]`, `background: [[0, 0]]`). `mode="rgb"`: each label lists RGB colours.
+    A label may be absent (binary masks have no cytoplasm). Values matching no label are an error.
+    """
+
+    mode: str = "grey"
+    background: Sequence[Sequence[int]] = ((0, 0),)
+    cytoplasm: Sequence[Sequence[int]] = ((128, 128),)
+    nucleus: Sequence[Sequence[int]] = ((255, 255),)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> MaskEncoding:
+        if cfg is None:
+            return cls()
+        unknown = set(cfg) - {"mode", "background", "cytoplasm", "nucleus"}
+        if unknown:
+            raise ManifestError(f"data.mask_encoding: unknown keys {sorted(unknown)}; expected mode/background/cytoplasm/nucleus")
+        mode = cfg.get("mode", "grey")
+        if mode not in ("grey", "rgb"):
+            raise ManifestError(f"data.mask_encoding.mode must be 'grey' or 'rgb', got {mode!r}")
+        width = 2 if mode == "grey" else 3
+        parts = {}
+        for name in ("background", "cytoplasm", "nucleus"):
+            entries = [tuple(int(v) for v in e) for e in (cfg.get(name) or [])]
+            for e in entries:
+                if len(e) != width:
+                    raise ManifestError(
+                        f"data.mask_encoding.{name}: entry {list(e)} should have {width} numbers "
+                        f"({'[lo, hi] range' if mode == 'grey' else '[R, G, B] colour'})"
+                    )
+            parts[name] = tuple(entries)
+        if not parts["nucleus"]:
+            raise ManifestError("data.mask_encoding.nucleus is empty; the nucleus must have at least one value")
+        return cls(mode=mode, **parts)
+
+    def decode(self, raw: np.ndarray, where: str = "mask") -> np.ndarray:
+        """Raw mask -> uint8 label map (0 bg, 1 cytoplasm, 2 nucleus); error on unknown values."""
+        if self.mode == "rgb":
+            if raw.ndim != 3:
+                raise ManifestError(f"{where}: expected an RGB colour-coded mask (mask_encoding.mode=rgb), got a grey mask")
+            hits = lambda c: np.all(raw == np.asarray(c, dtype=raw.dtype), axis=-1)  # noqa: E731
+        else:
+            if raw.ndim != 2:
+                raise ManifestError(f"{where}: expected a grey mask (mask_encoding.mode=grey), got shape {raw.shape}")
+            hits = lambda r: (raw >= r[0]) & (raw <= r[1])  # noqa: E731
+        out = np.zeros(raw.shape[:2], dtype=np.uint8)
+        known = np.zeros(raw.shape[:2], dtype=bool)
+        for value, entries in ((BACKGROUND, self.background), (CYTOPLASM, self.cytoplasm), (NUCLEUS, self.nucleus)):
+            for entry in entries:
+                m = hits(entry)
+                out[m] = value
+                known |= m
+        if not known.all():
+            bad = raw[~known]
+            examples = np.unique(bad.reshape(-1, raw.shape[2]) if raw.ndim == 3 else bad, axis=0)[:5]
+            raise ManifestError(
+                f"{where}: {int((~known).sum())} pixels have values outside data.mask_encoding "
+                f"(e.g. {examples.tolist()}); expected {self.describe()}"
+            )
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{n}={list(map(list, getattr(self, n)))}" for n in LABEL_NAMES if getattr(self, n))
+
+
+@dataclass
+class Manifest:
+    root: Path
+    samples: list[Sample]
+    classes: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[s.class_name] for s in self.samples], dtype=np.int64)
+
+    @property
+    def groups(self) -> list[str] | None:
+        groups = [s.group for s in self.samples]
+        return None if all(g in (None, "") for g in groups) else [g or s.id for g, s in zip(groups, self.samples)]
+
+    def by_id(self) -> dict[str, Sample]:
+        return {s.id: s for s in self.samples}
+
+
+def _read_csv(root: Path, csv_name: str) -> list[Sample]:
+    path = root / csv_name
+    if not path.is_file():
+        raise ManifestError(f"{path}: labels file not found; expected a CSV with columns {list(REQUIRED_COLUMNS)} (layout=csv)")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ManifestError(f"{path}: missing columns {missing}; found {columns}, expected at least {list(REQUIRED_COLUMNS)}")
+        rows = list(reader)
+    if not rows:
+        raise ManifestError(f"{path}: no rows; expected one row per image")
+    problems, samples = [], []
+    seen: Counter[str] = Counter(r["image"] for r in rows)
+    dupes = sorted(k for k, n in seen.items() if n > 1)
+    if dupes:
+        problems.append(f"duplicate rows for image(s) {dupes[:5]} ({len(dupes)} in all); each image must appear once")
+    for line, row in enumerate(rows, start=2):
+        if not row.get("image") or not row.get("class_name"):
+            problems.append(f"line {line}: empty 'image' or 'class_name'")
+            continue
+        image = root / row["image"]
+        sample_id = (row.get("image_id") or "").strip() or Path(row["image"]).with_suffix("").as_posix()
+        if "subset" in row and row.get("subset") and row.get("image_id"):
+            sample_id = f"{row['subset']}/{row['image_id']}"
+        samples.append(
+            Sample(
+                id=sample_id,
+                image=image,
+                mask=(root / row["mask"]) if row.get("mask") else None,
+                class_name=row["class_name"].strip(),
+                group=(row.get("group") or "").strip() or None,
+                instances=(root / row["instances"]) if row.get("instances") else None,
+            )
+        )
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+    return samples
+
+
+def _read_folders(root: Path) -> list[Sample]:
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir():
+        raise ManifestError(f"{images_dir}: not found; layout=folders expects images/<class>/<file> and masks/<class>/<file>")
+    samples = []
+    for class_dir in sorted(p for p in images_dir.iterdir() if p.is_dir()):
+        for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+            candidates = [masks_dir / class_dir.name / (image.stem + ext) for ext in IMAGE_EXTENSIONS]
+            mask = next((c for c in candidates if c.exists()), candidates[0])
+            samples.append(Sample(id=f"{class_dir.name}/{image.stem}", image=image, mask=mask, class_name=class_dir.name))
+    if not samples:
+        raise ManifestError(f"{images_dir}: no images found in class sub-folders (extensions {list(IMAGE_EXTENSIONS)})")
+    return samples
+
+
+def read_manifest(
+    root: str | Path,
+    layout: str = "csv",
+    csv_name: str = "labels.csv",
+    classes: Sequence[str] | None = None,
+    drop_classes: Iterable[str] = (),
+    require_masks: bool = True,
+) -> Manifest:
+    """Read and check a dataset's listing (files are decoded later, by `load_sample`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"data.root={root}: folder not found; set data.root (or the WBC_DATA_DIR / WBC_SHARED_DATA env var)")
+    if layout == "csv":
+        samples = _read_csv(root, csv_name)
+    elif layout == "folders":
+        samples = _read_folders(root)
+    else:
+        raise ManifestError(f"data.layout must be 'csv' or 'folders', got {layout!r}")
+    drop = set(drop_classes)
+    dropped = Counter(s.class_name for s in samples if s.class_name in drop)
+    samples = [s for s in samples if s.class_name not in drop]
+    found = sorted({s.class_name for s in samples})
+    if classes is None:
+        classes = found
+    classes = list(classes)
+    problems = []
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        problems.append(f"unknown class(es) {unknown}: not in data.classes={classes} (add them, or list them in data.drop_classes)")
+    empty = [c for c in classes if c not in found]
+    if empty:
+        problems.append(f"class(es) {empty} in data.classes have no images")
+    ids = Counter(s.id for s in samples)
+    if any(n > 1 for n in ids.values()):
+        problems.append(f"duplicate image ids {[k for k, n in ids.items() if n > 1][:5]}")
+    for s in samples:
+        if not s.image.is_file():
+            problems.append(f"{s.image}: image file not found")
+        if require_masks and (s.mask is None or not s.mask.is_file()):
+            problems.append(f"{s.mask or s.image}: mask file not found for image {s.image.name}")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ManifestError(f"dataset at {root} ({layout} layout): " + "; ".join(shown))
+    return Manifest(root=root, samples=samples, classes=classes, dropped=dict(dropped))
+
+
+def load_sample(sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one sample -> (RGB uint8 image, label map uint8 or None); errors name the file."""
+    try:
+        image = read_rgb(sample.image)
+        if sample.mask is None:
+            return image, None
+        raw = read_mask(sample.mask)
+    except ImageReadError as err:
+        raise ManifestError(str(err)) from err
+    if raw.shape[:2] != image.shape[:2]:
+        raise ManifestError(
+            f"{sample.mask}: mask size {raw.shape[1]}x{raw.shape[0]} differs from image {sample.image.name} "
+            f"size {image.shape[1]}x{image.shape[0]} (width x height); they must be equal"
+        )
+    return image, encoding.decode(raw, where=str(sample.mask))
+
+
+def load_instances(sample: Sample) -> np.ndarray | None:
+    """Ground-truth nucleus instance ids (0 = none) if the dataset provides them."""
+    if sample.instances is None:
+        return None
+    try:
+        arr = decode_raw(sample.instances)
+    except ImageReadError as err:
+        raise ManifestError(str(err)) from err
+    if arr.ndim != 2:
+        raise ManifestError(f"{sample.instances}: instance map must be a single-channel image, got shape {arr.shape}")
+    return arr.astype(np.int32)

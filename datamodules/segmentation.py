@@ -1,0 +1,42 @@
+"""Segmentation data: (image, nucleus or 3-class mask) pairs on the shared data layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import CachedSample, WBCDataModule
+from datamodules.manifest import NUCLEUS
+from datamodules.transforms import build_pipeline, to_tensor
+
+
+class SegmentationDataset(Dataset):
+    """Items: image float CxHxW in [0,1]; mask float 1xHxW (nucleus) or long HxW (3 classes)."""
+
+    def __init__(self, items: list[CachedSample], transforms, image_size: int, target: str = "nucleus") -> None:
+        self.items = items
+        self.pipeline = build_pipeline(transforms, image_size)
+        self.target = target
+        self.class_labels = [it.label for it in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.items[i]
+        out = self.pipeline(image=it.image, mask=it.labels)
+        labels = out["mask"]
+        if self.target == "nucleus":
+            mask = torch.from_numpy((labels == NUCLEUS).astype(np.float32))[None]
+        else:
+            mask = torch.from_numpy(labels.astype(np.int64))
+        return {"image": to_tensor(out["image"]), "mask": mask, "label": it.label, "index": i}
+
+
+class SegmentationDataModule(WBCDataModule):
+    """Augmentation is applied to the training split only; val/test only resize."""
+
+    def make_dataset(self, split: str, items: list[CachedSample]) -> Dataset:
+        transforms = self.train_transforms if split == "train" else None
+        return SegmentationDataset(items, transforms, self.image_size, self.target)

@@ -1,0 +1,174 @@
+"""Leak-free splits, computed once and persisted (nnU-Net's `splits_final.json` idea).
+
+A stratified train/test split comes first (70/30 by default) and never changes with `k` or the
+fold; stratified k-fold runs inside the training part. With a group column (patient or slide)
+both steps are group-aware, so one patient is never on both sides. Augmentation happens later,
+on the training subset only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+SPLITS_VERSION = 1
+
+
+class SplitError(ValueError):
+    """Splits cannot be made or do not fit the dataset."""
+
+
+def fingerprint(ids: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def _test_split(ids, labels, groups, test_fraction, seed):
+    idx = np.arange(len(ids))
+    if groups is None:
+        counts = Counter(labels.tolist())
+        too_small = {c: n for c, n in counts.items() if n < 2}
+        if too_small:
+            raise SplitError(
+                f"class index(es) {too_small} have fewer than 2 images: a stratified train/test split needs >= 2 "
+                "per class (list such classes in data.drop_classes or add images)"
+            )
+        train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        return np.sort(train), np.sort(test)
+    n_splits = max(2, round(1.0 / test_fraction))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        folds = list(sgkf.split(idx, labels, groups))
+    target = test_fraction * len(ids)
+    train, test = min(folds, key=lambda f: abs(len(f[1]) - target))
+    return np.sort(train), np.sort(test)
+
+
+def make_splits(
+    ids: Sequence[str],
+    labels: Sequence[int],
+    groups: Sequence[str] | None = None,
+    test_fraction: float = 0.3,
+    k: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Compute {"test": ids, "folds": [{"train": ids, "val": ids}] * k, "meta": ...}."""
+    ids = list(ids)
+    labels = np.asarray(labels)
+    if len(set(ids)) != len(ids):
+        raise SplitError("sample ids are not unique")
+    if not 0.0 < test_fraction < 1.0:
+        raise SplitError(f"data.splits.test_fraction must be in (0, 1), got {test_fraction}")
+    if k < 2:
+        raise SplitError(f"data.splits.k must be >= 2, got {k}")
+    groups_arr = None if groups is None else np.asarray(groups)
+    train_idx, test_idx = _test_split(ids, labels, groups_arr, test_fraction, seed)
+    n_units = len(set(groups_arr[train_idx])) if groups_arr is not None else len(train_idx)
+    if k > n_units:
+        raise SplitError(
+            f"data.splits.k={k} is larger than the number of training {'groups' if groups_arr is not None else 'images'} ({n_units})"
+        )
+    train_counts = Counter(labels[train_idx].tolist())
+    notes = []
+    small = {int(c): n for c, n in train_counts.items() if n < k}
+    if small:
+        notes.append(
+            f"class index(es) {small} have fewer training images than k={k}: some validation folds will not "
+            "contain them (their per-class figures are NaN there and left out of fold means)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if groups_arr is None:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+            parts = splitter.split(train_idx, labels[train_idx])
+        else:
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            parts = splitter.split(train_idx, labels[train_idx], groups_arr[train_idx])
+        folds = [
+            {"train": sorted(ids[i] for i in train_idx[tr]), "val": sorted(ids[i] for i in train_idx[va])}
+            for tr, va in parts
+        ]
+    return {
+        "meta": {
+            "version": SPLITS_VERSION,
+            "seed": seed,
+            "k": k,
+            "test_fraction": test_fraction,
+            "grouped": groups_arr is not None,
+            "n_samples": len(ids),
+            "fingerprint": fingerprint(ids),
+            "notes": notes,
+        },
+        "test": sorted(ids[i] for i in test_idx),
+        "folds": folds,
+    }
+
+
+def validate_splits(splits: dict, ids: Sequence[str], where: str) -> None:
+    """A splits file must cover only known ids, with disjoint test/train/val parts."""
+    known = set(ids)
+    if not isinstance(splits, dict) or "test" not in splits or "folds" not in splits:
+        raise SplitError(f"{where}: expected a JSON object with keys 'test' and 'folds'")
+    test = set(splits["test"])
+    unknown = test - known
+    for i, fold in enumerate(splits["folds"]):
+        tr, va = set(fold.get("train", [])), set(fold.get("val", []))
+        unknown |= (tr | va) - known
+        if tr & va or (tr | va) & test:
+            raise SplitError(f"{where}: fold {i} overlaps (train/val/test must be disjoint)")
+    if unknown:
+        raise SplitError(f"{where}: {len(unknown)} ids not in the dataset, e.g. {sorted(unknown)[:3]}")
+
+
+def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fraction=0.3, k=5, seed=0, user_file: str | Path | None = None) -> dict:
+    """Reuse the persisted splits if they fit this dataset and settings; else compute and write them.
+
+    A user-supplied file always wins (and is only validated, never rewritten).
+    """
+    if user_file:
+        user_file = Path(user_file)
+        if not user_file.is_file():
+            raise SplitError(f"data.splits.file={user_file}: not found")
+        try:
+            splits = json.loads(user_file.read_text())
+        except json.JSONDecodeError as err:
+            raise SplitError(f"data.splits.file={user_file}: not valid JSON ({err})") from err
+        validate_splits(splits, ids, str(user_file))
+        return splits
+    path = Path(path)
+    if path.is_file():
+        try:
+            splits = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SplitError(f"{path}: corrupt splits file ({err}); delete it to recompute") from err
+        meta = splits.get("meta", {})
+        if meta.get("fingerprint") != fingerprint(list(ids)):
+            raise SplitError(
+                f"{path}: the dataset changed since these splits were written (different image ids); "
+                "delete the file to recompute, or point data.splits.dir elsewhere"
+            )
+        validate_splits(splits, ids, str(path))
+        return splits
+    splits = make_splits(ids, labels, groups, test_fraction, k, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(splits, indent=1))
+    os.replace(tmp, path)  # atomic: parallel fold jobs never read a half-written file
+    return splits
+
+
+def fold_ids(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) ids for one fold; `fold` must be in [0, k)."""
+    k = len(splits["folds"])
+    if not isinstance(fold, int) or not 0 <= fold < k:
+        raise SplitError(f"data.fold={fold!r} is out of range: this split has k={k} folds (0..{k - 1})")
+    f = splits["folds"][fold]
+    return list(f["train"]), list(f["val"]), list(splits["test"])

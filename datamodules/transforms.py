@@ -1,0 +1,85 @@
+"""Preprocessing (deterministic, cached once per image) and augmentation (random, training only).
+
+`Preprocess` is the source study's grayscale + CLAHE step, each part switchable. The same object
+is stored in every checkpoint so training, evaluation and prediction see identical inputs.
+Augmentation pipelines are albumentations objects built from config; image and mask always pass
+through the same call, so they stay aligned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    grayscale: bool = False
+    clahe: bool = True
+    clip_limit: float = 2.0
+    tile_grid: int = 8
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> Preprocess:
+        if cfg is None:
+            return cls()
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        return cls(**dict(cfg))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 -> uint8 HxWxC (C = 1 after grayscale, else 3)."""
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"Preprocess expects HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+        clahe = cv2.createCLAHE(clipLimit=float(self.clip_limit), tileGridSize=(self.tile_grid, self.tile_grid)) if self.clahe else None
+        if self.grayscale:
+            grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            if clahe is not None:
+                grey = clahe.apply(grey)
+            return grey[..., None]
+        if clahe is None:
+            return rgb
+        # CLAHE on lightness only, so stain colour (hue) is kept
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def study_rotation(angles: Sequence[float] = (30, 45, 60), p: float = 0.5, border_mode: int = cv2.BORDER_REFLECT_101) -> A.BasicTransform:
+    """The source study's rotation: one of +-30/45/60 degrees (not a continuous range)."""
+    choices = [A.Rotate(limit=(s * a, s * a), border_mode=border_mode, p=1.0) for a in angles for s in (-1, 1)]
+    return A.OneOf(choices, p=p)
+
+
+def study_zoom(zoom: float = 0.25, p: float = 0.5, border_mode: int = cv2.BORDER_REFLECT_101) -> A.BasicTransform:
+    """Keras-style `zoom_range=0.25`: scale in [1 - zoom, 1 + zoom]."""
+    return A.Affine(scale=(1.0 - zoom, 1.0 + zoom), border_mode=border_mode, p=p)
+
+
+def build_pipeline(transforms: Sequence[A.BasicTransform] | None, image_size: int | Sequence[int] | None) -> A.Compose:
+    """Augmentations (may be empty) followed by the resize every split shares."""
+    ops = list(transforms or [])
+    if image_size is not None:
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        ops.append(A.Resize(h, w, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST))
+    return A.Compose(ops)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWxC -> float CxHxW in [0, 1]."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)

@@ -1,0 +1,1 @@
+"""LightningModules: nucleus segmentation and cell classification."""

@@ -1,0 +1,156 @@
+"""SegmentationModule: an smp network from config, Dice loss, metrics that expose background-painting.
+
+Headline metric names say their reduction:
+- `dice`, `iou`: mean over images of the per-image score (an image whose ground truth and
+  prediction are both empty is excluded, as in MONAI/nnU-Net; an empty truth with a predicted
+  nucleus scores 0);
+- `dice_dataset`, `iou_dataset`: all pixels of the split pooled (smp's "micro");
+- `accuracy`, `precision`, `recall`, `auroc`: pixel-level, pooled. Accuracy alone is misleading
+  here (the source study had 0.998 accuracy at Dice 0.348), so it is never the monitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+)
+from torchmetrics.segmentation import DiceScore, MeanIoU
+
+from lightning_modules.common import build, configure_optimizers, plain
+
+NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
+
+
+def seg_metrics() -> MetricCollection:
+    return MetricCollection(
+        {
+            "dice": DiceScore(num_classes=2, include_background=False, average="micro", aggregation_level="samplewise", input_format="index"),
+            "iou": MeanIoU(num_classes=2, include_background=False, input_format="index"),
+            "dice_dataset": BinaryF1Score(),
+            "iou_dataset": BinaryJaccardIndex(),
+            "accuracy": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "auroc": BinaryAUROC(thresholds=64),
+        }
+    )
+
+
+def update_seg_metrics(metrics: MetricCollection, prob: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> None:
+    """prob: Bx1xHxW nucleus probability; truth: Bx1xHxW {0,1}."""
+    pred = (prob >= threshold).long()
+    truth = truth.long()
+    for name, metric in metrics.items(keep_base=True):
+        if name in ("dice", "iou"):
+            metric.update(pred[:, 0], truth[:, 0])
+        elif name == "auroc":
+            metric.update(prob.flatten(), truth.flatten())
+        else:
+            metric.update(pred.flatten(), truth.flatten())
+
+
+class SegmentationModule(L.LightningModule):
+    """Nucleus (binary) or bg/cytoplasm/nucleus (multiclass) segmentation."""
+
+    def __init__(
+        self,
+        net: Mapping,
+        loss: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str | None = None,
+        data_info: Mapping | None = None,
+        threshold: float = 0.5,
+        stage: str = "segmentation",
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
+        self.save_hyperparameters()
+        self.net = build(net)
+        self.criterion = build(loss)
+        self.multiclass = (data_info or {}).get("target", "nucleus") == "multiclass"
+        self.metrics = torch.nn.ModuleDict({s: seg_metrics().clone(prefix=f"{s}/") for s in ("val", "test")})
+        self.cyto_dice = torch.nn.ModuleDict({s: BinaryF1Score() for s in ("val", "test")}) if self.multiclass else None
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_dice_best = MaxMetric()
+        if compile:
+            self.net = torch.compile(self.net)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def nucleus_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bx1xHxW probability of nucleus, whatever the target mode."""
+        if self.multiclass:
+            return logits.softmax(1)[:, NUCLEUS_INDEX : NUCLEUS_INDEX + 1]
+        return logits.sigmoid()
+
+    @torch.no_grad()
+    def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nucleus_probability(self(x))
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        truth = (batch["mask"] == NUCLEUS_INDEX).long()[:, None] if self.multiclass else batch["mask"]
+        return loss, self.nucleus_probability(logits.detach()), truth, logits.detach()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _, _ = self._step(batch)
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        loss, prob, truth, logits = self._step(batch)
+        getattr(self, f"{stage}_loss")(loss)
+        update_seg_metrics(self.metrics[stage], prob, truth, self.hparams.threshold)
+        if self.cyto_dice is not None:  # 3-class target: also score the cytoplasm (dataset-wise)
+            self.cyto_dice[stage].update((logits.argmax(1) == 1).long().flatten(), (batch["mask"] == 1).long().flatten())
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(batch["image"]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        if self.cyto_dice is not None:
+            values[f"{stage}/dice_cytoplasm_dataset"] = self.cyto_dice[stage].compute()
+            self.cyto_dice[stage].reset()
+        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/dice"})
+        self.log(f"{stage}/dice", values[f"{stage}/dice"], prog_bar=True)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._eval_epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self.val_dice_best(values["val/dice"])
+        self.log("val/dice_best", self.val_dice_best.compute() if self.val_dice_best.update_called else values["val/dice"], prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def on_train_start(self) -> None:
+        self.val_dice_best.reset()
+
+    def configure_optimizers(self) -> dict:
+        return configure_optimizers(self)

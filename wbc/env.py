@@ -1,0 +1,33 @@
+"""Offline-safe environment defaults.
+
+This project must run on machines without internet (CI, clusters behind firewalls). Several
+libraries phone home unless told not to; we set the switches here, but never override a value
+the user exported themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+OFFLINE_DEFAULTS: dict[str, str] = {
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_SILENT": "true",
+}
+
+
+def apply_offline_defaults(pretrained_requested: bool = False) -> dict[str, str]:
+    """Set offline defaults that the user has not set; return what was set.
+
+    `HF_HUB_OFFLINE` is left alone when pretrained weights are requested, so that a machine with
+    internet can download them.
+    """
+    applied = {}
+    for key, value in OFFLINE_DEFAULTS.items():
+        if key == "HF_HUB_OFFLINE" and pretrained_requested:
+            continue
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied

@@ -1,0 +1,41 @@
+"""Contour overlays: what a person checks first when a Dice number looks wrong."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PRED_COLOUR = (255, 40, 40)
+TRUE_COLOUR = (40, 220, 40)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image.astype(np.uint8))
+
+
+def draw_overlay(image: np.ndarray, pred: np.ndarray | None, truth: np.ndarray | None = None, thickness: int = 1) -> np.ndarray:
+    """RGB copy of image with true (green) and predicted (red) mask contours."""
+    out = _rgb(image).copy()
+    for mask, colour in ((truth, TRUE_COLOUR), (pred, PRED_COLOUR)):
+        if mask is None:
+            continue
+        contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
+
+
+def label_cells(image: np.ndarray, labels: np.ndarray, texts: list[str], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Draw each instance contour with a text label (class + probability) next to its box."""
+    out = _rgb(image).copy()
+    for i, (text, (y0, x0, _y1, _x1)) in enumerate(zip(texts, boxes), start=1):
+        contours, _ = cv2.findContours((labels == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, PRED_COLOUR, 1)
+        scale = max(0.3, min(out.shape[:2]) / 700)
+        cv2.putText(out, text, (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(out, text, (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+    return out
