@@ -70,6 +70,7 @@ class WBCDataModule(L.LightningDataModule):
         sampler_seed: int = 0,
         generator: Any = None,
         require_masks: bool = True,
+        crops: Mapping | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -99,6 +100,7 @@ class WBCDataModule(L.LightningDataModule):
         self.sampler_seed = sampler_seed
         self.generator = generator
         self.require_masks = require_masks
+        self.crops_cfg = dict(crops or {})  # used by the classification stage
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         self.cache: dict[str, CachedSample] = {}

@@ -21,8 +21,10 @@ class ImageReadError(ValueError):
 
 
 def decode_raw(path: Path) -> np.ndarray:
-    if not path.is_file():
+    if not path.exists():
         raise ImageReadError(f"{path}: file not found")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file (a folder?); expected an image file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
     try:
@@ -37,6 +39,8 @@ def decode_raw(path: Path) -> np.ndarray:
                 elif im.mode == "LA":
                     im = im.convert("L")
                 return np.asarray(im)
+    except PermissionError as err:
+        raise ImageReadError(f"{path}: cannot be read ({err.strerror or err}); check the file's permissions") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if path.suffix.lower() in {".tif", ".tiff"}:
             try:

@@ -87,8 +87,12 @@ class MaskEncoding:
     def decode(self, raw: np.ndarray, where: str = "mask") -> np.ndarray:
         """Raw mask -> uint8 label map (0 bg, 1 cytoplasm, 2 nucleus); error on unknown values."""
         if self.mode == "rgb":
-            if raw.ndim != 3:
-                raise ManifestError(f"{where}: expected an RGB colour-coded mask (mask_encoding.mode=rgb), got a grey mask")
+            if raw.ndim == 2:
+                # `read_mask` stores masks whose colours are all grey (R == G == B: e.g. a black/white
+                # colour code) as HxW; they are still valid colour-coded masks.
+                raw = np.repeat(raw[..., None], 3, axis=2)
+            if raw.ndim != 3 or raw.shape[2] != 3:
+                raise ManifestError(f"{where}: expected an RGB colour-coded mask (mask_encoding.mode=rgb), got shape {raw.shape}")
             hits = lambda c: np.all(raw == np.asarray(c, dtype=raw.dtype), axis=-1)  # noqa: E731
         else:
             if raw.ndim != 2:

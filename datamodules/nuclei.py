@@ -308,3 +308,8 @@ def match_instances(
         used_t.add(ti)
         matches.append((pi, ti, iou))
     return matches
+
+
+def instances_from_labels(labels: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Instance]]:
+    """Instances of an existing label map (e.g. a dataset's ground-truth instance file)."""
+    return _instances_from_labels(np.asarray(labels, dtype=np.int32), _check_int(min_area, "min_area", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import warnings
 from collections import Counter
@@ -40,9 +41,22 @@ def _test_split(ids, labels, groups, test_fraction, seed):
                 f"class index(es) {too_small} have fewer than 2 images: a stratified train/test split needs >= 2 "
                 "per class (list such classes in data.drop_classes or add images)"
             )
-        train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        try:
+            train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        except ValueError as err:  # e.g. fewer test images than classes
+            raise SplitError(
+                f"cannot make a stratified train/test split of {len(ids)} images in {len(counts)} classes with "
+                f"data.splits.test_fraction={test_fraction}: {err}"
+            ) from err
         return np.sort(train), np.sort(test)
     n_splits = max(2, round(1.0 / test_fraction))
+    n_groups = len(set(groups.tolist()))
+    if n_groups < n_splits:
+        raise SplitError(
+            f"only {n_groups} group(s) (patients/slides): a group-safe train/test split with "
+            f"data.splits.test_fraction={test_fraction} needs at least {n_splits}; add groups or set "
+            "data.splits.use_groups=false"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -84,6 +98,18 @@ def make_splits(
             f"class index(es) {small} have fewer training images than k={k}: some validation folds will not "
             "contain them (their per-class figures are NaN there and left out of fold means)"
         )
+    if groups_arr is None and max(train_counts.values()) < k:
+        raise SplitError(
+            f"data.splits.k={k}: every class has fewer training images than k (largest: "
+            f"{max(train_counts.values())}), so stratified k-fold is impossible; lower data.splits.k"
+        )
+    test_classes = set(labels[test_idx].tolist())
+    no_test = sorted(int(c) for c in set(labels.tolist()) - test_classes)
+    if no_test:
+        notes.append(f"class index(es) {no_test} have no test images: their test figures are NaN")
+    no_train = sorted(int(c) for c in set(labels.tolist()) - set(train_counts))
+    if no_train:
+        notes.append(f"class index(es) {no_train} have no training images (all their groups are in the test split)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if groups_arr is None:
@@ -155,6 +181,14 @@ def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fractio
                 f"{path}: the dataset changed since these splits were written (different image ids); "
                 "delete the file to recompute, or point data.splits.dir elsewhere"
             )
+        wanted = {"k": k, "seed": seed, "test_fraction": test_fraction, "grouped": groups is not None}
+        differ = {key: (meta.get(key), v) for key, v in wanted.items() if key in meta and meta[key] != v}
+        if differ:
+            shown = ", ".join(f"{key}: file has {old!r}, asked for {new!r}" for key, (old, new) in differ.items())
+            raise SplitError(
+                f"{path}: these splits were made with other settings ({shown}); delete the file to recompute, "
+                "or point data.splits.dir elsewhere"
+            )
         validate_splits(splits, ids, str(path))
         return splits
     splits = make_splits(ids, labels, groups, test_fraction, k, seed)
@@ -168,7 +202,7 @@ def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fractio
 def fold_ids(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
     """(train, val, test) ids for one fold; `fold` must be in [0, k)."""
     k = len(splits["folds"])
-    if not isinstance(fold, int) or not 0 <= fold < k:
+    if isinstance(fold, bool) or not isinstance(fold, numbers.Integral) or not 0 <= fold < k:
         raise SplitError(f"data.fold={fold!r} is out of range: this split has k={k} folds (0..{k - 1})")
-    f = splits["folds"][fold]
+    f = splits["folds"][int(fold)]
     return list(f["train"]), list(f["val"]), list(splits["test"])

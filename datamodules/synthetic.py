@@ -395,7 +395,7 @@ def _write_dataset(root: Path, spec: SyntheticSpec) -> dict[str, int]:
     return counts
 
 
-def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False) -> Path:  # noqa: B008
+def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False) -> Path:
     """Write the dataset and return out_dir; built in a temporary sibling and renamed into place,
     so an interrupted run never leaves a half-written dataset. Never replaces a folder that is not
     a synthetic dataset."""
@@ -423,7 +423,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwri
     return out
 
 
-def ensure_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:  # noqa: B008
+def ensure_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Generate on first use, reuse afterwards; regenerate when the recorded spec differs.
 
     Call from one process (Lightning's prepare_data); a concurrent writer that finished first is
