@@ -24,7 +24,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Seed, fit, test the best checkpoint, score; returns (metrics, objects)."""
     L.seed_everything(cfg.seed, workers=True)
     metrics, objects = run_stage(cfg, Path(cfg.paths.output_dir))
-    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and k.startswith("test/")}
+    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and k.startswith(("test/", "pipeline/"))}
     log.info("Final test metrics: %s", shown)
     print(f"\nFinal test metrics ({cfg.stage}): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
     return metrics, objects
@@ -34,6 +34,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 def main(cfg: DictConfig) -> float | None:
     extras(cfg)
     metrics, _ = train(cfg)
+    if cfg.trainer.get("fast_dev_run"):
+        return None  # smoke runs skip the scoring that produces some optimized metrics
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

@@ -6,7 +6,8 @@ Headline metric names say their reduction:
   nucleus scores 0);
 - `dice_dataset`, `iou_dataset`: all pixels of the split pooled (smp's "micro");
 - `accuracy`, `precision`, `recall`, `auroc`: pixel-level, pooled. Accuracy alone is misleading
-  here (the source study had 0.998 accuracy at Dice 0.348), so it is never the monitor.
+  here (the source study had 0.998 accuracy at Dice 0.348), so it is never the monitor;
+- `train/dice`: dataset-wise Dice on the training batches (as augmented), for overfit checks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ from lightning_modules.common import build, configure_optimizers, plain
 NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
 
 
+class PixelAUROC(BinaryAUROC):
+    """Binned pooled-pixel AUROC whose update loops over the thresholds.
+
+    torchmetrics' own update takes, for batches under 50k pixels and with deterministic
+    algorithms on (`trainer.deterministic=true`), a bincount fallback that compares every
+    pixel x threshold pair with every bin: seconds per small batch on CPU. The confusion
+    state and `compute` are torchmetrics' (confmat[t, target, pred]).
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = preds.detach().flatten().float(), target.flatten().bool()
+        pos = target.sum()
+        neg = target.numel() - pos
+        tp = torch.stack([(target & (preds >= t)).sum() for t in self.thresholds])
+        fp = torch.stack([(~target & (preds >= t)).sum() for t in self.thresholds])
+        neg_row = torch.stack([neg - fp, fp], dim=-1)
+        pos_row = torch.stack([pos - tp, tp], dim=-1)
+        self.confmat += torch.stack([neg_row, pos_row], dim=1)
+
+
 def seg_metrics() -> MetricCollection:
     return MetricCollection(
         {
@@ -42,7 +63,7 @@ def seg_metrics() -> MetricCollection:
             "accuracy": BinaryAccuracy(),
             "precision": BinaryPrecision(),
             "recall": BinaryRecall(),
-            "auroc": BinaryAUROC(thresholds=64),
+            "auroc": PixelAUROC(thresholds=64),
         }
     )
 
@@ -85,6 +106,7 @@ class SegmentationModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict({s: seg_metrics().clone(prefix=f"{s}/") for s in ("val", "test")})
         self.cyto_dice = torch.nn.ModuleDict({s: BinaryF1Score() for s in ("val", "test")}) if self.multiclass else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_dice = BinaryF1Score()  # dataset-wise, on the (augmented) training batches
         self.val_dice_best = MaxMetric()
         if compile:
             self.net = torch.compile(self.net)
@@ -111,9 +133,12 @@ class SegmentationModule(L.LightningModule):
         return loss, self.nucleus_probability(logits.detach()), truth, logits.detach()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _, _, _ = self._step(batch)
+        loss, prob, truth, _ = self._step(batch)
         self.train_loss(loss.detach())
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.train_dice.update((prob >= self.hparams.threshold).long().flatten(), truth.long().flatten())
+        n = len(batch["image"])
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
@@ -151,6 +176,16 @@ class SegmentationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_dice_best.reset()
+        restored = getattr(self, "_restored_val_dice_best", None)
+        if restored is not None:  # resumed run: the best so far is not forgotten (metric states are not saved)
+            self.val_dice_best.update(torch.tensor(restored))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.val_dice_best.update_called:
+            checkpoint["val_dice_best"] = float(self.val_dice_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_val_dice_best = checkpoint.get("val_dice_best")
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)

@@ -1,0 +1,484 @@
+"""Manifest reading and validation: bad inputs fail once, clearly, naming the file or config key."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from datamodules import imageio
+from datamodules.imageio import ImageReadError, read_mask, read_rgb
+from datamodules.manifest import (
+    CYTOPLASM,
+    NUCLEUS,
+    ManifestError,
+    MaskEncoding,
+    Sample,
+    load_sample,
+    read_manifest,
+)
+from datamodules.segmentation import SegmentationDataModule
+from tests.helpers_data import (
+    RGB_ENCODING,
+    cell,
+    grey_mask,
+    make_csv_dataset,
+    make_folder_dataset,
+    rgb_mask,
+    truncate,
+    write_image,
+    write_labels,
+)
+
+GREY = MaskEncoding()  # background 0, cytoplasm 128, nucleus 255
+
+
+def _rows(root: Path) -> list[dict[str, str]]:
+    with (root / "labels.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _sample(root: Path, stem: str = "a_000", class_name: str = "a") -> Sample:
+    return Sample(
+        id=stem, image=root / "images" / f"{stem}.png", mask=root / "masks" / f"{stem}.png", class_name=class_name
+    )
+
+
+# --------------------------------------------------------------------------- unreadable image files
+
+
+def _bad_truncated(path: Path) -> None:
+    write_image(path, cell(48)[0])
+    truncate(path)
+
+
+def _bad_zero(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _bad_text(path: Path) -> None:
+    path.write_text("image_id,class\n1,neutrophil\n")
+
+
+def _bad_folder(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "expected"),
+    [
+        (_bad_truncated, "truncated"),
+        (_bad_zero, "empty (0 bytes)"),
+        (_bad_text, "not an image"),
+        (_bad_folder, "not a regular file"),
+    ],
+    ids=["truncated", "zero-byte", "text-with-png-extension", "folder"],
+)
+@pytest.mark.parametrize("reader", [read_rgb, read_mask], ids=["read_rgb", "read_mask"])
+def test_bad_image_file_raises_image_read_error_naming_file(tmp_path, make_bad, expected, reader):
+    path = tmp_path / "bad.png"
+    make_bad(path)
+    with pytest.raises(ImageReadError) as info:
+        reader(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_image_file_raises_naming_file(tmp_path):
+    with pytest.raises(ImageReadError, match=r"nothere\.png: file not found"):
+        read_rgb(tmp_path / "nothere.png")
+
+
+def test_permission_denied_is_reported_as_unreadable(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "locked.png", cell(16)[0])
+
+    def denied(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(imageio.Image, "open", denied)
+    with pytest.raises(ImageReadError, match=r"locked\.png: cannot be read \(Permission denied\)"):
+        read_rgb(path)
+
+
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_load_sample_turns_bad_file_into_manifest_error(tmp_path, which):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1})
+    sample = _sample(root)
+    truncate(getattr(sample, which))
+    with pytest.raises(ManifestError) as info:
+        load_sample(sample, GREY)
+    assert str(getattr(sample, which)) in str(info.value)
+    assert "truncated" in str(info.value)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_missing_mask_named_in_manifest_error(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 3})
+    (root / "masks" / "a_001.png").unlink()
+    with pytest.raises(ManifestError) as info:
+        read_manifest(root)
+    msg = str(info.value)
+    assert "a_001.png" in msg and "mask file not found" in msg
+    assert "a_000" not in msg  # only the offending file is named
+
+
+def test_missing_mask_allowed_when_masks_not_required(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2})
+    rows = _rows(root)
+    rows[1]["mask"] = ""
+    write_labels(root, rows, ["image", "mask", "class_name"])
+    m = read_manifest(root, require_masks=False)
+    sample = m.by_id()["images/a_001"]
+    assert sample.mask is None
+    image, labels = load_sample(sample, GREY)
+    assert image.shape == (32, 32, 3) and labels is None
+
+
+def test_mask_size_differs_from_image(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1})
+    sample = _sample(root)
+    write_image(sample.mask, grey_mask(cell((32, 30))[1]))
+    with pytest.raises(ManifestError) as info:
+        load_sample(sample, GREY)
+    msg = str(info.value)
+    assert str(sample.mask) in msg
+    assert "30x32" in msg and "32x32" in msg and "must be equal" in msg
+
+
+def test_grey_mask_value_outside_encoding(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1})
+    sample = _sample(root)
+    mask = grey_mask(cell(32)[1])
+    mask[:2, :3] = 77
+    write_image(sample.mask, mask)
+    with pytest.raises(ManifestError) as info:
+        load_sample(sample, GREY)
+    msg = str(info.value)
+    assert str(sample.mask) in msg
+    assert "6 pixels" in msg and "[77]" in msg
+    assert "data.mask_encoding" in msg and "nucleus=[[255, 255]]" in msg  # says what was expected
+
+
+def test_rgb_mask_colour_outside_encoding(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1}, mask_mode="rgb")
+    sample = _sample(root)
+    mask = rgb_mask(cell(32)[1])
+    mask[5, 5] = (10, 20, 30)
+    write_image(sample.mask, mask)
+    with pytest.raises(ManifestError) as info:
+        load_sample(sample, MaskEncoding.from_config(RGB_ENCODING))
+    msg = str(info.value)
+    assert str(sample.mask) in msg and "[10, 20, 30]" in msg and "nucleus=[[0, 255, 255]]" in msg
+
+
+def test_colour_mask_with_grey_encoding_is_rejected(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1}, mask_mode="rgb")
+    sample = _sample(root)
+    with pytest.raises(ManifestError, match=r"a_000\.png: expected a grey mask \(mask_encoding\.mode=grey\)"):
+        load_sample(sample, GREY)
+
+
+def test_rgb_mask_decodes(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1}, mask_mode="rgb")
+    _, labels = load_sample(_sample(root), MaskEncoding.from_config(RGB_ENCODING))
+    np.testing.assert_array_equal(labels, cell(32, seed=0)[1])
+
+
+def test_rgb_encoding_with_grey_colours_decodes(tmp_path):
+    """A black/white colour code in rgb mode (read_mask stores it as HxW) must still decode."""
+    labels = cell(32)[1]
+    path = write_image(tmp_path / "bw.png", np.where(labels[..., None] == NUCLEUS, 255, 0).repeat(3, 2).astype(np.uint8))
+    enc = MaskEncoding.from_config({"mode": "rgb", "background": [[0, 0, 0]], "nucleus": [[255, 255, 255]]})
+    decoded = enc.decode(read_mask(path), where=str(path))
+    np.testing.assert_array_equal(decoded == NUCLEUS, labels == NUCLEUS)
+
+
+def test_grey_ranges_and_binary_encoding():
+    enc = MaskEncoding.from_config({"background": [[0, 50]], "cytoplasm": [], "nucleus": [[200, 255]]})
+    raw = np.array([[0, 50, 200], [255, 7, 230]], np.uint8)
+    np.testing.assert_array_equal(enc.decode(raw), [[0, 0, NUCLEUS], [NUCLEUS, 0, NUCLEUS]])
+    with pytest.raises(ManifestError, match=r"values outside data\.mask_encoding \(e\.g\. \[128\]\)"):
+        enc.decode(np.array([[0, 128]], np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"mode": "hsv"}, "data.mask_encoding.mode"),
+        ({"colour": [[1, 2]]}, "data.mask_encoding: unknown keys ['colour']"),
+        ({"nucleus": [[255]]}, "data.mask_encoding.nucleus"),
+        ({"mode": "rgb", "nucleus": [[0, 255]]}, "data.mask_encoding.nucleus"),
+        ({"nucleus": []}, "data.mask_encoding.nucleus is empty"),
+    ],
+)
+def test_mask_encoding_config_errors_name_the_key(cfg, key):
+    with pytest.raises(ManifestError) as info:
+        MaskEncoding.from_config(cfg)
+    assert key in str(info.value)
+
+
+def test_default_grey_encoding_decodes_three_labels():
+    labels = cell(20)[1]
+    np.testing.assert_array_equal(GREY.decode(grey_mask(labels)), labels)
+    assert {CYTOPLASM, NUCLEUS} <= set(np.unique(labels).tolist())
+
+
+# --------------------------------------------------------------------------- listing problems
+
+
+def test_unknown_class_named(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2, "zz_unknown": 1})
+    with pytest.raises(ManifestError) as info:
+        read_manifest(root, classes=["a"])
+    msg = str(info.value)
+    assert "unknown class(es) ['zz_unknown']" in msg and "data.classes" in msg and "data.drop_classes" in msg
+
+
+def test_configured_class_without_images_named(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2})
+    with pytest.raises(ManifestError, match=r"class\(es\) \['basophil'\] in data\.classes have no images"):
+        read_manifest(root, classes=["a", "basophil"])
+
+
+def test_duplicate_rows_named(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 3})
+    rows = _rows(root)
+    write_labels(root, [*rows, rows[1]], ["image", "mask", "class_name", "group"])
+    with pytest.raises(ManifestError) as info:
+        read_manifest(root)
+    msg = str(info.value)
+    assert "labels.csv" in msg and "duplicate rows" in msg and "images/a_001.png" in msg
+    assert "images/a_000.png" not in msg
+
+
+def test_csv_missing_columns_named(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2}, columns=("image", "label"))
+    with pytest.raises(ManifestError) as info:
+        read_manifest(root)
+    msg = str(info.value)
+    assert str(root / "labels.csv") in msg
+    assert "missing columns ['mask', 'class_name']" in msg and "expected at least" in msg
+
+
+def test_labels_csv_not_found(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(ManifestError, match=r"labels\.csv: labels file not found"):
+        read_manifest(tmp_path / "ds")
+
+
+def test_data_root_missing_names_key(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        read_manifest(tmp_path / "nowhere")
+    assert f"data.root={tmp_path / 'nowhere'}" in str(info.value) and "folder not found" in str(info.value)
+
+
+def test_unknown_layout_names_key(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 1})
+    with pytest.raises(ManifestError, match=r"data\.layout must be 'csv' or 'folders', got 'coco'"):
+        read_manifest(root, layout="coco")
+
+
+def test_missing_image_named(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2})
+    (root / "images" / "a_001.png").unlink()
+    with pytest.raises(ManifestError, match=r"a_001\.png: image file not found"):
+        read_manifest(root)
+
+
+def test_all_errors_are_value_errors():
+    assert issubclass(ManifestError, ValueError) and issubclass(ImageReadError, ValueError)
+
+
+# --------------------------------------------------------------------------- accepted inputs
+
+
+def _cell_rgb(h: int = 24, w: int = 20) -> np.ndarray:
+    return cell((h, w), seed=3)[0]
+
+
+def test_reads_8bit_rgb_png_exactly(tmp_path):
+    img = _cell_rgb()
+    out = read_rgb(write_image(tmp_path / "x.png", img))
+    assert out.dtype == np.uint8 and out.shape == (24, 20, 3)
+    np.testing.assert_array_equal(out, img)
+
+
+def test_reads_grey_png_as_three_equal_channels(tmp_path):
+    grey = _cell_rgb()[..., 0]
+    out = read_rgb(write_image(tmp_path / "g.png", grey))
+    assert out.shape == (24, 20, 3) and out.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], grey)
+
+
+def test_reads_rgba_png_dropping_alpha(tmp_path):
+    img = _cell_rgb()
+    rgba = np.dstack([img, np.full(img.shape[:2], 9, np.uint8)])
+    out = read_rgb(write_image(tmp_path / "a.png", rgba))
+    np.testing.assert_array_equal(out, img)
+
+
+def test_reads_palette_png(tmp_path):
+    img = _cell_rgb()
+    Image.fromarray(img).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(tmp_path / "p.png")
+    out = read_rgb(tmp_path / "p.png")
+    assert out.shape == (24, 20, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img).mean() < 20
+
+
+def test_16bit_grey_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 1000, 32896], [40000, 60000, 65535, 12850]], np.uint16)
+    out = read_rgb(write_image(tmp_path / "g16.png", values))
+    assert out.dtype == np.uint8 and out.shape == (2, 4, 3)
+    np.testing.assert_array_equal(out[..., 0], np.round(values / 257.0).astype(np.uint8))
+    assert len(np.unique(out)) == 8  # clipping to 255 would merge the bright values
+
+
+def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    img16 = np.dstack([ramp, ramp // 2, 65535 - ramp])
+    out = read_rgb(write_image(tmp_path / "c16.png", img16))
+    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
+    expected = img16 / 257.0
+    assert np.abs(out - expected).max() <= 1.0
+    assert out[..., 0].min() == 0 and out[..., 0].max() == 255 and len(np.unique(out[..., 0])) > 50
+
+
+def test_reads_tiff_rgb_and_16bit(tmp_path):
+    img = _cell_rgb()
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "x.tif"), img)
+    ramp = np.linspace(0, 65535, 24 * 20).astype(np.uint16).reshape(24, 20)
+    tifffile.imwrite(tmp_path / "x16.tiff", ramp)
+    out = read_rgb(tmp_path / "x16.tiff")
+    assert out.shape == (24, 20, 3) and out.max() == 255 and np.abs(out[..., 1] - ramp / 257.0).max() <= 1.0
+
+
+def test_reads_bmp(tmp_path):
+    img = _cell_rgb()
+    np.testing.assert_array_equal(read_rgb(write_image(tmp_path / "x.bmp", img)), img)
+
+
+def test_mask_keeps_raw_values_and_collapses_grey_rgb(tmp_path):
+    mask = grey_mask(cell(16)[1])
+    stored_as_rgb = write_image(tmp_path / "m.png", np.repeat(mask[..., None], 3, axis=2))
+    out = read_mask(stored_as_rgb)
+    assert out.shape == (16, 16)
+    np.testing.assert_array_equal(out, mask)
+
+
+# --------------------------------------------------------------------------- layouts and manifest content
+
+
+def test_csv_manifest_contents(tmp_path):
+    groups = ["p1", "p1", "p2", "p3", "p3"]
+    root = make_csv_dataset(tmp_path / "ds", {"b": 2, "a": 3}, groups=groups)
+    m = read_manifest(root, classes=["b", "a"])
+    assert [s.id for s in m.samples] == ["images/b_000", "images/b_001", "images/a_000", "images/a_001", "images/a_002"]
+    assert m.classes == ["b", "a"]
+    assert m.labels.tolist() == [0, 0, 1, 1, 1]
+    assert m.groups == groups
+    assert m.samples[2].image == root / "images" / "a_000.png" and m.samples[2].mask == root / "masks" / "a_000.png"
+    image, labels = load_sample(m.samples[0], GREY)
+    assert image.shape == (32, 32, 3) and labels.shape == (32, 32) and (labels == NUCLEUS).any()
+
+
+def test_groups_none_when_column_empty(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 2})
+    assert read_manifest(root).groups is None
+
+
+def test_folders_layout(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", {"lymphocyte": 2, "neutrophil": 3})
+    m = read_manifest(root, layout="folders")
+    assert m.classes == ["lymphocyte", "neutrophil"]
+    assert sorted(s.id for s in m.samples) == [
+        "lymphocyte/lymphocyte_000",
+        "lymphocyte/lymphocyte_001",
+        "neutrophil/neutrophil_000",
+        "neutrophil/neutrophil_001",
+        "neutrophil/neutrophil_002",
+    ]
+    for s in m.samples:
+        image, labels = load_sample(s, GREY)
+        assert image.shape == (32, 32, 3) and (labels == NUCLEUS).any()
+
+
+def test_folders_layout_finds_mask_with_other_extension(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", {"a": 2}, mask_ext=".tif")
+    m = read_manifest(root, layout="folders")
+    assert all(s.mask.suffix == ".tif" for s in m.samples)
+    assert all((load_sample(s, GREY)[1] == NUCLEUS).any() for s in m.samples)
+
+
+def test_folders_layout_missing_mask_named(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", {"a": 2})
+    (root / "masks" / "a" / "a_001.png").unlink()
+    with pytest.raises(ManifestError, match=r"a_001\.png: mask file not found"):
+        read_manifest(root, layout="folders")
+
+
+def test_folders_layout_without_images_folder(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(ManifestError, match=r"images: not found; layout=folders expects images/<class>"):
+        read_manifest(tmp_path / "ds", layout="folders")
+
+
+def test_drop_classes_removes_class_and_counts_it(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 3, "basophil": 2, "b": 2})
+    m = read_manifest(root, classes=["a", "b"], drop_classes=["basophil"])
+    assert m.dropped == {"basophil": 2}
+    assert m.classes == ["a", "b"]
+    assert all(s.class_name != "basophil" for s in m.samples) and len(m.samples) == 5
+
+
+def test_drop_classes_in_folders_layout(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", {"a": 2, "rare": 1})
+    m = read_manifest(root, layout="folders", drop_classes=["rare"])
+    assert m.classes == ["a"] and m.dropped == {"rare": 1}
+
+
+# --------------------------------------------------------------------------- through the DataModule
+
+
+def _dm(root: Path, **kw) -> SegmentationDataModule:
+    kw.setdefault("classes", ["a", "b"])
+    return SegmentationDataModule(
+        root=str(root), name="tiny", image_size=32, splits={"k": 2, "seed": 0}, preprocess={"clahe": False}, **kw
+    )
+
+
+def test_datamodule_reports_all_bad_files_in_one_error(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 5, "b": 5})
+    truncate(root / "images" / "a_002.png")
+    mask = grey_mask(cell(32)[1])
+    mask[0, 0] = 90
+    write_image(root / "masks" / "b_003.png", mask)
+    dm = _dm(root)
+    with pytest.raises(ManifestError) as info:
+        dm.setup("fit")
+    msg = str(info.value)
+    assert "2 bad file(s) in dataset tiny" in msg
+    assert "a_002.png" in msg and "truncated" in msg
+    assert "b_003.png" in msg and "[90]" in msg
+
+
+def test_datamodule_surfaces_manifest_errors(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 5, "b": 5})
+    with pytest.raises(ManifestError, match=r"\['c'\] in data\.classes have no images"):
+        _dm(root, classes=["a", "b", "c"]).setup("fit")
+
+
+def test_datamodule_drop_classes(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 5, "b": 5, "rare": 1})
+    dm = _dm(root, drop_classes=["rare"])
+    dm.setup("fit")
+    assert dm.manifest.dropped == {"rare": 1}
+    assert sum(len(ds) for ds in dm.datasets.values()) == 10

@@ -1,0 +1,151 @@
+"""End-to-end: train.py and evaluate.py through the Hydra compose API on the tiny synthetic set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+import evaluate
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _test_ids(objects: dict) -> list[str]:
+    return objects["datamodule"].split_ids()["test"]
+
+
+def _csv_epochs(metrics_csv: Path, key: str) -> set[int]:
+    with open(metrics_csv, newline="") as fh:
+        return {int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get(key) not in (None, "")}
+
+
+def test_fast_dev_run_writes_metrics(make_cfg, run_training, tmp_path: Path) -> None:
+    cfg = make_cfg(["debug=fdr"])
+    metrics, objects = run_training(cfg)
+    assert objects["trainer"].fast_dev_run
+    saved = _read_json(tmp_path / "run" / "metrics.json")
+    assert saved["best_checkpoint"] is None  # fast_dev_run does not checkpoint
+    assert "test/dice" in saved and "test/accuracy" in saved
+    assert "test/dice_post" not in saved  # full-resolution scoring is skipped on a smoke run
+
+
+def test_train_writes_checkpoints_metrics_and_test_eval(trained_run) -> None:
+    run, metrics, objects = trained_run
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    epoch_ckpts = sorted(p.name for p in (run / "checkpoints").glob("epoch_*.ckpt"))
+    assert epoch_ckpts and all(re.fullmatch(r"epoch_\d{3}\.ckpt", n) for n in epoch_ckpts), epoch_ckpts
+    saved = _read_json(run / "metrics.json")
+    assert 0.0 <= saved["test/dice_post"] <= 1.0
+    assert Path(saved["best_checkpoint"]).name in epoch_ckpts
+    assert saved["val/dice_best"] == pytest.approx(metrics["val/dice_best"])
+    assert 0.0 <= saved["train/dice"] <= 1.0
+    summary = _read_json(run / "test_eval" / "summary.json")
+    test_ids = _test_ids(objects)
+    assert summary["n_cases"] == len(test_ids) == len(summary["metric_per_case"])
+    assert sorted(c["id"] for c in summary["metric_per_case"]) == sorted(test_ids)
+    assert len(list((run / "test_eval" / "masks").glob("*.png"))) == len(test_ids)
+    assert len(list((run / "test_eval" / "overlays").glob("*.png"))) == 2  # num_overlays=2
+    assert (run / "learning_curves.png").is_file()
+
+
+def test_evaluate_run_dir(trained_run, make_eval_cfg, tmp_path: Path) -> None:
+    run, train_metrics, objects = trained_run
+    metrics, out = evaluate.evaluate(make_eval_cfg(run))
+    best = Path(train_metrics["best_checkpoint"])
+    assert out["checkpoint"] == run / "checkpoints" / best.name  # a run dir resolves to its best checkpoint
+    eval_dir = tmp_path / "eval"
+    summary = _read_json(eval_dir / "summary.json")
+    test_ids = _test_ids(objects)
+    assert summary["n_cases"] == len(test_ids)
+    assert sorted(c["id"] for c in summary["metric_per_case"]) == sorted(test_ids)
+    assert {"mean", "mean_per_class", "dataset_wise"} <= set(summary)
+    assert len(list((eval_dir / "overlays").glob("*.png"))) == 2
+    assert len(list((eval_dir / "masks").glob("*.png"))) == len(test_ids)
+    assert (eval_dir / "learning_curves.png").is_file()
+    saved = _read_json(eval_dir / "metrics.json")
+    assert saved["n_cases"] == len(test_ids)
+    # same checkpoint, same data and post-processing as the training run's own test scoring
+    for key in ("test/dice_post", "test/dice_raw_fullres", "test/dice_dataset_post"):
+        assert saved[key] == pytest.approx(train_metrics[key], abs=1e-6), key
+        assert metrics[key] == pytest.approx(train_metrics[key], abs=1e-6), key
+
+
+def test_evaluate_checkpoint_file_with_data_override(trained_run, make_eval_cfg, tmp_path: Path) -> None:
+    run, _, objects = trained_run
+    cfg = make_eval_cfg(run / "checkpoints" / "last.ckpt", "data=synthetic_tiny", "split=val")
+    assert cfg.data is not None
+    metrics, _ = evaluate.evaluate(cfg)
+    val_ids = objects["datamodule"].split_ids()["val"]
+    assert _read_json(tmp_path / "eval" / "summary.json")["n_cases"] == len(val_ids)
+    assert "val/dice_post" in metrics
+
+
+def test_resume_continues_epochs_and_steps(trained_run, make_cfg, run_training, tmp_path: Path) -> None:
+    run, first_metrics, first = trained_run
+    first_best = first_metrics["val/dice_best"]
+    steps_per_epoch = first["trainer"].global_step
+    assert steps_per_epoch > 0 and first["trainer"].current_epoch == 1
+    cfg = make_cfg([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2", "num_overlays=0"])
+    metrics, objects = run_training(cfg)
+    trainer = objects["trainer"]
+    assert trainer.current_epoch == 2  # one more epoch, not two
+    assert trainer.global_step == 2 * steps_per_epoch
+    epochs = _csv_epochs(tmp_path / "run" / "csv" / "metrics.csv", "train/loss")
+    assert epochs == {1}
+    assert (tmp_path / "run" / "checkpoints" / "epoch_001.ckpt").is_file()
+    # the best validation Dice so far survives the resume (it is what sweepers optimise)
+    assert metrics["val/dice_best"] >= first_best - 1e-6
+
+
+def test_evaluate_rejects_bad_checkpoints(make_eval_cfg, tmp_path: Path) -> None:
+    garbage = tmp_path / "x.ckpt"
+    garbage.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="ckpt_path="):
+        evaluate.evaluate(make_eval_cfg(garbage))
+
+    cls_ckpt = tmp_path / "cls" / "checkpoints" / "epoch_000.ckpt"
+    cls_ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"stage": "classification"}}, cls_ckpt)
+    with pytest.raises(ValueError, match=r"ckpt_path=.*'classification' checkpoint"):
+        evaluate.evaluate(make_eval_cfg(cls_ckpt))
+
+    with pytest.raises(FileNotFoundError, match="ckpt_path="):
+        evaluate.evaluate(make_eval_cfg(tmp_path / "nowhere.ckpt"))
+
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        evaluate.evaluate(make_eval_cfg("null"))
+    cfg = make_eval_cfg("null")
+    with open_dict(cfg):
+        del cfg["ckpt_path"]  # missing from the config altogether
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        evaluate.evaluate(cfg)
+
+
+def test_evaluate_sweep_dir_not_supported_yet(make_eval_cfg, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for fold in ("0", "1"):
+        (sweep / fold / "checkpoints").mkdir(parents=True)
+    with pytest.raises(NotImplementedError, match="fold ensembles: see issue 5"):
+        evaluate.evaluate(make_eval_cfg(sweep))
+
+
+def test_evaluate_requires_cli_missing_value(make_cfg) -> None:
+    cfg = make_cfg([], config_name="evaluate.yaml")  # ckpt_path: ??? left unset
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        evaluate.evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_overfit_tiny_data(make_cfg, run_training) -> None:
+    """debug=overfit: the model and loss can learn at all (the source study's U-Net could not)."""
+    cfg = make_cfg(["debug=overfit"])
+    metrics, _ = run_training(cfg)
+    assert metrics["train/dice"] > 0.9, metrics["train/dice"]
