@@ -34,6 +34,7 @@ def test_fast_dev_run_writes_metrics(make_cfg, run_training, tmp_path: Path) -> 
     saved = _read_json(tmp_path / "run" / "metrics.json")
     assert saved["best_checkpoint"] is None  # fast_dev_run does not checkpoint
     assert "test/dice" in saved and "test/accuracy" in saved
+    assert 0.0 <= saved["train/dice"] <= 1.0
     assert "test/dice_post" not in saved  # full-resolution scoring is skipped on a smoke run
 
 
