@@ -14,10 +14,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
+from datamodules.sampling import EpochSampler, balanced_weights
 from datamodules.splits import fold_ids, load_or_make_splits
 from datamodules.transforms import Preprocess
 
@@ -32,15 +32,6 @@ class CachedSample:
     label: int
     image: np.ndarray  # uint8 HxWxC, preprocessed, original resolution
     labels: np.ndarray | None  # uint8 HxW: 0 bg, 1 cytoplasm, 2 nucleus
-
-
-def balanced_sampler(labels: Sequence[int], seed: int = 0) -> WeightedRandomSampler:
-    """Draw classes about uniformly: each item weighted by 1 / its class frequency."""
-    labels = np.asarray(labels)
-    counts = np.bincount(labels)
-    weights = 1.0 / counts[labels]
-    gen = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=gen)
 
 
 class WBCDataModule(L.LightningDataModule):
@@ -193,12 +184,12 @@ class WBCDataModule(L.LightningDataModule):
             self.setup()
         ds = self.datasets[split]
         sampler = None
-        if train and self.sampler == "balanced":
-            sampler = balanced_sampler(self.dataset_labels(split), self.sampler_seed)
+        if train:  # order and augmentation keyed by (seed, epoch): reproducible and exactly resumable
+            weights = balanced_weights(self.dataset_labels(split)) if self.sampler == "balanced" else None
+            sampler = EpochSampler(len(ds), self.sampler_seed, weights)
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(ds) > self.batch_size,
             num_workers=self.num_workers,

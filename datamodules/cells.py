@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from datamodules.nuclei import Instance, InstanceParams, extract_instances, instance_crops, instances_from_labels, union_instance
+from datamodules.nuclei import (
+    Instance,
+    InstanceParams,
+    extract_instances,
+    instance_crops,
+    instances_from_labels,
+    union_instance,
+)
 
 
 @dataclass(frozen=True)

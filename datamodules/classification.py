@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from datamodules.base import CachedSample, WBCDataModule
 from datamodules.cells import CropSpec, cell_crops
 from datamodules.manifest import NUCLEUS, load_instances
+from datamodules.sampling import SeededAugmentation
 from datamodules.transforms import build_pipeline, to_tensor
 
 
@@ -30,16 +31,19 @@ class Crop:
     cell: int  # instance label within its image
 
 
-class CropDataset(Dataset):
-    def __init__(self, crops: list[Crop], transforms, image_size: int) -> None:
+class CropDataset(SeededAugmentation, Dataset):
+    def __init__(self, crops: list[Crop], transforms, image_size: int, seed: int = 0) -> None:
         self.crops = crops
         self.pipeline = build_pipeline(transforms, image_size)
+        self.augment = bool(transforms)
+        self.seed = seed
         self.class_labels = [c.label for c in crops]
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        i = self.resolve(idx)
         c = self.crops[i]
         return {"image": to_tensor(self.pipeline(image=c.image)["image"]), "label": c.label, "index": i}
 
@@ -65,7 +69,7 @@ class ClassificationDataModule(WBCDataModule):
 
     def make_dataset(self, split: str, items: list[CachedSample]) -> Dataset:
         transforms = self.crop_transforms if split == "train" else None
-        return CropDataset(self.crops_for(items), transforms, self.crop_spec.image_size)
+        return CropDataset(self.crops_for(items), transforms, self.crop_spec.image_size, self.sampler_seed)
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights over training crops, normalised to mean 1."""

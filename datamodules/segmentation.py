@@ -8,22 +8,26 @@ from torch.utils.data import Dataset
 
 from datamodules.base import CachedSample, WBCDataModule
 from datamodules.manifest import NUCLEUS
+from datamodules.sampling import SeededAugmentation
 from datamodules.transforms import build_pipeline, to_tensor
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(SeededAugmentation, Dataset):
     """Items: image float CxHxW in [0,1]; mask float 1xHxW (nucleus) or long HxW (3 classes)."""
 
-    def __init__(self, items: list[CachedSample], transforms, image_size: int, target: str = "nucleus") -> None:
+    def __init__(self, items: list[CachedSample], transforms, image_size: int, target: str = "nucleus", seed: int = 0) -> None:
         self.items = items
         self.pipeline = build_pipeline(transforms, image_size)
+        self.augment = bool(transforms)
+        self.seed = seed
         self.target = target
         self.class_labels = [it.label for it in items]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, idx: int) -> dict:
+        i = self.resolve(idx)
         it = self.items[i]
         out = self.pipeline(image=it.image, mask=it.labels)
         labels = out["mask"]
@@ -39,4 +43,4 @@ class SegmentationDataModule(WBCDataModule):
 
     def make_dataset(self, split: str, items: list[CachedSample]) -> Dataset:
         transforms = self.train_transforms if split == "train" else None
-        return SegmentationDataset(items, transforms, self.image_size, self.target)
+        return SegmentationDataset(items, transforms, self.image_size, self.target, self.sampler_seed)

@@ -42,3 +42,23 @@ class ValidationOverlays(L.Callback):
                 lg.log_image(key="val/overlays", images=[grid], step=trainer.global_step)
             else:
                 lg.experiment.add_image("val/overlays", grid, trainer.global_step, dataformats="HWC")
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch/numpy/random at every training epoch start from (seed, epoch).
+
+    Dropout and other in-model randomness then depend only on the epoch, so a run resumed
+    from last.ckpt continues exactly as the uninterrupted run would have."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import random
+
+        from datamodules.sampling import item_seed
+
+        s = item_seed(self.seed, trainer.current_epoch, -2)
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)

@@ -144,9 +144,10 @@ def test_evaluate_requires_cli_missing_value(make_cfg) -> None:
         evaluate.evaluate(cfg)
 
 
-@pytest.mark.slow
 def test_overfit_tiny_data(make_cfg, run_training) -> None:
-    """debug=overfit: the model and loss can learn at all (the source study's U-Net could not)."""
-    cfg = make_cfg(["debug=overfit"])
+    """debug=overfit (2 batches, no augmentation, 60 epochs): the model and loss can learn at all
+    (the source study's network painted background). ~7 s on an idle 2-core CPU; the test phase is
+    skipped as only the training Dice matters here."""
+    cfg = make_cfg(["debug=overfit", "test=false"])
     metrics, _ = run_training(cfg)
     assert metrics["train/dice"] > 0.9, metrics["train/dice"]
