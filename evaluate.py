@@ -51,6 +51,11 @@ def resolve_checkpoint(ckpt_path: str | None) -> Path:
     return resolve_run_checkpoint(path, "segmentation", "ckpt_path")
 
 
+def ckpt_argument(cfg: DictConfig) -> str | None:
+    """cfg.ckpt_path, or None when it is left at `???` or absent."""
+    return None if "ckpt_path" not in cfg or OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+
+
 def run_dir_of(ckpt: Path) -> Path:
     """Checkpoints live at <run>/checkpoints/x.ckpt."""
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
@@ -100,8 +105,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     from wbc.plots import plot_learning_curves
     from wbc.seg_eval import evaluate_segmentation, headline
 
-    ckpt_arg = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.get("ckpt_path")
-    ckpt = resolve_checkpoint(ckpt_arg)
+    ckpt = resolve_checkpoint(ckpt_argument(cfg))
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r}: expected one of {list(SPLITS)}")
     L.seed_everything(cfg.seed, workers=True)
@@ -126,6 +130,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
+    if ckpt_argument(cfg) in (None, ""):  # before extras prints the config (which would fail on `???`)
+        resolve_checkpoint(None)
     extras(cfg)
     evaluate(cfg)
 

@@ -27,14 +27,19 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
 
     segmenter = cfg.segmenter or cfg.run
     classifier = cfg.classifier or cfg.run
-    if segmenter is None:
-        raise ValueError("predict.py needs run=<pipeline run dir> or segmenter=<checkpoint>")
+    if segmenter is None and not cfg.get("onnx"):
+        raise ValueError("predict.py needs run=<pipeline run dir>, segmenter=<checkpoint> or onnx=<export.py dir>")
     files = list_inputs(cfg.input)
-    pipe = CellPipeline.from_checkpoints(segmenter, classifier, cfg.device)
+    if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
+        from wbc.onnx_backend import pipeline_from_export
+
+        pipe = pipeline_from_export(cfg.onnx, cfg.device)
+    else:
+        pipe = CellPipeline.from_checkpoints(segmenter, classifier, cfg.device)
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
     out_dir = Path(cfg.paths.output_dir)
-    rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops)
+    rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"))
     msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
     if failures:
         msg += f"; {len(failures)} skipped: " + ", ".join(Path(f["image"]).name for f in failures)

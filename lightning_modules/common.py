@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -18,9 +19,45 @@ def plain(cfg: Any) -> Any:
     return cfg
 
 
+def check_encoder_name(cfg: Mapping) -> None:
+    """An smp network's `encoder_name` must be an smp encoder or `tu-<timm model>`; smp's own error
+    (a KeyError listing every encoder, or timm's "Unknown model") does not name the config key."""
+    name = cfg.get("encoder_name")
+    if name is None or not str(cfg.get("_target_", "")).startswith("segmentation_models_pytorch"):
+        return
+    name = str(name)
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(name[3:]):
+            raise ValueError(f"model.net.encoder_name={name!r}: {name[3:]!r} is not a timm model (see timm.list_models())")
+        return
+    import segmentation_models_pytorch as smp
+
+    known = smp.encoders.get_encoder_names()
+    if name not in known:
+        raise ValueError(
+            f"model.net.encoder_name={name!r} is not an smp encoder; expected one of smp's encoders "
+            f"(e.g. {', '.join(known[:4])}, ...; see smp.encoders.get_encoder_names()) or 'tu-<timm model>'"
+        )
+
+
 def build(cfg: Mapping | None, **kwargs: Any) -> Any:
-    """Instantiate a `_target_` mapping (None stays None)."""
-    return None if cfg is None else instantiate(dict(cfg), **kwargs)
+    """Instantiate a `_target_` mapping (None stays None).
+
+    Config errors that already name their key (`model.loss.name=...`) are re-raised as they are,
+    without Hydra's InstantiationException wrapper."""
+    if cfg is None:
+        return None
+    cfg = dict(cfg)
+    check_encoder_name(cfg)
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError) and str(cause).startswith("model."):
+            raise cause from None
+        raise
 
 
 def configure_optimizers(module: L.LightningModule) -> dict:
@@ -43,6 +80,10 @@ def load_checkpoint(path: str, expected_stage: str, map_location: str | torch.de
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: file not found")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save: zip archive (or legacy pickle)
+        raise ValueError(f"ckpt_path={path}: not a PyTorch/Lightning checkpoint file (neither a zip archive nor a pickle)")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - turn any unpickling/zip error into one clear message
@@ -53,6 +94,21 @@ def load_checkpoint(path: str, expected_stage: str, map_location: str | torch.de
     if stage != expected_stage:
         raise ValueError(f"ckpt_path={path}: is a {stage!r} checkpoint, expected a {expected_stage!r} one")
     return ckpt
+
+
+def check_resume_checkpoint(path: str | None, expected_stage: str) -> None:
+    """Before `trainer.fit(ckpt_path=...)`: the file exists, loads weights-only, is this stage's and
+    holds the training state (optimizer, loops) a resume needs. Lightning's own errors for these
+    cases are a bare FileNotFoundError, or a state-dict key mismatch deep inside the restore."""
+    if not path:
+        return
+    ckpt = load_checkpoint(path, expected_stage)
+    missing = [k for k in ("optimizer_states", "loops", "epoch", "global_step") if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"ckpt_path={path}: cannot resume training from it: it has no {missing} (saved with "
+            "save_weights_only?); resume from a run's checkpoints/last.ckpt"
+        )
 
 
 def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, map_location: str = "cpu") -> L.LightningModule:

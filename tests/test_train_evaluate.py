@@ -103,7 +103,19 @@ def test_resume_continues_epochs_and_steps(trained_run, make_cfg, run_training, 
     assert epochs == {1}
     assert (tmp_path / "run" / "checkpoints" / "epoch_001.ckpt").is_file()
     # the best validation Dice so far survives the resume (it is what sweepers optimise)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["val_dice_best"] == pytest.approx(first_best)
     assert metrics["val/dice_best"] >= first_best - 1e-6
+
+
+def test_test_only_run_uses_ckpt_path(trained_run, make_cfg, run_training) -> None:
+    """train=false ckpt_path=...: the given checkpoint is tested (not freshly initialised weights)."""
+    run, first_metrics, _ = trained_run
+    last = run / "checkpoints" / "last.ckpt"  # 1-epoch run: same weights as its best checkpoint
+    metrics, _ = run_training(make_cfg(["train=false", f"ckpt_path={last}", "num_overlays=0"]))
+    assert metrics["best_checkpoint"] == str(last)
+    for key in ("test/dice", "test/loss", "test/dice_post"):
+        assert metrics[key] == pytest.approx(first_metrics[key], abs=1e-6), key
 
 
 def test_evaluate_rejects_bad_checkpoints(make_eval_cfg, tmp_path: Path) -> None:
@@ -111,6 +123,11 @@ def test_evaluate_rejects_bad_checkpoints(make_eval_cfg, tmp_path: Path) -> None
     garbage.write_text("not a checkpoint\n")
     with pytest.raises(ValueError, match="ckpt_path="):
         evaluate.evaluate(make_eval_cfg(garbage))
+
+    not_lightning = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), not_lightning)  # a valid torch file, but no state_dict/hyper_parameters
+    with pytest.raises(ValueError, match="ckpt_path=.*not a Lightning checkpoint"):
+        evaluate.evaluate(make_eval_cfg(not_lightning))
 
     cls_ckpt = tmp_path / "cls" / "checkpoints" / "epoch_000.ckpt"
     cls_ckpt.parent.mkdir(parents=True)
@@ -144,6 +161,7 @@ def test_evaluate_requires_cli_missing_value(make_cfg) -> None:
         evaluate.evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_overfit_tiny_data(make_cfg, run_training) -> None:
     """debug=overfit (2 batches, no augmentation, 60 epochs): the model and loss can learn at all
     (the source study's network painted background). ~7 s on an idle 2-core CPU; the test phase is
@@ -151,3 +169,19 @@ def test_overfit_tiny_data(make_cfg, run_training) -> None:
     cfg = make_cfg(["debug=overfit", "test=false"])
     metrics, _ = run_training(cfg)
     assert metrics["train/dice"] > 0.9, metrics["train/dice"]
+
+
+def test_scoring_the_train_split_is_unaugmented(trained_run) -> None:
+    """seg_eval on split=train scores the resized images, not the augmented training views."""
+    from wbc.seg_eval import evaluate_segmentation, predict_probabilities
+
+    _, _, objects = trained_run
+    model, dm = objects["model"], objects["datamodule"]
+    dm.setup()
+    plain = dm.make_dataset("eval", dm.datasets["train"].items)  # resize only
+    expected = evaluate_segmentation(model, dm, "train", num_overlays=0, probabilities=predict_probabilities(model, plain))
+    scored = evaluate_segmentation(model, dm, "train", num_overlays=0)
+    assert scored["n_cases"] == len(dm.split_ids()["train"])
+    for key in ("dice_raw", "iou_raw"):
+        got = [c[key] for c in scored["metric_per_case"]]
+        assert got == pytest.approx([c[key] for c in expected["metric_per_case"]]), key

@@ -76,6 +76,8 @@ def fit_stage(
     cb = trainer.checkpoint_callback
     if cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
+    elif not cfg.get("train", True) and cfg.get("ckpt_path"):
+        ckpt = str(cfg.ckpt_path)  # test-only run (train=false): test the given checkpoint, not fresh weights
     metrics["best_checkpoint"] = ckpt  # type: ignore[assignment]
     if cfg.get("test", True):
         if ckpt is None:

@@ -35,23 +35,61 @@ def list_inputs(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"input={path}: no such file or folder")
 
 
-def check_file(path: Path, max_bytes: int) -> None:
-    """Refuse oversized files and non-images before decoding them (cheap header check)."""
+def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) -> None:
+    """Refuse empty and oversized files, non-images and images with too many pixels before decoding
+    them (file size, magic bytes, then the width x height PIL reads from the header alone)."""
     size = path.stat().st_size
-    if size > max_bytes:
-        raise ImageReadError(f"{path}: {size} bytes exceeds the limit max_file_mb={max_bytes / 2**20:.0f} (predict.max_file_mb)")
+    if size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
+    if size > max_file_mb * 2**20:
+        raise ImageReadError(f"{path}: {size} bytes exceeds the limit max_file_mb={max_file_mb:g} (predict.max_file_mb)")
     with open(path, "rb") as fh:
         head = fh.read(8)
     if not head.startswith(MAGIC):
-        raise ImageReadError(f"{path}: not a PNG/BMP/TIFF/JPEG file (unrecognised header)")
+        raise ImageReadError(f"{path}: not an image file (no PNG/BMP/TIFF/JPEG header)")
+    if max_pixels:
+        w, h = image_size(path)
+        if w * h > max_pixels:
+            raise ImageReadError(
+                f"{path}: {w}x{h} = {w * h} pixels exceeds the limit max_pixels={max_pixels} (predict.max_pixels); "
+                "tile or downscale the image first"
+            )
 
 
-def predict_images(pipe: CellPipeline, files: Sequence[Path], out_dir: Path, max_file_mb: float = 50, save_crops: bool = True) -> tuple[list[dict], list[dict]]:
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header; nothing is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError as err:  # beyond PIL's own bomb limit: certainly too large
+        raise ImageReadError(f"{path}: {err} (predict.max_pixels)") from err
+    except Exception as err:  # noqa: BLE001 - an unreadable header is reported like any bad file
+        if path.suffix.lower() in (".tif", ".tiff"):  # TIFFs PIL cannot open are read by tifffile later
+            try:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    shape = tif.pages[0].shape
+                return int(shape[1]), int(shape[0])
+            except Exception:  # noqa: BLE001 - report PIL's message below
+                pass
+        raise ImageReadError(f"{path}: cannot read the image header ({err}); truncated or not an image file") from err
+
+
+def predict_images(
+    pipe: CellPipeline, files: Sequence[Path], out_dir: Path, max_file_mb: float = 50, save_crops: bool = True, max_pixels: int | None = None
+) -> tuple[list[dict], list[dict]]:
     """Returns (rows, failures); writes predictions.csv/.json into out_dir."""
     rows, failures = [], []
     for f in files:
         try:
-            check_file(f, int(max_file_mb * 2**20))
+            check_file(f, max_file_mb, max_pixels)
             rgb = read_rgb(f)
         except (ImageReadError, OSError) as err:
             log.error("skipped %s: %s", f, err)

@@ -91,6 +91,8 @@ def evaluate_segmentation(
     post = dict(post or {})
     datamodule.setup()
     dataset = datamodule.datasets[split]
+    if split == "train":  # score what the model saw without the training augmentation (resize only)
+        dataset = datamodule.make_dataset("eval", dataset.items)
     if probabilities is None:
         probabilities = predict_probabilities(module, dataset, tta=tta)
     cases, pooled = [], defaultdict(float)

@@ -1,0 +1,107 @@
+"""ONNX export (export.py) and the onnxruntime backend: same outputs as eager PyTorch within 1e-4,
+and predict.py runs the same pipeline on it (`onnx=<export dir>`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+import export  # noqa: E402
+from datamodules.synthetic import SyntheticSpec, render_image  # noqa: E402
+from tests.helpers_data import write_image  # noqa: E402
+from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules  # noqa: E402
+from wbc.inference import CellPipeline  # noqa: E402
+from wbc.onnx_backend import OnnxClassifier, OnnxSegmenter, load_export, pipeline_from_export  # noqa: E402
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(segmenter, classifier, checkpoints dir, export dir): untrained tiny models exported by export.py."""
+    d = tmp_path_factory.mktemp("onnx")
+    seg, clf = tiny_modules(d, seed=1)
+    seg_ckpt = save_checkpoint(seg, d / "seg" / "checkpoints" / "last.ckpt")
+    cls_ckpt = save_checkpoint(clf, d / "cls" / "checkpoints" / "last.ckpt")
+    export.export([f"segmenter={seg_ckpt.parent.parent}", f"classifier={cls_ckpt}", f"out={d / 'export'}"])
+    return seg, clf, d, d / "export"
+
+
+def _images(n: int = 2, size: int = 64) -> list[np.ndarray]:
+    spec = SyntheticSpec(image_size=size, seed=3)
+    return [render_image(spec, i, c)[0] for i, c in zip(range(n), ("neutrophil", "lymphoblast", "promyelocyte"))]
+
+
+def test_export_writes_models_and_data_info(exported):
+    seg, clf, _, out = exported
+    assert {p.name for p in out.iterdir()} >= {"segmenter.onnx", "classifier.onnx", "export.json"}
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["segmenter"]["data_info"] == seg.hparams.data_info
+    assert meta["classifier"]["data_info"] == clf.hparams.data_info
+    assert meta["classifier"]["data_info"]["crops"]["size"] == 32
+    assert meta["segmenter"]["input_shape"] == [None, 3, 32, 32] and meta["classifier"]["input_shape"] == [None, 3, 32, 32]
+
+
+def test_exported_models_match_eager(exported):
+    seg, clf, _, out = exported
+    oseg, oclf = load_export(out)
+    assert isinstance(oseg, OnnxSegmenter) and isinstance(oclf, OnnxClassifier)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 32, generator=g)  # batch 3: the batch axis is dynamic
+    np.testing.assert_allclose(oseg.predict_probability(x).numpy(), seg.predict_probability(x).numpy(), atol=ATOL, rtol=0)
+    crops = torch.rand(5, 3, 32, 32, generator=g)
+    got = oclf.predict_proba(crops).numpy()
+    np.testing.assert_allclose(got, clf.predict_proba(crops).numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def test_onnx_pipeline_matches_torch_pipeline(exported):
+    seg, clf, _, out = exported
+    eager, onnx = CellPipeline(seg, clf), pipeline_from_export(out)
+    assert onnx.crop_spec == eager.crop_spec and onnx.classes == eager.classes
+    for rgb in _images():
+        a, b = eager(rgb), onnx(rgb)
+        np.testing.assert_allclose(b.prob, a.prob, atol=ATOL, rtol=0)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        np.testing.assert_allclose(b.class_probs, a.class_probs, atol=ATOL, rtol=0)
+        assert set(b.timings) == {"segment_ms", "cells_ms", "classify_ms"}
+
+
+def test_predict_py_on_onnx_equals_checkpoints(exported, tmp_path):
+    import predict
+
+    _, _, d, out = exported
+    inputs = tmp_path / "in"
+    for i, rgb in enumerate(_images()):
+        write_image(inputs / f"img{i}.png", rgb)
+    runs = {}
+    for name, overrides in {
+        "ckpt": [f"segmenter={d / 'seg'}", f"classifier={d / 'cls'}"],
+        "onnx": [f"onnx={out}"],
+    }.items():
+        cfg = compose_cfg("predict.yaml", [f"input={inputs}", *overrides], tmp_path / name)
+        summary, _ = predict.predict(cfg)
+        runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())
+        assert summary["failed"] == 0
+        assert sorted(p.name for p in (tmp_path / name / "masks").iterdir()) == ["img0.png", "img1.png"]
+    a, b = runs["ckpt"], runs["onnx"]
+    assert a["classes"] == b["classes"] and len(a["cells"]) == len(b["cells"]) > 0
+    for ra, rb in zip(a["cells"], b["cells"]):
+        assert ra["bbox_y0"] == rb["bbox_y0"] and ra["class"] == rb["class"]
+        assert rb["probability"] == pytest.approx(ra["probability"], abs=ATOL)
+
+
+def test_export_cli_arguments(tmp_path):
+    with pytest.raises(SystemExit, match=r"unexpected argument 'model=x'; expected key=value with key in \['run'"):
+        export.parse_args(["model=x"])
+    with pytest.raises(SystemExit, match=r"needs run=<pipeline run dir> or segmenter=<checkpoint>"):
+        export.export([f"out={tmp_path}"])
+    with pytest.raises(SystemExit, match=r"out=<dir> is required with segmenter="):
+        export.export([f"segmenter={tmp_path / 'x.ckpt'}"])
+    with pytest.raises(FileNotFoundError, match=r"segmenter=.*nowhere: no such checkpoint file or run directory"):
+        export.export([f"run={tmp_path / 'nowhere'}"])

@@ -1,0 +1,218 @@
+"""ONNX export of the two models and onnxruntime stand-ins that `CellPipeline` accepts.
+
+`export_models(segmenter, classifier, out_dir)` writes `segmenter.onnx` (image -> nucleus
+probability), `classifier.onnx` (crops -> class probabilities; dynamic batch) and `export.json`
+holding each model's `data_info` (preprocessing, network size, classes, crop geometry), so a
+prediction from the export sees exactly the inputs the checkpoints were trained on.
+
+`OnnxSegmenter` / `OnnxClassifier` quack like the Lightning modules as far as
+`wbc.inference.CellPipeline` is concerned (`predict_probability`, `predict_proba`,
+`.hparams.data_info`, `.to()`, `.eval()`), so `pipeline_from_export(dir)` runs the very same
+pipeline code on onnxruntime (`python predict.py onnx=<export dir> input=...`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.data import AttributeDict
+
+from wbc.io import atomic_write, write_json
+
+log = logging.getLogger("wbc")
+
+EXPORT_JSON = "export.json"
+OPSET = 17
+FORMAT_VERSION = 1
+
+
+class _SegmenterHead(torch.nn.Module):
+    """net + the module's own logits -> nucleus probability (sigmoid, or the softmax nucleus channel)."""
+
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.nucleus_probability(self.module(x))
+
+
+class _ClassifierHead(torch.nn.Module):
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).softmax(1)
+
+
+def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
+    channels = 1 if (data_info.get("preprocess") or {}).get("grayscale") else 3
+    size = int(data_info.get("image_size") or 128)
+    return (batch, channels, size, size)
+
+
+def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_name: str, output_name: str, opset: int) -> None:
+    head = head.cpu().eval()
+    example = torch.rand(*shape)
+
+    def _write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                head,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            )
+
+    atomic_write(path, _write)
+
+
+def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opset: int = OPSET, sources: dict | None = None) -> dict:
+    """Write segmenter.onnx [+ classifier.onnx] + export.json into out_dir; returns the JSON dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
+    seg_info = dict(segmenter.hparams.get("data_info") or {})
+    seg_shape = _input_shape(seg_info)
+    _export(_SegmenterHead(segmenter), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
+    meta["segmenter"] = {
+        "file": "segmenter.onnx",
+        "stage": segmenter.hparams.get("stage", "segmentation"),
+        "io": "image: B x C x S x S float in [0, 1] after data_info.preprocess and a resize to S -> nucleus_probability: B x 1 x S x S",
+        "input_shape": [None, *seg_shape[1:]],
+        "data_info": seg_info,
+    }
+    if classifier is not None:
+        cls_info = dict(classifier.hparams.get("data_info") or {})
+        crop_size = int((cls_info.get("crops") or {}).get("image_size") or cls_info.get("image_size") or 64)
+        cls_shape = _input_shape({**cls_info, "image_size": crop_size}, batch=2)
+        _export(_ClassifierHead(classifier), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
+        meta["classifier"] = {
+            "file": "classifier.onnx",
+            "stage": classifier.hparams.get("stage", "classification"),
+            "io": "crops: B x C x s x s float in [0, 1] (data_info.crops) -> class_probability: B x n_classes (order: data_info.classes)",
+            "input_shape": [None, *cls_shape[1:]],
+            "data_info": cls_info,
+        }
+    write_json(out / EXPORT_JSON, meta)
+    return meta
+
+
+def export_checkpoints(segmenter: str | Path, classifier: str | Path | None, out_dir: str | Path, opset: int = OPSET) -> dict:
+    """Checkpoints (files or run dirs, as predict.py takes them) -> ONNX export in out_dir."""
+    from lightning_modules.classification import ClassifierModule
+    from lightning_modules.common import module_from_checkpoint
+    from lightning_modules.segmentation import SegmentationModule
+    from wbc.checkpoints import resolve_checkpoint
+
+    seg_path = resolve_checkpoint(segmenter, "segmentation", "segmenter")
+    seg = module_from_checkpoint(SegmentationModule, str(seg_path), "segmentation")
+    clf, cls_path = None, None
+    if classifier is not None:
+        cls_path = resolve_checkpoint(classifier, "classification", "classifier")
+        clf = module_from_checkpoint(ClassifierModule, str(cls_path), "classification")
+    sources = {"segmenter": str(seg_path), "classifier": str(cls_path) if cls_path else None}
+    return export_models(seg, clf, out_dir, opset, sources)
+
+
+# --------------------------------------------------------------------------- runtime side
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class _OnnxModel:
+    """What CellPipeline touches of a LightningModule, backed by an onnxruntime session (CPU)."""
+
+    stage = ""
+
+    def __init__(self, path: str | Path, data_info: dict | None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"onnx={self.path.parent}: {self.path.name} not found (run export.py first)")
+        self.session = _session(self.path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.hparams = AttributeDict(data_info=dict(data_info or {}), stage=self.stage)
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device = "cpu", *args, **kwargs) -> _OnnxModel:
+        if torch.device(device).type != "cpu":
+            log.warning("onnx backend runs on onnxruntime's CPU provider; device=%s ignored", device)
+        return self
+
+    def eval(self) -> _OnnxModel:
+        return self
+
+    def run(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(arr, dtype=np.float32)})[0]
+        return torch.from_numpy(out)
+
+    __call__ = run
+
+
+class OnnxSegmenter(_OnnxModel):
+    stage = "segmentation"
+
+    def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
+class OnnxClassifier(_OnnxModel):
+    stage = "classification"
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
+def read_export(export_dir: str | Path) -> dict:
+    d = Path(export_dir)
+    meta_path = d / EXPORT_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"onnx={export_dir}: no {EXPORT_JSON} there; expected a folder written by export.py")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} is not valid JSON ({err})") from err
+    if "segmenter" not in meta:
+        raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} has no 'segmenter' entry")
+    return meta
+
+
+def load_export(export_dir: str | Path, threads: int | None = None) -> tuple[OnnxSegmenter, OnnxClassifier | None]:
+    d = Path(export_dir)
+    meta = read_export(d)
+    seg = OnnxSegmenter(d / meta["segmenter"]["file"], meta["segmenter"].get("data_info"), threads)
+    clf = None
+    if meta.get("classifier"):
+        clf = OnnxClassifier(d / meta["classifier"]["file"], meta["classifier"].get("data_info"), threads)
+    return seg, clf
+
+
+def pipeline_from_export(export_dir: str | Path, device: str = "cpu", threads: int | None = None):
+    """A CellPipeline whose two models run on onnxruntime."""
+    from wbc.inference import CellPipeline
+
+    seg, clf = load_export(export_dir, threads)
+    return CellPipeline(seg, clf, device)
+
