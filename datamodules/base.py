@@ -62,6 +62,7 @@ class WBCDataModule(L.LightningDataModule):
         generator: Any = None,
         require_masks: bool = True,
         crops: Mapping | None = None,
+        filters: Mapping | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -92,6 +93,7 @@ class WBCDataModule(L.LightningDataModule):
         self.generator = generator
         self.require_masks = require_masks
         self.crops_cfg = dict(crops or {})  # used by the classification stage
+        self.filters = dict(filters or {})
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         self.cache: dict[str, CachedSample] = {}
@@ -109,12 +111,18 @@ class WBCDataModule(L.LightningDataModule):
         cfg = self.splits_cfg
         k, seed, tf = cfg.get("k", 5), cfg.get("seed", 0), cfg.get("test_fraction", 0.3)
         folder = Path(cfg.get("dir") or self.root)
-        return folder / f"splits_{self.name}_seed{seed}_k{k}_test{round(tf * 100)}.json"
+        subset = ""
+        if self.drop_classes or self.filters:  # a different sample set gets its own split file
+            import hashlib
+
+            key = repr((sorted(self.drop_classes), sorted((k, str(v)) for k, v in self.filters.items())))
+            subset = "_" + hashlib.sha1(key.encode()).hexdigest()[:8]
+        return folder / f"splits_{self.name}{subset}_seed{seed}_k{k}_test{round(tf * 100)}.json"
 
     def load_manifest(self) -> Manifest:
         if self.manifest is None:
             self.manifest = read_manifest(
-                self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks
+                self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks, self.filters
             )
             if self.manifest.dropped:
                 log.info("data.drop_classes excluded %s", self.manifest.dropped)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +140,7 @@ class Manifest:
         return {s.id: s for s in self.samples}
 
 
-def _read_csv(root: Path, csv_name: str) -> list[Sample]:
+def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = None) -> list[Sample]:
     path = root / csv_name
     if not path.is_file():
         raise ManifestError(f"{path}: labels file not found; expected a CSV with columns {list(REQUIRED_COLUMNS)} (layout=csv)")
@@ -150,8 +151,13 @@ def _read_csv(root: Path, csv_name: str) -> list[Sample]:
         if missing:
             raise ManifestError(f"{path}: missing columns {missing}; found {columns}, expected at least {list(REQUIRED_COLUMNS)}")
         rows = list(reader)
+    for column, wanted in (filters or {}).items():  # e.g. data.filters.subset=dataset1
+        if column not in columns:
+            raise ManifestError(f"data.filters.{column}: {path} has no column {column!r}; columns are {columns}")
+        allowed = {str(w) for w in (wanted if isinstance(wanted, list | tuple) else [wanted])}
+        rows = [r for r in rows if r[column] in allowed]
     if not rows:
-        raise ManifestError(f"{path}: no rows; expected one row per image")
+        raise ManifestError(f"{path}: no rows{' after data.filters' if filters else ''}; expected one row per image")
     problems, samples = [], []
     seen: Counter[str] = Counter(r["image"] for r in rows)
     dupes = sorted(k for k, n in seen.items() if n > 1)
@@ -202,13 +208,16 @@ def read_manifest(
     classes: Sequence[str] | None = None,
     drop_classes: Iterable[str] = (),
     require_masks: bool = True,
+    filters: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """Read and check a dataset's listing (files are decoded later, by `load_sample`)."""
+    """Read and check a dataset's listing (files are decoded later, by `load_sample`).
+
+    `filters` keeps CSV rows whose column value is listed (e.g. `{"subset": ["dataset1"]}`)."""
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"data.root={root}: folder not found; set data.root (or the WBC_DATA_DIR / WBC_SHARED_DATA env var)")
     if layout == "csv":
-        samples = _read_csv(root, csv_name)
+        samples = _read_csv(root, csv_name, filters)
     elif layout == "folders":
         samples = _read_folders(root)
     else:
@@ -219,7 +228,7 @@ def read_manifest(
     found = sorted({s.class_name for s in samples})
     if classes is None:
         classes = found
-    classes = list(classes)
+    classes = [c for c in classes if c not in drop]  # dropping a class removes it from the label set too
     problems = []
     unknown = sorted(set(found) - set(classes))
     if unknown:

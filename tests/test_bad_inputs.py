@@ -247,7 +247,7 @@ def test_resume_checkpoint_missing(tmp_path):
 def test_resume_checkpoint_not_a_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     path.write_text("epoch,loss\n0,1.0\n")
-    with pytest.raises(ValueError, match=r"ckpt_path=.*last\.ckpt: not a loadable Lightning checkpoint"):
+    with pytest.raises(ValueError, match=r"ckpt_path=.*last\.ckpt: not a (PyTorch/Lightning checkpoint file|loadable Lightning checkpoint)"):
         check_resume_checkpoint(str(path), "segmentation")
 
 
