@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_recall
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_recall,
+)
 
 from wbc.io import atomic_write
 
