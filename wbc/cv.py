@@ -1,0 +1,536 @@
+"""Cross-validation sweeps: the run-dir protocol of a multirun job, and the CV summary.
+
+A sweep dir holds one run dir per job (`<sweep>/<job number>/`). What each job leaves there:
+- `metrics.json`: the job finished (written last by the stage);
+- `FAILED`: the job raised (train.py writes it in multirun mode, then lets the sweep go on);
+- `job.json`: which job this dir holds (fold, stage, overrides, loggers), so a resumed sweep never
+  mistakes one fold's results for another's;
+- `val_eval/summary.json` (segmentation) and `val_predictions.csv` (classification): the
+  validation-split predictions of the fold, i.e. its out-of-fold (OOF) predictions.
+
+`summarize_sweep(sweep_dir)` turns that into one table: per-fold metrics, mean and **sample**
+standard deviation (ddof=1, numpy's `std(ddof=1)`; undefined with one fold) of every numeric
+val/test/pipeline metric, the failed folds, and the pooled OOF predictions re-scored together
+(nnU-Net's cross-validation figure: every training image scored once, by the fold that did not
+train on it). Pure functions: no Hydra or Lightning needed to call them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+import traceback
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wbc.io import write_json, write_text
+
+log = logging.getLogger("wbc")
+
+FAILED = "FAILED"
+JOB_FILE = "job.json"
+METRICS = "metrics.json"
+SEG_OOF = Path("val_eval") / "summary.json"
+CLS_OOF = Path("val_predictions.csv")
+# where a stage's files are inside a run dir: the run itself, or a pipeline run's sub-runs
+STAGE_DIRS = ("", "segmentation", "classification")
+STD_NOTE = "sample standard deviation across folds (ddof=1, as numpy.std(ddof=1)); null with fewer than 2 folds"
+# overrides that do not change what a job computes (ignored when grouping jobs and checking a resume)
+NEUTRAL_OVERRIDES = ("resume", "ckpt_path", "logger", "extras", "callbacks.rich_progress_bar", "tags")
+
+
+# ----------------------------------------------------------------------------- job protocol
+def override_key(override: str) -> str:
+    """`++data.fold=3` -> `data.fold`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _is_neutral(override: str) -> bool:
+    key = override_key(override)
+    return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)
+
+
+def job_record(
+    fold: Any, stage: str | None, overrides: Sequence[str], job: Any = None, task_name: str | None = None,
+    optimized_metric: str | None = None, loggers: Mapping[str, Any] | None = None,
+) -> dict:
+    """What job.json holds: enough to recognise the job on resume, and to log the sweep summary to
+    the same dashboards (`loggers`: the job's resolved logger configs)."""
+    return {
+        "job": job,
+        "fold": fold,
+        "stage": stage,
+        "task_name": task_name,
+        "optimized_metric": optimized_metric,
+        "overrides": list(overrides),
+        "loggers": {name: dict(entry) for name, entry in (loggers or {}).items() if entry},
+    }
+
+
+def check_same_job(run_dir: Path, record: Mapping) -> None:
+    """A resumed sweep must find the same job in a run dir: job numbers follow the order of the
+    swept values, so `-m data.fold=2,3` resumed into a `data.fold=0,1,2,3,4` sweep dir would
+    otherwise reuse fold 0's results as fold 2's."""
+    path = Path(run_dir) / JOB_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in ("fold", "stage"):
+        if old.get(key) != record.get(key):
+            raise ValueError(
+                f"resume=true: {run_dir} holds a job with {key}={old.get(key)!r}, this job has {key}={record.get(key)!r} "
+                "(job numbers follow the swept values: resume with the same sweep, or use a new hydra.sweep.dir)"
+            )
+    before = sorted(o for o in old.get("overrides", []) if not _is_neutral(o))
+    now = sorted(o for o in record.get("overrides", []) if not _is_neutral(o))
+    if before != now:
+        log.warning("resume=true: %s was run with overrides %s, this job has %s", run_dir, before, now)
+
+
+def start_job(run_dir: Path, record: Mapping) -> None:
+    """Before a job runs: forget an earlier attempt's failure, record which job this dir holds."""
+    run_dir = Path(run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
+    write_json(run_dir / JOB_FILE, dict(record))
+
+
+def finished_metrics(run_dir: Path) -> dict | None:
+    """metrics.json of a finished run (None when the run did not finish or failed)."""
+    run_dir = Path(run_dir)
+    if (run_dir / FAILED).exists() or not (run_dir / METRICS).is_file():
+        return None
+    try:
+        return json.loads((run_dir / METRICS).read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_failure(run_dir: Path, err: BaseException) -> Path:
+    """`<run>/FAILED`: the exception and the last frames of its traceback (the full one is in the log)."""
+    frames = traceback.format_exception(type(err), err, err.__traceback__)
+    tail = "".join(frames[-3:])
+    text = f"{type(err).__name__}: {err}\n\n{tail}"
+    return write_text(Path(run_dir) / FAILED, text)
+
+
+def returned_metric(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value a finished job returns to the sweeper (None when none is configured or logged)."""
+    if not name or metrics.get(name) is None:
+        return None
+    return float(metrics[name])
+
+
+# ----------------------------------------------------------------------------- reading a sweep
+@dataclass
+class Job:
+    name: str  # the run dir's name (the job number)
+    run_dir: Path
+    status: str  # ok | failed
+    fold: Any = None
+    stage: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        """Jobs that differ only in the fold (and neutral overrides) form one CV group."""
+        return tuple(sorted(o for o in self.overrides if override_key(o) != "data.fold" and not _is_neutral(o)))
+
+
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _fold_from(overrides: Sequence[str], cfg: Mapping | None) -> Any:
+    for o in overrides:
+        if override_key(o) == "data.fold":
+            value = o.split("=", 1)[1]
+            try:
+                return int(value)
+            except ValueError:
+                return value
+    data = (cfg or {}).get("data") or {}
+    return data.get("fold") if isinstance(data, Mapping) else None
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / n).exists() for n in (".hydra", METRICS, FAILED, JOB_FILE, "checkpoints"))
+
+
+def _sort_key(path: Path) -> tuple:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def read_job(run_dir: Path) -> Job:
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / JOB_FILE).read_text()) if (run_dir / JOB_FILE).is_file() else {}
+    cfg = _load_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or record.get("overrides") or []
+    job = Job(run_dir.name, run_dir, "failed", _fold_from(overrides, cfg), cfg.get("stage") or record.get("stage"), list(overrides), record=record)
+    if (run_dir / FAILED).exists():
+        text = (run_dir / FAILED).read_text().strip()
+        job.reason = text.splitlines()[0] if text else "FAILED"
+        return job
+    metrics = finished_metrics(run_dir)
+    if metrics is None:
+        job.reason = "no metrics.json: the job crashed, was killed or is still running"
+        return job
+    job.status, job.metrics = "ok", metrics
+    return job
+
+
+def read_sweep(sweep_dir: Path) -> list[Job]:
+    """Every job of a sweep dir (its run dirs, in job-number order)."""
+    sweep_dir = Path(sweep_dir)
+    runs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and is_run_dir(d)), key=_sort_key)
+    return [read_job(d) for d in runs]
+
+
+# ----------------------------------------------------------------------------- aggregation
+_SCORE_KEY = re.compile(r"(^|/)(val|test)/|^pipeline/")
+
+
+def is_score(key: str, value: Any) -> bool:
+    """Numeric val/test/pipeline metrics (also those of a pipeline's stages) are aggregated."""
+    return bool(_SCORE_KEY.search(key)) and (value is None or (isinstance(value, int | float) and not isinstance(value, bool)))
+
+
+def mean_std(values: Iterable[float | None], ddof: int = 1) -> dict[str, Any]:
+    """Mean and standard deviation (ddof=1: sample std) of the defined values; NaN/None are left out."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(float(v))], dtype=float)
+    return {
+        "mean": float(arr.mean()) if arr.size else None,
+        "std": float(arr.std(ddof=ddof)) if arr.size > ddof else None,
+        "n": int(arr.size),
+    }
+
+
+def _nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _nanmean(values: Iterable[Any]) -> float | None:
+    arr = np.asarray([_nan(v) for v in values], dtype=float)
+    return float(np.nanmean(arr)) if arr.size and not np.isnan(arr).all() else None
+
+
+def _stage_file(run_dir: Path, rel: Path) -> Path | None:
+    for sub in STAGE_DIRS:
+        path = run_dir / sub / rel
+        if path.is_file():
+            return path
+    return None
+
+
+def segmentation_oof(jobs: Sequence[Job]) -> tuple[dict, list[dict]] | None:
+    """Pool every fold's validation cases (val_eval/summary.json) and average them together:
+    the per-image means over all out-of-fold images (post-processed and raw, original resolution)."""
+    cases: list[dict] = []
+    used = []
+    for job in jobs:
+        path = _stage_file(job.run_dir, SEG_OOF)
+        if path is None:
+            continue
+        used.append(job.name)
+        for c in json.loads(path.read_text()).get("metric_per_case", []):
+            cases.append({"job": job.name, "fold": job.fold, **c})
+    if not cases:
+        return None
+    metrics = {
+        "oof/val/dice_post": _nanmean(c.get("dice") for c in cases),
+        "oof/val/iou_post": _nanmean(c.get("iou") for c in cases),
+        "oof/val/dice_raw_fullres": _nanmean(c.get("dice_raw") for c in cases),
+        "oof/val/iou_raw_fullres": _nanmean(c.get("iou_raw") for c in cases),
+    }
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for c in cases:
+        by_class[str(c.get("class_name"))].append(c)
+    for cls, cs in sorted(by_class.items()):
+        metrics[f"oof/val/dice_post/{cls}"] = _nanmean(c.get("dice") for c in cs)
+    ids = [c.get("id") for c in cases]
+    info = {
+        "metrics": metrics,
+        "n_cases": len(cases),
+        "n_unique_cases": len(set(ids)),
+        "jobs": used,
+        "definition": "per-image Dice/IoU of every fold's validation images pooled, then averaged (NaN cases excluded)",
+    }
+    return info, cases
+
+
+def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        classes = [h[2:] for h in (reader.fieldnames or []) if h.startswith("p_")]
+        return classes, list(reader)
+
+
+def classification_oof(jobs: Sequence[Job]) -> tuple[dict, list[dict]] | None:
+    """Pool every fold's validation crops (val_predictions.csv) and re-score them together."""
+    classes: list[str] | None = None
+    rows: list[dict] = []
+    used = []
+    for job in jobs:
+        path = _stage_file(job.run_dir, CLS_OOF)
+        if path is None:
+            continue
+        cls, rs = read_predictions_csv(path)
+        if classes is None:
+            classes = cls
+        elif cls != classes:
+            log.warning("CV summary: %s has classes %s, other folds %s: left out of the OOF score", path, cls, classes)
+            continue
+        used.append(job.name)
+        rows.extend({"job": job.name, "fold": job.fold, **r} for r in rs)
+    if not rows or not classes:
+        return None
+    from wbc.cls_eval import classification_report
+
+    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
+    labels = np.asarray([classes.index(r["true"]) for r in rows])
+    metrics = classification_report(probs, labels, classes, "oof/val")
+    info = {
+        "metrics": metrics,
+        "n_crops": len(rows),
+        "classes": classes,
+        "jobs": used,
+        "definition": "every fold's validation crops pooled, then accuracy / balanced accuracy / macro-F1 computed once",
+    }
+    return info, rows
+
+
+def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
+    ok = [j for j in jobs if j.status == "ok"]
+    failed = [j for j in jobs if j.status != "ok"]
+    names = sorted({k for j in ok for k, v in j.metrics.items() if is_score(k, v)})
+    stats = {name: mean_std((j.metrics.get(name) for j in ok if name in j.metrics), ddof) for name in names}
+    summary: dict[str, Any] = {
+        "overrides": list(jobs[0].group) if jobs else [],
+        "stage": next((j.stage for j in jobs if j.stage), None),
+        "n_jobs": len(jobs),
+        "n_ok": len(ok),
+        "folds": [j.fold for j in ok],
+        "failed_folds": [j.fold for j in failed],
+        "failed": [{"job": j.name, "fold": j.fold, "run_dir": str(j.run_dir), "reason": j.reason} for j in failed],
+        "std_definition": STD_NOTE if ddof == 1 else f"standard deviation across folds with ddof={ddof}",
+        "mean": {k: s["mean"] for k, s in stats.items()},
+        "std": {k: s["std"] for k, s in stats.items()},
+        "n": {k: s["n"] for k, s in stats.items()},
+        "per_fold": [
+            {"job": j.name, "fold": j.fold, "run_dir": str(j.run_dir), "status": j.status, "reason": j.reason,
+             "metrics": {k: v for k, v in j.metrics.items() if is_score(k, v)} if j.status == "ok" else {}}
+            for j in jobs
+        ],
+        "oof": {},
+    }
+    opt = next((j.record.get("optimized_metric") for j in jobs if j.record.get("optimized_metric")), None)
+    if opt:
+        summary["optimized_metric"] = opt
+    seg = segmentation_oof(ok)
+    if seg is not None:
+        summary["oof"]["segmentation"] = seg[0]
+    cls = classification_oof(ok)
+    if cls is not None:
+        summary["oof"]["classification"] = cls[0]
+    return summary
+
+
+def summarize_jobs(jobs: Sequence[Job], sweep_dir: Path | None = None, ddof: int = 1) -> dict:
+    """One summary per group of jobs that differ only in data.fold; one group -> a flat summary."""
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    for j in jobs:
+        groups[j.group].append(j)
+    is_cv = any(override_key(o) == "data.fold" for j in jobs for o in j.overrides)
+    head = {"sweep_dir": str(sweep_dir) if sweep_dir else None, "kind": "cv" if is_cv else "sweep"}
+    summaries = [summarize_group(g, ddof) for g in groups.values()]
+    if len(summaries) == 1:
+        return {**head, **summaries[0]}
+    return {**head, "n_jobs": len(jobs), "failed_folds": [f for s in summaries for f in s["failed_folds"]], "groups": summaries}
+
+
+def summarize_sweep(sweep_dir: Path, ddof: int = 1) -> dict:
+    return summarize_jobs(read_sweep(Path(sweep_dir)), Path(sweep_dir), ddof)
+
+
+def groups_of(summary: Mapping) -> list[Mapping]:
+    return list(summary.get("groups") or [summary])
+
+
+def oof_metrics(group: Mapping) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in (group.get("oof") or {}).values():
+        out.update(part["metrics"])
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+def summary_table(summary: Mapping) -> tuple[list[str], list[list[Any]]]:
+    """The CSV: one row per fold, then `mean`, `std` and (where scored) `oof` rows per group."""
+    groups = groups_of(summary)
+    names = sorted({k for g in groups for k in g["mean"]} | {k for g in groups for k in oof_metrics(g)})
+    header = ["group", "job", "fold", "status", *names, "note"]
+    rows: list[list[Any]] = []
+    for gi, g in enumerate(groups):
+        label = " ".join(g.get("overrides") or []) or str(gi)
+        for f in g["per_fold"]:
+            rows.append([label, f["job"], f["fold"], f["status"], *[f["metrics"].get(n) for n in names], f.get("reason") or ""])
+        rows.append([label, "mean", "", "", *[g["mean"].get(n) for n in names], f"n={g['n_ok']} folds"])
+        rows.append([label, "std", "", "", *[g["std"].get(n) for n in names], "sample std (ddof=1)"])
+        oof = oof_metrics(g)
+        if oof:
+            rows.append([label, "oof", "", "", *[oof.get(n) for n in names], "pooled out-of-fold predictions, scored together"])
+    return header, rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_summary(summary: Mapping, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
+    """`<stem>.json` and `<stem>.csv` in out_dir (stem: cv_summary for fold sweeps, else sweep_summary)."""
+    stem = stem or ("cv_summary" if summary.get("kind") == "cv" else "sweep_summary")
+    out_dir = Path(out_dir)
+    header, rows = summary_table(summary)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows([[_fmt(v) for v in r] for r in rows])
+    return write_json(out_dir / f"{stem}.json", summary), write_text(out_dir / f"{stem}.csv", buf.getvalue())
+
+
+def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
+    """The pooled OOF cases / crops, one row each with its fold: cv_oof_cases.csv, cv_oof_predictions.csv."""
+    ok = [j for j in jobs if j.status == "ok"]
+    written = []
+    for name, pooled in (("cv_oof_cases.csv", segmentation_oof(ok)), ("cv_oof_predictions.csv", classification_oof(ok))):
+        if pooled is None:
+            continue
+        rows = pooled[1]
+        keys = [k for k in rows[0] if not isinstance(rows[0][k], list | dict)]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _fmt(r.get(k)) for k in keys} for r in rows)
+        written.append(write_text(Path(out_dir) / name, buf.getvalue()))
+    return written
+
+
+HEADLINE = ("test/dice_post", "test/macro_f1", "pipeline/macro_f1", "pipeline/detection_recall")
+
+
+def format_summary(summary: Mapping, max_metrics: int = 8) -> str:
+    """A few lines for the console: folds, failures, headline metrics as mean ± sample std, OOF."""
+    lines = []
+    for g in groups_of(summary):
+        label = " ".join(g.get("overrides") or [])
+        failed = f"; FAILED folds: {g['failed_folds']}" if g["failed_folds"] else ""
+        lines.append(f"{summary.get('kind', 'sweep')} {label}: {g['n_ok']}/{g['n_jobs']} jobs finished (folds {g['folds']}){failed}".replace("  ", " "))
+        wanted = [g.get("optimized_metric"), *HEADLINE]
+        keys = [k for k in dict.fromkeys(wanted) if k and k in g["mean"]] or list(g["mean"])[:max_metrics]
+        for k in keys[:max_metrics]:
+            mean, std = g["mean"][k], g["std"][k]
+            if mean is None:
+                continue
+            lines.append(f"  {k} = {mean:.4f}" + (f" ± {std:.4f} (sample std, n={g['n'][k]})" if std is not None else f" (n={g['n'][k]})"))
+        for k, v in oof_metrics(g).items():
+            if v is not None and k.count("/") == 2:
+                lines.append(f"  {k} = {v:.4f} (pooled out-of-fold)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- dashboards
+def logger_settings(jobs: Sequence[Job], name: str) -> dict | None:
+    """The resolved settings of logger `name` as a job used it (job.json), or None if no job used it."""
+    for j in jobs:
+        entry = (j.record.get("loggers") or {}).get(name)
+        if entry:
+            return dict(entry)
+    return None
+
+
+def log_wandb_summary(summary: Mapping, settings: Mapping, out_dir: Path) -> str | None:
+    """A short wandb run (same project and group as the folds, job_type cv_summary) holding the CV
+    table and the means/stds as its summary; offline unless the folds' logger was online."""
+    import os
+
+    import wandb
+
+    header, rows = summary_table(summary)
+    offline = bool(settings.get("offline", True)) or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+    group = settings.get("group")
+    run = wandb.init(
+        project=settings.get("project") or "wbc-lab",
+        entity=settings.get("entity"),
+        group=group,
+        job_type="cv_summary",
+        name=f"{group or 'sweep'}-cv_summary",
+        dir=str(out_dir),
+        mode=os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") == "disabled" else ("offline" if offline else "online"),
+        config={"sweep_dir": summary.get("sweep_dir"), "kind": summary.get("kind"), "std": STD_NOTE},
+        reinit="finish_previous",
+    )
+    try:
+        table = wandb.Table(columns=header, data=[[_fmt(v) if not isinstance(v, float) else v for v in r] for r in rows])
+        run.log({"cv_summary": table})
+        for g in groups_of(summary):
+            for k, v in g["mean"].items():
+                if v is not None:
+                    run.summary[f"cv_mean/{k}"] = v
+            for k, v in g["std"].items():
+                if v is not None:
+                    run.summary[f"cv_std/{k}"] = v
+            for k, v in oof_metrics(g).items():
+                if v is not None:
+                    run.summary[k] = v
+        return run.dir
+    finally:
+        run.finish()
+
+
+def log_tensorboard_summary(summary: Mapping, log_dir: Path) -> Path:
+    """Scalars (`cv/<metric>` per fold as the step, `cv_mean/`, `cv_std/`, `oof/`) and the table as text."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    header, rows = summary_table(summary)
+    writer = SummaryWriter(str(log_dir))
+    try:
+        for g in groups_of(summary):
+            for f in g["per_fold"]:
+                step = f["fold"] if isinstance(f["fold"], int) else 0
+                for k, v in f["metrics"].items():
+                    if v is not None:
+                        writer.add_scalar(f"cv/{k}", v, step)
+            for k, v in g["mean"].items():
+                if v is not None:
+                    writer.add_scalar(f"cv_mean/{k}", v, 0)
+            for k, v in g["std"].items():
+                if v is not None:
+                    writer.add_scalar(f"cv_std/{k}", v, 0)
+            for k, v in oof_metrics(g).items():
+                if v is not None:
+                    writer.add_scalar(k, v, 0)
+        md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
+        writer.add_text("cv_summary", "\n".join(md), 0)
+    finally:
+        writer.close()
+    return Path(log_dir)
