@@ -201,8 +201,12 @@ def test_datamodule_augments_train_only(tmp_path):
     dm.setup("fit")
     assert all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
     train = dm.datasets["train"]
-    draws = [train[0] for _ in range(4)]
+    n = len(train)
+    # the sampler yields epoch * n + i: item 0 is augmented differently in each epoch ...
+    draws = [train[epoch * n] for epoch in range(4)]
     assert not all(_items_equal(draws[0], d) for d in draws[1:])
+    # ... and identically for the same (seed, epoch, item): reproducible and exactly resumable
+    assert _items_equal(train[2 * n], train[2 * n])
     for d in draws:  # the nucleus mask is still the dark blob after augmentation
         dark = d["image"].mean(0) < 0.4
         assert d["mask"].shape == (1, 32, 32) and d["mask"].dtype == torch.float32
