@@ -1,0 +1,139 @@
+"""Classification stage: leak-free crops, balanced sampling, metrics, and the full pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.classification import ClassificationDataModule
+from datamodules.sampling import EpochSampler, balanced_weights
+from lightning_modules.classification import cls_metrics, flatten_metrics
+from wbc.cls_eval import classification_report, confusion
+
+CLASSES = ["lymphoblast", "neutrophil", "promyelocyte"]
+
+
+@pytest.fixture
+def cls_dm(make_cfg) -> ClassificationDataModule:
+    from wbc.fit import build_datamodule
+
+    cfg = make_cfg(["experiment=classify"])
+    dm = build_datamodule(cfg.data)
+    dm.setup()
+    return dm
+
+
+def test_no_crop_from_a_test_image_reaches_training(cls_dm):
+    ids = cls_dm.split_ids()
+    sources = {split: {c.sample_id for c in cls_dm.datasets[split].crops} for split in ("train", "val", "test")}
+    assert sources["test"] and sources["train"]
+    assert not sources["test"] & (sources["train"] | sources["val"])
+    assert not sources["train"] & sources["val"]
+    # a crop inherits its image's split and label
+    assert sources["test"] <= set(ids["test"]) and sources["train"] <= set(ids["train"])
+    by_id = {s.id: s.class_name for s in cls_dm.manifest.samples}
+    for c in cls_dm.datasets["train"].crops:
+        assert CLASSES[c.label] == by_id[c.sample_id]
+
+
+def test_crops_have_the_configured_size_and_augmentation_is_train_only(cls_dm):
+    size = cls_dm.crop_spec.image_size
+    train, test = cls_dm.datasets["train"], cls_dm.datasets["test"]
+    assert train[0]["image"].shape == (3, size, size)
+    assert torch.equal(test[0]["image"], test[0]["image"])
+    n = len(train)
+    assert not all(torch.equal(train[0]["image"], train[e * n]["image"]) for e in range(1, 5))
+
+
+def test_balanced_sampler_draws_classes_about_uniformly():
+    labels = [0] * 700 + [1] * 250 + [2] * 50  # 14:5:1 imbalance
+    sampler = EpochSampler(len(labels), seed=0, weights=balanced_weights(labels))
+    drawn = Counter()
+    for _ in range(5):
+        drawn.update(labels[i % len(labels)] for i in sampler)
+    shares = np.array([drawn[c] for c in range(3)]) / sum(drawn.values())
+    assert np.allclose(shares, 1 / 3, atol=0.03), shares
+
+
+def test_epoch_sampler_is_reproducible_and_changes_per_epoch():
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert [i % 50 for i in a] != [i % 50 for i in b]
+    assert sorted(i % 50 for i in a) == list(range(50))  # a permutation when not balanced
+
+
+def test_balanced_sampler_in_the_datamodule_loader(cls_dm):
+    cls_dm.sampler = "balanced"
+    loader = cls_dm.train_dataloader()
+    assert isinstance(loader, DataLoader) and isinstance(loader.sampler, EpochSampler)
+    assert loader.sampler.weights is not None
+
+
+def test_classification_metrics_equal_hand_computed_values():
+    # known confusion: rows = truth, cols = prediction
+    #   truth 0: 3 right, 1 -> class 1 ; truth 1: 2 right ; truth 2: 1 right, 1 -> class 0
+    truth = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 0, 0, 1, 1, 1, 2, 0])
+    probs = torch.nn.functional.one_hot(pred, 3).float() * 0.8 + 0.2 / 3
+    m = cls_metrics(3)
+    m.update(probs, truth)
+    values = flatten_metrics(m.compute(), CLASSES, "test")
+    recall = [3 / 4, 2 / 2, 1 / 2]
+    precision = [3 / 4, 2 / 3, 1 / 1]
+    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
+    assert values["test/accuracy"].item() == pytest.approx(6 / 8)
+    assert values["test/balanced_accuracy"].item() == pytest.approx(np.mean(recall))
+    assert values["test/macro_f1"].item() == pytest.approx(np.mean(f1))
+    for c, r, p in zip(CLASSES, recall, precision):
+        assert values[f"test/recall/{c}"].item() == pytest.approx(r)
+        assert values[f"test/precision/{c}"].item() == pytest.approx(p)
+    report = classification_report(probs.numpy(), truth.numpy(), CLASSES, "pipeline")
+    assert report["pipeline/macro_f1"] == pytest.approx(np.mean(f1))
+    assert confusion(probs.numpy(), truth.numpy(), 3).tolist() == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_classify_fast_dev_run_writes_confusion(make_cfg, run_training):
+    cfg = make_cfg(["experiment=classify", "debug=fdr"])
+    metrics, objects = run_training(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert "test/macro_f1" in metrics
+    assert (out / "test_confusion.csv").read_text().startswith("true\\pred,lymphoblast,neutrophil,promyelocyte")
+    assert (out / "test_confusion.png").is_file()
+
+
+def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path):
+    cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2"])
+    metrics, _ = run_training(cfg)
+    out = Path(cfg.paths.output_dir)
+    for key in ("pipeline/detection_precision", "pipeline/detection_recall", "test/dice_post", "test/macro_f1"):
+        assert key in metrics
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["pipeline/detection_recall"] == pytest.approx(metrics["pipeline/detection_recall"])
+    rows = (out / "predict" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("image,cell,bbox_y0")
+    # predict.py on a folder with one corrupt image: the others are processed, the bad one is named
+    import predict as predict_mod
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = cv2.imread(str(Path(cfg.paths.data_dir) / "synthetic_tiny" / "images" / "img_0000.png"))
+    cv2.imwrite(str(folder / "good.png"), img)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    from tests.conftest import compose_config
+
+    pcfg = compose_config("predict.yaml", [f"input={folder}", f"run={out}"], tmp_path / "pred", Path(cfg.paths.data_dir))
+    result, _ = predict_mod.predict(pcfg)
+    assert result["failed"] == 1
+    report = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert [Path(f["image"]).name for f in report["failed"]] == ["broken.png"]
+    assert (tmp_path / "pred" / "overlays" / "good.png").is_file()
