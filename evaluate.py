@@ -41,9 +41,9 @@ def resolve_checkpoint(ckpt_path: str | None) -> Path:
     if path.is_dir() and not _is_run_dir(path):
         runs = sorted(d for d in path.iterdir() if d.is_dir() and _is_run_dir(d))
         if len(runs) > 1:
-            raise NotImplementedError(
-                f"ckpt_path={ckpt_path} is a sweep dir with {len(runs)} runs: fold ensembles: see issue 5. "
-                "For now pass one run dir or one .ckpt file."
+            raise ValueError(
+                f"ckpt_path={ckpt_path} is a sweep dir with {len(runs)} runs: a fold ensemble, scored by evaluate() "
+                "(python evaluate.py ckpt_path=<sweep dir>), not one checkpoint"
             )
         if not runs:
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: not a checkpoint file, a run dir or a sweep dir")
@@ -100,14 +100,21 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     """Load the checkpoint, score the split at original resolution; returns (metrics, objects)."""
     from lightning_modules.common import module_from_checkpoint
     from lightning_modules.segmentation import SegmentationModule
+    from wbc.ensemble import expand, is_sweep_dir
     from wbc.fit import build_datamodule
     from wbc.io import write_json
     from wbc.plots import plot_learning_curves
     from wbc.seg_eval import evaluate_segmentation, headline
 
-    ckpt = resolve_checkpoint(ckpt_argument(cfg))
+    spec = ckpt_argument(cfg)
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r}: expected one of {list(SPLITS)}")
+    if spec not in (None, "") and (not isinstance(spec, str) or is_sweep_dir(spec)):
+        members = expand(spec)  # a list, or a sweep dir's finished runs
+        if len(members) > 1:
+            return evaluate_ensemble(cfg, spec)
+        spec = str(members[0]) if members else None
+    ckpt = resolve_checkpoint(spec)
     L.seed_everything(cfg.seed, workers=True)
     module = module_from_checkpoint(SegmentationModule, str(ckpt), "segmentation")
     module = module.to(eval_device(cfg))
@@ -126,6 +133,92 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"\nEvaluation of {ckpt} ({cfg.split}, {summary['n_cases']} images, original resolution): {shown}")
     return metrics, {"module": module, "datamodule": datamodule, "summary": summary, "checkpoint": ckpt}
+
+
+def evaluate_ensemble(cfg: DictConfig, spec) -> tuple[dict, dict]:
+    """A fold ensemble (a sweep dir of fold runs, or a list of runs / checkpoints) on one split:
+    each member alone, then the ensemble (probabilities averaged over members, then thresholded and
+    post-processed as for one model). Writes `members/<name>/summary.json` per member, the
+    ensemble's summary.json (+ masks/, overlays/) at the top, `ensemble_summary.json` + `.csv` (one
+    row per member, their mean, and the ensemble) and metrics.json (the ensemble's figures)."""
+    import numpy as np
+
+    from wbc.ensemble import ENSEMBLES, detect_stage, load_members
+    from wbc.fit import build_datamodule
+    from wbc.io import write_json, write_text
+
+    stage = detect_stage(spec)
+    L.seed_everything(cfg.seed, workers=True)
+    names, ckpts, modules = load_members(spec, stage, "ckpt_path")
+    device = eval_device(cfg)
+    ensemble = ENSEMBLES[stage]([m.to(device) for m in modules], names)  # refuses members trained on other inputs
+    run_dir = run_dir_of(ckpts[0])
+    data_cfg = data_config(cfg, run_dir, ensemble.hparams.data_info)
+    datamodule = build_datamodule(data_cfg)
+    datamodule.setup()
+    out_dir = Path(cfg.paths.output_dir)
+    split = cfg.split
+    dataset = datamodule.datasets[split]
+    if split == "train":  # scored without the training augmentation
+        dataset = datamodule.make_dataset("eval", dataset.items)
+    log.info("Evaluating a %s ensemble of %d on the %s split of %s -> %s", stage, len(modules), split, data_cfg.get("name"), out_dir)
+    rows: list[dict] = []
+    if stage == "segmentation":
+        from wbc.seg_eval import evaluate_segmentation, headline, predict_probabilities
+
+        post = cfg.get("postprocess")
+        probs = {n: predict_probabilities(m, dataset) for n, m in zip(names, modules)}
+        for n, c in zip(names, ckpts):
+            member = evaluate_segmentation(modules[names.index(n)], datamodule, split, post, out_dir / "members" / n, 0, probabilities=probs[n])
+            rows.append({"member": n, "checkpoint": str(c), **headline(member, split)})
+        mean_probs = [np.mean([probs[n][i] for n in names], axis=0) for i in range(len(dataset))]
+        summary = evaluate_segmentation(ensemble, datamodule, split, post, out_dir, cfg.num_overlays, probabilities=mean_probs)
+        metrics = headline(summary, split)
+        n_items = summary["n_cases"]
+    else:
+        from wbc.cls_eval import classification_report, confusion, predict_crops, write_predictions
+        from wbc.plots import plot_confusion
+
+        classes = ensemble.classes
+        labels = np.asarray([c.label for c in dataset.crops])
+        probs = {n: predict_crops(m, dataset) for n, m in zip(names, modules)}
+
+        def _score(p: np.ndarray, where: Path, title: str) -> dict:
+            report = classification_report(p, labels, classes, split)
+            matrix = confusion(p, labels, len(classes))
+            write_predictions(where / "predictions.csv", dataset, p, classes)
+            plot_confusion(matrix, classes, where / "confusion.png", title)
+            write_json(where / "summary.json", {"split": split, "n_crops": len(labels), "classes": classes, "metrics": report, "confusion": matrix})
+            return report
+
+        for n, c in zip(names, ckpts):
+            rows.append({"member": n, "checkpoint": str(c), **_score(probs[n], out_dir / "members" / n, f"{n} ({split})")})
+        metrics = _score(np.mean([probs[n] for n in names], axis=0), out_dir, f"fold ensemble ({split})")
+        summary = {"n_crops": len(labels), "metrics": metrics}
+        n_items = len(labels)
+    keys = list(metrics)
+    members_mean = {k: float(np.nanmean([np.nan if r.get(k) is None else r[k] for r in rows])) for k in keys}
+    table = {
+        "stage": stage,
+        "split": split,
+        "averaging": "arithmetic mean of the members' probabilities, before threshold / post-processing / argmax",
+        "members": rows,
+        "members_mean": members_mean,
+        "ensemble": metrics,
+    }
+    write_json(out_dir / "ensemble_summary.json", table)
+    header = ["member", *keys, "checkpoint"]
+    lines = [",".join(header)]
+    for r in [*rows, {"member": "members_mean", **members_mean}, {"member": "ensemble", **metrics}]:
+        lines.append(",".join([r["member"], *(f"{r[k]:.6g}" if r.get(k) is not None else "" for k in keys), r.get("checkpoint", "")]))
+    write_text(out_dir / "ensemble_summary.csv", "\n".join(lines) + "\n")
+    write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": [str(c) for c in ckpts], "members": names, "split": split})
+    OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
+    main_key = f"{split}/dice_post" if stage == "segmentation" else f"{split}/macro_f1"
+    shown = "\n".join(f"  {r['member']}: {main_key}={r[main_key]:.4f}" for r in rows)
+    print(f"\nFold ensemble of {len(rows)} ({split}, {n_items} {'images' if stage == 'segmentation' else 'crops'}):\n{shown}\n"
+          f"  members' mean: {members_mean[main_key]:.4f}\n  ensemble: {metrics[main_key]:.4f}")
+    return metrics, {"module": ensemble, "datamodule": datamodule, "summary": summary, "checkpoint": ckpts, "members": rows}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate.yaml")

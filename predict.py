@@ -22,13 +22,22 @@ from wbc.run import extras, log, task_wrapper  # noqa: E402
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
     from datamodules.cells import CropSpec
+    from wbc.ensemble import has_stage, is_sweep_dir
     from wbc.inference import CellPipeline
     from wbc.predict_io import list_inputs, predict_images
 
-    segmenter = cfg.segmenter or cfg.run
-    classifier = cfg.classifier or cfg.run
+    runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
+    segmenter = cfg.segmenter or runs
+    classifier = cfg.classifier or runs
+    from_sweep = runs is not None and (cfg.get("ensemble") or is_sweep_dir(str(runs)))
+    if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
+        # e.g. a segmentation-only sweep: masks and crops only
+        log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
+        classifier = None
     if segmenter is None and not cfg.get("onnx"):
-        raise ValueError("predict.py needs run=<pipeline run dir>, segmenter=<checkpoint> or onnx=<export.py dir>")
+        raise ValueError(
+            "predict.py needs run=<pipeline run dir>, ensemble=<sweep dir of fold runs>, segmenter=<checkpoint> or onnx=<export.py dir>"
+        )
     files = list_inputs(cfg.input)
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export

@@ -30,13 +30,61 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, objects
 
 
+def _hydra_job() -> tuple[bool, bool, object, list[str]]:
+    """(multirun?, basic sweeper?, job number, task overrides) of the running Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False, False, None, []
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    basic = str(hc.sweeper.get("_target_", "")).endswith("BasicSweeper")
+    return multirun, basic, hc.job.get("num") if multirun else None, list(hc.overrides.task)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    extras(cfg)
-    metrics, _ = train(cfg)
-    if cfg.trainer.get("fast_dev_run"):
-        return None  # smoke runs skip the scoring that produces some optimized metrics
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    """One run, or one job of a multirun.
+
+    In a multirun a failing job writes `<run>/FAILED` and returns NaN so the other folds still run
+    and the sweep summary names it (with a sweeper that handles failures itself, e.g. Optuna's
+    `max_failure_rate`, the exception is re-raised for it). `resume=true`: a run dir that already
+    holds metrics.json is skipped (its metric is returned); an interrupted one continues from its
+    checkpoints/last.ckpt (wbc.fit)."""
+    from omegaconf import OmegaConf
+
+    from wbc import cv
+
+    out = Path(cfg.paths.output_dir)
+    multirun, basic_sweeper, job_num, overrides = _hydra_job()
+    if multirun or cfg.get("resume"):
+        loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+        record = cv.job_record(
+            cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers
+        )
+        if cfg.get("resume"):
+            cv.check_same_job(out, record)
+            done = cv.finished_metrics(out)
+            if done is not None:
+                log.info("resume=true: %s already finished (metrics.json): skipped", out)
+                print(f"resume=true: {out} already finished: skipped")
+                return cv.returned_metric(done, cfg.get("optimized_metric"))
+        cv.start_job(out, record)
+    try:
+        extras(cfg)
+        metrics, _ = train(cfg)
+        if cfg.trainer.get("fast_dev_run"):
+            return None  # smoke runs skip the scoring that produces some optimized metrics
+        return metric_value(metrics, cfg.get("optimized_metric"))
+    except Exception as err:
+        if not multirun:
+            raise
+        cv.write_failure(out, err)
+        if not basic_sweeper:
+            raise
+        log.error("Job %s failed (%s: %s); %s written, the multirun goes on", job_num, type(err).__name__, err, out / cv.FAILED)
+        return float("nan")
 
 
 if __name__ == "__main__":

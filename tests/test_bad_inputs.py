@@ -323,7 +323,7 @@ def test_predict_without_models(tmp_path):
     import predict
 
     write_image(tmp_path / "x.png", cell(16)[0])
-    with pytest.raises(ValueError, match=r"predict\.py needs run=<pipeline run dir>, segmenter=<checkpoint> or onnx="):
+    with pytest.raises(ValueError, match=r"predict\.py needs run=<pipeline run dir>, .*segmenter=<checkpoint> or onnx=<export\.py dir>"):
         predict.predict(_predict_cfg(tmp_path, f"input={tmp_path / 'x.png'}"))
 
 
@@ -346,6 +346,13 @@ def test_predict_reports_unreadable_file(tmp_path, disc_pipe, spoil, expected):
     assert re.search(rf"{re.escape(str(path))}: .*{expected}", failures[0]["error"]), failures[0]["error"]
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert saved["failed"] == failures
+
+
+def test_predict_accepts_rgba_16bit_and_grey(tmp_path, disc_pipe):
+    rgb = cell(24)[0]
+    files = [write_image(tmp_path / "in" / f"{f.__name__[1:]}.png", f(rgb)) for f in (_rgba, _sixteen_bit, _grey)]
+    rows, failures = predict_images(disc_pipe, files, tmp_path / "out")
+    assert failures == [] and sorted(Path(r["image"]).name for r in rows) == ["grey.png", "rgba.png", "sixteen_bit.png"]
 
 
 def test_predict_image_smaller_than_crop(tmp_path, disc_pipe):

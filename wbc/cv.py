@@ -320,7 +320,7 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
     names = sorted({k for j in ok for k, v in j.metrics.items() if is_score(k, v)})
     stats = {name: mean_std((j.metrics.get(name) for j in ok if name in j.metrics), ddof) for name in names}
     summary: dict[str, Any] = {
-        "overrides": list(jobs[0].group) if jobs else [],
+        "overrides": sorted(set.intersection(*(set(j.group) for j in jobs))) if jobs else [],
         "stage": next((j.stage for j in jobs if j.stage), None),
         "n_jobs": len(jobs),
         "n_ok": len(ok),
@@ -332,7 +332,7 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
         "std": {k: s["std"] for k, s in stats.items()},
         "n": {k: s["n"] for k, s in stats.items()},
         "per_fold": [
-            {"job": j.name, "fold": j.fold, "run_dir": str(j.run_dir), "status": j.status, "reason": j.reason,
+            {"job": j.name, "fold": j.fold, "run_dir": str(j.run_dir), "status": j.status, "reason": j.reason, "overrides": list(j.group),
              "metrics": {k: v for k, v in j.metrics.items() if is_score(k, v)} if j.status == "ok" else {}}
             for j in jobs
         ],
@@ -352,10 +352,10 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
 
 def summarize_jobs(jobs: Sequence[Job], sweep_dir: Path | None = None, ddof: int = 1) -> dict:
     """One summary per group of jobs that differ only in data.fold; one group -> a flat summary."""
-    groups: dict[tuple, list[Job]] = defaultdict(list)
-    for j in jobs:
-        groups[j.group].append(j)
     is_cv = any(override_key(o) == "data.fold" for j in jobs for o in j.overrides)
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    for j in jobs:  # a fold sweep: one group per setting; any other sweep (Optuna trials): one table
+        groups[j.group if is_cv else ()].append(j)
     head = {"sweep_dir": str(sweep_dir) if sweep_dir else None, "kind": "cv" if is_cv else "sweep"}
     summaries = [summarize_group(g, ddof) for g in groups.values()]
     if len(summaries) == 1:
@@ -382,14 +382,17 @@ def oof_metrics(group: Mapping) -> dict[str, Any]:
 def summary_table(summary: Mapping) -> tuple[list[str], list[list[Any]]]:
     """The CSV: one row per fold, then `mean`, `std` and (where scored) `oof` rows per group."""
     groups = groups_of(summary)
-    names = sorted({k for g in groups for k in g["mean"]} | {k for g in groups for k in oof_metrics(g)})
+    names = sorted({k for g in groups for k in g["mean"]}) + sorted({k for g in groups for k in oof_metrics(g)})
     header = ["group", "job", "fold", "status", *names, "note"]
+    unit = "folds" if summary.get("kind") == "cv" else "jobs"
     rows: list[list[Any]] = []
     for gi, g in enumerate(groups):
         label = " ".join(g.get("overrides") or []) or str(gi)
         for f in g["per_fold"]:
-            rows.append([label, f["job"], f["fold"], f["status"], *[f["metrics"].get(n) for n in names], f.get("reason") or ""])
-        rows.append([label, "mean", "", "", *[g["mean"].get(n) for n in names], f"n={g['n_ok']} folds"])
+            own = [o for o in f.get("overrides", []) if o not in (g.get("overrides") or [])]  # what this job varied
+            note = "; ".join(x for x in (" ".join(own), f.get("reason") or "") if x)
+            rows.append([label, f["job"], f["fold"], f["status"], *[f["metrics"].get(n) for n in names], note])
+        rows.append([label, "mean", "", "", *[g["mean"].get(n) for n in names], f"n={g['n_ok']} {unit}"])
         rows.append([label, "std", "", "", *[g["std"].get(n) for n in names], "sample std (ddof=1)"])
         oof = oof_metrics(g)
         if oof:
@@ -440,6 +443,8 @@ HEADLINE = ("test/dice_post", "test/macro_f1", "pipeline/macro_f1", "pipeline/de
 def format_summary(summary: Mapping, max_metrics: int = 8) -> str:
     """A few lines for the console: folds, failures, headline metrics as mean ± sample std, OOF."""
     lines = []
+    if summary.get("kind") != "cv":
+        return _format_sweep(summary)
     for g in groups_of(summary):
         label = " ".join(g.get("overrides") or [])
         failed = f"; FAILED folds: {g['failed_folds']}" if g["failed_folds"] else ""
@@ -454,6 +459,20 @@ def format_summary(summary: Mapping, max_metrics: int = 8) -> str:
         for k, v in oof_metrics(g).items():
             if v is not None and k.count("/") == 2:
                 lines.append(f"  {k} = {v:.4f} (pooled out-of-fold)")
+    return "\n".join(lines)
+
+
+def _format_sweep(summary: Mapping) -> str:
+    """Not a fold sweep (e.g. Optuna trials): the jobs, and the best by the optimized metric."""
+    failed = f"; FAILED jobs: {[f['job'] for f in summary['failed']]}" if summary["failed"] else ""
+    lines = [f"sweep: {summary['n_ok']}/{summary['n_jobs']} jobs finished{failed}"]
+    key = summary.get("optimized_metric")
+    scored = [f for f in summary["per_fold"] if key and f["metrics"].get(key) is not None]
+    if scored:
+        best = max(scored, key=lambda f: f["metrics"][key])
+        common = set(summary.get("overrides") or [])
+        own = " ".join(o for o in best.get("overrides", []) if o not in common)
+        lines.append(f"  best {key} = {best['metrics'][key]:.4f} (job {best['job']}: {own})")
     return "\n".join(lines)
 
 

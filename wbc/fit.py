@@ -50,6 +50,105 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint trainer.fit continues from: `ckpt_path` if given, else with `resume=true`
+    the run dir's own checkpoints/last.ckpt (an interrupted fold of a resumed sweep)."""
+    if cfg.get("ckpt_path") or not cfg.get("resume") or not cfg.get("train", True):
+        return cfg.get("ckpt_path")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resume=true: %s continues from %s", output_dir, last)
+        csv_log = output_dir / "csv" / "metrics.csv"
+        if csv_log.is_file():  # the CSV logger starts a new file in the same dir: keep the old epochs
+            csv_log.replace(csv_log.with_name(BEFORE_RESUME))
+        return str(last)
+    return None
+
+
+BEFORE_RESUME = "metrics_before_resume.csv"
+
+
+def merge_resumed_csv(csv_dir: Path) -> None:
+    """csv/metrics.csv of a resumed run = the epochs logged before the interruption (up to the
+    checkpoint it resumed from) + those logged after, so learning curves stay whole."""
+    import csv
+
+    old_path, new_path = csv_dir / BEFORE_RESUME, csv_dir / "metrics.csv"
+    if not old_path.is_file() or not new_path.is_file():
+        return
+    with open(old_path, newline="") as fh:
+        old = list(csv.DictReader(fh))
+    with open(new_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        new, new_keys = list(reader), list(reader.fieldnames or [])
+    first_epoch = min((int(float(r["epoch"])) for r in new if r.get("epoch")), default=None)
+    first_step = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
+
+    def before(r: dict) -> bool:
+        if r.get("epoch"):
+            return first_epoch is None or int(float(r["epoch"])) < first_epoch
+        return bool(r.get("step")) and (first_step is None or int(float(r["step"])) < first_step)
+
+    kept = [r for r in old if before(r)]
+    keys = list(dict.fromkeys([*new_keys, *(k for r in kept for k in r)]))
+    from wbc.io import atomic_write
+
+    def _write(p: Path) -> None:
+        with open(p, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows([*kept, *new])
+
+    atomic_write(new_path, _write)
+    old_path.unlink()
+
+
+def load_finished_stage(data_cfg: DictConfig, model_cfg: DictConfig, output_dir: Path) -> tuple[dict, dict] | None:
+    """resume=true and this stage's dir already holds metrics.json (a pipeline run interrupted after
+    it): reload its best checkpoint instead of training again. None when it cannot be reloaded."""
+    import json
+
+    from hydra.utils import get_class
+
+    from lightning_modules.common import module_from_checkpoint
+    from wbc.checkpoints import resolve_checkpoint
+
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+        stage = str(model_cfg.get("stage"))
+        ckpt = resolve_checkpoint(output_dir, stage)
+        model = module_from_checkpoint(get_class(model_cfg._target_), str(ckpt), stage)
+    except (OSError, ValueError) as err:
+        log.warning("resume=true: cannot reuse the finished stage in %s (%s): training it again", output_dir, err)
+        return None
+    log.info("resume=true: %s already finished: reloaded %s", output_dir, ckpt)
+    return metrics, {"datamodule": build_datamodule(data_cfg), "model": model, "trainer": None}
+
+
+def score_validation(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path) -> dict[str, float]:
+    """Score the validation split with the tested (best) weights and keep the per-case results:
+    segmentation -> val_eval/summary.json (per-image Dice/IoU at original resolution), classification
+    -> val_predictions.csv (per-crop probabilities). In a k-fold sweep these are the fold's
+    out-of-fold predictions, pooled and re-scored by the CV summary (wbc.cv). The best epoch was
+    chosen on this split, so the figures are slightly optimistic (as any early-stopped OOF score)."""
+    val = getattr(datamodule, "datasets", {}).get("val")
+    if val is None or len(val) == 0:
+        return {}
+    stage = model.hparams.get("stage")
+    if stage == "segmentation":
+        from wbc.seg_eval import evaluate_segmentation, headline
+
+        summary = evaluate_segmentation(model, datamodule, "val", cfg.get("postprocess"), output_dir / "val_eval", num_overlays=0)
+        return headline(summary, "val")
+    if stage == "classification":
+        from wbc.cls_eval import predict_crops, write_predictions
+
+        probs = predict_crops(model, val)
+        write_predictions(output_dir / "val_predictions.csv", val, probs, model.classes)
+        return {"val/n_crops": float(len(val))}
+    return {}
+
+
 def fit_stage(
     cfg: DictConfig,
     data_cfg: DictConfig,
@@ -61,6 +160,11 @@ def fit_stage(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Train one stage in output_dir and return (metrics, objects)."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("resume") and (output_dir / "metrics.json").is_file():
+        finished = load_finished_stage(data_cfg, model_cfg, output_dir)
+        if finished is not None:
+            return finished
+    resume_ckpt = resume_from(cfg, output_dir)  # before the loggers start (the CSV logger clears its file)
     datamodule = build_datamodule(data_cfg)
     model = instantiate(model_cfg, data_info=datamodule.data_info())
     trainer = build_trainer(cfg, output_dir, callbacks_cfg, logger_cfg)
@@ -70,7 +174,7 @@ def fit_stage(
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume_ckpt)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     ckpt = None
     cb = trainer.checkpoint_callback
@@ -88,6 +192,9 @@ def fit_stage(
         if score is not None and not cfg.trainer.get("fast_dev_run"):
             model.eval()
             metrics.update(score(model, datamodule, output_dir))
+            if cfg.get("score_val", True):
+                metrics.update(score_validation(cfg, model, datamodule, output_dir))
+    merge_resumed_csv(output_dir / "csv")
     plot_learning_curves(output_dir / "csv" / "metrics.csv", output_dir / "learning_curves.png")
     write_json(output_dir / "metrics.json", metrics)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -46,16 +46,14 @@ class CellPipeline:
         self.timings: dict[str, list[float]] = defaultdict(list)
 
     @classmethod
-    def from_checkpoints(cls, segmenter: str | Path, classifier: str | Path | None = None, device: str = "cpu") -> CellPipeline:
-        from lightning_modules.classification import ClassifierModule
-        from lightning_modules.common import module_from_checkpoint
-        from lightning_modules.segmentation import SegmentationModule
-        from wbc.checkpoints import resolve_checkpoint
+    def from_checkpoints(cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu") -> CellPipeline:
+        """Each of segmenter / classifier: a .ckpt file, a run dir (a pipeline run dir gives its
+        stage's sub-run), or -- a fold ensemble, probabilities averaged -- a sweep dir of fold runs
+        or a list of those (wbc.ensemble)."""
+        from wbc.ensemble import load_models
 
-        seg = module_from_checkpoint(SegmentationModule, str(resolve_checkpoint(segmenter, "segmentation", "segmenter")), "segmentation", device)
-        clf = None
-        if classifier is not None:
-            clf = module_from_checkpoint(ClassifierModule, str(resolve_checkpoint(classifier, "classification", "classifier")), "classification", device)
+        seg = load_models(segmenter, "segmentation", "segmenter", device)
+        clf = load_models(classifier, "classification", "classifier", device) if classifier is not None else None
         return cls(seg, clf, device)
 
     @torch.no_grad()

@@ -138,6 +138,9 @@ def _session(path: Path, threads: int | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between runs: the spinning pool threads would slow the CPU-bound cell
+    # extraction that follows each segmenter call
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

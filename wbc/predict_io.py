@@ -101,7 +101,7 @@ def predict_images(
         texts, boxes = [], []
         for k, inst in enumerate(res.instances):
             row = {"image": str(f), "cell": inst.label, "bbox_y0": inst.bbox[0], "bbox_x0": inst.bbox[1], "bbox_y1": inst.bbox[2], "bbox_x1": inst.bbox[3], "area": inst.area}
-            if len(res.class_probs):
+            if np.size(res.class_probs):  # no classifier: (n_cells, 0) probabilities
                 p = res.class_probs[k]
                 row["class"] = pipe.classes[int(np.argmax(p))]
                 row["probability"] = float(np.max(p))

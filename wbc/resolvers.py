@@ -19,7 +19,23 @@ def _num_outputs(target: str) -> int:
     raise ValueError(f"data.target must be 'nucleus' or 'multiclass', got {target!r}")
 
 
+def _sweep_group(base: str) -> str:
+    """Dashboard group of a run (logger/wandb.yaml): `base` for a single run, `base-<sweep dir name>`
+    for every job of a multirun, so the folds of one sweep land in one group."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and hc.sweep.dir:
+            return f"{base}-{Path(str(hc.sweep.dir)).name}"
+    return str(base)
+
+
 def register_resolvers() -> None:
-    for name, fn in {"wbc.channels": _channels, "wbc.outputs": _num_outputs, "wbc.len": len}.items():
+    resolvers = {"wbc.channels": _channels, "wbc.outputs": _num_outputs, "wbc.len": len, "wbc.sweep_group": _sweep_group}
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

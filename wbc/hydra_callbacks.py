@@ -1,0 +1,62 @@
+"""Hydra callbacks (configured under `hydra.callbacks`, conf/hydra/callbacks/).
+
+`CVSummary` runs once at the end of a multirun, in the process that launched it (also with the
+SLURM launcher): it reads every job's run dir and writes the sweep's summary next to them
+(wbc.cv does the work; this class only wires it to Hydra and to the dashboards the jobs used).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from wbc import cv
+
+log = logging.getLogger("wbc")
+
+
+class CVSummary(Callback):
+    """At multirun end: `cv_summary.json/.csv` (a sweep over data.fold; `sweep_summary.*` for any
+    other sweep), the pooled out-of-fold tables, and, if the jobs logged there, a wandb Table
+    (a short run in the folds' group) and TensorBoard scalars/text."""
+
+    def __init__(self, ddof: int = 1, dashboards: bool = True, oof_tables: bool = True) -> None:
+        self.ddof = ddof
+        self.dashboards = dashboards
+        self.oof_tables = oof_tables
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        jobs = cv.read_sweep(sweep_dir)
+        if not jobs:
+            log.warning("CV summary: no job run dirs in %s", sweep_dir)
+            return
+        summary = cv.summarize_jobs(jobs, sweep_dir, self.ddof)
+        json_path, csv_path = cv.write_summary(summary, sweep_dir)
+        if self.oof_tables and summary["kind"] == "cv":
+            cv.write_oof_tables(jobs, sweep_dir)
+        # printed, not logged: after the jobs, the logging file handler is still the last job's
+        print(f"\n{cv.format_summary(summary)}\nSweep summary: {json_path} (+ {csv_path.name})")
+        if self.dashboards:
+            self._dashboards(summary, jobs, sweep_dir)
+
+    def _dashboards(self, summary: dict, jobs: list[cv.Job], sweep_dir: Path) -> None:
+        """Best effort: a dashboard that cannot be written never hides the summary files."""
+        wandb_settings = cv.logger_settings(jobs, "wandb")
+        if wandb_settings is not None:
+            try:
+                cv.log_wandb_summary(summary, wandb_settings, sweep_dir)
+                log.info("CV summary logged to wandb (group %s)", wandb_settings.get("group"))
+            except Exception:  # noqa: BLE001 - never lose the sweep over a dashboard
+                log.exception("CV summary: logging to wandb failed")
+        if cv.logger_settings(jobs, "tensorboard") is not None:
+            try:
+                cv.log_tensorboard_summary(summary, sweep_dir / "tensorboard" / "cv_summary")
+            except Exception:  # noqa: BLE001
+                log.exception("CV summary: logging to TensorBoard failed")
