@@ -30,10 +30,13 @@ def stage_config(cfg: DictConfig, overrides: dict, output_dir: Path) -> DictConf
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     for key, value in (overrides or {}).items():
         parts = key.split(".")
-        if any(OmegaConf.select(sub, ".".join(parts[:i]), default="missing") is None for i in range(1, len(parts))):
-            continue  # e.g. callbacks switched off by debug=...: nothing to tune
+        if any(OmegaConf.select(sub, ".".join(parts[:i]), default=None) is None for i in range(1, len(parts))):
+            continue  # e.g. callbacks switched off (debug=..., callbacks=none): nothing to tune
         OmegaConf.update(sub, key, value, force_add=True)
     OmegaConf.update(sub, "paths.output_dir", str(output_dir), force_add=True)
+    # a stage resumes from its own last.ckpt only (never the other stage's checkpoint)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    OmegaConf.update(sub, "ckpt_path", str(last) if cfg.get("ckpt_path") and last.is_file() else None, force_add=True)
     return sub
 
 
@@ -61,7 +64,9 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         "pipeline/cells_true": float(n_true),
         "pipeline/cells_pred": float(n_pred),
     }
-    if n_match:
+    if not n_match:  # nothing found: report zeros rather than leave the metrics undefined
+        out.update({f"pipeline/{k}": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+    else:
         probs_arr, labels_arr = np.stack(probs), np.asarray(labels)
         out.update(classification_report(probs_arr, labels_arr, classes, "pipeline"))
         matrix = confusion(probs_arr, labels_arr, len(classes))
