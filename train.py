@@ -58,20 +58,20 @@ def main(cfg: DictConfig) -> float | None:
 
     out = Path(cfg.paths.output_dir)
     multirun, basic_sweeper, job_num, overrides = _hydra_job()
-    if multirun or cfg.get("resume"):
-        loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
-        record = cv.job_record(
-            cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers
-        )
-        if cfg.get("resume"):
-            cv.check_same_job(out, record)
-            done = cv.finished_metrics(out)
-            if done is not None:
-                log.info("resume=true: %s already finished (metrics.json): skipped", out)
-                print(f"resume=true: {out} already finished: skipped")
-                return cv.returned_metric(done, cfg.get("optimized_metric"))
-        cv.start_job(out, record)
     try:
+        if multirun or cfg.get("resume"):
+            loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+            record = cv.job_record(
+                cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers
+            )
+            if cfg.get("resume"):
+                cv.check_same_job(out, record)
+                done = cv.finished_metrics(out)
+                if done is not None:
+                    log.info("resume=true: %s already finished (metrics.json): skipped", out)
+                    print(f"resume=true: {out} already finished: skipped")
+                    return cv.returned_metric(done, cfg.get("optimized_metric"))
+            cv.start_job(out, record)
         extras(cfg)
         metrics, _ = train(cfg)
         if cfg.trainer.get("fast_dev_run"):

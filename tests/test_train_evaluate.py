@@ -147,11 +147,12 @@ def test_evaluate_rejects_bad_checkpoints(make_eval_cfg, tmp_path: Path) -> None
         evaluate.evaluate(cfg)
 
 
-def test_evaluate_sweep_dir_not_supported_yet(make_eval_cfg, tmp_path: Path) -> None:
+def test_evaluate_sweep_dir_without_finished_runs(make_eval_cfg, tmp_path: Path) -> None:
+    """A sweep dir is a fold ensemble (tests/test_ensemble.py); with no finished run there is nothing to score."""
     sweep = tmp_path / "sweep"
     for fold in ("0", "1"):
         (sweep / fold / "checkpoints").mkdir(parents=True)
-    with pytest.raises(NotImplementedError, match="fold ensembles: see issue 5"):
+    with pytest.raises(FileNotFoundError, match="sweep dir without a finished run"):
         evaluate.evaluate(make_eval_cfg(sweep))
 
 

@@ -172,7 +172,7 @@ def is_run_dir(path: Path) -> bool:
     return any((path / n).exists() for n in (".hydra", METRICS, FAILED, JOB_FILE, "checkpoints"))
 
 
-def _sort_key(path: Path) -> tuple:
+def job_sort_key(path: Path) -> tuple:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
@@ -197,7 +197,7 @@ def read_job(run_dir: Path) -> Job:
 def read_sweep(sweep_dir: Path) -> list[Job]:
     """Every job of a sweep dir (its run dirs, in job-number order)."""
     sweep_dir = Path(sweep_dir)
-    runs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and is_run_dir(d)), key=_sort_key)
+    runs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and is_run_dir(d)), key=job_sort_key)
     return [read_job(d) for d in runs]
 
 
@@ -508,7 +508,10 @@ def log_wandb_summary(summary: Mapping, settings: Mapping, out_dir: Path) -> str
         reinit="finish_previous",
     )
     try:
-        table = wandb.Table(columns=header, data=[[_fmt(v) if not isinstance(v, float) else v for v in r] for r in rows])
+        # one type per column (wandb checks): labels as text, metrics as float (NaN when undefined)
+        n = len(header)
+        data = [[_fmt(v) if i < 4 or i == n - 1 else (float("nan") if v is None else float(v)) for i, v in enumerate(r)] for r in rows]
+        table = wandb.Table(columns=header, data=data)
         run.log({"cv_summary": table})
         for g in groups_of(summary):
             for k, v in g["mean"].items():

@@ -113,11 +113,11 @@ def is_sweep_dir(path: str | Path) -> bool:
 def sweep_runs(sweep_dir: str | Path) -> list[Path]:
     """The finished runs of a sweep dir (metrics.json, no FAILED marker), in job-number order;
     failed and unfinished ones are left out with a warning."""
-    from wbc.cv import FAILED, _sort_key
+    from wbc.cv import FAILED, job_sort_key
 
     p = Path(str(sweep_dir))
     runs, skipped = [], []
-    for d in sorted((d for d in p.iterdir() if d.is_dir() and _is_run_dir(d)), key=_sort_key):
+    for d in sorted((d for d in p.iterdir() if d.is_dir() and _is_run_dir(d)), key=job_sort_key):
         (runs if (d / "metrics.json").is_file() and not (d / FAILED).exists() else skipped).append(d)
     if skipped:
         log.warning("%s: left out of the ensemble (failed or unfinished): %s", p, ", ".join(d.name for d in skipped))
@@ -178,16 +178,15 @@ def checkpoint_stage(path: Path) -> str | None:
 
 
 def detect_stage(spec: Any) -> str:
-    """segmentation or classification, from the first entry (a pipeline run counts as segmentation)."""
+    """segmentation or classification, read from the first entry's checkpoint (a pipeline run dir
+    counts as segmentation, as in evaluate.py; its classification/ sub-run as classification)."""
+    from wbc.checkpoints import resolve_checkpoint
+
     paths = expand(spec)
     if not paths:
         raise ValueError("no checkpoint given")
     first = paths[0]
-    if first.is_file():
-        stage = checkpoint_stage(first)
-    else:
-        stage = run_config(first).get("stage")
-        stage = "segmentation" if stage == "pipeline" else stage
+    stage = checkpoint_stage(first if first.is_file() else resolve_checkpoint(first, "segmentation"))
     if stage not in ENSEMBLES:
         raise ValueError(f"{first}: cannot tell whether it is a segmentation or a classification run (stage={stage!r})")
     return stage
@@ -232,10 +231,16 @@ def load_models(spec: Any, stage: str, key: str = "ckpt_path", device: str | tor
 
 
 def has_stage(spec: Any, stage: str) -> bool:
-    """Whether the runs of spec hold a `stage` model (a segmentation sweep has no classifier)."""
-    for p in expand(spec):
-        if p.is_file():
-            return checkpoint_stage(p) == stage
-        run_stage = run_config(p).get("stage")
-        return run_stage is None or run_stage in (stage, "pipeline")  # unknown: let loading say what is missing
-    return False
+    """Whether the (first) run of spec holds a `stage` model (a segmentation sweep has no classifier)."""
+    from wbc.checkpoints import resolve_checkpoint
+
+    paths = expand(spec)
+    if not paths:
+        return False
+    first = paths[0]
+    if first.is_dir() and (first / stage).is_dir():  # a pipeline run
+        return True
+    try:
+        return checkpoint_stage(first if first.is_file() else resolve_checkpoint(first, stage)) == stage
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,160 @@
+"""Fold ensembles: probabilities averaged over fold checkpoints, in evaluate.py (each member and the
+ensemble scored), in predict.py / CellPipeline (segmenters and classifiers averaged), from a list
+of checkpoints or a sweep dir of fold runs. Untrained tiny models (two seeds): no training needed
+to check the averaging numerically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import evaluate
+from tests.helpers_data import cell, write_image
+from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules
+from wbc.ensemble import ClassifierEnsemble, SegmentationEnsemble, is_sweep_dir, member_checkpoints
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread in-process too (as OMP_NUM_THREADS=1 for the CLI runs): on a shared
+    2-core box two contending OpenMP threads make these tiny models many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _fake_pipeline_run(run: Path, fold: int, seg, clf) -> None:
+    """A pipeline fold run as train.py writes it: .hydra/config.yaml, metrics.json and one
+    sub-run per stage with its best checkpoint."""
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"stage": "pipeline", "data": {"fold": fold}}), run / ".hydra" / "config.yaml")
+    for stage, module in (("segmentation", seg), ("classification", clf)):
+        ckpt = save_checkpoint(module, run / stage / "checkpoints" / "epoch_000.ckpt")
+        (run / stage / "metrics.json").write_text(json.dumps({"best_checkpoint": str(ckpt)}))
+    (run / "metrics.json").write_text(json.dumps({"pipeline/macro_f1": 0.5}))
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two 'folds' (untrained, seeds 0 and 1) as a sweep dir of pipeline runs, plus a failed job."""
+    tmp = tmp_path_factory.mktemp("ensemble")
+    seg_a, clf_a = tiny_modules(tmp / "a", seed=0)
+    seg_b, clf_b = tiny_modules(tmp / "b", seed=1)
+    sweep = tmp / "sweep"
+    _fake_pipeline_run(sweep / "0", 0, seg_a, clf_a)
+    _fake_pipeline_run(sweep / "1", 1, seg_b, clf_b)
+    (sweep / "2").mkdir()
+    (sweep / "2" / "FAILED").write_text("SplitError: data.fold=7 is out of range\n")
+    return {"sweep": sweep, "seg": (seg_a, seg_b), "clf": (clf_a, clf_b), "tmp": tmp}
+
+
+def test_ensemble_modules_average_member_probabilities(folds) -> None:
+    (seg_a, seg_b), (clf_a, clf_b) = folds["seg"], folds["clf"]
+    seg = SegmentationEnsemble([seg_a, seg_b], ["fold0", "fold1"]).eval()
+    x = torch.rand(3, 3, 32, 32)
+    pa, pb = seg_a.predict_probability(x), seg_b.predict_probability(x)
+    assert not torch.allclose(pa, pb)  # the members differ, so the check means something
+    assert torch.allclose(seg.predict_probability(x), (pa + pb) / 2, atol=1e-7)
+    assert seg.hparams.data_info == seg_a.hparams.data_info and seg.hparams.stage == "segmentation"
+    clf = ClassifierEnsemble([clf_a, clf_b]).eval()
+    p = clf.predict_proba(x)
+    assert torch.allclose(p, (clf_a.predict_proba(x) + clf_b.predict_proba(x)) / 2, atol=1e-7)
+    assert torch.allclose(p.sum(1), torch.ones(3)) and clf.classes == clf_a.classes
+
+
+def test_ensemble_refuses_members_trained_on_other_inputs(folds) -> None:
+    seg_a = folds["seg"][0]
+    seg_big, clf_big = tiny_modules(folds["tmp"] / "big", ["data.image_size=48"], seed=2)
+    with pytest.raises(ValueError, match=r"data_info\.image_size"):
+        SegmentationEnsemble([seg_a, seg_big])
+    with pytest.raises(ValueError, match="expected 'segmentation'"):
+        SegmentationEnsemble([seg_a, clf_big])
+
+
+def test_sweep_dir_members_are_finished_folds(folds) -> None:
+    sweep = folds["sweep"]
+    assert is_sweep_dir(sweep) and not is_sweep_dir(sweep / "0")
+    members = member_checkpoints(sweep, "segmentation")
+    assert [n for n, _ in members] == ["fold0", "fold1"]  # the failed job 2 is left out
+    assert [c for _, c in members] == [sweep / j / "segmentation" / "checkpoints" / "epoch_000.ckpt" for j in ("0", "1")]
+    assert [c.parent.parent.name for _, c in member_checkpoints(sweep, "classification")] == ["classification"] * 2
+
+
+def test_evaluate_segmentation_ensemble_scores_members_and_mean(folds, make_eval_cfg, tmp_path: Path) -> None:
+    """evaluate.py ckpt_path=[a,b]: each member alone, then the ensemble, whose probabilities are
+    the members' mean (checked per image, and through its per-case scores)."""
+    from wbc.seg_eval import evaluate_segmentation, predict_probabilities
+
+    sweep = folds["sweep"]
+    ckpts = [sweep / j / "segmentation" / "checkpoints" / "epoch_000.ckpt" for j in ("0", "1")]
+    metrics, out = evaluate.evaluate(make_eval_cfg(f"[{ckpts[0]},{ckpts[1]}]", "data=synthetic_tiny", "num_overlays=1"))
+    ens, dm = out["module"], out["datamodule"]
+    assert isinstance(ens, SegmentationEnsemble) and ens.names == ["fold0", "fold1"]
+    ds = dm.datasets["test"]
+    pa, pb = (predict_probabilities(m, ds) for m in folds["seg"])
+    pe = predict_probabilities(ens, ds)
+    for a, b, e in zip(pa, pb, pe):
+        np.testing.assert_allclose(e, (a + b) / 2, atol=1e-6)
+    eval_dir = tmp_path / "eval"
+    saved = json.loads((eval_dir / "summary.json").read_text())
+    expected = evaluate_segmentation(folds["seg"][0], dm, "test", None, None, 0, probabilities=[(a + b) / 2 for a, b in zip(pa, pb)])
+    assert [c["dice_raw"] for c in saved["metric_per_case"]] == pytest.approx([c["dice_raw"] for c in expected["metric_per_case"]], nan_ok=True)
+    assert saved["n_cases"] == len(ds)
+    table = json.loads((eval_dir / "ensemble_summary.json").read_text())
+    assert [r["member"] for r in table["members"]] == ["fold0", "fold1"]
+    for r, probs, m in zip(table["members"], (pa, pb), ("fold0", "fold1")):
+        own = json.loads((eval_dir / "members" / m / "summary.json").read_text())
+        alone = evaluate_segmentation(folds["seg"][0], dm, "test", None, None, 0, probabilities=probs)
+        assert own["mean"]["dice_raw"] == pytest.approx(alone["mean"]["dice_raw"], nan_ok=True)
+        assert r["test/dice_raw_fullres"] == pytest.approx(alone["mean"]["dice_raw"], nan_ok=True)
+    key = "test/dice_raw_fullres"
+    assert table["members_mean"][key] == pytest.approx(np.mean([r[key] for r in table["members"]]))
+    assert table["ensemble"][key] == pytest.approx(metrics[key]) == pytest.approx(saved["mean"]["dice_raw"], nan_ok=True)
+    assert (eval_dir / "ensemble_summary.csv").read_text().splitlines()[-1].startswith("ensemble,")
+    assert json.loads((eval_dir / "metrics.json").read_text())["members"] == ["fold0", "fold1"]
+
+
+def test_evaluate_classifier_ensemble_from_sweep_runs(folds, make_eval_cfg, tmp_path: Path) -> None:
+    """A list of classification run dirs: crops' class probabilities averaged (predictions.csv)."""
+    sweep = folds["sweep"]
+    runs = [sweep / j / "classification" for j in ("0", "1")]
+    cfg = make_eval_cfg(f"[{runs[0]},{runs[1]}]", "data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule")
+    metrics, out = evaluate.evaluate(cfg)
+    assert isinstance(out["module"], ClassifierEnsemble)
+    eval_dir = tmp_path / "eval"
+
+    def probs(path: Path) -> np.ndarray:
+        lines = path.read_text().splitlines()
+        cols = [i for i, h in enumerate(lines[0].split(",")) if h.startswith("p_")]
+        return np.asarray([[float(line.split(",")[i]) for i in cols] for line in lines[1:]])
+
+    members = [probs(eval_dir / "members" / m / "predictions.csv") for m in ("fold0", "fold1")]
+    np.testing.assert_allclose(probs(eval_dir / "predictions.csv"), (members[0] + members[1]) / 2, atol=2e-5)  # CSV: 5 decimals
+    assert "test/macro_f1" in metrics and json.loads((eval_dir / "ensemble_summary.json").read_text())["stage"] == "classification"
+
+
+def test_pipeline_and_predict_with_a_sweep_dir(folds, tmp_path: Path) -> None:
+    """predict.py ensemble=<sweep dir>: fold segmenters and classifiers averaged, same CellPipeline."""
+    import predict
+    from wbc.inference import CellPipeline
+
+    sweep = folds["sweep"]
+    pipe = CellPipeline.from_checkpoints(sweep, sweep)
+    assert isinstance(pipe.segmenter, SegmentationEnsemble) and isinstance(pipe.classifier, ClassifierEnsemble)
+    rgb, _ = cell(64, seed=3)
+    singles = [CellPipeline(s, c) for s, c in zip(folds["seg"], folds["clf"])]
+    np.testing.assert_allclose(pipe.segment(rgb), (singles[0].segment(rgb) + singles[1].segment(rgb)) / 2, atol=1e-6)
+    crops = [cell(32, seed=s)[0] for s in (4, 5)]
+    np.testing.assert_allclose(pipe.classify(crops), (singles[0].classify(crops) + singles[1].classify(crops)) / 2, atol=1e-6)
+
+    image = write_image(tmp_path / "in" / "smear.png", cell(64, seed=6)[0])
+    cfg = compose_cfg("predict.yaml", [f"input={image}", f"ensemble={sweep}", "extras.print_config=false"], tmp_path / "out")
+    counts, objects = predict.predict(cfg)
+    assert isinstance(objects["pipeline"].segmenter, SegmentationEnsemble) and counts["failed"] == 0
+    assert (tmp_path / "out" / "predictions.json").is_file() and (tmp_path / "out" / "masks" / "smear.png").is_file()
