@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wbc import cv
+from wbc import cv, cv_dashboards
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = (
@@ -382,7 +382,7 @@ def test_tensorboard_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     fake_run(sweep, 0, 0, {"val/dice": 0.5}, cases=[case("a", 1.0)])
     fake_run(sweep, 1, 1, {"val/dice": 0.7}, cases=[case("b", 0.0)])
-    out = cv.log_tensorboard_summary(cv.summarize_sweep(sweep), tmp_path / "tb")
+    out = cv_dashboards.log_tensorboard_summary(cv.summarize_sweep(sweep), tmp_path / "tb")
     assert list(out.glob("events.out.tfevents.*"))
 
 
@@ -392,7 +392,7 @@ def test_wandb_summary_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     sweep = tmp_path / "sweep"
     fake_run(sweep, 0, 0, {"val/dice": 0.5})
     fake_run(sweep, 1, 1, {"val/dice": 0.7})
-    run_dir = cv.log_wandb_summary(cv.summarize_sweep(sweep), {"project": "wbc-test", "group": "g", "offline": True}, tmp_path)
+    run_dir = cv_dashboards.log_wandb_summary(cv.summarize_sweep(sweep), {"project": "wbc-test", "group": "g", "offline": True}, tmp_path)
     assert list(Path(run_dir).rglob("cv_summary*.table.json"))
 
 

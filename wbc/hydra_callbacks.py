@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from wbc import cv
+from wbc import cv, cv_dashboards
 
 log = logging.getLogger("wbc")
 
@@ -48,15 +48,15 @@ class CVSummary(Callback):
 
     def _dashboards(self, summary: dict, jobs: list[cv.Job], sweep_dir: Path) -> None:
         """Best effort: a dashboard that cannot be written never hides the summary files."""
-        wandb_settings = cv.logger_settings(jobs, "wandb")
+        wandb_settings = cv_dashboards.logger_settings(jobs, "wandb")
         if wandb_settings is not None:
             try:
-                cv.log_wandb_summary(summary, wandb_settings, sweep_dir)
+                cv_dashboards.log_wandb_summary(summary, wandb_settings, sweep_dir)
                 log.info("CV summary logged to wandb (group %s)", wandb_settings.get("group"))
             except Exception:  # noqa: BLE001 - never lose the sweep over a dashboard
                 log.exception("CV summary: logging to wandb failed")
-        if cv.logger_settings(jobs, "tensorboard") is not None:
+        if cv_dashboards.logger_settings(jobs, "tensorboard") is not None:
             try:
-                cv.log_tensorboard_summary(summary, sweep_dir / "tensorboard" / "cv_summary")
+                cv_dashboards.log_tensorboard_summary(summary, sweep_dir / "tensorboard" / "cv_summary")
             except Exception:  # noqa: BLE001
                 log.exception("CV summary: logging to TensorBoard failed")
