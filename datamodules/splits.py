@@ -31,18 +31,25 @@ def fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
-def _test_split(ids, labels, groups, test_fraction, seed):
+def _test_split(ids, labels, groups, test_fraction, seed, notes=None):
     idx = np.arange(len(ids))
     if groups is None:
         counts = Counter(labels.tolist())
         too_small = {c: n for c, n in counts.items() if n < 2}
-        if too_small:
-            raise SplitError(
-                f"class index(es) {too_small} have fewer than 2 images: a stratified train/test split needs >= 2 "
-                "per class (list such classes in data.drop_classes or add images)"
-            )
+        strata = labels
+        if too_small:  # a class with one image cannot be stratified: pool such classes into one stratum
+            strata = labels.copy()
+            strata[np.isin(labels, list(too_small))] = -1
+            if (strata == -1).sum() < 2:
+                strata[strata == -1] = Counter(labels.tolist()).most_common(1)[0][0]
+            if notes is not None:
+                notes.append(
+                    f"class index(es) {too_small} have fewer than 2 images: pooled with other rare classes (or the "
+                    "largest class) for stratification, so they may sit on one side only; list them in "
+                    "data.drop_classes to leave them out"
+                )
         try:
-            train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+            train, test = train_test_split(idx, test_size=test_fraction, stratify=strata, random_state=seed)
         except ValueError as err:  # e.g. fewer test images than classes
             raise SplitError(
                 f"cannot make a stratified train/test split of {len(ids)} images in {len(counts)} classes with "
@@ -91,14 +98,14 @@ def make_splits(
     if k < 2:
         raise SplitError(f"data.splits.k must be >= 2, got {k}")
     groups_arr = None if groups is None else np.asarray(groups)
-    train_idx, test_idx = _test_split(ids, labels, groups_arr, test_fraction, seed)
+    notes: list[str] = []
+    train_idx, test_idx = _test_split(ids, labels, groups_arr, test_fraction, seed, notes)
     n_units = len(set(groups_arr[train_idx])) if groups_arr is not None else len(train_idx)
     if k > n_units:
         raise SplitError(
             f"data.splits.k={k} is larger than the number of training {'groups' if groups_arr is not None else 'images'} ({n_units})"
         )
     train_counts = Counter(labels[train_idx].tolist())
-    notes = []
     small = {int(c): n for c, n in train_counts.items() if n < k}
     if small:
         notes.append(

@@ -194,12 +194,14 @@ def test_every_class_smaller_than_k_is_a_clear_error():
         make_splits(ids, labels, k=4)
 
 
-def test_class_with_one_image_and_no_groups():
-    ids, labels = _dataset({0: 20, 1: 1})
-    with pytest.raises(SplitError) as info:
-        make_splits(ids, labels, k=2)
-    msg = str(info.value)
-    assert "{1: 1}" in msg and "fewer than 2 images" in msg and "data.drop_classes" in msg
+def test_class_with_one_image_and_no_groups_is_pooled_and_noted():
+    ids, labels = _dataset({0: 20, 1: 1, 2: 10})
+    splits = make_splits(ids, labels, k=2)  # segmentation_wbc dataset1 has a single basophil
+    notes = " ".join(splits["meta"]["notes"])
+    assert "{1: 1}" in notes and "fewer than 2 images" in notes and "data.drop_classes" in notes
+    test, folds = set(splits["test"]), splits["folds"]
+    assert all(not (set(f["train"]) | set(f["val"])) & test for f in folds)
+    assert len(test) + len(folds[0]["train"]) + len(folds[0]["val"]) == len(ids)
 
 
 def test_too_few_test_images_for_the_classes_is_a_clear_error():
