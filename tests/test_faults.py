@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.helpers_data import truncate, write_image
