@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from datamodules.sampling import EpochSampler, balanced_weights
-from datamodules.splits import fold_ids, load_or_make_splits
+from datamodules.splits import SplitError, fold_ids, load_or_make_splits
 from datamodules.transforms import Preprocess
 
 log = logging.getLogger(__name__)
@@ -133,19 +133,26 @@ class WBCDataModule(L.LightningDataModule):
         if self.splits is None:
             m = self.load_manifest()
             cfg = self.splits_cfg
-            self.splits = load_or_make_splits(
-                self.splits_path(),
-                [s.id for s in m.samples],
-                m.labels,
-                m.groups if cfg.get("use_groups", True) else None,
-                test_fraction=cfg.get("test_fraction", 0.3),
-                k=cfg.get("k", 5),
-                seed=cfg.get("seed", 0),
-                user_file=cfg.get("file"),
-            )
+            names = dict(enumerate(m.classes))
+            try:
+                self.splits = self._load_or_make(m, cfg)
+            except SplitError as err:
+                raise SplitError(f"{err} (class indices: {names})") from err
             for note in self.splits.get("meta", {}).get("notes", []):
-                log.warning("splits: %s", note)
+                log.warning("splits: %s (class indices: %s)", note, names)
         return self.splits
+
+    def _load_or_make(self, m: Manifest, cfg: dict) -> dict:
+        return load_or_make_splits(
+            self.splits_path(),
+            [s.id for s in m.samples],
+            m.labels,
+            m.groups if cfg.get("use_groups", True) else None,
+            test_fraction=cfg.get("test_fraction", 0.3),
+            k=cfg.get("k", 5),
+            seed=cfg.get("seed", 0),
+            user_file=cfg.get("file"),
+        )
 
     def split_ids(self) -> dict[str, list[str]]:
         train, val, test = fold_ids(self.load_splits(), self.fold)
