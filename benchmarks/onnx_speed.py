@@ -74,19 +74,11 @@ def timed(fn, x, runs: int, warmup: int) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    import logging
-    import warnings
-
-    import lightning  # noqa: F401  (configures its loggers on import; quieted below)
     import onnxruntime
     import torch
+    from _common import quiet_torch
 
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads = quiet_torch(args.threads)
 
     from wbc.onnx_backend import export_models, load_export
 

@@ -110,18 +110,11 @@ def report(name: str, m: dict[str, list[float]]) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    import logging
-    import warnings
-
-    import lightning  # noqa: F401  (configures its loggers on import; quieted below)
     import numpy as np
     import torch
+    from _common import quiet_torch
 
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    quiet_torch(args.threads)
 
     from datamodules.imageio import read_rgb
     from datamodules.synthetic import SyntheticSpec, render_image

@@ -152,17 +152,10 @@ def time_lightning(cfg, data_info, datamodule, steps: int, warmup: int) -> float
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    import logging
-    import warnings
-
-    import lightning  # noqa: F401  (configures its loggers on import; quieted below)
     import torch
+    from _common import quiet_torch
 
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    quiet_torch(args.threads)
     overrides = [f"data={args.data}", *args.override]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
