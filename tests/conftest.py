@@ -20,11 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import wbc  # noqa: E402,F401  (offline defaults + config resolvers, as the entry points do)
+from tests.helpers_models import compose_cfg as compose_config  # noqa: E402  (one compose helper for all tests)
 
 # train.yaml, shrunk: tiny data, one epoch, CSV logger only, no progress bar or config printing
 TINY_TRAIN = (
@@ -38,18 +37,6 @@ TINY_TRAIN = (
 # with a debug=... config (which sets callbacks and logger to null)
 TINY_DEBUG = ("data=synthetic_tiny", "extras.print_config=false", "num_overlays=2")
 TINY_EVALUATE = ("extras.print_config=false", "num_overlays=2")
-
-
-def compose_config(config_name: str, overrides: Sequence[str], output_dir: Path, data_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir)
-        cfg.paths.data_dir = str(data_dir)
-        del cfg["hydra"]  # as in a real run: the task config has no hydra node
-    return cfg
 
 
 def tiny_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
