@@ -167,6 +167,13 @@ def fit_stage(
     resume_ckpt = resume_from(cfg, output_dir)  # before the loggers start (the CSV logger clears its file)
     datamodule = build_datamodule(data_cfg)
     model = instantiate(model_cfg, data_info=datamodule.data_info())
+    if resume_ckpt:  # one clear error (missing, not a checkpoint, other stage) before Lightning's deep ones
+        from lightning_modules.common import check_resume_checkpoint, load_checkpoint
+
+        if cfg.get("train", True):
+            check_resume_checkpoint(resume_ckpt, model.hparams.stage)
+        else:
+            load_checkpoint(resume_ckpt, model.hparams.stage)
     trainer = build_trainer(cfg, output_dir, callbacks_cfg, logger_cfg)
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
