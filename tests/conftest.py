@@ -107,3 +107,15 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tup
 def run_training() -> Callable[[DictConfig], tuple[dict, dict]]:
     """The run_train helper: train.train(cfg) from inside cfg.paths.output_dir (a tmp dir)."""
     return run_train
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread in-process too (as OMP_NUM_THREADS=1 for the CLI runs): on a shared
+    2-core box two contending OpenMP threads make these tiny models many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

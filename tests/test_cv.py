@@ -52,14 +52,7 @@ def is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread in-process too (as OMP_NUM_THREADS=1 for the CLI runs): on a shared
-    2-core box two contending OpenMP threads make these tiny models many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the real CLI
@@ -421,7 +414,6 @@ def test_pipeline_cv_pools_both_stages(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_gpu_check_without_gpu_says_so(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check
@@ -434,7 +426,6 @@ def test_gpu_check_without_gpu_says_so(capsys: pytest.CaptureFixture, monkeypatc
 
 @pytest.mark.gpu
 def test_gpu_check_trains_both_stages(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path) -> None:
-    import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -18,15 +18,7 @@ from tests.helpers_data import cell, write_image
 from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules
 from wbc.ensemble import ClassifierEnsemble, SegmentationEnsemble, is_sweep_dir, member_checkpoints
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread in-process too (as OMP_NUM_THREADS=1 for the CLI runs): on a shared
-    2-core box two contending OpenMP threads make these tiny models many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fake_pipeline_run(run: Path, fold: int, seg, clf) -> None:
