@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -25,7 +25,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from lightning_modules.common import build, configure_optimizers, plain
+from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
 
 
 def cls_metrics(num_classes: int) -> MetricCollection:
@@ -55,7 +55,9 @@ def flatten_metrics(values: Mapping[str, torch.Tensor], classes: list[str], pref
     return out
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(BestValidationMetric, L.LightningModule):
+    best_of = "val/macro_f1"
+
     def __init__(
         self,
         net: Mapping,
@@ -80,7 +82,7 @@ class ClassifierModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict({s: cls_metrics(n).clone(prefix=f"{s}/") for s in ("val", "test")})
         self.confusion = torch.nn.ModuleDict({s: MulticlassConfusionMatrix(n) for s in ("val", "test")})
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_f1_best = MaxMetric()
+        self.init_best()
         if compile:
             self.net = torch.compile(self.net)
 
@@ -129,15 +131,10 @@ class ClassifierModule(L.LightningModule):
         self.log(main, values[main], prog_bar=True)
         return values
 
-    def on_train_start(self) -> None:
-        self.val_f1_best.reset()
-
     def on_validation_epoch_end(self) -> None:
         values = self._eval_epoch_end("val")
         self.confusion["val"].reset()
-        if not self.trainer.sanity_checking:
-            self.val_f1_best(values["val/macro_f1"])
-        self.log("val/macro_f1_best", self.val_f1_best.compute() if self.val_f1_best.update_called else values["val/macro_f1"], prog_bar=True)
+        self.track_best(values)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -117,3 +117,41 @@ def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, 
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return module
+
+
+class BestValidationMetric:
+    """Mixin for LightningModules: logs `<metric>_best` (the max so far of a validation metric,
+    LHT's `val/acc_best`) and keeps it in the checkpoint, so a resumed run does not forget it
+    (torchmetrics states are not saved). Subclasses set `best_of` and call `init_best()`."""
+
+    best_of: str = "val/metric"
+
+    def init_best(self) -> None:
+        from torchmetrics import MaxMetric
+
+        self.val_best = MaxMetric()
+        self._restored_best: float | None = None
+
+    @property
+    def _best_key(self) -> str:  # checkpoint key, e.g. val_dice_best
+        return self.best_of.replace("/", "_") + "_best"
+
+    def track_best(self, values: dict) -> None:
+        """Call in on_validation_epoch_end with the epoch's computed metrics."""
+        current = values[self.best_of]
+        if not self.trainer.sanity_checking:
+            self.val_best(current)
+        self.log(f"{self.best_of}_best", self.val_best.compute() if self.val_best.update_called else current, prog_bar=True)
+
+    def on_train_start(self) -> None:
+        self.val_best.reset()
+        if self._restored_best is not None:
+            self.val_best.update(torch.tensor(self._restored_best))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.val_best.update_called:
+            checkpoint[self._best_key] = float(self.val_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_best = checkpoint.get(self._best_key)
+

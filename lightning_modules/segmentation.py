@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -28,7 +28,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
-from lightning_modules.common import build, configure_optimizers, plain
+from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
 
 NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
 
@@ -81,8 +81,10 @@ def update_seg_metrics(metrics: MetricCollection, prob: torch.Tensor, truth: tor
             metric.update(pred.flatten(), truth.flatten())
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(BestValidationMetric, L.LightningModule):
     """Nucleus (binary) or bg/cytoplasm/nucleus (multiclass) segmentation."""
+
+    best_of = "val/dice"
 
     def __init__(
         self,
@@ -107,7 +109,7 @@ class SegmentationModule(L.LightningModule):
         self.cyto_dice = torch.nn.ModuleDict({s: BinaryF1Score() for s in ("val", "test")}) if self.multiclass else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_dice = BinaryF1Score()  # dataset-wise, on the (augmented) training batches
-        self.val_dice_best = MaxMetric()
+        self.init_best()
         if compile:
             self.net = torch.compile(self.net)
 
@@ -166,26 +168,10 @@ class SegmentationModule(L.LightningModule):
         return values
 
     def on_validation_epoch_end(self) -> None:
-        values = self._eval_epoch_end("val")
-        if not self.trainer.sanity_checking:
-            self.val_dice_best(values["val/dice"])
-        self.log("val/dice_best", self.val_dice_best.compute() if self.val_dice_best.update_called else values["val/dice"], prog_bar=True)
+        self.track_best(self._eval_epoch_end("val"))
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-
-    def on_train_start(self) -> None:
-        self.val_dice_best.reset()
-        restored = getattr(self, "_restored_val_dice_best", None)
-        if restored is not None:  # resumed run: the best so far is not forgotten (metric states are not saved)
-            self.val_dice_best.update(torch.tensor(restored))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.val_dice_best.update_called:
-            checkpoint["val_dice_best"] = float(self.val_dice_best.compute())
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._restored_val_dice_best = checkpoint.get("val_dice_best")
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)
