@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.manifest import NUCLEUS
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.transforms import Preprocess, build_pipeline, study_rotation, study_zoom, to_tensor
 from tests.helpers_data import disc_pair, make_csv_dataset
@@ -240,3 +241,25 @@ def test_datamodule_grayscale_and_multiclass_target(tmp_path):
     assert item["image"].shape == (1, 16, 16)
     assert item["mask"].dtype == torch.int64 and item["mask"].shape == (16, 16)
     assert set(torch.unique(item["mask"]).tolist()) == {0, 1, 2}
+
+
+def test_train_crop_patches_train_only_and_keeps_mask_aligned(tmp_path):
+    root = make_csv_dataset(tmp_path / "ds", {"a": 6, "b": 6}, size=40)
+    common = dict(root=str(root), name="tiny", classes=["a", "b"], image_size=32, preprocess={"clahe": False}, splits={"k": 2, "seed": 0})
+    dm = SegmentationDataModule(train_crop=16, **common)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    full = build_pipeline(None, 32)
+    for i in range(len(train)):
+        d = train[i]
+        assert d["image"].shape == (3, 16, 16) and d["mask"].shape == (1, 16, 16)
+        # the patch is a window of the resized image, and the mask is the same window
+        ref = full(image=train.items[i].image, mask=train.items[i].labels)
+        img, patch = to_tensor(ref["image"]), d["image"]
+        hits = [(y, x) for y in range(17) for x in range(17) if torch.equal(img[:, y : y + 16, x : x + 16], patch)]
+        assert hits, "training patch is not a window of the resized image"
+        y, x = hits[0]
+        assert torch.equal(torch.from_numpy((ref["mask"][y : y + 16, x : x + 16] == NUCLEUS).astype("float32"))[None], d["mask"])
+    assert dm.datasets["val"][0]["image"].shape == (3, 32, 32)  # evaluation sees the whole image
+    with pytest.raises(ValueError, match="data.train_crop=64"):
+        SegmentationDataModule(train_crop=64, **common)
