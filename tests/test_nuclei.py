@@ -19,6 +19,7 @@ from datamodules.nuclei import (
     split_touching,
     union_instance,
 )
+from wbc.seg_eval import postprocess
 
 
 def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
@@ -268,3 +269,24 @@ def test_union_instance_spans_all_lobes() -> None:
     assert inst.area == np.count_nonzero(labels) and labels[85, 85] == 0
     (patch,) = instance_crops(np.ones(shape, np.uint8), labels, insts, 64, masked=True)
     assert patch.sum() == inst.area
+
+
+def test_clear_border_drops_cut_neighbours_but_never_everything():
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (32, 32), 10, 1, -1)  # the centred, annotated cell
+    cv2.circle(mask, (2, 60), 8, 1, -1)  # a neighbour cut by the frame
+    keep = InstanceParams(watershed=False)
+    drop = InstanceParams(watershed=False, clear_border=True)
+    assert len(extract_instances(mask, keep)[1]) == 2
+    labels, inst = extract_instances(mask, drop)
+    assert len(inst) == 1 and abs(inst[0].centroid[0] - 32) < 1 and abs(inst[0].centroid[1] - 32) < 1
+    # single-cell mode: the union no longer stretches to the border object
+    (_, (whole,)), (_, (centred,)) = union_instance(mask, keep), union_instance(mask, drop)
+    assert (whole.bbox[1], whole.bbox[2]) == (0, 64)
+    assert np.allclose(centred.bbox, (22, 22, 43, 43), atol=1)
+    # only border objects: nothing would be left, so the mask is kept as it is
+    edge = np.zeros((64, 64), np.uint8)
+    cv2.circle(edge, (0, 32), 9, 1, -1)
+    assert len(extract_instances(edge, drop)[1]) == 1
+    assert postprocess(edge.astype(np.float32), clear_border=True).sum() == postprocess(edge.astype(np.float32)).sum() > 0
+    assert not postprocess(mask.astype(np.float32), clear_border=True)[55:, :10].any()

@@ -2,7 +2,8 @@
 
 Predictions are made at the network size and the probability map is resized back to the ground
 truth (never the mask shrunk to the network). Post-processing = threshold, morphological opening
-(5x5 by default, the source study's fix for clumped cells) and a minimum-area filter.
+(5x5 by default, the source study's fix for clumped cells), a minimum-area filter and, for
+single-cell datasets, dropping nuclei cut by the image border.
 Per-image Dice/IoU: an image whose truth and prediction are both empty scores NaN and is left out
 of means (MONAI/nnU-Net convention); an empty truth with any predicted nucleus scores 0.
 """
@@ -35,11 +36,11 @@ def case_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
-def postprocess(prob: np.ndarray, threshold: float = 0.5, opening_kernel: int = 5, min_area: int = 30) -> np.ndarray:
-    """Probability map -> boolean nucleus mask after opening and the min-area filter."""
-    labels, _ = extract_instances(
-        prob.astype(np.float32), InstanceParams(threshold=threshold, opening_kernel=opening_kernel, watershed=False, min_area=min_area)
-    )
+def postprocess(prob: np.ndarray, threshold: float = 0.5, opening_kernel: int = 5, min_area: int = 30, clear_border: bool = False) -> np.ndarray:
+    """Probability map -> boolean nucleus mask after opening, the min-area filter and (single-cell
+    datasets) dropping nuclei cut by the image border."""
+    params = InstanceParams(threshold=threshold, opening_kernel=opening_kernel, watershed=False, min_area=min_area, clear_border=clear_border)
+    labels, _ = extract_instances(prob.astype(np.float32), params)
     return labels > 0
 
 
@@ -101,7 +102,7 @@ def evaluate_segmentation(
         truth = item.labels == NUCLEUS
         full = resize_prob(prob, truth.shape)
         raw = full >= post.get("threshold", 0.5)
-        cleaned = postprocess(full, post.get("threshold", 0.5), post.get("opening_kernel", 5), post.get("min_area", 30))
+        cleaned = postprocess(full, post.get("threshold", 0.5), post.get("opening_kernel", 5), post.get("min_area", 30), bool(post.get("clear_border", False)))
         s_raw, s_post = case_scores(raw, truth), case_scores(cleaned, truth)
         for name, mask in (("raw", raw), ("post", cleaned)):
             pooled[f"tp_{name}"] += float((mask & truth).sum())
@@ -130,7 +131,12 @@ def evaluate_segmentation(
         "split": split,
         "n_cases": len(cases),
         "resolution": "original (probabilities resized to each ground-truth mask)",
-        "postprocess": {"threshold": post.get("threshold", 0.5), "opening_kernel": post.get("opening_kernel", 5), "min_area": post.get("min_area", 30)},
+        "postprocess": {
+            "threshold": post.get("threshold", 0.5),
+            "opening_kernel": post.get("opening_kernel", 5),
+            "min_area": post.get("min_area", 30),
+            "clear_border": bool(post.get("clear_border", False)),
+        },
         "empty_mask_policy": "per-image Dice/IoU are NaN (excluded from means) when truth and prediction are both empty; 0 when only the truth is empty",
         **summarize(cases, keys),
         "dataset_wise": {
