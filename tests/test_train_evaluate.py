@@ -108,6 +108,18 @@ def test_resume_continues_epochs_and_steps(trained_run, make_cfg, run_training, 
     assert metrics["val/dice_best"] >= first_best - 1e-6
 
 
+def test_eval_checkpoint_last_tests_the_final_weights(make_cfg, run_training, tmp_path: Path) -> None:
+    """eval_checkpoint=last (a fixed schedule): test and out-of-fold scoring use last.ckpt, not the best epoch."""
+    metrics, objects = run_training(make_cfg(["eval_checkpoint=last", "trainer.max_epochs=2", "num_overlays=0"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert metrics["best_checkpoint"] == str(last)
+    assert objects["trainer"].checkpoint_callback.best_model_path != str(last)
+    tested = torch.load(last, map_location="cpu", weights_only=True)
+    assert tested["epoch"] == 1  # the final epoch's weights
+    with pytest.raises(ValueError, match="eval_checkpoint='newest'"):
+        run_training(make_cfg(["eval_checkpoint=newest"]))
+
+
 def test_test_only_run_uses_ckpt_path(trained_run, make_cfg, run_training) -> None:
     """train=false ckpt_path=...: the given checkpoint is tested (not freshly initialised weights)."""
     run, first_metrics, _ = trained_run

@@ -126,11 +126,12 @@ def load_finished_stage(data_cfg: DictConfig, model_cfg: DictConfig, output_dir:
 
 
 def score_validation(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path) -> dict[str, float]:
-    """Score the validation split with the tested (best) weights and keep the per-case results:
+    """Score the validation split with the tested weights (eval_checkpoint) and keep the per-case results:
     segmentation -> val_eval/summary.json (per-image Dice/IoU at original resolution), classification
     -> val_predictions.csv (per-crop probabilities). In a k-fold sweep these are the fold's
     out-of-fold predictions, pooled and re-scored by the CV summary (wbc.cv). The best epoch was
-    chosen on this split, so the figures are slightly optimistic (as any early-stopped OOF score)."""
+    chosen on this split when eval_checkpoint=best, so the figures are then slightly optimistic (as any
+    early-stopped OOF score); eval_checkpoint=last avoids that."""
     val = getattr(datamodule, "datasets", {}).get("val")
     if val is None or len(val) == 0:
         return {}
@@ -174,6 +175,8 @@ def fit_stage(
             check_resume_checkpoint(resume_ckpt, model.hparams.stage)
         else:
             load_checkpoint(resume_ckpt, model.hparams.stage)
+    if cfg.get("eval_checkpoint", "best") not in ("best", "last"):
+        raise ValueError(f"eval_checkpoint={cfg.get('eval_checkpoint')!r}: expected 'best' or 'last'")
     trainer = build_trainer(cfg, output_dir, callbacks_cfg, logger_cfg)
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
@@ -185,7 +188,10 @@ def fit_stage(
         metrics.update(scalar_metrics(trainer.callback_metrics))
     ckpt = None
     cb = trainer.checkpoint_callback
-    if cb is not None and getattr(cb, "best_model_path", ""):
+    which = cfg.get("eval_checkpoint", "best")
+    if which == "last" and cb is not None and getattr(cb, "last_model_path", ""):
+        ckpt = cb.last_model_path
+    elif cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
     elif not cfg.get("train", True) and cfg.get("ckpt_path"):
         ckpt = str(cfg.ckpt_path)  # test-only run (train=false): test the given checkpoint, not fresh weights
