@@ -88,6 +88,14 @@ def data_config(cfg: DictConfig, run_dir: Path, data_info: dict | None) -> DictC
     return data_cfg
 
 
+def post_config(cfg: DictConfig, data_cfg: DictConfig) -> dict:
+    """`postprocess`, with `clear_border: null` taken from the evaluated data (as training did)."""
+    post = dict(OmegaConf.to_container(cfg.get("postprocess") or {}, resolve=True))
+    if post.get("clear_border") is None:
+        post["clear_border"] = bool(OmegaConf.select(data_cfg, "crops.instance_params.clear_border", default=False))
+    return post
+
+
 def eval_device(cfg: DictConfig) -> torch.device:
     accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
@@ -123,7 +131,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule = build_datamodule(data_cfg)
     out_dir = Path(cfg.paths.output_dir)
     log.info("Evaluating %s on the %s split of %s -> %s", ckpt, cfg.split, data_cfg.get("name"), out_dir)
-    summary = evaluate_segmentation(module, datamodule, cfg.split, cfg.get("postprocess"), out_dir, cfg.num_overlays)
+    summary = evaluate_segmentation(module, datamodule, cfg.split, post_config(cfg, data_cfg), out_dir, cfg.num_overlays)
     curves = plot_learning_curves(run_dir / "csv" / "metrics.csv", out_dir / "learning_curves.png")
     if curves is None:
         log.info("No %s: learning curves not drawn", run_dir / "csv" / "metrics.csv")
@@ -166,7 +174,7 @@ def evaluate_ensemble(cfg: DictConfig, spec) -> tuple[dict, dict]:
     if stage == "segmentation":
         from wbc.seg_eval import evaluate_segmentation, headline, predict_probabilities
 
-        post = cfg.get("postprocess")
+        post = post_config(cfg, data_cfg)
         probs = {n: predict_probabilities(m, dataset) for n, m in zip(names, modules)}
         for n, c in zip(names, ckpts):
             member = evaluate_segmentation(modules[names.index(n)], datamodule, split, post, out_dir / "members" / n, 0, probabilities=probs[n])

@@ -198,3 +198,16 @@ def test_scoring_the_train_split_is_unaugmented(trained_run) -> None:
     for key in ("dice_raw", "iou_raw"):
         got = [c[key] for c in scored["metric_per_case"]]
         assert got == pytest.approx([c[key] for c in expected["metric_per_case"]]), key
+
+
+def test_evaluate_clear_border_follows_the_evaluated_data() -> None:
+    """postprocess.clear_border: null takes the data's crops rule (on for single-cell sets), as training did."""
+    from omegaconf import OmegaConf
+
+    single_cell = OmegaConf.create({"crops": {"instance_params": {"clear_border": True}}})
+    fields = OmegaConf.create({"crops": {"instance_params": {"clear_border": False}}})
+    cfg = OmegaConf.create({"postprocess": {"threshold": 0.5, "clear_border": None}})
+    assert evaluate.post_config(cfg, single_cell)["clear_border"] is True
+    assert evaluate.post_config(cfg, fields)["clear_border"] is False
+    forced = OmegaConf.create({"postprocess": {"clear_border": False}})
+    assert evaluate.post_config(forced, single_cell)["clear_border"] is False
