@@ -56,7 +56,8 @@ ROWS = {
 
 
 def fold_metrics(sweep: Path) -> list[dict]:
-    return [json.loads(m.read_text()) for m in sorted(sweep.glob("*/metrics.json"))]
+    """The sweep's finished runs (job dirs with a .hydra/; not ensemble_test/)."""
+    return [json.loads(m.read_text()) for m in sorted(sweep.glob("*/metrics.json")) if (m.parent / ".hydra").is_dir()]
 
 
 def values(runs: list[dict], key: str) -> list[float]:

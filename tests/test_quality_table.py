@@ -1,0 +1,54 @@
+"""benchmarks/quality.py: the results table is computed from the sweeps' per-fold metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def quality(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import quality
+
+    return quality
+
+
+def fake_sweep(root: Path, task: str, folds: list[dict]) -> Path:
+    for i, metrics in enumerate(folds):
+        run = root / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"task_name: {task}\nseed: 42\n")
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+def test_table_reports_cv_validation_and_test_against_the_target(quality, tmp_path: Path) -> None:
+    sweep = fake_sweep(
+        tmp_path / "cls",
+        "quality_cls_all_idb2",
+        [{"val/balanced_accuracy": v, "test/balanced_accuracy": t} for v, t in [(0.97, 0.95), (0.99, 0.93), (1.0, 0.94)]],
+    )
+    (sweep / "ensemble_test").mkdir()  # cached fold-ensemble figure: no evaluate.py run needed
+    (sweep / "ensemble_test" / "metrics.json").write_text(json.dumps({"test/balanced_accuracy": 0.96}))
+    assert quality.row_key(sweep) == "cls_idb2"
+    line = quality.table([("cls_idb2", [sweep], 60.0)]).splitlines()[-1]
+    assert "0.9867 +- 0.0153 (n=3) [meets]" in line  # CV mean of validation folds vs >= 0.98
+    assert "0.9400 +- 0.0100 (n=3)" in line and "0.9600" in line and "| 3 |" in line and "1.0 min" in line
+
+
+def test_pipeline_row_is_the_gap_to_ground_truth_crops(quality, tmp_path: Path) -> None:
+    folds = [{"pipeline/macro_f1": p, "classification/test/macro_f1": g} for p, g in [(0.88, 0.90), (0.86, 0.91)]]
+    sweep = fake_sweep(tmp_path / "pipe", "quality_pipeline_wbc", folds)
+    line = quality.table([("pipeline_wbc", [sweep], 0.0)]).splitlines()[-1]
+    assert "gap -0.0350 +- 0.0212 (n=2) [below]" in line  # more than 2 points lower
+
+
+def test_collect_refuses_a_sweep_of_another_experiment(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = fake_sweep(tmp_path / "other", "train", [{"test/dice": 0.9}])
+    assert quality.main(["--collect", str(sweep)]) == 2
+    assert "not a quality_* sweep" in capsys.readouterr().err
