@@ -69,6 +69,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         data_info: Mapping | None = None,
         stage: str = "classification",
         compile: bool = False,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
@@ -99,9 +100,19 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax; with `tta`, averaged over the four flips (a cell has no up or left: the
+        training augmentation flips and rotates too). Validation, test, prediction and the ONNX
+        export all go through here, so they agree."""
+        prob = (self(x) if logits is None else logits).softmax(1)
+        if not self.hparams.get("tta"):
+            return prob
+        views = (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2))
+        return (prob + sum(self(v).softmax(1) for v in views)) / 4
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).softmax(1)
+        return self.probabilities(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["label"])
@@ -112,7 +123,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         logits = self(batch["image"])
         getattr(self, f"{stage}_loss")(self.criterion(logits, batch["label"]) if self.criterion else torch.tensor(0.0))
-        prob = logits.softmax(1)
+        prob = self.probabilities(batch["image"], logits)
         self.metrics[stage].update(prob, batch["label"])
         self.confusion[stage].update(prob.argmax(1), batch["label"])
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, batch_size=len(batch["label"]))

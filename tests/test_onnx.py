@@ -16,7 +16,7 @@ from datamodules.synthetic import SyntheticSpec, render_image  # noqa: E402
 from tests.helpers_data import write_image  # noqa: E402
 from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules  # noqa: E402
 from wbc.inference import CellPipeline  # noqa: E402
-from wbc.onnx_backend import OnnxClassifier, OnnxSegmenter, load_export, pipeline_from_export  # noqa: E402
+from wbc.onnx_backend import OnnxClassifier, OnnxSegmenter, export_models, load_export, pipeline_from_export  # noqa: E402
 
 ATOL = 1e-4
 
@@ -105,3 +105,18 @@ def test_export_cli_arguments(tmp_path):
         export.export([f"segmenter={tmp_path / 'x.ckpt'}"])
     with pytest.raises(FileNotFoundError, match=r"segmenter=.*nowhere: no such checkpoint file or run directory"):
         export.export([f"run={tmp_path / 'nowhere'}"])
+
+
+def test_classifier_tta_is_flip_invariant_and_exported(tmp_path):
+    """classifier.tta=true: probabilities averaged over the four flips, so a flipped crop gets the
+    same answer; the ONNX export carries the flips (eager and onnxruntime agree)."""
+    _, plain = tiny_modules(tmp_path / "plain", seed=2)
+    _, tta = tiny_modules(tmp_path / "tta", ["classifier.tta=true"], seed=2)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for flipped in (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)):
+        torch.testing.assert_close(tta.predict_proba(flipped), tta.predict_proba(x), atol=1e-5, rtol=0)
+    assert not torch.allclose(plain.predict_proba(x.flip(-1)), plain.predict_proba(x), atol=1e-5)
+    seg, _ = tiny_modules(tmp_path / "seg", seed=2)
+    export_models(seg, tta, tmp_path / "export")
+    _, oclf = load_export(tmp_path / "export")
+    np.testing.assert_allclose(oclf.predict_proba(x).numpy(), tta.predict_proba(x).numpy(), atol=ATOL, rtol=0)

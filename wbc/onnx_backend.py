@@ -49,7 +49,7 @@ class _ClassifierHead(torch.nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x).softmax(1)
+        return self.module.probabilities(x)  # includes test-time flips when the model uses them
 
 
 def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
