@@ -110,7 +110,9 @@ def test_resume_continues_epochs_and_steps(trained_run, make_cfg, run_training, 
 
 def test_eval_checkpoint_last_tests_the_final_weights(make_cfg, run_training, tmp_path: Path) -> None:
     """eval_checkpoint=last (a fixed schedule): test and out-of-fold scoring use last.ckpt, not the best epoch."""
-    metrics, objects = run_training(make_cfg(["eval_checkpoint=last", "trainer.max_epochs=2", "num_overlays=0"]))
+    # a monitor that gets worse (val/loss, mode max): the best epoch is 0, so a last.ckpt written
+    # only with top-k checkpoints (Lightning 2.6 save_last) would hold epoch 0
+    metrics, objects = run_training(make_cfg(["eval_checkpoint=last", "trainer.max_epochs=2", "num_overlays=0", "monitor=val/loss"]))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert metrics["best_checkpoint"] == str(last)
     assert objects["trainer"].checkpoint_callback.best_model_path != str(last)

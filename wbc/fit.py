@@ -125,6 +125,16 @@ def load_finished_stage(data_cfg: DictConfig, model_cfg: DictConfig, output_dir:
     return metrics, {"datamodule": build_datamodule(data_cfg), "model": model, "trainer": None}
 
 
+def latest_checkpoint(trainer: L.Trainer) -> str | None:
+    """The checkpoint of the final epoch: a monitor-less ModelCheckpoint's file (callbacks.last_checkpoint),
+    else a monitoring one's last_model_path."""
+    callbacks = trainer.checkpoint_callbacks
+    for cb in callbacks:
+        if getattr(cb, "monitor", None) is None and getattr(cb, "best_model_path", ""):
+            return cb.best_model_path
+    return next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), None)
+
+
 def score_validation(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path) -> dict[str, float]:
     """Score the validation split with the tested weights (eval_checkpoint) and keep the per-case results:
     segmentation -> val_eval/summary.json (per-image Dice/IoU at original resolution), classification
@@ -189,8 +199,8 @@ def fit_stage(
     ckpt = None
     cb = trainer.checkpoint_callback
     which = cfg.get("eval_checkpoint", "best")
-    if which == "last" and cb is not None and getattr(cb, "last_model_path", ""):
-        ckpt = cb.last_model_path
+    if which == "last" and latest_checkpoint(trainer):
+        ckpt = latest_checkpoint(trainer)
     elif cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
     elif not cfg.get("train", True) and cfg.get("ckpt_path"):
