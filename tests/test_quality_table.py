@@ -24,6 +24,7 @@ def fake_sweep(root: Path, task: str, folds: list[dict]) -> Path:
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "config.yaml").write_text(f"task_name: {task}\nseed: 42\n")
         (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "job.json").write_text(json.dumps({"fold": i}))
     return root
 
 
@@ -33,11 +34,16 @@ def test_table_reports_cv_validation_and_test_against_the_target(quality, tmp_pa
         "quality_cls_all_idb2",
         [{"val/balanced_accuracy": v, "test/balanced_accuracy": t} for v, t in [(0.97, 0.95), (0.99, 0.93), (1.0, 0.94)]],
     )
-    (sweep / "ensemble_test").mkdir()  # cached fold-ensemble figure: no evaluate.py run needed
+    # cached fold-ensemble figure (evaluate.py's run dir, with its own .hydra/): not a fold
+    (sweep / "ensemble_test" / ".hydra").mkdir(parents=True)
+    (sweep / "ensemble_test" / ".hydra" / "config.yaml").write_text("task_name: evaluate\n")
     (sweep / "ensemble_test" / "metrics.json").write_text(json.dumps({"test/balanced_accuracy": 0.96}))
+    oof = {"classification": {"metrics": {"oof/val/balanced_accuracy": 0.985}, "n_crops": 90}}
+    (sweep / "cv_summary.json").write_text(json.dumps({"oof": oof}))
     assert quality.row_key(sweep) == "cls_idb2"
     line = quality.table([("cls_idb2", [sweep], 60.0)]).splitlines()[-1]
     assert "0.9867 +- 0.0153 (n=3) [meets]" in line  # CV mean of validation folds vs >= 0.98
+    assert "| 0.9850 |" in line  # pooled out-of-fold figure
     assert "0.9400 +- 0.0100 (n=3)" in line and "0.9600" in line and "| 3 |" in line and "1.0 min" in line
 
 
