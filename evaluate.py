@@ -96,6 +96,14 @@ def post_config(cfg: DictConfig, data_cfg: DictConfig) -> dict:
     return post
 
 
+def apply_tta(cfg: DictConfig, modules: list) -> None:
+    """`tta=true|false` overrides the checkpoints' own test-time-flip setting (null keeps it)."""
+    if cfg.get("tta") is None:
+        return
+    for m in modules:
+        m.hparams.tta = bool(cfg.tta)
+
+
 def eval_device(cfg: DictConfig) -> torch.device:
     accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
@@ -125,6 +133,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     ckpt = resolve_checkpoint(spec)
     L.seed_everything(cfg.seed, workers=True)
     module = module_from_checkpoint(SegmentationModule, str(ckpt), "segmentation")
+    apply_tta(cfg, [module])
     module = module.to(eval_device(cfg))
     run_dir = run_dir_of(ckpt)
     data_cfg = data_config(cfg, run_dir, module.hparams.get("data_info"))
@@ -158,6 +167,7 @@ def evaluate_ensemble(cfg: DictConfig, spec) -> tuple[dict, dict]:
     stage = detect_stage(spec)
     L.seed_everything(cfg.seed, workers=True)
     names, ckpts, modules = load_members(spec, stage, "ckpt_path")
+    apply_tta(cfg, modules)
     device = eval_device(cfg)
     ensemble = ENSEMBLES[stage]([m.to(device) for m in modules], names)  # refuses members trained on other inputs
     run_dir = run_dir_of(ckpts[0])

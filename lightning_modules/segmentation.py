@@ -98,6 +98,7 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         threshold: float = 0.5,
         stage: str = "segmentation",
         compile: bool = False,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
@@ -123,9 +124,20 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
             return logits.softmax(1)[:, NUCLEUS_INDEX : NUCLEUS_INDEX + 1]
         return logits.sigmoid()
 
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """Nucleus probability; with `tta`, the mean over the four flips (each flipped back).
+        Used by full-resolution scoring, evaluate.py, the pipeline, predict.py and the ONNX
+        export; the per-epoch network-size `val/dice` stays a single pass."""
+        prob = self.nucleus_probability(self(x))
+        if not self.hparams.get("tta"):
+            return prob
+        for dims in ((-1,), (-2,), (-2, -1)):
+            prob = prob + self.nucleus_probability(self(x.flip(dims))).flip(dims)
+        return prob / 4
+
     @torch.no_grad()
     def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nucleus_probability(self(x))
+        return self.probability(x)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -120,3 +120,17 @@ def test_classifier_tta_is_flip_invariant_and_exported(tmp_path):
     export_models(seg, tta, tmp_path / "export")
     _, oclf = load_export(tmp_path / "export")
     np.testing.assert_allclose(oclf.predict_proba(x).numpy(), tta.predict_proba(x).numpy(), atol=ATOL, rtol=0)
+
+
+def test_segmenter_tta_is_flip_equivariant_and_exported(tmp_path):
+    """model.tta=true: the nucleus probability of a flipped image is the flipped probability (the
+    mean over the four flips); the ONNX export carries it."""
+    seg, _ = tiny_modules(tmp_path / "m", ["model.tta=true"], seed=3)
+    plain, clf = tiny_modules(tmp_path / "p", seed=3)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for dims in ((-1,), (-2,), (-2, -1)):
+        torch.testing.assert_close(seg.predict_probability(x.flip(dims)), seg.predict_probability(x).flip(dims), atol=1e-5, rtol=0)
+    assert not torch.allclose(plain.predict_probability(x.flip(-1)), plain.predict_probability(x).flip(-1), atol=1e-5)
+    export_models(seg, clf, tmp_path / "export")
+    oseg, _ = load_export(tmp_path / "export")
+    np.testing.assert_allclose(oseg.predict_probability(x).numpy(), seg.predict_probability(x).numpy(), atol=ATOL, rtol=0)

@@ -213,3 +213,21 @@ def test_evaluate_clear_border_follows_the_evaluated_data() -> None:
     assert evaluate.post_config(cfg, fields)["clear_border"] is False
     forced = OmegaConf.create({"postprocess": {"clear_border": False}})
     assert evaluate.post_config(forced, single_cell)["clear_border"] is False
+
+
+def test_evaluate_tta_overrides_the_checkpoint_setting(trained_run) -> None:
+    from omegaconf import OmegaConf
+
+    from lightning_modules.common import module_from_checkpoint
+    from lightning_modules.segmentation import SegmentationModule
+
+    run, _, _ = trained_run
+    module = module_from_checkpoint(SegmentationModule, str(run / "checkpoints" / "last.ckpt"), "segmentation")
+    assert not module.hparams.tta
+    evaluate.apply_tta(OmegaConf.create({"tta": None}), [module])
+    assert not module.hparams.tta
+    x = torch.rand(1, 3, 32, 32)
+    single = module.predict_probability(x)
+    evaluate.apply_tta(OmegaConf.create({"tta": True}), [module])
+    assert module.hparams.tta and not torch.allclose(module.predict_probability(x), single)
+    torch.testing.assert_close(module.predict_probability(x.flip(-1)), module.predict_probability(x).flip(-1), atol=1e-5, rtol=0)

@@ -40,7 +40,7 @@ class _SegmenterHead(torch.nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.nucleus_probability(self.module(x))
+        return self.module.probability(x)  # includes test-time flips when the model uses them
 
 
 class _ClassifierHead(torch.nn.Module):

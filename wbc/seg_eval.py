@@ -49,15 +49,14 @@ def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_probabilities(module, dataset, batch_size: int = 16, tta: bool = False) -> list[np.ndarray]:
-    """Nucleus probability at network size for every item of an (unaugmented) dataset."""
+def predict_probabilities(module, dataset, batch_size: int = 16) -> list[np.ndarray]:
+    """Nucleus probability at network size for every item of an (unaugmented) dataset
+    (test-time flips when the module's `tta` is on)."""
     device = next(module.parameters()).device
     out: list[np.ndarray] = []
     for start in range(0, len(dataset), batch_size):
         x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
         prob = module.predict_probability(x)
-        if tta:  # flips, probabilities averaged
-            prob = (prob + module.predict_probability(x.flip(-1)).flip(-1) + module.predict_probability(x.flip(-2)).flip(-2)) / 3
         out.extend(prob[:, 0].float().cpu().numpy())
     return out
 
@@ -86,7 +85,6 @@ def evaluate_segmentation(
     out_dir: str | Path | None = None,
     num_overlays: int = 8,
     probabilities: list[np.ndarray] | None = None,
-    tta: bool = False,
 ) -> dict:
     """Score a split; write summary.json, predicted masks and overlays under out_dir if given."""
     post = dict(post or {})
@@ -95,7 +93,7 @@ def evaluate_segmentation(
     if split == "train":  # score what the model saw without the training augmentation (resize only)
         dataset = datamodule.make_dataset("eval", dataset.items)
     if probabilities is None:
-        probabilities = predict_probabilities(module, dataset, tta=tta)
+        probabilities = predict_probabilities(module, dataset)
     cases, pooled = [], defaultdict(float)
     out_dir = Path(out_dir) if out_dir else None
     for i, (item, prob) in enumerate(zip(dataset.items, probabilities)):
