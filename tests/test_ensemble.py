@@ -72,6 +72,9 @@ def test_ensemble_refuses_members_trained_on_other_inputs(folds) -> None:
 def test_sweep_dir_members_are_finished_folds(folds) -> None:
     sweep = folds["sweep"]
     assert is_sweep_dir(sweep) and not is_sweep_dir(sweep / "0")
+    # an evaluate.py output kept in the sweep (metrics.json, .hydra/, no checkpoints) is not a member
+    (sweep / "ensemble_test" / ".hydra").mkdir(parents=True, exist_ok=True)
+    (sweep / "ensemble_test" / "metrics.json").write_text("{}")
     members = member_checkpoints(sweep, "segmentation")
     assert [n for n, _ in members] == ["fold0", "fold1"]  # the failed job 2 is left out
     assert [c for _, c in members] == [sweep / j / "segmentation" / "checkpoints" / "epoch_000.ckpt" for j in ("0", "1")]

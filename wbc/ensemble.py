@@ -104,6 +104,12 @@ def _is_run_dir(path: Path) -> bool:
     return any((path / n).exists() for n in ("checkpoints", "metrics.json", ".hydra"))
 
 
+def _trained_here(path: Path) -> bool:
+    """A training run (its own checkpoints/, or a pipeline run's stage sub-runs), not an
+    evaluate.py output dir kept inside the sweep (ensemble_test/, ...)."""
+    return any((path / sub / "checkpoints").is_dir() for sub in ("", "segmentation", "classification"))
+
+
 def is_sweep_dir(path: str | Path) -> bool:
     """A dir that is not a run dir itself but holds run dirs (a multirun's sweep dir)."""
     p = Path(str(path))
@@ -117,7 +123,7 @@ def sweep_runs(sweep_dir: str | Path) -> list[Path]:
 
     p = Path(str(sweep_dir))
     runs, skipped = [], []
-    for d in sorted((d for d in p.iterdir() if d.is_dir() and _is_run_dir(d)), key=job_sort_key):
+    for d in sorted((d for d in p.iterdir() if d.is_dir() and _is_run_dir(d) and _trained_here(d)), key=job_sort_key):
         (runs if (d / "metrics.json").is_file() and not (d / FAILED).exists() else skipped).append(d)
     if skipped:
         log.warning("%s: left out of the ensemble (failed or unfinished): %s", p, ", ".join(d.name for d in skipped))
