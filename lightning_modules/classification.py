@@ -25,7 +25,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
+from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
 
 
 def cls_metrics(num_classes: int) -> MetricCollection:
@@ -101,14 +101,12 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         return self.net(x)
 
     def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Softmax; with `tta`, averaged over the four flips (a cell has no up or left: the
-        training augmentation flips and rotates too). Validation, test, prediction and the ONNX
-        export all go through here, so they agree."""
+        """Softmax; with `tta`, averaged over the identity and FLIP_DIMS. Validation, test,
+        prediction and the ONNX export all go through here, so they agree."""
         prob = (self(x) if logits is None else logits).softmax(1)
         if not self.hparams.get("tta"):
             return prob
-        views = (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2))
-        return (prob + sum(self(v).softmax(1) for v in views)) / 4
+        return (prob + sum(self(x.flip(dims)).softmax(1) for dims in FLIP_DIMS)) / (1 + len(FLIP_DIMS))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+# the test-time-augmentation views (model.tta): the three flips besides the identity; a cell has no up
+# or left, and training flips and rotates too
+FLIP_DIMS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
+
 
 def plain(cfg: Any) -> Any:
     """DictConfig -> plain dict (resolved), so checkpoints hold only primitives (weights-only loadable)."""

@@ -28,7 +28,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
-from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
+from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
 
 NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
 
@@ -125,15 +125,15 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         return logits.sigmoid()
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Nucleus probability; with `tta`, the mean over the four flips (each flipped back).
+        """Nucleus probability; with `tta`, the mean over the identity and FLIP_DIMS (each flipped back).
         Used by full-resolution scoring, evaluate.py, the pipeline, predict.py and the ONNX
         export; the per-epoch network-size `val/dice` stays a single pass."""
         prob = self.nucleus_probability(self(x))
         if not self.hparams.get("tta"):
             return prob
-        for dims in ((-1,), (-2,), (-2, -1)):
+        for dims in FLIP_DIMS:
             prob = prob + self.nucleus_probability(self(x.flip(dims))).flip(dims)
-        return prob / 4
+        return prob / (1 + len(FLIP_DIMS))
 
     @torch.no_grad()
     def predict_probability(self, x: torch.Tensor) -> torch.Tensor:

@@ -198,9 +198,9 @@ def fit_stage(
         metrics.update(scalar_metrics(trainer.callback_metrics))
     ckpt = None
     cb = trainer.checkpoint_callback
-    which = cfg.get("eval_checkpoint", "best")
-    if which == "last" and latest_checkpoint(trainer):
-        ckpt = latest_checkpoint(trainer)
+    last = latest_checkpoint(trainer) if cfg.get("eval_checkpoint", "best") == "last" else None
+    if last:
+        ckpt = last
     elif cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
     elif not cfg.get("train", True) and cfg.get("ckpt_path"):
