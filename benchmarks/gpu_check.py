@@ -45,7 +45,9 @@ def compose_stage(stage: str, args: argparse.Namespace, accelerator: str | None 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import wbc  # noqa: F401  (offline defaults + resolvers)
+    from wbc.cli import prepare
+
+    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
 
     overrides = [
         *STAGES[stage],
@@ -103,7 +105,7 @@ def throughput_callback():
 def run_stage(stage: str, args: argparse.Namespace) -> dict:
     import torch
 
-    import train
+    from wbc.cli import train
     from wbc.fit import build_trainer
 
     cfg = compose_stage(stage, args)

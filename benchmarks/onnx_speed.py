@@ -46,9 +46,11 @@ def config_models(data: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    import wbc  # noqa: F401
-    from datamodules.cells import CropSpec
-    from datamodules.transforms import Preprocess
+    from wbc.cli import prepare
+
+    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
+    from wbc.cells import CropSpec
+    from wbc.data.transforms import Preprocess
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train.yaml", overrides=["experiment=pipeline", f"data={data}"], return_hydra_config=True)

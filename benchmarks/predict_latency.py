@@ -46,11 +46,13 @@ def throwaway_models(data: str, epochs: int, out_dir: Path):
     """Train the default segmentation + classification models briefly (no test, no scoring)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
-    import wbc  # noqa: F401
+    from wbc.cli import prepare
+
+    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
     from wbc.fit import fit_stage
-    from wbc.pipeline import stage_config
+    from wbc.stages import stage_config
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
@@ -59,6 +61,7 @@ def throwaway_models(data: str, epochs: int, out_dir: Path):
                 "experiment=pipeline",
                 f"data={data}",
                 f"trainer.max_epochs={epochs}",
+                f"classification.trainer.max_epochs={epochs}",
                 "test=false",
                 "callbacks=none",
                 "logger=none",
@@ -71,14 +74,8 @@ def throwaway_models(data: str, epochs: int, out_dir: Path):
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         del cfg["hydra"]
-    p = cfg.pipeline
-    seg_cfg = stage_config(cfg, OmegaConf.to_container(p.segmentation_overrides, resolve=True), out_dir / "segmentation")
-    # the pipeline's classification overrides, minus epochs and callbacks (there are none here)
-    cls_over = {k: v for k, v in OmegaConf.to_container(p.classification_overrides, resolve=True).items() if not k.startswith(("trainer.max_epochs", "callbacks."))}
-    cls_cfg = stage_config(cfg, cls_over, out_dir / "classification")
-    cls_cfg.model = cfg.classifier
-    _, seg = fit_stage(seg_cfg, seg_cfg.data, seg_cfg.model, out_dir / "segmentation")
-    _, clf = fit_stage(cls_cfg, cls_cfg.data, cls_cfg.model, out_dir / "classification")
+    _, seg = fit_stage(stage_config(cfg, "segmentation", out_dir / "segmentation"), out_dir / "segmentation")
+    _, clf = fit_stage(stage_config(cfg, "classification", out_dir / "classification"), out_dir / "classification")
     return seg["model"].eval(), clf["model"].eval()
 
 
@@ -116,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     quiet_torch(args.threads)
 
-    from datamodules.imageio import read_rgb
-    from datamodules.synthetic import SyntheticSpec, render_image
+    from wbc.data.imageio import read_rgb
+    from wbc.data.synthetic import SyntheticSpec, render_image
     from wbc.inference import CellPipeline
 
     with tempfile.TemporaryDirectory(prefix="wbc_latency_") as tmp:

@@ -42,7 +42,9 @@ def compose_train(overrides: list[str]):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import wbc  # noqa: F401  (offline defaults + resolvers)
+    from wbc.cli import prepare
+
+    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)

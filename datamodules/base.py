@@ -16,10 +16,11 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from datamodules.sampling import EpochSampler, balanced_weights
-from datamodules.splits import SplitError, fold_ids, load_or_make_splits
-from datamodules.transforms import Preprocess
+from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
+from wbc.data.splits import SplitError, fold_ids, load_or_make_splits
+from wbc.data.transforms import Preprocess
+from wbc.postprocess import PostprocessParams
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class WBCDataModule(L.LightningDataModule):
         require_masks: bool = True,
         crops: Mapping | None = None,
         filters: Mapping | None = None,
+        postprocess: Mapping | PostprocessParams | None = None,
+        single_cell: bool = False,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -94,6 +97,9 @@ class WBCDataModule(L.LightningDataModule):
         self.require_masks = require_masks
         self.crops_cfg = dict(crops or {})  # used by the classification stage
         self.filters = dict(filters or {})
+        # how nucleus masks become cells (the classification stage's ground-truth crops); travels in data_info
+        self.postprocess = PostprocessParams.from_config(postprocess)
+        self.single_cell = bool(single_cell)
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         self.cache: dict[str, CachedSample] = {}
@@ -103,7 +109,7 @@ class WBCDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the embedded synthetic dataset on first use (rank 0 only)."""
         if self.generator is not None:
-            from datamodules.synthetic import ensure_synthetic
+            from wbc.data.synthetic import ensure_synthetic
 
             ensure_synthetic(self.root, self.generator)
 
@@ -232,4 +238,6 @@ class WBCDataModule(L.LightningDataModule):
             "preprocess": self.preprocess.to_dict(),
             "image_size": self.image_size,
             "target": self.target,
+            "single_cell": self.single_cell,
+            "postprocess": self.postprocess.to_dict(),
         }

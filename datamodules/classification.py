@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import CachedSample, WBCDataModule
-from datamodules.cells import CropSpec, cell_crops
-from datamodules.manifest import NUCLEUS, load_instances
 from datamodules.sampling import SeededAugmentation
-from datamodules.transforms import build_pipeline, to_tensor
+from wbc.cells import CropSpec, cell_crops
+from wbc.data.manifest import NUCLEUS, load_instances
+from wbc.data.transforms import build_pipeline, to_tensor
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class ClassificationDataModule(WBCDataModule):
         out = []
         for it in items:
             inst = load_instances(it.sample)
-            _, instances, crops = cell_crops(it.image, it.labels == NUCLEUS, self.crop_spec, inst)
+            _, instances, crops = cell_crops(it.image, it.labels == NUCLEUS, self.crop_spec, self.postprocess, inst)
             if not crops:
                 raise ValueError(f"{it.sample.mask}: no nucleus found after opening/min-area filtering; cannot crop a cell from {it.sample.image}")
             out.extend(Crop(c, it.label, it.sample.id, it.sample.group, ins.label) for c, ins in zip(crops, instances))
@@ -84,8 +83,3 @@ class ClassificationDataModule(WBCDataModule):
         info["image_size"] = self.crop_spec.image_size
         return info
 
-
-def crop_batch(crops: list[np.ndarray], image_size: int) -> torch.Tensor:
-    """Crops at ROI size -> a batch tensor at the classifier's input size (no augmentation)."""
-    pipeline = build_pipeline(None, image_size)
-    return torch.stack([to_tensor(pipeline(image=c)["image"]) for c in crops])

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import CachedSample, WBCDataModule
-from datamodules.manifest import NUCLEUS
 from datamodules.sampling import SeededAugmentation
-from datamodules.transforms import build_pipeline, to_tensor
+from wbc.data.manifest import NUCLEUS
+from wbc.data.transforms import build_pipeline, to_tensor
 
 
 class SegmentationDataset(SeededAugmentation, Dataset):

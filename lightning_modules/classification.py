@@ -9,11 +9,9 @@ Checkpointing and early stopping watch `val/macro_f1`: accuracy rewards predicti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -147,27 +145,9 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-        matrix = self.confusion["test"].compute().cpu().numpy()
+        # drawn by the classification stage's scoring (wbc.evaluation.classification), not here
+        self.test_confusion = self.confusion["test"].compute().cpu().numpy()
         self.confusion["test"].reset()
-        self.save_confusion(matrix, Path(self.trainer.default_root_dir) / "test_confusion")
-
-    def save_confusion(self, matrix: np.ndarray, stem: Path) -> None:
-        """PNG + CSV next to the run, and a figure for image-capable loggers."""
-        from wbc.io import write_text
-        from wbc.plots import plot_confusion
-
-        header = "true\\pred," + ",".join(self.classes)
-        rows = [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(self.classes, matrix)]
-        write_text(stem.with_suffix(".csv"), "\n".join([header, *rows]) + "\n")
-        fig = plot_confusion(matrix, self.classes, stem.with_suffix(".png"), title="test confusion matrix (crops)")
-        for lg in self.loggers:
-            if hasattr(lg, "log_image"):
-                lg.log_image(key="test/confusion_matrix", images=[str(stem.with_suffix(".png"))])
-            elif hasattr(getattr(lg, "experiment", None), "add_figure"):
-                lg.experiment.add_figure("test/confusion_matrix", fig, self.global_step)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self)

@@ -120,6 +120,7 @@ def without_pretrained_weights(hparams: Mapping) -> dict:
     """Hyperparameters for rebuilding a trained network: its weights come from the checkpoint, so
     ImageNet weights are not fetched (no download, no `pretrained` extra needed to predict)."""
     hp = dict(hparams)
+    hp.pop("threshold", None)  # checkpoints before 0.2 kept it here; it is data_info.postprocess.threshold now
     net = dict(hp.get("net") or {})
     if net.get("pretrained"):
         net["pretrained"] = False

@@ -29,6 +29,7 @@ from torchmetrics.classification import (
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
+from wbc.postprocess import PostprocessParams
 
 NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
 
@@ -95,7 +96,6 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str | None = None,
         data_info: Mapping | None = None,
-        threshold: float = 0.5,
         stage: str = "segmentation",
         compile: bool = False,
         tta: bool = False,
@@ -106,6 +106,8 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         self.net = build(net)
         self.criterion = build(loss)
         self.multiclass = (data_info or {}).get("target", "nucleus") == "multiclass"
+        # the per-epoch Dice thresholds as post-processing will (data_info.postprocess: one source)
+        self.threshold = PostprocessParams.from_config((data_info or {}).get("postprocess"), "data_info.postprocess").threshold
         self.metrics = torch.nn.ModuleDict({s: seg_metrics().clone(prefix=f"{s}/") for s in ("val", "test")})
         self.cyto_dice = torch.nn.ModuleDict({s: BinaryF1Score() for s in ("val", "test")}) if self.multiclass else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -149,7 +151,7 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, prob, truth, _ = self._step(batch)
         self.train_loss(loss.detach())
-        self.train_dice.update((prob >= self.hparams.threshold).long().flatten(), truth.long().flatten())
+        self.train_dice.update((prob >= self.threshold).long().flatten(), truth.long().flatten())
         n = len(batch["image"])
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)
@@ -158,7 +160,7 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         loss, prob, truth, logits = self._step(batch)
         getattr(self, f"{stage}_loss")(loss)
-        update_seg_metrics(self.metrics[stage], prob, truth, self.hparams.threshold)
+        update_seg_metrics(self.metrics[stage], prob, truth, self.threshold)
         if self.cyto_dice is not None:  # 3-class target: also score the cytoplasm (dataset-wise)
             self.cyto_dice[stage].update((logits.argmax(1) == 1).long().flatten(), (batch["mask"] == 1).long().flatten())
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(batch["image"]))

@@ -22,7 +22,9 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-import wbc  # noqa: E402,F401  (offline defaults + config resolvers, as the entry points do)
+from wbc.cli import prepare  # noqa: E402
+
+prepare()  # offline defaults, resolvers, structured configs: as the entry points do
 from tests.helpers_models import compose_cfg as compose_config  # noqa: E402  (one compose helper for all tests)
 
 # train.yaml, shrunk: tiny data, one epoch, CSV logger only, no progress bar or config printing
@@ -52,7 +54,7 @@ def tiny_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
 def run_train(cfg: DictConfig) -> tuple[dict, dict]:
     """train.train(cfg) from inside the run dir, which gets a .hydra/config.yaml as Hydra writes it
     (evaluate.py reads the training run's data config from there)."""
-    import train
+    from wbc.cli import train
 
     out = Path(cfg.paths.output_dir)
     (out / ".hydra").mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from datamodules.cells import CropSpec
-from datamodules.transforms import Preprocess
+from wbc.cells import CropSpec
+from wbc.data.transforms import Preprocess
+from wbc.postprocess import PostprocessParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -44,6 +45,7 @@ def compose_cfg(config_name: str, overrides: Sequence[str], output_dir: Path, da
 def data_infos(cfg: DictConfig) -> tuple[dict, dict]:
     """(segmenter, classifier) data_info as the tiny DataModules would record them."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    post = PostprocessParams.from_config(OmegaConf.to_container(cfg.postprocess, resolve=True))
     crops = dict(data["crops"])
     crops.pop("transforms", None)
     spec = CropSpec.from_config(crops)
@@ -53,6 +55,8 @@ def data_infos(cfg: DictConfig) -> tuple[dict, dict]:
         "preprocess": Preprocess.from_config(data["preprocess"]).to_dict(),
         "image_size": data["image_size"],
         "target": data["target"],
+        "single_cell": bool(data.get("single_cell", False)),
+        "postprocess": post.to_dict(),
     }
     return seg, {**seg, "crops": spec.to_dict(), "image_size": spec.image_size}
 
@@ -62,8 +66,8 @@ def tiny_modules(tmp_path: Path, overrides: Sequence[str] = (), seed: int = 0) -
     cfg = compose_cfg("train.yaml", [*TINY, "experiment=pipeline", *overrides], tmp_path / "cfg", tmp_path / "data")
     seg_info, cls_info = data_infos(cfg)
     torch.manual_seed(seed)
-    seg = instantiate(cfg.model, data_info=seg_info).eval()
-    clf = instantiate(cfg.classifier, data_info=cls_info).eval()
+    seg = instantiate(cfg.segmentation.model, data_info=seg_info).eval()
+    clf = instantiate(cfg.classification.model, data_info=cls_info).eval()
     return seg, clf
 
 

@@ -19,19 +19,19 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from datamodules.imageio import read_rgb
-from datamodules.manifest import ManifestError
 from datamodules.segmentation import SegmentationDataModule
-from datamodules.splits import SplitError
 from lightning_modules.classification import ClassifierModule
 from lightning_modules.common import build, check_resume_checkpoint, load_checkpoint, module_from_checkpoint
 from lightning_modules.segmentation import SegmentationModule
 from tests.helpers_data import cell, grey_mask, make_csv_dataset, truncate, write_image, write_labels
 from tests.helpers_models import TINY, DiscSegmenter, compose_cfg, data_infos, save_checkpoint, tiny_modules
-from wbc.checkpoints import resolve_checkpoint
+from wbc.data.imageio import read_rgb
+from wbc.data.manifest import ManifestError
+from wbc.data.splits import SplitError
 from wbc.inference import CellPipeline
 from wbc.io import atomic_write
 from wbc.predict_io import list_inputs, predict_images
+from wbc.rundir import resolve_checkpoint
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -320,7 +320,7 @@ def test_predict_input_missing(tmp_path):
 
 
 def test_predict_without_models(tmp_path):
-    import predict
+    from wbc.cli import predict
 
     write_image(tmp_path / "x.png", cell(16)[0])
     with pytest.raises(ValueError, match=r"predict\.py needs run=<pipeline run dir>, .*segmenter=<checkpoint> or onnx=<export\.py dir>"):
@@ -328,7 +328,7 @@ def test_predict_without_models(tmp_path):
 
 
 def test_predict_onnx_dir_without_export(tmp_path):
-    import predict
+    from wbc.cli import predict
 
     write_image(tmp_path / "x.png", cell(16)[0])
     (tmp_path / "onnx").mkdir()

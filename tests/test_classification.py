@@ -15,17 +15,17 @@ from torch.utils.data import DataLoader
 from datamodules.classification import ClassificationDataModule
 from datamodules.sampling import EpochSampler, balanced_weights
 from lightning_modules.classification import cls_metrics, flatten_metrics
-from wbc.cls_eval import classification_report, confusion
+from wbc.evaluation.classification import classification_report, confusion
 
 CLASSES = ["lymphoblast", "neutrophil", "promyelocyte"]
 
 
 @pytest.fixture
 def cls_dm(make_cfg) -> ClassificationDataModule:
-    from wbc.fit import build_datamodule
+    from wbc.fit import build_datamodule, postprocess_of
 
     cfg = make_cfg(["experiment=classify"])
-    dm = build_datamodule(cfg.data)
+    dm = build_datamodule(cfg.data, postprocess_of(cfg))
     dm.setup()
     return dm
 
@@ -112,9 +112,16 @@ def test_classify_fast_dev_run_writes_confusion(make_cfg, run_training):
 
 
 def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path):
-    cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2"])
+    cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2",
+                    "classification.trainer.max_epochs=3", "classification.model.optimizer.lr=3e-4"])
     metrics, _ = run_training(cfg)
     out = Path(cfg.paths.output_dir)
+    # each stage's dir holds the full config it ran with, the CLI's stage overrides included
+    from omegaconf import OmegaConf
+
+    cls_cfg, seg_cfg = (OmegaConf.load(out / s / ".hydra" / "config.yaml") for s in ("classification", "segmentation"))
+    assert cls_cfg.trainer.max_epochs == 3 and cls_cfg.model.optimizer.lr == pytest.approx(3e-4) and cls_cfg.stage == "classification"
+    assert seg_cfg.trainer.max_epochs == 2 and seg_cfg.stage == "segmentation" and seg_cfg.paths.output_dir == str(out / "segmentation")
     for key in ("pipeline/detection_precision", "pipeline/detection_recall", "test/dice_post", "test/macro_f1"):
         assert key in metrics
     saved = json.loads((out / "metrics.json").read_text())
@@ -122,7 +129,7 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     rows = (out / "predict" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("image,cell,bbox_y0")
     # predict.py on a folder with one corrupt image: the others are processed, the bad one is named
-    import predict as predict_mod
+    from wbc.cli import predict as predict_mod
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wbc import cv, cv_dashboards
+from wbc import cv, cv_dashboards, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = (
@@ -159,9 +159,8 @@ def test_evaluate_and_predict_on_the_sweep_dir(seg_sweep, make_eval_cfg, tmp_pat
     """evaluate.py ckpt_path=<sweep dir>: each finished fold scores what its own training run
     scored on the test split, and the ensemble is scored too; predict.py ensemble=<sweep dir> of a
     segmentation-only sweep gives masks (no classifier)."""
-    import evaluate
-    import predict
     from tests.helpers_models import compose_cfg
+    from wbc.cli import evaluate, predict
     from wbc.ensemble import SegmentationEnsemble
 
     sweep = seg_sweep["dir"]
@@ -180,12 +179,12 @@ def test_evaluate_and_predict_on_the_sweep_dir(seg_sweep, make_eval_cfg, tmp_pat
 
 def test_resume_refuses_a_run_dir_of_another_fold(seg_sweep, data_dir: Path, tmp_path: Path) -> None:
     """Job numbers follow the swept values: `data.fold=1` resumed into job 0 (fold 0) must not reuse fold 0's results."""
-    record = cv.job_record(0, "segmentation", ["data.fold=0"], 0)
+    record = rundir.job_record(0, "segmentation", ["data.fold=0"], 0)
     run = tmp_path / "0"
-    cv.start_job(run, record)
+    rundir.start_job(run, record)
     with pytest.raises(ValueError, match="fold=0.*fold=1"):
-        cv.check_same_job(run, cv.job_record(1, "segmentation", ["data.fold=1"], 0))
-    cv.check_same_job(run, cv.job_record(0, "segmentation", ["data.fold=0", "resume=true", "logger=wandb"], 0))
+        rundir.check_same_job(run, rundir.job_record(1, "segmentation", ["data.fold=1"], 0))
+    rundir.check_same_job(run, rundir.job_record(0, "segmentation", ["data.fold=0", "resume=true", "logger=wandb"], 0))
 
 
 def test_optuna_search_two_trials(data_dir: Path, tmp_path: Path) -> None:
@@ -319,7 +318,7 @@ def test_summary_statistics_failed_folds_and_pooled_oof(tmp_path: Path) -> None:
 
 
 def test_classification_oof_is_rescored_on_pooled_crops(tmp_path: Path) -> None:
-    from wbc.cls_eval import classification_report
+    from wbc.evaluation.classification import classification_report
 
     sweep = tmp_path / "sweep"
     p0 = [("s1", "a", 0.9), ("s2", "b", 0.6)]
@@ -361,14 +360,14 @@ def test_failure_marker_and_finished_metrics(tmp_path: Path) -> None:
     try:
         raise ValueError("data.fold=7 is out of range")
     except ValueError as err:
-        cv.write_failure(tmp_path, err)
+        rundir.write_failure(tmp_path, err)
     assert (tmp_path / "FAILED").read_text().startswith("ValueError: data.fold=7 is out of range")
     (tmp_path / "metrics.json").write_text(json.dumps({"val/dice_best": 0.4}))
-    assert cv.finished_metrics(tmp_path) is None  # a FAILED marker wins
-    cv.start_job(tmp_path, cv.job_record(7, "segmentation", []))  # a new attempt forgets it
-    assert cv.finished_metrics(tmp_path) == {"val/dice_best": 0.4}
-    assert cv.returned_metric({"val/dice_best": 0.4}, "val/dice_best") == 0.4
-    assert cv.returned_metric({}, "val/dice_best") is None
+    assert rundir.finished_metrics(tmp_path) is None  # a FAILED marker wins
+    rundir.start_job(tmp_path, rundir.job_record(7, "segmentation", []))  # a new attempt forgets it
+    assert rundir.finished_metrics(tmp_path) == {"val/dice_best": 0.4}
+    assert rundir.returned_metric({"val/dice_best": 0.4}, "val/dice_best") == 0.4
+    assert rundir.returned_metric({}, "val/dice_best") is None
 
 
 def test_tensorboard_summary(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import evaluate
 from tests.helpers_data import cell, write_image
 from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules
-from wbc.ensemble import ClassifierEnsemble, SegmentationEnsemble, is_sweep_dir, member_checkpoints
+from wbc.cli import evaluate
+from wbc.ensemble import ClassifierEnsemble, SegmentationEnsemble, member_checkpoints
+from wbc.rundir import is_sweep_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +85,7 @@ def test_sweep_dir_members_are_finished_folds(folds) -> None:
 def test_evaluate_segmentation_ensemble_scores_members_and_mean(folds, make_eval_cfg, tmp_path: Path) -> None:
     """evaluate.py ckpt_path=[a,b]: each member alone, then the ensemble, whose probabilities are
     the members' mean (checked per image, and through its per-case scores)."""
-    from wbc.seg_eval import evaluate_segmentation, predict_probabilities
+    from wbc.evaluation.segmentation import evaluate_segmentation, predict_probabilities
 
     sweep = folds["sweep"]
     ckpts = [sweep / j / "segmentation" / "checkpoints" / "epoch_000.ckpt" for j in ("0", "1")]
@@ -136,7 +137,7 @@ def test_evaluate_classifier_ensemble_from_sweep_runs(folds, make_eval_cfg, tmp_
 
 def test_pipeline_and_predict_with_a_sweep_dir(folds, tmp_path: Path) -> None:
     """predict.py ensemble=<sweep dir>: fold segmenters and classifiers averaged, same CellPipeline."""
-    import predict
+    from wbc.cli import predict
     from wbc.inference import CellPipeline
 
     sweep = folds["sweep"]

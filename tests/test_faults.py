@@ -105,8 +105,8 @@ def test_lightning_resume_and_test_paths_accept_our_checkpoints(trained_run):
 
 
 def test_predict_folder_with_a_corrupt_image(tmp_path):
-    import predict
-    from datamodules.synthetic import SyntheticSpec, render_image
+    from wbc.cli import predict
+    from wbc.data.synthetic import SyntheticSpec, render_image
 
     seg, clf = tiny_modules(tmp_path)
     seg_ckpt = save_checkpoint(seg, tmp_path / "seg.ckpt")

@@ -10,17 +10,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from datamodules import imageio
-from datamodules.imageio import ImageReadError, read_mask, read_rgb
-from datamodules.manifest import (
-    CYTOPLASM,
-    NUCLEUS,
-    ManifestError,
-    MaskEncoding,
-    Sample,
-    load_sample,
-    read_manifest,
-)
 from datamodules.segmentation import SegmentationDataModule
 from tests.helpers_data import (
     RGB_ENCODING,
@@ -32,6 +21,17 @@ from tests.helpers_data import (
     truncate,
     write_image,
     write_labels,
+)
+from wbc.data import imageio
+from wbc.data.imageio import ImageReadError, read_mask, read_rgb
+from wbc.data.manifest import (
+    CYTOPLASM,
+    NUCLEUS,
+    ManifestError,
+    MaskEncoding,
+    Sample,
+    load_sample,
+    read_manifest,
 )
 
 GREY = MaskEncoding()  # background 0, cytoplasm 128, nucleus 255

@@ -1,4 +1,4 @@
-"""Tests for datamodules.nuclei: mask -> instances (opening + conservative watershed) -> edge-safe crops."""
+"""Tests for wbc.postprocess (mask -> instances: opening + conservative watershed) and wbc.cells (edge-safe crops)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules.nuclei import (
+from wbc.cells import crop, crop_box, instance_crops, match_instances
+from wbc.postprocess import (
     Instance,
-    InstanceParams,
+    PostprocessParams,
     binarize,
-    crop,
-    crop_box,
     extract_instances,
-    instance_crops,
-    match_instances,
+    nucleus_mask,
     open_mask,
     split_touching,
     union_instance,
 )
-from wbc.seg_eval import postprocess
 
 
 def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
@@ -111,7 +108,7 @@ def two_touching_discs() -> np.ndarray:
 
 def test_watershed_splits_touching_fat_nuclei() -> None:
     mask = two_touching_discs()
-    _, whole = extract_instances(mask, InstanceParams(watershed=False))
+    _, whole = extract_instances(mask, PostprocessParams(watershed=False))
     assert len(whole) == 1
     labels, insts = extract_instances(mask)
     assert len(insts) == 2
@@ -160,9 +157,9 @@ def test_opening_cuts_thin_bridge_and_removes_specks() -> None:
     mask = disc(shape, (40, 30), 15) | disc(shape, (40, 90), 15) | bar(shape, (40, 30), (40, 90), 1)
     mask[5, 5] = mask[70, 110] = True  # isolated specks
     mask[70:72, 60:62] = True
-    params = InstanceParams(watershed=False, min_area=0)
+    params = PostprocessParams(watershed=False, min_area=0)
     assert len(extract_instances(mask, params)[1]) == 2
-    assert len(extract_instances(mask, InstanceParams(opening_kernel=0, watershed=False, min_area=0))[1]) == 4
+    assert len(extract_instances(mask, PostprocessParams(opening_kernel=0, watershed=False, min_area=0))[1]) == 4
     opened = open_mask(mask)
     assert not opened[5, 5] and not opened[70, 110] and not opened[40, 60]
 
@@ -170,7 +167,7 @@ def test_opening_cuts_thin_bridge_and_removes_specks() -> None:
 def test_min_area_drops_tiny_blobs() -> None:
     shape = (80, 80)
     mask = disc(shape, (40, 40), 12) | disc(shape, (10, 10), 3)  # ~29 px blob survives a 5x5 opening
-    assert len(extract_instances(mask, InstanceParams(min_area=0))[1]) == 2
+    assert len(extract_instances(mask, PostprocessParams(min_area=0))[1]) == 2
     labels, insts = extract_instances(mask)  # default min_area=30
     assert len(insts) == 1 and labels[10, 10] == 0 and labels[40, 40] == 1
 
@@ -179,7 +176,7 @@ def test_probability_map_is_thresholded() -> None:
     prob = disc((64, 64), (32, 32), 12) * 0.8 + disc((64, 64), (32, 32), 20) * 0.1  # halo below threshold
     _, insts = extract_instances(prob.astype(np.float32))
     assert len(insts) == 1 and abs(insts[0].area - np.pi * 144) < 40
-    assert len(extract_instances(prob, InstanceParams(threshold=0.95))[1]) == 0
+    assert len(extract_instances(prob, PostprocessParams(threshold=0.95))[1]) == 0
     assert binarize(np.array([[0, 3], [255, 0]], np.uint8)).tolist() == [[False, True], [True, False]]
 
 
@@ -219,7 +216,7 @@ def test_invalid_arguments_raise() -> None:
     with pytest.raises(ValueError, match="min_distance"):
         split_touching(np.zeros((8, 8), bool), min_distance=0)
     with pytest.raises(ValueError, match="min_area"):
-        extract_instances(np.zeros((8, 8), bool), InstanceParams(min_area=-1))
+        extract_instances(np.zeros((8, 8), bool), PostprocessParams(min_area=-1))
     with pytest.raises(ValueError, match="center"):
         instance_crops(np.zeros((8, 8)), np.zeros((8, 8), np.int32), [], 4, center="middle")
     with pytest.raises(ValueError, match="box"):
@@ -275,8 +272,8 @@ def test_clear_border_drops_cut_neighbours_but_never_everything():
     mask = np.zeros((64, 64), np.uint8)
     cv2.circle(mask, (32, 32), 10, 1, -1)  # the centred, annotated cell
     cv2.circle(mask, (2, 60), 8, 1, -1)  # a neighbour cut by the frame
-    keep = InstanceParams(watershed=False)
-    drop = InstanceParams(watershed=False, clear_border=True)
+    keep = PostprocessParams(watershed=False)
+    drop = PostprocessParams(watershed=False, clear_border=True)
     assert len(extract_instances(mask, keep)[1]) == 2
     labels, inst = extract_instances(mask, drop)
     assert len(inst) == 1 and abs(inst[0].centroid[0] - 32) < 1 and abs(inst[0].centroid[1] - 32) < 1
@@ -288,5 +285,5 @@ def test_clear_border_drops_cut_neighbours_but_never_everything():
     edge = np.zeros((64, 64), np.uint8)
     cv2.circle(edge, (0, 32), 9, 1, -1)
     assert len(extract_instances(edge, drop)[1]) == 1
-    assert postprocess(edge.astype(np.float32), clear_border=True).sum() == postprocess(edge.astype(np.float32)).sum() > 0
-    assert not postprocess(mask.astype(np.float32), clear_border=True)[55:, :10].any()
+    assert nucleus_mask(edge.astype(np.float32), PostprocessParams(clear_border=True)).sum() == nucleus_mask(edge.astype(np.float32)).sum() > 0
+    assert not nucleus_mask(mask.astype(np.float32), PostprocessParams(clear_border=True))[55:, :10].any()

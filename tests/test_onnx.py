@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-import export  # noqa: E402
-from datamodules.synthetic import SyntheticSpec, render_image  # noqa: E402
 from tests.helpers_data import write_image  # noqa: E402
 from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules  # noqa: E402
+from wbc.cli import export  # noqa: E402
+from wbc.data.synthetic import SyntheticSpec, render_image  # noqa: E402
 from wbc.inference import CellPipeline  # noqa: E402
 from wbc.onnx_backend import OnnxClassifier, OnnxSegmenter, export_models, load_export, pipeline_from_export  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_onnx_pipeline_matches_torch_pipeline(exported):
 
 
 def test_predict_py_on_onnx_equals_checkpoints(exported, tmp_path):
-    import predict
+    from wbc.cli import predict
 
     _, _, d, out = exported
     inputs = tmp_path / "in"
@@ -108,10 +108,10 @@ def test_export_cli_arguments(tmp_path):
 
 
 def test_classifier_tta_is_flip_invariant_and_exported(tmp_path):
-    """classifier.tta=true: probabilities averaged over the four flips, so a flipped crop gets the
+    """classification.model.tta=true: probabilities averaged over the four flips, so a flipped crop gets the
     same answer; the ONNX export carries the flips (eager and onnxruntime agree)."""
     _, plain = tiny_modules(tmp_path / "plain", seed=2)
-    _, tta = tiny_modules(tmp_path / "tta", ["classifier.tta=true"], seed=2)
+    _, tta = tiny_modules(tmp_path / "tta", ["classification.model.tta=true"], seed=2)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for flipped in (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)):
         torch.testing.assert_close(tta.predict_proba(flipped), tta.predict_proba(x), atol=1e-5, rtol=0)
@@ -123,9 +123,9 @@ def test_classifier_tta_is_flip_invariant_and_exported(tmp_path):
 
 
 def test_segmenter_tta_is_flip_equivariant_and_exported(tmp_path):
-    """model.tta=true: the nucleus probability of a flipped image is the flipped probability (the
+    """segmentation.model.tta=true: the nucleus probability of a flipped image is the flipped probability (the
     mean over the four flips); the ONNX export carries it."""
-    seg, _ = tiny_modules(tmp_path / "m", ["model.tta=true"], seed=3)
+    seg, _ = tiny_modules(tmp_path / "m", ["segmentation.model.tta=true"], seed=3)
     plain, clf = tiny_modules(tmp_path / "p", seed=3)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     for dims in ((-1,), (-2,), (-2, -1)):

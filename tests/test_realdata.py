@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.manifest import CYTOPLASM, NUCLEUS, Manifest, MaskEncoding, load_sample, read_manifest
-from datamodules.splits import make_splits
+from wbc.data.manifest import CYTOPLASM, NUCLEUS, Manifest, MaskEncoding, load_sample, read_manifest
+from wbc.data.splits import make_splits
 
 pytestmark = pytest.mark.realdata
 

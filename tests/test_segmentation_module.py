@@ -19,7 +19,8 @@ from torchmetrics.classification import BinaryAUROC
 
 from lightning_modules.losses import SEG_LOSSES, build_segmentation_loss
 from lightning_modules.segmentation import PixelAUROC, seg_metrics, update_seg_metrics
-from wbc.seg_eval import case_scores, postprocess, summarize
+from wbc.evaluation.segmentation import case_scores, summarize
+from wbc.postprocess import PostprocessParams, nucleus_mask
 
 H = W = 10
 
@@ -134,16 +135,16 @@ def test_postprocess_removes_specks_and_bridges() -> None:
     prob = mask.astype(np.float32) * 0.9
     assert cv2.connectedComponents(mask.astype(np.uint8))[0] - 1 == 2  # before: nuclei joined + speck
 
-    out = postprocess(prob, threshold=0.5, opening_kernel=5, min_area=50)
+    out = nucleus_mask(prob, PostprocessParams(threshold=0.5, opening_kernel=5, min_area=50))
     n, labels = cv2.connectedComponents(out.astype(np.uint8))
     assert n - 1 == 2  # two separate nuclei, no speck
     assert not out[2:8, 56:62].any()
     assert not out[24, 26:34].any()  # the bridge between the discs is gone
     assert out[24, 14] and out[24, 46]
     # the speck is removed by the area filter, not by the opening
-    assert postprocess(prob, threshold=0.5, opening_kernel=5, min_area=20)[2:8, 56:62].any()
+    assert nucleus_mask(prob, PostprocessParams(threshold=0.5, opening_kernel=5, min_area=20))[2:8, 56:62].any()
     # nothing above threshold -> empty
-    assert not postprocess(prob * 0.5, threshold=0.5).any()
+    assert not nucleus_mask(prob * 0.5, PostprocessParams(threshold=0.5)).any()
 
 
 @pytest.mark.parametrize("target, classes", [("nucleus", 1), ("multiclass", 3)])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from datamodules.segmentation import SegmentationDataModule
-from datamodules.splits import SplitError, fold_ids, load_or_make_splits, make_splits
 from tests.helpers_data import make_csv_dataset
+from wbc.data.splits import SplitError, fold_ids, load_or_make_splits, make_splits
 
 CLASS_SIZES = {0: 40, 1: 23, 2: 11, 3: 6}
 

@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic blood-smear generator (datamodules/synthetic.py)."""
+"""Tests for the embedded synthetic blood-smear generator (wbc/data/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
-from datamodules.synthetic import (
+from wbc.data.synthetic import (
     CLASS_NAMES,
     DEFAULT_CLASS_RATIOS,
     MASK_VALUES,

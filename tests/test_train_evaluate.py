@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-import evaluate
+from wbc.cli import evaluate
 
 
 def _read_json(path: Path) -> dict:
@@ -143,11 +143,11 @@ def test_evaluate_rejects_bad_checkpoints(make_eval_cfg, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="ckpt_path=.*not a Lightning checkpoint"):
         evaluate.evaluate(make_eval_cfg(not_lightning))
 
-    cls_ckpt = tmp_path / "cls" / "checkpoints" / "epoch_000.ckpt"
-    cls_ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": {}, "hyper_parameters": {"stage": "classification"}}, cls_ckpt)
-    with pytest.raises(ValueError, match=r"ckpt_path=.*'classification' checkpoint"):
-        evaluate.evaluate(make_eval_cfg(cls_ckpt))
+    other = tmp_path / "det" / "checkpoints" / "epoch_000.ckpt"
+    other.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"stage": "detection"}}, other)
+    with pytest.raises(ValueError, match=r"det.*cannot tell whether it is a segmentation or a classification run"):
+        evaluate.evaluate(make_eval_cfg(other))
 
     with pytest.raises(FileNotFoundError, match="ckpt_path="):
         evaluate.evaluate(make_eval_cfg(tmp_path / "nowhere.ckpt"))
@@ -188,7 +188,7 @@ def test_overfit_tiny_data(make_cfg, run_training) -> None:
 
 def test_scoring_the_train_split_is_unaugmented(trained_run) -> None:
     """seg_eval on split=train scores the resized images, not the augmented training views."""
-    from wbc.seg_eval import evaluate_segmentation, predict_probabilities
+    from wbc.evaluation.segmentation import evaluate_segmentation, predict_probabilities
 
     _, _, objects = trained_run
     model, dm = objects["model"], objects["datamodule"]
@@ -202,32 +202,29 @@ def test_scoring_the_train_split_is_unaugmented(trained_run) -> None:
         assert got == pytest.approx([c[key] for c in expected["metric_per_case"]]), key
 
 
-def test_evaluate_clear_border_follows_the_evaluated_data() -> None:
-    """postprocess.clear_border: null takes the data's crops rule (on for single-cell sets), as training did."""
-    from omegaconf import OmegaConf
-
-    single_cell = OmegaConf.create({"crops": {"instance_params": {"clear_border": True}}})
-    fields = OmegaConf.create({"crops": {"instance_params": {"clear_border": False}}})
-    cfg = OmegaConf.create({"postprocess": {"threshold": 0.5, "clear_border": None}})
-    assert evaluate.post_config(cfg, single_cell)["clear_border"] is True
-    assert evaluate.post_config(cfg, fields)["clear_border"] is False
-    forced = OmegaConf.create({"postprocess": {"clear_border": False}})
-    assert evaluate.post_config(forced, single_cell)["clear_border"] is False
+def test_clear_border_follows_the_data_and_travels_in_the_checkpoint(make_cfg, trained_run) -> None:
+    """postprocess.clear_border defaults to data.single_cell (on for the single-cell sets), and the
+    segmenter checkpoint carries the post-processing it was validated with."""
+    assert make_cfg(["data=all_idb2"]).postprocess.clear_border is True
+    assert make_cfg([]).postprocess.clear_border is False
+    assert make_cfg(["data=all_idb2", "postprocess.clear_border=false"]).postprocess.clear_border is False
+    run, _, objects = trained_run
+    info = objects["model"].hparams.data_info
+    assert info["postprocess"]["min_area"] == 4 and info["postprocess"]["clear_border"] is False  # postprocess=tiny
 
 
 def test_evaluate_tta_overrides_the_checkpoint_setting(trained_run) -> None:
-    from omegaconf import OmegaConf
-
     from lightning_modules.common import module_from_checkpoint
     from lightning_modules.segmentation import SegmentationModule
+    from wbc.evaluation.runs import apply_tta
 
     run, _, _ = trained_run
     module = module_from_checkpoint(SegmentationModule, str(run / "checkpoints" / "last.ckpt"), "segmentation")
     assert not module.hparams.tta
-    evaluate.apply_tta(OmegaConf.create({"tta": None}), [module])
+    apply_tta([module], None)
     assert not module.hparams.tta
     x = torch.rand(1, 3, 32, 32)
     single = module.predict_probability(x)
-    evaluate.apply_tta(OmegaConf.create({"tta": True}), [module])
+    apply_tta([module], True)
     assert module.hparams.tta and not torch.allclose(module.predict_probability(x), single)
     torch.testing.assert_close(module.predict_probability(x.flip(-1)), module.predict_probability(x).flip(-1), atol=1e-5, rtol=0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.manifest import NUCLEUS
 from datamodules.segmentation import SegmentationDataModule
-from datamodules.transforms import Preprocess, build_pipeline, study_rotation, study_zoom, to_tensor
 from tests.helpers_data import disc_pair, make_csv_dataset
+from wbc.data.manifest import NUCLEUS
+from wbc.data.transforms import Preprocess, build_pipeline, study_rotation, study_zoom, to_tensor
 
 # --------------------------------------------------------------------------- Preprocess
 

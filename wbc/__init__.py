@@ -1,7 +1,2 @@
-"""Shared, framework-level helpers (offline defaults, config resolvers, run utilities)."""
-
-from wbc.env import apply_offline_defaults
-from wbc.resolvers import register_resolvers
-
-apply_offline_defaults()
-register_resolvers()
+"""The WBC microscopy library, by concept (see README "Architecture"). Importing it has no side
+effects: environment defaults, resolvers and config registration happen in `wbc.cli.prepare()`."""

@@ -1,12 +1,8 @@
-"""Cross-validation sweeps: the run-dir protocol of a multirun job, and the CV summary.
+"""Cross-validation sweeps: the CV summary of a sweep dir.
 
-A sweep dir holds one run dir per job (`<sweep>/<job number>/`). What each job leaves there:
-- `metrics.json`: the job finished (written last by the stage);
-- `FAILED`: the job raised (train.py writes it in multirun mode, then lets the sweep go on);
-- `job.json`: which job this dir holds (fold, stage, overrides, loggers), so a resumed sweep never
-  mistakes one fold's results for another's;
-- `val_eval/summary.json` (segmentation) and `val_predictions.csv` (classification): the
-  validation-split predictions of the fold, i.e. its out-of-fold (OOF) predictions.
+A sweep dir holds one run dir per job (`<sweep>/<job number>/`; what a job leaves there: wbc.rundir),
+including each stage's validation-split predictions, i.e. the fold's out-of-fold (OOF) predictions
+(`OOF_FILE` of wbc.evaluation.segmentation / .classification).
 
 `summarize_sweep(sweep_dir)` turns that into one table: per-fold metrics, mean and **sample**
 standard deviation (ddof=1, numpy's `std(ddof=1)`; undefined with one fold) of every numeric
@@ -23,7 +19,6 @@ import json
 import logging
 import math
 import re
-import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,100 +28,15 @@ from typing import Any
 import numpy as np
 
 from wbc.io import write_json, write_text
+from wbc.rundir import FAILED, JOB_FILE, finished_metrics, is_neutral, is_run_dir, job_sort_key, override_key
+from wbc.stages import STAGES
+
+# the pooled OOF rows of each stage, one CSV each
+OOF_TABLES = {"segmentation": "cv_oof_cases.csv", "classification": "cv_oof_predictions.csv"}
 
 log = logging.getLogger("wbc")
 
-FAILED = "FAILED"
-JOB_FILE = "job.json"
-METRICS = "metrics.json"
-SEG_OOF = Path("val_eval") / "summary.json"
-CLS_OOF = Path("val_predictions.csv")
-# where a stage's files are inside a run dir: the run itself, or a pipeline run's sub-runs
-STAGE_DIRS = ("", "segmentation", "classification")
 STD_NOTE = "sample standard deviation across folds (ddof=1, as numpy.std(ddof=1)); null with fewer than 2 folds"
-# overrides that do not change what a job computes (ignored when grouping jobs and checking a resume)
-NEUTRAL_OVERRIDES = ("resume", "ckpt_path", "logger", "extras", "callbacks.rich_progress_bar", "tags")
-
-
-# ----------------------------------------------------------------------------- job protocol
-def override_key(override: str) -> str:
-    """`++data.fold=3` -> `data.fold`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _is_neutral(override: str) -> bool:
-    key = override_key(override)
-    return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)
-
-
-def job_record(
-    fold: Any, stage: str | None, overrides: Sequence[str], job: Any = None, task_name: str | None = None,
-    optimized_metric: str | None = None, loggers: Mapping[str, Any] | None = None,
-) -> dict:
-    """What job.json holds: enough to recognise the job on resume, and to log the sweep summary to
-    the same dashboards (`loggers`: the job's resolved logger configs)."""
-    return {
-        "job": job,
-        "fold": fold,
-        "stage": stage,
-        "task_name": task_name,
-        "optimized_metric": optimized_metric,
-        "overrides": list(overrides),
-        "loggers": {name: dict(entry) for name, entry in (loggers or {}).items() if entry},
-    }
-
-
-def check_same_job(run_dir: Path, record: Mapping) -> None:
-    """A resumed sweep must find the same job in a run dir: job numbers follow the order of the
-    swept values, so `-m data.fold=2,3` resumed into a `data.fold=0,1,2,3,4` sweep dir would
-    otherwise reuse fold 0's results as fold 2's."""
-    path = Path(run_dir) / JOB_FILE
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    for key in ("fold", "stage"):
-        if old.get(key) != record.get(key):
-            raise ValueError(
-                f"resume=true: {run_dir} holds a job with {key}={old.get(key)!r}, this job has {key}={record.get(key)!r} "
-                "(job numbers follow the swept values: resume with the same sweep, or use a new hydra.sweep.dir)"
-            )
-    before = sorted(o for o in old.get("overrides", []) if not _is_neutral(o))
-    now = sorted(o for o in record.get("overrides", []) if not _is_neutral(o))
-    if before != now:
-        log.warning("resume=true: %s was run with overrides %s, this job has %s", run_dir, before, now)
-
-
-def start_job(run_dir: Path, record: Mapping) -> None:
-    """Before a job runs: forget an earlier attempt's failure, record which job this dir holds."""
-    run_dir = Path(run_dir)
-    (run_dir / FAILED).unlink(missing_ok=True)
-    write_json(run_dir / JOB_FILE, dict(record))
-
-
-def finished_metrics(run_dir: Path) -> dict | None:
-    """metrics.json of a finished run (None when the run did not finish or failed)."""
-    run_dir = Path(run_dir)
-    if (run_dir / FAILED).exists() or not (run_dir / METRICS).is_file():
-        return None
-    try:
-        return json.loads((run_dir / METRICS).read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def write_failure(run_dir: Path, err: BaseException) -> Path:
-    """`<run>/FAILED`: the exception and the last frames of its traceback (the full one is in the log)."""
-    frames = traceback.format_exception(type(err), err, err.__traceback__)
-    tail = "".join(frames[-3:])
-    text = f"{type(err).__name__}: {err}\n\n{tail}"
-    return write_text(Path(run_dir) / FAILED, text)
-
-
-def returned_metric(metrics: Mapping[str, Any], name: str | None) -> float | None:
-    """The value a finished job returns to the sweeper (None when none is configured or logged)."""
-    if not name or metrics.get(name) is None:
-        return None
-    return float(metrics[name])
 
 
 # ----------------------------------------------------------------------------- reading a sweep
@@ -145,7 +55,7 @@ class Job:
     @property
     def group(self) -> tuple[str, ...]:
         """Jobs that differ only in the fold (and neutral overrides) form one CV group."""
-        return tuple(sorted(o for o in self.overrides if override_key(o) != "data.fold" and not _is_neutral(o)))
+        return tuple(sorted(o for o in self.overrides if override_key(o) != "data.fold" and not is_neutral(o)))
 
 
 def _load_yaml(path: Path) -> Any:
@@ -168,14 +78,6 @@ def _fold_from(overrides: Sequence[str], cfg: Mapping | None) -> Any:
     return data.get("fold") if isinstance(data, Mapping) else None
 
 
-def is_run_dir(path: Path) -> bool:
-    return any((path / n).exists() for n in (".hydra", METRICS, FAILED, JOB_FILE, "checkpoints"))
-
-
-def job_sort_key(path: Path) -> tuple:
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
-
-
 def read_job(run_dir: Path) -> Job:
     run_dir = Path(run_dir)
     record = json.loads((run_dir / JOB_FILE).read_text()) if (run_dir / JOB_FILE).is_file() else {}
@@ -186,7 +88,11 @@ def read_job(run_dir: Path) -> Job:
         text = (run_dir / FAILED).read_text().strip()
         job.reason = text.splitlines()[0] if text else "FAILED"
         return job
-    metrics = finished_metrics(run_dir)
+    try:
+        metrics = finished_metrics(run_dir)
+    except ValueError as err:  # a corrupt metrics.json: the summary names it instead of stopping
+        job.reason = str(err)
+        return job
     if metrics is None:
         job.reason = "no metrics.json: the job crashed, was killed or is still running"
         return job
@@ -229,91 +135,6 @@ def _nanmean(values: Iterable[Any]) -> float | None:
     return float(np.nanmean(arr)) if arr.size and not np.isnan(arr).all() else None
 
 
-def _stage_file(run_dir: Path, rel: Path) -> Path | None:
-    for sub in STAGE_DIRS:
-        path = run_dir / sub / rel
-        if path.is_file():
-            return path
-    return None
-
-
-def segmentation_oof(jobs: Sequence[Job]) -> tuple[dict, list[dict]] | None:
-    """Pool every fold's validation cases (val_eval/summary.json) and average them together:
-    the per-image means over all out-of-fold images (post-processed and raw, original resolution)."""
-    cases: list[dict] = []
-    used = []
-    for job in jobs:
-        path = _stage_file(job.run_dir, SEG_OOF)
-        if path is None:
-            continue
-        used.append(job.name)
-        for c in json.loads(path.read_text()).get("metric_per_case", []):
-            cases.append({"job": job.name, "fold": job.fold, **c})
-    if not cases:
-        return None
-    metrics = {
-        "oof/val/dice_post": _nanmean(c.get("dice") for c in cases),
-        "oof/val/iou_post": _nanmean(c.get("iou") for c in cases),
-        "oof/val/dice_raw_fullres": _nanmean(c.get("dice_raw") for c in cases),
-        "oof/val/iou_raw_fullres": _nanmean(c.get("iou_raw") for c in cases),
-    }
-    by_class: dict[str, list[dict]] = defaultdict(list)
-    for c in cases:
-        by_class[str(c.get("class_name"))].append(c)
-    for cls, cs in sorted(by_class.items()):
-        metrics[f"oof/val/dice_post/{cls}"] = _nanmean(c.get("dice") for c in cs)
-    ids = [c.get("id") for c in cases]
-    info = {
-        "metrics": metrics,
-        "n_cases": len(cases),
-        "n_unique_cases": len(set(ids)),
-        "jobs": used,
-        "definition": "per-image Dice/IoU of every fold's validation images pooled, then averaged (NaN cases excluded)",
-    }
-    return info, cases
-
-
-def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        classes = [h[2:] for h in (reader.fieldnames or []) if h.startswith("p_")]
-        return classes, list(reader)
-
-
-def classification_oof(jobs: Sequence[Job]) -> tuple[dict, list[dict]] | None:
-    """Pool every fold's validation crops (val_predictions.csv) and re-score them together."""
-    classes: list[str] | None = None
-    rows: list[dict] = []
-    used = []
-    for job in jobs:
-        path = _stage_file(job.run_dir, CLS_OOF)
-        if path is None:
-            continue
-        cls, rs = read_predictions_csv(path)
-        if classes is None:
-            classes = cls
-        elif cls != classes:
-            log.warning("CV summary: %s has classes %s, other folds %s: left out of the OOF score", path, cls, classes)
-            continue
-        used.append(job.name)
-        rows.extend({"job": job.name, "fold": job.fold, **r} for r in rs)
-    if not rows or not classes:
-        return None
-    from wbc.cls_eval import classification_report
-
-    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
-    labels = np.asarray([classes.index(r["true"]) for r in rows])
-    metrics = classification_report(probs, labels, classes, "oof/val")
-    info = {
-        "metrics": metrics,
-        "n_crops": len(rows),
-        "classes": classes,
-        "jobs": used,
-        "definition": "every fold's validation crops pooled, then accuracy / balanced accuracy / macro-F1 computed once",
-    }
-    return info, rows
-
-
 def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
     ok = [j for j in jobs if j.status == "ok"]
     failed = [j for j in jobs if j.status != "ok"]
@@ -341,12 +162,10 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
     opt = next((j.record.get("optimized_metric") for j in jobs if j.record.get("optimized_metric")), None)
     if opt:
         summary["optimized_metric"] = opt
-    seg = segmentation_oof(ok)
-    if seg is not None:
-        summary["oof"]["segmentation"] = seg[0]
-    cls = classification_oof(ok)
-    if cls is not None:
-        summary["oof"]["classification"] = cls[0]
+    for name, stage in STAGES.items():
+        pooled = stage.scoring.pool_oof(ok)
+        if pooled is not None:
+            summary["oof"][name] = pooled[0]
     return summary
 
 
@@ -424,7 +243,8 @@ def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
     """The pooled OOF cases / crops, one row each with its fold: cv_oof_cases.csv, cv_oof_predictions.csv."""
     ok = [j for j in jobs if j.status == "ok"]
     written = []
-    for name, pooled in (("cv_oof_cases.csv", segmentation_oof(ok)), ("cv_oof_predictions.csv", classification_oof(ok))):
+    for name, stage in STAGES.items():
+        pooled = stage.scoring.pool_oof(ok)
         if pooled is None:
             continue
         rows = pooled[1]
@@ -433,7 +253,7 @@ def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: _fmt(r.get(k)) for k in keys} for r in rows)
-        written.append(write_text(Path(out_dir) / name, buf.getvalue()))
+        written.append(write_text(Path(out_dir) / OOF_TABLES[name], buf.getvalue()))
     return written
 
 

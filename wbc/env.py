@@ -17,16 +17,11 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 }
 
 
-def apply_offline_defaults(pretrained_requested: bool = False) -> dict[str, str]:
-    """Set offline defaults that the user has not set; return what was set.
-
-    `HF_HUB_OFFLINE` is left alone when pretrained weights are requested, so that a machine with
-    internet can download them.
-    """
+def apply_offline_defaults() -> dict[str, str]:
+    """Set the offline defaults the user has not set; return what was set. A user who exports
+    `HF_HUB_OFFLINE=0` (or `WANDB_MODE=online`) keeps it: downloads and online logging then work."""
     applied = {}
     for key, value in OFFLINE_DEFAULTS.items():
-        if key == "HF_HUB_OFFLINE" and pretrained_requested:
-            continue
         if key not in os.environ:
             os.environ[key] = value
             applied[key] = value

@@ -1,12 +1,11 @@
-"""Fit -> test on the best checkpoint -> stage-specific scoring -> metrics.json, for one stage.
+"""Fit -> test on the best checkpoint -> the stage's scoring -> metrics.json, for one stage.
 
-Used by train.py for `stage=segmentation|classification` and twice by the pipeline stage.
+Used by wbc.stages.run_stage for `stage=segmentation|classification`, and once per stage of a pipeline.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from wbc.io import write_json
 from wbc.plots import plot_learning_curves
+from wbc.postprocess import PostprocessParams
 from wbc.run import instantiate_dict
 
 log = logging.getLogger("wbc")
 
 
-def build_datamodule(data_cfg: DictConfig) -> L.LightningDataModule:
-    dm = instantiate(data_cfg, _convert_="partial")
+def build_datamodule(data_cfg: DictConfig, postprocess: PostprocessParams | None = None) -> L.LightningDataModule:
+    """The DataModule of a data node; `postprocess`: how its nucleus masks become cells (the
+    classification stage's ground-truth crops), recorded in its data_info."""
+    kwargs = {"postprocess": postprocess.to_dict()} if postprocess is not None else {}
+    dm = instantiate(data_cfg, _convert_="partial", **kwargs)
     dm.prepare_data()
     dm.load_manifest()  # class list is needed to build the model
     return dm
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, callbacks_cfg=None, logger_cfg=None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
     trainer_cfg["default_root_dir"] = str(output_dir)
-    callbacks = instantiate_dict(callbacks_cfg if callbacks_cfg is not None else cfg.get("callbacks"), "callbacks")
-    loggers = instantiate_dict(logger_cfg if logger_cfg is not None else cfg.get("logger"), "logger")
+    callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_dict(cfg.get("logger"), "logger")
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
 
 
@@ -103,26 +106,28 @@ def merge_resumed_csv(csv_dir: Path) -> None:
     old_path.unlink()
 
 
-def load_finished_stage(data_cfg: DictConfig, model_cfg: DictConfig, output_dir: Path) -> tuple[dict, dict] | None:
+def load_finished_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict] | None:
     """resume=true and this stage's dir already holds metrics.json (a pipeline run interrupted after
     it): reload its best checkpoint instead of training again. None when it cannot be reloaded."""
-    import json
+    from wbc.rundir import read_metrics, resolve_checkpoint
+    from wbc.stages import get_stage
 
-    from hydra.utils import get_class
-
-    from lightning_modules.common import module_from_checkpoint
-    from wbc.checkpoints import resolve_checkpoint
-
+    stage = get_stage(cfg.stage)
     try:
-        metrics = json.loads((output_dir / "metrics.json").read_text())
-        stage = str(model_cfg.get("stage"))
-        ckpt = resolve_checkpoint(output_dir, stage)
-        model = module_from_checkpoint(get_class(model_cfg._target_), str(ckpt), stage)
+        metrics = read_metrics(output_dir)
+        ckpt = resolve_checkpoint(output_dir, stage.name)
+        model = stage.load(ckpt)
     except (OSError, ValueError) as err:
         log.warning("resume=true: cannot reuse the finished stage in %s (%s): training it again", output_dir, err)
         return None
     log.info("resume=true: %s already finished: reloaded %s", output_dir, ckpt)
-    return metrics, {"datamodule": build_datamodule(data_cfg), "model": model, "trainer": None}
+    return metrics, {"datamodule": build_datamodule(cfg.data, postprocess_of(cfg)), "model": model, "trainer": None}
+
+
+def postprocess_of(cfg: DictConfig) -> PostprocessParams:
+    """The run's `postprocess` node as params (its defaults: wbc.postprocess.PostprocessParams)."""
+    node = cfg.get("postprocess")
+    return PostprocessParams.from_config(OmegaConf.to_container(node, resolve=True) if node is not None else None)
 
 
 def latest_checkpoint(trainer: L.Trainer) -> str | None:
@@ -135,59 +140,31 @@ def latest_checkpoint(trainer: L.Trainer) -> str | None:
     return next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), None)
 
 
-def score_validation(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path) -> dict[str, float]:
-    """Score the validation split with the tested weights (eval_checkpoint) and keep the per-case results:
-    segmentation -> val_eval/summary.json (per-image Dice/IoU at original resolution), classification
-    -> val_predictions.csv (per-crop probabilities). In a k-fold sweep these are the fold's
-    out-of-fold predictions, pooled and re-scored by the CV summary (wbc.cv). The best epoch was
-    chosen on this split when eval_checkpoint=best, so the figures are then slightly optimistic (as any
-    early-stopped OOF score); eval_checkpoint=last avoids that."""
-    val = getattr(datamodule, "datasets", {}).get("val")
-    if val is None or len(val) == 0:
-        return {}
-    stage = model.hparams.get("stage")
-    if stage == "segmentation":
-        from wbc.seg_eval import evaluate_segmentation, headline
+def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train `cfg.stage` (segmentation or classification) in output_dir, test the chosen checkpoint,
+    score test (and validation) with the stage's scoring; returns (metrics, objects)."""
+    from wbc.stages import get_stage
 
-        summary = evaluate_segmentation(model, datamodule, "val", cfg.get("postprocess"), output_dir / "val_eval", num_overlays=0)
-        return headline(summary, "val")
-    if stage == "classification":
-        from wbc.cls_eval import predict_crops, write_predictions
-
-        probs = predict_crops(model, val)
-        write_predictions(output_dir / "val_predictions.csv", val, probs, model.classes)
-        return {"val/n_crops": float(len(val))}
-    return {}
-
-
-def fit_stage(
-    cfg: DictConfig,
-    data_cfg: DictConfig,
-    model_cfg: DictConfig,
-    output_dir: Path,
-    score: Callable[[L.LightningModule, L.LightningDataModule, Path], dict[str, float]] | None = None,
-    callbacks_cfg=None,
-    logger_cfg=None,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train one stage in output_dir and return (metrics, objects)."""
+    stage = get_stage(cfg.stage)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("resume") and (output_dir / "metrics.json").is_file():
-        finished = load_finished_stage(data_cfg, model_cfg, output_dir)
+        finished = load_finished_stage(cfg, output_dir)
         if finished is not None:
             return finished
     resume_ckpt = resume_from(cfg, output_dir)  # before the loggers start (the CSV logger clears its file)
-    datamodule = build_datamodule(data_cfg)
-    model = instantiate(model_cfg, data_info=datamodule.data_info())
+    post = postprocess_of(cfg)
+    datamodule = build_datamodule(cfg.data, post)
+    model = instantiate(cfg.model, data_info=datamodule.data_info())  # data_info: the checkpoint's "plans"
     if resume_ckpt:  # one clear error (missing, not a checkpoint, other stage) before Lightning's deep ones
         from lightning_modules.common import check_resume_checkpoint, load_checkpoint
 
         if cfg.get("train", True):
-            check_resume_checkpoint(resume_ckpt, model.hparams.stage)
+            check_resume_checkpoint(resume_ckpt, stage.name)
         else:
-            load_checkpoint(resume_ckpt, model.hparams.stage)
+            load_checkpoint(resume_ckpt, stage.name)
     if cfg.get("eval_checkpoint", "best") not in ("best", "last"):
         raise ValueError(f"eval_checkpoint={cfg.get('eval_checkpoint')!r}: expected 'best' or 'last'")
-    trainer = build_trainer(cfg, output_dir, callbacks_cfg, logger_cfg)
+    trainer = build_trainer(cfg, output_dir)
     if cfg.trainer.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     for lg in trainer.loggers:
@@ -212,11 +189,15 @@ def fit_stage(
         results = trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True) if ckpt else trainer.test(model=model, datamodule=datamodule)
         for r in results:
             metrics.update(scalar_metrics(r))
-        if score is not None and not cfg.trainer.get("fast_dev_run"):
+        stage.scoring.report_test(model, output_dir)
+        if not cfg.trainer.get("fast_dev_run"):
             model.eval()
-            metrics.update(score(model, datamodule, output_dir))
-            if cfg.get("score_val", True):
-                metrics.update(score_validation(cfg, model, datamodule, output_dir))
+            metrics.update(stage.scoring.score_test(model, datamodule, output_dir, post, cfg.get("num_overlays", 8)))
+            val = getattr(datamodule, "datasets", {}).get("val")
+            # the validation split with the tested weights: the fold's out-of-fold predictions (pooled by
+            # the CV summary). With eval_checkpoint=best the epoch was chosen on it (slightly optimistic).
+            if cfg.get("score_val", True) and val is not None and len(val):
+                metrics.update(stage.scoring.score_val(model, datamodule, output_dir, post))
     merge_resumed_csv(output_dir / "csv")
     plot_learning_curves(output_dir / "csv" / "metrics.csv", output_dir / "learning_curves.png")
     write_json(output_dir / "metrics.json", metrics)

@@ -1,11 +1,14 @@
 """Image -> nucleus probability -> cells -> class probabilities, with each model's own preprocessing.
 
-The preprocessing (grayscale/CLAHE, network size, crop geometry) is read from the checkpoints'
-hyper-parameters, so prediction can never drift from what the models were trained on.
+The preprocessing (grayscale/CLAHE, network size), the post-processing the segmenter was validated
+with and the crop geometry are read from the checkpoints' data_info, so prediction can never drift
+from what the models were trained on; `postprocess_overrides` (e.g. predict.py postprocess.min_area=50)
+win and are logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -14,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.cells import CropSpec, cell_crops
-from datamodules.classification import crop_batch
-from datamodules.nuclei import Instance
-from datamodules.transforms import Preprocess, build_pipeline, to_tensor
-from wbc.seg_eval import resize_prob
+from wbc.cells import CropSpec, cell_crops, crop_batch
+from wbc.data.transforms import Preprocess, build_pipeline, to_tensor
+from wbc.postprocess import Instance, checkpoint_postprocess, resize_prob
+
+log = logging.getLogger("wbc")
 
 
 @dataclass
@@ -32,7 +35,9 @@ class CellResult:
 
 
 class CellPipeline:
-    def __init__(self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None) -> None:
+    def __init__(
+        self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None, postprocess_overrides: dict | None = None
+    ) -> None:
         self.device = torch.device(device)
         self.segmenter = segmenter.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
@@ -41,12 +46,17 @@ class CellPipeline:
         self.seg_resize = build_pipeline(None, seg_info.get("image_size", 128))
         cls_info = dict(classifier.hparams.data_info or {}) if classifier is not None else {}
         self.cls_pre = Preprocess.from_config(cls_info.get("preprocess")) if classifier is not None else self.seg_pre
-        self.crop_spec = crop_spec or CropSpec.from_config(cls_info.get("crops") or seg_info.get("crops"))
+        crops = dict(cls_info.get("crops") or seg_info.get("crops") or {})
+        legacy = crops.pop("instance_params", None)  # checkpoints before data_info.postprocess
+        self.crop_spec = crop_spec or CropSpec.from_config(crops)
+        self.postprocess = checkpoint_postprocess(seg_info.get("postprocess") or legacy, postprocess_overrides, "segmenter")
         self.classes: list[str] = list(cls_info.get("classes") or [])
         self.timings: dict[str, list[float]] = defaultdict(list)
 
     @classmethod
-    def from_checkpoints(cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu") -> CellPipeline:
+    def from_checkpoints(
+        cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu", postprocess_overrides: dict | None = None
+    ) -> CellPipeline:
         """Each of segmenter / classifier: a .ckpt file, a run dir (a pipeline run dir gives its
         stage's sub-run), or -- a fold ensemble, probabilities averaged -- a sweep dir of fold runs
         or a list of those (wbc.ensemble)."""
@@ -54,7 +64,7 @@ class CellPipeline:
 
         seg = load_models(segmenter, "segmentation", "segmenter", device)
         clf = load_models(classifier, "classification", "classifier", device) if classifier is not None else None
-        return cls(seg, clf, device)
+        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides)
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray) -> np.ndarray:
@@ -74,7 +84,7 @@ class CellPipeline:
         prob = self.segment(rgb)
         t1 = time.perf_counter()
         cls_image = self.cls_pre(rgb)
-        labels, instances, crops = cell_crops(cls_image, prob, self.crop_spec)
+        labels, instances, crops = cell_crops(cls_image, prob, self.crop_spec, self.postprocess)
         t2 = time.perf_counter()
         class_probs = self.classify(crops)
         t3 = time.perf_counter()

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.data import AttributeDict
 
+from wbc.ensemble import AttributeDict
 from wbc.io import atomic_write, write_json
 
 log = logging.getLogger("wbc")
@@ -112,17 +112,15 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
 
 def export_checkpoints(segmenter: str | Path, classifier: str | Path | None, out_dir: str | Path, opset: int = OPSET) -> dict:
     """Checkpoints (files or run dirs, as predict.py takes them) -> ONNX export in out_dir."""
-    from lightning_modules.classification import ClassifierModule
-    from lightning_modules.common import module_from_checkpoint
-    from lightning_modules.segmentation import SegmentationModule
-    from wbc.checkpoints import resolve_checkpoint
+    from wbc.rundir import resolve_checkpoint
+    from wbc.stages import STAGES
 
     seg_path = resolve_checkpoint(segmenter, "segmentation", "segmenter")
-    seg = module_from_checkpoint(SegmentationModule, str(seg_path), "segmentation")
+    seg = STAGES["segmentation"].load(seg_path)
     clf, cls_path = None, None
     if classifier is not None:
         cls_path = resolve_checkpoint(classifier, "classification", "classifier")
-        clf = module_from_checkpoint(ClassifierModule, str(cls_path), "classification")
+        clf = STAGES["classification"].load(cls_path)
     sources = {"segmenter": str(seg_path), "classifier": str(cls_path) if cls_path else None}
     return export_models(seg, clf, out_dir, opset, sources)
 
@@ -212,10 +210,11 @@ def load_export(export_dir: str | Path, threads: int | None = None) -> tuple[Onn
     return seg, clf
 
 
-def pipeline_from_export(export_dir: str | Path, device: str = "cpu", threads: int | None = None):
-    """A CellPipeline whose two models run on onnxruntime."""
+def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None):
+    """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing comes from
+    export.json's data_info, as from a checkpoint; overrides win and are logged)."""
     from wbc.inference import CellPipeline
 
     seg, clf = load_export(export_dir, threads)
-    return CellPipeline(seg, clf, device)
+    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides)
 

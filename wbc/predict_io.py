@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.imageio import ImageReadError, read_rgb
-from datamodules.manifest import IMAGE_EXTENSIONS
+from wbc.data.imageio import ImageReadError, read_rgb
+from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
 from wbc.io import atomic_write, write_json, write_png
 from wbc.overlay import label_cells

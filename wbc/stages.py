@@ -1,35 +1,135 @@
-"""What each `stage` trains and how its test split is scored (the config picks the stage)."""
+"""What a stage is, and how `train.py` runs one (or, for `stage=pipeline`, both and the pipeline).
+
+A :class:`Stage` names everything that differs between segmentation and classification: the
+LightningModule a checkpoint rebuilds, the ensemble type that averages its members, and the
+evaluation module (wbc.evaluation.segmentation / .classification) that predicts, averages, scores a
+split, scores the test and validation splits after training and pools out-of-fold predictions. The
+datamodule class and the monitored metric come from the stage's config node (conf/stage/). Code
+that used to branch on the stage name asks `STAGES[name]` instead.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from wbc.fit import fit_stage
+log = logging.getLogger("wbc")
 
 
-def score_segmentation(cfg: DictConfig):
-    def _score(model, datamodule, output_dir: Path) -> dict[str, float]:
-        from wbc.seg_eval import evaluate_segmentation, headline
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
-        summary = evaluate_segmentation(
-            model, datamodule, "test", cfg.get("postprocess"), output_dir / "test_eval", num_overlays=cfg.get("num_overlays", 8)
-        )
-        return headline(summary, "test")
 
-    return _score
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module_class: str  # LightningModule a checkpoint of this stage rebuilds
+    ensemble_class: str  # averages members' probabilities (wbc.ensemble)
+    evaluation: str  # predict / average / score / score_test / score_val / pool_oof / OOF_FILE / UNIT / MAIN_METRIC
+
+    @property
+    def scoring(self) -> ModuleType:
+        return importlib.import_module(self.evaluation)
+
+    @property
+    def main_metric(self) -> str:
+        """The split-relative headline metric (`<split>/<main_metric>`)."""
+        return self.scoring.MAIN_METRIC
+
+    def load(self, ckpt: str | Path, device: str = "cpu"):
+        """The module of one checkpoint, weights-only, refusing another stage's file."""
+        from lightning_modules.common import module_from_checkpoint
+
+        return module_from_checkpoint(_import(self.module_class), str(ckpt), self.name, str(device))
+
+    def ensemble(self, modules: list, names: list[str]):
+        return _import(self.ensemble_class)(modules, names)
+
+
+STAGES: dict[str, Stage] = {
+    "segmentation": Stage(
+        "segmentation", "lightning_modules.segmentation.SegmentationModule", "wbc.ensemble.SegmentationEnsemble", "wbc.evaluation.segmentation"
+    ),
+    "classification": Stage(
+        "classification", "lightning_modules.classification.ClassifierModule", "wbc.ensemble.ClassifierEnsemble", "wbc.evaluation.classification"
+    ),
+}
+PIPELINE = "pipeline"
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ValueError(f"stage={name!r}: expected one of {[*STAGES, PIPELINE]}")
+    return STAGES[name]
+
+
+# ----------------------------------------------------------------------------- running a stage
+def stage_config(cfg: DictConfig, name: str, output_dir: Path) -> DictConfig:
+    """A pipeline stage's full config: the run's shared nodes (data, trainer, callbacks, ...) with
+    the stage's own node (`cfg.<name>`, composed from conf/stage/<name>.yaml and CLI overrides) merged
+    on top, its own output dir, and resume only from its own last.ckpt."""
+    base = OmegaConf.to_container(cfg, resolve=False)
+    own = base.pop(name)
+    for other in (*STAGES, PIPELINE):
+        base.pop(other, None)
+    callbacks = own.get("callbacks")
+    if isinstance(callbacks, dict):  # tune only the callbacks this run has (debug / callbacks=none: none)
+        present = base.get("callbacks") or {}
+        own["callbacks"] = {k: v for k, v in callbacks.items() if k in present and (present[k] is not None or v is None)}
+    sub = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(own))
+    OmegaConf.update(sub, "paths.output_dir", str(output_dir), force_add=True)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    OmegaConf.update(sub, "ckpt_path", str(last) if cfg.get("ckpt_path") and last.is_file() else None, force_add=True)
+    return sub
 
 
 def run_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
-    if cfg.stage == "segmentation":
-        return fit_stage(cfg, cfg.data, cfg.model, output_dir, score_segmentation(cfg))
-    if cfg.stage == "classification":
-        from wbc.cls_eval import score_classification
+    """Train `cfg.stage` in output_dir (a pipeline: each stage in its sub-dir, then the pipeline
+    scored); returns (metrics, objects)."""
+    from wbc.fit import fit_stage
 
-        return fit_stage(cfg, cfg.data, cfg.model, output_dir, score_classification(cfg))
-    if cfg.stage == "pipeline":
-        from wbc.pipeline import run_pipeline
+    if cfg.stage != PIPELINE:
+        get_stage(cfg.stage)
+        return fit_stage(cfg, output_dir)
+    return run_pipeline(cfg, output_dir)
 
-        return run_pipeline(cfg, output_dir)
-    raise ValueError(f"stage={cfg.stage!r}: expected segmentation, classification or pipeline")
+
+def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
+    from wbc.fit import fit_stage
+    from wbc.io import write_json
+    from wbc.rundir import save_config
+
+    metrics: dict = {}
+    objects: dict = {}
+    for name in STAGES:
+        sub_dir = output_dir / name
+        sub = stage_config(cfg, name, sub_dir)
+        save_config(sub_dir, OmegaConf.to_container(sub, resolve=True))  # what this stage ran with, read by evaluate/ensembles
+        stage_metrics, objects[name] = fit_stage(sub, sub_dir)
+        metrics.update({f"{name}/{k}": v for k, v in stage_metrics.items()})
+    if not cfg.trainer.get("fast_dev_run"):
+        from wbc.evaluation.pipeline import score_pipeline
+        from wbc.inference import CellPipeline
+
+        pipe = CellPipeline(objects["segmentation"]["model"], objects["classification"]["model"])
+        dm = objects["classification"]["datamodule"]
+        metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5)))
+        n_predict = int(cfg.pipeline.get("predict_images", 0))
+        if n_predict:
+            from wbc.predict_io import predict_images
+
+            files = [s.sample.image for s in dm.cached(dm.split_ids()["test"][:n_predict])]
+            predict_images(pipe, files, output_dir / "predict")
+    for key in ("test/dice_post", "test/macro_f1"):
+        for name in STAGES:
+            if f"{name}/{key}" in metrics:
+                metrics[key] = metrics[f"{name}/{key}"]
+    write_json(output_dir / "metrics.json", metrics)
+    return metrics, objects

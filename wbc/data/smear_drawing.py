@@ -1,33 +1,21 @@
-"""Embedded synthetic blood-smear dataset: RGB fields, cytoplasm/nucleus masks, nucleus instances.
+"""Drawing of the synthetic blood smear: slide stains, white-cell geometry, red cells, colour.
 
-Why: the framework must train, test and demo end to end without the (private) real data. The
-generator mimics the source study's three classes and their imbalance, and keeps the classes
-separable only through nucleus shape, size and texture (stain hue/intensity is drawn per slide,
-not per class), so what a model learns here is morphology rather than a colour shortcut.
-Everything is deterministic: image i comes from its own child RNG seeded by (seed, i).
+Why a module of its own: wbc.data.synthetic is the dataset (spec, labels, files, CLI); this is the
+image model behind it. Class identity lives only in morphology (cell/nucleus size and shape,
+chromatin grain, nucleoli, granules); the stain is drawn per slide and shared by every class.
+Colour follows Beer-Lambert: each layer adds optical density, so stains mix and overlaps darken.
+Every function takes the caller's RNG and draws from it in a fixed order, so a given seed always
+yields the same image.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import os
-import shutil
-import sys
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-DEFAULT_CLASS_RATIOS: dict[str, int] = {"lymphoblast": 768, "neutrophil": 445, "promyelocyte": 175}
 CLASS_NAMES: tuple[str, ...] = ("lymphoblast", "neutrophil", "promyelocyte")
-MASK_VALUES = {"background": 0, "cytoplasm": 128, "nucleus": 255}
-GENERATOR_VERSION = 1
-META_NAME = "synthetic_meta.json"
-LABEL_COLUMNS = ("image", "mask", "instances", "class_name", "group")
 
 # Optical densities per RGB channel (Beer-Lambert): stains mix and overlapping cells darken.
 _NUC_OD_BLUE = np.array([0.95, 1.15, 0.32])  # azure-leaning violet
@@ -43,48 +31,6 @@ _CYTO_OD = {  # lymphoblast pale blue, neutrophil pale pink/lilac, promyelocyte 
 _CHROMATIN = {"lymphoblast": (0.95, 0.12, "fine"), "neutrophil": (1.10, 0.35, "coarse"), "promyelocyte": (0.95, 0.20, "fine")}
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Everything that determines the generated dataset (recorded in synthetic_meta.json)."""
-
-    n_images: int = 300
-    image_size: int = 256
-    seed: int = 0
-    class_ratios: dict[str, int] | None = None  # None -> DEFAULT_CLASS_RATIOS
-    images_per_slide: int = 10
-    clump_prob: float = 0.25
-    border_prob: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.class_ratios is not None:  # plain dict (Hydra may pass a DictConfig) so it is JSON-able
-            object.__setattr__(self, "class_ratios", {str(k): int(v) for k, v in self.class_ratios.items()})
-        if self.n_images < 1 or self.image_size < 32 or self.seed < 0 or self.images_per_slide < 1:
-            raise ValueError(f"invalid SyntheticSpec {self}: need n_images>=1, image_size>=32, seed>=0, images_per_slide>=1")
-        if not (0 <= self.clump_prob <= 1 and 0 <= self.border_prob <= 1):
-            raise ValueError(f"clump_prob/border_prob must be in [0, 1], got {self.clump_prob}/{self.border_prob}")
-
-
-def class_counts(n_images: int, ratios: dict[str, int] | None = None) -> dict[str, int]:
-    """Images per class: largest-remainder rounding of the ratios, at least 2 per class when possible."""
-    ratios = dict(DEFAULT_CLASS_RATIOS if ratios is None else ratios)
-    total = sum(ratios.values())
-    if n_images < 0 or total <= 0 or min(ratios.values()) < 0:
-        raise ValueError(f"need n_images >= 0 and non-negative ratios with a positive sum, got {n_images}, {ratios}")
-    quot = {c: divmod(n_images * r, total) for c, r in ratios.items()}
-    counts = {c: q for c, (q, _) in quot.items()}
-    by_remainder = sorted(ratios, key=lambda c: (-quot[c][1], -ratios[c]))
-    for c in by_remainder[: n_images - sum(counts.values())]:
-        counts[c] += 1
-    active = [c for c in ratios if ratios[c] > 0]
-    floor = 2 if n_images >= 2 * len(active) else int(n_images >= len(active))
-    for c in active:
-        while counts[c] < floor:  # take from the currently largest class
-            donor = max(active, key=lambda d: counts[d])
-            counts[donor] -= 1
-            counts[c] += 1
-    return counts
-
-
 def make_slide_stain(seed: int, slide: int) -> dict:
     """Stain of one slide: hue/intensity shared by all classes, so colour does not give the class away."""
     rng = np.random.default_rng([seed, 2, slide])
@@ -98,9 +44,11 @@ def make_slide_stain(seed: int, slide: int) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- cell geometry
+# ----------------------------------------------------------------------------- white-cell geometry
 @dataclass
-class _Cell:
+class Cell:
+    """One white cell: outline, nucleus parts and nucleoli relative to its centre, set when placed."""
+
     cls: str
     radius: float
     cell_poly: np.ndarray  # (N, 2) x, y relative to the cell centre
@@ -151,7 +99,7 @@ def _neutrophil_nucleus(rng: np.random.Generator, radius: float, s: float, k: fl
     return lobes + [_bridge(pts[i], pts[i + 1], width) for i in range(n - 1)]
 
 
-def _build_cell(rng: np.random.Generator, cls: str, s: float, k: float, ecc_angle: float) -> _Cell:
+def _build_cell(rng: np.random.Generator, cls: str, s: float, k: float, ecc_angle: float) -> Cell:
     """Class morphology at scale s (px per 256-px unit); the nucleus is pushed towards ecc_angle."""
     u = np.array([np.cos(ecc_angle), np.sin(ecc_angle)])
     nucleoli = np.zeros((0, 3))
@@ -176,7 +124,7 @@ def _build_cell(rng: np.random.Generator, cls: str, s: float, k: float, ecc_angl
         cell = _blob(rng, radius / np.sqrt(asp), radius * np.sqrt(asp), angle, 0.015)
     else:
         raise ValueError(f"unknown class {cls!r}; expected one of {CLASS_NAMES}")
-    return _Cell(cls, float(radius), cell, nuc, nucleoli)
+    return Cell(cls, float(radius), cell, nuc, nucleoli)
 
 
 def _border_point(rng: np.random.Generator, size: int, k: float) -> np.ndarray:
@@ -191,7 +139,7 @@ def _border_point(rng: np.random.Generator, size: int, k: float) -> np.ndarray:
     return p
 
 
-def _place_cells(rng: np.random.Generator, cls: str, s: float, k: float, size: int, clump: bool, border: bool) -> list[_Cell]:
+def place_cells(rng: np.random.Generator, cls: str, s: float, k: float, size: int, clump: bool, border: bool) -> list[Cell]:
     """1-3 cells; a clump is a pair whose nuclei touch (overlap 1.5-3 px; neutrophils: 1-3 px apart)."""
     n_total = max(int(rng.choice([1, 2, 3], p=[0.65, 0.27, 0.08])), 2 if clump else 1)
     theta = rng.uniform(0, 2 * np.pi)
@@ -229,7 +177,7 @@ def _place_cells(rng: np.random.Generator, cls: str, s: float, k: float, size: i
 
 
 # ----------------------------------------------------------------------------- rendering
-def _fill(polys: list[np.ndarray], centre: np.ndarray, size: int) -> np.ndarray:
+def fill_polygons(polys: list[np.ndarray], centre: np.ndarray, size: int) -> np.ndarray:
     """Rasterise polygons (sub-pixel precision, one call each so overlaps stay filled)."""
     m = np.zeros((size, size), np.uint8)
     for p in polys:
@@ -247,7 +195,7 @@ def _noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     return n / (float(n.std()) + 1e-6)
 
 
-def _red_cells(rng: np.random.Generator, size: int, s: float, cells: list[_Cell]) -> np.ndarray:
+def _red_cells(rng: np.random.Generator, size: int, s: float, cells: list[Cell]) -> np.ndarray:
     """Stain density of red cells: discs with central pallor, overlaps add up, kept off white cells."""
     r_mean = 15 * s
     n = int(rng.uniform(0.3, 0.5) * size * size / (np.pi * r_mean**2))
@@ -271,37 +219,21 @@ def _red_cells(rng: np.random.Generator, size: int, s: float, cells: list[_Cell]
     return out
 
 
-def render_image(spec: SyntheticSpec, index: int, class_name: str, slide_stain: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (rgb uint8 HxWx3, mask uint8 HxW in {0,128,255}, instances uint16 HxW).
+def paint_smear(
+    rng: np.random.Generator,
+    cells: list[Cell],
+    cell_masks: list[np.ndarray],
+    nuc_masks: list[np.ndarray],
+    stain: dict,
+    size: int,
+    s: float,
+    k: float,
+) -> np.ndarray:
+    """RGB uint8 field (size x size) for the cells, whose masks (same order as cells) are given.
 
-    Depends only on (spec.seed, index, class_name, image_size, probabilities, stain), never on
-    n_images, so image i is the same in a small and a large dataset.
+    s is the cell scale (px per 256-px unit) and k = size / 256. It keeps drawing from the rng
+    the cells were placed with, in a fixed order, so the image depends only on the caller's seed.
     """
-    if class_name not in CLASS_NAMES:
-        raise ValueError(f"unknown class {class_name!r}; expected one of {CLASS_NAMES}")
-    size = spec.image_size
-    k = size / 256
-    stain = slide_stain if slide_stain is not None else make_slide_stain(spec.seed, index // spec.images_per_slide)
-    rng = np.random.default_rng([spec.seed, 1, index])
-    clump, border = rng.random() < spec.clump_prob, rng.random() < spec.border_prob
-    s = k * rng.uniform(0.85, 1.15)
-    cells = _place_cells(rng, class_name, s, k, size, clump, border)
-
-    # masks: all cytoplasm first, then nuclei on top (later cell wins), so mask and instances agree
-    cell_masks = [_fill([c.cell_poly, *c.nuc_polys], c.centre, size) for c in cells]
-    nuc_masks = [_fill(c.nuc_polys, c.centre, size) for c in cells]
-    mask = np.zeros((size, size), np.uint8)
-    inst = np.zeros((size, size), np.uint16)
-    for cm in cell_masks:
-        mask[cm] = MASK_VALUES["cytoplasm"]
-    for i, nm in enumerate(nuc_masks, 1):
-        mask[nm] = MASK_VALUES["nucleus"]
-        inst[nm] = i
-    lut = np.zeros(len(cells) + 1, np.uint16)
-    present = np.unique(inst)[1:] if inst.any() else np.zeros(0, int)
-    lut[present] = np.arange(1, len(present) + 1)  # renumber 1..n, dropping fully hidden nuclei
-    inst = lut[inst]
-
     # colour: Beer-Lambert optical density of red cells, cytoplasm, nuclei and granules
     jitter = rng.uniform(0.93, 1.07, 3)
     nuc_od = np.asarray(stain["nucleus_od"]) * stain["nucleus_intensity"] * jitter[0] * (1 + rng.normal(0, 0.03, 3))
@@ -347,123 +279,4 @@ def render_image(spec: SyntheticSpec, index: int, class_name: str, slide_stain: 
         img = cv2.GaussianBlur(img, (0, 0), blur)
     img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(0.004, 0.025)
     rgb = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    return rgb, mask, inst
-
-
-# ----------------------------------------------------------------------------- files
-def _spec_dict(spec: SyntheticSpec) -> dict:
-    return json.loads(json.dumps(asdict(spec)))
-
-
-def _is_current(out: Path, spec: SyntheticSpec) -> bool:
-    """True when out holds a complete dataset generated from exactly this spec."""
-    try:
-        meta = json.loads((out / META_NAME).read_text())
-        if meta.get("spec") != _spec_dict(spec) or meta.get("generator_version") != GENERATOR_VERSION:
-            return False
-        with open(out / "labels.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return len(rows) == spec.n_images and all((out / r[c]).is_file() for r in rows for c in LABEL_COLUMNS[:3])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _write_dataset(root: Path, spec: SyntheticSpec) -> dict[str, int]:
-    counts = class_counts(spec.n_images, spec.class_ratios)
-    labels = [c for c, n in counts.items() for _ in range(n)]
-    labels = [labels[i] for i in np.random.default_rng([spec.seed, 3]).permutation(len(labels))]
-    for sub in ("images", "masks", "instances"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    rows, stains = [], {}
-    for i, cls in enumerate(labels):
-        slide = i // spec.images_per_slide
-        if slide not in stains:
-            stains[slide] = make_slide_stain(spec.seed, slide)
-        rgb, mask, inst = render_image(spec, i, cls, stains[slide])
-        name = f"img_{i:04d}.png"
-        row = {"image": f"images/{name}", "mask": f"masks/{name}", "instances": f"instances/{name}", "class_name": cls, "group": f"slide_{slide:03d}"}
-        for col, arr in (("image", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), ("mask", mask), ("instances", inst)):
-            if not cv2.imwrite(str(root / row[col]), arr):
-                raise OSError(f"could not write {root / row[col]}")
-        rows.append(row)
-    with open(root / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = {"spec": _spec_dict(spec), "counts": counts, "generator_version": GENERATOR_VERSION}
-    (root / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    return counts
-
-
-def generate(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False) -> Path:
-    """Write the dataset and return out_dir; built in a temporary sibling and renamed into place,
-    so an interrupted run never leaves a half-written dataset. Never replaces a folder that is not
-    a synthetic dataset."""
-    out = Path(out_dir)
-    unknown = set(class_counts(spec.n_images, spec.class_ratios)) - set(CLASS_NAMES)
-    if unknown:
-        raise ValueError(f"class_ratios has unknown classes {sorted(unknown)}; known: {CLASS_NAMES}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / META_NAME).is_file():
-            raise FileExistsError(f"{out} exists, is not empty and is not a synthetic dataset (no {META_NAME}); refusing to overwrite it")
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a synthetic dataset; pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        _write_dataset(tmp, spec)
-        if out.exists():
-            shutil.rmtree(out) if (out / META_NAME).is_file() else out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def ensure_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
-    """Generate on first use, reuse afterwards; regenerate when the recorded spec differs.
-
-    Call from one process (Lightning's prepare_data); a concurrent writer that finished first is
-    accepted if its result matches the spec."""
-    out = Path(out_dir)
-    if _is_current(out, spec):
-        return out
-    try:
-        return generate(out, spec, overwrite=True)
-    except OSError:
-        if _is_current(out, spec):
-            return out
-        raise
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: write (or reuse) the synthetic dataset and print a short summary."""
-    p = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description="Generate the embedded synthetic blood-smear dataset.")
-    p.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output folder (default: data/synthetic)")
-    p.add_argument("--n-images", type=int, default=SyntheticSpec.n_images)
-    p.add_argument("--image-size", type=int, default=SyntheticSpec.image_size)
-    p.add_argument("--seed", type=int, default=SyntheticSpec.seed)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset in --out")
-    args = p.parse_args(argv)
-    spec = SyntheticSpec(n_images=args.n_images, image_size=args.image_size, seed=args.seed)
-    start = time.perf_counter()
-    if not args.overwrite and _is_current(args.out, spec):
-        status = "already up to date (reused)"
-    else:
-        try:
-            generate(args.out, spec, overwrite=args.overwrite)
-        except FileExistsError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        status = f"generated in {time.perf_counter() - start:.1f} s"
-    counts = class_counts(spec.n_images, spec.class_ratios)
-    print(f"synthetic dataset {status}: {args.out}")
-    print(f"  {spec.n_images} images of {spec.image_size}x{spec.image_size}, seed {spec.seed}, " + ", ".join(f"{c}={n}" for c, n in counts.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rgb

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.imageio import ImageReadError, decode_raw, read_mask, read_rgb
+from wbc.data.imageio import ImageReadError, decode_raw, read_mask, read_rgb
 
 BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
 LABEL_NAMES = ("background", "cytoplasm", "nucleus")

@@ -11,18 +11,21 @@ of means (MONAI/nnU-Net convention); an empty truth with any predicted nucleus s
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
-from datamodules.manifest import NUCLEUS
-from datamodules.nuclei import InstanceParams, extract_instances
+from wbc.data.manifest import NUCLEUS
 from wbc.io import write_json, write_png
 from wbc.overlay import draw_overlay
+from wbc.postprocess import PostprocessParams, nucleus_mask, resize_prob
+
+# the validation split's per-image results: a fold's out-of-fold predictions (pooled by the CV summary)
+OOF_FILE = Path("val_eval") / "summary.json"
+UNIT = "images"
 
 
 def case_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -34,18 +37,6 @@ def case_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         "dice": float(dice_score(p, t, average="micro", aggregation_level="samplewise", **kw)[0]),
         "iou": float(mean_iou(p, t, **kw)[0]),
     }
-
-
-def postprocess(prob: np.ndarray, threshold: float = 0.5, opening_kernel: int = 5, min_area: int = 30, clear_border: bool = False) -> np.ndarray:
-    """Probability map -> boolean nucleus mask after opening, the min-area filter and (single-cell
-    datasets) dropping nuclei cut by the image border."""
-    params = InstanceParams(threshold=threshold, opening_kernel=opening_kernel, watershed=False, min_area=min_area, clear_border=clear_border)
-    labels, _ = extract_instances(prob.astype(np.float32), params)
-    return labels > 0
-
-
-def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return cv2.resize(prob.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 @torch.no_grad()
@@ -81,17 +72,14 @@ def evaluate_segmentation(
     module,
     datamodule,
     split: str = "test",
-    post: Mapping | None = None,
+    post: PostprocessParams | None = None,
     out_dir: str | Path | None = None,
     num_overlays: int = 8,
     probabilities: list[np.ndarray] | None = None,
 ) -> dict:
     """Score a split; write summary.json, predicted masks and overlays under out_dir if given."""
-    post = dict(post or {})
-    datamodule.setup()
-    dataset = datamodule.datasets[split]
-    if split == "train":  # score what the model saw without the training augmentation (resize only)
-        dataset = datamodule.make_dataset("eval", dataset.items)
+    post = post or PostprocessParams()
+    dataset = eval_dataset(datamodule, split)
     if probabilities is None:
         probabilities = predict_probabilities(module, dataset)
     cases, pooled = [], defaultdict(float)
@@ -99,8 +87,8 @@ def evaluate_segmentation(
     for i, (item, prob) in enumerate(zip(dataset.items, probabilities)):
         truth = item.labels == NUCLEUS
         full = resize_prob(prob, truth.shape)
-        raw = full >= post.get("threshold", 0.5)
-        cleaned = postprocess(full, post.get("threshold", 0.5), post.get("opening_kernel", 5), post.get("min_area", 30), bool(post.get("clear_border", False)))
+        raw = full >= post.threshold
+        cleaned = nucleus_mask(full, post)
         s_raw, s_post = case_scores(raw, truth), case_scores(cleaned, truth)
         for name, mask in (("raw", raw), ("post", cleaned)):
             pooled[f"tp_{name}"] += float((mask & truth).sum())
@@ -129,12 +117,7 @@ def evaluate_segmentation(
         "split": split,
         "n_cases": len(cases),
         "resolution": "original (probabilities resized to each ground-truth mask)",
-        "postprocess": {
-            "threshold": post.get("threshold", 0.5),
-            "opening_kernel": post.get("opening_kernel", 5),
-            "min_area": post.get("min_area", 30),
-            "clear_border": bool(post.get("clear_border", False)),
-        },
+        "postprocess": post.to_dict(),
         "empty_mask_policy": "per-image Dice/IoU are NaN (excluded from means) when truth and prediction are both empty; 0 when only the truth is empty",
         **summarize(cases, keys),
         "dataset_wise": {
@@ -159,3 +142,85 @@ def headline(summary: dict, prefix: str = "test") -> dict[str, float]:
     for cls, vals in summary["mean_per_class"].items():
         out[f"{prefix}/dice_post/{cls}"] = vals["dice"]
     return out
+
+
+# ----------------------------------------------------------------------------- the stage's interface
+# (wbc.stages.Stage: the same functions exist for classification)
+MAIN_METRIC = "dice_post"
+
+
+def eval_dataset(datamodule, split: str):
+    """A split without training augmentation (the train split is rebuilt with the eval transforms)."""
+    datamodule.setup()
+    if split == "train":
+        return datamodule.make_dataset("eval", datamodule.cached(datamodule.split_ids()["train"]))
+    return datamodule.datasets[split]
+
+
+def predict(module, datamodule, split: str) -> list[np.ndarray]:
+    return predict_probabilities(module, eval_dataset(datamodule, split))
+
+
+def average(member_probs: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per image, the mean of the members' probability maps (before threshold / post-processing)."""
+    return [np.mean(per_image, axis=0) for per_image in zip(*member_probs)]
+
+
+def score(datamodule, split: str, probabilities: list[np.ndarray], out_dir: Path, post: PostprocessParams, num_overlays: int = 0, title: str = "") -> tuple[dict, dict]:
+    """(headline metrics, summary) of one model's or an ensemble's probabilities on a split;
+    writes summary.json, masks/ and overlays/ under out_dir."""
+    summary = evaluate_segmentation(None, datamodule, split, post, out_dir, num_overlays, probabilities)
+    return headline(summary, split), summary
+
+
+def report_test(model, out_dir: Path) -> None:
+    """Right after trainer.test: nothing to add for segmentation (overlays come from the callback)."""
+
+
+def score_test(model, datamodule, out_dir: Path, post: PostprocessParams, num_overlays: int) -> dict[str, float]:
+    """After trainer.test: the test split at original resolution, post-processed (test_eval/)."""
+    return score(datamodule, "test", predict(model, datamodule, "test"), out_dir / "test_eval", post, num_overlays)[0]
+
+
+def score_val(model, datamodule, out_dir: Path, post: PostprocessParams) -> dict[str, float]:
+    """The validation split the same way (val_eval/summary.json: the fold's out-of-fold cases)."""
+    return score(datamodule, "val", predict(model, datamodule, "val"), out_dir / OOF_FILE.parent, post)[0]
+
+
+def pool_oof(jobs: Sequence) -> tuple[dict, list[dict]] | None:
+    """Pool every fold's validation cases (val_eval/summary.json) and average them together:
+    the per-image means over all out-of-fold images (post-processed and raw, original resolution)."""
+    import json
+
+    from wbc.rundir import stage_file
+
+    cases: list[dict] = []
+    used = []
+    for job in jobs:
+        path = stage_file(job.run_dir, OOF_FILE)
+        if path is None:
+            continue
+        used.append(job.name)
+        for c in json.loads(path.read_text()).get("metric_per_case", []):
+            cases.append({"job": job.name, "fold": job.fold, **c})
+    if not cases:
+        return None
+    metrics = {
+        "oof/val/dice_post": _mean([c.get("dice") for c in cases]),
+        "oof/val/iou_post": _mean([c.get("iou") for c in cases]),
+        "oof/val/dice_raw_fullres": _mean([c.get("dice_raw") for c in cases]),
+        "oof/val/iou_raw_fullres": _mean([c.get("iou_raw") for c in cases]),
+    }
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for c in cases:
+        by_class[str(c.get("class_name"))].append(c)
+    for cls, cs in sorted(by_class.items()):
+        metrics[f"oof/val/dice_post/{cls}"] = _mean([c.get("dice") for c in cs])
+    info = {
+        "metrics": metrics,
+        "n_cases": len(cases),
+        "n_unique_cases": len({c.get("id") for c in cases}),
+        "jobs": used,
+        "definition": "per-image Dice/IoU of every fold's validation images pooled, then averaged (NaN cases excluded)",
+    }
+    return info, cases

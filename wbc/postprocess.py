@@ -1,21 +1,28 @@
-"""From a predicted nucleus mask to cell instances and edge-safe, fixed-size ROI crops.
+"""Post-processing: a nucleus probability map (or mask) -> nucleus mask -> cell instances.
 
-Pipeline (see :func:`extract_instances`): binarize -> 5x5 elliptical opening (the source study's fix for
-thin bridges between clumped cells) -> 8-connected components -> optional watershed split of touching
-*fat* nuclei -> min-area filter -> deterministic relabel.
+One home for threshold, opening, minimum area, watershed splitting and `clear_border`
+(:class:`PostprocessParams`); segmentation scoring, pipeline crops, predict, ONNX and the web app
+all call :func:`nucleus_mask` / :func:`extract_instances` / :func:`union_instance` with the params the
+segmenter checkpoint carries.
 
-Why the watershed is so conservative: neutrophil nuclei are 2-5 small lobes (radius ~7-11 px) joined by
-bridges >= 6 px wide and must stay one cell. Seeds therefore only come from distance-transform maxima of
-at least ``min_peak_radius`` px (a lobe never gets that deep), at least ``min_distance`` px apart, and
-maxima joined by a ridge that dips less than ``_RIDGE_TOLERANCE`` px (one elongated nucleus, whose distance
-transform has a flat ridge with many equal maxima) count as one seed.
+extract_instances: binarize -> 5x5 elliptical opening (the source study's fix for thin bridges
+between clumped cells) -> 8-connected components -> optional watershed split of touching *fat*
+nuclei -> optional border clearing -> min-area filter -> deterministic relabel.
 
-Pure numpy / OpenCV / scikit-image / scipy: no torch, so it runs in dataset workers and offline scripts.
+Why the watershed is so conservative: neutrophil nuclei are 2-5 small lobes (radius ~7-11 px) joined
+by bridges >= 6 px wide and must stay one cell. Seeds therefore only come from distance-transform
+maxima of at least ``min_peak_radius`` px (a lobe never gets that deep), at least ``min_distance`` px
+apart, and maxima joined by a ridge that dips less than ``_RIDGE_TOLERANCE`` px (one elongated nucleus,
+whose distance transform has a flat ridge with many equal maxima) count as one seed.
+
+Pure numpy / OpenCV / scikit-image / scipy: no torch, Lightning or Hydra.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,17 +39,60 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
-class InstanceParams:
-    threshold: float = 0.5  # for probability maps (float input); bool/uint8 masks use > 0
-    opening_kernel: int = 5  # 0 or 1 disables; elliptical kernel (cv2.MORPH_ELLIPSE)
+class PostprocessParams:
+    """How a nucleus probability map becomes nuclei. The one home of these defaults: Hydra's
+    `postprocess` node is this dataclass (wbc.cli registers it), the segmenter checkpoint stores the
+    values it was validated with (`data_info.postprocess`), and every consumer reads them from there."""
+
+    # probability maps (float input) use `> threshold`; bool/uint8 masks use `> 0`
+    threshold: float = 0.5
+    # elliptical opening kernel side (px); 0 or 1 disables it. 5x5 = the source study's fix for clumped cells
+    opening_kernel: int = 5
+    # split touching fat nuclei by a watershed on the distance transform (instances only; the
+    # binary mask scored by Dice is the same with or without it)
     watershed: bool = True
-    min_peak_radius: float = 14.0  # px; distance-transform peaks lower than this never seed a split
-    min_distance: int = 12  # px between seeds
-    min_area: int = 30  # px; smaller instances are dropped (dust, noise)
+    # px; distance-transform peaks lower than this never seed a split (a neutrophil lobe never gets that deep)
+    min_peak_radius: float = 14.0
+    # px between watershed seeds
+    min_distance: int = 12
+    # px; smaller nuclei are dropped (dust, noise)
+    min_area: int = 30
     # drop nuclei touching the image border (cells cut by the frame) unless nothing else is left:
-    # single-cell datasets annotate only the centred cell (no ground-truth nucleus in
-    # segmentation_wbc or ALL-IDB2 touches the border), neighbours cut by the frame are unlabelled
+    # single-cell datasets annotate only the centred cell, so neighbours cut by the frame are unlabelled
     clear_border: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | PostprocessParams | None, where: str = "postprocess") -> PostprocessParams:
+        """From a config node or dict (missing keys keep their defaults); unknown keys and wrong
+        types are one clear error naming `where`."""
+        if isinstance(cfg, PostprocessParams):
+            return cfg
+        values = dict(cfg or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        params = cls(**{k: v for k, v in values.items() if v is not None})
+        params.check(where)
+        return params
+
+    def check(self, where: str = "postprocess") -> None:
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"{where}.threshold must be in [0, 1], got {self.threshold!r}")
+        for key, minimum in (("opening_kernel", 0), ("min_distance", 1), ("min_area", 0)):
+            _check_int(getattr(self, key), f"{where}.{key}", minimum)
+        if not np.isfinite(self.min_peak_radius) or self.min_peak_radius < 0:
+            raise ValueError(f"{where}.min_peak_radius must be a finite number >= 0, got {self.min_peak_radius!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None, where: str = "postprocess") -> tuple[PostprocessParams, dict[str, tuple[Any, Any]]]:
+        """These params with the non-null `overrides` applied, and {key: (stored, override)} of
+        what actually changed (for the log)."""
+        given = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+        merged = PostprocessParams.from_config({**self.to_dict(), **given}, where)
+        changed = {k: (getattr(self, k), v) for k, v in given.items() if getattr(self, k) != getattr(merged, k)}
+        return merged, changed
 
 
 @dataclass(frozen=True)
@@ -175,7 +225,7 @@ def drop_border_objects(labels: np.ndarray) -> np.ndarray:
 
 
 def extract_instances(
-    mask_or_prob: np.ndarray, params: InstanceParams = InstanceParams()
+    mask_or_prob: np.ndarray, params: PostprocessParams = PostprocessParams()
 ) -> tuple[np.ndarray, list[Instance]]:
     """binarize -> opening -> connected components (8-conn) -> optional watershed split -> min-area filter
     -> relabel 1..n (ordered by (y, x) of centroid for determinism)."""
@@ -191,7 +241,7 @@ def extract_instances(
 
 
 def union_instance(
-    mask_or_prob: np.ndarray, params: InstanceParams = InstanceParams()
+    mask_or_prob: np.ndarray, params: PostprocessParams = PostprocessParams()
 ) -> tuple[np.ndarray, list[Instance]]:
     """Single-cell datasets: every nucleus pixel surviving opening and the per-component min-area filter
     (lobes of one nucleus may be disconnected) forms ONE instance with label 1."""
@@ -204,128 +254,36 @@ def union_instance(
     return _instances_from_labels((kept > 0).astype(np.int32), 1)
 
 
-def crop_box(
-    center: tuple[float, float], size: int, image_shape: tuple[int, ...]
-) -> tuple[int, int, int, int]:
-    """Fixed-size square ROI (y0, x0, y1, x1) centred on ``center`` and shifted to lie fully inside the image.
-
-    Source-study fix: a cell at the top edge moves the ROI down, never out of the image. Where the image is
-    smaller than ``size`` along an axis the box covers that whole axis and :func:`crop` pads.
-    ``image_shape`` may be ``image.shape`` (only the first two entries are used).
-    """
-    size = _check_int(size, "size", 1)
-    if len(image_shape) < 2 or min(image_shape[:2]) < 1:
-        raise ValueError(f"image_shape must start with (H, W) >= 1, got {tuple(image_shape)}")
-    if len(center) != 2 or not all(np.isfinite(center)):
-        raise ValueError(f"center must be a finite (cy, cx) pair, got {center!r}")
-    box = []
-    for c, length in zip(center, image_shape[:2], strict=False):
-        if length <= size:
-            box.append((0, int(length)))
-            continue
-        start = int(np.floor(c - (size - 1) / 2 + 0.5))  # pixel c sits at the crop centre
-        start = min(max(start, 0), int(length) - size)
-        box.append((start, start + size))
-    (y0, y1), (x0, x1) = box
-    return y0, x0, y1, x1
-
-
-def crop(
-    image: np.ndarray, box: tuple[int, int, int, int], size: int, pad_value: int | float = 0
-) -> np.ndarray:
-    """Crop (HxW or HxWxC) to exactly ``size x size (x C)``; pads (constant, centred) only where the image is
-    smaller than the crop, so a model always sees the same input size."""
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"image must be HxW or HxWxC, got shape {image.shape}")
-    size = _check_int(size, "size", 1)
-    y0, x0, y1, x1 = (int(v) for v in box)
-    h, w = image.shape[:2]
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise ValueError(f"box {tuple(box)} must satisfy 0 <= y0 < y1 <= {h} and 0 <= x0 < x1 <= {w}")
-    if y1 - y0 > size or x1 - x0 > size:
-        raise ValueError(f"box {tuple(box)} is larger than size={size}; use crop_box() to build it")
-    patch = image[y0:y1, x0:x1]
-    ph, pw = size - patch.shape[0], size - patch.shape[1]
-    if ph == 0 and pw == 0:
-        return patch.copy()
-    pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (image.ndim - 2)
-    return np.pad(patch, pad, mode="constant", constant_values=pad_value)
-
-
-def instance_crops(
-    image: np.ndarray,
-    labels: np.ndarray,
-    instances: list[Instance],
-    size: int,
-    masked: bool = False,
-    center: str = "bbox",
-) -> list[np.ndarray]:
-    """One ``size x size`` crop per instance centred on its bbox centre ("bbox") or centroid ("centroid");
-    ``masked=True`` zeroes everything outside that instance's nucleus pixels (the source study's masked crops)."""
-    image = np.asarray(image)
-    labels = _check_2d(labels, "labels")
-    if image.ndim not in (2, 3) or image.shape[:2] != labels.shape:
-        raise ValueError(
-            f"image shape {image.shape} must be HxW or HxWxC matching labels shape {labels.shape}"
-        )
-    if center not in ("bbox", "centroid"):
-        raise ValueError(f"center must be 'bbox' or 'centroid', got {center!r}")
-    crops = []
-    for inst in instances:
-        if center == "bbox":
-            y0, x0, y1, x1 = inst.bbox
-            c = ((y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2)
-        else:
-            c = inst.centroid
-        box = crop_box(c, size, image.shape)
-        patch = crop(image, box, size)
-        if masked:
-            keep = crop(labels == inst.label, box, size, pad_value=False)
-            patch = np.where(keep[..., None] if patch.ndim == 3 else keep, patch, np.zeros((), patch.dtype))
-        crops.append(patch)
-    return crops
-
-
-def match_instances(
-    pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshold: float = 0.5
-) -> list[tuple[int, int, float]]:
-    """Greedy one-to-one matching by IoU (highest first) of predicted to ground-truth instance ids.
-
-    Returns ``(pred_id, true_id, iou)`` with ``iou >= iou_threshold`` (only overlapping pairs); used to score
-    detection precision/recall of the full pipeline.
-    """
-    pred = _check_2d(pred_labels, "pred_labels")
-    true = _check_2d(true_labels, "true_labels")
-    if pred.shape != true.shape:
-        raise ValueError(f"pred_labels shape {pred.shape} != true_labels shape {true.shape}")
-    if not (np.issubdtype(pred.dtype, np.integer) and np.issubdtype(true.dtype, np.integer)):
-        raise ValueError("pred_labels and true_labels must be integer label maps")
-    if pred.size and (pred.min() < 0 or true.min() < 0):
-        raise ValueError("pred_labels and true_labels must be non-negative (0 = background)")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
-    p, t = pred.ravel().astype(np.int64), true.ravel().astype(np.int64)
-    both = (p > 0) & (t > 0)
-    if not both.any():
-        return []
-    area_p, area_t = np.bincount(p), np.bincount(t)
-    pairs, inter = np.unique(np.stack([p[both], t[both]]), axis=1, return_counts=True)
-    ious = inter / (area_p[pairs[0]] + area_t[pairs[1]] - inter)
-    order = sorted(range(len(ious)), key=lambda i: (-ious[i], pairs[0, i], pairs[1, i]))
-    used_p, used_t, matches = set(), set(), []
-    for i in order:
-        pi, ti, iou = int(pairs[0, i]), int(pairs[1, i]), float(ious[i])
-        if iou < iou_threshold:
-            break
-        if pi in used_p or ti in used_t:
-            continue
-        used_p.add(pi)
-        used_t.add(ti)
-        matches.append((pi, ti, iou))
-    return matches
-
 
 def instances_from_labels(labels: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Instance]]:
     """Instances of an existing label map (e.g. a dataset's ground-truth instance file)."""
     return _instances_from_labels(np.asarray(labels, dtype=np.int32), _check_int(min_area, "min_area", 0))
+
+
+
+def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A network-size probability map back to an image's (H, W), bilinear: post-processing and
+    scoring happen at the image's own resolution, never on a mask shrunk to the network."""
+    return cv2.resize(np.asarray(prob, dtype=np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def nucleus_mask(prob: np.ndarray, params: PostprocessParams = PostprocessParams()) -> np.ndarray:
+    """Probability map -> the boolean nucleus mask that segmentation is scored on: threshold,
+    opening, border clearing and min-area filter (no watershed: splitting never changes the mask)."""
+    labels, _ = extract_instances(np.asarray(prob, dtype=np.float32), replace(params, watershed=False))
+    return labels > 0
+
+
+def checkpoint_postprocess(stored: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None, who: str = "segmenter") -> PostprocessParams:
+    """The params a segmenter checkpoint carries (`data_info.postprocess`) with the user's non-null
+    overrides applied; every override that changes a stored value is logged. A checkpoint without
+    them (older than this field) gets the defaults, with a warning."""
+    import logging
+
+    log = logging.getLogger("wbc")
+    if stored is None:
+        log.warning("%s checkpoint carries no data_info.postprocess (older format): using the defaults %s", who, PostprocessParams())
+    params, changed = PostprocessParams.from_config(stored, f"{who} data_info.postprocess").with_overrides(overrides)
+    for key, (old, new) in changed.items():
+        log.info("postprocess.%s=%r overrides the %s checkpoint's %r", key, new, who, old)
+    return params

@@ -1,0 +1,61 @@
+"""`wbc-evaluate` / `python evaluate.py ckpt_path=<.ckpt | run dir | pipeline run | sweep dir | [a,b]> [split=val]`.
+
+Scores a segmentation run, a classification run, a pipeline run (both stages + the full pipeline)
+or a fold ensemble on one split, at each image's original resolution (wbc.evaluation.runs).
+Writes summary.json (+ masks/, overlays/ or predictions.csv, confusion.png), metrics.json and
+data_config.yaml to this run's output dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from wbc.cli import CONFIG_DIR, prepare
+from wbc.run import extras, task_wrapper
+
+
+def eval_device(cfg: DictConfig) -> str:
+    """The GPU when trainer.accelerator asks for one and CUDA is there, else the CPU."""
+    import torch
+
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu"))
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def ckpt_argument(cfg: DictConfig) -> str | list | None:
+    """cfg.ckpt_path, or None when it is left at `???` or absent."""
+    if "ckpt_path" not in cfg or OmegaConf.is_missing(cfg, "ckpt_path"):
+        return None
+    spec = cfg.ckpt_path
+    return OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    """Evaluate `ckpt_path` on `split`; returns (metrics, objects)."""
+    import lightning as L
+
+    from wbc.evaluation.runs import evaluate_spec, postprocess_overrides
+
+    L.seed_everything(cfg.seed, workers=True)
+    return evaluate_spec(
+        ckpt_argument(cfg), cfg.split, Path(cfg.paths.output_dir), cfg.get("data"), postprocess_overrides(cfg.get("postprocess")),
+        cfg.num_overlays, cfg.get("tta"), eval_device(cfg),
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate.yaml")
+def run(cfg: DictConfig) -> None:
+    if ckpt_argument(cfg) in (None, ""):  # before extras prints the config (which would fail on `???`)
+        raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file>")
+    extras(cfg)
+    evaluate(cfg)
+
+
+def main() -> None:
+    """Console script `wbc-evaluate` (and `python evaluate.py`)."""
+    prepare()
+    run()

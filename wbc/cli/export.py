@@ -1,0 +1,53 @@
+"""`wbc-export` / `python export.py run=<pipeline run dir> [out=<dir>]`: the trained models to ONNX,
+or `python export.py segmenter=<ckpt or run dir> [classifier=<ckpt or run dir>] out=<dir>`.
+
+Writes segmenter.onnx, classifier.onnx and export.json (each model's data_info: preprocessing,
+network size, classes, crop geometry, read from the checkpoints). Predict with onnxruntime:
+`python predict.py onnx=<out> input=<image or folder>`. Default out: `<run>/onnx`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+KEYS = ("run", "segmenter", "classifier", "out", "opset")
+USAGE = "usage: python export.py run=<pipeline run dir> [out=<dir>] | segmenter=<ckpt> [classifier=<ckpt>] out=<dir> [opset=17]"
+
+
+def parse_args(argv: list[str]) -> dict[str, str | None]:
+    """key=value arguments (the same style as the Hydra entry points); unknown keys are an error."""
+    args: dict[str, str | None] = dict.fromkeys(KEYS)
+    for item in argv:
+        if item in ("-h", "--help"):
+            raise SystemExit(USAGE)
+        key, sep, value = item.partition("=")
+        if not sep or key not in KEYS:
+            raise SystemExit(f"export.py: unexpected argument {item!r}; expected key=value with key in {list(KEYS)}\n{USAGE}")
+        args[key] = None if value in ("", "null", "None") else value
+    return args
+
+
+def export(argv: list[str]) -> dict:
+    from wbc.onnx_backend import OPSET, export_checkpoints
+
+    args = parse_args(argv)
+    segmenter = args["segmenter"] or args["run"]
+    classifier = args["classifier"] or args["run"]
+    if segmenter is None:
+        raise SystemExit(f"export.py needs run=<pipeline run dir> or segmenter=<checkpoint>\n{USAGE}")
+    out = args["out"] or (str(Path(args["run"]) / "onnx") if args["run"] else None)
+    if out is None:
+        raise SystemExit(f"export.py: out=<dir> is required with segmenter=...\n{USAGE}")
+    meta = export_checkpoints(segmenter, classifier, out, int(args["opset"] or OPSET))
+    written = ", ".join(m["file"] for m in (meta.get("segmenter"), meta.get("classifier")) if m)
+    print(f"exported {written} + export.json to {out}")
+    return meta
+
+
+def main() -> None:
+    """Console script `wbc-export` (and `python export.py`)."""
+    from wbc.cli import prepare
+
+    prepare()
+    export(sys.argv[1:])

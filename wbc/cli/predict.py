@@ -1,0 +1,78 @@
+"""`wbc-predict` / `python predict.py input=<image or folder> run=<pipeline run dir>`: image -> nucleus
+mask -> cells -> class + probability, for new images.
+
+Writes per image a nucleus mask PNG, an overlay with each cell's contour, class and probability, the
+crops, and one predictions.csv + predictions.json for all cells (wbc.predict_io). Unreadable images
+are reported and skipped. `onnx=<export dir>` runs on onnxruntime and never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from wbc.cli import CONFIG_DIR, prepare
+from wbc.run import extras, task_wrapper
+
+log = logging.getLogger("wbc")
+
+
+def build_pipeline(cfg: DictConfig):
+    """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing overrides."""
+    from wbc.evaluation.runs import postprocess_overrides
+    from wbc.rundir import is_sweep_dir
+
+    overrides = postprocess_overrides(cfg.get("postprocess"))
+    if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
+        from wbc.onnx_backend import pipeline_from_export
+
+        return pipeline_from_export(cfg.onnx, cfg.device, overrides)
+    runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
+    segmenter = cfg.segmenter or runs
+    classifier = cfg.classifier or runs
+    if segmenter is None:
+        raise ValueError(
+            "predict.py needs run=<pipeline run dir>, ensemble=<sweep dir of fold runs>, segmenter=<checkpoint> or onnx=<export.py dir>"
+        )
+    from wbc.ensemble import has_stage
+    from wbc.inference import CellPipeline
+
+    from_sweep = runs is not None and (cfg.get("ensemble") or is_sweep_dir(str(runs)))
+    if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
+        log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
+        classifier = None
+    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides)
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> tuple[dict, dict]:
+    from wbc.cells import CropSpec
+    from wbc.predict_io import list_inputs, predict_images
+
+    files = list_inputs(cfg.input)
+    pipe = build_pipeline(cfg)
+    if cfg.get("crops"):
+        pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
+    out_dir = Path(cfg.paths.output_dir)
+    rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"))
+    msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
+    if failures:
+        msg += f"; {len(failures)} skipped: " + ", ".join(Path(f["image"]).name for f in failures)
+    log.info(msg)
+    print(msg)
+    return {"cells": len(rows), "failed": len(failures)}, {"pipeline": pipe}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict.yaml")
+def run(cfg: DictConfig) -> None:
+    extras(cfg)
+    predict(cfg)
+
+
+def main() -> None:
+    """Console script `wbc-predict` (and `python predict.py`)."""
+    prepare()
+    run()

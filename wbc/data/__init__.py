@@ -1,0 +1,1 @@
+"""Pure data code: image I/O, manifests, splits, the synthetic smear generator, transforms (no Lightning, no Hydra)."""

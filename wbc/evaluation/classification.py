@@ -1,0 +1,187 @@
+"""Classification scoring: per-crop predictions, metrics from probabilities, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_recall,
+)
+
+from wbc.io import atomic_write, write_json, write_text
+
+# the validation split's per-crop probabilities: a fold's out-of-fold predictions
+OOF_FILE = Path("val_predictions.csv")
+UNIT = "crops"
+MAIN_METRIC = "macro_f1"
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], prefix: str) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro-F1 and per-class recall from probabilities (torchmetrics)."""
+    p, t, n = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long), len(classes)
+    out = {
+        f"{prefix}/accuracy": float(multiclass_accuracy(p, t, n, average="micro")),
+        f"{prefix}/balanced_accuracy": float(multiclass_accuracy(p, t, n, average="macro")),
+        f"{prefix}/macro_f1": float(multiclass_f1_score(p, t, n, average="macro")),
+    }
+    for c, r in zip(classes, multiclass_recall(p, t, n, average=None)):
+        out[f"{prefix}/recall/{c}"] = float(r)
+    return out
+
+
+def confusion(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    return multiclass_confusion_matrix(torch.as_tensor(probs).argmax(1), torch.as_tensor(labels, dtype=torch.long), n).numpy()
+
+
+@torch.no_grad()
+def predict_crops(module, dataset, batch_size: int = 64) -> np.ndarray:
+    device = next(module.parameters()).device
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        out.append(module.predict_proba(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(module.classes)))
+
+
+def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str]) -> None:
+    """One row per crop: sample id, cell, true and predicted class, class probabilities (csv module)."""
+    import csv
+
+    def _write(p: Path) -> None:
+        with open(p, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes)])
+            for c, row in zip(dataset.crops, probs):
+                writer.writerow([c.sample_id, c.cell, classes[c.label], classes[int(np.argmax(row))], *(f"{v:.5f}" for v in row)])
+
+    atomic_write(path, _write)
+
+
+def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        classes = [h[2:] for h in (reader.fieldnames or []) if h.startswith("p_")]
+        return classes, list(reader)
+
+
+def write_confusion(matrix: np.ndarray, classes: list[str], stem: Path, title: str, loggers=()) -> None:
+    """`<stem>.csv` (true x predicted counts) and `<stem>.png`, also sent to image-capable loggers."""
+    import csv
+    import io
+
+    from wbc.plots import plot_confusion
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["true\\pred", *classes])
+    writer.writerows([c, *(int(v) for v in row)] for c, row in zip(classes, matrix))
+    write_text(stem.with_suffix(".csv"), buf.getvalue())
+    fig = plot_confusion(matrix, classes, stem.with_suffix(".png"), title)
+    for lg in loggers:
+        if hasattr(lg, "log_image"):
+            lg.log_image(key=f"{stem.name}/confusion_matrix", images=[str(stem.with_suffix(".png"))])
+        elif hasattr(getattr(lg, "experiment", None), "add_figure"):
+            lg.experiment.add_figure(f"{stem.name}/confusion_matrix", fig)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the stage's interface
+# (wbc.stages.Stage: the same functions exist for segmentation)
+def eval_dataset(datamodule, split: str):
+    """A split's crops without training augmentation."""
+    datamodule.setup()
+    if split == "train":
+        return datamodule.make_dataset("eval", datamodule.cached(datamodule.split_ids()["train"]))
+    return datamodule.datasets[split]
+
+
+def predict(module, datamodule, split: str) -> np.ndarray:
+    return predict_crops(module, eval_dataset(datamodule, split))
+
+
+def average(member_probs) -> np.ndarray:
+    """The mean of the members' class probabilities (before argmax)."""
+    return np.mean(np.stack(list(member_probs)), axis=0)
+
+
+def score(datamodule, split: str, probabilities: np.ndarray, out_dir: Path, post=None, num_overlays: int = 0, title: str = "") -> tuple[dict, dict]:
+    """(metrics, summary) of one model's or an ensemble's crop probabilities on a split; writes
+    predictions.csv, confusion.csv/.png and summary.json under out_dir."""
+    dataset = eval_dataset(datamodule, split)
+    classes = list(datamodule.classes)
+    labels = np.asarray([c.label for c in dataset.crops])
+    report = classification_report(probabilities, labels, classes, split)
+    matrix = confusion(probabilities, labels, len(classes))
+    out_dir = Path(out_dir)
+    write_predictions(out_dir / "predictions.csv", dataset, probabilities, classes)
+    write_confusion(matrix, classes, out_dir / "confusion", title or f"{split} confusion matrix (crops)")
+    summary = {"split": split, "n_crops": len(labels), "n_cases": len(labels), "classes": classes, "metrics": report, "confusion": matrix}
+    write_json(out_dir / "summary.json", summary)
+    return report, summary
+
+
+def report_test(model, out_dir: Path) -> None:
+    """Right after trainer.test (also in smoke runs): the test confusion matrix it accumulated,
+    next to the run (test_confusion.csv/.png) and on image-capable dashboards."""
+    matrix = getattr(model, "test_confusion", None)
+    if matrix is not None:
+        loggers = model.trainer.loggers if model._trainer is not None else ()
+        write_confusion(matrix, list(model.classes), out_dir / "test_confusion", "test confusion matrix (crops)", loggers)
+
+
+def score_test(model, datamodule, out_dir: Path, post=None, num_overlays: int = 0) -> dict[str, float]:
+    """After trainer.test (which logged the test metrics): per-crop test predictions next to the run."""
+    ds = datamodule.datasets["test"]
+    write_predictions(out_dir / "test_predictions.csv", ds, predict_crops(model, ds), model.classes)
+    return {"test/n_crops": float(len(ds))}
+
+
+def score_val(model, datamodule, out_dir: Path, post=None) -> dict[str, float]:
+    """val_predictions.csv: the fold's out-of-fold crops (pooled by the CV summary)."""
+    val = datamodule.datasets["val"]
+    write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes)
+    return {"val/n_crops": float(len(val))}
+
+
+def pool_oof(jobs) -> tuple[dict, list[dict]] | None:
+    """Pool every fold's validation crops (val_predictions.csv) and re-score them together."""
+    import logging
+
+    from wbc.rundir import stage_file
+
+    classes: list[str] | None = None
+    rows: list[dict] = []
+    used = []
+    for job in jobs:
+        path = stage_file(job.run_dir, OOF_FILE)
+        if path is None:
+            continue
+        cls, rs = read_predictions_csv(path)
+        if classes is None:
+            classes = cls
+        elif cls != classes:
+            logging.getLogger("wbc").warning("CV summary: %s has classes %s, other folds %s: left out of the OOF score", path, cls, classes)
+            continue
+        used.append(job.name)
+        rows.extend({"job": job.name, "fold": job.fold, **r} for r in rs)
+    if not rows or not classes:
+        return None
+    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
+    labels = np.asarray([classes.index(r["true"]) for r in rows])
+    info = {
+        "metrics": classification_report(probs, labels, classes, "oof/val"),
+        "n_crops": len(rows),
+        "classes": classes,
+        "jobs": used,
+        "definition": "every fold's validation crops pooled, then accuracy / balanced accuracy / macro-F1 computed once",
+    }
+    return info, rows

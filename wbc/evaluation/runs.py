@@ -1,0 +1,174 @@
+"""Evaluate what training left behind, on one split: a checkpoint, a run of either stage, a pipeline
+run (both stages, then the full pipeline), or a fold ensemble (a sweep dir or a list of runs).
+
+One code path: a single model is an ensemble of one. Each member's probabilities are predicted once;
+the members are averaged (an ensemble of one: itself) and scored with the stage's scoring
+(wbc.stages.Stage). With more than one member each is scored too (`members/<name>/`) and
+`ensemble_summary.json` + `.csv` compare them with their mean and the ensemble.
+
+What the networks saw (input size, preprocessing, target) and how masks become nuclei
+(`postprocess`) follow the checkpoints; a non-null `postprocess.<key>` given by the user wins and is
+logged. The data is the training run's own (`<run>/.hydra/config.yaml`) unless a data node is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from wbc.io import write_json, write_text
+from wbc.postprocess import PostprocessParams, checkpoint_postprocess
+from wbc.rundir import STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
+from wbc.stages import PIPELINE, Stage, get_stage
+
+log = logging.getLogger("wbc")
+
+SPLITS = ("train", "val", "test")
+
+
+def is_pipeline_run(spec: Any) -> bool:
+    """A single pipeline run dir (its stage sub-runs hold checkpoints)."""
+    if not isinstance(spec, str | Path) or is_sweep_dir(spec):
+        return False
+    p = Path(str(spec))
+    return p.is_dir() and all((p / s).is_dir() for s in STAGE_DIRS)
+
+
+def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | None) -> DictConfig:
+    """The training run's data node (resolved in its own config), unless `data` is given. What the
+    network saw (image_size, preprocess, target) always follows the checkpoint."""
+    if data is not None:
+        data_cfg = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
+    else:
+        run_cfg = run_config(run_dir)
+        if not run_cfg.get("data"):
+            raise FileNotFoundError(
+                f"{run_dir}: no training config with a data node at .hydra/config.yaml, so the data is unknown; "
+                "pass data=<config> (e.g. data=synthetic)"
+            )
+        data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(run_cfg).data, resolve=True))
+    for key in ("image_size", "preprocess", "target"):
+        if data_info and key in data_info and data_cfg.get(key) != data_info[key]:
+            if data is not None:
+                log.warning("data.%s=%s differs from the checkpoint's %s: using the checkpoint's", key, data_cfg.get(key), data_info[key])
+            with open_dict(data_cfg):
+                data_cfg[key] = data_info[key]
+    return data_cfg
+
+
+def apply_tta(modules: list, tta: bool | None) -> None:
+    """`tta=true|false` overrides the checkpoints' own test-time-flip setting (None keeps it)."""
+    if tta is not None:
+        for m in modules:
+            m.hparams.tta = bool(tta)
+
+
+def evaluate_members(
+    stage: Stage, spec: Any, split: str, out_dir: Path, data: DictConfig | None = None,
+    post_overrides: Mapping | None = None, num_overlays: int = 0, tta: bool | None = None, device: str = "cpu",
+) -> tuple[dict, dict]:
+    """Score the members of `spec` (one or more checkpoints / runs of `stage`) on `split`;
+    returns (metrics, objects)."""
+    from wbc.ensemble import load_members
+    from wbc.fit import build_datamodule
+
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+    names, ckpts, modules = load_members(spec, stage.name, "ckpt_path", device)
+    apply_tta(modules, tta)
+    model = modules[0] if len(modules) == 1 else stage.ensemble(modules, names)  # refuses members trained on other inputs
+    info = dict(model.hparams.get("data_info") or {})
+    post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
+    data_cfg = data_config(data, run_dir_of(ckpts[0]), info)
+    datamodule = build_datamodule(data_cfg, post)
+    log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
+    scoring = stage.scoring
+    probs = [scoring.predict(m, datamodule, split) for m in modules]
+    rows: list[dict] = []
+    if len(modules) > 1:
+        for n, c, p in zip(names, ckpts, probs):
+            member, _ = scoring.score(datamodule, split, p, out_dir / "members" / n, post, 0, f"{n} ({split})")
+            rows.append({"member": n, "checkpoint": str(c), **member})
+    metrics, summary = scoring.score(datamodule, split, scoring.average(probs), out_dir, post, num_overlays, f"{split} ({len(modules)} model(s))")
+    n_items = summary["n_cases"]
+    if rows:
+        write_ensemble_table(stage, split, rows, metrics, out_dir)
+    checkpoint: Any = str(ckpts[0]) if len(ckpts) == 1 else [str(c) for c in ckpts]
+    write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split})
+    OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
+    if len(modules) == 1:
+        from wbc.plots import plot_learning_curves
+
+        plot_learning_curves(run_dir_of(ckpts[0]) / "csv" / "metrics.csv", out_dir / "learning_curves.png")
+    key = f"{split}/{stage.main_metric}"
+    print(f"\nEvaluation of {spec} ({stage.name}, {split}, {n_items} {scoring.UNIT}, original resolution): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k.count("/") == 1))
+    if rows:
+        print("\n".join(f"  {r['member']}: {key}={r[key]:.4f}" for r in rows) + f"\n  ensemble: {metrics[key]:.4f}")
+    return metrics, {"module": model, "datamodule": datamodule, "summary": summary, "checkpoint": ckpts if len(ckpts) > 1 else ckpts[0],
+                     "members": rows, "postprocess": post}
+
+
+def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: dict, out_dir: Path) -> None:
+    """ensemble_summary.json + .csv: one row per member, the members' mean, and the ensemble."""
+    keys = list(metrics)
+    members_mean = {k: float(np.nanmean([np.nan if r.get(k) is None else r[k] for r in rows])) for k in keys}
+    write_json(out_dir / "ensemble_summary.json", {
+        "stage": stage.name,
+        "split": split,
+        "averaging": "arithmetic mean of the members' probabilities, before threshold / post-processing / argmax",
+        "members": rows,
+        "members_mean": members_mean,
+        "ensemble": metrics,
+    })
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["member", *keys, "checkpoint"])
+    for r in [*rows, {"member": "members_mean", **members_mean}, {"member": "ensemble", **metrics}]:
+        writer.writerow([r["member"], *(f"{r[k]:.6g}" if r.get(k) is not None else "" for k in keys), r.get("checkpoint", "")])
+    write_text(out_dir / "ensemble_summary.csv", buf.getvalue())
+
+
+def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
+                  num_overlays: int = 0, tta: bool | None = None, device: str = "cpu") -> tuple[dict, dict]:
+    """Any run: a pipeline run dir scores both stages (`<out>/segmentation/`, `<out>/classification/`)
+    and, on the test split, the full pipeline; anything else is one stage's member(s)."""
+    from wbc.ensemble import detect_stage
+
+    if spec in (None, ""):
+        raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file>")
+    if not is_pipeline_run(spec):
+        stage = get_stage(detect_stage(spec))
+        return evaluate_members(stage, spec, split, out_dir, data, post_overrides, num_overlays, tta, device)
+    metrics: dict = {}
+    objects: dict = {}
+    for name in STAGE_DIRS:
+        m, objects[name] = evaluate_members(get_stage(name), spec, split, out_dir / name, data, post_overrides, num_overlays, tta, device)
+        metrics.update({f"{name}/{k}": v for k, v in m.items()})
+    if split == "test":
+        from wbc.evaluation.pipeline import score_pipeline
+        from wbc.inference import CellPipeline
+
+        seg, clf = objects["segmentation"]["module"], objects["classification"]["module"]
+        pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}))
+        iou = float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
+        metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou))
+    write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": str(spec)})
+    return metrics, objects
+
+
+def postprocess_overrides(node: Any) -> dict:
+    """The user's non-null `postprocess.<key>` values (evaluate.yaml / predict.yaml)."""
+    if node is None:
+        return {}
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    PostprocessParams.from_config(values)  # unknown keys / bad values: one clear error before any work
+    return {k: v for k, v in values.items() if v is not None}
+

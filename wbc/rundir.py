@@ -1,0 +1,237 @@
+"""What a run dir, a sweep dir and a stage sub-dir are, and what a job leaves in them.
+
+- run dir: one training run (`outputs/<task>/runs/<time>/`, or `<sweep>/<job>/`). It holds
+  `.hydra/config.yaml` (the full composed config it ran with), `checkpoints/`, `metrics.json`
+  (written last: the run finished), and in a multirun `job.json` (which job this dir holds: fold,
+  stage, overrides, loggers) or `FAILED` (the job raised; the sweep went on).
+- stage sub-dir: a pipeline run's `segmentation/` and `classification/`, each a run dir of its own
+  (with its own `.hydra/config.yaml`).
+- sweep dir: a multirun's dir of run dirs (`<sweep>/<job number>/`).
+
+`resolve_checkpoint(path, stage)` turns what a user passes (a .ckpt, a run dir, a pipeline run dir, a
+sweep dir with one run) into the checkpoint file; `expand` turns a sweep dir or a list into its runs.
+Pure: no Lightning, no Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wbc.io import write_json, write_text
+
+log = logging.getLogger("wbc")
+
+FAILED = "FAILED"
+JOB_FILE = "job.json"
+METRICS = "metrics.json"
+CONFIG = Path(".hydra") / "config.yaml"
+CHECKPOINTS = "checkpoints"
+# the stage sub-dirs of a pipeline run ("" = the run itself)
+STAGE_DIRS = ("segmentation", "classification")
+# overrides that do not change what a job computes (ignored when grouping jobs and checking a resume)
+NEUTRAL_OVERRIDES = ("resume", "ckpt_path", "logger", "extras", "callbacks.rich_progress_bar", "tags")
+
+
+# ----------------------------------------------------------------------------- what a dir is
+def is_run_dir(path: Path) -> bool:
+    return any((Path(path) / n).exists() for n in (".hydra", METRICS, FAILED, JOB_FILE, CHECKPOINTS))
+
+
+def trained_here(path: Path) -> bool:
+    """A training run (its own checkpoints/, or a pipeline run's stage sub-runs), not an
+    evaluate.py output dir kept inside a sweep dir (ensemble_test/, ...)."""
+    return any((Path(path) / sub / CHECKPOINTS).is_dir() for sub in ("", *STAGE_DIRS))
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """A dir that is not a run dir itself but holds run dirs (a multirun's sweep dir)."""
+    p = Path(str(path))
+    return p.is_dir() and not is_run_dir(p) and any(d.is_dir() and is_run_dir(d) for d in p.iterdir())
+
+
+def job_sort_key(path: Path) -> tuple:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """Checkpoints live at <run>/checkpoints/x.ckpt."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt.parent
+
+
+def stage_file(run_dir: Path, rel: str | Path) -> Path | None:
+    """A stage's file inside a run dir: the run itself, or one of a pipeline run's stage sub-dirs."""
+    for sub in ("", *STAGE_DIRS):
+        path = Path(run_dir) / sub / rel
+        if path.is_file():
+            return path
+    return None
+
+
+def run_config(run_dir: Path) -> dict:
+    """The full (unresolved) config a run or stage sub-run ran with; {} when it has none."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # noqa: BLE001 - name the file whatever YAML/OmegaConf raised
+        raise ValueError(f"{path}: not a readable run config ({type(err).__name__}: {err})") from err
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def save_config(run_dir: Path, cfg: Mapping) -> Path:
+    """`<run>/.hydra/config.yaml`, as Hydra writes it for a top-level run (a stage sub-run's too)."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.create(dict(cfg)))
+    return write_text(Path(run_dir) / CONFIG, text)
+
+
+# ----------------------------------------------------------------------------- sweeps and members
+def sweep_runs(sweep_dir: str | Path) -> list[Path]:
+    """The finished runs of a sweep dir (metrics.json, no FAILED marker), in job-number order;
+    failed and unfinished ones are left out with a warning."""
+    p = Path(str(sweep_dir))
+    runs, skipped = [], []
+    for d in sorted((d for d in p.iterdir() if d.is_dir() and is_run_dir(d) and trained_here(d)), key=job_sort_key):
+        (runs if (d / METRICS).is_file() and not (d / FAILED).exists() else skipped).append(d)
+    if skipped:
+        log.warning("%s: left out of the ensemble (failed or unfinished): %s", p, ", ".join(d.name for d in skipped))
+    if not runs:
+        raise FileNotFoundError(f"{p}: a sweep dir without a finished run (no <job>/metrics.json); nothing to ensemble")
+    return runs
+
+
+def as_list(spec: Any) -> list[str]:
+    """One path, or a list of paths (a Hydra list `[a,b]` or a ListConfig)."""
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, str | Path):
+        return [str(spec)]
+    return [str(s) for s in spec]
+
+
+def expand(spec: Any) -> list[Path]:
+    """Paths as given, with every sweep dir replaced by its finished runs."""
+    out: list[Path] = []
+    for s in as_list(spec):
+        out.extend(sweep_runs(s) if is_sweep_dir(s) else [Path(s)])
+    return out
+
+
+def resolve_checkpoint(path: str | Path, stage: str, key: str = "ckpt_path") -> Path:
+    """A file is used as is; a run dir gives its best checkpoint (metrics.json), else last.ckpt;
+    a pipeline run dir gives its `<stage>/` sub-run's checkpoint."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"{key}={path}: no such checkpoint file or run directory")
+    for run in (p / stage, p):
+        metrics = read_metrics(run) if (run / METRICS).is_file() else {}
+        best = metrics.get("best_checkpoint")
+        if best and Path(best).is_file():
+            return Path(best)
+        if best and (run / CHECKPOINTS / Path(best).name).is_file():  # run dir was moved
+            return run / CHECKPOINTS / Path(best).name
+        if (run / CHECKPOINTS / "last.ckpt").is_file():
+            return run / CHECKPOINTS / "last.ckpt"
+    raise FileNotFoundError(f"{key}={path}: directory holds no {stage} checkpoint (expected metrics.json or checkpoints/last.ckpt)")
+
+
+# ----------------------------------------------------------------------------- job protocol
+def read_metrics(run_dir: Path) -> dict:
+    """`<run>/metrics.json`; a corrupt one is one clear error naming the file."""
+    path = Path(run_dir) / METRICS
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt metrics file ({err}); delete it to re-run this job") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
+    return data
+
+
+def override_key(override: str) -> str:
+    """`++data.fold=3` -> `data.fold`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_neutral(override: str) -> bool:
+    key = override_key(override)
+    return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)
+
+
+def job_record(
+    fold: Any, stage: str | None, overrides: Sequence[str], job: Any = None, task_name: str | None = None,
+    optimized_metric: str | None = None, loggers: Mapping[str, Any] | None = None,
+) -> dict:
+    """What job.json holds: enough to recognise the job on resume, and to log the sweep summary to
+    the same dashboards (`loggers`: the job's resolved logger configs)."""
+    return {
+        "job": job,
+        "fold": fold,
+        "stage": stage,
+        "task_name": task_name,
+        "optimized_metric": optimized_metric,
+        "overrides": list(overrides),
+        "loggers": {name: dict(entry) for name, entry in (loggers or {}).items() if entry},
+    }
+
+
+def check_same_job(run_dir: Path, record: Mapping) -> None:
+    """A resumed sweep must find the same job in a run dir: job numbers follow the order of the
+    swept values, so `-m data.fold=2,3` resumed into a `data.fold=0,1,2,3,4` sweep dir would
+    otherwise reuse fold 0's results as fold 2's."""
+    path = Path(run_dir) / JOB_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in ("fold", "stage"):
+        if old.get(key) != record.get(key):
+            raise ValueError(
+                f"resume=true: {run_dir} holds a job with {key}={old.get(key)!r}, this job has {key}={record.get(key)!r} "
+                "(job numbers follow the swept values: resume with the same sweep, or use a new hydra.sweep.dir)"
+            )
+    before = sorted(o for o in old.get("overrides", []) if not is_neutral(o))
+    now = sorted(o for o in record.get("overrides", []) if not is_neutral(o))
+    if before != now:
+        log.warning("resume=true: %s was run with overrides %s, this job has %s", run_dir, before, now)
+
+
+def start_job(run_dir: Path, record: Mapping) -> None:
+    """Before a job runs: forget an earlier attempt's failure, record which job this dir holds."""
+    run_dir = Path(run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
+    write_json(run_dir / JOB_FILE, dict(record))
+
+
+def finished_metrics(run_dir: Path) -> dict | None:
+    """metrics.json of a finished run (None when the run did not finish or failed; a corrupt
+    metrics.json is an error naming it, never a silent re-run)."""
+    run_dir = Path(run_dir)
+    if (run_dir / FAILED).exists() or not (run_dir / METRICS).is_file():
+        return None
+    return read_metrics(run_dir)
+
+
+def write_failure(run_dir: Path, err: BaseException) -> Path:
+    """`<run>/FAILED`: the exception and the last frames of its traceback (the full one is in the log)."""
+    frames = traceback.format_exception(type(err), err, err.__traceback__)
+    tail = "".join(frames[-3:])
+    return write_text(Path(run_dir) / FAILED, f"{type(err).__name__}: {err}\n\n{tail}")
+
+
+def returned_metric(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value a finished job returns to the sweeper (None when none is configured or logged)."""
+    if not name or metrics.get(name) is None:
+        return None
+    return float(metrics[name])
