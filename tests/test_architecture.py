@@ -92,7 +92,7 @@ import importlib.metadata as md, importlib.util as u, json
 dist = md.distribution("wbc-lab")
 top = sorted({str(f).split("/")[0] for f in dist.files or []})
 print(json.dumps({
-    "clash": [n for n in ("train", "evaluate", "predict", "export") if u.find_spec(n)],
+    "clash": [n for n in ("train", "evaluate", "predict", "export", "audit") if u.find_spec(n)],
     "ours": [n for n in ("wbc", "datamodules", "lightning_modules") if u.find_spec(n)],
     "scripts": {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"},
     "top_py": [t for t in top if t.endswith(".py") and not t.startswith("__editable__")],
@@ -102,7 +102,7 @@ print(json.dumps({
     got = json.loads(_python(code, env, cwd=Path("/")).stdout.strip().splitlines()[-1])
     assert got["clash"] == [] and got["top_py"] == [], got
     assert got["ours"] == ["wbc", "datamodules", "lightning_modules"]
-    assert got["scripts"] == {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export")}
+    assert got["scripts"] == {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export", "audit")}
 
 
 def test_importing_the_package_leaves_the_environment_alone() -> None:
@@ -110,6 +110,7 @@ def test_importing_the_package_leaves_the_environment_alone() -> None:
 import os, pkgutil, importlib
 # third-party imports first (OpenCV's own loader extends LD_LIBRARY_PATH): only ours are under test
 import torch, lightning, hydra, cv2, albumentations, skimage, timm, segmentation_models_pytorch, torchmetrics, matplotlib
+import sklearn.model_selection, scipy.ndimage, PIL.Image, tifffile, imagehash  # sklearn sets KMP_* on import
 before = dict(os.environ)
 for pkg in {PACKAGES!r}:
     mod = importlib.import_module(pkg)
