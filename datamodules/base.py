@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import EpochSampler, balanced_weights
+from wbc.data.imageio import pixel_limit
 from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from wbc.data.splits import SplitError, fold_ids, load_or_make_splits
 from wbc.data.transforms import Preprocess
@@ -66,6 +67,9 @@ class WBCDataModule(L.LightningDataModule):
         filters: Mapping | None = None,
         postprocess: Mapping | PostprocessParams | None = None,
         single_cell: bool = False,
+        max_pixels: int | None = None,
+        allow_outside_root: bool = False,
+        pixel_size_um: float | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -100,6 +104,11 @@ class WBCDataModule(L.LightningDataModule):
         # how nucleus masks become cells (the classification stage's ground-truth crops); travels in data_info
         self.postprocess = PostprocessParams.from_config(postprocess)
         self.single_cell = bool(single_cell)
+        if pixel_size_um is not None and not float(pixel_size_um) > 0:
+            raise ValueError(f"data.pixel_size_um must be a positive number (µm per pixel) or null, got {pixel_size_um!r}")
+        self.pixel_size_um = float(pixel_size_um) if pixel_size_um is not None else None
+        self.max_pixels = pixel_limit(max_pixels, "data.max_pixels")  # null -> imageio's default; bad values fail here
+        self.allow_outside_root = bool(allow_outside_root)
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         self.cache: dict[str, CachedSample] = {}
@@ -128,7 +137,8 @@ class WBCDataModule(L.LightningDataModule):
     def load_manifest(self) -> Manifest:
         if self.manifest is None:
             self.manifest = read_manifest(
-                self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks, self.filters
+                self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks, self.filters,
+                allow_outside_root=self.allow_outside_root, max_pixels=self.max_pixels,
             )
             if self.manifest.dropped:
                 log.info("data.drop_classes excluded %s", self.manifest.dropped)

@@ -11,6 +11,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from wbc.targets import check_targets
+
 # the test-time-augmentation views (model.tta): the three flips besides the identity; a cell has no up
 # or left, and training flips and rotates too
 FLIP_DIMS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
@@ -95,6 +97,10 @@ def load_checkpoint(path: str, expected_stage: str, map_location: str | torch.de
         raise ValueError(f"ckpt_path={path}: not a loadable Lightning checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"ckpt_path={path}: not a Lightning checkpoint of this project (no state_dict/hyper_parameters)")
+    if not isinstance(ckpt["hyper_parameters"], Mapping):
+        raise ValueError(f"ckpt_path={path}: hyper_parameters is a {type(ckpt['hyper_parameters']).__name__}, expected a mapping")
+    # before anything is built from it: weights-only unpickling does not stop `_target_: os.system`
+    check_targets(ckpt["hyper_parameters"], f"ckpt_path={path}", "hyper_parameters")
     stage = ckpt["hyper_parameters"].get("stage")
     if stage != expected_stage:
         raise ValueError(f"ckpt_path={path}: is a {stage!r} checkpoint, expected a {expected_stage!r} one")

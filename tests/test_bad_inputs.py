@@ -399,7 +399,10 @@ def test_predict_file_over_size_limit(tmp_path, disc_pipe):
 
 def test_predict_config_has_the_limits(tmp_path):
     cfg = _predict_cfg(tmp_path, "input=x")
-    assert cfg.max_file_mb > 0 and cfg.max_pixels >= 20_000_000 and cfg.onnx is None
+    from wbc.data.imageio import DEFAULT_MAX_PIXELS
+
+    # max_pixels: null = the one default every reader applies (wbc.data.imageio)
+    assert cfg.max_file_mb > 0 and cfg.max_pixels is None and DEFAULT_MAX_PIXELS >= 20_000_000 and cfg.onnx is None
 
 
 # --------------------------------------------------------------------------- nothing half-written

@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from wbc.io import write_json, write_text
-from wbc.rundir import FAILED, JOB_FILE, finished_metrics, is_neutral, is_run_dir, job_sort_key, override_key
+from wbc.rundir import (
+    FAILED,
+    JOB_FILE,
+    finished_metrics,
+    is_neutral,
+    is_run_dir,
+    job_sort_key,
+    override_key,
+    stage_file,
+)
 from wbc.stages import STAGES
 
 # the pooled OOF rows of each stage, one CSV each
@@ -162,11 +171,34 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
     opt = next((j.record.get("optimized_metric") for j in jobs if j.record.get("optimized_metric")), None)
     if opt:
         summary["optimized_metric"] = opt
-    for name, stage in STAGES.items():
-        pooled = stage.scoring.pool_oof(ok)
+    for name in STAGES:
+        pooled = pool_oof(name, ok)
         if pooled is not None:
             summary["oof"][name] = pooled[0]
     return summary
+
+
+def pool_oof(stage: str, jobs: Sequence[Job]) -> tuple[dict, list[dict]] | None:
+    """The stage's pooled OOF predictions; a file that cannot be read is an error naming it (the
+    scoring's own error, e.g. "could not convert string to float", names no file)."""
+    scoring = STAGES[stage].scoring
+    try:
+        return scoring.pool_oof(jobs)
+    except Exception as err:
+        bad = next((j for j in jobs if _pool_fails(scoring, j)), None)
+        where = stage_file(bad.run_dir, scoring.OOF_FILE) if bad else f"{scoring.OOF_FILE} of jobs {[j.name for j in jobs]}"
+        raise ValueError(
+            f"CV summary: cannot read the {stage} out-of-fold predictions {where}: {type(err).__name__}: {err}; "
+            "expected the file as the fold run wrote it"
+        ) from err
+
+
+def _pool_fails(scoring: Any, job: Job) -> bool:
+    try:
+        scoring.pool_oof([job])
+    except Exception:  # noqa: BLE001 - only looking for the job whose file breaks pooling
+        return True
+    return False
 
 
 def summarize_jobs(jobs: Sequence[Job], sweep_dir: Path | None = None, ddof: int = 1) -> dict:
@@ -243,8 +275,8 @@ def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
     """The pooled OOF cases / crops, one row each with its fold: cv_oof_cases.csv, cv_oof_predictions.csv."""
     ok = [j for j in jobs if j.status == "ok"]
     written = []
-    for name, stage in STAGES.items():
-        pooled = stage.scoring.pool_oof(ok)
+    for name in STAGES:
+        pooled = pool_oof(name, ok)
         if pooled is None:
             continue
         rows = pooled[1]

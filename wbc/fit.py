@@ -18,6 +18,7 @@ from wbc.io import write_json
 from wbc.plots import plot_learning_curves
 from wbc.postprocess import PostprocessParams
 from wbc.run import instantiate_dict
+from wbc.scale import measure_training_scale
 
 log = logging.getLogger("wbc")
 
@@ -154,7 +155,8 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
     resume_ckpt = resume_from(cfg, output_dir)  # before the loggers start (the CSV logger clears its file)
     post = postprocess_of(cfg)
     datamodule = build_datamodule(cfg.data, post)
-    model = instantiate(cfg.model, data_info=datamodule.data_info())  # data_info: the checkpoint's "plans"
+    data_info = {**datamodule.data_info(), "scale": measure_training_scale(datamodule, datamodule.pixel_size_um)}
+    model = instantiate(cfg.model, data_info=data_info)  # data_info: the checkpoint's "plans"
     if resume_ckpt:  # one clear error (missing, not a checkpoint, other stage) before Lightning's deep ones
         from lightning_modules.common import check_resume_checkpoint, load_checkpoint
 

@@ -3,6 +3,11 @@
 `CVSummary` runs once at the end of a multirun, in the process that launched it (also with the
 SLURM launcher): it reads every job's run dir and writes the sweep's summary next to them
 (wbc.cv does the work; this class only wires it to Hydra and to the dashboards the jobs used).
+
+A summary that cannot be written is an error, not a warning: Hydra's `Callbacks._notify` turns any
+`Exception` a callback raises into a `UserWarning` (the multirun exits 0 with no summary), so the
+failure is logged and re-raised as `SweepCallbackError`, a `SystemExit` Hydra lets through: the
+process exits 1 with the reason on stderr. Dashboards stay best effort (the files are written first).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from wbc import cv, cv_dashboards
 log = logging.getLogger("wbc")
 
 
+class SweepCallbackError(SystemExit):
+    """A sweep-end callback failed. A SystemExit (exit status 1, the message on stderr) because
+    Hydra would demote any Exception to a warning and the multirun would still exit 0."""
+
+
 class CVSummary(Callback):
     """At multirun end: `cv_summary.json/.csv` (a sweep over data.fold; `sweep_summary.*` for any
     other sweep), the pooled out-of-fold tables, and, if the jobs logged there, a wandb Table
@@ -31,6 +41,14 @@ class CVSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self.summarize(sweep_dir)
+        except Exception as err:
+            log.exception("CV summary of %s failed", sweep_dir)
+            raise SweepCallbackError(f"CV summary of the sweep {sweep_dir} failed: {type(err).__name__}: {err}") from err
+
+    def summarize(self, sweep_dir: Path) -> None:
+        """Write the sweep's summary files (then the dashboards); raises on any failure."""
         if not sweep_dir.is_dir():
             return
         jobs = cv.read_sweep(sweep_dir)

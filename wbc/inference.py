@@ -11,15 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.transforms import Preprocess, build_pipeline, to_tensor
-from wbc.postprocess import Instance, checkpoint_postprocess, resize_prob
+from wbc.postprocess import (
+    Instance,
+    PostprocessParams,
+    checkpoint_postprocess,
+    extract_instances,
+    rescale_postprocess,
+    resize_prob,
+)
+from wbc.scale import ScaleChoice, ScaleOptions, choose_scale, equivalent_diameters
+from wbc.tiling import sliding_window
 
 log = logging.getLogger("wbc")
 
@@ -36,7 +46,8 @@ class CellResult:
 
 class CellPipeline:
     def __init__(
-        self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None, postprocess_overrides: dict | None = None
+        self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None,
+        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.segmenter = segmenter.to(self.device).eval()
@@ -52,10 +63,14 @@ class CellPipeline:
         self.postprocess = checkpoint_postprocess(seg_info.get("postprocess") or legacy, postprocess_overrides, "segmenter")
         self.classes: list[str] = list(cls_info.get("classes") or [])
         self.timings: dict[str, list[float]] = defaultdict(list)
+        self.seg_info = seg_info
+        self.scale = scale or ScaleOptions()
+        self.last_scale: ScaleChoice | None = None  # how the last image was scaled (reported with its results)
 
     @classmethod
     def from_checkpoints(
-        cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu", postprocess_overrides: dict | None = None
+        cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu",
+        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None,
     ) -> CellPipeline:
         """Each of segmenter / classifier: a .ckpt file, a run dir (a pipeline run dir gives its
         stage's sub-run), or -- a fold ensemble, probabilities averaged -- a sweep dir of fold runs
@@ -64,13 +79,50 @@ class CellPipeline:
 
         seg = load_models(segmenter, "segmentation", "segmenter", device)
         clf = load_models(classifier, "classification", "classifier", device) if classifier is not None else None
-        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides)
+        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale)
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray) -> np.ndarray:
-        x = to_tensor(self.seg_resize(image=self.seg_pre(rgb))["image"])[None].to(self.device)
-        prob = self.segmenter.predict_probability(x)[0, 0].float().cpu().numpy()
-        return resize_prob(prob, rgb.shape[:2])
+        """Nucleus probability at the image's resolution: one pass over the image resized to the
+        network square when it is no larger than the training images, else sliding windows over the
+        image put at the training scale (wbc.scale); `last_scale` says which and why."""
+        pre = self.seg_pre(rgb)
+        o = self.scale
+        self.last_scale = choose_scale(pre.shape[:2], self.seg_info, o.scale, o.diameter, o.pixel_size_um, lambda f: self._diameters(pre, f))
+        if self.last_scale.factor is None:
+            x = to_tensor(self.seg_resize(image=pre)["image"])[None].to(self.device)
+            prob = self.segmenter.predict_probability(x)[0, 0].float().cpu().numpy()
+            return resize_prob(prob, rgb.shape[:2])
+        return resize_prob(self._tiled(pre, self.last_scale.factor), rgb.shape[:2])
+
+    def _tiled(self, pre: np.ndarray, factor: float) -> np.ndarray:
+        """Sliding-window probability of `pre` resized by `factor` (at the network's scale)."""
+        h, w = pre.shape[:2]
+        scaled = cv2.resize(pre, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+        tile = int(self.seg_info.get("image_size") or 128)
+        return sliding_window(lambda b: self.segmenter.predict_probability(b.to(self.device)), to_tensor(scaled), tile, self.scale.overlap, self.scale.batch)
+
+    def _diameters(self, pre: np.ndarray, factor: float) -> np.ndarray:
+        """Nucleus diameters (image px) found at `factor` on a central window of at most 2 x 2 tiles
+        (the coarse pass of scale=auto)."""
+        tile = int(self.seg_info.get("image_size") or 128)
+        side = max(1, round(2 * tile / factor))
+        h, w = pre.shape[:2]
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        window = pre[y0 : y0 + side, x0 : x0 + side]
+        prob = resize_prob(self._tiled(window, factor), window.shape[:2])
+        labels, _ = extract_instances(prob, replace(self.postprocess, watershed=False, min_area=0, clear_border=False))
+        return equivalent_diameters(labels)
+
+    def scaled_for_image(self) -> tuple[CropSpec, PostprocessParams]:
+        """Crop size and post-processing lengths follow the scale of the last image: k image px per
+        training px (1 on the single-pass path), so a cell gets the crop and the filters it was trained with."""
+        if self.last_scale is None or self.last_scale.factor is None:
+            return self.crop_spec, self.postprocess
+        rf = float((self.seg_info.get("scale") or {}).get("resize_factor") or 0) or self.last_scale.factor
+        k = rf / self.last_scale.factor
+        spec = replace(self.crop_spec, size=max(8, round(self.crop_spec.size * k))) if self.crop_spec.size else self.crop_spec
+        return spec, rescale_postprocess(self.postprocess, k)
 
     @torch.no_grad()
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
@@ -84,7 +136,8 @@ class CellPipeline:
         prob = self.segment(rgb)
         t1 = time.perf_counter()
         cls_image = self.cls_pre(rgb)
-        labels, instances, crops = cell_crops(cls_image, prob, self.crop_spec, self.postprocess)
+        spec, post = self.scaled_for_image()
+        labels, instances, crops = cell_crops(cls_image, prob, spec, post)
         t2 = time.perf_counter()
         class_probs = self.classify(crops)
         t3 = time.perf_counter()

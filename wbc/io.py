@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _jsonable(value: Any) -> Any:
@@ -27,14 +31,39 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc); os.umask can only
+    be read by setting it, which briefly changes it for every thread, so that is the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    """What open() would give: an existing file keeps its mode, a new one gets 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Call writer(tmp_path) then rename onto path (same folder, so the rename is atomic)."""
+    """Call writer(tmp_path) then rename onto path (same folder, so the rename is atomic). The file
+    gets the permissions open() would give it, not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, _file_mode(path))  # after the writer: it may have recreated the file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -195,26 +195,45 @@ def read_export(export_dir: str | Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} is not valid JSON ({err})") from err
-    if "segmenter" not in meta:
+    if not isinstance(meta, dict) or "segmenter" not in meta:
         raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} has no 'segmenter' entry")
+    for key in ("segmenter", "classifier"):
+        if key == "segmenter" or meta.get(key):
+            export_file(d, meta, key)  # refuse an entry pointing outside the folder before anything is read
     return meta
+
+
+def export_file(export_dir: Path, meta: dict, key: str) -> Path:
+    """`<export_dir>/<meta[key].file>`, which must stay inside the export folder: export.json is a file
+    anyone can hand over, and `../x.onnx` or an absolute path would load (and run) a model from elsewhere."""
+    entry = meta.get(key)
+    name = entry.get("file") if isinstance(entry, dict) else None
+    where = f"onnx={export_dir}: {EXPORT_JSON} {key}.file={name!r}"
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: expected the name of a .onnx file inside the export folder")
+    root = Path(export_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ValueError(f"{where} resolves to {path}, outside the export folder {root}; expected a file inside it")
+    return path
 
 
 def load_export(export_dir: str | Path, threads: int | None = None) -> tuple[OnnxSegmenter, OnnxClassifier | None]:
     d = Path(export_dir)
     meta = read_export(d)
-    seg = OnnxSegmenter(d / meta["segmenter"]["file"], meta["segmenter"].get("data_info"), threads)
+    seg = OnnxSegmenter(export_file(d, meta, "segmenter"), meta["segmenter"].get("data_info"), threads)
     clf = None
     if meta.get("classifier"):
-        clf = OnnxClassifier(d / meta["classifier"]["file"], meta["classifier"].get("data_info"), threads)
+        clf = OnnxClassifier(export_file(d, meta, "classifier"), meta["classifier"].get("data_info"), threads)
     return seg, clf
 
 
-def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None):
-    """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing comes from
-    export.json's data_info, as from a checkpoint; overrides win and are logged)."""
+def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None, scale=None):
+    """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing and scale
+    come from export.json's data_info, as from a checkpoint; overrides win and are logged). The
+    segmenter takes a batch of network-size tiles, so full fields slide over it as over the torch one."""
     from wbc.inference import CellPipeline
 
     seg, clf = load_export(export_dir, threads)
-    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides)
+    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale)
 

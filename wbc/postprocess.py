@@ -287,3 +287,20 @@ def checkpoint_postprocess(stored: Mapping[str, Any] | None, overrides: Mapping[
     for key, (old, new) in changed.items():
         log.info("postprocess.%s=%r overrides the %s checkpoint's %r", key, new, who, old)
     return params
+
+
+def rescale_postprocess(params: PostprocessParams, k: float) -> PostprocessParams:
+    """The params for an image with k image px per training px: lengths scale by k, areas by k^2
+    (the opening kernel stays odd and >= its original 0/1 meaning)."""
+    if abs(k - 1.0) < 1e-6:
+        return params
+    kernel = params.opening_kernel
+    if kernel > 1:
+        kernel = max(3, int(round(kernel * k)) | 1)
+    return replace(
+        params,
+        opening_kernel=kernel,
+        min_peak_radius=params.min_peak_radius * k,
+        min_distance=max(1, int(round(params.min_distance * k))),
+        min_area=int(round(params.min_area * k * k)),
+    )

@@ -1,26 +1,52 @@
 """Write what predict.py promises per image: mask PNG, labelled overlay, crops, CSV + JSON rows.
 
 A file that cannot be read (corrupt, not an image, too large) is reported and skipped; the rest
-are processed. All outputs are written atomically.
+are processed. Image files and predictions.json are written atomically.
+
+Output names: an input's `masks/<stem>.png`, `overlays/<stem>.png` and `crops/<stem>_cellNN.png`
+use its file stem when no other input of the run has the same stem (compared case-insensitively,
+so the names also stay apart on macOS/Windows file systems). Inputs that share a stem get
+stem + "_" + extension (`dup.png` -> `dup_png`, `dup.jpg` -> `dup_jpg`), plus `_2`, `_3`, ... should
+that name be taken too. Every row of predictions.csv/.json names its input (`image` as given,
+`source` its absolute path) and the `output_stem` its files were written under.
+
+Nothing is lost or silently replaced: predictions.csv gets each image's rows appended and flushed
+as soon as its files are written, so an error or a full disk at image N keeps the rows of the
+images before it, and the run says "stopped after N-1 of M images: <error>" (logged, in
+predictions.json's `status`, and as a note on the re-raised exception). predictions.json is
+written at the end, or when stopping. While running, the output dir holds `predict.lock` (created
+with O_EXCL: a second run into the same dir is refused), and a dir that already holds results is
+refused unless `overwrite=True`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
-from collections.abc import Sequence
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
-from wbc.data.imageio import ImageReadError, read_rgb
+from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
-from wbc.io import atomic_write, write_json, write_png
+from wbc.io import write_json, write_png
 from wbc.overlay import label_cells
 
 log = logging.getLogger("wbc")
 
 MAGIC = (b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
+LOCK_FILE = "predict.lock"
+RESULTS = ("predictions.csv", "predictions.json")
+CSV_COLUMNS = ["image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "class", "probability"]
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -37,7 +63,8 @@ def list_inputs(path: str | Path) -> list[Path]:
 
 def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) -> None:
     """Refuse empty and oversized files, non-images and images with too many pixels before decoding
-    them (file size, magic bytes, then the width x height PIL reads from the header alone)."""
+    them (file size, magic bytes, then the width x height read from the header alone: the same
+    check as training's, wbc.data.imageio.check_image_size; max_pixels None = its default)."""
     size = path.stat().st_size
     if size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
@@ -47,82 +74,163 @@ def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) ->
         head = fh.read(8)
     if not head.startswith(MAGIC):
         raise ImageReadError(f"{path}: not an image file (no PNG/BMP/TIFF/JPEG header)")
-    if max_pixels:
-        w, h = image_size(path)
-        if w * h > max_pixels:
-            raise ImageReadError(
-                f"{path}: {w}x{h} = {w * h} pixels exceeds the limit max_pixels={max_pixels} (predict.max_pixels); "
-                "tile or downscale the image first"
-            )
+    check_image_size(path, max_pixels, "predict.max_pixels")
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header; nothing is decoded."""
-    import warnings
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """One distinct, readable output stem per input (the naming rule of the module docstring)."""
+    counts = Counter(f.stem.casefold() for f in files)
+    taken = {f.stem.casefold() for f in files if counts[f.stem.casefold()] == 1}
+    stems = []
+    for f in files:
+        if counts[f.stem.casefold()] == 1:
+            stems.append(f.stem)
+            continue
+        base = f"{f.stem}_{f.suffix.lstrip('.')}"
+        stem, n = base, 1
+        while stem.casefold() in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems
 
-    from PIL import Image
 
+def check_output_dir(out_dir: Path, overwrite: bool = False) -> list[str]:
+    """The result files out_dir already holds (refused unless overwrite), after refusing a dir that
+    another predict is writing into."""
+    out_dir = Path(out_dir)
+    lock = out_dir / LOCK_FILE
+    if lock.exists():
+        _refuse_locked(lock)
+    return _existing_results(out_dir, overwrite)
+
+
+def _existing_results(out_dir: Path, overwrite: bool) -> list[str]:
+    existing = [n for n in RESULTS if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds {', '.join(existing)} of an earlier predict; choose another output dir "
+            "or pass overwrite=true to replace them"
+        )
+    return existing
+
+
+def _refuse_locked(lock: Path) -> NoReturn:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                return im.size
-    except Image.DecompressionBombError as err:  # beyond PIL's own bomb limit: certainly too large
-        raise ImageReadError(f"{path}: {err} (predict.max_pixels)") from err
-    except Exception as err:  # noqa: BLE001 - an unreadable header is reported like any bad file
-        if path.suffix.lower() in (".tif", ".tiff"):  # TIFFs PIL cannot open are read by tifffile later
-            try:
-                import tifffile
+        holder = lock.read_text().strip() or "starting"
+    except OSError:
+        holder = "unknown"
+    raise FileExistsError(
+        f"{lock}: another predict is writing into {lock.parent} ({holder}); choose another output dir, "
+        "or delete the lock file if no predict is running there (a killed run leaves it)"
+    )
 
-                with tifffile.TiffFile(path) as tif:
-                    shape = tif.pages[0].shape
-                return int(shape[1]), int(shape[0])
-            except Exception:  # noqa: BLE001 - report PIL's message below
-                pass
-        raise ImageReadError(f"{path}: cannot read the image header ({err}); truncated or not an image file") from err
+
+@contextmanager
+def output_lock(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Hold `<out_dir>/predict.lock` (O_EXCL) while writing, and refuse a dir that already holds
+    results unless overwrite: two runs never write into one dir, nothing is silently replaced."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        _refuse_locked(lock)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        existing = _existing_results(out_dir, overwrite)  # checked again under the lock: no race
+        if existing:
+            log.warning("overwrite=true: replacing %s in %s", ", ".join(existing), out_dir)
+            (out_dir / "predictions.json").unlink(missing_ok=True)  # stale until this run writes its own
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def predict_images(
-    pipe: CellPipeline, files: Sequence[Path], out_dir: Path, max_file_mb: float = 50, save_crops: bool = True, max_pixels: int | None = None
+    pipe: CellPipeline, files: Sequence[Path], out_dir: Path, max_file_mb: float = 50, save_crops: bool = True,
+    max_pixels: int | None = None, overwrite: bool = False,
 ) -> tuple[list[dict], list[dict]]:
-    """Returns (rows, failures); writes predictions.csv/.json into out_dir."""
-    rows, failures = [], []
-    for f in files:
-        try:
-            check_file(f, max_file_mb, max_pixels)
-            rgb = read_rgb(f)
-        except (ImageReadError, OSError) as err:
-            log.error("skipped %s: %s", f, err)
-            failures.append({"image": str(f), "error": str(err)})
-            continue
-        res = pipe(rgb)
-        stem = f.stem
-        write_png(out_dir / "masks" / f"{stem}.png", (res.labels > 0).astype(np.uint8) * 255)
-        texts, boxes = [], []
-        for k, inst in enumerate(res.instances):
-            row = {"image": str(f), "cell": inst.label, "bbox_y0": inst.bbox[0], "bbox_x0": inst.bbox[1], "bbox_y1": inst.bbox[2], "bbox_x1": inst.bbox[3], "area": inst.area}
-            if np.size(res.class_probs):  # no classifier: (n_cells, 0) probabilities
-                p = res.class_probs[k]
-                row["class"] = pipe.classes[int(np.argmax(p))]
-                row["probability"] = float(np.max(p))
-                row.update({f"p_{c}": float(v) for c, v in zip(pipe.classes, p)})
-                texts.append(f"{inst.label}:{row['class'][:5]} {row['probability']:.2f}")
-            else:
-                texts.append(str(inst.label))
-            boxes.append(inst.bbox)
-            rows.append(row)
-            if save_crops:
-                write_png(out_dir / "crops" / f"{stem}_cell{inst.label:02d}.png", res.crops[k])
-        write_png(out_dir / "overlays" / f"{stem}.png", label_cells(rgb, res.labels, texts, boxes))
-    write_json(out_dir / "predictions.json", {"cells": rows, "failed": failures, "classes": pipe.classes})
-    columns = ["image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "class", "probability"] + [f"p_{c}" for c in pipe.classes]
-    lines = [",".join(columns)] + [",".join(_fmt(r.get(c, "")) for c in columns) for r in rows]
-    atomic_write(out_dir / "predictions.csv", lambda p: p.write_text("\n".join(lines) + "\n"))
+    """Returns (rows, failures); writes the images' files and predictions.csv/.json into out_dir,
+    each image's rows as soon as it is done (see the module docstring)."""
+    out_dir, files = Path(out_dir), [Path(f) for f in files]
+    columns = [*CSV_COLUMNS, *(f"p_{c}" for c in pipe.classes), "source", "output_stem"]
+    rows: list[dict] = []
+    failures: list[dict] = []
+    images: list[dict] = []
+    with output_lock(out_dir, overwrite), open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        _append_csv(fh, [columns])
+        for done, (f, stem) in enumerate(zip(files, output_stems(files))):
+            try:
+                new = _predict_one(pipe, f, stem, out_dir, max_file_mb, save_crops, max_pixels, failures)
+                if new is not None:
+                    _append_csv(fh, [[_csv_value(r.get(c)) for c in columns] for r in new])
+                    rows.extend(new)
+                    scale = pipe.last_scale.to_dict() if getattr(pipe, "last_scale", None) is not None else None
+                    images.append({"image": str(f), "source": str(f.absolute()), "output_stem": stem, "cells": len(new), "scale": scale})
+            except BaseException as err:
+                status = f"stopped after {done} of {len(files)} images: {type(err).__name__}: {err}"
+                log.error("predict %s (the rows of those %d are in %s)", status, done, out_dir / "predictions.csv")
+                err.add_note(f"predict {status}; the rows of those {done} images are in {out_dir / 'predictions.csv'}")
+                try:
+                    _write_report(out_dir, pipe, rows, failures, images, status)
+                except Exception as json_err:  # noqa: BLE001 - e.g. the disk is full: the CSV holds the rows
+                    log.error("could not write %s: %s", out_dir / "predictions.json", json_err)
+                raise
+        _write_report(out_dir, pipe, rows, failures, images, "complete")
     return rows, failures
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.5f}"
-    s = str(v)
-    return f'"{s}"' if "," in s else s
+def _predict_one(
+    pipe: CellPipeline, f: Path, stem: str, out_dir: Path, max_file_mb: float, save_crops: bool,
+    max_pixels: int | None, failures: list[dict],
+) -> list[dict] | None:
+    """One image's mask, overlay and crops; its rows (None when the file is unreadable: skipped)."""
+    try:
+        check_file(f, max_file_mb, max_pixels)
+        rgb = read_rgb(f, max_pixels, "predict.max_pixels")
+    except (ImageReadError, OSError) as err:
+        log.error("skipped %s: %s", f, err)
+        failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
+        return None
+    res = pipe(rgb)
+    write_png(out_dir / "masks" / f"{stem}.png", (res.labels > 0).astype(np.uint8) * 255)
+    rows, texts, boxes = [], [], []
+    for k, inst in enumerate(res.instances):
+        row: dict[str, Any] = {"image": str(f), "cell": inst.label, "bbox_y0": inst.bbox[0], "bbox_x0": inst.bbox[1], "bbox_y1": inst.bbox[2], "bbox_x1": inst.bbox[3], "area": inst.area}
+        if np.size(res.class_probs):  # no classifier: (n_cells, 0) probabilities
+            p = res.class_probs[k]
+            row["class"] = pipe.classes[int(np.argmax(p))]
+            row["probability"] = float(np.max(p))
+            row.update({f"p_{c}": float(v) for c, v in zip(pipe.classes, p)})
+            texts.append(f"{inst.label}:{row['class'][:5]} {row['probability']:.2f}")
+        else:
+            texts.append(str(inst.label))
+        row.update(source=str(f.absolute()), output_stem=stem)
+        boxes.append(inst.bbox)
+        rows.append(row)
+        if save_crops:
+            write_png(out_dir / "crops" / f"{stem}_cell{inst.label:02d}.png", res.crops[k])
+    write_png(out_dir / "overlays" / f"{stem}.png", label_cells(rgb, res.labels, texts, boxes))
+    return rows
+
+
+def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
+    """Rows through the csv module (commas, quotes, newlines in names stay one field), written in
+    one call and flushed, so a crash leaves whole images' rows behind."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(records)
+    fh.write(buf.getvalue())
+    fh.flush()
+
+
+def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures: list[dict], images: list[dict], status: str) -> None:
+    write_json(out_dir / "predictions.json", {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes})
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    return f"{v:.5f}" if isinstance(v, float) else v

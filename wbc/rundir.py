@@ -137,14 +137,35 @@ def resolve_checkpoint(path: str | Path, stage: str, key: str = "ckpt_path") -> 
         raise FileNotFoundError(f"{key}={path}: no such checkpoint file or run directory")
     for run in (p / stage, p):
         metrics = read_metrics(run) if (run / METRICS).is_file() else {}
-        best = metrics.get("best_checkpoint")
-        if best and Path(best).is_file():
-            return Path(best)
-        if best and (run / CHECKPOINTS / Path(best).name).is_file():  # run dir was moved
-            return run / CHECKPOINTS / Path(best).name
+        best = best_checkpoint_in(run, metrics.get("best_checkpoint"))
+        if best is not None:
+            return best
         if (run / CHECKPOINTS / "last.ckpt").is_file():
             return run / CHECKPOINTS / "last.ckpt"
     raise FileNotFoundError(f"{key}={path}: directory holds no {stage} checkpoint (expected metrics.json or checkpoints/last.ckpt)")
+
+
+def best_checkpoint_in(run: Path, best: Any) -> Path | None:
+    """metrics.json's `best_checkpoint`, only inside the run dir: metrics.json is a file anyone can hand
+    over, and a path elsewhere would load whatever file it names. A moved run dir finds its file by
+    name in checkpoints/. None when neither exists (the caller falls back to last.ckpt)."""
+    if not best:
+        return None
+    where = f"{Path(run) / METRICS}: best_checkpoint={best!r}"
+    if not isinstance(best, str):
+        raise ValueError(f"{where}: expected the path of a .ckpt file inside the run dir")
+    root = Path(run).resolve()
+    given = Path(best).expanduser()
+    given = given if given.is_absolute() else Path(run) / given
+    for candidate in (given, Path(run) / CHECKPOINTS / given.name):  # the second: the run dir was moved
+        if candidate.is_file() and candidate.resolve().is_relative_to(root):
+            return candidate
+    if given.is_file():
+        raise ValueError(
+            f"{where} is outside the run dir {root}; a run dir's checkpoint must be inside it "
+            "(to use that file, pass the .ckpt itself)"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------- job protocol

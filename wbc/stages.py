@@ -126,7 +126,7 @@ def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
             from wbc.predict_io import predict_images
 
             files = [s.sample.image for s in dm.cached(dm.split_ids()["test"][:n_predict])]
-            predict_images(pipe, files, output_dir / "predict")
+            predict_images(pipe, files, output_dir / "predict", overwrite=bool(cfg.get("resume")))  # a resumed run redoes it
     for key in ("test/dice_post", "test/macro_f1"):
         for name in STAGES:
             if f"{name}/{key}" in metrics:

@@ -2,8 +2,10 @@
 mask -> cells -> class + probability, for new images.
 
 Writes per image a nucleus mask PNG, an overlay with each cell's contour, class and probability, the
-crops, and one predictions.csv + predictions.json for all cells (wbc.predict_io). Unreadable images
-are reported and skipped. `onnx=<export dir>` runs on onnxruntime and never imports Lightning.
+crops, and one predictions.csv + predictions.json for all cells (wbc.predict_io: unique output names
+per input, rows appended as images finish, one run per output dir). Unreadable images are reported
+and skipped. An output dir that already holds results is refused unless `overwrite=true`.
+`onnx=<export dir>` runs on onnxruntime and never imports Lightning.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ def build_pipeline(cfg: DictConfig):
     """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing overrides."""
     from wbc.evaluation.runs import postprocess_overrides
     from wbc.rundir import is_sweep_dir
+    from wbc.scale import ScaleOptions
 
     overrides = postprocess_overrides(cfg.get("postprocess"))
+    scale = ScaleOptions(cfg.get("scale", "auto"), cfg.get("diameter"), cfg.get("pixel_size_um"), cfg.get("tile_overlap", 0.25), cfg.get("tile_batch", 8))
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 
-        return pipeline_from_export(cfg.onnx, cfg.device, overrides)
+        return pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale)
     runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
     segmenter = cfg.segmenter or runs
     classifier = cfg.classifier or runs
@@ -44,20 +48,22 @@ def build_pipeline(cfg: DictConfig):
     if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
         log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
         classifier = None
-    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides)
+    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale)
 
 
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
     from wbc.cells import CropSpec
-    from wbc.predict_io import list_inputs, predict_images
+    from wbc.predict_io import check_output_dir, list_inputs, predict_images
 
     files = list_inputs(cfg.input)
+    out_dir = Path(cfg.paths.output_dir)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_output_dir(out_dir, overwrite)  # before loading the models; predict_images checks again under its lock
     pipe = build_pipeline(cfg)
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
-    out_dir = Path(cfg.paths.output_dir)
-    rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"))
+    rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"), overwrite=overwrite)
     msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
     if failures:
         msg += f"; {len(failures)} skipped: " + ", ".join(Path(f["image"]).name for f in failures)

@@ -24,12 +24,54 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     from wbc.stages import run_stage
 
+    check_not_finished(cfg, Path(cfg.paths.output_dir))
     L.seed_everything(cfg.seed, workers=True)
     metrics, objects = run_stage(cfg, Path(cfg.paths.output_dir))
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and k.startswith(("test/", "pipeline/"))}
     log.info("Final test metrics: %s", shown)
     print(f"\nFinal test metrics ({cfg.stage}): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
     return metrics, objects
+
+
+def _epochs_done(path: Path) -> tuple[int, int] | None:
+    """(epochs Lightning counts as done, global step) of a checkpoint; None when it cannot tell
+    (fit's own checks report unreadable files)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]), int(ckpt["global_step"])
+    except Exception:  # noqa: BLE001 - not ours to report here
+        return None
+
+
+def check_not_finished(cfg: DictConfig, out: Path) -> None:
+    """Resuming a checkpoint that already reached trainer.max_epochs / max_steps trains nothing, and
+    the run would end without its validation metrics (a KeyError on optimized_metric): say so first."""
+    if not cfg.get("train", True) or cfg.stage == "pipeline" or cfg.trainer.get("fast_dev_run"):
+        return  # a pipeline resumes each stage from its own last.ckpt (wbc.stages)
+    last = out / "checkpoints" / "last.ckpt"
+    resumed = cfg.get("resume") and not cfg.get("ckpt_path") and last.is_file() and not (out / "metrics.json").is_file()
+    ckpt = Path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else last if resumed else None
+    done = _epochs_done(ckpt) if ckpt is not None and ckpt.is_file() else None
+    if done is None:
+        return
+    epochs, step = done
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps") or -1
+    if max_epochs is None and max_steps == -1:
+        max_epochs = 1000  # Lightning's default
+    if max_steps > 0 and step >= max_steps:
+        reached = f"its {step} steps reach trainer.max_steps={max_steps}"
+    elif max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
+        reached = f"its {epochs} epoch(s) reach trainer.max_epochs={max_epochs}"
+    else:
+        return
+    where = f"ckpt_path={ckpt}" if cfg.get("ckpt_path") else f"resume=true: {out} (no metrics.json: it stopped after training)"
+    raise ValueError(
+        f"{where}: this run already finished training ({reached}), so there is nothing to resume. Raise "
+        f"trainer.max_epochs to train on, or test and score it: python train.py train=false ckpt_path={ckpt} "
+        "(or python evaluate.py ckpt_path=<its run dir>)"
+    )
 
 
 def _hydra_job() -> tuple[bool, bool, object, list[str]]:

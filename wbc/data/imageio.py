@@ -3,34 +3,134 @@
 8/16-bit, grey, RGB, RGBA, palette, BMP/PNG/TIFF/JPEG are normalised to uint8 RGB. Corrupt,
 truncated, empty and non-image files raise `ImageReadError` naming the file, instead of the
 None / partial array / deep traceback the underlying decoders give.
+
+Pixel limit (decompression bombs): the one check is `check_pixels`, on the width x height read from
+the header before anything is decoded. Training/evaluation (`data.max_pixels`, through the manifest's
+samples) and predict (`max_pixels`, via predict_io.check_file) both use it; `None` means
+`DEFAULT_MAX_PIXELS`.
 """
 
 from __future__ import annotations
 
+import numbers
+import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # decompression-bomb guard, far above microscope fields
+# Predicting one image costs ~1 GB of process baseline + ~120 bytes per pixel at full resolution
+# (RGB uint8, preprocessed copies, float32 probability maps, distance transform, int32 watershed
+# labels, overlay), measured: 4 MP -> 1.4 GB, 16 MP -> 2.9 GB, 25 MP -> 4 GB / 75 s on one CPU
+# thread. 20 MP keeps one image under ~3.5 GB and ~1 min and still admits a 5472x3648 camera frame;
+# larger images (whole slides) must be tiled.
+DEFAULT_MAX_PIXELS = 20_000_000
+# PIL's own guard (it refuses twice this) stays as a hard ceiling far above any sensible max_pixels;
+# its warning is ignored below because `check_pixels` decides.
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class ImageReadError(ValueError):
     """A file that should be an image cannot be decoded."""
 
 
-def decode_raw(path: Path) -> np.ndarray:
+def pixel_limit(max_pixels: int | float | None, setting: str = "data.max_pixels") -> int:
+    """The limit in force: `None` -> DEFAULT_MAX_PIXELS; anything but a positive whole number is an error."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    ok = isinstance(max_pixels, numbers.Real) and not isinstance(max_pixels, bool) and float(max_pixels).is_integer()
+    if not ok or max_pixels <= 0:
+        raise ValueError(f"{setting}={max_pixels!r}: expected a positive whole number of pixels, or null for {DEFAULT_MAX_PIXELS}")
+    return int(max_pixels)
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int | None, setting: str = "data.max_pixels", pixels: int | None = None) -> None:
+    """Refuse an image whose header promises more than the limit, before it is decoded."""
+    limit = pixel_limit(max_pixels, setting)
+    n = width * height if pixels is None else pixels
+    if n > limit:
+        dims = f"{width}x{height}" if n == width * height else f"{width}x{height} x {n // max(1, width * height)} pages"
+        raise ImageReadError(
+            f"{path}: {dims} = {n} pixels exceeds the limit max_pixels={limit} ({setting}); "
+            f"raise {setting} if this machine has the memory, or tile / downscale the image first"
+        )
+
+
+def _bomb_error(path: Path, err: Exception, max_pixels: int | None, setting: str) -> ImageReadError:
+    """PIL's DecompressionBombError (beyond its hard ceiling) as our message, with the pixel count."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    count = f"{found.group(1)} pixels" if found else "more pixels than PIL allows"
+    return ImageReadError(
+        f"{path}: {count} exceeds the limit max_pixels={pixel_limit(max_pixels, setting)} ({setting}) and PIL's "
+        f"decompression-bomb ceiling of {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; tile or downscale the image first"
+    )
+
+
+def _tiff_header(tif: Any) -> tuple[int, int, int]:
+    """(width, height, pixels) of a tifffile.TiffFile's first series: pages x height x width, samples
+    not counted."""
+    page = tif.pages[0]
+    series = tif.series[0]
+    return int(page.imagewidth), int(page.imagelength), int(series.size) // max(1, int(page.samplesperpixel))
+
+
+def header_size(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> tuple[int, int, int]:
+    """(width, height, pixels) from the file header (PIL, else tifffile for TIFFs); nothing is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size[0], im.size[1], im.size[0] * im.size[1]
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err, max_pixels, setting) from err
+    except Exception as err:  # noqa: BLE001 - an unreadable header is reported like any bad file
+        if path.suffix.lower() in TIFF_SUFFIXES:  # TIFFs PIL cannot open are read by tifffile
+            try:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    return _tiff_header(tif)
+            except Exception:  # noqa: BLE001 - report PIL's message below
+                pass
+        raise ImageReadError(f"{path}: cannot read the image header ({err}); truncated or not an image file") from err
+
+
+def check_image_size(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> tuple[int, int]:
+    """(width, height) of an image within the limit (read from the header); else ImageReadError."""
+    limit = pixel_limit(max_pixels, setting)
+    w, h, n = header_size(path, limit, setting)
+    check_pixels(path, w, h, limit, setting, n)
+    return w, h
+
+
+def _read_tiff(path: Path, max_pixels: int | None, setting: str) -> np.ndarray:
+    """tifffile's decode (what PIL cannot open), after the same pixel check on its header."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        w, h, n = _tiff_header(tif)
+        check_pixels(path, w, h, max_pixels, setting, n)
+        return np.asarray(tif.asarray())
+
+
+def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+    """The decoded array as stored; files over `max_pixels` (None = DEFAULT_MAX_PIXELS) are refused
+    from their header, before decoding."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file (a folder?); expected an image file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
+    limit = pixel_limit(max_pixels, setting)  # a bad setting is a config error, not a bad file
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
             with Image.open(path) as im:
+                check_pixels(path, im.size[0], im.size[1], limit, setting)
                 im.load()  # forces a full decode: truncated files raise here
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -39,14 +139,18 @@ def decode_raw(path: Path) -> np.ndarray:
                 elif im.mode == "LA":
                     im = im.convert("L")
                 return np.asarray(im)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise _bomb_error(path, err, limit, setting) from err
     except PermissionError as err:
         raise ImageReadError(f"{path}: cannot be read ({err.strerror or err}); check the file's permissions") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if path.suffix.lower() in {".tif", ".tiff"}:
+        if path.suffix.lower() in TIFF_SUFFIXES:
             try:
-                import tifffile
-
-                return np.asarray(tifffile.imread(path))
+                return _read_tiff(path, limit, setting)
+            except ImageReadError:
+                raise
             except Exception:  # noqa: BLE001 - report the original decoder's message below
                 pass
         raise ImageReadError(f"{path}: cannot decode as an image ({err}); truncated or not an image file") from err
@@ -66,10 +170,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return (arr * scale).round().clip(0, 255).astype(np.uint8)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read any supported image as HxWx3 uint8 RGB (grey is replicated, alpha dropped)."""
+def read_rgb(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+    """Read any supported image as HxWx3 uint8 RGB (grey is replicated, alpha dropped); images over
+    `max_pixels` (None = DEFAULT_MAX_PIXELS; `setting` names the config key) are refused undecoded."""
     path = Path(path)
-    arr = decode_raw(path)
+    arr = decode_raw(path, max_pixels, setting)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -83,10 +188,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(arr))
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask with its raw values: HxW (grey) or HxWx3 (colour-coded); alpha dropped."""
+def read_mask(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+    """Read a mask with its raw values: HxW (grey) or HxWx3 (colour-coded); alpha dropped; the
+    same pixel limit as `read_rgb`."""
     path = Path(path)
-    arr = decode_raw(path)
+    arr = decode_raw(path, max_pixels, setting)
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
     if arr.ndim == 3 and arr.shape[2] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():

@@ -9,14 +9,20 @@ Mask values are decoded through a `MaskEncoding` taken from config, into one lab
 0 = background, 1 = cytoplasm, 2 = nucleus. Every problem found is reported in one
 `ManifestError` that names the file (or key) and says what was expected; nothing is dropped
 silently.
+
+Paths: every listed file must resolve (symlinks and `..` followed) inside the data root unless
+`allow_outside_root` (data.allow_outside_root), and one real file listed twice (`images/x.png` and
+`images/../images/x.png`) is an error: it would otherwise land on both sides of a split. Samples
+carry the data config's pixel limit (data.max_pixels), so every reader of a sample applies it.
 """
 
 from __future__ import annotations
 
 import csv
-from collections import Counter
+import os
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
 LABEL_NAMES = ("background", "cytoplasm", "nucleus")
 IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 REQUIRED_COLUMNS = ("image", "mask", "class_name")
+PATH_COLUMNS = ("image", "mask", "instances")
 
 
 class ManifestError(ValueError):
@@ -44,6 +51,8 @@ class Sample:
     class_name: str
     group: str | None = None
     instances: Path | None = None
+    # data.max_pixels (None = wbc.data.imageio.DEFAULT_MAX_PIXELS): applied wherever the sample is decoded
+    max_pixels: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -140,30 +149,58 @@ class Manifest:
         return {s.id: s for s in self.samples}
 
 
-def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = None) -> list[Sample]:
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], root: Path, allow_outside_root: bool) -> tuple[list[str], list[str]]:
+    """(duplicates, outside-root problems) of the listed files, compared by their real paths.
+
+    `entries` are (where, sample, {column: path as written}); `where` names the row or file."""
+    root_real = _real(root)
+    by_real: defaultdict[Path, list[tuple[str, str]]] = defaultdict(list)
+    outside = []
+    for where, sample, written in entries:
+        by_real[_real(sample.image)].append((where, written["image"]))
+        for column in PATH_COLUMNS:
+            path = getattr(sample, column)
+            real = _real(path) if path is not None else None
+            if real is not None and not allow_outside_root and not real.is_relative_to(root_real):
+                outside.append(
+                    f"{where}: {column} {written[column]!r} resolves to {real}, outside data.root={root_real} "
+                    "(keep the files under data.root, or set data.allow_outside_root=true)"
+                )
+    groups = [rows for rows in by_real.values() if len(rows) > 1]
+    dupes = []
+    if groups:
+        detail = "; ".join(" and ".join(f"{w} {name!r}" for w, name in rows) + " are one file" for rows in groups[:5])
+        dupes.append(
+            f"duplicate rows for image(s) {[rows[0][1] for rows in groups[:5]]} ({len(groups)} in all): {detail}; "
+            "each image must appear once"
+        )
+    return dupes, outside
+
+
+def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = None, allow_outside_root: bool = False) -> list[Sample]:
     path = root / csv_name
     if not path.is_file():
         raise ManifestError(f"{path}: labels file not found; expected a CSV with columns {list(REQUIRED_COLUMNS)} (layout=csv)")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel's UTF-8 CSV) is not part of 'image'
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ManifestError(f"{path}: missing columns {missing}; found {columns}, expected at least {list(REQUIRED_COLUMNS)}")
-        rows = list(reader)
+        rows = [(reader.line_num, row) for row in reader]  # line numbers before filtering, as an editor shows them
     for column, wanted in (filters or {}).items():  # e.g. data.filters.subset=dataset1
         if column not in columns:
             raise ManifestError(f"data.filters.{column}: {path} has no column {column!r}; columns are {columns}")
         allowed = {str(w) for w in (wanted if isinstance(wanted, list | tuple) else [wanted])}
-        rows = [r for r in rows if r[column] in allowed]
+        rows = [(n, r) for n, r in rows if r[column] in allowed]
     if not rows:
         raise ManifestError(f"{path}: no rows{' after data.filters' if filters else ''}; expected one row per image")
-    problems, samples = [], []
-    seen: Counter[str] = Counter(r["image"] for r in rows)
-    dupes = sorted(k for k, n in seen.items() if n > 1)
-    if dupes:
-        problems.append(f"duplicate rows for image(s) {dupes[:5]} ({len(dupes)} in all); each image must appear once")
-    for line, row in enumerate(rows, start=2):
+    problems, samples, entries = [], [], []
+    for line, row in rows:
         if not row.get("image") or not row.get("class_name"):
             problems.append(f"line {line}: empty 'image' or 'class_name'")
             continue
@@ -171,22 +208,25 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
         sample_id = (row.get("image_id") or "").strip() or Path(row["image"]).with_suffix("").as_posix()
         if "subset" in row and row.get("subset") and row.get("image_id"):
             sample_id = f"{row['subset']}/{row['image_id']}"
-        samples.append(
-            Sample(
-                id=sample_id,
-                image=image,
-                mask=(root / row["mask"]) if row.get("mask") else None,
-                class_name=row["class_name"].strip(),
-                group=(row.get("group") or "").strip() or None,
-                instances=(root / row["instances"]) if row.get("instances") else None,
-            )
+        sample = Sample(
+            id=sample_id,
+            image=image,
+            mask=(root / row["mask"]) if row.get("mask") else None,
+            class_name=row["class_name"].strip(),
+            group=(row.get("group") or "").strip() or None,
+            instances=(root / row["instances"]) if row.get("instances") else None,
         )
+        samples.append(sample)
+        entries.append((f"line {line}", sample, {c: row.get(c) or "" for c in PATH_COLUMNS}))
+    dupes, outside = _path_problems(entries, root, allow_outside_root)
+    problems = dupes + problems + outside
     if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems))
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ManifestError(f"{path}: " + "; ".join(shown))
     return samples
 
 
-def _read_folders(root: Path) -> list[Sample]:
+def _read_folders(root: Path, allow_outside_root: bool = False) -> list[Sample]:
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():
         raise ManifestError(f"{images_dir}: not found; layout=folders expects images/<class>/<file> and masks/<class>/<file>")
@@ -198,6 +238,15 @@ def _read_folders(root: Path) -> list[Sample]:
             samples.append(Sample(id=f"{class_dir.name}/{image.stem}", image=image, mask=mask, class_name=class_dir.name))
     if not samples:
         raise ManifestError(f"{images_dir}: no images found in class sub-folders (extensions {list(IMAGE_EXTENSIONS)})")
+    entries = [
+        (str(s.image.relative_to(root)), s, {"image": str(s.image.relative_to(root)), "mask": str(s.mask.relative_to(root)), "instances": ""})
+        for s in samples
+    ]
+    dupes, outside = _path_problems(entries, root, allow_outside_root)  # symlinked files and class folders
+    if dupes or outside:
+        problems = dupes + outside
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ManifestError(f"{root} (folders layout): " + "; ".join(shown))
     return samples
 
 
@@ -209,22 +258,26 @@ def read_manifest(
     drop_classes: Iterable[str] = (),
     require_masks: bool = True,
     filters: Mapping[str, Any] | None = None,
+    allow_outside_root: bool = False,
+    max_pixels: int | None = None,
 ) -> Manifest:
     """Read and check a dataset's listing (files are decoded later, by `load_sample`).
 
-    `filters` keeps CSV rows whose column value is listed (e.g. `{"subset": ["dataset1"]}`)."""
+    `filters` keeps CSV rows whose column value is listed (e.g. `{"subset": ["dataset1"]}`);
+    `allow_outside_root` accepts files outside `root`; `max_pixels` (None = imageio's default) is
+    the pixel limit every sample is decoded with."""
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"data.root={root}: folder not found; set data.root (or the WBC_DATA_DIR / WBC_SHARED_DATA env var)")
     if layout == "csv":
-        samples = _read_csv(root, csv_name, filters)
+        samples = _read_csv(root, csv_name, filters, allow_outside_root)
     elif layout == "folders":
-        samples = _read_folders(root)
+        samples = _read_folders(root, allow_outside_root)
     else:
         raise ManifestError(f"data.layout must be 'csv' or 'folders', got {layout!r}")
     drop = set(drop_classes)
     dropped = Counter(s.class_name for s in samples if s.class_name in drop)
-    samples = [s for s in samples if s.class_name not in drop]
+    samples = [replace(s, max_pixels=max_pixels) for s in samples if s.class_name not in drop]
     found = sorted({s.class_name for s in samples})
     if classes is None:
         classes = found
@@ -253,10 +306,10 @@ def read_manifest(
 def load_sample(sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode one sample -> (RGB uint8 image, label map uint8 or None); errors name the file."""
     try:
-        image = read_rgb(sample.image)
+        image = read_rgb(sample.image, sample.max_pixels)
         if sample.mask is None:
             return image, None
-        raw = read_mask(sample.mask)
+        raw = read_mask(sample.mask, sample.max_pixels)
     except ImageReadError as err:
         raise ManifestError(str(err)) from err
     if raw.shape[:2] != image.shape[:2]:
@@ -272,7 +325,7 @@ def load_instances(sample: Sample) -> np.ndarray | None:
     if sample.instances is None:
         return None
     try:
-        arr = decode_raw(sample.instances)
+        arr = decode_raw(sample.instances, sample.max_pixels)
     except ImageReadError as err:
         raise ManifestError(str(err)) from err
     if arr.ndim != 2:

@@ -8,6 +8,8 @@ on the training subset only.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import numbers
@@ -206,11 +208,30 @@ def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fractio
         validate_splits(splits, ids, str(path))
         return splits
     splits = make_splits(ids, labels, groups, test_fraction, k, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(splits, indent=1))
-    os.replace(tmp, path)  # atomic: parallel fold jobs never read a half-written file
+    write_splits(path, splits)
     return splits
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_splits(path: Path, splits: dict) -> None:
+    """Write atomically (parallel fold jobs never read a half-written file); a folder that cannot be
+    written (a read-only data mount) is one error pointing at data.splits.dir."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(splits, indent=1))
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in READ_ONLY_ERRNOS:
+            raise
+        with contextlib.suppress(OSError):  # a half-written temp file, if the write got that far
+            tmp.unlink(missing_ok=True)
+        raise SplitError(
+            f"{path.parent} is read-only ({err.strerror or err}): cannot write the split file {path.name} there; "
+            "set data.splits.dir=<a writable folder> (split files are written next to the data unless it is set)"
+        ) from err
 
 
 def fold_ids(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]]:

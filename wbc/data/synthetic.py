@@ -109,6 +109,35 @@ def render_image(spec: SyntheticSpec, index: int, class_name: str, slide_stain: 
     return rgb, mask, inst
 
 
+def render_field(spec: SyntheticSpec, index: int, grid: tuple[int, int] = (4, 4), scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A full microscope field for full-field inference tests and benchmarks: a rows x cols mosaic
+    of consecutive synthetic images (classes cycling), each resized by `scale` (0.5 = cells half the
+    training size), as the issue's "smear fields tiled into one image". -> (rgb, mask, instances)
+    like :func:`render_image`, instance ids unique over the field."""
+    rows, cols = grid
+    if rows < 1 or cols < 1 or not scale > 0:
+        raise ValueError(f"grid must be >= (1, 1) and scale > 0, got {grid}, {scale}")
+    side = max(8, round(spec.image_size * scale))
+    rgb = np.zeros((rows * side, cols * side, 3), np.uint8)
+    mask = np.zeros(rgb.shape[:2], np.uint8)
+    inst = np.zeros(rgb.shape[:2], np.uint32)
+    next_id = 0
+    for t in range(rows * cols):
+        i = index + t
+        img, m, ins = render_image(spec, i, CLASS_NAMES[i % len(CLASS_NAMES)])
+        if side != spec.image_size:
+            img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            m = cv2.resize(m, (side, side), interpolation=cv2.INTER_NEAREST)
+            ins = cv2.resize(ins.astype(np.uint16), (side, side), interpolation=cv2.INTER_NEAREST)
+        y, x = (t // cols) * side, (t % cols) * side
+        rgb[y : y + side, x : x + side] = img
+        mask[y : y + side, x : x + side] = m
+        ins = ins.astype(np.uint32)
+        inst[y : y + side, x : x + side] = np.where(ins > 0, ins + next_id, 0)
+        next_id += int(ins.max())
+    return rgb, mask, inst
+
+
 # ----------------------------------------------------------------------------- files
 def _spec_dict(spec: SyntheticSpec) -> dict:
     return json.loads(json.dumps(asdict(spec)))

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
-from wbc.rundir import STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
+from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
 from wbc.stages import PIPELINE, Stage, get_stage
+from wbc.targets import check_targets
 
 log = logging.getLogger("wbc")
 
@@ -54,6 +55,8 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
                 "pass data=<config> (e.g. data=synthetic)"
             )
         data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(run_cfg).data, resolve=True))
+        # a run dir is a file anyone can hand over: its data node is instantiated, so only allowlisted targets
+        check_targets(data_cfg, str(Path(run_dir) / CONFIG), "data")
     for key in ("image_size", "preprocess", "target"):
         if data_info and key in data_info and data_cfg.get(key) != data_info[key]:
             if data is not None:

@@ -1,0 +1,133 @@
+"""Full-field inference: sliding windows at the training scale (wbc.tiling, wbc.scale, CellPipeline).
+
+A stand-in segmenter whose nucleus probability is a pointwise function of the pixel (dark = nucleus)
+makes the expected masks exact, so tiling, seams, scale choice and memory are tested without training."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wbc.ensemble import AttributeDict
+from wbc.inference import CellPipeline
+from wbc.scale import ScaleOptions, choose_scale, training_scale
+from wbc.tiling import gaussian_weight, sliding_window, tile_starts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DarkSegmenter(torch.nn.Module):
+    """probability = 1 - brightness, per pixel (no context): tiled == single pass, exactly."""
+
+    def __init__(self, image_size: int = 64, diameter: float = 12.0, resize_factor: float = 1.0, source: int = 64) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        scale = {"nucleus_diameter": diameter, "resize_factor": resize_factor, "source_size": [source, source], "network_pixel_size_um": None}
+        info = {"image_size": image_size, "preprocess": {"grayscale": False, "clahe": False}, "scale": scale,
+                "postprocess": {"min_area": 4, "min_peak_radius": 4.0, "min_distance": 4}}
+        self.hparams = AttributeDict(data_info=info, stage="segmentation")
+        self.calls = 0
+
+    def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return 1 - x.mean(1, keepdim=True)
+
+
+def smear(h: int, w: int, discs: list[tuple[int, int, int]]) -> np.ndarray:
+    """Light background with dark discs (cy, cx, r)."""
+    img = np.full((h, w, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx, r in discs:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 40
+    return img
+
+
+def test_tile_starts_cover_the_image_with_the_requested_overlap() -> None:
+    for length, tile, overlap in ((300, 64, 0.25), (64, 64, 0.5), (1000, 128, 0.5), (129, 128, 0.25)):
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
+        assert all(b - a <= tile * (1 - overlap) + 1 for a, b in zip(starts, starts[1:]))
+    w = gaussian_weight(64)
+    assert w.max() == pytest.approx(1.0) and w.min() > 0 and w[32, 32] > w[0, 0]
+
+
+def test_tiled_equals_single_pass_on_an_image_that_fits_one_tile() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1), torch.nn.Sigmoid())
+    x = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        direct = net(x[None])[0, 0].numpy()
+    np.testing.assert_allclose(sliding_window(net, x, 64, 0.5), direct, atol=1e-6)
+    # smaller than a tile: padded, then cut back
+    assert sliding_window(net, x[:, :40, :50], 64).shape == (40, 50)
+
+
+def test_a_cell_on_a_tile_seam_is_one_instance_and_memory_is_bounded_by_the_batch() -> None:
+    seg = DarkSegmenter(image_size=64, diameter=12.0, source=64)
+    pipe = CellPipeline(seg, None, scale=ScaleOptions(scale=1.0, overlap=0.25, batch=4))
+    # tiles of 64 at step 48: a seam region around x = 48..64; the disc straddles it
+    img = smear(200, 300, [(100, 56, 9), (40, 200, 7)])
+    res = pipe(img)
+    assert len(res.instances) == 2 and pipe.last_scale.factor == 1.0
+    whole = 1 - img.mean(2) / 255.0
+    np.testing.assert_allclose(res.prob, whole, atol=1e-5)  # seams are invisible: the stitched map is the pointwise one
+    assert seg.calls == int(np.ceil(len(tile_starts(200, 64, 0.25)) * len(tile_starts(300, 64, 0.25)) / 4))
+
+
+def test_scale_auto_finds_half_scale_on_a_2x_upscaled_image() -> None:
+    """Training nuclei are 12 network px at resize factor 1; an image whose nuclei are 24 px wants ~0.5."""
+    seg = DarkSegmenter(image_size=64, diameter=12.0, resize_factor=1.0, source=64)
+    discs = [(y, x, 12) for y in range(40, 400, 80) for x in range(40, 600, 80)]
+    pipe = CellPipeline(seg, None)  # scale=auto by default
+    res = pipe(smear(400, 600, discs))
+    assert pipe.last_scale.factor == pytest.approx(0.5, rel=0.15), pipe.last_scale
+    assert pipe.last_scale.how.startswith("auto") and len(res.instances) == len(discs)
+    # the crop follows the scale: 2 image px per training px
+    spec, post = pipe.scaled_for_image()
+    assert spec.size == pytest.approx(pipe.crop_spec.size * 2, rel=0.2) and post.min_area > 4
+
+
+def test_images_like_the_training_ones_keep_the_single_pass_path() -> None:
+    info = {"image_size": 128, "scale": {"nucleus_diameter": 20.0, "source_size": [257, 257], "resize_factor": 0.5}}
+    assert choose_scale((257, 257), info).factor is None  # e.g. ALL-IDB2 at image_size 256: unchanged figures
+    assert choose_scale((300, 300), info).factor is None
+    assert choose_scale((2000, 2000), info, measure=lambda f: np.full(5, 40.0)).factor == pytest.approx(0.5)
+    assert choose_scale((100, 100), info, diameter=10).factor == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        choose_scale((100, 100), info, pixel_size_um=0.2)
+
+
+def test_training_scale_is_measured_in_network_pixels() -> None:
+    labels = np.zeros((200, 200), np.int32)
+    yy, xx = np.mgrid[:200, :200]
+    labels[(yy - 100) ** 2 + (xx - 100) ** 2 <= 20**2] = 1
+    sc = training_scale([(labels, (200, 200))], image_size=100, pixel_size_um=0.25)
+    assert sc["nucleus_diameter"] == pytest.approx(20, rel=0.05)  # 40 px at half size
+    assert sc["resize_factor"] == pytest.approx(0.5) and sc["network_pixel_size_um"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_a_4000x3000_field_stays_in_bounded_memory(tmp_path: Path) -> None:
+    """Peak RSS of a 4000 x 3000 inference (stand-in network, tiles of 128): under 2.5 GB."""
+    code = f"""
+import resource, sys, numpy as np, torch
+sys.path.insert(0, {str(ROOT)!r})
+from tests.test_full_field import DarkSegmenter, smear
+from wbc.ensemble import AttributeDict
+from wbc.inference import CellPipeline
+from wbc.scale import ScaleOptions
+img = smear(3000, 4000, [(y, x, 10) for y in range(50, 3000, 300) for x in range(50, 4000, 300)])
+pipe = CellPipeline(DarkSegmenter(image_size=128, diameter=20.0), None, scale=ScaleOptions(scale=1.0, batch=8))
+res = pipe(img)
+print(len(res.instances), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells, peak_mb = (int(v) for v in proc.stdout.split()[-2:])
+    assert cells == 10 * 14
+    assert peak_mb < 2500, f"peak RSS {peak_mb} MB"
