@@ -131,3 +131,48 @@ print(len(res.instances), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 
     cells, peak_mb = (int(v) for v in proc.stdout.split()[-2:])
     assert cells == 10 * 14
     assert peak_mb < 2500, f"peak RSS {peak_mb} MB"
+
+
+def test_a_dataset_of_big_fields_is_evaluated_on_the_tiled_path(trained_run, make_eval_cfg, tmp_path: Path, monkeypatch) -> None:
+    """A segmenter trained on 64 px images (network 32 px) scored on 2 x 2 mosaics (128 px fields):
+    evaluate.py takes predict's tiled at-scale path for them and scores at full resolution."""
+    import csv
+
+    import cv2
+
+    from wbc.cli import evaluate
+    from wbc.data.synthetic import SyntheticSpec, render_field
+
+    root = tmp_path / "fields"
+    for sub in ("images", "masks", "instances"):
+        (root / sub).mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        rgb, mask, inst = render_field(SyntheticSpec(image_size=64, seed=3), 4 * i, (2, 2))
+        name = f"f{i:02d}.png"
+        cv2.imwrite(str(root / "images" / name), rgb[..., ::-1])
+        cv2.imwrite(str(root / "masks" / name), mask)
+        cv2.imwrite(str(root / "instances" / name), inst.astype(np.uint16))
+        rows.append({"image": f"images/{name}", "mask": f"masks/{name}", "instances": f"instances/{name}",
+                     "class_name": ["lymphoblast", "neutrophil", "promyelocyte"][i % 3], "group": f"g{i}"})
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run, _, objects = trained_run
+    assert objects["model"].hparams.data_info["scale"]["source_size"] == [64, 64]
+    cfg = make_eval_cfg(run, "data=synthetic_tiny", f"data.root={root}", "data.generator=null", "data.name=fields",
+                        f"data.splits.dir={tmp_path / 'splits'}", "data.splits.use_groups=false")
+    tiled = []
+    original = CellPipeline.segment_preprocessed
+
+    def spy(self, pre):
+        prob = original(self, pre)
+        tiled.append(self.last_scale)
+        return prob
+
+    monkeypatch.setattr(CellPipeline, "segment_preprocessed", spy)
+    metrics, out = evaluate.evaluate(cfg)
+    cases = out["summary"]["metric_per_case"]
+    assert cases and all(c["size"] == [128, 128] for c in cases) and np.isfinite(metrics["test/dice_post"])
+    assert len(tiled) == len(cases) and all(t.factor is not None and t.how.startswith("auto") for t in tiled)

@@ -86,14 +86,19 @@ class CellPipeline:
         """Nucleus probability at the image's resolution: one pass over the image resized to the
         network square when it is no larger than the training images, else sliding windows over the
         image put at the training scale (wbc.scale); `last_scale` says which and why."""
-        pre = self.seg_pre(rgb)
+        return self.segment_preprocessed(self.seg_pre(rgb))
+
+    @torch.no_grad()
+    def segment_preprocessed(self, pre: np.ndarray) -> np.ndarray:
+        """`segment` of an image already through the segmenter's preprocessing (the DataModules'
+        cached images: evaluate.py scores big fields with this very code)."""
         o = self.scale
         self.last_scale = choose_scale(pre.shape[:2], self.seg_info, o.scale, o.diameter, o.pixel_size_um, lambda f: self._diameters(pre, f))
         if self.last_scale.factor is None:
             x = to_tensor(self.seg_resize(image=pre)["image"])[None].to(self.device)
             prob = self.segmenter.predict_probability(x)[0, 0].float().cpu().numpy()
-            return resize_prob(prob, rgb.shape[:2])
-        return resize_prob(self._tiled(pre, self.last_scale.factor), rgb.shape[:2])
+            return resize_prob(prob, pre.shape[:2])
+        return resize_prob(self._tiled(pre, self.last_scale.factor), pre.shape[:2])
 
     def _tiled(self, pre: np.ndarray, factor: float) -> np.ndarray:
         """Sliding-window probability of `pre` resized by `factor` (at the network's scale)."""

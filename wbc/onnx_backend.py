@@ -32,24 +32,17 @@ OPSET = 17
 FORMAT_VERSION = 1
 
 
-class _SegmenterHead(torch.nn.Module):
-    """net + the module's own logits -> nucleus probability (sigmoid, or the softmax nucleus channel)."""
+class _ProbabilityHead(torch.nn.Module):
+    """The module's own probability method (`probability`: nucleus probability via sigmoid or the
+    softmax nucleus channel; `probabilities`: class softmax), test-time flips included, as one graph."""
 
-    def __init__(self, module) -> None:
+    def __init__(self, module, method: str) -> None:
         super().__init__()
         self.module = module
+        self.method = method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.probability(x)  # includes test-time flips when the model uses them
-
-
-class _ClassifierHead(torch.nn.Module):
-    def __init__(self, module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.probabilities(x)  # includes test-time flips when the model uses them
+        return getattr(self.module, self.method)(x)
 
 
 def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
@@ -86,7 +79,7 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
     seg_info = dict(segmenter.hparams.get("data_info") or {})
     seg_shape = _input_shape(seg_info)
-    _export(_SegmenterHead(segmenter), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
+    _export(_ProbabilityHead(segmenter, "probability"), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
     meta["segmenter"] = {
         "file": "segmenter.onnx",
         "stage": segmenter.hparams.get("stage", "segmentation"),
@@ -98,7 +91,7 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
         cls_info = dict(classifier.hparams.get("data_info") or {})
         crop_size = int((cls_info.get("crops") or {}).get("image_size") or cls_info.get("image_size") or 64)
         cls_shape = _input_shape({**cls_info, "image_size": crop_size}, batch=2)
-        _export(_ClassifierHead(classifier), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
+        _export(_ProbabilityHead(classifier, "probabilities"), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
         meta["classifier"] = {
             "file": "classifier.onnx",
             "stage": classifier.hparams.get("stage", "classification"),

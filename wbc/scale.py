@@ -80,6 +80,14 @@ def measure_training_scale(datamodule, pixel_size_um: float | None = None) -> di
     return training_scale(pairs(), int(datamodule.image_size), pixel_size_um)
 
 
+def fits_training_size(shape: tuple[int, int], info: dict) -> bool:
+    """Whether an image (H, W) is no larger than the training images (x SINGLE_PASS_TOLERANCE):
+    then scale=auto keeps the single pass every figure on the training sets was measured with."""
+    tile = int(info.get("image_size") or 128)
+    src = max((info.get("scale") or {}).get("source_size") or [tile])
+    return max(shape) <= SINGLE_PASS_TOLERANCE * max(tile, src)
+
+
 @dataclass(frozen=True)
 class ScaleOptions:
     """What the user asked for (predict.py / the web app: `scale`, `diameter`, `pixel_size_um`,
@@ -112,7 +120,6 @@ def choose_scale(
 ) -> ScaleChoice:
     """The factor for an image of `shape` (H, W) given the segmenter's data_info. `measure(f)`
     returns nucleus diameters (image px) found at factor f (used by scale=auto)."""
-    tile = int(info.get("image_size") or 128)
     sc = dict(info.get("scale") or {})
     target = sc.get("nucleus_diameter")
     if scale == "single":
@@ -134,10 +141,9 @@ def choose_scale(
         if not net_um:
             raise ValueError("pixel_size_um=...: the training data stated no data.pixel_size_um; use diameter=<nucleus px> or scale=auto")
         return ScaleChoice(float(pixel_size_um) / float(net_um), f"pixel_size_um={float(pixel_size_um):g} (given) / network {net_um:.3g} µm")
-    src = max(sc.get("source_size") or [tile])
-    if max(shape) <= SINGLE_PASS_TOLERANCE * max(tile, src) or not target or measure is None:
+    if fits_training_size(shape, info) or not target or measure is None:
         return ScaleChoice(None, "single pass: the image is no larger than the training images")
-    base = float(sc.get("resize_factor") or tile / max(shape))
+    base = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
     best: tuple[float, float, float] | None = None  # (|log ratio|, factor, median diameter in image px)
     for rel in AUTO_LADDER:
         f = base * rel

@@ -158,7 +158,21 @@ def eval_dataset(datamodule, split: str):
 
 
 def predict(module, datamodule, split: str) -> list[np.ndarray]:
-    return predict_probabilities(module, eval_dataset(datamodule, split))
+    """Per image: the network-size probability (images no larger than the training ones, as
+    always), or for a larger field the full-resolution probability of the tiled, at-scale pass
+    predict.py makes (wbc.inference.CellPipeline, scale=auto); scoring resizes both to the truth."""
+    from wbc.inference import CellPipeline
+    from wbc.scale import fits_training_size
+
+    dataset = eval_dataset(datamodule, split)
+    probs = predict_probabilities(module, dataset)
+    info = dict(module.hparams.get("data_info") or {})
+    big = [i for i, it in enumerate(dataset.items) if info.get("scale") and not fits_training_size(it.image.shape[:2], info)]
+    if big:
+        pipe = CellPipeline(module, None, device=next(module.parameters()).device)
+        for i in big:
+            probs[i] = pipe.segment_preprocessed(dataset.items[i].image)
+    return probs
 
 
 def average(member_probs: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
