@@ -133,6 +133,7 @@ print(len(res.instances), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 
     assert peak_mb < 2500, f"peak RSS {peak_mb} MB"
 
 
+@pytest.mark.slow
 def test_a_dataset_of_big_fields_is_evaluated_on_the_tiled_path(trained_run, make_eval_cfg, tmp_path: Path, monkeypatch) -> None:
     """A segmenter trained on 64 px images (network 32 px) scored on 2 x 2 mosaics (128 px fields):
     evaluate.py takes predict's tiled at-scale path for them and scores at full resolution."""
