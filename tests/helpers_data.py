@@ -131,3 +131,16 @@ def disc_pair(size: int = 96, centre: tuple[int, int] = (34, 58), radius: int = 
     cv2.circle(mask, centre, radius, 1, -1)
     img[mask > 0] = (240, 235, 230)
     return img, mask
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height but holds almost no data (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,15 @@ from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.classification import ClassifierModule
 from lightning_modules.common import build, check_resume_checkpoint, load_checkpoint, module_from_checkpoint
 from lightning_modules.segmentation import SegmentationModule
-from tests.helpers_data import cell, grey_mask, make_csv_dataset, truncate, write_image, write_labels
+from tests.helpers_data import (
+    cell,
+    grey_mask,
+    make_csv_dataset,
+    png_header_only,
+    truncate,
+    write_image,
+    write_labels,
+)
 from tests.helpers_models import TINY, DiscSegmenter, compose_cfg, data_infos, save_checkpoint, tiny_modules
 from wbc.data.imageio import read_rgb
 from wbc.data.manifest import ManifestError
@@ -367,15 +373,6 @@ def test_predict_image_smaller_than_crop(tmp_path, disc_pipe):
     assert read_rgb(tmp_path / "out" / "masks" / "small.png").shape[:2] == (20, 20)
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height but holds almost no data (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def test_predict_huge_image_refused_before_decoding(tmp_path, disc_pipe, monkeypatch):
@@ -385,7 +382,7 @@ def test_predict_huge_image_refused_before_decoding(tmp_path, disc_pipe, monkeyp
         raise AssertionError(f"{path} was decoded")
 
     monkeypatch.setattr(wbc.predict_io, "read_rgb", never)
-    path = _png_header_only(tmp_path / "huge.png", 15_000, 12_000)
+    path = png_header_only(tmp_path / "huge.png", 15_000, 12_000)
     rows, failures = predict_images(disc_pipe, [path], tmp_path / "out", max_pixels=100_000_000)
     assert rows == [] and len(failures) == 1
     assert re.search(r"huge\.png: 15000x12000 = 180000000 pixels exceeds the limit max_pixels=100000000 \(predict\.max_pixels\)", failures[0]["error"])

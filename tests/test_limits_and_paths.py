@@ -8,10 +8,8 @@ import errno
 import os
 import pathlib
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from tests.helpers_data import (
     grey_mask,
     make_csv_dataset,
     make_folder_dataset,
+    png_header_only,
     write_image,
     write_labels,
 )
@@ -40,15 +39,6 @@ COLUMNS = ["image", "mask", "class_name", "group"]
 TINY_CLI = ("data=synthetic_tiny", "trainer.max_epochs=1", "logger=csv", "callbacks.rich_progress_bar=null", "extras.print_config=false", "num_overlays=0")
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height but holds almost no data (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def _dm(root: Path, **kw) -> SegmentationDataModule:
@@ -74,7 +64,7 @@ def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("width", "height"), [(15_000, 12_000), (25_000, 20_000), (30_000, 30_000)], ids=["180MP", "500MP", "900MP"])
 @pytest.mark.parametrize("reader", [read_rgb, read_mask], ids=["read_rgb", "read_mask"])
 def test_bomb_header_is_refused_naming_file_count_and_limit(tmp_path, width, height, reader):
-    path = _png_header_only(tmp_path / "bomb.png", width, height)
+    path = png_header_only(tmp_path / "bomb.png", width, height)
     with pytest.raises(ImageReadError) as info:
         reader(path)
     msg = str(info.value)
