@@ -4,6 +4,13 @@ Metrics (torchmetrics, multiclass): accuracy, balanced accuracy (= macro recall)
 per-class precision and recall (`val/recall/<class>`), macro AUROC, and the confusion matrix
 (saved as PNG + CSV at test time, logged as a figure to wandb/TensorBoard).
 Checkpointing and early stopping watch `val/macro_f1`: accuracy rewards predicting the majority class.
+
+Calibration (`model.calibrate`, on by default): at the end of every validation epoch a temperature is
+fitted on that epoch's validation probabilities (wbc.calibration) and kept as a buffer, so each saved
+checkpoint carries the temperature of its own weights, and so does everything that loads it
+(evaluate, predict, the ONNX export, the web app). The same epoch fixes `review_min_probability`:
+the calibrated confidence below which a cell is flagged for review, chosen so that
+`model.review_coverage` of the validation crops stay unflagged.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from torchmetrics.classification import (
 )
 
 from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
+from wbc.calibration import DEFAULT_COVERAGE, fit_temperature, review_threshold
+
+# buffers fitted on validation data; checkpoints written before they existed load with these defaults
+CALIBRATION_BUFFERS = {"temperature": 1.0, "review_min_probability": 0.0}
 
 
 def cls_metrics(num_classes: int) -> MetricCollection:
@@ -68,6 +79,8 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         stage: str = "classification",
         compile: bool = False,
         tta: bool = False,
+        calibrate: bool = True,
+        review_coverage: float = DEFAULT_COVERAGE,
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
@@ -82,6 +95,9 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         self.confusion = torch.nn.ModuleDict({s: MulticlassConfusionMatrix(n) for s in ("val", "test")})
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.init_best()
+        for name, default in CALIBRATION_BUFFERS.items():
+            self.register_buffer(name, torch.tensor(default))
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if compile:
             self.net = torch.compile(self.net)
 
@@ -98,17 +114,40 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Softmax; with `tta`, averaged over the identity and FLIP_DIMS. Validation, test,
-        prediction and the ONNX export all go through here, so they agree."""
-        prob = (self(x) if logits is None else logits).softmax(1)
+    def views(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """V x B x n_classes uncalibrated softmax of each view: the image, and with `tta` its FLIP_DIMS."""
+        first = (self(x) if logits is None else logits).softmax(1)
         if not self.hparams.get("tta"):
-            return prob
-        return (prob + sum(self(x.flip(dims)).softmax(1) for dims in FLIP_DIMS)) / (1 + len(FLIP_DIMS))
+            return first[None]
+        return torch.stack([first, *(self(x.flip(dims)).softmax(1) for dims in FLIP_DIMS)])
+
+    def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None, calibrated: bool = True) -> torch.Tensor:
+        """Softmax (with `tta`, averaged over the views), then the fitted temperature. Validation,
+        test, prediction and the ONNX export all go through here, so they agree."""
+        prob = self.views(x, logits).mean(0)
+        return self.calibrated(prob) if calibrated else prob
+
+    def calibrated(self, prob: torch.Tensor) -> torch.Tensor:
+        """softmax(log p / T): wbc.calibration.apply_temperature in torch (exportable)."""
+        return (prob.clamp_min(1e-12).log() / self.temperature).softmax(1)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.probabilities(x)
+
+    @torch.no_grad()
+    def predict_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of each view (V x B x C): do the test-time flips agree on a cell?"""
+        return self.calibrated(self.views(x).flatten(0, 1)).unflatten(0, (-1, len(x)))
+
+    def calibration(self) -> dict[str, float]:
+        """What the review flags and reports need from the fitted buffers."""
+        return {"temperature": float(self.temperature), "review_min_probability": float(self.review_min_probability)}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 - torch's signature
+        for name, default in CALIBRATION_BUFFERS.items():
+            state_dict.setdefault(prefix + name, torch.tensor(default))  # a checkpoint from before calibration
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["label"])
@@ -119,7 +158,10 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         logits = self(batch["image"])
         getattr(self, f"{stage}_loss")(self.criterion(logits, batch["label"]) if self.criterion else torch.tensor(0.0))
-        prob = self.probabilities(batch["image"], logits)
+        raw = self.probabilities(batch["image"], logits, calibrated=False)
+        if stage == "val" and self.hparams.get("calibrate", True) and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._val_outputs.append((raw.detach().float(), batch["label"].detach()))
+        prob = raw if stage == "val" else self.calibrated(raw)  # the temperature is fitted at this epoch's end
         self.metrics[stage].update(prob, batch["label"])
         self.confusion[stage].update(prob.argmax(1), batch["label"])
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
@@ -142,6 +184,24 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         values = self._eval_epoch_end("val")
         self.confusion["val"].reset()
         self.track_best(values)
+        self._fit_calibration()
+
+    def _fit_calibration(self) -> None:
+        """Temperature and review threshold from this epoch's validation probabilities (gathered
+        over ranks under DDP, so every rank keeps the same buffers)."""
+        if not self._val_outputs:
+            return
+        prob = torch.cat([p for p, _ in self._val_outputs])
+        label = torch.cat([t for _, t in self._val_outputs])
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            prob, label = self.all_gather(prob).flatten(0, 1), self.all_gather(label).flatten()
+        prob, label = prob.cpu().numpy(), label.cpu().numpy()
+        t = fit_temperature(prob, label)
+        self.temperature.fill_(t)
+        conf = self.calibrated(torch.as_tensor(prob, device=self.temperature.device)).max(1).values.cpu().numpy()
+        self.review_min_probability.fill_(review_threshold(conf, float(self.hparams.get("review_coverage", DEFAULT_COVERAGE))))
+        self.log("val/temperature", t)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

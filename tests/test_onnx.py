@@ -26,6 +26,8 @@ def exported(tmp_path_factory):
     """(segmenter, classifier, checkpoints dir, export dir): untrained tiny models exported by export.py."""
     d = tmp_path_factory.mktemp("onnx")
     seg, clf = tiny_modules(d, seed=1)
+    clf.temperature.fill_(1.7)  # a fitted temperature: inside the graph, so eager and ONNX agree on calibrated output
+    clf.review_min_probability.fill_(0.4)
     seg_ckpt = save_checkpoint(seg, d / "seg" / "checkpoints" / "last.ckpt")
     cls_ckpt = save_checkpoint(clf, d / "cls" / "checkpoints" / "last.ckpt")
     export.export([f"segmenter={seg_ckpt.parent.parent}", f"classifier={cls_ckpt}", f"out={d / 'export'}"])
@@ -44,6 +46,8 @@ def test_export_writes_models_and_data_info(exported):
     assert meta["segmenter"]["data_info"] == seg.hparams.data_info
     assert meta["classifier"]["data_info"] == clf.hparams.data_info
     assert meta["classifier"]["data_info"]["crops"]["size"] == 32
+    assert meta["classifier"]["calibration"] == {"temperature": pytest.approx(1.7), "review_min_probability": pytest.approx(0.4)}
+    assert load_export(out)[1].calibration() == meta["classifier"]["calibration"]
     assert meta["segmenter"]["input_shape"] == [None, 3, 32, 32] and meta["classifier"]["input_shape"] == [None, 3, 32, 32]
 
 
@@ -70,6 +74,7 @@ def test_onnx_pipeline_matches_torch_pipeline(exported):
         np.testing.assert_array_equal(b.labels, a.labels)
         np.testing.assert_allclose(b.class_probs, a.class_probs, atol=ATOL, rtol=0)
         assert set(b.timings) == {"segment_ms", "cells_ms", "classify_ms"}
+        assert len(a.review) == len(a.instances) and b.review == a.review  # same threshold read from export.json
 
 
 def test_onnx_and_torch_give_the_same_tiled_full_field(exported):

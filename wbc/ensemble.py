@@ -82,17 +82,64 @@ class SegmentationEnsemble(_Ensemble):
 
 
 class ClassifierEnsemble(_Ensemble):
-    """Class probabilities = the mean of the members' softmax outputs."""
+    """Class probabilities = the mean of the members' (calibrated) softmax outputs, then the
+    ensemble's own temperature (fitted on the members' pooled out-of-fold predictions when they are
+    known: :func:`calibrate_from_oof`; 1 otherwise)."""
 
     stage = "classification"
+
+    def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
+        super().__init__(members, names)
+        self.temperature = 1.0
+        self.review_min_probability = max(float(getattr(m, "review_min_probability", 0.0)) for m in members)
+        self.calibration_source = "members' thresholds (no out-of-fold predictions)"
 
     @property
     def classes(self) -> list[str]:
         return list(self.hparams.data_info.get("classes") or [])
 
     @torch.no_grad()
+    def predict_views(self, x: torch.Tensor) -> torch.Tensor:
+        """M x B x C: each member's probabilities (do the folds agree on a cell?)."""
+        return torch.stack([m.predict_proba(x).float() for m in self.members])
+
+    @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m.predict_proba(x).float() for m in self.members]).mean(0)
+        prob = self.predict_views(x).mean(0)
+        return prob if self.temperature == 1.0 else (prob.clamp_min(1e-12).log() / self.temperature).softmax(1)
+
+    def calibration(self) -> dict[str, float | str]:
+        return {"temperature": self.temperature, "review_min_probability": self.review_min_probability, "fitted_on": self.calibration_source}
+
+
+def calibrate_from_oof(ens: ClassifierEnsemble, ckpts: Sequence[Path]) -> None:
+    """The ensemble's temperature and review threshold from its members' pooled out-of-fold
+    predictions (each fold's val_predictions.csv, written with that member's own calibrated
+    inference: TTA included). Folds without the file leave the defaults, logged."""
+    import numpy as np
+
+    from wbc.calibration import DEFAULT_COVERAGE, apply_temperature, fit_temperature, review_threshold
+    from wbc.evaluation.classification import OOF_FILE, read_predictions_csv
+    from wbc.rundir import stage_file
+
+    probs, labels = [], []
+    for ckpt in ckpts:
+        path = stage_file(run_dir_of(ckpt), OOF_FILE)
+        if path is None:
+            log.info("ensemble calibration: %s has no %s; temperature 1, members' review thresholds", run_dir_of(ckpt), OOF_FILE)
+            return
+        classes, rows = read_predictions_csv(path)
+        if classes != ens.classes:
+            log.warning("ensemble calibration: %s has classes %s, expected %s; not used", path, classes, ens.classes)
+            return
+        probs.extend([float(r[f"p_{c}"]) for c in classes] for r in rows)
+        labels.extend(classes.index(r["true"]) for r in rows)
+    p, y = np.asarray(probs, dtype=np.float32), np.asarray(labels)
+    ens.temperature = fit_temperature(p, y)
+    coverage = float(ens.members[0].hparams.get("review_coverage", DEFAULT_COVERAGE))
+    ens.review_min_probability = review_threshold(apply_temperature(p, ens.temperature).max(1), coverage)
+    ens.calibration_source = f"pooled out-of-fold predictions of {len(ckpts)} folds ({len(y)} crops)"
+    log.info("ensemble calibration: T=%.3f, review below p=%.3f (%s)", ens.temperature, ens.review_min_probability, ens.calibration_source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_proba(x)
@@ -162,7 +209,10 @@ def load_models(spec: Any, stage: str, key: str = "ckpt_path", device: str | tor
     if len(modules) == 1:
         return modules[0]
     log.info("%s ensemble of %d checkpoints: %s", stage, len(modules), ", ".join(f"{n}={c}" for n, c in zip(names, ckpts)))
-    return get_stage(stage).ensemble(modules, names)
+    ens = get_stage(stage).ensemble(modules, names)
+    if isinstance(ens, ClassifierEnsemble):
+        calibrate_from_oof(ens, ckpts)
+    return ens
 
 
 def has_stage(spec: Any, stage: str) -> bool:

@@ -9,6 +9,7 @@ win and are logged.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from wbc.postprocess import (
     rescale_postprocess,
     resize_prob,
 )
+from wbc.review import ReviewOptions, review_reasons
 from wbc.scale import ScaleChoice, ScaleOptions, choose_scale, equivalent_diameters
 from wbc.tiling import sliding_window
 
@@ -42,12 +44,13 @@ class CellResult:
     crops: list[np.ndarray]
     class_probs: np.ndarray  # n_cells x n_classes (empty without a classifier)
     timings: dict[str, float] = field(default_factory=dict)
+    review: list[list[str]] = field(default_factory=list)  # per cell, why to look at it (wbc.review); [] = not flagged
 
 
 class CellPipeline:
     def __init__(
         self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None,
-        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None,
+        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None, review: ReviewOptions | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.segmenter = segmenter.to(self.device).eval()
@@ -66,11 +69,14 @@ class CellPipeline:
         self.seg_info = seg_info
         self.scale = scale or ScaleOptions()
         self.last_scale: ScaleChoice | None = None  # how the last image was scaled (reported with its results)
+        self.review_options = review or ReviewOptions()
+        fn = getattr(classifier, "calibration", None)
+        self.calibration: dict = dict(fn()) if callable(fn) else {}  # temperature, review_min_probability
 
     @classmethod
     def from_checkpoints(
         cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu",
-        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None,
+        postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None, review: ReviewOptions | None = None,
     ) -> CellPipeline:
         """Each of segmenter / classifier: a .ckpt file, a run dir (a pipeline run dir gives its
         stage's sub-run), or -- a fold ensemble, probabilities averaged -- a sweep dir of fold runs
@@ -79,7 +85,7 @@ class CellPipeline:
 
         seg = load_models(segmenter, "segmentation", "segmenter", device)
         clf = load_models(classifier, "classification", "classifier", device) if classifier is not None else None
-        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale)
+        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray) -> np.ndarray:
@@ -131,10 +137,30 @@ class CellPipeline:
 
     @torch.no_grad()
     def classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        return self.classify_with_views(crops)[0]
+
+    @torch.no_grad()
+    def classify_with_views(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n x C calibrated class probabilities, V x n x C per-view probabilities or None): the
+        views are the test-time flips or the ensemble members, when the classifier has them."""
         if self.classifier is None or not crops:
-            return np.zeros((len(crops), len(self.classes)), dtype=np.float32)
+            return np.zeros((len(crops), len(self.classes)), dtype=np.float32), None
         x = crop_batch(crops, self.crop_spec.image_size).to(self.device)
-        return self.classifier.predict_proba(x).float().cpu().numpy()
+        probs = self.classifier.predict_proba(x).float().cpu().numpy()
+        views_fn = getattr(self.classifier, "predict_views", None) if self.review_options.views_disagree else None
+        views = views_fn(x).float().cpu().numpy() if callable(views_fn) else None
+        return probs, views if views is not None and len(views) > 1 else None
+
+    def review(self, shape: tuple[int, int], instances: list[Instance], class_probs: np.ndarray, views: np.ndarray | None = None) -> list[list[str]]:
+        """Per cell, the reasons to review it (wbc.review), at the scale the last image was segmented at."""
+        tile = int(self.seg_info.get("image_size") or 128)
+        h, w = shape
+        factor = self.last_scale.factor if self.last_scale is not None and self.last_scale.factor else math.sqrt(tile / h * tile / w)
+        q = (self.seg_info.get("scale") or {}).get("nucleus_diameter_q25_q75")
+        return review_reasons(
+            class_probs, views, instances, shape, self.classes, float(self.calibration.get("review_min_probability", 0.0)),
+            tuple(q) if q else None, factor, self.review_options,
+        )
 
     def __call__(self, rgb: np.ndarray) -> CellResult:
         t0 = time.perf_counter()
@@ -144,9 +170,10 @@ class CellPipeline:
         spec, post = self.scaled_for_image()
         labels, instances, crops = cell_crops(cls_image, prob, spec, post)
         t2 = time.perf_counter()
-        class_probs = self.classify(crops)
+        class_probs, views = self.classify_with_views(crops)
+        review = self.review(rgb.shape[:2], instances, class_probs, views)
         t3 = time.perf_counter()
         timings = {"segment_ms": 1e3 * (t1 - t0), "cells_ms": 1e3 * (t2 - t1), "classify_ms": 1e3 * (t3 - t2)}
         for k, v in timings.items():
             self.timings[k].append(v)
-        return CellResult(prob, labels, instances, crops, class_probs, timings)
+        return CellResult(prob, labels, instances, crops, class_probs, timings, review)

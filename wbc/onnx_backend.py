@@ -98,6 +98,8 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
             "io": "crops: B x C x s x s float in [0, 1] (data_info.crops) -> class_probability: B x n_classes (order: data_info.classes)",
             "input_shape": [None, *cls_shape[1:]],
             "data_info": cls_info,
+            # the temperature is inside the graph; the review threshold is applied by the pipeline
+            "calibration": dict(classifier.calibration()) if callable(getattr(classifier, "calibration", None)) else {},
         }
     write_json(out / EXPORT_JSON, meta)
     return meta
@@ -174,9 +176,14 @@ class OnnxSegmenter(_OnnxModel):
 
 class OnnxClassifier(_OnnxModel):
     stage = "classification"
+    calibration_info: dict = {}  # noqa: RUF012 - replaced per instance by load_export
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
+
+    def calibration(self) -> dict:
+        """What export.json recorded of the classifier's calibration (its temperature is in the graph)."""
+        return dict(self.calibration_info)
 
 
 def read_export(export_dir: str | Path) -> dict:
@@ -218,15 +225,16 @@ def load_export(export_dir: str | Path, threads: int | None = None) -> tuple[Onn
     clf = None
     if meta.get("classifier"):
         clf = OnnxClassifier(export_file(d, meta, "classifier"), meta["classifier"].get("data_info"), threads)
+        clf.calibration_info = dict(meta["classifier"].get("calibration") or {})
     return seg, clf
 
 
-def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None, scale=None):
+def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None, scale=None, review=None):
     """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing and scale
     come from export.json's data_info, as from a checkpoint; overrides win and are logged). The
     segmenter takes a batch of network-size tiles, so full fields slide over it as over the torch one."""
     from wbc.inference import CellPipeline
 
     seg, clf = load_export(export_dir, threads)
-    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale)
+    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
 

@@ -78,3 +78,34 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], out_png: Path, title:
     fig.tight_layout()
     atomic_write(out_png, lambda p: fig.savefig(p, dpi=100, format="png"))
     return fig
+
+
+def plot_reliability(curves: dict[str, dict[str, list[float]]], out_png: Path, title: str = "reliability") -> Path:
+    """Reliability diagram: accuracy vs mean confidence per bin for each named curve (e.g. before /
+    after temperature scaling, from wbc.calibration.reliability), the diagonal, and bin counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wbc.io import atomic_write
+
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    for name, c in curves.items():
+        conf, acc = np.asarray(c["confidence"], float), np.asarray(c["accuracy"], float)
+        ok = ~np.isnan(conf)
+        ax.plot(conf[ok], acc[ok], marker="o", label=name)
+        axc.bar(np.asarray(c["centre"]), c["count"], width=1 / len(c["centre"]), alpha=0.4, label=name)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    axc.set_xlabel("confidence (max class probability)")
+    axc.set_ylabel("cases")
+    fig.tight_layout()
+    atomic_write(out_png, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)
+    return out_png

@@ -25,15 +25,17 @@ log = logging.getLogger("wbc")
 def build_pipeline(cfg: DictConfig):
     """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing overrides."""
     from wbc.evaluation.runs import postprocess_overrides
+    from wbc.review import ReviewOptions
     from wbc.rundir import is_sweep_dir
     from wbc.scale import ScaleOptions
 
     overrides = postprocess_overrides(cfg.get("postprocess"))
     scale = ScaleOptions(cfg.get("scale", "auto"), cfg.get("diameter"), cfg.get("pixel_size_um"), cfg.get("tile_overlap", 0.25), cfg.get("tile_batch", 8))
+    review = ReviewOptions.from_config(OmegaConf.to_container(cfg.review, resolve=True) if cfg.get("review") is not None else None)
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 
-        return pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale)
+        return pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review)
     runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
     segmenter = cfg.segmenter or runs
     classifier = cfg.classifier or runs
@@ -48,7 +50,7 @@ def build_pipeline(cfg: DictConfig):
     if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
         log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
         classifier = None
-    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale)
+    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale, review)
 
 
 @task_wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,55 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
     }
     for c, r in zip(classes, multiclass_recall(p, t, n, average=None)):
         out[f"{prefix}/recall/{c}"] = float(r)
+    return out
+
+
+def model_calibration(model) -> dict:
+    """The fitted temperature and review threshold of a module or ensemble ({} for one without)."""
+    fn = getattr(model, "calibration", None)
+    return dict(fn()) if callable(fn) else {}
+
+
+def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str], calibration: Mapping, out_dir: Path, prefix: str, stem: str = "") -> dict[str, float]:
+    """ECE (+ bootstrap 95 %), per-class ECE, NLL, Brier before and after the temperature, and the
+    review figures (share flagged by the model's threshold, error of kept vs all, error at 90 %
+    coverage, AURC); writes `<stem>calibration.json` and the `<stem>reliability.png` diagram."""
+    from wbc.calibration import (
+        apply_temperature,
+        calibration_report,
+        reliability,
+        risk_at_coverage,
+        risk_coverage,
+    )
+    from wbc.plots import plot_reliability
+
+    t = float(calibration.get("temperature", 1.0))
+    before = apply_temperature(probs, 1.0 / t) if t != 1.0 else np.asarray(probs)
+    after = calibration_report(probs, labels, classes, prefix)
+    raw = calibration_report(before, labels, classes, f"{prefix}/uncalibrated", n_boot=200)
+    out = {**after, **{k: v for k, v in raw.items() if k.count("/") == 2}, f"{prefix}/temperature": t}
+    conf = np.asarray(probs).max(1) if len(labels) else np.zeros(0)
+    correct = np.asarray(probs).argmax(1) == labels if len(labels) else np.zeros(0, bool)
+    threshold = float(calibration.get("review_min_probability", 0.0))
+    kept = conf >= threshold
+    out.update({
+        f"{prefix}/review/threshold": threshold,
+        f"{prefix}/review/flagged": float(1 - kept.mean()) if len(conf) else float("nan"),
+        f"{prefix}/review/error_kept": float(1 - correct[kept].mean()) if kept.any() else float("nan"),
+        f"{prefix}/review/error_all": float(1 - correct.mean()) if len(conf) else float("nan"),
+        f"{prefix}/review/error_at_90": risk_at_coverage(conf, correct, 0.9),
+        f"{prefix}/review/aurc": risk_coverage(conf, correct)[2],
+    })
+    out_dir = Path(out_dir)
+    curves = {f"before (T=1), ECE {raw[f'{prefix}/uncalibrated/ece']:.3f}": reliability(before, labels),
+              f"after (T={t:.2f}), ECE {after[f'{prefix}/ece']:.3f}": reliability(probs, labels)}
+    plot_reliability(curves, out_dir / f"{stem}reliability.png", f"{prefix}: reliability ({len(labels)} crops)")
+    write_json(out_dir / f"{stem}calibration.json", {
+        "metrics": out, "calibration": dict(calibration), "bins": 15,
+        "definition": "top-1 ECE over 15 equal-width confidence bins (k/15, (k+1)/15], 1.0 in the last; 95 % bootstrap interval; "
+                      "uncalibrated = the same probabilities with the temperature undone; review: cells below the model's "
+                      "review_min_probability are flagged; error_at_90 = error rate of the 90 % most confident",
+    })
     return out
 
 
@@ -108,20 +158,29 @@ def predict(module, datamodule, split: str) -> np.ndarray:
     return predict_crops(module, eval_dataset(datamodule, split))
 
 
-def average(member_probs) -> np.ndarray:
-    """The mean of the members' class probabilities (before argmax)."""
-    return np.mean(np.stack(list(member_probs)), axis=0)
+def average(member_probs, model=None) -> np.ndarray:
+    """The mean of the members' class probabilities (before argmax), then the ensemble's own
+    temperature when `model` (the ClassifierEnsemble) has one: what its predict_proba gives."""
+    from wbc.calibration import apply_temperature
+
+    mean = np.mean(np.stack(list(member_probs)), axis=0)
+    t = float(model_calibration(model).get("temperature", 1.0)) if len(member_probs) > 1 else 1.0
+    return apply_temperature(mean, t) if t != 1.0 else mean
 
 
-def score(datamodule, split: str, probabilities: np.ndarray, out_dir: Path, post=None, num_overlays: int = 0, title: str = "") -> tuple[dict, dict]:
+def score(
+    datamodule, split: str, probabilities: np.ndarray, out_dir: Path, post=None, num_overlays: int = 0, title: str = "", model=None,
+) -> tuple[dict, dict]:
     """(metrics, summary) of one model's or an ensemble's crop probabilities on a split; writes
-    predictions.csv, confusion.csv/.png and summary.json under out_dir."""
+    predictions.csv, confusion.csv/.png, calibration.json, reliability.png and summary.json under
+    out_dir (`model`: what produced the probabilities, for its temperature and review threshold)."""
     dataset = eval_dataset(datamodule, split)
     classes = list(datamodule.classes)
     labels = np.asarray([c.label for c in dataset.crops])
     report = classification_report(probabilities, labels, classes, split)
     matrix = confusion(probabilities, labels, len(classes))
     out_dir = Path(out_dir)
+    report.update(score_calibration(probabilities, labels, classes, model_calibration(model), out_dir, split))
     write_predictions(out_dir / "predictions.csv", dataset, probabilities, classes)
     write_confusion(matrix, classes, out_dir / "confusion", title or f"{split} confusion matrix (crops)")
     summary = {"split": split, "n_crops": len(labels), "n_cases": len(labels), "classes": classes, "metrics": report, "confusion": matrix}
@@ -141,8 +200,11 @@ def report_test(model, out_dir: Path) -> None:
 def score_test(model, datamodule, out_dir: Path, post=None, num_overlays: int = 0) -> dict[str, float]:
     """After trainer.test (which logged the test metrics): per-crop test predictions next to the run."""
     ds = datamodule.datasets["test"]
-    write_predictions(out_dir / "test_predictions.csv", ds, predict_crops(model, ds), model.classes)
-    return {"test/n_crops": float(len(ds))}
+    probs = predict_crops(model, ds)
+    write_predictions(out_dir / "test_predictions.csv", ds, probs, model.classes)
+    labels = np.asarray([c.label for c in ds.crops])
+    calib = score_calibration(probs, labels, list(model.classes), model_calibration(model), out_dir, "test", "test_") if len(labels) else {}
+    return {"test/n_crops": float(len(ds)), **calib}
 
 
 def score_val(model, datamodule, out_dir: Path, post=None) -> dict[str, float]:

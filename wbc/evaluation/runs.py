@@ -87,6 +87,10 @@ def evaluate_members(
     names, ckpts, modules = load_members(spec, stage.name, "ckpt_path", device)
     apply_tta(modules, tta)
     model = modules[0] if len(modules) == 1 else stage.ensemble(modules, names)  # refuses members trained on other inputs
+    if hasattr(model, "calibration") and len(modules) > 1:
+        from wbc.ensemble import calibrate_from_oof
+
+        calibrate_from_oof(model, ckpts)
     info = dict(model.hparams.get("data_info") or {})
     post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
     data_cfg = data_config(data, run_dir_of(ckpts[0]), info)
@@ -96,10 +100,10 @@ def evaluate_members(
     probs = [scoring.predict(m, datamodule, split) for m in modules]
     rows: list[dict] = []
     if len(modules) > 1:
-        for n, c, p in zip(names, ckpts, probs):
-            member, _ = scoring.score(datamodule, split, p, out_dir / "members" / n, post, 0, f"{n} ({split})")
+        for n, c, p, m in zip(names, ckpts, probs, modules):
+            member, _ = scoring.score(datamodule, split, p, out_dir / "members" / n, post, 0, f"{n} ({split})", model=m)
             rows.append({"member": n, "checkpoint": str(c), **member})
-    metrics, summary = scoring.score(datamodule, split, scoring.average(probs), out_dir, post, num_overlays, f"{split} ({len(modules)} model(s))")
+    metrics, summary = scoring.score(datamodule, split, scoring.average(probs, model), out_dir, post, num_overlays, f"{split} ({len(modules)} model(s))", model=model)
     n_items = summary["n_cases"]
     if rows:
         write_ensemble_table(stage, split, rows, metrics, out_dir)

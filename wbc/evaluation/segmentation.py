@@ -175,14 +175,17 @@ def predict(module, datamodule, split: str) -> list[np.ndarray]:
     return probs
 
 
-def average(member_probs: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+def average(member_probs: Sequence[list[np.ndarray]], model=None) -> list[np.ndarray]:
     """Per image, the mean of the members' probability maps (before threshold / post-processing)."""
     return [np.mean(per_image, axis=0) for per_image in zip(*member_probs)]
 
 
-def score(datamodule, split: str, probabilities: list[np.ndarray], out_dir: Path, post: PostprocessParams, num_overlays: int = 0, title: str = "") -> tuple[dict, dict]:
+def score(
+    datamodule, split: str, probabilities: list[np.ndarray], out_dir: Path, post: PostprocessParams, num_overlays: int = 0, title: str = "", model=None,
+) -> tuple[dict, dict]:
     """(headline metrics, summary) of one model's or an ensemble's probabilities on a split;
-    writes summary.json, masks/ and overlays/ under out_dir."""
+    writes summary.json, masks/ and overlays/ under out_dir (`model` is part of the stage
+    interface: classification reads its calibration; unused here)."""
     summary = evaluate_segmentation(None, datamodule, split, post, out_dir, num_overlays, probabilities)
     return headline(summary, split), summary
 
