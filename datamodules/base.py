@@ -14,9 +14,9 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.sampling import EpochSampler, balanced_weights
+from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSampler, balanced_weights
 from wbc.data.imageio import pixel_limit
 from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from wbc.data.splits import SplitError, fold_ids, load_or_make_splits
@@ -210,19 +210,37 @@ class WBCDataModule(L.LightningDataModule):
     def dataset_labels(self, split: str) -> list[int]:
         return list(self.datasets[split].class_labels)  # type: ignore[attr-defined]
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def replicas(self) -> tuple[int, int]:
+        """(world size, rank) of the attached Trainer's data-parallel strategy; (1, 0) otherwise."""
+        trainer = getattr(self, "trainer", None)
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs:
+            return 1, 0
+        return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+
+    def _loader(self, split: str, train: bool, shard: bool = False) -> DataLoader:
+        """`train`: the epoch-keyed order (a rank's shard of it under DDP). `shard`: under DDP each
+        rank gets its own items, each exactly once (test, predict). Validation under DDP is left to
+        Lightning's padded DistributedSampler: equal shards, which the classifier's calibration
+        gathers (its full-resolution / per-crop scoring runs on rank zero over the whole split)."""
         if split not in self.datasets:
             self.setup()
         ds = self.datasets[split]
-        sampler = None
+        world, rank = self.replicas()
+        sampler: Sampler | None = None
         if train:  # order and augmentation keyed by (seed, epoch): reproducible and exactly resumable
             weights = balanced_weights(self.dataset_labels(split)) if self.sampler == "balanced" else None
-            sampler = EpochSampler(len(ds), self.sampler_seed, weights)
+            if world > 1:
+                sampler = DistributedEpochSampler(len(ds), world, rank, self.sampler_seed, weights)
+            else:
+                sampler = EpochSampler(len(ds), self.sampler_seed, weights)
+        elif shard and world > 1:
+            sampler = ShardSampler(len(ds), world, rank)
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            drop_last=train and len(ds) > self.batch_size,
+            drop_last=train and len(sampler) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -235,10 +253,10 @@ class WBCDataModule(L.LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("test", train=False, shard=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("test", train=False, shard=True)
 
     def data_info(self) -> dict:
         """What a checkpoint must carry so prediction sees the same inputs as training."""

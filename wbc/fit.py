@@ -37,9 +37,44 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
     trainer_cfg["default_root_dir"] = str(output_dir)
+    fit_accelerator(trainer_cfg)
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_dict(cfg.get("logger"), "logger")
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer)
+    return trainer
+
+
+def fit_accelerator(trainer_cfg: dict) -> dict:
+    """Settings that only one accelerator supports, turned off (and logged) on the others, so one
+    `trainer=ddp` serves GPUs (nccl) and CPU processes (gloo): torch's SyncBatchNorm runs on CUDA
+    only ("SyncBatchNorm layers only work with GPU modules")."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if trainer_cfg.get("sync_batchnorm") and not cuda:
+        log.info("trainer.sync_batchnorm=true needs CUDA; turned off on accelerator=%s", accelerator)
+        trainer_cfg["sync_batchnorm"] = False
+    return trainer_cfg
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Lightning starts a DDP run's other ranks by running the command line again (with the run's
+    dir). In a local Hydra multirun that command is the whole sweep, so each rank would start every
+    job: refuse it before anything runs. SLURM tasks and torchrun start the ranks themselves (fine)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    launcher = type(getattr(trainer.strategy, "launcher", None)).__name__
+    if trainer.world_size < 2 or launcher != "_SubprocessScriptLauncher" or env is None or env.creates_processes_externally:
+        return
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            f"DDP with {trainer.world_size} processes in a local multirun: Lightning "
+            "would start the other ranks by running the whole sweep again. Run each job as its own command "
+            "(e.g. data.fold=0, then data.fold=1, ...), or run the sweep on SLURM (hydra/launcher=submitit_slurm "
+            "with hydra.launcher.tasks_per_node = trainer.devices: SLURM starts the ranks)"
+        )
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -61,9 +96,11 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         return cfg.get("ckpt_path")
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
+        from wbc.rundir import is_rank_zero
+
         log.info("resume=true: %s continues from %s", output_dir, last)
         csv_log = output_dir / "csv" / "metrics.csv"
-        if csv_log.is_file():  # the CSV logger starts a new file in the same dir: keep the old epochs
+        if csv_log.is_file() and is_rank_zero():  # the CSV logger starts a new file in the same dir: keep the old epochs
             csv_log.replace(csv_log.with_name(BEFORE_RESUME))
         return str(last)
     return None
@@ -184,23 +221,49 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         ckpt = cb.best_model_path
     elif not cfg.get("train", True) and cfg.get("ckpt_path"):
         ckpt = str(cfg.ckpt_path)  # test-only run (train=false): test the given checkpoint, not fresh weights
+    if trainer.world_size > 1:  # every rank tests the file rank zero saved
+        ckpt = trainer.strategy.broadcast(ckpt, src=0)
     metrics["best_checkpoint"] = ckpt  # type: ignore[assignment]
     if cfg.get("test", True):
         if ckpt is None:
             log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the current weights")
+        # under DDP each rank tests its own share of the split (datamodules' ShardSampler), metrics synced
         results = trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True) if ckpt else trainer.test(model=model, datamodule=datamodule)
         for r in results:
             metrics.update(scalar_metrics(r))
-        stage.scoring.report_test(model, output_dir)
-        if not cfg.trainer.get("fast_dev_run"):
-            model.eval()
-            metrics.update(stage.scoring.score_test(model, datamodule, output_dir, post, cfg.get("num_overlays", 8)))
-            val = getattr(datamodule, "datasets", {}).get("val")
-            # the validation split with the tested weights: the fold's out-of-fold predictions (pooled by
-            # the CV summary). With eval_checkpoint=best the epoch was chosen on it (slightly optimistic).
-            if cfg.get("score_val", True) and val is not None and len(val):
-                metrics.update(stage.scoring.score_val(model, datamodule, output_dir, post))
-    merge_resumed_csv(output_dir / "csv")
-    plot_learning_curves(output_dir / "csv" / "metrics.csv", output_dir / "learning_curves.png")
-    write_json(output_dir / "metrics.json", metrics)
+        if trainer.is_global_zero:
+            metrics.update(score_after_test(cfg, stage, model, datamodule, output_dir, post))
+    if trainer.is_global_zero:
+        merge_resumed_csv(output_dir / "csv")
+        plot_learning_curves(output_dir / "csv" / "metrics.csv", output_dir / "learning_curves.png")
+        write_json(output_dir / "metrics.json", metrics)
+    metrics = from_rank_zero(trainer, metrics)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def score_after_test(cfg: DictConfig, stage: Any, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path, post: PostprocessParams) -> dict[str, float]:
+    """The stage's own scoring of the tested weights, outside Lightning's logged metrics: the whole test
+    split at original resolution (test_eval/, predictions), then the validation split (the fold's
+    out-of-fold files). Called on global rank zero only, over the whole splits, so under DDP every
+    image is scored once and every file written once."""
+    stage.scoring.report_test(model, output_dir)
+    if cfg.trainer.get("fast_dev_run"):
+        return {}
+    metrics: dict[str, float] = {}
+    model.eval()
+    metrics.update(stage.scoring.score_test(model, datamodule, output_dir, post, cfg.get("num_overlays", 8)))
+    val = getattr(datamodule, "datasets", {}).get("val")
+    # the validation split with the tested weights: the fold's out-of-fold predictions (pooled by
+    # the CV summary). With eval_checkpoint=best the epoch was chosen on it (slightly optimistic).
+    if cfg.get("score_val", True) and val is not None and len(val):
+        metrics.update(stage.scoring.score_val(model, datamodule, output_dir, post))
+    return metrics
+
+
+def from_rank_zero(trainer: L.Trainer | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Rank zero's metrics on every rank (a no-op in one process). The other ranks wait here while
+    rank zero scores and writes, then return the same figures (a sweeper's optimized metric, the
+    next pipeline stage) instead of their partial ones."""
+    if trainer is None or trainer.world_size < 2:
+        return metrics
+    return trainer.strategy.broadcast(metrics, src=0)

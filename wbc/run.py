@@ -58,7 +58,11 @@ def extras(cfg: DictConfig) -> None:
     if ex.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if ex.get("print_config"):
-        print_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
+        from wbc.rundir import is_rank_zero
+
+        # a DDP job's other ranks run in the same run dir: one tree, printed and saved once
+        if is_rank_zero():
+            print_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
 
 
 def task_wrapper(task: Callable[[DictConfig], tuple[dict, dict]]) -> Callable[[DictConfig], tuple[dict, dict]]:

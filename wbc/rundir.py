@@ -10,13 +10,15 @@
 
 `resolve_checkpoint(path, stage)` turns what a user passes (a .ckpt, a run dir, a pipeline run dir, a
 sweep dir with one run) into the checkpoint file; `expand` turns a sweep dir or a list into its runs.
-Pure: no Lightning, no Hydra.
+Under data parallelism (DDP: Lightning's child processes, SLURM tasks) every rank runs the job, and
+only global rank zero writes a run dir's files (`is_rank_zero`). Pure: no Lightning, no Hydra.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,23 @@ CHECKPOINTS = "checkpoints"
 STAGE_DIRS = ("segmentation", "classification")
 # overrides that do not change what a job computes (ignored when grouping jobs and checking a resume)
 NEUTRAL_OVERRIDES = ("resume", "ckpt_path", "logger", "extras", "callbacks.rich_progress_bar", "tags")
+
+
+# how launchers tell a process its rank: torchrun (RANK), Lightning's DDP child processes (LOCAL_RANK,
+# NODE_RANK), SLURM tasks (SLURM_PROCID, which Lightning's SLURMEnvironment takes as the global rank)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
+    """True unless a launcher marked this process as a rank other than zero. Read from the
+    environment because job.json, FAILED and the config tree are written before any Trainer (and
+    process group) exists; a DDP run's other ranks run the same job in the same run dir."""
+    env = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = str(env.get(name, "") or "0").strip()
+        if value.lstrip("-").isdigit() and int(value) != 0:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- what a dir is
@@ -229,7 +248,10 @@ def check_same_job(run_dir: Path, record: Mapping) -> None:
 
 
 def start_job(run_dir: Path, record: Mapping) -> None:
-    """Before a job runs: forget an earlier attempt's failure, record which job this dir holds."""
+    """Before a job runs: forget an earlier attempt's failure, record which job this dir holds
+    (rank zero only: the other ranks of a DDP job run in the same dir)."""
+    if not is_rank_zero():
+        return
     run_dir = Path(run_dir)
     (run_dir / FAILED).unlink(missing_ok=True)
     write_json(run_dir / JOB_FILE, dict(record))
@@ -245,7 +267,11 @@ def finished_metrics(run_dir: Path) -> dict | None:
 
 
 def write_failure(run_dir: Path, err: BaseException) -> Path:
-    """`<run>/FAILED`: the exception and the last frames of its traceback (the full one is in the log)."""
+    """`<run>/FAILED`: the exception and the last frames of its traceback (the full one is in the log).
+    Written by rank zero only; another rank's error is in its log (and stops rank zero's job too)."""
+    if not is_rank_zero():
+        log.error("rank %s: job in %s failed (%s: %s); FAILED is rank zero's to write", os.environ.get("LOCAL_RANK"), run_dir, type(err).__name__, err)
+        return Path(run_dir) / FAILED
     frames = traceback.format_exception(type(err), err, err.__traceback__)
     tail = "".join(frames[-3:])
     return write_text(Path(run_dir) / FAILED, f"{type(err).__name__}: {err}\n\n{tail}")

@@ -102,18 +102,31 @@ def run_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
 
 
 def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
-    from wbc.fit import fit_stage
-    from wbc.io import write_json
-    from wbc.rundir import save_config
+    """Each stage in its sub-dir, then the whole pipeline scored on the test split. Under DDP the
+    stages train on every rank; the pipeline scoring, the predict run and metrics.json are rank
+    zero's (over the whole split), and the other ranks get its metrics."""
+    from wbc.fit import fit_stage, from_rank_zero
+    from wbc.rundir import is_rank_zero, save_config
 
     metrics: dict = {}
     objects: dict = {}
     for name in STAGES:
         sub_dir = output_dir / name
         sub = stage_config(cfg, name, sub_dir)
-        save_config(sub_dir, OmegaConf.to_container(sub, resolve=True))  # what this stage ran with, read by evaluate/ensembles
+        if is_rank_zero():  # what this stage ran with, read by evaluate/ensembles
+            save_config(sub_dir, OmegaConf.to_container(sub, resolve=True))
         stage_metrics, objects[name] = fit_stage(sub, sub_dir)
         metrics.update({f"{name}/{k}": v for k, v in stage_metrics.items()})
+    if is_rank_zero():
+        score_and_write_pipeline(cfg, output_dir, objects, metrics)
+    trainers = [o["trainer"] for o in objects.values() if o.get("trainer") is not None]
+    return from_rank_zero(trainers[-1] if trainers else None, metrics), objects
+
+
+def score_and_write_pipeline(cfg: DictConfig, output_dir: Path, objects: dict, metrics: dict) -> None:
+    """The full pipeline on the test split, a few predict.py-style outputs, then metrics.json (updates `metrics`)."""
+    from wbc.io import write_json
+
     if not cfg.trainer.get("fast_dev_run"):
         from wbc.evaluation.pipeline import score_pipeline
         from wbc.inference import CellPipeline
@@ -132,4 +145,3 @@ def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
             if f"{name}/{key}" in metrics:
                 metrics[key] = metrics[f"{name}/{key}"]
     write_json(output_dir / "metrics.json", metrics)
-    return metrics, objects
