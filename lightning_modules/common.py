@@ -166,7 +166,8 @@ class BestValidationMetric:
         current = values[self.best_of]
         if not self.trainer.sanity_checking:
             self.val_best(current)
-        self.log(f"{self.best_of}_best", self.val_best.compute() if self.val_best.update_called else current, prog_bar=True)
+        best = self.val_best.compute() if self.val_best.update_called else current
+        self.log(f"{self.best_of}_best", best, prog_bar=True, sync_dist=True)  # equal on every rank (synced metrics)
 
     def on_train_start(self) -> None:
         self.val_best.reset()

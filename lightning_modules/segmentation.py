@@ -177,8 +177,10 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         if self.cyto_dice is not None:
             values[f"{stage}/dice_cytoplasm_dataset"] = self.cyto_dice[stage].compute()
             self.cyto_dice[stage].reset()
-        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/dice"})
-        self.log(f"{stage}/dice", values[f"{stage}/dice"], prog_bar=True)
+        # torchmetrics' compute() already gathered every rank's state (DDP): the values agree across
+        # ranks, and sync_dist (an average of equal values) only tells Lightning so
+        self.log_dict({k: v for k, v in values.items() if k != f"{stage}/dice"}, sync_dist=True)
+        self.log(f"{stage}/dice", values[f"{stage}/dice"], prog_bar=True, sync_dist=True)
         return values
 
     def on_validation_epoch_end(self) -> None:
