@@ -58,3 +58,28 @@ def test_collect_refuses_a_sweep_of_another_experiment(quality, tmp_path: Path, 
     sweep = fake_sweep(tmp_path / "other", "train", [{"test/dice": 0.9}])
     assert quality.main(["--collect", str(sweep)]) == 2
     assert "not a quality_* sweep" in capsys.readouterr().err
+
+
+def test_calibration_table_cross_fits_the_temperature_on_other_folds(quality, tmp_path: Path) -> None:
+    """Overconfident folds (labels drawn from softmax(z / 2), outputs softmax(z)) with T = 1 stored:
+    the cross-fitted ECE (T from the other folds) is far below the uncalibrated one."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    folds = [{"test/ece": 0.05, "test/uncalibrated/ece": 0.1, "test/review/flagged": 0.1, "test/review/error_kept": 0.1,
+              "test/review/error_all": 0.2, "test/review/error_at_90": 0.1, "test/review/aurc": 0.05}] * 3
+    sweep = fake_sweep(tmp_path / "cls", "quality_cls_all_idb2", folds)
+    for i in range(3):
+        z = rng.normal(0, 3, size=(400, 3))
+        truth = np.exp(z / 2) / np.exp(z / 2).sum(1, keepdims=True)
+        y = [rng.choice(3, p=p) for p in truth]
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        rows = ["sample_id,cell,true,pred,p_a,p_b,p_c"] + [f"s{j},1,{classes[t]},{classes[int(np.argmax(q))]}," + ",".join(f"{v:.5f}" for v in q) for j, (q, t) in enumerate(zip(p, y))]
+        (sweep / str(i) / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+        (sweep / str(i) / "test_calibration.json").write_text(json.dumps({"calibration": {"temperature": 1.0}}))
+    lines = quality.calibration_table([("cls_idb2", [sweep], 0.0)]).splitlines()
+    cross = next(line for line in lines if "cross-fitted" in line).split("|")
+    before, after = float(cross[3]), float(cross[4].strip().split()[0].strip("*"))
+    assert before > 0.08 and after < 0.5 * before
+    assert any("test, fold models" in line and "10.0%" in line for line in lines)
