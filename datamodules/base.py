@@ -132,7 +132,8 @@ class WBCDataModule(L.LightningDataModule):
 
             key = repr((sorted(self.drop_classes), sorted((k, str(v)) for k, v in self.filters.items())))
             subset = "_" + hashlib.sha1(key.encode()).hexdigest()[:8]
-        return folder / f"splits_{self.name}{subset}_seed{seed}_k{k}_test{round(tf * 100)}.json"
+        dedup = "_dedup" if cfg.get("group_duplicates") else ""  # another split: its own file
+        return folder / f"splits_{self.name}{subset}_seed{seed}_k{k}_test{round(tf * 100)}{dedup}.json"
 
     def load_manifest(self) -> Manifest:
         if self.manifest is None:
@@ -168,7 +169,17 @@ class WBCDataModule(L.LightningDataModule):
             k=cfg.get("k", 5),
             seed=cfg.get("seed", 0),
             user_file=cfg.get("file"),
+            duplicates=self._duplicate_clusters if cfg.get("group_duplicates") else None,
         )
+
+    def _duplicate_clusters(self) -> list[list[str]]:
+        """Copies of one field (wbc.audit), kept on one side of the split (data.splits.group_duplicates)."""
+        from wbc.audit.core import duplicate_clusters
+
+        found = duplicate_clusters(self.load_manifest().samples)
+        if found:
+            log.info("splits: %d clusters of duplicate images kept on one side: %s", len(found), found)
+        return found
 
     def split_ids(self) -> dict[str, list[str]]:
         train, val, test = fold_ids(self.load_splits(), self.fold)

@@ -214,3 +214,29 @@ def findings(report: Mapping) -> dict[str, int | None]:
         "nucleus_touches_border": len(m["nucleus_touches_border"]),
         "label_issues": len(issues["issues"]) if issues else None,
     }
+
+
+def duplicate_clusters(samples: Sequence[Sample], radius: int = 6, search: int | None = 12, min_match: float | None = 0.98) -> list[list[str]]:
+    """Ids of images that are copies of one field (exact pixels, or confirmed near duplicates with
+    the audit's default settings, conf/audit.yaml): what data.splits.group_duplicates keeps on one
+    side. Reads each image once; unreadable ones are left out (training reports them)."""
+    import hashlib
+
+    from wbc.audit.scan import perceptual_hash, thumbnail
+    from wbc.data.imageio import ImageReadError, read_rgb
+
+    ids, pixel, phash, thumbs = [], [], [], []
+    for s in samples:
+        try:
+            rgb = read_rgb(Path(s.image), s.max_pixels)
+        except (ImageReadError, OSError):
+            continue
+        digest = hashlib.sha1(repr(rgb.shape).encode())
+        digest.update(np.ascontiguousarray(rgb).data)
+        ids.append(s.id)
+        pixel.append(digest.hexdigest())
+        phash.append(perceptual_hash(rgb))
+        thumbs.append(thumbnail(rgb))
+    exact = exact_pairs(exact_groups(ids, pixel))
+    near = near_pairs(ids, phash, radius, thumbs, search, min_match, exclude={frozenset((p["a"], p["b"])) for p in exact})
+    return clusters([*exact, *near])

@@ -16,7 +16,7 @@ import numbers
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -170,10 +170,49 @@ def validate_splits(splits: dict, ids: Sequence[str], where: str) -> None:
         raise SplitError(f"{where}: {len(unknown)} ids not in the dataset, e.g. {sorted(unknown)[:3]}")
 
 
-def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fraction=0.3, k=5, seed=0, user_file: str | Path | None = None) -> dict:
+def group_duplicates(splits: dict, clusters: Sequence[Sequence[str]]) -> dict:
+    """Put every cluster of duplicate images (exact or near copies of one field, wbc.audit) on one
+    side of the split: a cluster with members in the test split and in the training part moves its
+    test members to the training part (the test split stays copies-free), and in every fold the
+    members follow the first training member (train or val). Clusters wholly in the test split stay.
+    The moves are listed in meta.duplicates_moved."""
+    test = set(splits["test"])
+    folds = [{"train": set(f["train"]), "val": set(f["val"])} for f in splits["folds"]]
+    moved: list[dict] = []
+    for cluster in clusters:
+        members = sorted(set(cluster))
+        outside = [m for m in members if m not in test]
+        if not outside:  # wholly in the test split
+            continue
+        anchor = outside[0]
+        for m in members:
+            if m in test:
+                test.discard(m)
+                moved.append({"id": m, "from": "test", "to": "train", "with": anchor})
+        for k, f in enumerate(folds):
+            side = "train" if anchor in f["train"] else "val"
+            other = "val" if side == "train" else "train"
+            for m in members:
+                if m in f[other]:
+                    f[other].discard(m)
+                    moved.append({"id": m, "fold": k, "from": other, "to": side, "with": anchor})
+                f[side].add(m)
+    out = dict(splits)
+    out["test"] = sorted(test)
+    out["folds"] = [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in folds]
+    out["meta"] = {**splits.get("meta", {}), "group_duplicates": True, "duplicate_clusters": [sorted(c) for c in clusters], "duplicates_moved": moved}
+    return out
+
+
+def load_or_make_splits(
+    path: str | Path, ids, labels, groups=None, test_fraction=0.3, k=5, seed=0, user_file: str | Path | None = None,
+    duplicates: Callable[[], Sequence[Sequence[str]]] | None = None,
+) -> dict:
     """Reuse the persisted splits if they fit this dataset and settings; else compute and write them.
 
-    A user-supplied file always wins (and is only validated, never rewritten).
+    A user-supplied file always wins (and is only validated, never rewritten). `duplicates`, when
+    given, returns the clusters of duplicate images (called only when the splits are made), which
+    :func:`group_duplicates` keeps on one side.
     """
     if user_file:
         user_file = Path(user_file)
@@ -199,6 +238,8 @@ def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fractio
             )
         wanted = {"k": k, "seed": seed, "test_fraction": test_fraction, "grouped": groups is not None}
         differ = {key: (meta.get(key), v) for key, v in wanted.items() if key in meta and meta[key] != v}
+        if bool(meta.get("group_duplicates")) != (duplicates is not None):
+            differ["group_duplicates"] = (bool(meta.get("group_duplicates")), duplicates is not None)
         if differ:
             shown = ", ".join(f"{key}: file has {old!r}, asked for {new!r}" for key, (old, new) in differ.items())
             raise SplitError(
@@ -208,6 +249,8 @@ def load_or_make_splits(path: str | Path, ids, labels, groups=None, test_fractio
         validate_splits(splits, ids, str(path))
         return splits
     splits = make_splits(ids, labels, groups, test_fraction, k, seed)
+    if duplicates is not None:
+        splits = group_duplicates(splits, duplicates())
     write_splits(path, splits)
     return splits
 
