@@ -197,7 +197,8 @@ def test_two_process_ddp_run_equals_single_process_evaluation(stage: str, tmp_pa
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
     ckpt = ddp["best_checkpoint"]
     assert ckpt and Path(ckpt).is_file()
-    run_cli([*extra, *TINY_CLI, "train=false", f"ckpt_path={ckpt}", f"hydra.run.dir={single_dir}"], data_dir)
+    # train=false: test + score the given checkpoint (no validation metric to return: optimized_metric=null)
+    run_cli([*extra, *TINY_CLI, "train=false", f"ckpt_path={ckpt}", "optimized_metric=null", f"hydra.run.dir={single_dir}"], data_dir)
     one = json.loads((single_dir / "metrics.json").read_text())
     a, b = figures(ddp), figures(one)
     assert a.keys() == b.keys() and len(a) >= 4
