@@ -287,3 +287,30 @@ def test_clear_border_drops_cut_neighbours_but_never_everything():
     assert len(extract_instances(edge, drop)[1]) == 1
     assert nucleus_mask(edge.astype(np.float32), PostprocessParams(clear_border=True)).sum() == nucleus_mask(edge.astype(np.float32)).sum() > 0
     assert not nucleus_mask(mask.astype(np.float32), PostprocessParams(clear_border=True))[55:, :10].any()
+
+
+def test_cell_unit_crops_follow_the_nucleus_size_not_the_pixels():
+    """data.crops.diameters: the ROI is k nucleus diameters, so an image at twice the magnification
+    gives a twice larger ROI holding the same part of the cell (same crop after the resize)."""
+    import cv2
+
+    from wbc.cells import CropSpec, cell_crops, crop_batch
+
+    img = np.full((96, 96, 3), 230, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    nucleus = (yy - 48) ** 2 + (xx - 40) ** 2 <= 10**2
+    img[(yy - 48) ** 2 + (xx - 40) ** 2 <= 18**2] = (200, 150, 200)
+    img[nucleus] = (90, 40, 120)
+    big = cv2.resize(img, (192, 192), interpolation=cv2.INTER_LINEAR)
+    big_nucleus = cv2.resize(nucleus.astype(np.uint8), (192, 192), interpolation=cv2.INTER_NEAREST).astype(bool)
+    spec = CropSpec.from_config({"size": 32, "image_size": 32, "diameters": 3.0})
+    _, insts, (small_crop,) = cell_crops(img, nucleus, spec)
+    _, big_insts, (big_crop,) = cell_crops(big, big_nucleus, spec)
+    d = np.sqrt(4 * insts[0].area / np.pi)
+    assert small_crop.shape[0] == round(3 * d) and big_crop.shape[0] == pytest.approx(2 * small_crop.shape[0], abs=2)
+    a, b = crop_batch([small_crop], 32), crop_batch([big_crop], 32)
+    assert float((a - b).abs().mean()) < 0.03  # the same cell content at the classifier's input size
+    fixed = CropSpec.from_config({"size": 32, "image_size": 32})
+    assert cell_crops(big, big_nucleus, fixed)[2][0].shape[0] == 32  # pixels: a different share of the cell
+    with pytest.raises(ValueError, match="data.crops.diameters"):
+        CropSpec.from_config({"diameters": 0})

@@ -8,7 +8,8 @@ made the same way everywhere. Pure numpy/OpenCV (+ torch for the batch): no Ligh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,18 +26,25 @@ from wbc.postprocess import (
     union_instance,
 )
 
+# the smallest ROI side a cell-unit crop gets (a few-pixel speck still gives a usable crop)
+MIN_ROI = 16
+
 
 @dataclass(frozen=True)
 class CropSpec:
     """How cells are cut out. `mode`: `instances` (one crop per nucleus; fields with several
     cells) or `single` (one crop around all nucleus pixels; single-cell datasets whose nucleus
-    lobes may be disconnected). `size` is the ROI side in original pixels (None = whole image)."""
+    lobes may be disconnected). `size` is the ROI side in original pixels (None = whole image);
+    `diameters`, when set, wins: each cell's ROI side is that many times its nucleus's equivalent
+    diameter, so the crop holds the same amount of cell whatever the image's magnification (crops
+    in cell units: the lever for other microscopes and datasets)."""
 
     size: int | None = 96
     image_size: int = 64
     mode: str = "instances"
     masked: bool = False
     center: str = "bbox"
+    diameters: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> CropSpec:
@@ -53,7 +61,15 @@ class CropSpec:
         spec = cls(**cfg)
         if spec.mode not in ("instances", "single"):
             raise ValueError(f"data.crops.mode must be 'instances' or 'single', got {spec.mode!r}")
+        if spec.diameters is not None and not float(spec.diameters) > 0:
+            raise ValueError(f"data.crops.diameters must be a positive number (ROI side / nucleus diameter) or null, got {spec.diameters!r}")
         return spec
+
+    def roi_sizes(self, image_shape: tuple[int, ...], instances: list[Instance]) -> list[int]:
+        """Each cell's ROI side in image pixels (see the class docstring)."""
+        if self.diameters is not None:
+            return [max(MIN_ROI, round(float(self.diameters) * math.sqrt(4 * i.area / math.pi))) for i in instances]
+        return [self.size or max(image_shape[:2])] * len(instances)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +94,7 @@ def cell_crops(
     labels, instances = find_cells(nucleus, spec, params, instance_map)
     if not instances:
         return labels, instances, []
-    size = spec.size or max(image.shape[:2])
-    crops = instance_crops(image, labels, instances, size, masked=spec.masked, center=spec.center)
+    crops = instance_crops(image, labels, instances, spec.roi_sizes(image.shape, instances), masked=spec.masked, center=spec.center)
     return labels, instances, crops
 
 
@@ -142,12 +157,13 @@ def instance_crops(
     image: np.ndarray,
     labels: np.ndarray,
     instances: list[Instance],
-    size: int,
+    size: int | Sequence[int],
     masked: bool = False,
     center: str = "bbox",
 ) -> list[np.ndarray]:
-    """One ``size x size`` crop per instance centred on its bbox centre ("bbox") or centroid ("centroid");
-    ``masked=True`` zeroes everything outside that instance's nucleus pixels (the source study's masked crops)."""
+    """One ``size x size`` crop per instance (one size for all, or one per instance) centred on its
+    bbox centre ("bbox") or centroid ("centroid"); ``masked=True`` zeroes everything outside that
+    instance's nucleus pixels (the source study's masked crops)."""
     image = np.asarray(image)
     labels = _check_2d(labels, "labels")
     if image.ndim not in (2, 3) or image.shape[:2] != labels.shape:
@@ -156,8 +172,11 @@ def instance_crops(
         )
     if center not in ("bbox", "centroid"):
         raise ValueError(f"center must be 'bbox' or 'centroid', got {center!r}")
+    sizes = [size] * len(instances) if isinstance(size, int | np.integer) else list(size)
+    if len(sizes) != len(instances):
+        raise ValueError(f"{len(sizes)} crop sizes for {len(instances)} instances")
     crops = []
-    for inst in instances:
+    for inst, size in zip(instances, sizes):
         if center == "bbox":
             y0, x0, y1, x1 = inst.bbox
             c = ((y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2)
