@@ -11,6 +11,10 @@ only epoch when --epochs 1), the peak GPU memory (`torch.cuda.max_memory_allocat
 validation metric and the wall time of the whole stage (fit + test + scoring).
 Without a CUDA GPU it exits with status 2 and says so; `--compose-only` then still checks that
 the configs compose and the Trainer builds (on the CPU). Figures, not assertions.
+
+With several visible GPUs (or `--devices N`) it trains with `trainer=ddp` over them: Lightning starts
+the other ranks by running this command again (with Hydra's run-dir arguments, which are ignored
+here), and only rank zero prints; img/s is then rank zero's share (multiply by N for the node).
 """
 
 from __future__ import annotations
@@ -37,7 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks" / "gpu_check"), help="run dirs go here")
     p.add_argument("--compose-only", action="store_true", help="only compose the configs and build the Trainer (works on CPU)")
-    return p.parse_args(argv)
+    p.add_argument("--devices", type=int, default=None, help="GPUs to train on (default: all visible; >1 = trainer=ddp)")
+    args, rest = p.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("hydra.")]  # Lightning's DDP children get hydra.run.dir=...
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def devices(args: argparse.Namespace) -> int:
+    import torch
+
+    return args.devices if args.devices is not None else max(1, torch.cuda.device_count())
 
 
 def compose_stage(stage: str, args: argparse.Namespace, accelerator: str | None = None):
@@ -49,9 +64,10 @@ def compose_stage(stage: str, args: argparse.Namespace, accelerator: str | None 
 
     prepare()  # offline defaults, resolvers, structured configs (as the entry points)
 
+    n = devices(args) if accelerator is None else (args.devices or 1)
     overrides = [
         *STAGES[stage],
-        "trainer=gpu",
+        *(["trainer=ddp", f"trainer.devices={n}"] if n > 1 else ["trainer=gpu"]),
         f"data={args.data}",
         f"trainer.max_epochs={args.epochs}",
         "trainer.min_epochs=1",
@@ -147,8 +163,9 @@ def compose_only(args: argparse.Namespace) -> int:
     for stage in args.stages:
         cfg = compose_stage(stage, args, accelerator="cpu")
         trainer = build_trainer(cfg, Path(cfg.paths.output_dir))
-        print(f"{stage}: trainer=gpu composes (channels_last={cfg.trainer.get('channels_last')}, "
-              f"benchmark={cfg.trainer.benchmark}); Trainer built on {type(trainer.accelerator).__name__} for this check")
+        print(f"{stage}: trainer={'ddp' if trainer.world_size > 1 else 'gpu'} composes (channels_last={cfg.trainer.get('channels_last')}, "
+              f"benchmark={cfg.trainer.benchmark}, processes={trainer.world_size}); Trainer built on "
+              f"{type(trainer.accelerator).__name__} for this check")
     return 0
 
 
@@ -166,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return NO_GPU
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    from wbc.rundir import is_rank_zero
+
     rows = [run_stage(stage, args) for stage in args.stages]
+    if not is_rank_zero():
+        return 0
+    print(f"GPU: {torch.cuda.get_device_name(0)} x {devices(args)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"\n{'stage':<15}{'img/s':>10}{'peak GiB':>10}{'precision':>12}  {'final metric':<28}{'wall s':>8}")
     for r in rows:
         value = "n/a" if r["monitor_value"] is None else f"{r['monitor_value']:.4f}"

@@ -179,7 +179,9 @@ def run_cli(args: list[str], data_dir: Path, env_extra: dict | None = None) -> s
 
 
 def figures(metrics: dict, prefix: str = "test/") -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, float)}
+    """The per-image / per-crop test figures. Not `test/loss`: the mean of per-batch losses depends on
+    how the split is cut into batches (per rank under DDP; eval_batch_size in one process)."""
+    return {k: v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, float) and k != "test/loss"}
 
 
 @pytest.mark.slow
@@ -203,7 +205,7 @@ def test_two_process_ddp_run_equals_single_process_evaluation(stage: str, tmp_pa
     a, b = figures(ddp), figures(one)
     assert a.keys() == b.keys() and len(a) >= 4
     for k in a:
-        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), k  # float32 sums in another order
 
     # every test image / crop exactly once in what rank zero wrote
     if stage == "segmentation":
@@ -215,9 +217,11 @@ def test_two_process_ddp_run_equals_single_process_evaluation(stage: str, tmp_pa
         rows = (ddp_dir / "test_predictions.csv").read_text().splitlines()
         assert len(rows) == len(set(rows)) == len((single_dir / "test_predictions.csv").read_text().splitlines())
         assert np.isclose(a["test/n_crops"], len(rows) - 1)
-    # rank 1 ran (its Hydra job name is Lightning's) and wrote no run file: only the shared job log,
-    # which Hydra's job_logging opens in every process (conf/hydra/default.yaml names it by task)
+    # rank 1 wrote no run file. Allowed: Hydra's makedirs(exist_ok) of the run dir and the job log, which
+    # Hydra's job_logging opens in every process (conf/hydra/default.yaml names it by task, not by rank)
     recorded = writes.read_text().splitlines() if writes.is_file() else []
-    assert all(line.endswith(".log") for line in recorded), recorded
+    assert recorded, "the audit hook saw nothing: rank 1 did not run under it"
+    allowed = {f"os.mkdir {ddp_dir}", f"open {ddp_dir / 'train.log'}"}
+    assert set(recorded) <= allowed, sorted(set(recorded) - allowed)
     epochs = [r for r in (ddp_dir / "csv" / "metrics.csv").read_text().splitlines()[1:] if r]
     assert len(epochs) == len(set(epochs))
