@@ -225,3 +225,12 @@ def test_two_process_ddp_run_equals_single_process_evaluation(stage: str, tmp_pa
     assert set(recorded) <= allowed, sorted(set(recorded) - allowed)
     epochs = [r for r in (ddp_dir / "csv" / "metrics.csv").read_text().splitlines()[1:] if r]
     assert len(epochs) == len(set(epochs))
+
+
+def test_local_multirun_with_ddp_is_refused_before_it_runs(make_cfg, tmp_path: Path) -> None:
+    """Lightning would start rank 1 by running the command line again: the whole sweep."""
+    from wbc.fit import build_trainer
+
+    with pytest.raises(ValueError, match="local multirun"):
+        build_trainer(make_cfg(["trainer=ddp_cpu", "hydra.mode=MULTIRUN"]), tmp_path)
+    build_trainer(make_cfg(["hydra.mode=MULTIRUN"]), tmp_path)  # one process per job: fine
