@@ -102,7 +102,7 @@ print(json.dumps({
     got = json.loads(_python(code, env, cwd=Path("/")).stdout.strip().splitlines()[-1])
     assert got["clash"] == [] and got["top_py"] == [], got
     assert got["ours"] == ["wbc", "datamodules", "lightning_modules"]
-    assert got["scripts"] == {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export", "audit")}
+    assert got["scripts"] == {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export", "audit", "serve")}
 
 
 def test_importing_the_package_leaves_the_environment_alone() -> None:

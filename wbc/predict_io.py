@@ -1,9 +1,12 @@
-"""Write what predict.py promises per image: mask PNG, labelled overlay, crops, CSV + JSON rows.
+"""Write what predict.py promises per image: mask PNG, 16-bit instance label PNG, QuPath GeoJSON,
+labelled overlay, crops, CSV + JSON rows (the per-cell writers are wbc.cell_outputs, shared with the
+web app).
 
 A file that cannot be read (corrupt, not an image, too large) is reported and skipped; the rest
 are processed. Image files and predictions.json are written atomically.
 
-Output names: an input's `masks/<stem>.png`, `overlays/<stem>.png` and `crops/<stem>_cellNN.png`
+Output names: an input's `masks/<stem>.png`, `labels/<stem>.png`, `geojson/<stem>.geojson`,
+`overlays/<stem>.png` and `crops/<stem>_cellNN.png`
 use its file stem when no other input of the run has the same stem (compared case-insensitively,
 so the names also stay apart on macOS/Windows file systems). Inputs that share a stem get
 stem + "_" + extension (`dup.png` -> `dup_png`, `dup.jpg` -> `dup_jpg`), plus `_2`, `_3`, ... should
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import socket
@@ -33,20 +37,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import numpy as np
-
+from wbc import cell_outputs as co
 from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
-from wbc.io import write_json, write_png
-from wbc.overlay import label_cells
+from wbc.io import atomic_write, write_json
 
 log = logging.getLogger("wbc")
 
 MAGIC = (b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
 LOCK_FILE = "predict.lock"
 RESULTS = ("predictions.csv", "predictions.json")
-CSV_COLUMNS = ["image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "class", "probability"]
+CSV_COLUMNS = [
+    "image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "centroid_x", "centroid_y", "class", "probability",
+    "review", "review_reasons",
+]
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -166,7 +171,7 @@ def predict_images(
             try:
                 new = _predict_one(pipe, f, stem, out_dir, max_file_mb, save_crops, max_pixels, failures)
                 if new is not None:
-                    _append_csv(fh, [[_csv_value(r.get(c)) for c in columns] for r in new])
+                    _append_csv(fh, co.csv_records(new, columns))
                     rows.extend(new)
                     scale = pipe.last_scale.to_dict() if getattr(pipe, "last_scale", None) is not None else None
                     images.append({"image": str(f), "source": str(f.absolute()), "output_stem": stem, "cells": len(new), "scale": scale})
@@ -187,7 +192,8 @@ def _predict_one(
     pipe: CellPipeline, f: Path, stem: str, out_dir: Path, max_file_mb: float, save_crops: bool,
     max_pixels: int | None, failures: list[dict],
 ) -> list[dict] | None:
-    """One image's mask, overlay and crops; its rows (None when the file is unreadable: skipped)."""
+    """One image's files (wbc.cell_outputs, the writers the web app uses); its rows (None when the
+    file is unreadable: skipped)."""
     try:
         check_file(f, max_file_mb, max_pixels)
         rgb = read_rgb(f, max_pixels, "predict.max_pixels")
@@ -196,25 +202,21 @@ def _predict_one(
         failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
         return None
     res = pipe(rgb)
-    write_png(out_dir / "masks" / f"{stem}.png", (res.labels > 0).astype(np.uint8) * 255)
-    rows, texts, boxes = [], [], []
-    for k, inst in enumerate(res.instances):
-        row: dict[str, Any] = {"image": str(f), "cell": inst.label, "bbox_y0": inst.bbox[0], "bbox_x0": inst.bbox[1], "bbox_y1": inst.bbox[2], "bbox_x1": inst.bbox[3], "area": inst.area}
-        if np.size(res.class_probs):  # no classifier: (n_cells, 0) probabilities
-            p = res.class_probs[k]
-            row["class"] = pipe.classes[int(np.argmax(p))]
-            row["probability"] = float(np.max(p))
-            row.update({f"p_{c}": float(v) for c, v in zip(pipe.classes, p)})
-            texts.append(f"{inst.label}:{row['class'][:5]} {row['probability']:.2f}")
-        else:
-            texts.append(str(inst.label))
-        row.update(source=str(f.absolute()), output_stem=stem)
-        boxes.append(inst.bbox)
-        rows.append(row)
-        if save_crops:
-            write_png(out_dir / "crops" / f"{stem}_cell{inst.label:02d}.png", res.crops[k])
-    write_png(out_dir / "overlays" / f"{stem}.png", label_cells(rgb, res.labels, texts, boxes))
+    cells = co.cell_rows(res.instances, pipe.classes, res.class_probs, getattr(res, "review", None) or None)
+    rows = [{"image": str(f), **row, "source": str(f.absolute()), "output_stem": stem} for row in cells]
+    _write_bytes(out_dir / "masks" / f"{stem}.png", co.mask_png(res.labels))
+    _write_bytes(out_dir / "labels" / f"{stem}.png", co.label_png(res.labels))
+    geo = co.cells_geojson(res.labels, res.instances, cells, pipe.classes, str(f))
+    _write_bytes(out_dir / "geojson" / f"{stem}.geojson", json.dumps(geo).encode("utf-8"))
+    if save_crops:
+        for row, crop in zip(cells, res.crops):
+            _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(crop))
+    _write_bytes(out_dir / "overlays" / f"{stem}.png", co.png_bytes(co.overlay_image(rgb, res.labels, res.instances, cells)))
     return rows
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
@@ -230,7 +232,3 @@ def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures:
     write_json(out_dir / "predictions.json", {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes})
 
 
-def _csv_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    return f"{v:.5f}" if isinstance(v, float) else v

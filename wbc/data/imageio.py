@@ -12,6 +12,7 @@ samples) and predict (`max_pixels`, via predict_io.check_file) both use it; `Non
 
 from __future__ import annotations
 
+import io
 import numbers
 import re
 import warnings
@@ -106,13 +107,13 @@ def check_image_size(path: Path, max_pixels: int | None = None, setting: str = "
     return w, h
 
 
-def _read_tiff(path: Path, max_pixels: int | None, setting: str) -> np.ndarray:
+def _read_tiff(path: Path | io.BytesIO, max_pixels: int | None, setting: str, label: Any = None) -> np.ndarray:
     """tifffile's decode (what PIL cannot open), after the same pixel check on its header."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         w, h, n = _tiff_header(tif)
-        check_pixels(path, w, h, max_pixels, setting, n)
+        check_pixels(path if label is None else label, w, h, max_pixels, setting, n)
         return np.asarray(tif.asarray())
 
 
@@ -126,11 +127,25 @@ def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.m
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
     limit = pixel_limit(max_pixels, setting)  # a bad setting is a config error, not a bad file
+    return _decode(path, path, path.suffix.lower() in TIFF_SUFFIXES, limit, setting)
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int | None = None, setting: str = "max_pixels") -> np.ndarray:
+    """`decode_raw` for an image held in memory (an upload): `name` only labels the messages, the
+    TIFF fallback is chosen by the content's magic bytes, the same pixel limit applies before decoding."""
+    if not data:
+        raise ImageReadError(f"{name}: file is empty (0 bytes); expected an image")
+    limit = pixel_limit(max_pixels, setting)
+    return _decode(io.BytesIO(data), name, data[:4] in (b"II*\x00", b"MM\x00*"), limit, setting)
+
+
+def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str) -> np.ndarray:
+    """PIL's decode of a file or buffer (tifffile for the TIFFs PIL cannot open); `label` names it in errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
-            with Image.open(path) as im:
-                check_pixels(path, im.size[0], im.size[1], limit, setting)
+            with Image.open(source) as im:
+                check_pixels(label, im.size[0], im.size[1], limit, setting)
                 im.load()  # forces a full decode: truncated files raise here
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -142,18 +157,20 @@ def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.m
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
-        raise _bomb_error(path, err, limit, setting) from err
+        raise _bomb_error(label, err, limit, setting) from err
     except PermissionError as err:
-        raise ImageReadError(f"{path}: cannot be read ({err.strerror or err}); check the file's permissions") from err
+        raise ImageReadError(f"{label}: cannot be read ({err.strerror or err}); check the file's permissions") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if path.suffix.lower() in TIFF_SUFFIXES:
+        if tiff:
             try:
-                return _read_tiff(path, limit, setting)
+                if isinstance(source, io.BytesIO):
+                    source.seek(0)
+                return _read_tiff(source, limit, setting, label)
             except ImageReadError:
                 raise
             except Exception:  # noqa: BLE001 - report the original decoder's message below
                 pass
-        raise ImageReadError(f"{path}: cannot decode as an image ({err}); truncated or not an image file") from err
+        raise ImageReadError(f"{label}: cannot decode as an image ({err}); truncated or not an image file") from err
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -174,7 +191,12 @@ def read_rgb(path: str | Path, max_pixels: int | None = None, setting: str = "da
     """Read any supported image as HxWx3 uint8 RGB (grey is replicated, alpha dropped); images over
     `max_pixels` (None = DEFAULT_MAX_PIXELS; `setting` names the config key) are refused undecoded."""
     path = Path(path)
-    arr = decode_raw(path, max_pixels, setting)
+    return as_rgb(decode_raw(path, max_pixels, setting), path)
+
+
+def as_rgb(arr: np.ndarray, label: Any) -> np.ndarray:
+    """A decoded array (decode_raw / decode_bytes) as HxWx3 uint8 RGB: grey replicated, alpha dropped,
+    16-bit scaled; `label` names the image in errors."""
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -182,9 +204,9 @@ def read_rgb(path: str | Path, max_pixels: int | None = None, setting: str = "da
     elif arr.ndim == 3 and arr.shape[2] == 2:
         arr = np.repeat(arr[..., :1], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ImageReadError(f"{path}: unsupported image shape {arr.shape}; expected HxW, HxWx3 or HxWx4")
+        raise ImageReadError(f"{label}: unsupported image shape {arr.shape}; expected HxW, HxWx3 or HxWx4")
     if min(arr.shape[:2]) < 1:
-        raise ImageReadError(f"{path}: image has no pixels")
+        raise ImageReadError(f"{label}: image has no pixels")
     return np.ascontiguousarray(to_uint8(arr))
 
 

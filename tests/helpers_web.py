@@ -1,0 +1,93 @@
+"""What the web app tests share: a stand-in segmenter that finds the dark nuclei of drawn fields (so
+an image has a known number of cells, whatever the weights), drawn fields, and image encoders.
+
+Nothing is trained: the classifier is the untrained tiny one (tests.helpers_models.tiny_modules).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import cv2
+import numpy as np
+import torch
+from lightning.fabric.utilities.data import AttributeDict
+
+from wbc.inference import CellPipeline
+
+BACKGROUND, CYTOPLASM, NUCLEUS = (235, 225, 200), (190, 140, 135), (110, 40, 105)
+CENTRES = ((30, 40), (70, 110), (35, 130))  # (y, x) of the three cells of `field()`
+
+
+class DarkSegmenter(torch.nn.Module):
+    """Nucleus = the dark pixels (mean intensity below 0.45), at a 128 px network size."""
+
+    def __init__(self, data_info: dict, image_size: int = 128, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.hparams = AttributeDict(data_info={**data_info, "image_size": image_size}, stage="segmentation")
+        self.delay_s = delay_s
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            return (x.mean(1, keepdim=True) < 0.45).float()
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def web_pipeline(clf, delay_s: float = 0.0) -> CellPipeline:
+    """Dark-nucleus segmenter + the tiny classifier, with the classifier's preprocessing minus CLAHE
+    (so 'dark' means the drawn nucleus)."""
+    info = dict(clf.hparams.data_info)
+    info["preprocess"] = {**(info.get("preprocess") or {}), "clahe": False}
+    return CellPipeline(DarkSegmenter(info, delay_s=delay_s), clf)
+
+
+def field(h: int = 100, w: int = 160, centres=CENTRES, seed: int = 0) -> np.ndarray:
+    """A light field with one cell (pink cytoplasm, dark nucleus) at each centre."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.int16)
+    img[:] = BACKGROUND
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx in centres:
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        img[d2 <= 14**2] = CYTOPLASM
+        img[d2 <= 7**2] = NUCLEUS
+    return (img + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+def png(arr: np.ndarray) -> bytes:
+    """RGB, RGBA or grey array (uint8 or uint16) -> PNG bytes."""
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = arr[..., ::-1]
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    assert ok
+    return buf.tobytes()
+
+
+def jpeg(arr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(arr if arr.ndim == 2 else arr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return buf.tobytes()
+
+
+def tiff16(arr: np.ndarray) -> bytes:
+    """An RGB uint8 array as a 16-bit RGB TIFF (values x 257)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr.astype(np.uint16) * 257, photometric="rgb")
+    return buf.getvalue()

@@ -1,0 +1,307 @@
+"""The web app's API (issue 15) through FastAPI's TestClient: segment -> classify -> every download
+decoded and checked against the cells, bad inputs and limits each with one plain message, the
+bounded result store, the bounded job pool under concurrent requests, security headers, and the
+writers predict.py shares. Nothing is trained: a dark-nucleus stand-in segmenter finds the three
+drawn cells of each field; the classifier is the untrained tiny one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers_data import png_header_only
+from tests.helpers_models import tiny_modules
+from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, web_pipeline
+from wbc.web.app import Settings, create_app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+KINDS = ("mask.png", "labels.png", "overlay.png", "cells.csv", "cells.geojson", "crops.zip", "all.zip")
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory):
+    return tiny_modules(tmp_path_factory.mktemp("web_models"))[1]
+
+
+@pytest.fixture(scope="module")
+def client(clf):
+    with TestClient(create_app(web_pipeline(clf))) as c:
+        yield c
+
+
+def make_client(clf, **settings) -> TestClient:
+    return TestClient(create_app(web_pipeline(clf, settings.pop("delay_s", 0.0)), settings=Settings(**settings)))
+
+
+def upload(c: TestClient, data: bytes, name: str = "field.png", url: str = "/api/images"):
+    return c.post(url, files={"file": (name, data, "application/octet-stream")})
+
+
+def decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert arr is not None, "not a decodable PNG"
+    return arr
+
+
+# --------------------------------------------------------------------------- the flow and every download
+def test_segment_then_classify_then_every_download(client, clf) -> None:
+    r = upload(client, png(field()), "smear 1.png")
+    assert r.status_code == 200, r.text
+    image = r.json()
+    assert (image["status"], image["width"], image["height"], image["count"]) == ("uploaded", 160, 100, None)
+    iid = image["id"]
+    assert client.post(f"/api/images/{iid}/classify").status_code == 409  # Classify needs Segment first
+
+    seg = client.post(f"/api/images/{iid}/segment")
+    assert seg.status_code == 200 and "segment;dur=" in seg.headers["Server-Timing"]
+    s = seg.json()
+    assert s["status"] == "segmented" and s["count"] == 3 and s["summary"] == "3 cells (not classified yet)"
+    assert {"decode_ms", "segment_ms", "cells_ms", "outlines_ms"} <= set(s["timings"]) and s["scale_text"]
+    for cell, (cy, cx) in zip(sorted(s["cells"], key=lambda c: c["centroid_x"]), sorted(CENTRES, key=lambda c: c[1])):
+        assert abs(cell["centroid_x"] - (cx + 0.5)) < 2 and abs(cell["centroid_y"] - (cy + 0.5)) < 2
+        assert cell["class"] is None and len(cell["polygon"][0]) >= 4
+
+    cls = client.post(f"/api/images/{iid}/classify").json()
+    classes = clf.hparams.data_info["classes"]
+    assert cls["status"] == "classified" and sum(cls["counts"].values()) == 3
+    assert cls["summary"].startswith("3 cells: ") and all(c["class"] in classes for c in cls["cells"])
+    for c in cls["cells"]:
+        assert sum(c[f"p_{k}"] for k in classes) == pytest.approx(1, abs=1e-4) and c["probability"] == max(c[f"p_{k}"] for k in classes)
+
+    files = {k: client.get(f"/api/images/{iid}/files/{k}") for k in KINDS}
+    assert all(r.status_code == 200 for r in files.values())
+    assert files["cells.csv"].headers["content-disposition"] == 'attachment; filename="smear_1_cells.csv"'
+    labels = decode(files["labels.png"].content)
+    assert labels.dtype == np.uint16 and labels.shape == (100, 160) and set(np.unique(labels)) == {0, 1, 2, 3}
+    mask = decode(files["mask.png"].content)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255} and np.array_equal(mask > 0, labels > 0)
+    assert decode(files["overlay.png"].content, cv2.IMREAD_COLOR).shape == (100, 160, 3)
+
+    rows = list(csv.DictReader(io.StringIO(files["cells.csv"].text)))
+    assert [int(r["cell"]) for r in rows] == [1, 2, 3] and all(r["class"] in classes for r in rows)
+    assert {f"p_{k}" for k in classes} <= set(rows[0]) and [int(r["area"]) for r in rows] == [int((labels == i).sum()) for i in (1, 2, 3)]
+
+    check_geojson(files["cells.geojson"].json(), labels, classes, rows)
+
+    with zipfile.ZipFile(io.BytesIO(files["all.zip"].content)) as z:
+        names = set(z.namelist())
+        assert {f"smear_1_{k.replace('.', '.', 1)}" for k in ("mask.png", "labels.png", "overlay.png", "cells.csv", "cells.geojson")} <= names
+        assert {f"crops/smear_1_cell0{i}.png" for i in (1, 2, 3)} <= names
+        assert z.read("smear_1_cells.csv") == files["cells.csv"].content
+    with zipfile.ZipFile(io.BytesIO(files["crops.zip"].content)) as z:
+        crops = [decode(z.read(n)) for n in sorted(z.namelist())]
+    assert len(crops) == 3 and all(c.shape[:2] == crops[0].shape[:2] for c in crops)
+    crop = decode(client.get(f"/api/images/{iid}/crops/2.png").content)
+    assert crop.shape[:2] == crops[0].shape[:2]
+    assert decode(client.get(f"/api/images/{iid}/image.png").content).shape == (100, 160, 3)
+
+
+def check_geojson(geo: dict, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
+    """One valid polygon per cell, in full-resolution pixels, over that cell's pixels, with QuPath's keys."""
+    from shapely.geometry import Point, shape
+
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(rows)
+    for feat, row in zip(geo["features"], rows):
+        geom = shape(feat["geometry"])
+        assert geom.is_valid and geom.area > 0
+        minx, miny, maxx, maxy = geom.bounds
+        assert min(minx, miny) >= 0 and maxx <= labels.shape[1] and maxy <= labels.shape[0]
+        ys, xs = np.nonzero(labels == int(row["cell"]))
+        inside = np.mean([geom.buffer(0.75).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs)])
+        assert inside == 1.0  # every pixel of the cell (its centre, within the outline's half-pixel)
+        assert geom.area == pytest.approx(len(ys), rel=0.35)
+        props = feat["properties"]
+        assert props["objectType"] == "detection" and props["classification"]["name"] == row["class"] in classes
+        assert len(props["classification"]["color"]) == 3
+        assert all(isinstance(v, int | float) for v in props["measurements"].values())
+        assert props["measurements"]["area_px"] == int(row["area"])
+
+
+def test_image_formats_and_no_cells(client) -> None:
+    """16-bit TIFF, RGBA PNG and grey JPEG give the same three cells; an empty field gives none, with
+    downloads that still parse."""
+    img = field()
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    for name, data in (("a.tif", tiff16(img)), ("b.png", png(rgba)), ("c.jpg", jpeg(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)))):
+        r = upload(client, data, name, "/api/predict")
+        assert r.status_code == 200, (name, r.text)
+        assert (r.json()["status"], r.json()["count"]) == ("classified", 3), name
+    empty = upload(client, png(field(centres=())), "blank.png", "/api/predict").json()
+    assert empty["count"] == 0 and empty["summary"] == "no cells found" and empty["cells"] == []
+    iid = empty["id"]
+    assert list(csv.reader(io.StringIO(client.get(f"/api/images/{iid}/files/cells.csv").text)))[1:] == []
+    assert client.get(f"/api/images/{iid}/files/cells.geojson").json()["features"] == []
+    assert not decode(client.get(f"/api/images/{iid}/files/labels.png").content).any()
+
+
+# --------------------------------------------------------------------------- bad input and limits
+@pytest.mark.parametrize(
+    ("name", "data", "status", "message"),
+    [
+        ("empty.png", b"", 400, r"empty\.png: file is empty \(0 bytes\)"),
+        ("notes.png", b"hello, this is text\n" * 10, 400, r"notes\.png: not an image file"),
+        ("cut.png", png(field())[:300], 400, r"cut\.png: cannot decode as an image"),
+        ("../../etc/passwd", b"#!/bin/sh\necho hi\n", 400, r"^passwd: not an image file"),
+    ],
+)
+def test_bad_uploads_get_one_plain_message(client, name, data, status, message) -> None:
+    import re
+
+    r = upload(client, data, name)
+    assert r.status_code == status and re.search(message, r.json()["detail"]), r.text
+    assert "Traceback" not in r.text
+
+
+def test_limits_checked_before_decoding(clf, tmp_path: Path, monkeypatch) -> None:
+    import wbc.web.engine
+
+    small = make_client(clf, max_file_mb=0.01, max_pixels=1000)
+    r = upload(small, png(field()), "big.png")
+    assert r.status_code == 400 and "big.png: " in r.text and "exceeds the limit max_file_mb=0.01" in r.text
+    r = upload(small, png(field(20, 20, centres=())), "many.png")  # 400 px: under the pixel limit
+    assert r.status_code == 200
+    r = upload(small, png(field(40, 40, centres=())), "wide.png")  # 1600 px
+    assert r.status_code == 400 and "wide.png: 40x40 = 1600 pixels exceeds the limit max_pixels=1000" in r.text
+    r = small.post("/api/images", content=b"x" * (2**20 + 20_000), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "larger than the limit max_file_mb=0.01" in r.text  # refused from the length
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(wbc.web.engine, "as_rgb", never)
+    header = png_header_only(tmp_path / "huge.png", 15_000, 12_000).read_bytes()
+    r = upload(make_client(clf), header, "huge.png")
+    assert r.status_code == 400 and "huge.png: 15000x12000 = 180000000 pixels exceeds the limit" in r.text
+
+
+def test_wrong_requests(client) -> None:
+    assert client.post("/api/images", data={"x": "1"}).status_code == 400
+    r = client.get("/api/images/nope")
+    assert r.status_code == 404 and "upload it again" in r.json()["detail"]
+    iid = upload(client, png(field())).json()["id"]
+    assert client.get(f"/api/images/{iid}/files/cells.csv").status_code == 409  # nothing segmented yet
+    client.post(f"/api/images/{iid}/segment")
+    assert client.get(f"/api/images/{iid}/files/evil.sh").status_code == 409
+    assert client.get(f"/api/images/{iid}/crops/99.png").status_code == 409
+
+
+def test_store_is_bounded_and_deletable(clf) -> None:
+    c = make_client(clf, max_images=2)
+    ids = [upload(c, png(field(30, 30, centres=())), f"{i}.png").json()["id"] for i in range(3)]
+    assert c.get(f"/api/images/{ids[0]}").status_code == 404  # the oldest went
+    assert [i["id"] for i in c.get("/api/images").json()] == ids[1:]
+    assert c.delete(f"/api/images/{ids[1]}").status_code == 204 and c.get(f"/api/images/{ids[1]}").status_code == 404
+    assert c.delete("/api/images").json() == {"deleted": 1} and c.get("/api/images").json() == []
+    old = create_app(web_pipeline(clf), settings=Settings(max_age_min=1e-4))  # 6 ms
+    with TestClient(old) as c2:
+        iid = upload(c2, png(field(30, 30, centres=()))).json()["id"]
+        time.sleep(0.05)
+        assert c2.get(f"/api/images/{iid}").status_code == 404
+
+
+# --------------------------------------------------------------------------- concurrency
+def test_concurrent_requests_all_answered_with_their_own_cells(client) -> None:
+    images = {f"f{i}.png": field(seed=i, centres=CENTRES[: 1 + i % 3]) for i in range(8)}
+
+    def one(name: str) -> tuple[str, dict]:
+        r = upload(client, png(images[name]), name, "/api/predict")
+        assert r.status_code == 200, r.text
+        return name, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = dict(pool.map(one, images))
+    assert len({r["id"] for r in results.values()}) == 8
+    for i, (name, r) in enumerate(sorted(results.items(), key=lambda kv: int(kv[0][1:-4]))):
+        assert r["name"] == name and r["count"] == 1 + i % 3
+
+
+def test_jobs_are_bounded_and_off_the_event_loop(clf) -> None:
+    with make_client(clf, jobs=1, queue=1, delay_s=0.4) as c:
+        seg = c.app.state.engine.pipe.segmenter
+        ids = [upload(c, png(field(seed=i))).json()["id"] for i in range(4)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(c.post, f"/api/images/{i}/segment") for i in ids]
+            time.sleep(0.15)
+            health = c.get("/api/health")  # answered while the model runs
+            health_s = time.perf_counter() - t0
+            codes = sorted(f.result().status_code for f in futures)
+        assert health.status_code == 200 and health_s < 0.4 and health.json()["jobs_pending"] >= 1
+        assert codes == [200, 200, 503, 503] and seg.most_at_once == 1
+        busy = next(f.result() for f in futures if f.result().status_code == 503)
+        assert "busy" in busy.json()["detail"] and busy.headers["retry-after"] == "1"
+
+
+# --------------------------------------------------------------------------- page, docs, headers
+def test_security_headers_and_a_page_without_inline_or_remote_code(client) -> None:
+    import re
+
+    from wbc.web.app import STATIC
+
+    r = client.get("/")
+    assert r.status_code == 200 and "<canvas" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe" not in csp and r.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/api/model").headers["x-content-type-options"] == "nosniff"
+    scripts = re.findall(r"<script([^>]*)>", r.text)
+    assert scripts and all('src="/static/' in s for s in scripts)  # no inline script
+    for f in STATIC.iterdir():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", f.read_text()), f"{f.name} loads something from elsewhere"
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "script-src 'self';" in docs.headers["content-security-policy"]
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/images", "/api/images/{image_id}/segment", "/api/images/{image_id}/classify", "/api/images/{image_id}/files/{kind}"} <= set(paths)
+
+
+def test_model_card(client, clf) -> None:
+    m = client.get("/api/model").json()
+    assert m["classes"] == clf.hparams.data_info["classes"] and m["has_classifier"] and m["segmenter_input"] == 128
+    assert set(m["colours"]) == set(m["classes"]) and m["limits"]["max_file_mb"] == 50
+
+
+def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:
+    pipe = web_pipeline(clf)
+    pipe.review = lambda shape, instances, probs, views=None: [["low confidence"] if i == 1 else [] for i in range(len(instances))]
+    with TestClient(create_app(pipe)) as c:
+        s = upload(c, png(field()), url="/api/predict").json()
+        assert [x["review"] for x in s["cells"]] == ["", "yes", ""] and s["review_count"] == 1
+        rows = list(csv.DictReader(io.StringIO(c.get(f"/api/images/{s['id']}/files/cells.csv").text)))
+        assert [r["review_reasons"] for r in rows] == ["", "low confidence", ""]
+        feats = c.get(f"/api/images/{s['id']}/files/cells.geojson").json()["features"]
+        assert [f["properties"]["measurements"]["review"] for f in feats] == [0, 1, 0]
+
+
+def test_all_images_zip_keeps_same_named_images_apart(client) -> None:
+    ids = [upload(client, png(field(seed=i)), "same.png", "/api/predict").json()["id"] for i in range(2)]
+    z = zipfile.ZipFile(io.BytesIO(client.get("/api/files/all.zip", params={"ids": ",".join(ids)}).content))
+    tops = sorted({n.split("/")[0] for n in z.namelist()})
+    assert tops == ["same", "same_2"]
+    for top in tops:
+        assert len(list(csv.reader(io.StringIO(z.read(f"{top}/same_cells.csv").decode())))) == 4  # header + 3 cells
+
+
+# --------------------------------------------------------------------------- one writer for predict.py too
+def test_predict_writes_the_same_geojson_and_16bit_labels(clf, tmp_path: Path) -> None:
+    from wbc.predict_io import predict_images
+
+    path = tmp_path / "in" / "f.png"
+    path.parent.mkdir()
+    path.write_bytes(png(field()))
+    rows, failures = predict_images(web_pipeline(clf), [path], tmp_path / "out")
+    assert not failures and len(rows) == 3
+    labels = decode((tmp_path / "out" / "labels" / "f.png").read_bytes())
+    assert labels.dtype == np.uint16 and set(np.unique(labels)) == {0, 1, 2, 3}
+    geo = json.loads((tmp_path / "out" / "geojson" / "f.geojson").read_text())
+    table = list(csv.DictReader(io.StringIO((tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8"))))
+    check_geojson(geo, labels, clf.hparams.data_info["classes"], table)

@@ -1,0 +1,285 @@
+"""The FastAPI app: the page (static files, no CDN), the JSON API it uses (documented at /docs, served
+from local files), security headers on every response, plain-words errors.
+
+`create_app(pipe, info, settings)` takes an already loaded pipeline, so tests and benchmarks build it
+in-process; `wbc.cli.serve` loads the models once and runs it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+
+from wbc.cell_outputs import UNCLASSIFIED_COLOUR, class_colour, zip_bytes
+from wbc.data.imageio import ImageReadError
+from wbc.web.engine import DOWNLOADS, Engine, Limits, StepError
+from wbc.web.jobs import Busy, JobRunner
+from wbc.web.model_info import describe
+from wbc.web.store import ImageRecord, ResultStore, display_name
+
+log = logging.getLogger("wbc")
+STATIC = Path(__file__).parent / "static"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+# Swagger UI (served from local files) styles its widgets inline; scripts stay 'self' only
+DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}},
+    }
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_file_mb: float = 50.0
+    max_pixels: int | None = None
+    max_images: int = 100
+    max_age_min: float = 240.0
+    max_store_mb: float = 2048.0
+    jobs: int = 2
+    queue: int = 32
+
+
+class HTTPProblem(Exception):
+    """An error answered as {"detail": message} with a status code."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def _timing_header(timings: dict[str, float]) -> dict[str, str]:
+    """Server-Timing, so the browser's network panel (and the benchmark) see the split by step."""
+    return {"Server-Timing": ", ".join(f"{k.removesuffix('_ms')};dur={v}" for k, v in timings.items())}
+
+
+def _swagger_dir() -> Path | None:
+    """Swagger UI's files from the fastapi-offline package (no CDN), when installed."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    d = Path(fastapi_offline.__file__).parent / "static"
+    return d if (d / "swagger-ui-bundle.js").is_file() else None
+
+
+def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = None) -> FastAPI:
+    s = settings or Settings()
+    engine = Engine(pipe, Limits(s.max_file_mb, s.max_pixels))
+    store = ResultStore(s.max_images, s.max_age_min, s.max_store_mb)
+    runner = JobRunner(s.jobs, s.queue)
+    colours = {c: list(class_colour(engine.classes, c)) for c in engine.classes}
+    model = {**(info if info is not None else describe(pipe, None, "in-process model")), "colours": colours, "unclassified_colour": list(UNCLASSIFIED_COLOUR), "limits": {"max_file_mb": s.max_file_mb, "max_pixels": s.max_pixels, "max_images": s.max_images, "max_age_min": s.max_age_min, "jobs": s.jobs}}
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        runner.shutdown()
+
+    app = FastAPI(
+        title="wbc-lab web app", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
+        description="Upload a smear image, segment its nuclei, classify the cells, download masks, tables and QuPath GeoJSON.",
+    )
+    app.state.engine, app.state.store, app.state.runner = engine, store, runner
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        docs = request.url.path in ("/docs", "/docs/") or request.url.path.startswith("/docs-assets")
+        response.headers["Content-Security-Policy"] = DOCS_CSP if docs else CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_request: Request, err: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ImageReadError)
+    async def bad_image(_request: Request, err: ImageReadError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.exception_handler(StepError)
+    async def bad_step(_request: Request, err: StepError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=409)
+
+    @app.exception_handler(Busy)
+    async def busy(_request: Request, err: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, err: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"the server could not do this ({type(err).__name__}: {err}); the details are in the server's log"}, status_code=500)
+
+    def record(image_id: str) -> ImageRecord:
+        rec = store.get(image_id)
+        if rec is None:
+            raise HTTPProblem(
+                404, f"no image {image_id!r} here: it was deleted or expired (the server keeps the last {s.max_images} images for {s.max_age_min:g} minutes); upload it again"
+            )
+        return rec
+
+    async def read_upload(request: Request) -> tuple[bytes, str]:
+        """The file of a multipart upload; the body is refused as soon as it passes the size limit."""
+        limit = engine.limits.max_bytes + 2**20  # + the multipart envelope
+        too_big = HTTPProblem(413, f"the upload is larger than the limit max_file_mb={s.max_file_mb:g}")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_big
+        request._body = bytes(body)  # the form parser reads the capped body, never the socket again
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as err:  # noqa: BLE001 - a malformed body is the client's error, said plainly
+            raise HTTPProblem(400, f"expected a multipart/form-data upload with one 'file' field ({err})") from err
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPProblem(400, "expected a multipart/form-data upload with one 'file' field")
+        data = await upload.read()
+        await form.close()
+        return data, upload.filename or "image"
+
+    async def add_image(request: Request) -> ImageRecord:
+        data, name = await read_upload(request)
+        shown = display_name(name)
+        engine.check_upload(data, shown)  # size and type before decoding, on the loop: cheap
+        rgb, decode_ms = await runner.run(engine.decode, data, shown)
+        rec = store.add(shown, rgb)
+        rec.timings["decode_ms"] = decode_ms
+        return rec
+
+    def answer(state: dict) -> JSONResponse:
+        return JSONResponse(state, headers=_timing_header(state.get("timings", {})))
+
+    # ----------------------------------------------------------------------------- the API
+    @app.get("/api/model", tags=["model"], summary="The loaded model: classes, input sizes, training date, test figures, limits")
+    async def get_model() -> dict:
+        return model
+
+    @app.get("/api/health", tags=["model"], summary="Jobs running or waiting, and the result store's use")
+    async def health() -> dict:
+        return {"ok": True, "jobs_pending": runner.pending, "store": store.usage()}
+
+    @app.post("/api/images", tags=["images"], summary="Upload one image (multipart field 'file'); ?segment=true segments it too", openapi_extra=UPLOAD_BODY)
+    async def upload(request: Request, segment: bool = False) -> JSONResponse:
+        rec = await add_image(request)
+        state = await runner.run(engine.segment, rec) if segment else engine.state(rec)
+        store.trim()
+        return answer(state)
+
+    @app.post("/api/predict", tags=["images"], summary="Upload, segment and classify one image in one call (for scripts)", openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request) -> JSONResponse:
+        rec = await add_image(request)
+        state = await runner.run(_segment_and_classify, engine, rec)
+        store.trim()
+        return answer(state)
+
+    @app.get("/api/images", tags=["images"], summary="The images kept on the server (without their cells)")
+    async def list_images() -> list[dict]:
+        return [{k: v for k, v in engine.state(r).items() if k != "cells"} for r in store.all()]
+
+    @app.delete("/api/images", tags=["images"], summary="Delete every image and result")
+    async def delete_all() -> dict:
+        return {"deleted": store.clear()}
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="One image's state, cells and outlines")
+    async def get_image(image_id: str) -> JSONResponse:
+        return answer(engine.state(record(image_id)))
+
+    @app.delete("/api/images/{image_id}", tags=["images"], summary="Delete one image and its results")
+    async def delete_image(image_id: str) -> Response:
+        if not store.delete(image_id):
+            record(image_id)  # the 404 message
+        return Response(status_code=204)
+
+    @app.post("/api/images/{image_id}/segment", tags=["steps"], summary="Segment: nuclei, cells, outlines (drops an earlier classification)")
+    async def segment(image_id: str) -> JSONResponse:
+        state = await runner.run(engine.segment, record(image_id))
+        store.trim()
+        return answer(state)
+
+    @app.post("/api/images/{image_id}/classify", tags=["steps"], summary="Classify the segmented cells (reuses the stored segmentation)")
+    async def classify(image_id: str) -> JSONResponse:
+        return answer(await runner.run(engine.classify, record(image_id)))
+
+    @app.get("/api/images/{image_id}/image.png", tags=["files"], summary="The image as uploaded, as PNG (what the page draws on)")
+    async def image_png(image_id: str) -> Response:
+        return Response(await runner.run(engine.display_png, record(image_id)), media_type="image/png")
+
+    @app.get("/api/images/{image_id}/crops/{cell}.png", tags=["files"], summary="One cell's crop")
+    async def crop_png(image_id: str, cell: int) -> Response:
+        return Response(engine.crop_png(record(image_id), cell), media_type="image/png")
+
+    @app.get(
+        "/api/images/{image_id}/files/{kind}", tags=["files"],
+        summary="A download: " + ", ".join(DOWNLOADS) + " (mask: binary 8-bit; labels: 16-bit instance ids; geojson: QuPath)",
+    )
+    async def download(image_id: str, kind: str) -> Response:
+        rec = record(image_id)
+        data = await runner.run(engine.download, rec, kind)
+        return Response(data, media_type=DOWNLOADS[kind], headers={"Content-Disposition": f'attachment; filename="{rec.stem}_{kind}"'})
+
+    @app.get("/api/files/all.zip", tags=["files"], summary="Every segmented image's files in one ZIP (ids=a,b,... or all)")
+    async def all_zip(ids: str = "") -> Response:
+        recs = [record(i) for i in ids.split(",") if i] if ids else [r for r in store.all() if r.labels is not None]
+        recs = [r for r in recs if r.labels is not None]
+        if not recs:
+            raise HTTPProblem(409, "no segmented image to download yet: segment an image first")
+        data = await runner.run(_zip_all, engine, recs)
+        return Response(data, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="wbc_results.zip"'})
+
+    # ----------------------------------------------------------------------------- the page and the docs
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    swagger = _swagger_dir()
+    if swagger is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
+    return app
+
+
+def _segment_and_classify(engine: Engine, rec: ImageRecord) -> dict:
+    state = engine.segment(rec)
+    return engine.classify(rec) if engine.has_classifier else state
+
+
+def _zip_all(engine: Engine, recs: list[ImageRecord]) -> bytes:
+    """One folder per image (its download stem; a repeated stem gets _2, _3, ...)."""
+    files: dict[str, bytes] = {}
+    used: set[str] = set()
+    for rec in recs:
+        folder, n = rec.stem, 1
+        while folder.casefold() in used:
+            n += 1
+            folder = f"{rec.stem}_{n}"
+        used.add(folder.casefold())
+        with rec.lock:
+            files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
+    return zip_bytes(files)

@@ -1,0 +1,205 @@
+"""The web app's steps on one image, each run on a worker thread (wbc.web.jobs): decode an upload,
+segment (nucleus probability -> cells, outlines, crops), classify (the stored crops: Classify never
+segments again), and the downloads (wbc.cell_outputs, the writers predict.py uses).
+
+The loaded pipeline is shared by all jobs; each job works on a shallow copy of it, so the per-image
+state the pipeline keeps (`last_scale`) never leaks between two images processed at the same time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wbc import cell_outputs as co
+from wbc.cells import cell_crops
+from wbc.data.imageio import ImageReadError, as_rgb, decode_bytes
+from wbc.web.store import ImageRecord
+
+# PNG, BMP, TIFF (both byte orders), JPEG: the type is decided by these bytes, never by the name
+MAGIC = (b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
+DOWNLOADS = {
+    "mask.png": "image/png",
+    "labels.png": "image/png",
+    "overlay.png": "image/png",
+    "cells.csv": "text/csv; charset=utf-8",
+    "cells.geojson": "application/geo+json",
+    "crops.zip": "application/zip",
+    "all.zip": "application/zip",
+}
+
+
+class StepError(ValueError):
+    """A request the image's state does not allow (classify before segment, unknown download)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_mb: float = 50.0
+    max_pixels: int | None = None  # None = wbc.data.imageio.DEFAULT_MAX_PIXELS
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+
+def _ms(t0: float) -> float:
+    return round(1e3 * (time.perf_counter() - t0), 2)
+
+
+class Engine:
+    def __init__(self, pipe: Any, limits: Limits | None = None) -> None:
+        self.pipe = pipe
+        self.limits = limits or Limits()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.pipe.classes)
+
+    @property
+    def has_classifier(self) -> bool:
+        return getattr(self.pipe, "classifier", None) is not None and bool(self.classes)
+
+    # ------------------------------------------------------------------------- steps
+    def check_upload(self, data: bytes, name: str) -> None:
+        """Size and type from the bytes, before anything is decoded (ImageReadError naming the file)."""
+        if not data:
+            raise ImageReadError(f"{name}: file is empty (0 bytes); expected an image")
+        if len(data) > self.limits.max_bytes:
+            raise ImageReadError(f"{name}: {len(data)} bytes exceeds the limit max_file_mb={self.limits.max_file_mb:g}")
+        if not data.startswith(MAGIC):
+            raise ImageReadError(f"{name}: not an image file (expected PNG, JPEG, TIFF or BMP content)")
+
+    def decode(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
+        """(RGB uint8, ms): the pixel limit is checked from the header before decoding."""
+        t0 = time.perf_counter()
+        self.check_upload(data, name)
+        rgb = as_rgb(decode_bytes(data, name, self.limits.max_pixels, "max_pixels"), name)
+        return rgb, _ms(t0)
+
+    def segment(self, rec: ImageRecord) -> dict:
+        """Nucleus probability -> cells, outlines and crops; any earlier classification is dropped."""
+        with rec.lock:
+            pipe = copy.copy(self.pipe)
+            t0 = time.perf_counter()
+            prob = pipe.segment(rec.rgb)
+            seg_ms, t1 = _ms(t0), time.perf_counter()
+            spec, post = pipe.scaled_for_image()
+            labels, instances, crops = cell_crops(pipe.cls_pre(rec.rgb), prob, spec, post)
+            cells_ms, t2 = _ms(t1), time.perf_counter()
+            polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
+            rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
+            rec.instances, rec.crops, rec.polygons = instances, crops, polygons
+            rec.scale = pipe.last_scale
+            rec.class_probs, rec.review = None, None
+            rec.rows = co.cell_rows(instances, self.classes)
+            rec.status = "segmented"
+            rec.cache.clear()
+            rec.timings = {k: v for k, v in rec.timings.items() if k == "decode_ms"}
+            rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=_ms(t2))
+        return self.state(rec)
+
+    def classify(self, rec: ImageRecord) -> dict:
+        """Class probabilities of the stored crops (+ review reasons when the pipeline gives them)."""
+        with rec.lock:
+            if rec.labels is None:
+                raise StepError(f"{rec.name}: segment this image first, then classify")
+            if not self.has_classifier:
+                raise StepError("the loaded model has no classifier: nucleus masks and crops only")
+            pipe = copy.copy(self.pipe)
+            pipe.last_scale = rec.scale
+            t0 = time.perf_counter()
+            with_views = getattr(pipe, "classify_with_views", None)
+            probs, views = with_views(rec.crops) if callable(with_views) else (pipe.classify(rec.crops), None)
+            classify_ms, t1 = _ms(t0), time.perf_counter()
+            reviewer = getattr(pipe, "review", None)  # per-cell review reasons (wbc.review), where the pipeline has them
+            review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views) if callable(reviewer) else None
+            rec.class_probs, rec.review = np.asarray(probs), review
+            rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review)
+            rec.status = "classified"
+            rec.cache.clear()
+            rec.timings.update(classify_ms=classify_ms, review_ms=_ms(t1))
+        return self.state(rec)
+
+    # ------------------------------------------------------------------------- what the page shows
+    def state(self, rec: ImageRecord) -> dict:
+        """Everything the page needs about one image (JSON-ready)."""
+        h, w = rec.rgb.shape[:2]
+        scale = rec.scale.to_dict() if rec.scale is not None and hasattr(rec.scale, "to_dict") else None
+        cells = [{**row, "polygon": poly} for row, poly in zip(rec.rows, rec.polygons)]
+        return {
+            "id": rec.id, "name": rec.name, "width": w, "height": h, "status": rec.status,
+            "count": len(rec.rows) if rec.labels is not None else None,
+            "summary": co.summary_line(rec.rows) if rec.labels is not None else "",
+            "counts": co.class_counts(rec.rows, self.classes) if rec.status == "classified" else {},
+            "review_count": sum(1 for r in rec.rows if r.get("review")),
+            "scale": scale, "scale_text": scale_text(scale, w, h, self.pipe), "timings": dict(rec.timings),
+            "cells": cells,
+        }
+
+    # ------------------------------------------------------------------------- downloads
+    def download(self, rec: ImageRecord, kind: str) -> bytes:
+        """One download of one image, encoded once and cached until its results change."""
+        if kind not in DOWNLOADS:
+            raise StepError(f"unknown download {kind!r}; choose one of {', '.join(DOWNLOADS)}")
+        with rec.lock:
+            if rec.labels is None:
+                raise StepError(f"{rec.name}: segment this image first; downloads need its cells")
+            if kind not in rec.cache:
+                rec.cache[kind] = self._encoders(rec)[kind]()
+            return rec.cache[kind]
+
+    def _encoders(self, rec: ImageRecord) -> dict[str, Callable[[], bytes]]:
+        labels, classes, stem = rec.labels, self.classes, rec.stem
+        geo = co.cells_geojson(labels, rec.instances, rec.rows, classes, rec.name)
+
+        def crops_zip() -> bytes:
+            return co.zip_bytes({co.crop_name(stem, r["cell"]): co.png_bytes(c) for r, c in zip(rec.rows, rec.crops)})
+
+        def all_zip() -> bytes:
+            return co.zip_bytes(self.files(rec))
+
+        return {
+            "mask.png": lambda: co.mask_png(labels),
+            "labels.png": lambda: co.label_png(labels),
+            "overlay.png": lambda: co.png_bytes(co.overlay_image(rec.rgb, labels, rec.instances, rec.rows)),
+            "cells.csv": lambda: co.cells_csv(rec.rows, classes),
+            "cells.geojson": lambda: json.dumps(geo).encode("utf-8"),
+            "crops.zip": crops_zip,
+            "all.zip": all_zip,
+        }
+
+    def files(self, rec: ImageRecord) -> dict[str, bytes]:
+        """All of one image's files by name (the per-image ZIP and the all-images ZIP)."""
+        return co.image_files(rec.stem, rec.rgb, rec.labels, rec.instances, rec.rows, rec.crops, self.classes, rec.name)
+
+    def display_png(self, rec: ImageRecord) -> bytes:
+        """The image as the page shows it (a 16-bit TIFF cannot be shown by a browser): fast PNG."""
+        with rec.lock:
+            if "image.png" not in rec.cache:
+                rec.cache["image.png"] = co.png_bytes(rec.rgb, compression=1)
+            return rec.cache["image.png"]
+
+    def crop_png(self, rec: ImageRecord, cell: int) -> bytes:
+        with rec.lock:
+            for row, c in zip(rec.rows, rec.crops):
+                if row["cell"] == cell:
+                    return co.png_bytes(c, compression=1)
+        raise StepError(f"{rec.name}: no cell {cell}")
+
+
+def scale_text(scale: dict | None, w: int, h: int, pipe: Any) -> str:
+    """How the image was processed, in words (the page's 'processed at' line)."""
+    if scale is None:
+        return ""
+    size = int((getattr(pipe, "seg_info", {}) or {}).get("image_size") or 0)
+    factor = scale.get("factor")
+    if factor is None:
+        return f"{w}x{h} px resized to the network's {size}x{size} in one pass ({scale.get('how', '')})"
+    return f"{w}x{h} px at scale {factor:.3g} ({round(w * factor)}x{round(h * factor)} px) in {size} px tiles ({scale.get('how', '')})"

@@ -1,0 +1,89 @@
+"""What the page says about the loaded model ("scale and honesty"): which run, its classes, input
+sizes, when it was trained and its test figures from the run's metrics.json; and which run
+`python serve.py` picks when none is named (the newest finished pipeline run under outputs/)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from wbc.rundir import METRICS, STAGE_DIRS
+
+# the run's test figures shown on the page, in this order, when the run has them (label, key)
+SHOWN_METRICS = (
+    ("nucleus Dice (test, after post-processing)", "test/dice_post"),
+    ("classifier macro-F1 (test crops)", "test/macro_f1"),
+    ("pipeline macro-F1 (matched cells)", "pipeline/macro_f1"),
+    ("detection precision", "pipeline/detection_precision"),
+    ("detection recall", "pipeline/detection_recall"),
+)
+
+
+def newest_pipeline_run(outputs: Path) -> Path | None:
+    """The newest finished pipeline run (`<outputs>/pipeline/runs/<time>/` with metrics.json and both
+    stage sub-runs); run dir names are timestamps, so the newest sorts last."""
+    runs = Path(outputs) / "pipeline" / "runs"
+    if not runs.is_dir():
+        return None
+    done = [d for d in runs.iterdir() if (d / METRICS).is_file() and all((d / s).is_dir() for s in STAGE_DIRS)]
+    return max(done, key=lambda d: (d.name, d.stat().st_mtime)) if done else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _metrics_of(source: Path | None) -> tuple[dict, str | None]:
+    """(metrics.json of the run or of its first fold, when it was written)."""
+    if source is None or not source.exists():
+        return {}, None
+    candidates = [source / METRICS, *(sorted(source.glob(f"*/{METRICS}"))[:1] if source.is_dir() else [])]
+    for path in candidates:
+        if path.is_file():
+            return _read_json(path), time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    return {}, None
+
+
+def _first_number(metrics: dict, key: str) -> float | None:
+    for k in (key, key.replace("/", "/mean/", 1)):
+        v = metrics.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def describe(pipe: Any, source: str | None, kind: str) -> dict:
+    """The model card the page shows. `kind`: pipeline run / fold ensemble / ONNX export / checkpoints."""
+    seg_info = dict(getattr(pipe, "seg_info", {}) or {})
+    spec = getattr(pipe, "crop_spec", None)
+    path = Path(source) if source else None
+    metrics, trained = _metrics_of(path)
+    if path is not None and kind == "ONNX export":
+        trained = trained or _mtime(path / "export.json")
+    figures = [{"label": label, "key": key, "value": v} for label, key in SHOWN_METRICS if (v := _first_number(metrics, key)) is not None]
+    post = getattr(pipe, "postprocess", None)
+    return {
+        "source": str(path) if path else None,
+        "kind": kind,
+        "classes": list(getattr(pipe, "classes", []) or []),
+        "has_classifier": getattr(pipe, "classifier", None) is not None,
+        "data": seg_info.get("name"),
+        "segmenter_input": seg_info.get("image_size"),
+        "preprocess": seg_info.get("preprocess"),
+        "crop_size": getattr(spec, "size", None),
+        "classifier_input": getattr(spec, "image_size", None),
+        "training_scale": seg_info.get("scale"),
+        "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
+        "trained": trained,
+        "test_figures": figures,
+    }
+
+
+def _mtime(path: Path) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)) if path.is_file() else None

@@ -1,0 +1,338 @@
+// WBC lab page: upload -> Segment -> Classify, overlays, the cell table, downloads. Plain JS, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, busy: 0 };
+let nextKey = 1;
+
+// ---------------------------------------------------------------------------- server calls
+async function api(method, url, body) {
+  let res;
+  try {
+    res = await fetch(url, { method, body });
+  } catch (err) {
+    throw new Error("the server cannot be reached (is serve.py still running?)");
+  }
+  if (!res.ok) {
+    let detail = res.statusText;
+    try { detail = (await res.json()).detail || detail; } catch (err) { /* not JSON */ }
+    throw new Error(detail);
+  }
+  return res.status === 204 ? null : res.json();
+}
+
+function showMessage(text) {
+  $("message").textContent = text || "";
+  $("message").hidden = !text;
+}
+
+// ---------------------------------------------------------------------------- theme
+function setTheme(theme, remember) {
+  document.documentElement.setAttribute("data-theme", theme);
+  if (remember) { try { localStorage.setItem("wbc-theme", theme); } catch (err) { /* private mode */ } }
+  const dark = theme === "dark";
+  $("theme-toggle").textContent = dark ? "Day theme" : "Dark theme";
+  $("theme-toggle").setAttribute("aria-pressed", String(dark));
+}
+
+// ---------------------------------------------------------------------------- model card
+function colour(name) {
+  const c = (st.model && st.model.colours && st.model.colours[name]) || (st.model ? st.model.unclassified_colour : null) || [255, 225, 25];
+  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+}
+
+async function loadModel() {
+  try {
+    st.model = await api("GET", "/api/model");
+  } catch (err) {
+    $("model-line").textContent = "model description unavailable: " + err.message;
+    return;
+  }
+  const m = st.model;
+  const figures = (m.test_figures || []).map((f) => `${f.label} ${f.value.toFixed(3)}`);
+  $("model-line").textContent = `${m.kind || "model"}: ${m.classes.join(", ") || "nuclei only"}` +
+    (m.trained ? ` · trained ${m.trained}` : "") + (figures.length ? ` · ${figures[0]}` : "");
+  const rows = [
+    ["loaded from", m.source || "(in-process)"], ["kind", m.kind], ["classes", m.classes.join(", ") || "none (masks and crops only)"],
+    ["trained", m.trained || "unknown"], ["data", m.data || "unknown"],
+    ["segmenter input", m.segmenter_input ? `${m.segmenter_input} x ${m.segmenter_input} px` : "?"],
+    ["cell crop", m.crop_size ? `${m.crop_size} px, classified at ${m.classifier_input} px` : "whole image"],
+  ].concat(figures.map((f) => ["test figure", f]));
+  const lim = m.limits || {};
+  rows.push(["limits", `${lim.max_file_mb} MB per file, ${lim.max_pixels || "20000000"} pixels; results kept ${lim.max_age_min} min, last ${lim.max_images} images`]);
+  const dl = $("model-info");
+  dl.replaceChildren();
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  $("limits-line").textContent = `PNG, JPEG, TIFF (8/16-bit) or BMP, up to ${lim.max_file_mb} MB each`;
+}
+
+// ---------------------------------------------------------------------------- image list
+const BUSY = new Set(["uploading", "segmenting", "classifying", "queued"]);
+
+function renderList() {
+  const ul = $("image-list");
+  ul.replaceChildren();
+  for (const it of st.items) {
+    const li = document.createElement("li");
+    li.dataset.key = it.key;
+    li.className = it === st.current ? "current" : "";
+    const name = document.createElement("span"); name.className = "name"; name.textContent = it.name; name.title = it.name;
+    const status = document.createElement("span");
+    status.className = "status " + (it.error ? "error" : it.status) + (BUSY.has(it.status) ? " busy" : "");
+    status.textContent = it.error ? "error" : it.status + (it.data && it.data.count !== null && !BUSY.has(it.status) ? ` · ${it.data.count} cells` : "");
+    const rm = document.createElement("button"); rm.className = "remove"; rm.type = "button"; rm.textContent = "×";
+    rm.setAttribute("aria-label", "remove " + it.name);
+    rm.addEventListener("click", (ev) => { ev.stopPropagation(); removeItem(it); });
+    li.append(name, status, rm);
+    li.addEventListener("click", () => select(it));
+    ul.append(li);
+    if (it.error) {
+      const err = document.createElement("li"); err.className = "item-error"; err.textContent = it.error; ul.append(err);
+    }
+  }
+  const ready = st.items.filter((it) => it.id && !it.error);
+  $("segment-all").disabled = !ready.some((it) => it.status === "uploaded") || st.busy > 0;
+  $("classify-all").hidden = !(st.model && st.model.has_classifier) || !ready.some((it) => it.status === "segmented");
+  $("download-all").hidden = !ready.some((it) => it.status === "segmented" || it.status === "classified");
+  $("clear-all").hidden = st.items.length === 0;
+}
+
+async function addFiles(files) {
+  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, status: "queued", id: null, data: null, error: null, img: null }));
+  st.items.push(...added);
+  if (!st.current && added.length) select(added[0]);
+  renderList();
+  await pool(added, 2, upload);
+}
+
+async function pool(items, width, fn) {
+  const queue = items.slice();
+  const worker = async () => { while (queue.length) await fn(queue.shift()); };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+}
+
+async function upload(it) {
+  it.status = "uploading"; renderList();
+  const form = new FormData();
+  form.append("file", it.file, it.file.name);
+  try {
+    it.data = await api("POST", "/api/images", form);
+    it.id = it.data.id; it.status = "uploaded"; it.file = null;
+    await loadImage(it);
+  } catch (err) {
+    it.error = `${it.name}: ${err.message}`; it.status = "error";
+  }
+  renderList();
+  if (it === st.current) show();
+}
+
+function loadImage(it) {
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => { it.img = img; if (it === st.current) draw(); resolve(); };
+    img.onerror = () => resolve();
+    img.src = `/api/images/${it.id}/image.png`;
+  });
+}
+
+async function removeItem(it) {
+  if (it.id) { try { await api("DELETE", `/api/images/${it.id}`); } catch (err) { /* already gone */ } }
+  st.items = st.items.filter((x) => x !== it);
+  if (st.current === it) select(st.items[0] || null); else renderList();
+}
+
+// ---------------------------------------------------------------------------- steps
+async function runStep(it, step) {
+  const label = step === "segment" ? "segmenting" : "classifying";
+  const before = it.status;
+  it.status = label; st.busy++; renderList(); if (it === st.current) show();
+  try {
+    it.data = await api("POST", `/api/images/${it.id}/${step}`);
+    it.status = it.data.status; it.error = null;
+  } catch (err) {
+    it.status = before; it.error = `${it.name}: ${step} failed: ${err.message}`;
+  }
+  st.busy--; renderList(); if (it === st.current) show();
+}
+
+async function batch(step, todo) {
+  if (!todo.length) return;
+  const verb = step === "segment" ? "Segmenting" : "Classifying";
+  $("batch-progress").hidden = false;
+  let done = 0;
+  const update = () => { $("batch-bar").max = todo.length; $("batch-bar").value = done; $("batch-text").textContent = `${verb} ${Math.min(done + 1, todo.length)} of ${todo.length}`; };
+  update();
+  await pool(todo, 2, async (it) => { await runStep(it, step); done++; update(); });
+  $("batch-text").textContent = `${verb.replace("ing", "ed").replace("Classifyed", "Classified")} ${todo.length} of ${todo.length}`;
+  setTimeout(() => { if (!st.busy) $("batch-progress").hidden = true; }, 1500);
+}
+
+// ---------------------------------------------------------------------------- the current image
+function select(it) {
+  st.current = it; st.cell = null;
+  renderList(); show();
+}
+
+function show() {
+  const it = st.current;
+  const data = it && it.data;
+  const segmented = !!data && (data.status === "segmented" || data.status === "classified");
+  const classified = !!data && data.status === "classified";
+  $("empty-hint").hidden = !!(it && it.img);
+  $("canvas").hidden = !(it && it.img);
+  $("segment-btn").disabled = !(it && it.id) || BUSY.has(it.status);
+  $("segment-btn").textContent = segmented ? "Segment again" : "Segment";
+  $("classify-btn").hidden = !segmented || !(st.model && st.model.has_classifier);
+  $("classify-btn").disabled = !segmented || BUSY.has(it.status);
+  $("step-status").textContent = it ? ({ uploading: "uploading…", queued: "waiting…", segmenting: "segmenting…", classifying: "classifying…" }[it.status] || "") : "";
+  showMessage(it && it.error ? it.error : "");
+  $("summary").textContent = segmented ? data.summary : "";
+  $("scale-line").textContent = segmented && data.scale_text ? `Processed: ${data.scale_text}` : "";
+  $("downloads").hidden = !segmented;
+  if (segmented) for (const a of $("downloads").querySelectorAll("a")) a.href = `/api/images/${it.id}/files/${a.dataset.kind}`;
+  renderTable(classified ? data.cells : segmented ? data.cells : []);
+  showCell();
+  draw();
+}
+
+function renderTable(cells) {
+  const body = $("cell-table").querySelector("tbody");
+  body.replaceChildren();
+  $("cell-table").hidden = cells.length === 0;
+  for (const c of cells) {
+    const tr = document.createElement("tr");
+    tr.dataset.cell = c.cell; tr.tabIndex = 0;
+    if (c.cell === st.cell) tr.className = "selected";
+    const cls = document.createElement("td");
+    if (c.class) { const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = colour(c.class); cls.append(sw, c.class); } else cls.textContent = "–";
+    const flag = document.createElement("td");
+    if (c.review) { flag.className = "flag"; flag.textContent = "⚑ review"; flag.title = c.review_reasons; }
+    const texts = [String(c.cell), null, c.probability === null ? "–" : c.probability.toFixed(3), String(c.area), `${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}`];
+    texts.forEach((text, i) => { if (i === 1) tr.append(cls); else { const td = document.createElement("td"); td.textContent = text; tr.append(td); } });
+    tr.append(flag);
+    tr.addEventListener("click", () => selectCell(c.cell));
+    tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); selectCell(c.cell); } });
+    body.append(tr);
+  }
+}
+
+function selectCell(n) {
+  st.cell = n;
+  for (const tr of $("cell-table").querySelectorAll("tbody tr")) {
+    const on = Number(tr.dataset.cell) === n;
+    tr.classList.toggle("selected", on);
+    if (on) tr.scrollIntoView({ block: "nearest" });
+  }
+  showCell(); draw();
+}
+
+function showCell() {
+  const it = st.current;
+  const c = it && it.data && st.cell !== null ? it.data.cells.find((x) => x.cell === st.cell) : null;
+  $("cell-detail").hidden = !c;
+  if (!c) return;
+  $("cell-title").textContent = c.class ? `Cell ${c.cell}: ${c.class} (${(100 * c.probability).toFixed(1)} %)` : `Cell ${c.cell} (not classified yet)`;
+  $("cell-crop").src = `/api/images/${it.id}/crops/${c.cell}.png`;
+  const bars = $("cell-probs");
+  bars.replaceChildren();
+  if (c.class) {
+    for (const name of st.model.classes) {
+      const p = c["p_" + name] || 0;
+      const row = document.createElement("div"); row.className = "bar-row" + (name === c.class ? " top" : "");
+      const label = document.createElement("span"); label.className = "bar-name"; label.textContent = name;
+      const track = document.createElement("span"); track.className = "bar-track";
+      const fill = document.createElement("span"); fill.className = "bar-fill"; fill.style.display = "block"; fill.style.width = `${(100 * p).toFixed(1)}%`;
+      const value = document.createElement("span"); value.textContent = p.toFixed(3);
+      track.append(fill); row.append(label, track, value); bars.append(row);
+    }
+  } else {
+    bars.textContent = `area ${c.area} px, centre ${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}. Press Classify for its class.`;
+  }
+  $("cell-review").textContent = c.review ? `Review: ${c.review_reasons}` : "";
+}
+
+// ---------------------------------------------------------------------------- the canvas
+function draw() {
+  const it = st.current;
+  const cv = $("canvas");
+  if (!it || !it.img) return;
+  const img = it.img;
+  const maxW = Math.max(320, cv.parentElement.clientWidth - 8) * (window.devicePixelRatio || 1);
+  const s = Math.min(1, maxW / img.naturalWidth) * (img.naturalWidth < 400 ? Math.min(4, 400 / img.naturalWidth) : 1);
+  cv.width = Math.round(img.naturalWidth * s); cv.height = Math.round(img.naturalHeight * s);
+  const ctx = cv.getContext("2d");
+  ctx.imageSmoothingEnabled = s < 1;
+  ctx.drawImage(img, 0, 0, cv.width, cv.height);
+  const data = it.data;
+  if (!data || !data.cells || st.overlay === "off") return;
+  const lw = Math.max(1.5, 1.5 * (window.devicePixelRatio || 1));
+  for (const c of data.cells) {
+    const path = new Path2D();
+    for (const ring of c.polygon) {
+      ring.forEach(([x, y], i) => (i ? path.lineTo(x * s, y * s) : path.moveTo(x * s, y * s)));
+      path.closePath();
+    }
+    const col = colour(c.class);
+    ctx.globalAlpha = st.opacity;
+    if (st.overlay === "fill") { ctx.globalAlpha = st.opacity * 0.45; ctx.fillStyle = col; ctx.fill(path); ctx.globalAlpha = st.opacity; }
+    if (c.cell === st.cell) { ctx.lineWidth = lw * 3; ctx.strokeStyle = "#000"; ctx.stroke(path); ctx.lineWidth = lw * 1.6; ctx.strokeStyle = "#fff"; ctx.stroke(path); }
+    else { ctx.lineWidth = lw; ctx.strokeStyle = col; ctx.stroke(path); }
+    if (c.class) label(ctx, `${c.cell} ${c.class} ${c.probability.toFixed(2)}`, c.bbox_x0 * s, c.bbox_y0 * s, col);
+  }
+  ctx.globalAlpha = 1;
+}
+
+function label(ctx, text, x, y, col) {
+  const size = Math.max(11, Math.round(12 * (window.devicePixelRatio || 1)));
+  ctx.font = `${size}px system-ui, sans-serif`;
+  const w = ctx.measureText(text).width + 6;
+  const lx = Math.min(Math.max(0, x), ctx.canvas.width - w), ly = Math.max(size + 4, y - 2);
+  ctx.fillStyle = "rgba(0, 0, 0, 0.7)"; ctx.fillRect(lx, ly - size - 2, w, size + 4);
+  ctx.fillStyle = col; ctx.fillText(text, lx + 3, ly - 2);
+}
+
+function inRing(x, y, ring) {
+  let inside = false;
+  for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+    const [xi, yi] = ring[i], [xj, yj] = ring[j];
+    if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
+  }
+  return inside;
+}
+
+function canvasClick(ev) {
+  const it = st.current;
+  if (!it || !it.data || !it.data.cells || !it.img) return;
+  const r = $("canvas").getBoundingClientRect();
+  const x = ((ev.clientX - r.left) / r.width) * it.img.naturalWidth, y = ((ev.clientY - r.top) / r.height) * it.img.naturalHeight;
+  const hit = it.data.cells.find((c) => c.polygon.some((ring) => inRing(x, y, ring)));
+  if (hit) selectCell(hit.cell);
+}
+
+// ---------------------------------------------------------------------------- wiring
+function init() {
+  setTheme(document.documentElement.getAttribute("data-theme") || "light", false);
+  $("theme-toggle").addEventListener("click", () => setTheme(document.documentElement.getAttribute("data-theme") === "dark" ? "light" : "dark", true));
+  const dz = $("dropzone");
+  dz.addEventListener("dragover", (ev) => { ev.preventDefault(); dz.classList.add("over"); });
+  dz.addEventListener("dragleave", () => dz.classList.remove("over"));
+  dz.addEventListener("drop", (ev) => { ev.preventDefault(); dz.classList.remove("over"); addFiles(ev.dataTransfer.files); });
+  dz.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("file-input").click(); } });
+  $("file-input").addEventListener("change", (ev) => { addFiles(ev.target.files); ev.target.value = ""; });
+  $("segment-btn").addEventListener("click", () => st.current && runStep(st.current, "segment"));
+  $("classify-btn").addEventListener("click", () => st.current && runStep(st.current, "classify"));
+  $("segment-all").addEventListener("click", () => batch("segment", st.items.filter((it) => it.id && it.status === "uploaded")));
+  $("classify-all").addEventListener("click", () => batch("classify", st.items.filter((it) => it.id && it.status === "segmented")));
+  $("clear-all").addEventListener("click", async () => { try { await api("DELETE", "/api/images"); } catch (err) { /* shown below */ } st.items = []; select(null); });
+  for (const r of document.querySelectorAll('input[name="overlay"]')) r.addEventListener("change", () => { st.overlay = r.value; draw(); });
+  $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });
+  $("canvas").addEventListener("click", canvasClick);
+  window.addEventListener("resize", draw);
+  loadModel().then(() => { renderList(); show(); });
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,125 @@
+"""Results kept in memory for the page, bounded so a lab PC left open all day never fills up: at most
+`max_images` images, none older than `max_age_min` minutes, at most `max_mb` of pixels; the oldest go
+first. Every image can be deleted. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wbc.postprocess import Instance
+
+
+def display_name(name: str | None) -> str:
+    """The uploaded file name, shown to the user only (never used as a path): last path part,
+    control characters removed, at most 120 characters."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    return base[:120] or "image"
+
+
+def safe_stem(name: str) -> str:
+    """An ASCII file stem for downloads: the name without extension, other characters as `_`."""
+    stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode())
+    return stem.strip("_")[:60] or "image"
+
+
+@dataclass
+class ImageRecord:
+    """One uploaded image and what has been computed for it so far."""
+
+    id: str
+    name: str
+    stem: str
+    rgb: np.ndarray
+    created: float = field(default_factory=time.time)
+    status: str = "uploaded"  # uploaded -> segmented -> classified
+    labels: np.ndarray | None = None
+    instances: list[Instance] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    polygons: list[list[list[list[float]]]] = field(default_factory=list)  # per cell, its rings
+    scale: Any = None  # the pipeline's ScaleChoice for this image (reported; the review needs it)
+    class_probs: np.ndarray | None = None
+    review: list[list[str]] | None = None
+    rows: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, bytes] = field(default_factory=dict)  # encoded downloads, cleared when results change
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one step at a time per image
+
+    @property
+    def nbytes(self) -> int:
+        crops = sum(c.nbytes for c in self.crops)
+        labels = self.labels.nbytes if self.labels is not None else 0
+        return self.rgb.nbytes + labels + crops + sum(len(v) for v in self.cache.values())
+
+
+class ResultStore:
+    """Thread-safe id -> ImageRecord, with the count, age and size limits of the module docstring."""
+
+    def __init__(self, max_images: int = 100, max_age_min: float = 240, max_mb: float = 2048) -> None:
+        if max_images < 1 or max_age_min <= 0 or max_mb <= 0:
+            raise ValueError(f"store limits must be positive: max_images={max_images}, max_age_min={max_age_min}, max_mb={max_mb}")
+        self.max_images, self.max_age_s, self.max_bytes = int(max_images), 60.0 * max_age_min, int(max_mb * 2**20)
+        self._items: dict[str, ImageRecord] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, rgb: np.ndarray) -> ImageRecord:
+        """Store a decoded image under a new random id, evicting the oldest beyond the limits."""
+        shown = display_name(name)
+        rec = ImageRecord(id=secrets.token_hex(8), name=shown, stem=safe_stem(shown), rgb=rgb)
+        with self._lock:
+            self._items[rec.id] = rec
+            self._evict(keep=rec.id)
+        return rec
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        with self._lock:
+            self._evict()
+            return self._items.get(image_id)
+
+    def delete(self, image_id: str) -> bool:
+        with self._lock:
+            return self._items.pop(image_id, None) is not None
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            return n
+
+    def all(self) -> list[ImageRecord]:
+        with self._lock:
+            self._evict()
+            return list(self._items.values())
+
+    def usage(self) -> dict[str, float]:
+        with self._lock:
+            return {"images": len(self._items), "mb": round(sum(r.nbytes for r in self._items.values()) / 2**20, 1)}
+
+    def trim(self) -> None:
+        """Apply the limits again (after a step made a record bigger)."""
+        with self._lock:
+            self._evict()
+
+    def _evict(self, keep: str | None = None) -> None:
+        now = time.time()
+        for rid in [rid for rid, r in self._items.items() if now - r.created > self.max_age_s and rid != keep]:
+            del self._items[rid]
+        order = sorted(self._items.values(), key=lambda r: r.created)
+        total = sum(r.nbytes for r in order)
+        for rec in order:
+            if len(self._items) <= self.max_images and total <= self.max_bytes:
+                break
+            if rec.id == keep:
+                continue
+            total -= rec.nbytes
+            del self._items[rec.id]
