@@ -221,7 +221,8 @@ def test_two_process_ddp_run_equals_single_process_evaluation(stage: str, tmp_pa
     # Hydra's job_logging opens in every process (conf/hydra/default.yaml names it by task, not by rank)
     recorded = writes.read_text().splitlines() if writes.is_file() else []
     assert recorded, "the audit hook saw nothing: rank 1 did not run under it"
-    allowed = {f"os.mkdir {ddp_dir}", f"open {ddp_dir / 'train.log'}"}
+    task = "classify" if stage == "classification" else "train"
+    allowed = {f"os.mkdir {ddp_dir}", f"open {ddp_dir / (task + '.log')}"}
     assert set(recorded) <= allowed, sorted(set(recorded) - allowed)
     epochs = [r for r in (ddp_dir / "csv" / "metrics.csv").read_text().splitlines()[1:] if r]
     assert len(epochs) == len(set(epochs))
