@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.parts import DataParts
 from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSampler, balanced_weights
 from wbc.data.imageio import pixel_limit
 from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
@@ -70,6 +71,8 @@ class WBCDataModule(L.LightningDataModule):
         max_pixels: int | None = None,
         allow_outside_root: bool = False,
         pixel_size_um: float | None = None,
+        parts: Mapping[str, Mapping] | None = None,
+        holdout: str | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -111,12 +114,17 @@ class WBCDataModule(L.LightningDataModule):
         self.allow_outside_root = bool(allow_outside_root)
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
+        # several datasets as one (datamodules.parts): each part reads itself
+        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes) if parts else None
         self.cache: dict[str, CachedSample] = {}
         self.datasets: dict[str, Dataset] = {}
 
     # ----------------------------------------------------------------- data preparation
     def prepare_data(self) -> None:
         """Generate the embedded synthetic dataset on first use (rank 0 only)."""
+        if self.parts is not None:
+            self.parts.prepare_data()
+            return
         if self.generator is not None:
             from wbc.data.synthetic import ensure_synthetic
 
@@ -136,6 +144,9 @@ class WBCDataModule(L.LightningDataModule):
         return folder / f"splits_{self.name}{subset}_seed{seed}_k{k}_test{round(tf * 100)}{dedup}.json"
 
     def load_manifest(self) -> Manifest:
+        if self.manifest is None and self.parts is not None:
+            self.manifest = self.parts.manifest()
+            self.classes = self.manifest.classes
         if self.manifest is None:
             self.manifest = read_manifest(
                 self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks, self.filters,
@@ -147,6 +158,8 @@ class WBCDataModule(L.LightningDataModule):
         return self.manifest
 
     def load_splits(self) -> dict:
+        if self.splits is None and self.parts is not None:
+            self.splits = self.parts.splits()
         if self.splits is None:
             m = self.load_manifest()
             cfg = self.splits_cfg
@@ -196,7 +209,7 @@ class WBCDataModule(L.LightningDataModule):
                 continue
             s = by_id[sid]
             try:
-                rgb, labels = load_sample(s, self.encoding)
+                rgb, labels = load_sample(s, self.parts.encoding_of(sid) if self.parts else self.encoding)
             except ManifestError as err:
                 problems.append(str(err))
                 continue

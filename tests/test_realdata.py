@@ -109,3 +109,20 @@ def test_segmentation_wbc_default_splits(segmentation_wbc):
     assert len(splits["test"]) == 120
     basophil = m.classes.index("basophil")
     assert any(f"{{{basophil}: " in note for note in splits["meta"]["notes"])  # 3 training basophils < k
+
+
+def test_lodo_holds_out_exactly_the_in_domain_test_split(tmp_path):
+    """data=lodo_seg_d1 on the real sets: dataset1's test images are the ones its in-domain row is
+    tested on, and no dataset1 image is trained or validated on."""
+    from hydra.utils import instantiate
+
+    from tests.helpers_models import compose_cfg
+
+    _root("segmentation_wbc"), _root("all_idb2")
+    over = [f"paths.shared_data_dir={SHARED_DATA}", f"paths.data_dir={tmp_path}"]
+    lodo = instantiate(compose_cfg("train.yaml", ["data=lodo_seg_d1", *over], tmp_path / "a").data, _convert_="partial")
+    alone = instantiate(compose_cfg("train.yaml", ["data=segmentation_wbc_d1", *over], tmp_path / "b").data, _convert_="partial")
+    ids, own = lodo.split_ids(), alone.split_ids()
+    assert sorted(ids["test"]) == sorted(f"segmentation_wbc_d1/{i}" for i in own["test"])
+    assert not any(i.startswith("segmentation_wbc_d1/") for i in ids["train"] + ids["val"])
+    assert {i.split("/", 1)[0] for i in ids["train"]} == {"segmentation_wbc_d2", "all_idb2"}

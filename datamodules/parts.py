@@ -1,0 +1,85 @@
+"""Several datasets read as one (`data.parts`): each part keeps its own reader, mask encoding,
+class names and persisted split; ids and groups are prefixed by the part's name, so nothing of one
+part can meet another's on two sides of a split.
+
+The combined split is the union of the parts' splits: each part's 30 % test stays the test it is on
+its own, and fold k is the union of the parts' fold k. `data.holdout=<part>` turns it into a
+leave-one-dataset-out (LODO) or cross-dataset experiment: the held-out part contributes only its test
+split (nothing of it is trained or validated on), the others only their training folds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from wbc.data.manifest import Manifest, MaskEncoding, Sample
+from wbc.data.splits import SplitError
+
+# what each part reads on its own (the rest -- image size, preprocessing, crops, batch -- is shared)
+PART_KEYS = (
+    "root", "name", "layout", "csv_name", "classes", "drop_classes", "mask_encoding", "splits", "generator",
+    "require_masks", "filters", "max_pixels", "allow_outside_root", "pixel_size_um",
+)
+SEP = "/"
+
+
+class DataParts:
+    """The parts of a combined DataModule: one child DataModule per part (built here from its config
+    mapping, or already built by Hydra's recursive instantiate), used only for its manifest, split
+    and mask encoding."""
+
+    def __init__(self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=()) -> None:
+        if not parts:
+            raise ValueError("data.parts is empty: name the datasets to combine (e.g. data=lodo_seg_d1, or +data@data.parts.<name>=<data config>)")
+        if holdout is not None and holdout not in parts:
+            raise ValueError(f"data.holdout={holdout!r} is not one of data.parts {sorted(parts)}")
+        if holdout is not None and len(parts) < 2:
+            raise ValueError(f"data.holdout={holdout!r} leaves no part to train on: data.parts needs at least two entries")
+        self.holdout = holdout
+        self.children: dict[str, Any] = {}
+        for name, cfg in parts.items():
+            if SEP in name:
+                raise ValueError(f"data.parts.{name}: a part's name may not contain {SEP!r}")
+            if isinstance(cfg, Mapping):
+                child = owner_cls(**{k: cfg[k] for k in PART_KEYS if k in cfg and cfg[k] is not None}, fold=fold)
+            elif hasattr(cfg, "load_manifest") and hasattr(cfg, "load_splits"):
+                child = cfg
+            else:
+                raise ValueError(f"data.parts.{name}: expected a data config, got {type(cfg).__name__}")
+            if drop_classes:  # the combined node's data.drop_classes applies to every part
+                child.drop_classes = sorted({*child.drop_classes, *drop_classes})
+            self.children[name] = child
+
+    def prepare_data(self) -> None:
+        for child in self.children.values():
+            child.prepare_data()
+
+    def manifest(self) -> Manifest:
+        """The parts' samples with `<part>/` ids and groups; classes: the union, in part order."""
+        samples: list[Sample] = []
+        classes: list[str] = []
+        for name, child in self.children.items():
+            m = child.load_manifest()
+            classes += [c for c in m.classes if c not in classes]
+            samples += [replace(s, id=f"{name}{SEP}{s.id}", group=f"{name}{SEP}{s.group}" if s.group else f"{name}{SEP}{s.id}") for s in m.samples]
+        first = next(iter(self.children.values()))
+        return Manifest(first.root, samples, classes, {})
+
+    def splits(self) -> dict:
+        parts = {name: child.load_splits() for name, child in self.children.items()}
+        ks = {name: len(s["folds"]) for name, s in parts.items()}
+        if len(set(ks.values())) != 1:
+            raise SplitError(f"data.parts have different fold counts {ks}: set the same data.parts.<name>.splits.k for all")
+        k = next(iter(ks.values()))
+        test = [f"{name}{SEP}{i}" for name, s in parts.items() if self.holdout in (None, name) for i in s["test"]]
+        train_parts = [n for n in parts if n != self.holdout]
+        folds = [
+            {side: sorted(f"{n}{SEP}{i}" for n in train_parts for i in parts[n]["folds"][j][side]) for side in ("train", "val")}
+            for j in range(k)
+        ]
+        return {"meta": {"parts": {n: s.get("meta", {}) for n, s in parts.items()}, "holdout": self.holdout}, "test": sorted(test), "folds": folds}
+
+    def encoding_of(self, sample_id: str) -> MaskEncoding:
+        return self.children[sample_id.split(SEP, 1)[0]].encoding

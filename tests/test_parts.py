@@ -1,0 +1,88 @@
+"""data.parts: several datasets read as one (each with its own reader, encoding and split), and the
+leave-one-dataset-out / cross-dataset holdout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datamodules.segmentation import SegmentationDataModule
+from tests.helpers_data import RGB_ENCODING, make_csv_dataset
+from tests.helpers_models import compose_cfg
+
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("parts")
+    grey = make_csv_dataset(tmp / "grey", {"a": 10, "b": 10})
+    rgb = make_csv_dataset(tmp / "rgb", {"b": 10, "c": 10}, mask_mode="rgb")
+    parts = {
+        "lab1": {"root": str(grey), "name": "lab1", "classes": ["a", "b"], "splits": {"dir": str(tmp / "s"), "k": 2}},
+        "lab2": {"root": str(rgb), "name": "lab2", "classes": ["b", "c"], "mask_encoding": RGB_ENCODING, "splits": {"dir": str(tmp / "s"), "k": 2}},
+    }
+    return tmp, parts
+
+
+def _dm(parts, **kw) -> SegmentationDataModule:
+    return SegmentationDataModule(root="unused", name="combined", image_size=32, parts=parts, **kw)
+
+
+def test_parts_keep_their_reader_encoding_and_split(two_parts):
+    tmp, parts = two_parts
+    alone = {n: SegmentationDataModule(**p, image_size=32).split_ids() for n, p in parts.items()}
+    dm = _dm(parts)
+    m = dm.load_manifest()
+    assert m.classes == ["a", "b", "c"] and len(m.samples) == 40
+    assert all(s.id.split("/", 1)[0] in parts and s.group.startswith(s.id.split("/", 1)[0] + "/") for s in m.samples)
+    ids = dm.split_ids()
+    # each part's test split is the test it has on its own; fold 0 is the union of the parts' fold 0
+    assert sorted(ids["test"]) == sorted(f"{n}/{i}" for n, a in alone.items() for i in a["test"])
+    assert sorted(ids["train"]) == sorted(f"{n}/{i}" for n, a in alone.items() for i in a["train"])
+    dm.setup()
+    items = dm.cached(ids["test"])
+    assert all(set(np.unique(it.labels)) <= {0, 1, 2} and (it.labels == 2).any() for it in items)  # grey and RGB masks both decoded
+
+
+def test_holdout_part_gives_only_its_test_split(two_parts):
+    _, parts = two_parts
+    alone = SegmentationDataModule(**parts["lab2"], image_size=32).split_ids()
+    ids = _dm(parts, holdout="lab2").split_ids()
+    assert sorted(ids["test"]) == sorted(f"lab2/{i}" for i in alone["test"])
+    assert not any(i.startswith("lab2/") for i in ids["train"] + ids["val"])
+    with pytest.raises(ValueError, match="data.holdout='lab3' is not one of data.parts"):
+        _dm(parts, holdout="lab3")
+    with pytest.raises(ValueError, match="data.parts is empty"):
+        from datamodules.parts import DataParts
+
+        DataParts(SegmentationDataModule, {}, None, 0)
+
+
+def test_parts_with_different_fold_counts_are_refused(two_parts):
+    from wbc.data.splits import SplitError
+
+    tmp, parts = two_parts
+    other = {**parts, "lab2": {**parts["lab2"], "splits": {"dir": str(tmp / "s3"), "k": 3}}}
+    with pytest.raises(SplitError, match="different fold counts"):
+        _dm(other).split_ids()
+
+
+@pytest.mark.parametrize("name,holdout", [("lodo_seg_d1", "segmentation_wbc_d1"), ("lodo_seg_all_idb2", "all_idb2"), ("cross_cls_d1_to_d2", "segmentation_wbc_d2")])
+def test_lodo_and_cross_dataset_configs_compose_each_part_with_its_own_settings(tmp_path, name, holdout):
+    cfg = compose_cfg("train.yaml", [f"data={name}"], tmp_path)
+    parts = cfg.data.parts
+    assert cfg.data.holdout == holdout and holdout in parts
+    assert parts.segmentation_wbc_d1.filters.subset == ["dataset1"] and parts.segmentation_wbc_d2.filters.subset == ["dataset2"]
+    if "all_idb2" in parts:
+        assert parts.all_idb2.mask_encoding.mode == "rgb" and parts.segmentation_wbc_d1.mask_encoding.mode == "grey"
+    assert cfg.data.generator is None
+
+
+def test_hydra_builds_the_parts_and_the_combined_drop_classes_reach_them(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train.yaml", ["data=cross_cls_d2_to_d1"], tmp_path)
+    dm = instantiate(cfg.data, _convert_="partial")
+    children = dm.parts.children
+    assert set(children) == {"segmentation_wbc_d1", "segmentation_wbc_d2"} and dm.parts.holdout == "segmentation_wbc_d1"
+    assert all("basophil" in c.drop_classes for c in children.values())
+    assert children["segmentation_wbc_d1"].filters == {"subset": ["dataset1"]}
