@@ -73,6 +73,7 @@ class WBCDataModule(L.LightningDataModule):
         pixel_size_um: float | None = None,
         parts: Mapping[str, Mapping] | None = None,
         holdout: str | None = None,
+        holdout_split: str = "test",
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -115,7 +116,7 @@ class WBCDataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         # several datasets as one (datamodules.parts): each part reads itself
-        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes) if parts else None
+        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split) if parts else None
         self.cache: dict[str, CachedSample] = {}
         self.datasets: dict[str, Dataset] = {}
 

@@ -5,7 +5,9 @@ part can meet another's on two sides of a split.
 The combined split is the union of the parts' splits: each part's 30 % test stays the test it is on
 its own, and fold k is the union of the parts' fold k. `data.holdout=<part>` turns it into a
 leave-one-dataset-out (LODO) or cross-dataset experiment: the held-out part contributes only its test
-split (nothing of it is trained or validated on), the others only their training folds.
+split (nothing of it is trained or validated on), the others only their training folds;
+`data.holdout_split=dev` tests on the held-out part's training images instead, so levers can be
+chosen on a cross-domain figure without looking at any test split.
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ class DataParts:
     mapping, or already built by Hydra's recursive instantiate), used only for its manifest, split
     and mask encoding."""
 
-    def __init__(self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=()) -> None:
+    def __init__(
+        self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=(), holdout_split: str = "test",
+    ) -> None:
         if not parts:
             raise ValueError("data.parts is empty: name the datasets to combine (e.g. data=lodo_seg_d1, or +data@data.parts.<name>=<data config>)")
         if holdout is not None and holdout not in parts:
             raise ValueError(f"data.holdout={holdout!r} is not one of data.parts {sorted(parts)}")
         if holdout is not None and len(parts) < 2:
             raise ValueError(f"data.holdout={holdout!r} leaves no part to train on: data.parts needs at least two entries")
-        self.holdout = holdout
+        if holdout_split not in ("test", "dev"):
+            raise ValueError(f"data.holdout_split must be 'test' or 'dev', got {holdout_split!r}")
+        self.holdout, self.holdout_split = holdout, holdout_split
         self.children: dict[str, Any] = {}
         for name, cfg in parts.items():
             if SEP in name:
@@ -74,12 +80,16 @@ class DataParts:
             raise SplitError(f"data.parts have different fold counts {ks}: set the same data.parts.<name>.splits.k for all")
         k = next(iter(ks.values()))
         test = [f"{name}{SEP}{i}" for name, s in parts.items() if self.holdout in (None, name) for i in s["test"]]
+        if self.holdout is not None and self.holdout_split == "dev":  # its training part, its test split unseen
+            f0 = parts[self.holdout]["folds"][0]
+            test = [f"{self.holdout}{SEP}{i}" for i in [*f0["train"], *f0["val"]]]
         train_parts = [n for n in parts if n != self.holdout]
         folds = [
             {side: sorted(f"{n}{SEP}{i}" for n in train_parts for i in parts[n]["folds"][j][side]) for side in ("train", "val")}
             for j in range(k)
         ]
-        return {"meta": {"parts": {n: s.get("meta", {}) for n, s in parts.items()}, "holdout": self.holdout}, "test": sorted(test), "folds": folds}
+        meta = {"parts": {n: s.get("meta", {}) for n, s in parts.items()}, "holdout": self.holdout, "holdout_split": self.holdout_split}
+        return {"meta": meta, "test": sorted(test), "folds": folds}
 
     def encoding_of(self, sample_id: str) -> MaskEncoding:
         return self.children[sample_id.split(SEP, 1)[0]].encoding

@@ -86,3 +86,27 @@ def test_hydra_builds_the_parts_and_the_combined_drop_classes_reach_them(tmp_pat
     assert set(children) == {"segmentation_wbc_d1", "segmentation_wbc_d2"} and dm.parts.holdout == "segmentation_wbc_d1"
     assert all("basophil" in c.drop_classes for c in children.values())
     assert children["segmentation_wbc_d1"].filters == {"subset": ["dataset1"]}
+
+
+def test_holdout_dev_split_tests_on_the_held_out_training_images(two_parts):
+    _, parts = two_parts
+    alone = SegmentationDataModule(**parts["lab2"], image_size=32).split_ids()
+    ids = _dm(parts, holdout="lab2", holdout_split="dev").split_ids()
+    assert sorted(ids["test"]) == sorted(f"lab2/{i}" for i in alone["train"] + alone["val"])
+    assert not set(ids["test"]) & {f"lab2/{i}" for i in alone["test"]}
+
+
+def test_white_balance_makes_the_background_neutral_and_keeps_the_stain_contrast():
+    from wbc.data.transforms import Preprocess
+
+    rng = np.random.default_rng(0)
+    img = np.empty((64, 64, 3), np.uint8)
+    img[:] = (235, 215, 160)  # yellowish background
+    img[20:40, 20:40] = (120, 60, 150)  # a purple nucleus
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    out = Preprocess(clahe=False, white_balance=True)(img)
+    bg = out[:10, :10].reshape(-1, 3).mean(0)
+    assert np.ptp(bg) < 4 and 225 < bg.mean() < 245
+    nuc = out[25:35, 25:35].reshape(-1, 3).mean(0)
+    assert nuc[2] > nuc[1] + 40  # still purple against a neutral background
+    assert (Preprocess(clahe=False)(img) == img).all()  # off by default

@@ -1,6 +1,8 @@
 """Preprocessing (deterministic, cached once per image) and augmentation (random, training only).
 
-`Preprocess` is the source study's grayscale + CLAHE step, each part switchable. The same object
+`Preprocess` is the source study's grayscale + CLAHE step, plus an optional background white
+balance (smears from other labs and cameras differ first in their background's colour), each part
+switchable. The same object
 is stored in every checkpoint so training, evaluation and prediction see identical inputs.
 Augmentation pipelines are albumentations objects built from config; image and mask always pass
 through the same call, so they stay aligned.
@@ -23,6 +25,8 @@ class Preprocess:
     clahe: bool = True
     clip_limit: float = 2.0
     tile_grid: int = 8
+    # scale each channel so the background (the brightest BACKGROUND_SHARE of pixels) becomes neutral grey-white
+    white_balance: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> Preprocess:
@@ -44,6 +48,8 @@ class Preprocess:
         """RGB uint8 HxWx3 -> uint8 HxWxC (C = 1 after grayscale, else 3)."""
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"Preprocess expects HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+        if self.white_balance:
+            rgb = white_balance(rgb)
         clahe = cv2.createCLAHE(clipLimit=float(self.clip_limit), tileGridSize=(self.tile_grid, self.tile_grid)) if self.clahe else None
         if self.grayscale:
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -56,6 +62,24 @@ class Preprocess:
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
         lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
         return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+# the share of brightest pixels taken as background, and the level it is mapped to
+BACKGROUND_SHARE = 0.1
+BACKGROUND_LEVEL = 235.0
+
+
+def white_balance(rgb: np.ndarray) -> np.ndarray:
+    """Von Kries / white-patch balance on the background: each channel is scaled so that the mean of
+    the brightest 10 % of pixels (by luminance: slide background in a smear or a cell crop) becomes
+    BACKGROUND_LEVEL in every channel. A yellowish or lavender background turns neutral while the
+    stain's contrast between nucleus and cytoplasm is kept."""
+    lum = rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    cut = np.quantile(lum, 1.0 - BACKGROUND_SHARE)
+    bright = rgb[lum >= cut].astype(np.float32)
+    bg = np.maximum(bright.mean(axis=0), 1.0)
+    out = rgb.astype(np.float32) * (BACKGROUND_LEVEL / bg)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def study_rotation(angles: Sequence[float] = (30, 45, 60), p: float = 0.5, border_mode: int = cv2.BORDER_REFLECT_101) -> A.BasicTransform:
