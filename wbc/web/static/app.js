@@ -124,7 +124,7 @@ async function upload(it) {
     it.id = it.data.id; it.status = "uploaded"; it.file = null;
     await loadImage(it);
   } catch (err) {
-    it.error = `${it.name}: ${err.message}`; it.status = "error";
+    it.error = err.message.startsWith(it.name) ? err.message : `${it.name}: ${err.message}`; it.status = "error";
   }
   renderList();
   if (it === st.current) show();
@@ -225,7 +225,7 @@ function selectCell(n) {
   for (const tr of $("cell-table").querySelectorAll("tbody tr")) {
     const on = Number(tr.dataset.cell) === n;
     tr.classList.toggle("selected", on);
-    if (on) tr.scrollIntoView({ block: "nearest" });
+    if (on) { const panel = tr.closest(".details"), left = panel.scrollLeft; tr.scrollIntoView({ block: "nearest" }); panel.scrollLeft = left; }
   }
   showCell(); draw();
 }
@@ -291,8 +291,9 @@ function label(ctx, text, x, y, col) {
   ctx.font = `${size}px system-ui, sans-serif`;
   const w = ctx.measureText(text).width + 6;
   const lx = Math.min(Math.max(0, x), ctx.canvas.width - w), ly = Math.max(size + 4, y - 2);
-  ctx.fillStyle = "rgba(0, 0, 0, 0.7)"; ctx.fillRect(lx, ly - size - 2, w, size + 4);
-  ctx.fillStyle = col; ctx.fillText(text, lx + 3, ly - 2);
+  ctx.fillStyle = "rgba(0, 0, 0, 0.72)"; ctx.fillRect(lx, ly - size - 2, w + 4, size + 4);
+  ctx.fillStyle = col; ctx.fillRect(lx, ly - size - 2, 4, size + 4);
+  ctx.fillStyle = "#fff"; ctx.fillText(text, lx + 7, ly - 2);
 }
 
 function inRing(x, y, ring) {
