@@ -157,7 +157,8 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         logits = self(batch["image"])
-        getattr(self, f"{stage}_loss")(self.criterion(logits, batch["label"]) if self.criterion else torch.tensor(0.0))
+        # weighted by the batch size: a per-crop mean, whatever the batching (DDP shards, last batch)
+        getattr(self, f"{stage}_loss")(self.criterion(logits, batch["label"]) if self.criterion else torch.tensor(0.0), len(batch["label"]))
         raw = self.probabilities(batch["image"], logits, calibrated=False)
         if stage == "val" and self.hparams.get("calibrate", True) and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self._val_outputs.append((raw.detach().float(), batch["label"].detach()))

@@ -34,8 +34,20 @@ def _sweep_group(base: str) -> str:
     return str(base)
 
 
+def _rank_suffix() -> str:
+    """'' on rank zero, '.rank<k>' on another DDP rank: each process its own job log (hydra/default.yaml)."""
+    from wbc.rundir import RANK_VARIABLES, is_rank_zero
+
+    if is_rank_zero():
+        return ""
+    import os
+
+    rank = next((os.environ[v] for v in RANK_VARIABLES if str(os.environ.get(v, "0")).strip() not in ("", "0")), "x")
+    return f".rank{rank}"
+
+
 def register_resolvers() -> None:
-    resolvers = {"wbc.channels": _channels, "wbc.outputs": _num_outputs, "wbc.len": len, "wbc.sweep_group": _sweep_group}
+    resolvers = {"wbc.channels": _channels, "wbc.outputs": _num_outputs, "wbc.len": len, "wbc.sweep_group": _sweep_group, "wbc.rank_suffix": _rank_suffix}
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

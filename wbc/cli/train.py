@@ -28,8 +28,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     L.seed_everything(cfg.seed, workers=True)
     metrics, objects = run_stage(cfg, Path(cfg.paths.output_dir))
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and k.startswith(("test/", "pipeline/"))}
-    log.info("Final test metrics: %s", shown)
-    print(f"\nFinal test metrics ({cfg.stage}): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
+    from wbc.rundir import is_rank_zero
+
+    if is_rank_zero():  # a DDP run's other ranks hold the same figures (broadcast from rank zero)
+        log.info("Final test metrics: %s", shown)
+        print(f"\nFinal test metrics ({cfg.stage}): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
     return metrics, objects
 
 
@@ -118,6 +121,8 @@ def run(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
         if cfg.trainer.get("fast_dev_run"):
             return None  # smoke runs skip the scoring that produces some optimized metrics
+        if not cfg.get("train", True) and cfg.get("optimized_metric") not in metrics:
+            return None  # train=false: no validation epoch, so no metric to hand a sweeper
         return metric_value(metrics, cfg.get("optimized_metric"))
     except Exception as err:
         if not multirun:
