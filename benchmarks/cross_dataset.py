@@ -1,0 +1,96 @@
+"""Cross-dataset classification (issue 16): train on one segmentation_wbc set, test on the other.
+
+    python benchmarks/cross_dataset.py                          # dev split of the held-out set (decide levers)
+    python benchmarks/cross_dataset.py --split test --variants cells_wb   # the chosen lever on the test split
+    python benchmarks/cross_dataset.py --collect                # table from finished runs
+
+dataset1: 300 cells in ~120 px images on yellowish backgrounds (nucleus ~45 px across); dataset2:
+100 fields of 300 px on white/pink (nucleus ~108 px): a different lab, camera and magnification.
+Each run is `train.py experiment=cross_cls data=cross_cls_<direction>` (fold 0 of the training set,
+seed 42, the in-domain 4-class recipe), scored on ground-truth crops of the held-out set: its
+training images with `--split dev` (nothing of it is trained on, and its test split stays unseen
+while levers are chosen), its persisted test split with `--split test`. Variants:
+- pixels:   the in-domain recipe's fixed 128 px ROI (data.crops.size=128)
+- cells:    the ROI in cell units, 2.7 nucleus diameters (data.crops.diameters=2.7: the whole cell
+            and a margin on both sets)
+- cells_wb: cells + background white balance (data.preprocess.white_balance=true)
+Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
+accuracy and per-class recall on the held-out set next to the training set's own validation figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRECTIONS = {"d1_to_d2": "dataset1 -> dataset2", "d2_to_d1": "dataset2 -> dataset1"}
+VARIANTS = {
+    "pixels": ["data.crops.size=128"],
+    "cells": ["data.crops.diameters=2.7"],
+    "cells_wb": ["data.crops.diameters=2.7", "data.preprocess.white_balance=true"],
+}
+CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
+
+
+def run_dir(direction: str, variant: str, split: str, seed: int) -> Path:
+    return ROOT / "outputs" / "cross_dataset" / f"{direction}_{variant}_{split}_s{seed}"
+
+
+def run(direction: str, variant: str, split: str, seed: int, extra: list[str]) -> float:
+    out = run_dir(direction, variant, split, seed)
+    if (out / "metrics.json").is_file():
+        return float("nan")
+    cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}",
+           f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *extra]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    seconds = time.time() - t0
+    if out.is_dir():
+        (out / "seconds.txt").write_text(f"{seconds:.0f}\n")
+    return seconds
+
+
+def row(direction: str, variant: str, split: str, seed: int) -> str | None:
+    out = run_dir(direction, variant, split, seed)
+    if not (out / "metrics.json").is_file():
+        return None
+    m = json.loads((out / "metrics.json").read_text())
+    secs = (out / "seconds.txt").read_text().strip() if (out / "seconds.txt").is_file() else "?"
+    recalls = " / ".join(f"{m.get(f'test/recall/{c}', float('nan')):.2f}" for c in CLASSES)
+    val = m.get("val/macro_f1")
+    return (f"| {DIRECTIONS[direction]} | {variant} | {split} | {m.get('test/macro_f1', float('nan')):.3f} | "
+            f"{m.get('test/balanced_accuracy', float('nan')):.3f} | {recalls} | {val if val is None else f'{val:.3f}'} | "
+            f"{m.get('test/ece', float('nan')):.3f} | {secs} s |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for every run")
+    ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
+    args = ap.parse_args(argv)
+    if not args.collect:
+        for d in args.directions:
+            for v in args.variants:
+                run(d, v, args.split, args.seed, args.extra)
+    print("\n| train -> test | variant | held-out split | macro-F1 | balanced acc. | recall neu / lym / mon / eos | in-domain val macro-F1 | ECE | time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in args.directions:
+        for v in args.variants:
+            line = row(d, v, args.split, args.seed)
+            if line:
+                print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
