@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers_data import png_header_only
-from tests.helpers_models import tiny_modules
+from tests.helpers_models import save_checkpoint, tiny_modules
 from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, web_pipeline
 from wbc.web.app import Settings, create_app
 
@@ -29,8 +29,13 @@ KINDS = ("mask.png", "labels.png", "overlay.png", "cells.csv", "cells.geojson", 
 
 
 @pytest.fixture(scope="module")
-def clf(tmp_path_factory):
-    return tiny_modules(tmp_path_factory.mktemp("web_models"))[1]
+def modules(tmp_path_factory):
+    return tiny_modules(tmp_path_factory.mktemp("web_models"))
+
+
+@pytest.fixture(scope="module")
+def clf(modules):
+    return modules[1]
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +310,41 @@ def test_predict_writes_the_same_geojson_and_16bit_labels(clf, tmp_path: Path) -
     geo = json.loads((tmp_path / "out" / "geojson" / "f.geojson").read_text())
     table = list(csv.DictReader(io.StringIO((tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8"))))
     check_geojson(geo, labels, clf.hparams.data_info["classes"], table)
+
+
+# --------------------------------------------------------------------------- python serve.py: which model
+def fake_pipeline_run(run: Path, seg, clf, metrics: dict | None) -> Path:
+    for stage, module in (("segmentation", seg), ("classification", clf)):
+        save_checkpoint(module, run / stage / "checkpoints" / "last.ckpt")
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_serve_takes_the_newest_finished_run_or_says_how_to_train_one(modules, tmp_path: Path) -> None:
+    import socket
+
+    from tests.helpers_models import compose_cfg
+    from wbc.cli.serve import build_app, free_port, model_source
+
+    outputs = tmp_path / "outputs"
+    cfg = compose_cfg("serve.yaml", [], outputs)
+    with pytest.raises(SystemExit, match=r"no trained pipeline under .*; train one with `python train\.py experiment=pipeline`"):
+        model_source(cfg)
+    runs = outputs / "pipeline" / "runs"
+    fake_pipeline_run(runs / "2026-01-01_10-00-00_000000", *modules, {"test/dice_post": 0.5})
+    newest = fake_pipeline_run(runs / "2026-02-01_10-00-00_000000", *modules, {"test/dice_post": 0.93, "pipeline/macro_f1": 0.81})
+    fake_pipeline_run(runs / "2026-03-01_10-00-00_000000", *modules, None)  # still training: no metrics.json
+    app, source = build_app(cfg)
+    assert source == str(newest)
+    with TestClient(app) as c:
+        m = c.get("/api/model").json()
+        assert (m["source"], m["kind"]) == (str(newest), "pipeline run") and m["trained"]
+        assert {f["key"]: f["value"] for f in m["test_figures"]} == {"test/dice_post": 0.93, "pipeline/macro_f1": 0.81}
+        assert upload(c, png(field()), url="/api/predict").json()["status"] == "classified"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
+            free_port("127.0.0.1", port)
+    assert free_port("127.0.0.1", None) >= 8765

@@ -157,3 +157,31 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
     p2.goto(url)
     assert p2.get_attribute("html", "data-theme") == "dark" and background(p2) == dark
     fresh.close()
+
+
+def test_batch_of_images_and_the_api_docs(browser, server) -> None:
+    """Segment all / Classify all over three images with batch progress; /docs renders offline under the CSP."""
+    url, _ = server
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.set_input_files("#file-input", [
+        {"name": f"b{i}.png", "mimeType": "image/png", "buffer": png(field(seed=i, centres=CENTRES[: i + 1]))} for i in range(3)
+    ])
+    wait_until(page, "!document.getElementById('segment-all').disabled")
+    assert page.is_hidden("#classify-all")
+    page.click("#segment-all")
+    page.wait_for_selector("#batch-progress", state="visible")
+    wait_until(page, "document.getElementById('batch-text').textContent === 'Segmented 3 of 3'")
+    assert page.is_visible("#classify-all")
+    page.click("#classify-all")
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent.startsWith('classified')).length === 3")
+    statuses = page.locator("#image-list .status").all_inner_texts()
+    assert statuses == ["classified · 1 cell", "classified · 2 cells", "classified · 3 cells"], statuses
+    page.goto(url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    assert page.locator(".swagger-ui .opblock").count() >= 10
+    assert not errors, errors
+    page.close()

@@ -83,7 +83,8 @@ function renderList() {
     const name = document.createElement("span"); name.className = "name"; name.textContent = it.name; name.title = it.name;
     const status = document.createElement("span");
     status.className = "status " + (it.error ? "error" : it.status) + (BUSY.has(it.status) ? " busy" : "");
-    status.textContent = it.error ? "error" : it.status + (it.data && it.data.count !== null && !BUSY.has(it.status) ? ` · ${it.data.count} cells` : "");
+    const n = it.data ? it.data.count : null;
+    status.textContent = it.error ? "error" : it.status + (n !== null && !BUSY.has(it.status) ? ` · ${n} cell${n === 1 ? "" : "s"}` : "");
     const rm = document.createElement("button"); rm.className = "remove"; rm.type = "button"; rm.textContent = "×";
     rm.setAttribute("aria-label", "remove " + it.name);
     rm.addEventListener("click", (ev) => { ev.stopPropagation(); removeItem(it); });
