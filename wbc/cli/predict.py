@@ -1,8 +1,9 @@
 """`wbc-predict` / `python predict.py input=<image or folder> run=<pipeline run dir>`: image -> nucleus
 mask -> cells -> class + probability, for new images.
 
-Writes per image a nucleus mask PNG, an overlay with each cell's contour, class and probability, the
-crops, and one predictions.csv + predictions.json for all cells (wbc.predict_io: unique output names
+Writes per image a nucleus mask PNG, a 16-bit instance label PNG, QuPath GeoJSON, an overlay with each
+cell's contour, class and probability, the crops (wbc.cell_outputs, the web app's writers too), and
+one predictions.csv + predictions.json for all cells (wbc.predict_io: unique output names
 per input, rows appended as images finish, one run per output dir). Unreadable images are reported
 and skipped. An output dir that already holds results is refused unless `overwrite=true`.
 `onnx=<export dir>` runs on onnxruntime and never imports Lightning.
