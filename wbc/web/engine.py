@@ -100,7 +100,7 @@ class Engine:
             rec.class_probs, rec.review = None, None
             rec.rows = co.cell_rows(instances, self.classes)
             rec.status = "segmented"
-            rec.cache.clear()
+            rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings = {k: v for k, v in rec.timings.items() if k == "decode_ms"}
             rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=_ms(t2))
         return self.state(rec)
@@ -123,7 +123,7 @@ class Engine:
             rec.class_probs, rec.review = np.asarray(probs), review
             rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review)
             rec.status = "classified"
-            rec.cache.clear()
+            rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings.update(classify_ms=classify_ms, review_ms=_ms(t1))
         return self.state(rec)
 
@@ -180,11 +180,12 @@ class Engine:
         return co.image_files(rec.stem, rec.rgb, rec.labels, rec.instances, rec.rows, rec.crops, self.classes, rec.name)
 
     def display_png(self, rec: ImageRecord) -> bytes:
-        """The image as the page shows it (a 16-bit TIFF cannot be shown by a browser): fast PNG."""
-        with rec.lock:
-            if "image.png" not in rec.cache:
-                rec.cache["image.png"] = co.png_bytes(rec.rgb, compression=1)
-            return rec.cache["image.png"]
+        """The image as the page shows it (a 16-bit TIFF cannot be shown by a browser): fast PNG. The
+        pixels never change after upload, so this does not wait for a step running on the image."""
+        data = rec.cache.get("image.png")
+        if data is None:
+            data = rec.cache["image.png"] = co.png_bytes(rec.rgb, compression=1)
+        return data
 
     def crop_png(self, rec: ImageRecord, cell: int) -> bytes:
         with rec.lock:
