@@ -6,9 +6,12 @@ Nothing is trained: the classifier is the untrained tiny one (tests.helpers_mode
 
 from __future__ import annotations
 
+import functools
 import io
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -44,6 +47,15 @@ class DarkSegmenter(torch.nn.Module):
         finally:
             with self._lock:
                 self.running -= 1
+
+
+@functools.cache
+def tiny_pair():
+    """The untrained tiny (segmenter, classifier), built once per test process and shared by the API
+    and browser tests (nothing is written: the configs are only composed)."""
+    from tests.helpers_models import tiny_modules
+
+    return tiny_modules(Path(tempfile.gettempdir()) / "wbc_web_tests")
 
 
 def web_pipeline(clf, delay_s: float = 0.0) -> CellPipeline:

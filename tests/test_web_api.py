@@ -20,8 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers_data import png_header_only
-from tests.helpers_models import save_checkpoint, tiny_modules
-from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, web_pipeline
+from tests.helpers_models import save_checkpoint
+from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, tiny_pair, web_pipeline
 from wbc.web.app import Settings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,8 +29,8 @@ KINDS = ("mask.png", "labels.png", "overlay.png", "cells.csv", "cells.geojson", 
 
 
 @pytest.fixture(scope="module")
-def modules(tmp_path_factory):
-    return tiny_modules(tmp_path_factory.mktemp("web_models"))
+def modules():
+    return tiny_pair()
 
 
 @pytest.fixture(scope="module")

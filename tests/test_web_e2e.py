@@ -23,8 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers_models import tiny_modules
-from tests.helpers_web import CENTRES, field, png, web_pipeline
+from tests.helpers_web import CENTRES, field, png, tiny_pair, web_pipeline
 
 CHROMIUM = os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
@@ -42,11 +41,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
     from wbc.web.app import create_app
     from wbc.web.background import serve_in_background
 
-    clf = tiny_modules(tmp_path_factory.mktemp("e2e_models"))[1]
+    clf = tiny_pair()[1]
     with serve_in_background(create_app(web_pipeline(clf, delay_s=0.3))) as url:
         yield url, list(clf.hparams.data_info["classes"])
 
