@@ -125,6 +125,8 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
     assert selected.count() == 1 and page.inner_text("#cell-title").startswith(f"Cell {selected.get_attribute('data-cell')}: ")
     for mode in ("fill", "off", "outline"):
         page.check(f"input[name=overlay][value={mode}]")
+    page.uncheck("#show-labels")
+    page.check("#show-labels")
 
     kinds = page.locator("#downloads a")
     for i in range(kinds.count()):

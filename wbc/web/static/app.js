@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, busy: 0 };
+const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0 };
 let nextKey = 1;
 
 // ---------------------------------------------------------------------------- server calls
@@ -282,7 +282,7 @@ function draw() {
     if (st.overlay === "fill") { ctx.globalAlpha = st.opacity * 0.45; ctx.fillStyle = col; ctx.fill(path); ctx.globalAlpha = st.opacity; }
     if (c.cell === st.cell) { ctx.lineWidth = lw * 3; ctx.strokeStyle = "#000"; ctx.stroke(path); ctx.lineWidth = lw * 1.6; ctx.strokeStyle = "#fff"; ctx.stroke(path); }
     else { ctx.lineWidth = lw; ctx.strokeStyle = col; ctx.stroke(path); }
-    if (c.class) label(ctx, `${c.cell} ${c.class} ${c.probability.toFixed(2)}`, c.bbox_x0 * s, c.bbox_y0 * s, col);
+    if (c.class && st.labels) label(ctx, `${c.cell} ${c.class} ${c.probability.toFixed(2)}`, c.bbox_x0 * s, c.bbox_y0 * s, col);
   }
   ctx.globalAlpha = 1;
 }
@@ -331,6 +331,7 @@ function init() {
   $("classify-all").addEventListener("click", () => batch("classify", st.items.filter((it) => it.id && it.status === "segmented")));
   $("clear-all").addEventListener("click", async () => { try { await api("DELETE", "/api/images"); } catch (err) { /* shown below */ } st.items = []; select(null); });
   for (const r of document.querySelectorAll('input[name="overlay"]')) r.addEventListener("change", () => { st.overlay = r.value; draw(); });
+  $("show-labels").addEventListener("change", (ev) => { st.labels = ev.target.checked; draw(); });
   $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });
   $("canvas").addEventListener("click", canvasClick);
   window.addEventListener("resize", draw);
