@@ -31,7 +31,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
-from wbc.calibration import DEFAULT_COVERAGE, fit_temperature, review_threshold
+from wbc.calibration import DEFAULT_COVERAGE, apply_temperature_torch, fit_temperature, review_threshold
 
 # buffers fitted on validation data; checkpoints written before they existed load with these defaults
 CALIBRATION_BUFFERS = {"temperature": 1.0, "review_min_probability": 0.0}
@@ -129,7 +129,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
 
     def calibrated(self, prob: torch.Tensor) -> torch.Tensor:
         """softmax(log p / T): wbc.calibration.apply_temperature in torch (exportable)."""
-        return (prob.clamp_min(1e-12).log() / self.temperature).softmax(1)
+        return apply_temperature_torch(prob, self.temperature)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

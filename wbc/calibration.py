@@ -37,6 +37,12 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def apply_temperature_torch(prob, temperature):
+    """`apply_temperature` on a torch tensor (B x C), differentiable and ONNX-exportable: what the
+    classifier module and the fold ensemble run at inference."""
+    return (prob.clamp_min(EPS).log() / temperature).softmax(1)
+
+
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class."""
     labels = np.asarray(labels, dtype=int)

@@ -8,7 +8,6 @@ made the same way everywhere. Pure numpy/OpenCV (+ torch for the batch): no Ligh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -68,7 +67,7 @@ class CropSpec:
     def roi_sizes(self, image_shape: tuple[int, ...], instances: list[Instance]) -> list[int]:
         """Each cell's ROI side in image pixels (see the class docstring)."""
         if self.diameters is not None:
-            return [max(MIN_ROI, round(float(self.diameters) * math.sqrt(4 * i.area / math.pi))) for i in instances]
+            return [max(MIN_ROI, round(float(self.diameters) * i.equivalent_diameter)) for i in instances]
         return [self.size or max(image_shape[:2])] * len(instances)
 
     def to_dict(self) -> dict:

@@ -106,7 +106,9 @@ class ClassifierEnsemble(_Ensemble):
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         prob = self.predict_views(x).mean(0)
-        return prob if self.temperature == 1.0 else (prob.clamp_min(1e-12).log() / self.temperature).softmax(1)
+        from wbc.calibration import apply_temperature_torch
+
+        return prob if self.temperature == 1.0 else apply_temperature_torch(prob, self.temperature)
 
     def calibration(self) -> dict[str, float | str]:
         return {"temperature": self.temperature, "review_min_probability": self.review_min_probability, "fitted_on": self.calibration_source}

@@ -20,6 +20,7 @@ Pure numpy / OpenCV / scikit-image / scipy: no torch, Lightning or Hydra.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -101,6 +102,11 @@ class Instance:
     bbox: tuple[int, int, int, int]  # (y0, x0, y1, x1), y1/x1 exclusive
     centroid: tuple[float, float]  # (cy, cx)
     area: int
+
+    @property
+    def equivalent_diameter(self) -> float:
+        """sqrt(4 A / pi): the diameter of the disc of the same area (a size that ignores shape)."""
+        return math.sqrt(4 * self.area / math.pi)
 
 
 def _check_2d(arr: np.ndarray, name: str) -> np.ndarray:

@@ -15,7 +15,6 @@ Pure numpy: no Lightning.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def review_reasons(
         if options.border and (y0 <= 0 or x0 <= 0 or y1 >= h or x1 >= w):
             reasons.append("nucleus touches the image border")
         if diameter_range is not None:
-            d = math.sqrt(4 * inst.area / math.pi) * px_to_network
+            d = inst.equivalent_diameter * px_to_network
             lo, hi = diameter_range[0] * options.size_low, diameter_range[1] * options.size_high
             if d < lo:
                 reasons.append(f"nucleus small for the training data ({d:.0f} < {lo:.0f} network px)")

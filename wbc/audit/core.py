@@ -220,9 +220,7 @@ def duplicate_clusters(samples: Sequence[Sample], radius: int = 6, search: int |
     """Ids of images that are copies of one field (exact pixels, or confirmed near duplicates with
     the audit's default settings, conf/audit.yaml): what data.splits.group_duplicates keeps on one
     side. Reads each image once; unreadable ones are left out (training reports them)."""
-    import hashlib
-
-    from wbc.audit.scan import perceptual_hash, thumbnail
+    from wbc.audit.scan import perceptual_hash, pixel_hash, thumbnail
     from wbc.data.imageio import ImageReadError, read_rgb
 
     ids, pixel, phash, thumbs = [], [], [], []
@@ -231,10 +229,8 @@ def duplicate_clusters(samples: Sequence[Sample], radius: int = 6, search: int |
             rgb = read_rgb(Path(s.image), s.max_pixels)
         except (ImageReadError, OSError):
             continue
-        digest = hashlib.sha1(repr(rgb.shape).encode())
-        digest.update(np.ascontiguousarray(rgb).data)
         ids.append(s.id)
-        pixel.append(digest.hexdigest())
+        pixel.append(pixel_hash(rgb))
         phash.append(perceptual_hash(rgb))
         thumbs.append(thumbnail(rgb))
     exact = exact_pairs(exact_groups(ids, pixel))

@@ -171,6 +171,13 @@ def thumbnail(rgb: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     return cv2.GaussianBlur(grey, (0, 0), 1.0)
 
 
+def pixel_hash(rgb: np.ndarray) -> str:
+    """SHA-1 of the decoded pixels (and shape): the same image re-saved in another format hashes alike."""
+    digest = hashlib.sha1(repr(rgb.shape).encode())
+    digest.update(np.ascontiguousarray(rgb).data)
+    return digest.hexdigest()
+
+
 def perceptual_hash(rgb: np.ndarray) -> str:
     """imagehash's pHash (64 bits, as 16 hex digits)."""
     import imagehash
@@ -185,9 +192,7 @@ def scan_sample(sample: Sample, encoding: MaskEncoding) -> Record:
     rgb = _read(rec, "image", Path(sample.image), lambda p: read_rgb(p, sample.max_pixels))
     raw = _read(rec, "mask", Path(sample.mask), lambda p: read_mask(p, sample.max_pixels)) if sample.mask else None
     if rgb is not None:
-        digest = hashlib.sha1(repr(rgb.shape).encode())
-        digest.update(np.ascontiguousarray(rgb).data)
-        rec.pixel_hash = digest.hexdigest()
+        rec.pixel_hash = pixel_hash(rgb)
         rec.phash = perceptual_hash(rgb)
         rec.thumb = thumbnail(rgb)
     if raw is None:
