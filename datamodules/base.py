@@ -74,6 +74,7 @@ class WBCDataModule(L.LightningDataModule):
         parts: Mapping[str, Mapping] | None = None,
         holdout: str | None = None,
         holdout_split: str = "test",
+        part_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("none", "balanced"):
@@ -116,7 +117,7 @@ class WBCDataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         # several datasets as one (datamodules.parts): each part reads itself
-        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split) if parts else None
+        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights) if parts else None
         self.cache: dict[str, CachedSample] = {}
         self.datasets: dict[str, Dataset] = {}
 
@@ -232,6 +233,13 @@ class WBCDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- loaders
+    def item_ids(self, split: str) -> list[str]:
+        """The sample id of each item of a split's dataset (a crop's image, or the image itself)."""
+        ds = self.datasets[split]
+        if hasattr(ds, "crops"):
+            return [c.sample_id for c in ds.crops]
+        return [it.sample.id for it in ds.items]  # type: ignore[attr-defined]
+
     def dataset_labels(self, split: str) -> list[int]:
         return list(self.datasets[split].class_labels)  # type: ignore[attr-defined]
 
@@ -255,6 +263,9 @@ class WBCDataModule(L.LightningDataModule):
         sampler: Sampler | None = None
         if train:  # order and augmentation keyed by (seed, epoch): reproducible and exactly resumable
             weights = balanced_weights(self.dataset_labels(split)) if self.sampler == "balanced" else None
+            if self.parts is not None and self.parts.weights:
+                part = self.parts.item_weights(self.item_ids(split))
+                weights = part if weights is None else weights * part
             if world > 1:
                 sampler = DistributedEpochSampler(len(ds), world, rank, self.sampler_seed, weights)
             else:

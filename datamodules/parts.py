@@ -12,9 +12,12 @@ chosen on a cross-domain figure without looking at any test split.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from wbc.data.manifest import Manifest, MaskEncoding, Sample
 from wbc.data.splits import SplitError
@@ -34,6 +37,7 @@ class DataParts:
 
     def __init__(
         self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=(), holdout_split: str = "test",
+        part_weights: Mapping[str, float] | None = None,
     ) -> None:
         if not parts:
             raise ValueError("data.parts is empty: name the datasets to combine (e.g. data=lodo_seg_d1, or +data@data.parts.<name>=<data config>)")
@@ -44,6 +48,10 @@ class DataParts:
         if holdout_split not in ("test", "dev"):
             raise ValueError(f"data.holdout_split must be 'test' or 'dev', got {holdout_split!r}")
         self.holdout, self.holdout_split = holdout, holdout_split
+        self.weights = {str(k): float(v) for k, v in dict(part_weights or {}).items()}
+        unknown = set(self.weights) - set(parts)
+        if unknown or any(not w >= 0 for w in self.weights.values()):
+            raise ValueError(f"data.part_weights={self.weights}: expected non-negative weights for parts among {sorted(parts)}")
         self.children: dict[str, Any] = {}
         for name, cfg in parts.items():
             if SEP in name:
@@ -90,6 +98,13 @@ class DataParts:
         ]
         meta = {"parts": {n: s.get("meta", {}) for n, s in parts.items()}, "holdout": self.holdout, "holdout_split": self.holdout_split}
         return {"meta": meta, "test": sorted(test), "folds": folds}
+
+    def item_weights(self, item_ids: list[str]) -> np.ndarray:
+        """Training draw weights: each part's items share its `data.part_weights` entry (1 when not
+        given), so a part's share of an epoch follows its weight, not its size."""
+        part = [i.split(SEP, 1)[0] for i in item_ids]
+        counts = Counter(part)
+        return np.array([self.weights.get(p, 1.0) / counts[p] for p in part], dtype=np.float64)
 
     def encoding_of(self, sample_id: str) -> MaskEncoding:
         return self.children[sample_id.split(SEP, 1)[0]].encoding

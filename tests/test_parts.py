@@ -110,3 +110,21 @@ def test_white_balance_makes_the_background_neutral_and_keeps_the_stain_contrast
     nuc = out[25:35, 25:35].reshape(-1, 3).mean(0)
     assert nuc[2] > nuc[1] + 40  # still purple against a neutral background
     assert (Preprocess(clahe=False)(img) == img).all()  # off by default
+
+
+def test_part_weights_set_each_part_share_of_an_epoch(two_parts):
+    from datamodules.sampling import epoch_order
+
+    _, parts = two_parts
+    dm = _dm(parts, part_weights={"lab1": 3.0, "lab2": 1.0})
+    dm.setup()
+    loader = dm.train_dataloader()
+    ids = dm.item_ids("train")
+    drawn = []
+    for epoch in range(20):
+        n = len(ids)
+        drawn += [ids[i % n] for i in epoch_order(n, 0, epoch, loader.sampler.weights)]
+    share = sum(i.startswith("lab1/") for i in drawn) / len(drawn)
+    assert 0.68 < share < 0.82  # 3 : 1, whatever the parts' sizes
+    with pytest.raises(ValueError, match="data.part_weights"):
+        _dm(parts, part_weights={"lab9": 1.0})
