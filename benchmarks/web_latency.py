@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--uploads", type=int, default=10, help="uploads per concurrent client")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the server")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a serve.py override, e.g. --set scale=0.4 (repeatable)")
     p.add_argument("--screenshots", default=None, help="save the page in both themes into this dir")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
@@ -73,12 +74,13 @@ def server(args: argparse.Namespace):
         cmd = [sys.executable, str(ROOT / "serve.py"), f"run={args.run}", f"port={port}", f"hydra.run.dir={ROOT / 'outputs' / 'serve' / 'bench'}"]
         if args.threads:
             cmd.append(f"threads={args.threads}")
+        cmd += args.set
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_up(url, proc)
-            yield url, f"python serve.py run={args.run} (ready {time.perf_counter() - t0:.1f} s after launch, models loaded once)"
+            yield url, f"python serve.py run={args.run} {' '.join(args.set)}".rstrip() + f" (ready {time.perf_counter() - t0:.1f} s after launch, models loaded once)"
         finally:
             proc.terminate()
             proc.wait(timeout=20)
@@ -184,6 +186,7 @@ def concurrent(url: str, data: bytes, clients: int, uploads: int) -> dict:
 def screenshots(url: str, data: bytes, out_dir: Path) -> list[Path]:
     """The page after upload, Segment, Classify and a cell click, in both themes (small PNGs)."""
     import cv2
+    import numpy as np
     from playwright.sync_api import sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,11 +208,10 @@ def screenshots(url: str, data: bytes, out_dir: Path) -> list[Path]:
             if theme == "dark":
                 page.click("#theme-toggle")
                 page.wait_for_timeout(200)
-            path = out_dir / f"web_{theme}.png"
-            page.screenshot(path=str(path))
-            img = cv2.imread(str(path))
+            img = cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), cv2.IMREAD_COLOR)
             small = cv2.resize(img, (1080, round(img.shape[0] * 1080 / img.shape[1])), interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(path), small, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            path = out_dir / f"web_{theme}.jpg"  # a small copy for the README
+            cv2.imwrite(str(path), small, [cv2.IMWRITE_JPEG_QUALITY, 85])
             saved.append(path)
         browser.close()
     return saved
