@@ -14,6 +14,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells:    the ROI in cell units, 2.7 nucleus diameters (data.crops.diameters=2.7: the whole cell
             and a margin on both sets)
 - cells_wb: cells + background white balance (data.preprocess.white_balance=true)
+- cells_grey: cells, grey + CLAHE input (no colour at all)
+- cells_wb_hed: cells_wb + Macenko stain-intensity augmentation (albumentations.HEStain)
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
 """
@@ -33,6 +35,12 @@ VARIANTS = {
     "pixels": ["data.crops.size=128"],
     "cells": ["data.crops.diameters=2.7"],
     "cells_wb": ["data.crops.diameters=2.7", "data.preprocess.white_balance=true"],
+    # colour taken away: grey + CLAHE (the source study's input), cell-unit crops
+    "cells_grey": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true"],
+    # stain jitter of the right kind: each crop's own stain vectors (Macenko) with perturbed intensities
+    "cells_wb_hed": ["data.crops.diameters=2.7", "data.preprocess.white_balance=true",
+                     "+data.crops.transforms.hed={_target_:albumentations.HEStain,method:macenko,"
+                     "intensity_scale_range:[0.6,1.4],intensity_shift_range:[-0.2,0.2],p:0.8}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
