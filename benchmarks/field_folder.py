@@ -8,7 +8,7 @@ cells are `--scale` times the training size (wbc.data.synthetic.render_field), r
 reports: wall time and seconds per megapixel, the child's peak RSS, the scale predict.py chose per
 image (vs the true factor), nucleus Dice and detection F1 against the fields' ground truth, and
 whether any nucleus is cut in two (a true nucleus covered by two predicted instances: a tile seam would do that).
-`--overlay docs/full_field_overlay.png` also saves a reduced copy of the first field's overlay.
+`--overlay docs/full_field_overlay.jpg` also saves a full-resolution window of the first field's overlay.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fields", type=int, default=3)
     ap.add_argument("--size", type=int, nargs=2, default=(2592, 1944), help="width height")
     ap.add_argument("--scale", type=float, default=None, help="cell size vs training (default: fills --size with 8 x 6 tiles)")
-    ap.add_argument("--overlay", default=None, help="write a reduced copy of the first overlay here")
+    ap.add_argument("--overlay", default=None, help="write a full-resolution window of the first overlay here")
     args = ap.parse_args(argv)
 
     import cv2
@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"scale {sc.get('factor')} ({sc.get('how')})")
         if args.overlay:
             first = cv2.imread(str(out / "overlays" / f"{report['images'][0]['output_stem']}.png"))
-            small = cv2.resize(first, (first.shape[1] // 3, first.shape[0] // 3), interpolation=cv2.INTER_AREA)
+            window = first[: min(first.shape[0], 760), : min(first.shape[1], 1100)]  # full resolution: contours stay visible
             Path(args.overlay).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(args.overlay), small)
-            print(f"overlay (1/3 size) -> {args.overlay}")
+            cv2.imwrite(str(args.overlay), window, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            print(f"overlay (top-left {window.shape[1]}x{window.shape[0]} at full resolution) -> {args.overlay}")
         from lightning_modules.common import load_checkpoint
         from wbc.rundir import resolve_checkpoint
 
