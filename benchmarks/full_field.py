@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="wbc_field_") as tmp:
         if args.run:
-            pipe = CellPipeline.from_checkpoints(args.run, args.run)
+            from wbc.ensemble import has_stage
+
+            pipe = CellPipeline.from_checkpoints(args.run, args.run if has_stage(args.run, "classification") else None)
         else:
             seg, clf = throwaway_models("synthetic", args.epochs, Path(tmp))
             pipe = CellPipeline(seg, clf)

@@ -177,3 +177,19 @@ def test_a_dataset_of_big_fields_is_evaluated_on_the_tiled_path(trained_run, mak
     cases = out["summary"]["metric_per_case"]
     assert cases and all(c["size"] == [128, 128] for c in cases) and np.isfinite(metrics["test/dice_post"])
     assert len(tiled) == len(cases) and all(t.factor is not None and t.how.startswith("auto") for t in tiled)
+
+
+def test_auto_scale_prefers_the_smallest_fitting_factor_over_fragmented_nuclei():
+    """Enlarged too far, a nucleus splits into pieces that can match the training diameter better than
+    the whole nuclei do (seen on dataset2 mosaics): the smallest factor that fits wins."""
+    import numpy as np
+
+    from wbc.scale import choose_scale
+
+    info = {"image_size": 256, "scale": {"nucleus_diameter": 80.0, "resize_factor": 0.8, "source_size": [300, 300]}}
+
+    def measure(f: float) -> np.ndarray:
+        return np.full(10, 110.0 if f < 1.2 else 52.0)  # whole nuclei (110 px) below 1.2, halves above
+
+    choice = choose_scale((1200, 1200), info, "auto", measure=measure)
+    assert choice.factor == pytest.approx(80.0 / 110.0)  # refined from the whole nuclei, not 80 / 52

@@ -27,6 +27,8 @@ log = logging.getLogger("wbc")
 SINGLE_PASS_TOLERANCE = 1.25
 # candidate factors of the automatic scale search, relative to the training resize factor
 AUTO_LADDER = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
+# a candidate "fits" when its nuclei are within this |log ratio| of the training diameter (x/÷ 1.35)
+AUTO_TOLERANCE = math.log(1.35)
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
@@ -144,16 +146,18 @@ def choose_scale(
     if fits_training_size(shape, info) or not target or measure is None:
         return ScaleChoice(None, "single pass: the image is no larger than the training images")
     base = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
-    best: tuple[float, float, float] | None = None  # (|log ratio|, factor, median diameter in image px)
+    found: list[tuple[float, float, float]] = []  # (|log ratio|, factor, median diameter in image px)
     for rel in AUTO_LADDER:
         f = base * rel
         d = measure(f)
         if len(d) < 3:
             continue
         med = float(np.median(d))
-        err = abs(math.log(med * f / target))
-        if best is None or err < best[0]:
-            best = (err, f, med)
+        found.append((abs(math.log(med * f / target)), f, med))
+    # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
+    # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins
+    plausible = [c for c in found if c[0] <= AUTO_TOLERANCE]
+    best = min(plausible, key=lambda c: c[1]) if plausible else min(found, default=None)
     if best is None:
         log.warning("scale=auto: no nuclei found at any candidate scale; using the training resize factor %.3f", base)
         return ScaleChoice(base, "auto: no nuclei found, training resize factor")
