@@ -37,6 +37,9 @@ class Row:
     target: float
     label: str
     reference: str | None = None  # pipeline row: the ground-truth-crop figure it is compared with
+    # which figure the target judges: the CV validation mean (in-domain rows) or the test split
+    # (leave-one-dataset-out / cross-dataset rows: only the held-out set says how a model travels)
+    judged_on: str = "val"
 
     @property
     def val_metric(self) -> str:
@@ -49,6 +52,16 @@ ROWS = {
     "seg_idb2": Row("quality_seg_all_idb2", "test/dice_post", 0.975, "nucleus Dice, all_idb2"),
     "cls_idb2": Row("quality_cls_all_idb2", "test/balanced_accuracy", 0.98, "lymphoblast vs non-blast, all_idb2, balanced accuracy"),
     "cls_wbc": Row("quality_cls_wbc", "test/macro_f1", 0.93, "4-class macro-F1, segmentation_wbc (both sets, basophil apart)"),
+    # targets of the cross-domain rows (issue 16): LODO within 1.5 Dice points of the in-domain CV
+    # mean (0.9695 / 0.9768 / 0.9660); across datasets within 5 points of the in-domain 4-class CV macro-F1 (0.845)
+    "seg_lodo_d1": Row("quality_seg_lodo_d1", "test/dice_post", 0.9545, "nucleus Dice, LODO: dataset1 by a segmenter of dataset2 + all_idb2", judged_on="test"),
+    "seg_lodo_d2": Row("quality_seg_lodo_d2", "test/dice_post", 0.9618, "nucleus Dice, LODO: dataset2 by a segmenter of dataset1 + all_idb2", judged_on="test"),
+    "seg_lodo_idb2": Row("quality_seg_lodo_all_idb2", "test/dice_post", 0.951, "nucleus Dice, LODO: all_idb2 by a segmenter of dataset1 + dataset2", judged_on="test"),
+    "cls_idb2_scratch": Row("quality_cls_all_idb2_scratch", "test/balanced_accuracy", 0.98, "lymphoblast vs non-blast, all_idb2, same network without pretraining"),
+    "cross_pipe_d1_d2": Row("quality_cross_pipeline_d1_to_d2", "pipeline/macro_f1", 0.795, "4-class macro-F1, trained on dataset1, full pipeline on dataset2",
+                            reference="classification/test/macro_f1", judged_on="test"),
+    "cross_pipe_d2_d1": Row("quality_cross_pipeline_d2_to_d1", "pipeline/macro_f1", 0.795, "4-class macro-F1, trained on dataset2, full pipeline on dataset1",
+                            reference="classification/test/macro_f1", judged_on="test"),
     "pipeline_wbc": Row(
         "quality_pipeline_wbc", "pipeline/macro_f1", -0.02, "macro-F1 through the pipeline minus on ground-truth crops", reference="classification/test/macro_f1"
     ),
@@ -130,17 +143,20 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
         if row.reference:
             ref = values(runs, row.reference)
             gaps = [t - r for t, r in zip(test, ref)]
-            ok = "meets" if gaps and statistics.mean(gaps) >= row.target else "below"
+            judged = test if row.judged_on == "test" else gaps
+            ok = "meets" if judged and statistics.mean(judged) >= row.target else "below"
             cells = [f"pipeline {summarize(test)}", f"ground-truth crops {summarize(ref)}", "", f"gap {summarize(gaps)} [{ok}]"]
-            lines.append(f"| {row.label} | >= {row.target:+.2f} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
+            lines.append(f"| {row.label} | >= {row.target:+.3f} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
             continue
         ens = [e for e in (ensemble_test(key, s) for s in sweeps) if e is not None]
         val = values(runs, row.val_metric)
-        ok = "meets" if val and statistics.mean(val) >= row.target else "below"
+        judged = test if row.judged_on == "test" else val
+        ok = "meets" if judged and statistics.mean(judged) >= row.target else "below"
         ens_txt = ", ".join(f"{e:.4f}" for e in ens) or "n/a"
         oof_txt = ", ".join(f"{o:.4f}" for o in (pooled_oof(s, row.val_metric) for s in sweeps) if o is not None) or "n/a"
-        cells = [f"{summarize(val)} [{ok}]", oof_txt, summarize(test), ens_txt]
-        lines.append(f"| {row.label} | >= {row.target} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
+        cells = [summarize(val), oof_txt, summarize(test), ens_txt]
+        cells[0 if row.judged_on == "val" else 2] += f" [{ok}]"
+        lines.append(f"| {row.label} | >= {row.target} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
     return "\n".join(lines)
 
 
