@@ -54,6 +54,29 @@ def test_pipeline_row_is_the_gap_to_ground_truth_crops(quality, tmp_path: Path) 
     assert "gap -0.0350 +- 0.0212 (n=2) [below]" in line  # more than 2 points lower
 
 
+def test_cross_domain_rows_are_judged_on_the_held_out_test_split(quality, tmp_path: Path) -> None:
+    """LODO: the validation folds are the training sets' own, so only the held-out test split counts."""
+    folds = [{"val/dice_post": 0.99, "test/dice_post": 0.93}]
+    sweep = fake_sweep(tmp_path / "lodo", "quality_seg_lodo_d2", folds)
+    assert quality.row_key(sweep) == "seg_lodo_d2"
+    line = quality.table([("seg_lodo_d2", [sweep], 0.0)]).splitlines()[-1]
+    assert "| 0.9900 (n=1) |" in line  # in-domain validation printed, not judged
+    assert "0.9300 (n=1) [below]" in line and "on test" in line
+    cross = fake_sweep(tmp_path / "cross", "quality_cross_pipeline_d1_to_d2", [{"pipeline/macro_f1": 0.80, "classification/test/macro_f1": 0.85}])
+    line = quality.table([("cross_pipe_d1_d2", [cross], 0.0)]).splitlines()[-1]
+    assert "[meets]" in line and "gap -0.0500" in line  # 0.80 >= 0.795 on test, whatever the gap
+
+
+def test_eosinophil_recall_is_read_from_the_pooled_oof(quality, tmp_path: Path) -> None:
+    sweep = fake_sweep(tmp_path / "wbc", "quality_cls_wbc", [{"val/macro_f1": 0.9, "test/macro_f1": 0.9}] * 2)
+    oof = {"classification": {"metrics": {"oof/val/macro_f1": 0.88, "oof/val/recall/eosinophil": 0.8}}}
+    (sweep / "cv_summary.json").write_text(json.dumps({"oof": oof}))
+    (sweep / "ensemble_test").mkdir()
+    (sweep / "ensemble_test" / "metrics.json").write_text(json.dumps({"test/macro_f1": 0.91}))  # no evaluate.py run
+    line = quality.table([("cls_wbc", [sweep], 0.0)]).splitlines()[-1]
+    assert line.startswith("| eosinophil recall") and "0.8000 [below]" in line
+
+
 def test_collect_refuses_a_sweep_of_another_experiment(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sweep = fake_sweep(tmp_path / "other", "train", [{"test/dice": 0.9}])
     assert quality.main(["--collect", str(sweep)]) == 2
