@@ -31,6 +31,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
+from lightning_modules.mixing import MixOptions, mix_batch, mixed_loss
 from wbc.calibration import DEFAULT_COVERAGE, apply_temperature_torch, fit_temperature, review_threshold
 
 # buffers fitted on validation data; checkpoints written before they existed load with these defaults
@@ -81,10 +82,12 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         tta: bool = False,
         calibrate: bool = True,
         review_coverage: float = DEFAULT_COVERAGE,
+        mixing: Mapping | None = None,
     ) -> None:
         super().__init__()
-        net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
+        net, loss, optimizer, scheduler, data_info, mixing = map(plain, (net, loss, optimizer, scheduler, data_info, mixing))
         self.save_hyperparameters()
+        self.mixing = MixOptions.from_config(mixing)
         self.classes = list((data_info or {}).get("classes") or [])
         if len(self.classes) < 2:
             raise ValueError(f"classification needs >= 2 classes (data.classes), got {self.classes}")
@@ -150,7 +153,8 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self(batch["image"]), batch["label"])
+        x, y_a, y_b, lam = mix_batch(batch["image"], batch["label"], self.mixing)
+        loss = mixed_loss(self.criterion, self(x), y_a, y_b, lam)
         self.train_loss(loss.detach())
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss

@@ -111,6 +111,15 @@ def test_classify_fast_dev_run_writes_confusion(make_cfg, run_training):
     assert (out / "test_confusion.png").is_file()
 
 
+def test_classify_trains_with_mixup_cutmix_and_warmup(make_cfg, run_training):
+    cfg = make_cfg(["experiment=classify", "debug=fdr", "model.mixing.mixup_alpha=0.2", "model.mixing.cutmix_alpha=1.0",
+                    "model.scheduler._target_=lightning_modules.schedules.warmup_cosine", "+model.scheduler.warmup_epochs=1",
+                    "trainer.max_epochs=3"])
+    metrics, objects = run_training(cfg)
+    assert objects["model"].mixing.active and np.isfinite(metrics["test/macro_f1"])
+    assert type(objects["trainer"].lr_scheduler_configs[0].scheduler).__name__ == "LambdaLR"
+
+
 def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path):
     cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2",
                     "classification.trainer.max_epochs=3", "classification.model.optimizer.lr=3e-4"])

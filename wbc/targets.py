@@ -29,6 +29,7 @@ TARGET = "_target_"
 ALLOWED_TARGETS: tuple[str, ...] = (
     "lightning_modules.networks.",
     "lightning_modules.losses.",
+    "lightning_modules.schedules.",
     "lightning_modules.segmentation.",
     "lightning_modules.classification.",
     "datamodules.segmentation.",
