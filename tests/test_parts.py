@@ -112,6 +112,28 @@ def test_white_balance_makes_the_background_neutral_and_keeps_the_stain_contrast
     assert (Preprocess(clahe=False)(img) == img).all()  # off by default
 
 
+def test_reinhard_gives_two_labs_colours_the_same_statistics():
+    import cv2
+
+    from wbc.data.transforms import REINHARD_TARGET, Preprocess
+
+    rng = np.random.default_rng(1)
+    outs = []
+    for bg, nucleus in [((235, 215, 160), (120, 60, 150)), ((225, 205, 230), (90, 40, 120))]:  # yellow / lavender lab
+        img = np.empty((64, 64, 3), np.uint8)
+        img[:] = bg
+        img[20:40, 20:40] = nucleus
+        img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        outs.append(Preprocess(clahe=False, stain_norm="reinhard")(img))
+        lab = cv2.cvtColor(outs[-1], cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+        assert np.allclose(lab.mean(0), [m for m, _ in REINHARD_TARGET], atol=3)
+        assert np.allclose(lab.std(0), [s for _, s in REINHARD_TARGET], rtol=0.3)  # RGB gamut clips some chroma
+    a, b = (o[:10, :10].reshape(-1, 3).mean(0) for o in outs)
+    assert np.abs(a - b).max() < 15  # the two backgrounds now look alike
+    with pytest.raises(ValueError, match="data.preprocess.stain_norm"):
+        Preprocess.from_config({"stain_norm": "macenko"})
+
+
 def test_part_weights_set_each_part_share_of_an_epoch(two_parts):
     from datamodules.sampling import epoch_order
 

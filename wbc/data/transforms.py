@@ -1,8 +1,8 @@
 """Preprocessing (deterministic, cached once per image) and augmentation (random, training only).
 
 `Preprocess` is the source study's grayscale + CLAHE step, plus an optional background white
-balance (smears from other labs and cameras differ first in their background's colour), each part
-switchable. The same object
+balance (smears from other labs and cameras differ first in their background's colour) and an
+optional Reinhard colour normalisation, each part switchable. The same object
 is stored in every checkpoint so training, evaluation and prediction see identical inputs.
 Augmentation pipelines are albumentations objects built from config; image and mask always pass
 through the same call, so they stay aligned.
@@ -27,6 +27,8 @@ class Preprocess:
     tile_grid: int = 8
     # scale each channel so the background (the brightest BACKGROUND_SHARE of pixels) becomes neutral grey-white
     white_balance: bool = False
+    # colour normalisation: null or `reinhard` (each image's LAB mean / std mapped to REINHARD_TARGET)
+    stain_norm: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> Preprocess:
@@ -35,7 +37,10 @@ class Preprocess:
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        return cls(**dict(cfg))
+        out = cls(**dict(cfg))
+        if out.stain_norm not in STAIN_NORMS:
+            raise ValueError(f"data.preprocess.stain_norm={out.stain_norm!r}: expected one of {list(STAIN_NORMS)}")
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +55,8 @@ class Preprocess:
             raise ValueError(f"Preprocess expects HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
         if self.white_balance:
             rgb = white_balance(rgb)
+        if self.stain_norm == "reinhard":
+            rgb = reinhard(rgb)
         clahe = cv2.createCLAHE(clipLimit=float(self.clip_limit), tileGridSize=(self.tile_grid, self.tile_grid)) if self.clahe else None
         if self.grayscale:
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -80,6 +87,24 @@ def white_balance(rgb: np.ndarray) -> np.ndarray:
     bg = np.maximum(bright.mean(axis=0), 1.0)
     out = rgb.astype(np.float32) * (BACKGROUND_LEVEL / bg)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+STAIN_NORMS = (None, "reinhard")
+# per-image (mean, std) of OpenCV's 8-bit L, a, b, averaged over segmentation_wbc dataset1 (yellowish)
+# and dataset2 (pink): a middle colour rather than one lab's
+REINHARD_TARGET = ((198.0, 54.0), (138.0, 15.0), (141.0, 17.0))
+
+
+def reinhard(rgb: np.ndarray, target: Sequence[Sequence[float]] = REINHARD_TARGET) -> np.ndarray:
+    """Reinhard et al. (2001) colour transfer: each LAB channel's mean and spread mapped to the
+    target's, so a smear's overall colour cast and contrast match whatever the lab or camera. A flat
+    channel (std 0) is only shifted."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    for c, (mean, std) in enumerate(target):
+        ch = lab[..., c]
+        s = float(ch.std())
+        lab[..., c] = (ch - float(ch.mean())) * (std / s if s > 1e-3 else 1.0) + mean
+    return cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 def study_rotation(angles: Sequence[float] = (30, 45, 60), p: float = 0.5, border_mode: int = cv2.BORDER_REFLECT_101) -> A.BasicTransform:
