@@ -263,3 +263,26 @@ def test_train_crop_patches_train_only_and_keeps_mask_aligned(tmp_path):
     assert dm.datasets["val"][0]["image"].shape == (3, 32, 32)  # evaluation sees the whole image
     with pytest.raises(ValueError, match="data.train_crop=64"):
         SegmentationDataModule(train_crop=64, **common)
+
+
+def test_robust_preset_builds_and_keeps_masks_aligned(make_cfg):
+    """conf/augment/robust.yaml (stain, defocus, JPEG, scale jitter) instantiates from the allowlist
+    for images and crops, and geometry still moves image and mask together."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["augment@data.train_transforms=robust", "augment@data.crops.transforms=robust"])
+    for node in (cfg.data.train_transforms, cfg.data.crops.transforms):
+        assert {"stain", "defocus", "jpeg", "scale"} <= set(node)
+        ops = [instantiate(v) for v in node.values()]
+        pipe = build_pipeline(ops, 64)
+        rng = np.random.default_rng(0)
+        img = np.full((80, 80, 3), 230, np.uint8)
+        mask = np.zeros((80, 80), np.uint8)
+        img[8:32, 44:72] = (110, 50, 140)  # off-centre: a flip or rotation of one but not the other misses it
+        mask[8:32, 44:72] = 1
+        for _ in range(10):
+            out = pipe(image=np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8), mask=mask)
+            grey = out["image"].mean(-1)
+            dark, nucleus = grey < np.median(grey) - 30, out["mask"] == 1
+            assert out["image"].shape == (64, 64, 3) and set(np.unique(out["mask"])) <= {0, 1}
+            assert (dark & nucleus).sum() / (dark | nucleus).sum() > 0.7
