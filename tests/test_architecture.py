@@ -72,6 +72,25 @@ def test_pipeline_stage_keys_are_cli_addresses(make_cfg, tmp_path: Path) -> None
     assert cls.paths.output_dir == str(tmp_path / "c") and "classification" not in cls and "segmentation" not in cls
 
 
+def test_a_shared_cli_value_reaches_every_pipeline_stage(make_cfg, tmp_path: Path) -> None:
+    """`trainer.max_epochs=7` on the command line trains both stages 7 epochs (the classification
+    stage's own default, 30, used to win silently); the stage's own key still wins where given."""
+    from wbc.cli.train import cli_keys
+    from wbc.stages import stage_config
+
+    overrides = ["experiment=pipeline", "trainer.max_epochs=7", "+model.foo=1", "augment@data.crops.transforms=robust"]
+    keys = cli_keys(overrides)
+    assert keys == ["experiment", "trainer.max_epochs", "model.foo"]
+    cfg = make_cfg(overrides[:2])
+    assert stage_config(cfg, "classification", tmp_path / "c").trainer.max_epochs == 30  # without the keys: the old behaviour
+    cls = stage_config(cfg, "classification", tmp_path / "c", keys)
+    assert cls.trainer.max_epochs == 7 and cls.model.scheduler.T_max == 7
+    assert stage_config(cfg, "segmentation", tmp_path / "s", keys).trainer.max_epochs == 7
+    both = ["experiment=pipeline", "trainer.max_epochs=7", "classification.trainer.max_epochs=3"]
+    cls = stage_config(make_cfg(both), "classification", tmp_path / "c", cli_keys(both))
+    assert cls.trainer.max_epochs == 3
+
+
 def test_evaluate_a_single_classifier_run(make_cfg, run_training, make_eval_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(["experiment=classify"], output_dir=tmp_path / "cls")
     trained, _ = run_training(cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -71,12 +72,25 @@ def get_stage(name: str) -> Stage:
 
 
 # ----------------------------------------------------------------------------- running a stage
-def stage_config(cfg: DictConfig, name: str, output_dir: Path) -> DictConfig:
+def stage_config(cfg: DictConfig, name: str, output_dir: Path, cli_keys: Sequence[str] = ()) -> DictConfig:
     """A pipeline stage's full config: the run's shared nodes (data, trainer, callbacks, ...) with
     the stage's own node (`cfg.<name>`, composed from conf/stage/<name>.yaml and CLI overrides) merged
-    on top, its own output dir, and resume only from its own last.ckpt."""
+    on top, its own output dir, and resume only from its own last.ckpt.
+
+    `cli_keys` are the dotted keys the command line set: a shared value given there
+    (`trainer.max_epochs=5`) reaches every stage, over the stage's own default (conf/stage/
+    classification.yaml's 30 epochs), unless the stage's own key was given too
+    (`classification.trainer.max_epochs=3`)."""
     base = OmegaConf.to_container(cfg, resolve=False)
     own = base.pop(name)
+    own_cfg = OmegaConf.create(own)
+    for key in cli_keys:
+        if key.split(".")[0] in (*STAGES, PIPELINE) or f"{name}.{key}" in cli_keys:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.select(own_cfg, key, default=None) is not None and not OmegaConf.is_config(value):
+            OmegaConf.update(own_cfg, key, value, force_add=True)
+    own = OmegaConf.to_container(own_cfg, resolve=False)
     for other in (*STAGES, PIPELINE):
         base.pop(other, None)
     callbacks = own.get("callbacks")
@@ -90,7 +104,7 @@ def stage_config(cfg: DictConfig, name: str, output_dir: Path) -> DictConfig:
     return sub
 
 
-def run_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
+def run_stage(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()) -> tuple[dict, dict]:
     """Train `cfg.stage` in output_dir (a pipeline: each stage in its sub-dir, then the pipeline
     scored); returns (metrics, objects)."""
     from wbc.fit import fit_stage
@@ -98,10 +112,10 @@ def run_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
     if cfg.stage != PIPELINE:
         get_stage(cfg.stage)
         return fit_stage(cfg, output_dir)
-    return run_pipeline(cfg, output_dir)
+    return run_pipeline(cfg, output_dir, cli_keys)
 
 
-def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
+def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()) -> tuple[dict, dict]:
     """Each stage in its sub-dir, then the whole pipeline scored on the test split. Under DDP the
     stages train on every rank; the pipeline scoring, the predict run and metrics.json are rank
     zero's (over the whole split), and the other ranks get its metrics."""
@@ -112,7 +126,7 @@ def run_pipeline(cfg: DictConfig, output_dir: Path) -> tuple[dict, dict]:
     objects: dict = {}
     for name in STAGES:
         sub_dir = output_dir / name
-        sub = stage_config(cfg, name, sub_dir)
+        sub = stage_config(cfg, name, sub_dir, cli_keys)
         if is_rank_zero():  # what this stage ran with, read by evaluate/ensembles
             save_config(sub_dir, OmegaConf.to_container(sub, resolve=True))
         stage_metrics, objects[name] = fit_stage(sub, sub_dir)

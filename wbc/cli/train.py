@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     check_not_finished(cfg, Path(cfg.paths.output_dir))
     L.seed_everything(cfg.seed, workers=True)
-    metrics, objects = run_stage(cfg, Path(cfg.paths.output_dir))
+    metrics, objects = run_stage(cfg, Path(cfg.paths.output_dir), cli_keys(_hydra_job()[3]))
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and k.startswith(("test/", "pipeline/"))}
     from wbc.rundir import is_rank_zero
 
@@ -75,6 +75,17 @@ def check_not_finished(cfg: DictConfig, out: Path) -> None:
         f"trainer.max_epochs to train on, or test and score it: python train.py train=false ckpt_path={ckpt} "
         "(or python evaluate.py ckpt_path=<its run dir>)"
     )
+
+
+def cli_keys(overrides: list[str]) -> list[str]:
+    """The dotted keys a command line set (`trainer.max_epochs=5`, `+x.y=1`); deletions and config
+    group choices with a package (`augment@data.crops.transforms=robust`) are not values."""
+    keys = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+")
+        if "=" in o and not o.startswith("~") and "@" not in key:
+            keys.append(key)
+    return keys
 
 
 def _hydra_job() -> tuple[bool, bool, object, list[str]]:
