@@ -17,8 +17,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_grey: cells, grey + CLAHE input (no colour at all)
 - cells_wb_hed: cells_wb + Macenko stain-intensity augmentation (albumentations.HEStain)
 - cells_reinhard: cells, colour kept but normalised (data.preprocess.stain_norm=reinhard)
-- cells_grey_robust: cells_grey + the optics/stain preset (conf/augment/robust.yaml: Macenko
-            intensity, defocus blur, JPEG re-encoding, scale jitter)
+- cells_grey_robust: cells_grey + the optics preset (conf/augment/robust.yaml: defocus blur, JPEG
+            re-encoding, scale jitter; its Macenko stain entry needs colour and is dropped)
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
 """
@@ -46,7 +46,7 @@ VARIANTS = {
                      "intensity_scale_range:[0.6,1.4],intensity_shift_range:[-0.2,0.2],p:0.8}"],
     "cells_reinhard": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard"],
     "cells_grey_robust": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true",
-                          "augment@data.crops.transforms=robust"],
+                          "augment@data.crops.transforms=robust", "~data.crops.transforms.stain"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 

@@ -21,7 +21,7 @@ from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSam
 from wbc.data.imageio import pixel_limit
 from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from wbc.data.splits import SplitError, fold_ids, load_or_make_splits
-from wbc.data.transforms import Preprocess
+from wbc.data.transforms import Preprocess, check_colour_transforms
 from wbc.postprocess import PostprocessParams
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class WBCDataModule(L.LightningDataModule):
         self.preprocess = Preprocess.from_config(preprocess)
         self.image_size = image_size
         self.target = target
+        check_colour_transforms(train_transforms or [], self.preprocess.grayscale, "data.train_transforms")
         if isinstance(train_transforms, Mapping):  # named entries from conf/augment/*.yaml
             train_transforms = [t for t in train_transforms.values() if t is not None]
         self.train_transforms = list(train_transforms or [])

@@ -18,7 +18,7 @@ from datamodules.base import CachedSample, WBCDataModule
 from datamodules.sampling import SeededAugmentation
 from wbc.cells import CropSpec, cell_crops
 from wbc.data.manifest import NUCLEUS, load_instances
-from wbc.data.transforms import build_pipeline, to_tensor
+from wbc.data.transforms import build_pipeline, check_colour_transforms, to_tensor
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class ClassificationDataModule(WBCDataModule):
         super().__init__(*args, **kwargs)
         transforms = self.crops_cfg.get("transforms")
         self.crop_spec = CropSpec.from_config(self.crops_cfg)
+        check_colour_transforms(transforms or [], self.preprocess.grayscale, "data.crops.transforms")
         if isinstance(transforms, Mapping):
             transforms = [t for t in transforms.values() if t is not None]
         self.crop_transforms = list(transforms or [])

@@ -286,3 +286,15 @@ def test_robust_preset_builds_and_keeps_masks_aligned(make_cfg):
             dark, nucleus = grey < np.median(grey) - 30, out["mask"] == 1
             assert out["image"].shape == (64, 64, 3) and set(np.unique(out["mask"])) <= {0, 1}
             assert (dark & nucleus).sum() / (dark | nucleus).sum() > 0.7
+
+
+def test_colour_only_augmentation_on_grey_input_is_one_clear_error(make_cfg):
+    from hydra.utils import instantiate
+
+    from datamodules.classification import ClassificationDataModule
+
+    cfg = make_cfg(["experiment=classify", "augment@data.crops.transforms=robust", "data.preprocess.grayscale=true"])
+    with pytest.raises(Exception, match=r"data.crops.transforms.stain \(HEStain\) needs RGB.*~data.crops.transforms.stain"):
+        instantiate(cfg.data, _convert_="partial")
+    cfg = make_cfg(["experiment=classify", "augment@data.crops.transforms=robust", "data.preprocess.grayscale=true", "~data.crops.transforms.stain"])
+    assert isinstance(instantiate(cfg.data, _convert_="partial"), ClassificationDataModule)

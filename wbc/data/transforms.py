@@ -107,6 +107,24 @@ def reinhard(rgb: np.ndarray, target: Sequence[Sequence[float]] = REINHARD_TARGE
     return cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+# albumentations transforms that need three colour channels (they fail deep inside on grey input)
+COLOUR_ONLY = frozenset({"HEStain", "RGBShift", "HueSaturationValue", "ChannelShuffle", "ToSepia", "ChromaticAberration"})
+
+
+def check_colour_transforms(named: Mapping[str, object] | Sequence[object], grayscale: bool, key: str) -> None:
+    """One clear error for a colour-only augmentation (e.g. the robust preset's Macenko `stain`)
+    on grey input, naming the entry to drop."""
+    if not grayscale:
+        return
+    items = named.items() if isinstance(named, Mapping) else enumerate(named)
+    for name, t in items:
+        if t is not None and type(t).__name__ in COLOUR_ONLY:
+            raise ValueError(
+                f"{key}.{name} ({type(t).__name__}) needs RGB input, but data.preprocess.grayscale=true: "
+                f"drop it (~{key}.{name}) or keep colour"
+            )
+
+
 def study_rotation(angles: Sequence[float] = (30, 45, 60), p: float = 0.5, border_mode: int = cv2.BORDER_REFLECT_101) -> A.BasicTransform:
     """The source study's rotation: one of +-30/45/60 degrees (not a continuous range)."""
     choices = [A.Rotate(limit=(s * a, s * a), border_mode=border_mode, p=1.0) for a in angles for s in (-1, 1)]
