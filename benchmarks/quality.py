@@ -7,6 +7,10 @@ Each row is a configured experiment (conf/experiment/quality_*.yaml) trained ove
 - test: the mean +- std of every fold model scored on the same held-out 30 % test split, and the
   test figure of the fold ensemble (probabilities averaged; `evaluate.py ckpt_path=<sweep dir>`).
 The pipeline row compares classification through predicted masks with ground-truth crops.
+Issue 16's rows: leave-one-dataset-out segmentation (`seg_lodo_*`: trained on two sets, Dice on the
+third's test split), the full pipeline across segmentation_wbc sources (`cross_pipe_*`: trained on one,
+scored on the other's test split), both judged on that held-out test split; the pretraining ablation
+(`cls_idb2_scratch`); and the 4-class row's eosinophil recall on the pooled out-of-fold crops.
 
     python benchmarks/quality.py                              # every row, 5 folds (hours on 2 CPU cores)
     python benchmarks/quality.py --rows seg_d1 --folds 0 --extra trainer.max_epochs=20
