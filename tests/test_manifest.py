@@ -482,3 +482,15 @@ def test_datamodule_drop_classes(tmp_path):
     dm.setup("fit")
     assert dm.manifest.dropped == {"rare": 1}
     assert sum(len(ds) for ds in dm.datasets.values()) == 10
+
+
+def test_filters_accept_a_yaml_list_as_composed_by_hydra(tmp_path: Path) -> None:
+    """data.filters.class_name=[a] arrives as an OmegaConf ListConfig when a data node is built
+    without _convert_: it used to be read as one value "['a']" and match no row."""
+    from omegaconf import OmegaConf
+
+    root = make_csv_dataset(tmp_path / "d", {"a": 3, "b": 2})
+    filters = OmegaConf.create({"class_name": ["a"]})
+    m = read_manifest(root, filters=filters)
+    assert [s.class_name for s in m.samples] == ["a"] * 3
+    assert len(read_manifest(root, filters={"class_name": "b"}).samples) == 2

@@ -195,7 +195,9 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
     for column, wanted in (filters or {}).items():  # e.g. data.filters.subset=dataset1
         if column not in columns:
             raise ManifestError(f"data.filters.{column}: {path} has no column {column!r}; columns are {columns}")
-        allowed = {str(w) for w in (wanted if isinstance(wanted, list | tuple) else [wanted])}
+        # any sequence (a YAML list arrives as OmegaConf's ListConfig) lists values; a scalar is one value
+        many = isinstance(wanted, Sequence) and not isinstance(wanted, str | bytes)
+        allowed = {str(w) for w in (wanted if many else [wanted])}
         rows = [(n, r) for n, r in rows if r[column] in allowed]
     if not rows:
         raise ManifestError(f"{path}: no rows{' after data.filters' if filters else ''}; expected one row per image")
