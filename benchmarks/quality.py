@@ -67,9 +67,11 @@ ROWS = {
     "seg_lodo_d2": Row("quality_seg_lodo_d2", "test/dice_post", 0.9618, "nucleus Dice, LODO: dataset2 by a segmenter of dataset1 + all_idb2", judged_on="test"),
     "seg_lodo_idb2": Row("quality_seg_lodo_all_idb2", "test/dice_post", 0.951, "nucleus Dice, LODO: all_idb2 by a segmenter of dataset1 + dataset2", judged_on="test"),
     "cls_idb2_scratch": Row("quality_cls_all_idb2_scratch", "test/balanced_accuracy", 0.98, "lymphoblast vs non-blast, all_idb2, same network without pretraining"),
-    "cross_pipe_d1_d2": Row("quality_cross_pipeline_d1_to_d2", "pipeline/macro_f1", 0.795, "4-class macro-F1, trained on dataset1, full pipeline on dataset2",
+    "cross_pipe_d1_d2": Row("quality_cross_pipeline_d1_to_d2", "pipeline/cell_macro_f1", 0.795,
+                            "4-class cell macro-F1 (missed cells count), trained on dataset1, full pipeline on dataset2",
                             reference="classification/test/macro_f1", judged_on="test"),
-    "cross_pipe_d2_d1": Row("quality_cross_pipeline_d2_to_d1", "pipeline/macro_f1", 0.795, "4-class macro-F1, trained on dataset2, full pipeline on dataset1",
+    "cross_pipe_d2_d1": Row("quality_cross_pipeline_d2_to_d1", "pipeline/cell_macro_f1", 0.795,
+                            "4-class cell macro-F1 (missed cells count), trained on dataset2, full pipeline on dataset1",
                             reference="classification/test/macro_f1", judged_on="test"),
     "pipeline_wbc": Row(
         "quality_pipeline_wbc", "pipeline/macro_f1", -0.02, "macro-F1 through the pipeline minus on ground-truth crops", reference="classification/test/macro_f1"
@@ -140,6 +142,9 @@ def row_key(sweep: Path) -> str | None:
     return next((k for k, r in ROWS.items() if r.experiment == task), None)
 
 
+MATCHED = "pipeline/macro_f1"  # classification of the cells the pipeline matched to true ones
+
+
 def table(results: list[tuple[str, list[Path], float]]) -> str:
     lines = [
         "| figure | target | CV validation, mean of folds | CV validation, pooled | test, fold models | test, fold ensemble | runs | time |",
@@ -154,7 +159,9 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
             gaps = [t - r for t, r in zip(test, ref)]
             judged = test if row.judged_on == "test" else gaps
             ok = "meets" if judged and statistics.mean(judged) >= row.target else "below"
-            cells = [f"pipeline {summarize(test)}", f"ground-truth crops {summarize(ref)}", "", f"gap {summarize(gaps)} [{ok}]"]
+            # a detection-aware figure: also show the matched cells' own macro-F1 (what detection hid)
+            matched = f"matched cells {summarize(values(runs, MATCHED))}" if row.metric != MATCHED else ""
+            cells = [f"pipeline {summarize(test)}", f"ground-truth crops {summarize(ref)}", matched, f"gap {summarize(gaps)} [{ok}]"]
             lines.append(f"| {row.label} | >= {row.target:+.3f} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
             continue
         ens = [e for e in (ensemble_test(key, s) for s in sweeps) if e is not None]

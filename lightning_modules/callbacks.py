@@ -1,10 +1,16 @@
-"""Callbacks that make dashboards useful: prediction overlays for image-capable loggers."""
+"""Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
+resumes, and a weight EMA that leaves the classifier's calibration alone."""
 
 from __future__ import annotations
+
+import itertools
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 from wbc.overlay import draw_overlay
 
@@ -62,3 +68,53 @@ class EpochSeed(L.Callback):
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
+
+
+class CalibratedEMA(EMAWeightAveraging):
+    """Exponential moving average of the weights (Lightning's EMAWeightAveraging), validated,
+    checkpointed and finally kept in place of the raw weights, except for the buffers the module
+    fits on validation itself (`pl_module.unaveraged_buffers`: the classifier's temperature and
+    review threshold).
+
+    Those are fitted at each validation epoch's end on the averaged weights' probabilities, after
+    the parent callback has swapped the raw weights back; averaged or swapped like weights they
+    would end up as an average of past temperatures, not the one fitted for the saved weights.
+    Here they stay on the module, and every checkpoint carries the module's values.
+    """
+
+    def __init__(self, decay: float = 0.999, update_starting_at_epoch: int | None = None, **kwargs: Any) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"callbacks.ema.decay: expected a number in (0, 1), got {decay}")
+        super().__init__(decay=decay, update_starting_at_epoch=update_starting_at_epoch, **kwargs)
+
+    @staticmethod
+    def _pairs(pl_module: L.LightningModule, average: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(averaged, current) tensors by name, the module's unaveraged buffers left out."""
+        skip = set(getattr(pl_module, "unaveraged_buffers", ()))
+        mine = dict(itertools.chain(average.named_parameters(), average.named_buffers()))
+        return [(mine[name], t) for name, t in itertools.chain(pl_module.named_parameters(), pl_module.named_buffers())
+                if name not in skip and name in mine]
+
+    def _swap_models(self, pl_module: L.LightningModule) -> None:
+        assert self._average_model is not None
+        for avg, cur in self._pairs(pl_module, self._average_model.module):
+            tmp = avg.data.clone()
+            avg.data.copy_(cur.data)
+            cur.data.copy_(tmp)
+
+    def _copy_average_to_current(self, pl_module: L.LightningModule) -> None:
+        assert self._average_model is not None
+        for avg, cur in self._pairs(pl_module, self._average_model.module):
+            cur.data.copy_(avg.data)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        for name in getattr(pl_module, "unaveraged_buffers", ()):
+            checkpoint["state_dict"][name] = getattr(pl_module, name).detach().clone()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # only a resumed fit needs the raw weights back; testing or predicting from a checkpoint
+        # (trainer.test(ckpt_path=...) after fit, with this callback still attached) keeps the
+        # average that Lightning has already loaded from state_dict
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

@@ -67,6 +67,8 @@ def flatten_metrics(values: Mapping[str, torch.Tensor], classes: list[str], pref
 
 class ClassifierModule(BestValidationMetric, L.LightningModule):
     best_of = "val/macro_f1"
+    # fitted on validation, not trained: a weight EMA (callbacks.ema) must not average them
+    unaveraged_buffers = tuple(CALIBRATION_BUFFERS)
 
     def __init__(
         self,

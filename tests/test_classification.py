@@ -131,7 +131,7 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     cls_cfg, seg_cfg = (OmegaConf.load(out / s / ".hydra" / "config.yaml") for s in ("classification", "segmentation"))
     assert cls_cfg.trainer.max_epochs == 3 and cls_cfg.model.optimizer.lr == pytest.approx(3e-4) and cls_cfg.stage == "classification"
     assert seg_cfg.trainer.max_epochs == 2 and seg_cfg.stage == "segmentation" and seg_cfg.paths.output_dir == str(out / "segmentation")
-    for key in ("pipeline/detection_precision", "pipeline/detection_recall", "test/dice_post", "test/macro_f1"):
+    for key in ("pipeline/detection_precision", "pipeline/detection_recall", "pipeline/cell_macro_f1", "test/dice_post", "test/macro_f1"):
         assert key in metrics
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["pipeline/detection_recall"] == pytest.approx(metrics["pipeline/detection_recall"])
@@ -153,3 +153,17 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     report = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [Path(f["image"]).name for f in report["failed"]] == ["broken.png"]
     assert (tmp_path / "pred" / "overlays" / "good.png").is_file()
+
+
+def test_cell_f1_counts_missed_and_spurious_cells():
+    from wbc.evaluation.pipeline import cell_f1
+
+    # class 0: 2 found and right, 1 missed; class 1: 1 found but called 0, 1 spurious cell called 1
+    pairs = [(0, 0), (0, 0), (0, None), (1, 0), (None, 1)]
+    out = cell_f1(pairs, ["a", "b", "c"], "pipeline")
+    assert out["pipeline/cell_f1/a"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # FP: the class-1 cell called 0
+    assert out["pipeline/cell_f1/b"] == 0.0  # FN: its one cell; FP: the spurious one
+    assert "pipeline/cell_f1/c" not in out  # no true cells: left out of the macro mean
+    assert out["pipeline/cell_macro_f1"] == pytest.approx((4 / 6 + 0.0) / 2)
+    assert cell_f1([], ["a"], "p") == {"p/cell_macro_f1": 0.0}
+

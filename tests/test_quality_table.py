@@ -62,9 +62,14 @@ def test_cross_domain_rows_are_judged_on_the_held_out_test_split(quality, tmp_pa
     line = quality.table([("seg_lodo_d2", [sweep], 0.0)]).splitlines()[-1]
     assert "| 0.9900 (n=1) |" in line  # in-domain validation printed, not judged
     assert "0.9300 (n=1) [below]" in line and "on test" in line
-    cross = fake_sweep(tmp_path / "cross", "quality_cross_pipeline_d1_to_d2", [{"pipeline/macro_f1": 0.80, "classification/test/macro_f1": 0.85}])
+    cross = fake_sweep(tmp_path / "cross", "quality_cross_pipeline_d1_to_d2",
+                       [{"pipeline/cell_macro_f1": 0.80, "pipeline/macro_f1": 0.90, "classification/test/macro_f1": 0.85}])
     line = quality.table([("cross_pipe_d1_d2", [cross], 0.0)]).splitlines()[-1]
     assert "[meets]" in line and "gap -0.0500" in line  # 0.80 >= 0.795 on test, whatever the gap
+    assert "matched cells 0.9000" in line  # judged on the detection-aware figure, not the matched cells'
+    few = fake_sweep(tmp_path / "few", "quality_cross_pipeline_d1_to_d2",
+                     [{"pipeline/cell_macro_f1": 0.10, "pipeline/macro_f1": 1.0, "classification/test/macro_f1": 0.85}])
+    assert "[below]" in quality.table([("cross_pipe_d1_d2", [few], 0.0)]).splitlines()[-1]
 
 
 def test_eosinophil_recall_is_read_from_the_pooled_oof(quality, tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """Full-pipeline scoring: image -> nucleus mask -> cells -> class, against the ground truth.
 
 Cells predicted on test images are matched one-to-one to ground-truth cells by IoU; we report
-detection precision/recall, and classification metrics on matched cells next to the
-classifier's own figures on ground-truth crops.
+detection precision/recall, classification metrics on matched cells next to the classifier's own
+figures on ground-truth crops, and a detection-aware cell F1 (`pipeline/cell_macro_f1`, the
+CoNIC/PanNuke habit): a missed cell is a false negative of its class and a spurious or misplaced
+cell a false positive of the class it was given, so a pipeline that finds few cells cannot score
+well on the few it finds.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
     items = datamodule.cached(ids)
     n_pred = n_true = 0
     probs, labels, per_image = [], [], []
+    pairs: list[tuple[int | None, int | None]] = []  # (true class, predicted class) per cell; None = no partner
     for it in items:
         rgb, _ = load_sample(it.sample, datamodule.encoding)
         res = pipe(rgb)
@@ -39,6 +43,11 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         for pred_id, _true_id, _iou in matches:
             probs.append(res.class_probs[pred_id - 1])
             labels.append(it.label)
+        matched_pred = {m[0] for m in matches}
+        pred_class = {i + 1: int(np.argmax(p)) for i, p in enumerate(res.class_probs)}
+        pairs += [(it.label, pred_class[m[0]]) for m in matches]
+        pairs += [(None, c) for i, c in pred_class.items() if i not in matched_pred]
+        pairs += [(it.label, None)] * (len(true_inst) - len(matches))
         per_image.append({"id": it.sample.id, "class_name": it.sample.class_name, "true_cells": len(true_inst), "pred_cells": len(res.instances), "matched": len(matches)})
     n_match = len(labels)
     out = {
@@ -46,6 +55,7 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         "pipeline/detection_recall": n_match / max(1, n_true),
         "pipeline/cells_true": float(n_true),
         "pipeline/cells_pred": float(n_pred),
+        **cell_f1(pairs, classes, "pipeline"),
     }
     if not n_match:  # nothing found: report zeros rather than leave the metrics undefined
         out.update({f"pipeline/{k}": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")})
@@ -58,4 +68,22 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         plot_confusion(matrix, classes, out_dir / "pipeline_confusion.png", "full pipeline (matched cells)")
     timing = {k: float(np.median(v)) for k, v in pipe.timings.items()}
     write_json(out_dir / "pipeline_summary.json", {"metrics": out, "median_timings_ms": timing, "per_image": per_image, "iou_threshold": iou_threshold})
+    return out
+
+
+def cell_f1(pairs: list[tuple[int | None, int | None]], classes: list[str], prefix: str) -> dict[str, float]:
+    """Per-class and macro F1 over cells, detection included: TP = matched and given its true class;
+    FP = given class c but unmatched or truly another class; FN = of class c but missed or given
+    another class. The macro mean is over the classes with true cells."""
+    out: dict[str, float] = {}
+    f1s = []
+    for c, name in enumerate(classes):
+        tp = sum(t == c and p == c for t, p in pairs)
+        fp = sum(p == c and t != c for t, p in pairs)
+        fn = sum(t == c and p != c for t, p in pairs)
+        if tp + fn == 0:
+            continue
+        out[f"{prefix}/cell_f1/{name}"] = 2 * tp / (2 * tp + fp + fn)
+        f1s.append(out[f"{prefix}/cell_f1/{name}"])
+    out[f"{prefix}/cell_macro_f1"] = float(np.mean(f1s)) if f1s else 0.0
     return out
