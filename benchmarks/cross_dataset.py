@@ -47,6 +47,12 @@ VARIANTS = {
     "cells_reinhard": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard"],
     "cells_grey_robust": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true",
                           "augment@data.crops.transforms=robust", "~data.crops.transforms.stain"],
+    # shape only: everything outside the nucleus zeroed (background, cytoplasm and stain cast gone)
+    "cells_grey_masked": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true",
+                          "data.crops.masked=true"],
+    # the larger ImageNet backbone (offline Lite1 wheel) on the best input so far
+    "cells_grey_lite1": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true",
+                         "model.net.name=tf_efficientnet_lite1"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
