@@ -19,6 +19,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_reinhard: cells, colour kept but normalised (data.preprocess.stain_norm=reinhard)
 - cells_grey_robust: cells_grey + the optics preset (conf/augment/robust.yaml: defocus blur, JPEG
             re-encoding, scale jitter; its Macenko stain entry needs colour and is dropped)
+- cells_grey_masked: cells_grey with everything outside the nucleus zeroed (data.crops.masked=true)
+- cells_grey_lite1: cells_grey on the larger EfficientNet-Lite1 (offline ImageNet weights)
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
 """
