@@ -183,8 +183,10 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         values = flatten_metrics(self.metrics[stage].compute(), self.classes, stage)
         self.metrics[stage].reset()
         main = f"{stage}/macro_f1"
-        self.log_dict({k: v for k, v in values.items() if k != main})
-        self.log(main, values[main], prog_bar=True)
+        # computed from synced metric states, so equal on every rank: sync_dist only averages equal
+        # values (and keeps Lightning's epoch-level DDP warning quiet)
+        self.log_dict({k: v for k, v in values.items() if k != main}, sync_dist=True)
+        self.log(main, values[main], prog_bar=True, sync_dist=True)
         return values
 
     def on_validation_epoch_end(self) -> None:
@@ -208,7 +210,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         self.temperature.fill_(t)
         conf = self.calibrated(torch.as_tensor(prob, device=self.temperature.device)).max(1).values.cpu().numpy()
         self.review_min_probability.fill_(review_threshold(conf, float(self.hparams.get("review_coverage", DEFAULT_COVERAGE))))
-        self.log("val/temperature", t)
+        self.log("val/temperature", t, sync_dist=True)  # fitted on the gathered probabilities: equal on every rank
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
