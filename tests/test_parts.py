@@ -88,6 +88,20 @@ def test_hydra_builds_the_parts_and_the_combined_drop_classes_reach_them(tmp_pat
     assert children["segmentation_wbc_d1"].filters == {"subset": ["dataset1"]}
 
 
+@pytest.mark.parametrize("direction,holdout", [("d1_to_d2", "segmentation_wbc_d2"), ("d2_to_d1", "segmentation_wbc_d1")])
+def test_cross_pipeline_segmenter_learns_from_every_source_but_the_held_out_one(tmp_path, direction, holdout):
+    """The segmenter stage adds all_idb2 (nucleus masks, no shared classes); the classifier stays on one source."""
+    from wbc.stages import stage_config
+
+    cfg = compose_cfg("train.yaml", [f"experiment=quality_cross_pipeline_{direction}"], tmp_path)
+    seg, cls = (stage_config(cfg, s, tmp_path / s).data for s in ("segmentation", "classification"))
+    assert set(seg.parts) == {"segmentation_wbc_d1", "segmentation_wbc_d2", "all_idb2"} and seg.holdout == holdout
+    assert set(cls.parts) == {"segmentation_wbc_d1", "segmentation_wbc_d2"} and cls.holdout == holdout
+    assert seg.parts.all_idb2.mask_encoding.mode == "rgb" and cls.preprocess.grayscale and not seg.preprocess.grayscale
+    one = compose_cfg("train.yaml", [f"experiment=quality_cross_pipeline_{direction}", "~segmentation.data.parts.all_idb2"], tmp_path)
+    assert set(stage_config(one, "segmentation", tmp_path / "s").data.parts) == set(cls.parts)
+
+
 def test_holdout_dev_split_tests_on_the_held_out_training_images(two_parts):
     _, parts = two_parts
     alone = SegmentationDataModule(**parts["lab2"], image_size=32).split_ids()
