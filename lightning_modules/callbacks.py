@@ -1,9 +1,11 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
-resumes, and a weight EMA that leaves the classifier's calibration alone."""
+resumes, a weight EMA that leaves the classifier's calibration alone, and batch-norm statistics
+re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import lightning as L
@@ -12,7 +14,10 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+from wbc.adaptation import adapt_batchnorm, batchnorm_layers
 from wbc.overlay import draw_overlay
+
+log = logging.getLogger("wbc")
 
 
 class ValidationOverlays(L.Callback):
@@ -118,3 +123,25 @@ class CalibratedEMA(EMAWeightAveraging):
         # average that Lightning has already loaded from state_dict
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class AdaptBatchNorm(L.Callback):
+    """Before testing, re-estimate the network's batch-norm statistics on the test images
+    themselves (`wbc.adaptation.adapt_batchnorm`; their labels are not read). For a held-out
+    lab's images: `callbacks=[default,adapt_bn]`. The temperature stays the one fitted on the
+    training source's validation split."""
+
+    def __init__(self, key: str = "image") -> None:
+        self.key = key
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loaders = trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        batches = (batch[self.key].to(pl_module.device) for loader in loaders for batch in loader)
+        n = adapt_batchnorm(pl_module, batches)
+        if trainer.world_size > 1:
+            # each rank saw its own shard: average the statistics so every rank tests one model
+            for m in batchnorm_layers(pl_module):
+                m.running_mean.copy_(trainer.strategy.reduce(m.running_mean, reduce_op="mean"))
+                m.running_var.copy_(trainer.strategy.reduce(m.running_var, reduce_op="mean"))
+        log.info("adapt_bn: batch-norm statistics re-estimated on %d test images", n)
