@@ -3,6 +3,7 @@ nothing else about the network changed."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def test_no_images_or_no_batch_norm_is_an_error_and_leaves_the_statistics() -> N
     with pytest.raises(ValueError, match="no images"):
         adapt_batchnorm(net, [])
     assert torch.equal(net[1].running_mean, before) and net[1].momentum == 0.1
-    with pytest.raises(ValueError, match="no batch-norm"):
+    with pytest.raises(ValueError, match="no batch-norm layer"):
         adapt_batchnorm(nn.Linear(2, 2), [torch.zeros(1, 2)])
 
 
@@ -58,3 +59,41 @@ def test_classifier_tested_with_adapt_bn_uses_the_test_images_statistics(make_cf
     adapt_batchnorm(model, (b["image"] for b in dm.val_dataloader()))
     assert not torch.allclose(layer.running_mean, adapted, atol=1e-5)
     assert "test/macro_f1" in metrics
+
+
+def _bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k}
+
+
+def test_pipeline_adapts_both_models_to_the_images_and_keeps_their_weights(tmp_path) -> None:
+    from tests.helpers_data import cell
+    from tests.helpers_models import DiscSegmenter, tiny_modules
+    from wbc.inference import CellPipeline
+
+    seg, clf = tiny_modules(tmp_path)
+    images = [np.clip(cell(64, seed=i)[0].astype(np.float32) * 0.6 + 90, 0, 255).astype(np.uint8) for i in range(3)]  # another "stain"
+    weights = {k: v.clone() for k, v in clf.state_dict().items() if "running" not in k and "num_batches" not in k}
+    seg_before = _bn_state(seg)
+    pipe = CellPipeline(seg, clf)
+    assert pipe.adapt_batchnorm(lambda: iter(images)) == 3 and pipe.adapted_on == 3
+    assert any(not torch.equal(v, seg.state_dict()[k]) for k, v in seg_before.items())
+    assert not seg.training and not clf.training
+    # the classifier adapts on the crops: with a segmenter that always finds a cell
+    disc = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), clf)
+    cls_before, probs_before = _bn_state(clf), disc(images[0]).class_probs
+    disc.adapt_batchnorm(images)
+    assert any(not torch.equal(v, clf.state_dict()[k]) for k, v in cls_before.items())
+    assert not np.allclose(disc(images[0]).class_probs, probs_before)
+    assert all(torch.equal(clf.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="no readable image"):
+        disc.adapt_batchnorm([])
+    disc.classifier = type("Onnx", (), {"hparams": clf.hparams})()
+    with pytest.raises(ValueError, match="ONNX"):
+        disc.adapt_batchnorm(images)
+
+
+def test_one_value_per_channel_is_a_clear_error() -> None:
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(3)).eval()
+    with pytest.raises(ValueError, match="adapt_bn: a batch of 1 .*1x1"):
+        adapt_batchnorm(net, [torch.ones(1, 3, 4, 4)])
+    assert adapt_batchnorm(net, [torch.rand(2, 3, 4, 4)]) == 2

@@ -144,6 +144,7 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     folder.mkdir()
     img = cv2.imread(str(Path(cfg.paths.data_dir) / "synthetic_tiny" / "images" / "img_0000.png"))
     cv2.imwrite(str(folder / "good.png"), img)
+    cv2.imwrite(str(folder / "good2.png"), cv2.imread(str(Path(cfg.paths.data_dir) / "synthetic_tiny" / "images" / "img_0001.png")))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     from tests.conftest import compose_config
 
@@ -153,6 +154,12 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     report = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [Path(f["image"]).name for f in report["failed"]] == ["broken.png"]
     assert (tmp_path / "pred" / "overlays" / "good.png").is_file()
+    assert report["adapt_bn_images"] == 0 and 0.0 <= metrics["pipeline/nucleus_dice"] <= 1.0
+    # adapt_bn=true: statistics from the one readable image first; the broken one is still reported
+    acfg = compose_config("predict.yaml", [f"input={folder}", f"run={out}", "adapt_bn=true"], tmp_path / "pred_bn", Path(cfg.paths.data_dir))
+    result, objects = predict_mod.predict(acfg)
+    report = json.loads((tmp_path / "pred_bn" / "predictions.json").read_text())
+    assert result["failed"] == 1 and report["adapt_bn_images"] == 2 and objects["pipeline"].adapted_on == 2
 
 
 def test_cell_f1_counts_missed_and_spurious_cells():

@@ -3,53 +3,80 @@
 A network trained on one microscope normalises every layer with that microscope's feature means and
 variances. On another lab's smears those statistics are off, and the classifier's features drift
 before any weight is wrong. Re-estimating only the batch-norm running statistics on the new images
-(no labels, no gradient, weights untouched) is the cheapest domain adaptation there is; whether it
-helps here is measured in `benchmarks/cross_dataset.py`.
+(no labels, no gradient, weights untouched) is the cheapest domain adaptation there is; what it buys
+here is measured in `benchmarks/cross_dataset.py` and the README's "Models that travel".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def batchnorm_layers(net: nn.Module) -> list[_BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+def batchnorm_layers(*nets: nn.Module) -> list[_BatchNorm]:
+    return [m for net in nets for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-@torch.no_grad()
-def adapt_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Replace every batch-norm layer's running mean and variance by their average over `batches`
-    (image tensors, as the network takes them); returns the number of images seen. The weights,
-    the other buffers and the module's train/eval mode are left as they were. Raises ValueError when
-    the network has no batch norm or `batches` is empty: the statistics would otherwise be reset to
-    0/1 and the network broken."""
-    layers = batchnorm_layers(net)
+@contextmanager
+def collecting_batchnorm_statistics(*nets: nn.Module) -> Iterator[None]:
+    """Inside the block every batch-norm layer of `nets` starts from reset statistics, normalises
+    with each batch's own, and keeps their plain average (momentum None) as its running statistics;
+    everything else runs as in eval mode. On leaving, the nets' train/eval modes and momenta are
+    restored. A layer that saw no batch keeps its old statistics (so a net that was never called is
+    left untouched). Raises ValueError when the nets hold no batch norm."""
+    layers = batchnorm_layers(*nets)
     if not layers:
-        raise ValueError("adapt_batchnorm: the network has no batch-norm layer to adapt")
-    was_training = net.training
+        raise ValueError("adapt_bn: the network has no batch-norm layer to adapt (an ONNX export cannot be adapted)")
+    modes = [net.training for net in nets]
     saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
-    net.eval()
+    for net in nets:
+        net.eval()
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches, not an exponential one
         m.train()
-    seen = 0
     try:
-        for x in batches:
-            net(x)
-            seen += len(x)
+        yield
     finally:
-        for m, momentum, *_ in saved:
+        for m, momentum, mean, var, count in saved:
             m.momentum = momentum
-        net.train(was_training)
+            if int(m.num_batches_tracked) == 0:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        for net, mode in zip(nets, modes, strict=True):
+            net.train(mode)
+
+
+@torch.no_grad()
+def adapt_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None) -> int:
+    """Replace every batch-norm layer's running mean and variance by their average over `batches`
+    (image tensors, as the network takes them; `forward` calls it, default `net(x)`); returns the
+    number of images seen. Weights, other buffers and the train/eval mode are left as they were.
+    Raises ValueError for a network without batch norm or an empty `batches` (the statistics are
+    then left as they were)."""
+    seen = 0
+    with collecting_batchnorm_statistics(net):
+        for x in batches:
+            try:
+                (forward or net)(x)
+            except ValueError as err:  # torch: "Expected more than 1 value per channel when training"
+                raise ValueError(f"adapt_bn: a batch of {len(x)} gives a batch-norm layer one value per channel "
+                                 f"(its feature map is 1x1 at this input size); adapt on more images ({err})") from err
+            seen += len(x)
     if seen == 0:
-        for m, _, mean, var, count in saved:
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-        raise ValueError("adapt_batchnorm: no images to adapt on")
+        raise ValueError("adapt_bn: no images to adapt on")
     return seen
+
+
+def batches_of(n: int, size: int) -> list[slice]:
+    """Slices of range(n) in batches of `size`, a last batch of one merged into the one before
+    (a batch-norm layer cannot take the statistics of a single 1x1 feature map)."""
+    cuts = list(range(0, n, size)) + [n]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+        del cuts[-2]
+    return [slice(a, b) for a, b in zip(cuts, cuts[1:])]

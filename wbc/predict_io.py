@@ -215,6 +215,16 @@ def _predict_one(
     return rows
 
 
+def readable_images(files: Sequence[Path], max_file_mb: float = 50, max_pixels: int | None = None) -> Iterator:
+    """The RGB arrays of the files predict_images would read (unreadable ones left to it to report)."""
+    for f in files:
+        try:
+            check_file(Path(f), max_file_mb, max_pixels)
+            yield read_rgb(Path(f), max_pixels, "predict.max_pixels")
+        except (ImageReadError, OSError):
+            continue
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
 
@@ -229,6 +239,8 @@ def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
 
 
 def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures: list[dict], images: list[dict], status: str) -> None:
-    write_json(out_dir / "predictions.json", {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes})
+    report = {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes,
+              "adapt_bn_images": getattr(pipe, "adapted_on", 0)}
+    write_json(out_dir / "predictions.json", report)
 
 

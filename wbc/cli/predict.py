@@ -6,7 +6,8 @@ cell's contour, class and probability, the crops (wbc.cell_outputs, the web app'
 one predictions.csv + predictions.json for all cells (wbc.predict_io: unique output names
 per input, rows appended as images finish, one run per output dir). Unreadable images are reported
 and skipped. An output dir that already holds results is refused unless `overwrite=true`.
-`onnx=<export dir>` runs on onnxruntime and never imports Lightning.
+`onnx=<export dir>` runs on onnxruntime and never imports Lightning. `adapt_bn=true` (images from
+another lab or microscope) first re-estimates both models' batch-norm statistics on the input images (two extra passes).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def build_pipeline(cfg: DictConfig):
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
     from wbc.cells import CropSpec
-    from wbc.predict_io import check_output_dir, list_inputs, predict_images
+    from wbc.predict_io import check_output_dir, list_inputs, predict_images, readable_images
 
     files = list_inputs(cfg.input)
     out_dir = Path(cfg.paths.output_dir)
@@ -66,6 +67,8 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     pipe = build_pipeline(cfg)
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
+    if cfg.get("adapt_bn"):  # AdaBN: batch-norm statistics from these images first (a second pass)
+        pipe.adapt_batchnorm(lambda: readable_images(files, cfg.max_file_mb, cfg.get("max_pixels")))
     rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"), overwrite=overwrite)
     msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
     if failures:

@@ -5,7 +5,10 @@ detection precision/recall, classification metrics on matched cells next to the 
 figures on ground-truth crops, and a detection-aware cell F1 (`pipeline/cell_macro_f1`, the
 CoNIC/PanNuke habit): a missed cell is a false negative of its class and a spurious or misplaced
 cell a false positive of the class it was given, so a pipeline that finds few cells cannot score
-well on the few it finds.
+well on the few it finds. `pipeline/nucleus_dice` is the per-image Dice of the pipeline's cell mask
+(after post-processing, at the image's resolution) against the true nucleus mask. With `adapt_bn`
+both models first re-estimate their batch-norm statistics on the split's images (AdaBN, no labels
+read), as `predict.py adapt_bn=true` does for a lab's folder.
 """
 
 from __future__ import annotations
@@ -18,18 +21,22 @@ import numpy as np
 from wbc.cells import find_cells, match_instances
 from wbc.data.manifest import NUCLEUS, load_instances, load_sample
 from wbc.evaluation.classification import classification_report, confusion
+from wbc.evaluation.segmentation import case_scores
 from wbc.inference import CellPipeline
 from wbc.io import write_json
 
 log = logging.getLogger("wbc")
 
 
-def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold: float = 0.5) -> dict[str, float]:
+def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold: float = 0.5, adapt_bn: bool = False) -> dict[str, float]:
     """Detection precision/recall of the predicted cells (one-to-one IoU matching) and the class
     metrics of the matched ones, on the test split; pipeline_summary.json + pipeline_confusion.png."""
     classes = datamodule.classes
     ids = datamodule.split_ids()["test"]
     items = datamodule.cached(ids)
+    if adapt_bn:
+        pipe.adapt_batchnorm(lambda: (load_sample(it.sample, datamodule.encoding)[0] for it in items))
+    dice: list[float] = []
     n_pred = n_true = 0
     probs, labels, per_image = [], [], []
     pairs: list[tuple[int | None, int | None]] = []  # (true class, predicted class) per cell; None = no partner
@@ -38,6 +45,7 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         res = pipe(rgb)
         true_labels, true_inst = find_cells(it.labels == NUCLEUS, pipe.crop_spec, pipe.postprocess, load_instances(it.sample))
         matches = match_instances(res.labels, true_labels, iou_threshold)
+        dice.append(case_scores(res.labels > 0, it.labels == NUCLEUS)["dice"])
         n_pred += len(res.instances)
         n_true += len(true_inst)
         for pred_id, _true_id, _iou in matches:
@@ -55,6 +63,7 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         "pipeline/detection_recall": n_match / max(1, n_true),
         "pipeline/cells_true": float(n_true),
         "pipeline/cells_pred": float(n_pred),
+        "pipeline/nucleus_dice": float(np.nanmean(dice)) if dice and not np.all(np.isnan(dice)) else float("nan"),
         **cell_f1(pairs, classes, "pipeline"),
     }
     if not n_match:  # nothing found: report zeros rather than leave the metrics undefined
@@ -67,7 +76,8 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
 
         plot_confusion(matrix, classes, out_dir / "pipeline_confusion.png", "full pipeline (matched cells)")
     timing = {k: float(np.median(v)) for k, v in pipe.timings.items()}
-    write_json(out_dir / "pipeline_summary.json", {"metrics": out, "median_timings_ms": timing, "per_image": per_image, "iou_threshold": iou_threshold})
+    write_json(out_dir / "pipeline_summary.json", {"metrics": out, "median_timings_ms": timing, "per_image": per_image, "iou_threshold": iou_threshold,
+                                                      "adapt_bn_images": getattr(pipe, "adapted_on", 0)})
     return out
 
 

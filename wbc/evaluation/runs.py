@@ -144,9 +144,10 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 
 
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
-                  num_overlays: int = 0, tta: bool | None = None, device: str = "cpu") -> tuple[dict, dict]:
+                  num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: bool = False) -> tuple[dict, dict]:
     """Any run: a pipeline run dir scores both stages (`<out>/segmentation/`, `<out>/classification/`)
-    and, on the test split, the full pipeline; anything else is one stage's member(s)."""
+    and, on the test split, the full pipeline (with `adapt_bn`, after AdaBN on the test images: the
+    stages' own figures stay unadapted); anything else is one stage's member(s)."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
@@ -166,7 +167,7 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
         seg, clf = objects["segmentation"]["module"], objects["classification"]["module"]
         pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}))
         iou = float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
-        metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou))
+        metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, adapt_bn))
     write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": str(spec)})
     return metrics, objects
 
