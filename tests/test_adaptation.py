@@ -3,6 +3,9 @@ nothing else about the network changed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,17 @@ def test_one_value_per_channel_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="adapt_bn: a batch of 1 .*1x1"):
         adapt_batchnorm(net, [torch.ones(1, 3, 4, 4)])
     assert adapt_batchnorm(net, [torch.rand(2, 3, 4, 4)]) == 2
+
+
+def test_evaluate_adapt_bn_scores_a_run_with_statistics_of_the_split(trained_run, make_eval_cfg) -> None:
+    from wbc.cli import evaluate
+
+    run, _, _ = trained_run
+    plain, objects = evaluate.evaluate(make_eval_cfg(run))
+    before = _bn_state(objects["module"])
+    adapted, objects = evaluate.evaluate(make_eval_cfg(run, "adapt_bn=true"))
+    after = _bn_state(objects["module"])
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    saved = json.loads((Path(make_eval_cfg(run).paths.output_dir) / "metrics.json").read_text())
+    assert saved["adapt_bn"] is True and saved["test/dice_post"] == pytest.approx(adapted["test/dice_post"])
+    assert adapted["test/dice_raw_fullres"] != plain["test/dice_raw_fullres"]

@@ -76,9 +76,11 @@ def apply_tta(modules: list, tta: bool | None) -> None:
 def evaluate_members(
     stage: Stage, spec: Any, split: str, out_dir: Path, data: DictConfig | None = None,
     post_overrides: Mapping | None = None, num_overlays: int = 0, tta: bool | None = None, device: str = "cpu",
+    adapt_bn: bool = False,
 ) -> tuple[dict, dict]:
-    """Score the members of `spec` (one or more checkpoints / runs of `stage`) on `split`;
-    returns (metrics, objects)."""
+    """Score the members of `spec` (one or more checkpoints / runs of `stage`) on `split`; with
+    `adapt_bn`, each member's batch-norm statistics are first re-estimated on the split's images
+    (AdaBN, no labels read); returns (metrics, objects)."""
     from wbc.ensemble import load_members
     from wbc.fit import build_datamodule
 
@@ -97,6 +99,8 @@ def evaluate_members(
     datamodule = build_datamodule(data_cfg, post)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
+    if adapt_bn:
+        adapt_members(modules, scoring.eval_dataset(datamodule, split), device)
     probs = [scoring.predict(m, datamodule, split) for m in modules]
     rows: list[dict] = []
     if len(modules) > 1:
@@ -108,7 +112,8 @@ def evaluate_members(
     if rows:
         write_ensemble_table(stage, split, rows, metrics, out_dir)
     checkpoint: Any = str(ckpts[0]) if len(ckpts) == 1 else [str(c) for c in ckpts]
-    write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split})
+    write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split,
+                                          "adapt_bn": adapt_bn})
     OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
     if len(modules) == 1:
         from wbc.plots import plot_learning_curves
@@ -121,6 +126,19 @@ def evaluate_members(
         print("\n".join(f"  {r['member']}: {key}={r[key]:.4f}" for r in rows) + f"\n  ensemble: {metrics[key]:.4f}")
     return metrics, {"module": model, "datamodule": datamodule, "summary": summary, "checkpoint": ckpts if len(ckpts) > 1 else ckpts[0],
                      "members": rows, "postprocess": post}
+
+
+def adapt_members(modules: list, dataset, device: str, batch_size: int = 16) -> None:
+    """AdaBN of each member on the network-size images of `dataset` (wbc.adaptation)."""
+    import torch
+
+    from wbc.adaptation import adapt_batchnorm, batches_of
+
+    order = range(len(dataset))
+    for m in modules:
+        batches = (torch.stack([dataset[i]["image"] for i in order[s]]).to(device) for s in batches_of(len(dataset), batch_size))
+        n = adapt_batchnorm(m, batches)
+    log.info("adapt_bn: batch-norm statistics of %d member(s) re-estimated on %d images", len(modules), n)
 
 
 def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: dict, out_dir: Path) -> None:
@@ -146,19 +164,21 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
                   num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: bool = False) -> tuple[dict, dict]:
     """Any run: a pipeline run dir scores both stages (`<out>/segmentation/`, `<out>/classification/`)
-    and, on the test split, the full pipeline (with `adapt_bn`, after AdaBN on the test images: the
-    stages' own figures stay unadapted); anything else is one stage's member(s)."""
+    and, on the test split, the full pipeline; anything else is one stage's member(s). With
+    `adapt_bn` every model first re-estimates its batch-norm statistics on the images it is scored
+    on (a stage on the split's images or crops, the pipeline as predict.py adapt_bn=true does)."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
         raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file>")
     if not is_pipeline_run(spec):
         stage = get_stage(detect_stage(spec))
-        return evaluate_members(stage, spec, split, out_dir, data, post_overrides, num_overlays, tta, device)
+        return evaluate_members(stage, spec, split, out_dir, data, post_overrides, num_overlays, tta, device, adapt_bn)
     metrics: dict = {}
     objects: dict = {}
     for name in STAGE_DIRS:
-        m, objects[name] = evaluate_members(get_stage(name), spec, split, out_dir / name, data, post_overrides, num_overlays, tta, device)
+        m, objects[name] = evaluate_members(get_stage(name), spec, split, out_dir / name, data, post_overrides, num_overlays, tta, device,
+                                            adapt_bn)
         metrics.update({f"{name}/{k}": v for k, v in m.items()})
     if split == "test":
         from wbc.evaluation.pipeline import score_pipeline
