@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lightning_modules.callbacks import AdaptBatchNorm
-from wbc.adaptation import adapt_batchnorm, batchnorm_layers
+from wbc.adaptation import adapt_batchnorm, adapt_targets, batchnorm_layers
 
 
 def _net() -> nn.Module:
@@ -114,3 +114,28 @@ def test_evaluate_adapt_bn_scores_a_run_with_statistics_of_the_split(trained_run
     saved = json.loads((Path(make_eval_cfg(run).paths.output_dir) / "metrics.json").read_text())
     assert saved["adapt_bn"] is True and saved["test/dice_post"] == pytest.approx(adapted["test/dice_post"])
     assert adapted["test/dice_raw_fullres"] != plain["test/dice_raw_fullres"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(False, ()), (None, ()), ("false", ()), (True, ("segmenter", "classifier")),
+                                                 ("all", ("segmenter", "classifier")), ("classifier", ("classifier",)),
+                                                 ("segmenter", ("segmenter",))])
+def test_adapt_bn_values(value, expected) -> None:
+    assert adapt_targets(value) == expected
+
+
+def test_adapt_bn_bad_value_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"adapt_bn='classifer': expected false, true .*segmenter or classifier"):
+        adapt_targets("classifer")
+
+
+def test_pipeline_adapts_only_the_classifier_when_asked(tmp_path) -> None:
+    from tests.helpers_data import cell
+    from tests.helpers_models import tiny_modules
+    from wbc.inference import CellPipeline
+
+    seg, clf = tiny_modules(tmp_path)
+    pipe = CellPipeline(seg, clf, crop_spec=None)
+    seg_before = _bn_state(seg)
+    images = [cell(64, seed=i)[0] for i in range(3)]
+    assert pipe.adapt_batchnorm(images, models=("classifier",)) == 3 and pipe.adapted_models == ("classifier",)
+    assert all(torch.equal(v, seg.state_dict()[k]) for k, v in seg_before.items())

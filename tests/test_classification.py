@@ -159,7 +159,7 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     acfg = compose_config("predict.yaml", [f"input={folder}", f"run={out}", "adapt_bn=true"], tmp_path / "pred_bn", Path(cfg.paths.data_dir))
     result, objects = predict_mod.predict(acfg)
     report = json.loads((tmp_path / "pred_bn" / "predictions.json").read_text())
-    assert result["failed"] == 1 and report["adapt_bn_images"] == 2 and objects["pipeline"].adapted_on == 2
+    assert result["failed"] == 1 and report["adapt_bn_images"] == 2 and report["adapt_bn_models"] == ["segmenter", "classifier"]
 
 
 def test_cell_f1_counts_missed_and_spurious_cells():

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from wbc.adaptation import adapt_batchnorm, batches_of, batchnorm_layers
+from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.transforms import Preprocess, build_pipeline, to_tensor
 from wbc.postprocess import (
@@ -75,6 +75,7 @@ class CellPipeline:
         fn = getattr(classifier, "calibration", None)
         self.calibration: dict = dict(fn()) if callable(fn) else {}  # temperature, review_min_probability
         self.adapted_on = 0  # images whose batch-norm statistics the models now use (adapt_batchnorm); 0 = the training ones
+        self.adapted_models: tuple[str, ...] = ()  # which of them
 
     @classmethod
     def from_checkpoints(
@@ -167,15 +168,17 @@ class CellPipeline:
 
     @torch.no_grad()
     def adapt_batchnorm(self, images: Sequence[np.ndarray] | Callable[[], Iterable[np.ndarray]], batch_size: int = 8,
-                        max_inputs: int = 256, seed: int = 0) -> int:
+                        max_inputs: int = 256, seed: int = 0, models: Sequence[str] = MODELS) -> int:
         """AdaBN for a new lab's images (wbc.adaptation); their labels are never needed. `images`:
         RGB arrays, or a function returning a fresh iterable of them (read twice). Pass 1 runs the
         segmenter as usual and keeps up to `max_inputs` of its network inputs (tiles or resized
         images, a seeded reservoir sample), on which its batch norms are re-estimated in batches of
         `batch_size`; pass 2 finds the cells with the adapted segmenter and re-estimates the
         classifier's on their crops. The new statistics replace the training ones for every later
-        call. Returns the number of images; ValueError for none, or for ONNX models."""
-        nets = [m for m in (self.segmenter, self.classifier) if m is not None]
+        call. `models` limits it to the segmenter or the classifier (wbc.adaptation.adapt_targets).
+        Returns the number of images; ValueError for none, or for ONNX models."""
+        chosen = {"segmenter": self.segmenter, "classifier": self.classifier}
+        nets = [chosen[k] for k in models if chosen[k] is not None]
         if not all(isinstance(m, torch.nn.Module) for m in nets):
             raise ValueError("adapt_bn: needs the PyTorch checkpoints; an ONNX export's batch norms are folded and cannot be adapted")
         if not batchnorm_layers(*nets):
@@ -192,27 +195,35 @@ class CellPipeline:
                 if j < max_inputs:
                     kept[j:j + 1] = [x]
 
-        handle = members[0].register_forward_pre_hook(record)
-        try:
-            n = sum(1 for rgb in again() if self.segment(rgb) is not None)
-        finally:
-            handle.remove()
-        if n == 0:
-            raise ValueError("adapt_bn: no readable image to adapt on")
+        n = 0
+        if "segmenter" in models:
+            handle = members[0].register_forward_pre_hook(record)
+            try:
+                n = sum(1 for rgb in again() if self.segment(rgb) is not None)
+            finally:
+                handle.remove()
+            if n == 0:
+                raise ValueError("adapt_bn: no readable image to adapt on")
         if kept and batchnorm_layers(self.segmenter):
             x = torch.stack(kept)
             adapt_batchnorm(self.segmenter, (x[s].to(self.device) for s in batches_of(len(x), batch_size)), lambda b: [m(b) for m in members])
         crops: list[np.ndarray] = []
-        for rgb in again():
-            prob = self.segment(rgb)
-            spec, post = self.scaled_for_image()
-            crops += cell_crops(self.cls_pre(rgb), prob, spec, post)[2]
-        if self.classifier is not None and crops and batchnorm_layers(self.classifier):
+        if "classifier" in models and self.classifier is not None:
+            n = 0
+            for rgb in again():
+                prob = self.segment(rgb)
+                spec, post = self.scaled_for_image()
+                crops += cell_crops(self.cls_pre(rgb), prob, spec, post)[2]
+                n += 1
+            if n == 0:
+                raise ValueError("adapt_bn: no readable image to adapt on")
+        if crops and batchnorm_layers(self.classifier):
             c = crop_batch(crops, self.crop_spec.image_size)
             adapt_batchnorm(self.classifier, (c[s].to(self.device) for s in batches_of(len(c), 4 * batch_size)), self.classifier.predict_proba)
         self.timings.clear()
-        self.adapted_on = n
-        log.info("adapt_bn: batch-norm statistics re-estimated on %d image(s): %d network inputs, %d cell crops", n, len(kept), len(crops))
+        self.adapted_on, self.adapted_models = n, tuple(models)
+        log.info("adapt_bn (%s): batch-norm statistics re-estimated on %d image(s): %d network inputs, %d cell crops",
+                 "+".join(models), n, len(kept), len(crops))
         return n
 
     def __call__(self, rgb: np.ndarray) -> CellResult:

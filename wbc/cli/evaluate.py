@@ -38,12 +38,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     """Evaluate `ckpt_path` on `split`; returns (metrics, objects)."""
     import lightning as L
 
+    from wbc.adaptation import adapt_targets
     from wbc.evaluation.runs import evaluate_spec, postprocess_overrides
 
     L.seed_everything(cfg.seed, workers=True)
     return evaluate_spec(
         ckpt_argument(cfg), cfg.split, Path(cfg.paths.output_dir), cfg.get("data"), postprocess_overrides(cfg.get("postprocess")),
-        cfg.num_overlays, cfg.get("tta"), eval_device(cfg), bool(cfg.get("adapt_bn", False)),
+        cfg.num_overlays, cfg.get("tta"), eval_device(cfg), adapt_targets(cfg.get("adapt_bn")),
     )
 
 

@@ -57,6 +57,7 @@ def build_pipeline(cfg: DictConfig):
 
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[dict, dict]:
+    from wbc.adaptation import adapt_targets
     from wbc.cells import CropSpec
     from wbc.predict_io import check_output_dir, list_inputs, predict_images, readable_images
 
@@ -64,11 +65,12 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     out_dir = Path(cfg.paths.output_dir)
     overwrite = bool(cfg.get("overwrite", False))
     check_output_dir(out_dir, overwrite)  # before loading the models; predict_images checks again under its lock
+    targets = adapt_targets(cfg.get("adapt_bn"))  # before the models load: a bad value is one clear error
     pipe = build_pipeline(cfg)
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
-    if cfg.get("adapt_bn"):  # AdaBN: batch-norm statistics from these images first (a second pass)
-        pipe.adapt_batchnorm(lambda: readable_images(files, cfg.max_file_mb, cfg.get("max_pixels")))
+    if targets:  # AdaBN: batch-norm statistics from these images first (extra passes)
+        pipe.adapt_batchnorm(lambda: readable_images(files, cfg.max_file_mb, cfg.get("max_pixels")), models=targets)
     rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"), overwrite=overwrite)
     msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
     if failures:

@@ -14,6 +14,7 @@ read), as `predict.py adapt_bn=true` does for a lab's folder.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,14 @@ from wbc.io import write_json
 log = logging.getLogger("wbc")
 
 
-def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold: float = 0.5, adapt_bn: bool = False) -> dict[str, float]:
+def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold: float = 0.5, adapt_bn: Sequence[str] = ()) -> dict[str, float]:
     """Detection precision/recall of the predicted cells (one-to-one IoU matching) and the class
     metrics of the matched ones, on the test split; pipeline_summary.json + pipeline_confusion.png."""
     classes = datamodule.classes
     ids = datamodule.split_ids()["test"]
     items = datamodule.cached(ids)
     if adapt_bn:
-        pipe.adapt_batchnorm(lambda: (load_sample(it.sample, datamodule.encoding)[0] for it in items))
+        pipe.adapt_batchnorm(lambda: (load_sample(it.sample, datamodule.encoding)[0] for it in items), models=adapt_bn)
     dice: list[float] = []
     n_pred = n_true = 0
     probs, labels, per_image = [], [], []
@@ -77,7 +78,8 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         plot_confusion(matrix, classes, out_dir / "pipeline_confusion.png", "full pipeline (matched cells)")
     timing = {k: float(np.median(v)) for k, v in pipe.timings.items()}
     write_json(out_dir / "pipeline_summary.json", {"metrics": out, "median_timings_ms": timing, "per_image": per_image, "iou_threshold": iou_threshold,
-                                                      "adapt_bn_images": getattr(pipe, "adapted_on", 0)})
+                                                      "adapt_bn_images": getattr(pipe, "adapted_on", 0),
+                                                      "adapt_bn_models": list(getattr(pipe, "adapted_models", ()))})
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,11 @@ def apply_tta(modules: list, tta: bool | None) -> None:
 def evaluate_members(
     stage: Stage, spec: Any, split: str, out_dir: Path, data: DictConfig | None = None,
     post_overrides: Mapping | None = None, num_overlays: int = 0, tta: bool | None = None, device: str = "cpu",
-    adapt_bn: bool = False,
+    adapt_bn: Sequence[str] = (),
 ) -> tuple[dict, dict]:
     """Score the members of `spec` (one or more checkpoints / runs of `stage`) on `split`; with
-    `adapt_bn`, each member's batch-norm statistics are first re-estimated on the split's images
-    (AdaBN, no labels read); returns (metrics, objects)."""
+    the stage's model named in `adapt_bn` (wbc.adaptation.adapt_targets), each member's batch-norm
+    statistics are first re-estimated on the split's images (AdaBN, no labels read); returns (metrics, objects)."""
     from wbc.ensemble import load_members
     from wbc.fit import build_datamodule
 
@@ -99,7 +99,8 @@ def evaluate_members(
     datamodule = build_datamodule(data_cfg, post)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
-    if adapt_bn:
+    adapted = ADAPT_NAME[stage.name] in adapt_bn
+    if adapted:
         adapt_members(modules, scoring.eval_dataset(datamodule, split), device)
     probs = [scoring.predict(m, datamodule, split) for m in modules]
     rows: list[dict] = []
@@ -113,7 +114,7 @@ def evaluate_members(
         write_ensemble_table(stage, split, rows, metrics, out_dir)
     checkpoint: Any = str(ckpts[0]) if len(ckpts) == 1 else [str(c) for c in ckpts]
     write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split,
-                                          "adapt_bn": adapt_bn})
+                                          "adapt_bn": adapted})
     OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
     if len(modules) == 1:
         from wbc.plots import plot_learning_curves
@@ -126,6 +127,9 @@ def evaluate_members(
         print("\n".join(f"  {r['member']}: {key}={r[key]:.4f}" for r in rows) + f"\n  ensemble: {metrics[key]:.4f}")
     return metrics, {"module": model, "datamodule": datamodule, "summary": summary, "checkpoint": ckpts if len(ckpts) > 1 else ckpts[0],
                      "members": rows, "postprocess": post}
+
+
+ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
 
 
 def adapt_members(modules: list, dataset, device: str, batch_size: int = 16) -> None:
@@ -162,11 +166,11 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 
 
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
-                  num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: bool = False) -> tuple[dict, dict]:
+                  num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: Sequence[str] = ()) -> tuple[dict, dict]:
     """Any run: a pipeline run dir scores both stages (`<out>/segmentation/`, `<out>/classification/`)
     and, on the test split, the full pipeline; anything else is one stage's member(s). With
-    `adapt_bn` every model first re-estimates its batch-norm statistics on the images it is scored
-    on (a stage on the split's images or crops, the pipeline as predict.py adapt_bn=true does)."""
+    `adapt_bn` (model names) those models first re-estimate their batch-norm statistics on the images
+    they are scored on (a stage on the split's images or crops, the pipeline as predict.py does)."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
@@ -187,7 +191,7 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
         seg, clf = objects["segmentation"]["module"], objects["classification"]["module"]
         pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}))
         iou = float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
-        metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, adapt_bn))
+        metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, tuple(adapt_bn)))
     write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": str(spec)})
     return metrics, objects
 
