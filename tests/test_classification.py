@@ -120,7 +120,7 @@ def test_classify_trains_with_mixup_cutmix_and_warmup(make_cfg, run_training):
     assert type(objects["trainer"].lr_scheduler_configs[0].scheduler).__name__ == "LambdaLR"
 
 
-def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path):
+def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval_cfg, tmp_path):
     cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2",
                     "classification.trainer.max_epochs=3", "classification.model.optimizer.lr=3e-4"])
     metrics, _ = run_training(cfg)
@@ -160,6 +160,17 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, tmp_path)
     result, objects = predict_mod.predict(acfg)
     report = json.loads((tmp_path / "pred_bn" / "predictions.json").read_text())
     assert result["failed"] == 1 and report["adapt_bn_images"] == 2 and report["adapt_bn_models"] == ["segmenter", "classifier"]
+    # evaluate.py data=<another data config> on a pipeline run: each stage keeps its own DataModule
+    # kind (images / cell crops); adapt_bn=classifier adapts that stage and the pipeline's classifier only
+    from wbc.cli import evaluate
+
+    emetrics, objects = evaluate.evaluate(make_eval_cfg(out, "data=synthetic_tiny", "adapt_bn=classifier"))
+    assert type(objects["classification"]["datamodule"]).__name__ == "ClassificationDataModule"
+    assert type(objects["segmentation"]["datamodule"]).__name__ == "SegmentationDataModule"
+    summary = json.loads((tmp_path / "eval" / "pipeline_summary.json").read_text())
+    assert summary["adapt_bn_models"] == ["classifier"] and "pipeline/cell_macro_f1" in emetrics
+    assert json.loads((tmp_path / "eval" / "classification" / "metrics.json").read_text())["adapt_bn"] is True
+    assert json.loads((tmp_path / "eval" / "segmentation" / "metrics.json").read_text())["adapt_bn"] is False
 
 
 def test_cell_f1_counts_missed_and_spurious_cells():

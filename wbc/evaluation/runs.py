@@ -47,6 +47,11 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
     network saw (image_size, preprocess, target) always follows the checkpoint."""
     if data is not None:
         data_cfg = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
+        # the DataModule kind (images or cell crops) follows the run: a pipeline run's stages share `data`
+        own = (run_config(run_dir).get("data") or {}).get("_target_")
+        if own and data_cfg.get("_target_") != own:
+            with open_dict(data_cfg):
+                data_cfg["_target_"] = own
     else:
         run_cfg = run_config(run_dir)
         if not run_cfg.get("data"):
