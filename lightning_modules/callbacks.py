@@ -131,13 +131,20 @@ class AdaptBatchNorm(L.Callback):
     lab's images: `callbacks=[default,adapt_bn]`. The temperature stays the one fitted on the
     training source's validation split."""
 
-    def __init__(self, key: str = "image") -> None:
+    def __init__(self, key: str = "image", seed: int = 0) -> None:
         self.key = key
+        self.seed = seed
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.utils.data import DataLoader
+
         loaders = trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
-        batches = (batch[self.key].to(pl_module.device) for loader in loaders for batch in loader)
+        # the test loaders' own order follows the manifest (often sorted by class): batches of a
+        # seeded shuffle instead, so that each batch's variance is the population's
+        shuffled = [DataLoader(dl.dataset, batch_size=dl.batch_size or 1, shuffle=True, num_workers=0,
+                               generator=torch.Generator().manual_seed(self.seed)) for dl in loaders]
+        batches = (batch[self.key].to(pl_module.device) for loader in shuffled for batch in loader)
         n = adapt_batchnorm(pl_module, batches)
         if trainer.world_size > 1:
             # each rank saw its own shard: average the statistics so every rank tests one model

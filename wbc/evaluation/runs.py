@@ -137,13 +137,15 @@ def evaluate_members(
 ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
 
 
-def adapt_members(modules: list, dataset, device: str, batch_size: int = 16) -> None:
-    """AdaBN of each member on the network-size images of `dataset` (wbc.adaptation)."""
+def adapt_members(modules: list, dataset, device: str, batch_size: int = 16, seed: int = 0) -> None:
+    """AdaBN of each member on the network-size images of `dataset` (wbc.adaptation), in batches
+    of a seeded random order (a manifest is often sorted by class: sorted batches would understate
+    the variances)."""
     import torch
 
     from wbc.adaptation import adapt_batchnorm, batches_of
 
-    order = range(len(dataset))
+    order = np.random.default_rng(seed).permutation(len(dataset))
     for m in modules:
         batches = (torch.stack([dataset[i]["image"] for i in order[s]]).to(device) for s in batches_of(len(dataset), batch_size))
         n = adapt_batchnorm(m, batches)
