@@ -174,7 +174,7 @@ class CellPipeline:
         segmenter as usual and keeps up to `max_inputs` of its network inputs (tiles or resized
         images, a seeded reservoir sample), on which its batch norms are re-estimated in batches of
         `batch_size`; pass 2 finds the cells with the adapted segmenter and re-estimates the
-        classifier's on their crops. The new statistics replace the training ones for every later
+        classifier's on their crops (shuffled: a folder is often sorted by class). The new statistics replace the training ones for every later
         call. `models` limits it to the segmenter or the classifier (wbc.adaptation.adapt_targets).
         Returns the number of images; ValueError for none, or for ONNX models."""
         chosen = {"segmenter": self.segmenter, "classifier": self.classifier}
@@ -218,7 +218,7 @@ class CellPipeline:
             if n == 0:
                 raise ValueError("adapt_bn: no readable image to adapt on")
         if crops and batchnorm_layers(self.classifier):
-            c = crop_batch(crops, self.crop_spec.image_size)
+            c = crop_batch(crops, self.crop_spec.image_size)[torch.from_numpy(rng.permutation(len(crops)))]  # not in image order
             adapt_batchnorm(self.classifier, (c[s].to(self.device) for s in batches_of(len(c), 4 * batch_size)), self.classifier.predict_proba)
         self.timings.clear()
         self.adapted_on, self.adapted_models = n, tuple(models)
