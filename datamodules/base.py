@@ -201,6 +201,10 @@ class WBCDataModule(L.LightningDataModule):
         train, val, test = fold_ids(self.load_splits(), self.fold)
         return {"train": train, "val": val, "test": test}
 
+    def encoding_of(self, sample_id: str) -> MaskEncoding:
+        """The mask encoding a sample is read with: its own part's when several datasets are combined."""
+        return self.parts.encoding_of(sample_id) if self.parts else self.encoding
+
     def cached(self, ids: Sequence[str]) -> list[CachedSample]:
         """Decode + preprocess each image once; later calls reuse the arrays."""
         m = self.load_manifest()
@@ -212,7 +216,7 @@ class WBCDataModule(L.LightningDataModule):
                 continue
             s = by_id[sid]
             try:
-                rgb, labels = load_sample(s, self.parts.encoding_of(sid) if self.parts else self.encoding)
+                rgb, labels = load_sample(s, self.encoding_of(sid))
             except ManifestError as err:
                 problems.append(str(err))
                 continue

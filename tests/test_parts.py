@@ -41,6 +41,12 @@ def test_parts_keep_their_reader_encoding_and_split(two_parts):
     dm.setup()
     items = dm.cached(ids["test"])
     assert all(set(np.unique(it.labels)) <= {0, 1, 2} and (it.labels == 2).any() for it in items)  # grey and RGB masks both decoded
+    # what readers outside the DataModule (the full-pipeline score) use: each sample's own part's encoding
+    from wbc.data.manifest import load_sample
+
+    assert {dm.encoding_of(it.sample.id).mode for it in items} == {"grey", "rgb"}
+    for it in items:
+        np.testing.assert_array_equal(load_sample(it.sample, dm.encoding_of(it.sample.id))[1], it.labels)
 
 
 def test_holdout_part_gives_only_its_test_split(two_parts):

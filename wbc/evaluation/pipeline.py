@@ -36,13 +36,13 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
     ids = datamodule.split_ids()["test"]
     items = datamodule.cached(ids)
     if adapt_bn:
-        pipe.adapt_batchnorm(lambda: (load_sample(it.sample, datamodule.encoding)[0] for it in items), models=adapt_bn)
+        pipe.adapt_batchnorm(lambda: (load_sample(it.sample, datamodule.encoding_of(it.sample.id))[0] for it in items), models=adapt_bn)
     dice: list[float] = []
     n_pred = n_true = 0
     probs, labels, per_image = [], [], []
     pairs: list[tuple[int | None, int | None]] = []  # (true class, predicted class) per cell; None = no partner
     for it in items:
-        rgb, _ = load_sample(it.sample, datamodule.encoding)
+        rgb, _ = load_sample(it.sample, datamodule.encoding_of(it.sample.id))  # a combined set: each part's own encoding
         res = pipe(rgb)
         true_labels, true_inst = find_cells(it.labels == NUCLEUS, pipe.crop_spec, pipe.postprocess, load_instances(it.sample))
         matches = match_instances(res.labels, true_labels, iou_threshold)
