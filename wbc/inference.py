@@ -199,11 +199,11 @@ class CellPipeline:
         if "segmenter" in models:
             handle = members[0].register_forward_pre_hook(record)
             try:
-                n = sum(1 for rgb in again() if self.segment(rgb) is not None)
+                for rgb in again():
+                    self.segment(rgb)
+                    n += 1
             finally:
                 handle.remove()
-            if n == 0:
-                raise ValueError("adapt_bn: no readable image to adapt on")
         if kept and batchnorm_layers(self.segmenter):
             x = torch.stack(kept)
             adapt_batchnorm(self.segmenter, (x[s].to(self.device) for s in batches_of(len(x), batch_size)), lambda b: [m(b) for m in members])
@@ -211,12 +211,10 @@ class CellPipeline:
         if "classifier" in models and self.classifier is not None:
             n = 0
             for rgb in again():
-                prob = self.segment(rgb)
-                spec, post = self.scaled_for_image()
-                crops += cell_crops(self.cls_pre(rgb), prob, spec, post)[2]
+                crops += self._cells(rgb)[3]
                 n += 1
-            if n == 0:
-                raise ValueError("adapt_bn: no readable image to adapt on")
+        if n == 0:
+            raise ValueError("adapt_bn: no readable image to adapt on")
         if crops and batchnorm_layers(self.classifier):
             c = crop_batch(crops, self.crop_spec.image_size)[torch.from_numpy(rng.permutation(len(crops)))]  # not in image order
             adapt_batchnorm(self.classifier, (c[s].to(self.device) for s in batches_of(len(c), 4 * batch_size)), self.classifier.predict_proba)
@@ -226,13 +224,20 @@ class CellPipeline:
                  "+".join(models), n, len(kept), len(crops))
         return n
 
-    def __call__(self, rgb: np.ndarray) -> CellResult:
+    def _cells(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Instance], list[np.ndarray], float]:
+        """(probability, labels, instances, crops, seconds spent segmenting) of one image: the
+        nucleus probability, then the cells and their crops at the scale it was segmented at."""
         t0 = time.perf_counter()
         prob = self.segment(rgb)
-        t1 = time.perf_counter()
-        cls_image = self.cls_pre(rgb)
+        seconds = time.perf_counter() - t0
         spec, post = self.scaled_for_image()
-        labels, instances, crops = cell_crops(cls_image, prob, spec, post)
+        labels, instances, crops = cell_crops(self.cls_pre(rgb), prob, spec, post)
+        return prob, labels, instances, crops, seconds
+
+    def __call__(self, rgb: np.ndarray) -> CellResult:
+        t0 = time.perf_counter()
+        prob, labels, instances, crops, seg_seconds = self._cells(rgb)
+        t1 = t0 + seg_seconds
         t2 = time.perf_counter()
         class_probs, views = self.classify_with_views(crops)
         review = self.review(rgb.shape[:2], instances, class_probs, views)

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import numpy as np
+
 from wbc import cell_outputs as co
 from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
@@ -195,8 +197,7 @@ def _predict_one(
     """One image's files (wbc.cell_outputs, the writers the web app uses); its rows (None when the
     file is unreadable: skipped)."""
     try:
-        check_file(f, max_file_mb, max_pixels)
-        rgb = read_rgb(f, max_pixels, "predict.max_pixels")
+        rgb = read_image(f, max_file_mb, max_pixels)
     except (ImageReadError, OSError) as err:
         log.error("skipped %s: %s", f, err)
         failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
@@ -215,12 +216,17 @@ def _predict_one(
     return rows
 
 
-def readable_images(files: Sequence[Path], max_file_mb: float = 50, max_pixels: int | None = None) -> Iterator:
+def read_image(f: Path, max_file_mb: float, max_pixels: int | None) -> np.ndarray:
+    """One input's RGB array, after the size and format checks (ImageReadError / OSError if not)."""
+    check_file(Path(f), max_file_mb, max_pixels)
+    return read_rgb(Path(f), max_pixels, "predict.max_pixels")
+
+
+def readable_images(files: Sequence[Path], max_file_mb: float = 50, max_pixels: int | None = None) -> Iterator[np.ndarray]:
     """The RGB arrays of the files predict_images would read (unreadable ones left to it to report)."""
     for f in files:
         try:
-            check_file(Path(f), max_file_mb, max_pixels)
-            yield read_rgb(Path(f), max_pixels, "predict.max_pixels")
+            yield read_image(f, max_file_mb, max_pixels)
         except (ImageReadError, OSError):
             continue
 
