@@ -128,6 +128,18 @@ def test_adapt_bn_bad_value_names_the_key() -> None:
         adapt_targets("classifer")
 
 
+def test_pipeline_run_bad_adapt_bn_fails_before_training(make_cfg, monkeypatch) -> None:
+    from wbc import fit, stages
+
+    def no_training(*_a, **_k):
+        raise AssertionError("a stage was trained before the bad value was reported")
+
+    monkeypatch.setattr(fit, "fit_stage", no_training)
+    cfg = make_cfg(["experiment=pipeline", "pipeline.adapt_bn=classifer"])
+    with pytest.raises(ValueError, match=r"pipeline\.adapt_bn='classifer': expected false"):
+        stages.run_pipeline(cfg, Path(cfg.paths.output_dir))
+
+
 def test_pipeline_adapts_only_the_classifier_when_asked(tmp_path) -> None:
     from tests.helpers_data import cell
     from tests.helpers_models import tiny_modules

@@ -121,7 +121,7 @@ def test_classify_trains_with_mixup_cutmix_and_warmup(make_cfg, run_training):
 
 
 def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval_cfg, tmp_path):
-    cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2",
+    cfg = make_cfg(["experiment=pipeline", "trainer.max_epochs=2", "pipeline.predict_images=2", "pipeline.adapt_bn=classifier",
                     "classification.trainer.max_epochs=3", "classification.model.optimizer.lr=3e-4"])
     metrics, _ = run_training(cfg)
     out = Path(cfg.paths.output_dir)
@@ -135,6 +135,9 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval
         assert key in metrics
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["pipeline/detection_recall"] == pytest.approx(metrics["pipeline/detection_recall"])
+    # pipeline.adapt_bn=classifier: the pipeline score's classifier took the test images' statistics
+    summary = json.loads((out / "pipeline_summary.json").read_text())
+    assert summary["adapt_bn_models"] == ["classifier"] and summary["adapt_bn_images"] > 0
     rows = (out / "predict" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("image,cell,bbox_y0")
     # predict.py on a folder with one corrupt image: the others are processed, the bad one is named

@@ -100,10 +100,15 @@ def test_cross_pipeline_segmenter_learns_from_every_source_but_the_held_out_one(
     from wbc.stages import stage_config
 
     cfg = compose_cfg("train.yaml", [f"experiment=quality_cross_pipeline_{direction}"], tmp_path)
-    seg, cls = (stage_config(cfg, s, tmp_path / s).data for s in ("segmentation", "classification"))
+    stages = {s: stage_config(cfg, s, tmp_path / s) for s in ("segmentation", "classification")}
+    seg, cls = (stages[s].data for s in ("segmentation", "classification"))
     assert set(seg.parts) == {"segmentation_wbc_d1", "segmentation_wbc_d2", "all_idb2"} and seg.holdout == holdout
     assert set(cls.parts) == {"segmentation_wbc_d1", "segmentation_wbc_d2"} and cls.holdout == holdout
-    assert seg.parts.all_idb2.mask_encoding.mode == "rgb" and cls.preprocess.grayscale and not seg.preprocess.grayscale
+    assert seg.parts.all_idb2.mask_encoding.mode == "rgb" and not seg.preprocess.grayscale
+    # the levers chosen on the dev split: Reinhard colour and AdaBN for the classifier only
+    assert cls.preprocess.stain_norm == "reinhard" and not cls.preprocess.get("grayscale") and not seg.preprocess.get("stain_norm")
+    assert stages["classification"].callbacks.adapt_bn and stages["segmentation"].callbacks.get("adapt_bn") is None
+    assert cfg.pipeline.adapt_bn == "classifier"
     one = compose_cfg("train.yaml", [f"experiment=quality_cross_pipeline_{direction}", "~segmentation.data.parts.all_idb2"], tmp_path)
     assert set(stage_config(one, "segmentation", tmp_path / "s").data.parts) == set(cls.parts)
 

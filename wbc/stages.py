@@ -119,9 +119,11 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
     """Each stage in its sub-dir, then the whole pipeline scored on the test split. Under DDP the
     stages train on every rank; the pipeline scoring, the predict run and metrics.json are rank
     zero's (over the whole split), and the other ranks get its metrics."""
+    from wbc.adaptation import adapt_targets
     from wbc.fit import fit_stage, from_rank_zero
     from wbc.rundir import is_rank_zero, save_config
 
+    adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")  # a bad value fails now, not after training
     metrics: dict = {}
     objects: dict = {}
     for name in STAGES:
@@ -142,12 +144,14 @@ def score_and_write_pipeline(cfg: DictConfig, output_dir: Path, objects: dict, m
     from wbc.io import write_json
 
     if not cfg.trainer.get("fast_dev_run"):
+        from wbc.adaptation import adapt_targets
         from wbc.evaluation.pipeline import score_pipeline
         from wbc.inference import CellPipeline
 
         pipe = CellPipeline(objects["segmentation"]["model"], objects["classification"]["model"])
         dm = objects["classification"]["datamodule"]
-        metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5)))
+        adapt = adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")
+        metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5), adapt))
         n_predict = int(cfg.pipeline.get("predict_images", 0))
         if n_predict:
             from wbc.predict_io import predict_images
