@@ -187,6 +187,7 @@ def test_resume_refuses_a_run_dir_of_another_fold(seg_sweep, data_dir: Path, tmp
     rundir.check_same_job(run, rundir.job_record(0, "segmentation", ["data.fold=0", "resume=true", "logger=wandb"], 0))
 
 
+@pytest.mark.slow  # two trials in a subprocess (~20-35 s): CI keeps the config-level check of the searches below
 def test_optuna_search_two_trials(data_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
