@@ -25,7 +25,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
             (colour kept: normalised, then jittered around the target, blurred, re-encoded, rescaled)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
-`<run>_adabn`; the table shows both.
+`<run>_adabn`; the table shows both. `--entropy N` adds N passes of Tent's entropy minimisation over
+the batch-norm scales and shifts after AdaBN (`callbacks.adapt_bn.entropy_epochs=N`), into `<run>_tent<N>`.
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
 """
@@ -67,8 +68,13 @@ VARIANTS = {
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
 
-def run_dir(direction: str, variant: str, split: str, seed: int, adapted: bool = False) -> Path:
-    return ROOT / "outputs" / "cross_dataset" / f"{direction}_{variant}_{split}_s{seed}{'_adabn' if adapted else ''}"
+def run_dir(direction: str, variant: str, split: str, seed: int, adapted: str = "") -> Path:
+    """The run's dir; `adapted` ("adabn", "tent1", ...) names a re-test of its weights with adaptation."""
+    return ROOT / "outputs" / "cross_dataset" / f"{direction}_{variant}_{split}_s{seed}{'_' + adapted if adapted else ''}"
+
+
+def adapted_name(entropy: int) -> str:
+    return f"tent{entropy}" if entropy else "adabn"
 
 
 def run(direction: str, variant: str, split: str, seed: int, extra: list[str]) -> float:
@@ -86,14 +92,16 @@ def run(direction: str, variant: str, split: str, seed: int, extra: list[str]) -
     return seconds
 
 
-def adapt(direction: str, variant: str, split: str, seed: int, extra: list[str]) -> None:
-    """Test a finished run's last checkpoint again, its batch-norm statistics taken from the held-out images."""
-    trained, out = run_dir(direction, variant, split, seed), run_dir(direction, variant, split, seed, adapted=True)
+def adapt(direction: str, variant: str, split: str, seed: int, extra: list[str], entropy: int = 0) -> None:
+    """Test a finished run's last checkpoint again, its batch-norm statistics taken from the held-out
+    images (and with `entropy`, that many Tent passes over its batch-norm scales and shifts)."""
+    trained, out = run_dir(direction, variant, split, seed), run_dir(direction, variant, split, seed, adapted_name(entropy))
     if (out / "metrics.json").is_file() or not (trained / "checkpoints" / "last.ckpt").is_file():
         return
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}",
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *extra,
-           "train=false", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "callbacks=[default,adapt_bn]"]
+           "train=false", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "callbacks=[default,adapt_bn]",
+           f"callbacks.adapt_bn.entropy_epochs={entropy}"]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=False)
@@ -101,7 +109,7 @@ def adapt(direction: str, variant: str, split: str, seed: int, extra: list[str])
         (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
 
 
-def row(direction: str, variant: str, split: str, seed: int, adapted: bool = False) -> str | None:
+def row(direction: str, variant: str, split: str, seed: int, adapted: str = "") -> str | None:
     out = run_dir(direction, variant, split, seed, adapted)
     if not (out / "metrics.json").is_file():
         return None
@@ -110,7 +118,7 @@ def row(direction: str, variant: str, split: str, seed: int, adapted: bool = Fal
     recalls = " / ".join(f"{m.get(f'test/recall/{c}', float('nan')):.2f}" for c in CLASSES)
     trained = run_dir(direction, variant, split, seed) / "metrics.json"  # an AdaBN row: its weights' own validation
     val = m.get("val/macro_f1", json.loads(trained.read_text()).get("val/macro_f1") if trained.is_file() else None)
-    name = f"{variant} + AdaBN" if adapted else variant
+    name = {"": variant, "adabn": f"{variant} + AdaBN"}.get(adapted, f"{variant} + AdaBN + Tent x{adapted.removeprefix('tent')}")
     return (f"| {DIRECTIONS[direction]} | {name} | {split} | {m.get('test/macro_f1', float('nan')):.3f} | "
             f"{m.get('test/balanced_accuracy', float('nan')):.3f} | {recalls} | {val if val is None else f'{val:.3f}'} | "
             f"{m.get('test/ece', float('nan')):.3f} | {secs} s |")
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--adapt-bn", action="store_true", help="also test each finished run with AdaBN on the held-out images")
+    ap.add_argument("--entropy", type=int, default=0, metavar="N",
+                    help="with --adapt-bn: also N passes of Tent's entropy minimisation (into <run>_tent<N>)")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
     args = ap.parse_args(argv)
     if not args.collect:
@@ -132,11 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                 run(d, v, args.split, args.seed, args.extra)
                 if args.adapt_bn:
                     adapt(d, v, args.split, args.seed, args.extra)
+                    if args.entropy:
+                        adapt(d, v, args.split, args.seed, args.extra, args.entropy)
     print("\n| train -> test | variant | held-out split | macro-F1 | balanced acc. | recall neu / lym / mon / eos | in-domain val macro-F1 | ECE | time |")
     print("|---|---|---|---|---|---|---|---|---|")
     for d in args.directions:
         for v in args.variants:
-            for adapted in (False, True):
+            done = sorted(p.name.rsplit("_", 1)[1] for p in run_dir(d, v, args.split, args.seed).parent.glob(
+                f"{run_dir(d, v, args.split, args.seed).name}_tent*"))
+            for adapted in ("", "adabn", *done):
                 line = row(d, v, args.split, args.seed, adapted)
                 if line:
                     print(line)

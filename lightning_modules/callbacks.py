@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from wbc.adaptation import adapt_batchnorm, batchnorm_layers
+from wbc.adaptation import adapt_batchnorm, batchnorm_layers, minimise_entropy
 from wbc.overlay import draw_overlay
 
 log = logging.getLogger("wbc")
@@ -129,11 +129,19 @@ class AdaptBatchNorm(L.Callback):
     """Before testing, re-estimate the network's batch-norm statistics on the test images
     themselves (`wbc.adaptation.adapt_batchnorm`; their labels are not read). For a held-out
     lab's images: `callbacks=[default,adapt_bn]`. The temperature stays the one fitted on the
-    training source's validation split."""
+    training source's validation split.
 
-    def __init__(self, key: str = "image", seed: int = 0) -> None:
+    `entropy_epochs` > 0 then adds Tent's step (`wbc.adaptation.minimise_entropy`): that many
+    shuffled passes over the test images moving only the batch-norm scales and shifts (Adam,
+    `entropy_lr`) towards confident predictions. Off by default: see the README's figures."""
+
+    def __init__(self, key: str = "image", seed: int = 0, entropy_epochs: int = 0, entropy_lr: float = 1e-3) -> None:
+        if entropy_epochs < 0 or entropy_lr <= 0:
+            raise ValueError(f"callbacks.adapt_bn: entropy_epochs={entropy_epochs} must be >= 0 and entropy_lr={entropy_lr} > 0")
         self.key = key
         self.seed = seed
+        self.entropy_epochs = entropy_epochs
+        self.entropy_lr = entropy_lr
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch.utils.data import DataLoader
@@ -152,3 +160,11 @@ class AdaptBatchNorm(L.Callback):
                 m.running_mean.copy_(trainer.strategy.reduce(m.running_mean, reduce_op="mean"))
                 m.running_var.copy_(trainer.strategy.reduce(m.running_var, reduce_op="mean"))
         log.info("adapt_bn: batch-norm statistics re-estimated on %d test images", n)
+        for _ in range(self.entropy_epochs):  # the loaders' generators go on: a new order each pass
+            batches = (batch[self.key].to(pl_module.device) for loader in shuffled for batch in loader)
+            minimise_entropy(pl_module, batches, self.entropy_lr)
+        if self.entropy_epochs:
+            if trainer.world_size > 1:
+                for p in (p for m in batchnorm_layers(pl_module) for p in (m.weight, m.bias) if p is not None):
+                    p.data.copy_(trainer.strategy.reduce(p.data, reduce_op="mean"))
+            log.info("adapt_bn: %d entropy-minimisation pass(es) over the batch-norm scales and shifts", self.entropy_epochs)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lightning_modules.callbacks import AdaptBatchNorm
-from wbc.adaptation import adapt_batchnorm, adapt_targets, batchnorm_layers
+from wbc.adaptation import adapt_batchnorm, adapt_targets, batchnorm_layers, minimise_entropy
 
 
 def _net() -> nn.Module:
@@ -39,6 +39,34 @@ def test_statistics_become_those_of_the_new_images_and_nothing_else_changes() ->
     assert out.mean().abs() < 0.2
 
 
+def _entropy(net: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = net(x).mean((2, 3))
+    return float(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean())
+
+
+def test_entropy_minimisation_moves_only_the_batch_norm_scales_and_shifts() -> None:
+    net = _net()
+    net[0].weight.requires_grad_(False)  # a frozen weight stays frozen afterwards
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 3, 12, 12, generator=gen) for _ in range(6)]
+    adapt_batchnorm(net, batches)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    start = _entropy(net, torch.cat(batches))
+    assert minimise_entropy(net, batches * 5, lr=0.05, forward=lambda x: net(x).mean((2, 3))) == 240
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"1.weight", "1.bias", "4.weight", "4.bias"}  # running statistics and convolutions kept
+    assert _entropy(net, torch.cat(batches)) < start
+    assert not net.training and not net[0].weight.requires_grad and net[3].weight.requires_grad
+    with pytest.raises(ValueError, match="no images"):
+        minimise_entropy(net, [])
+
+
+def test_adapt_bn_callback_refuses_bad_entropy_settings() -> None:
+    with pytest.raises(ValueError, match=r"callbacks\.adapt_bn: entropy_epochs=-1 must be >= 0"):
+        AdaptBatchNorm(entropy_epochs=-1)
+
+
 def test_no_images_or_no_batch_norm_is_an_error_and_leaves_the_statistics() -> None:
     net = _net()
     before = net[1].running_mean.clone()
@@ -49,12 +77,20 @@ def test_no_images_or_no_batch_norm_is_an_error_and_leaves_the_statistics() -> N
         adapt_batchnorm(nn.Linear(2, 2), [torch.zeros(1, 2)])
 
 
-def test_classifier_tested_with_adapt_bn_uses_the_test_images_statistics(make_cfg, run_training, one_thread) -> None:
-    cfg = make_cfg(["experiment=classify", "callbacks=[default,adapt_bn]", "trainer.max_epochs=1"])
+@pytest.mark.parametrize("entropy_epochs", [0, 1])
+def test_classifier_tested_with_adapt_bn_uses_the_test_images_statistics(make_cfg, run_training, one_thread, entropy_epochs) -> None:
+    cfg = make_cfg(["experiment=classify", "callbacks=[default,adapt_bn]", "trainer.max_epochs=1",
+                    f"callbacks.adapt_bn.entropy_epochs={entropy_epochs}"])
     metrics, objects = run_training(cfg)
     model, dm = objects["model"], objects["datamodule"]
     assert any(isinstance(cb, AdaptBatchNorm) for cb in objects["trainer"].callbacks)
     layer = batchnorm_layers(model)[0]
+    # Tent (under Lightning's inference mode): the scales moved away from the trained ones, nothing else did
+    saved = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    name = next(k for k, v in model.named_parameters() if v is layer.weight)
+    conv = next(k for k, v in model.named_parameters() if v.ndim == 4)
+    assert torch.equal(saved[name], layer.weight.detach()) == (entropy_epochs == 0)
+    assert torch.equal(saved[conv], model.state_dict()[conv])
     adapted = layer.running_mean.clone()
     # the same statistics again from the test images (the trainer's), and different ones from validation
     adapt_batchnorm(model, (b["image"] for b in dm.test_dataloader()))
