@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.helpers_data import png_header_only
@@ -369,3 +370,36 @@ def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
             assert all(geom.buffer(0.51).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs))
             n += 1
     assert n > 250
+
+
+def test_serve_adapts_to_the_labs_images_once_and_says_so(modules, tmp_path: Path) -> None:
+    from tests.helpers_models import compose_cfg
+    from wbc.adaptation import batchnorm_layers
+    from wbc.cli.serve import build_app
+
+    run = fake_pipeline_run(tmp_path / "run", *modules, {"test/dice_post": 0.9})
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    for i in range(3):
+        (lab / f"field_{i}.png").write_bytes(png(field(seed=i)))
+    (lab / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # skipped, as predict.py skips it
+    for overrides, message in ((["adapt_bn=classifier"], r"adapt_bn=classifier needs adapt_on=<a folder"),
+                               ([f"adapt_on={lab}"], r"adapt_on=.* is set but adapt_bn=false")):
+        with pytest.raises(SystemExit, match=message):
+            build_app(compose_cfg("serve.yaml", [f"run={run}", *overrides], tmp_path / "o"))
+    saved = torch.load(run / "classification" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    app, _ = build_app(compose_cfg("serve.yaml", [f"run={run}", "adapt_bn=classifier", f"adapt_on={lab}"], tmp_path / "o"))
+    with TestClient(app) as c:
+        m = c.get("/api/model").json()
+        assert m["adapted"] == {"models": ["classifier"], "images": 3, "folder": str(lab)}
+        assert upload(c, png(field()), url="/api/predict").json()["status"] == "classified"
+        # the served classifier normalises with the lab's statistics, not the checkpoint's
+        served = c.app.state.engine.pipe.classifier
+        layer = batchnorm_layers(served)[0]
+        name = next(k for k, v in served.named_buffers() if v is layer.running_mean)
+        assert not torch.allclose(saved[name], layer.running_mean)
+    app_plain, _ = build_app(compose_cfg("serve.yaml", [f"run={run}"], tmp_path / "o"))
+    with TestClient(app_plain) as c:
+        assert c.get("/api/model").json()["adapted"] is None
+        served = c.app.state.engine.pipe.classifier
+        assert torch.equal(saved[name], batchnorm_layers(served)[0].running_mean)

@@ -66,13 +66,31 @@ def free_port(host: str, port: int | None) -> int:
     raise SystemExit(f"serve.py: no free port in {FIRST_PORT}-{FIRST_PORT + 99} on {host}; pass port=<free port>")
 
 
+def adaptation_inputs(cfg: DictConfig) -> tuple[tuple[str, ...], list[Path]]:
+    """(models to adapt, image files to adapt them on) from adapt_bn / adapt_on; checked before the
+    models load, so a bad value or an empty folder is one clear error, not a server that ignores it."""
+    from wbc.adaptation import adapt_targets
+    from wbc.predict_io import list_inputs
+
+    targets = adapt_targets(cfg.get("adapt_bn"))
+    folder = cfg.get("adapt_on")
+    if targets and not folder:
+        raise SystemExit(f"serve.py: adapt_bn={cfg.adapt_bn} needs adapt_on=<a folder of this lab's images> to adapt on")
+    if folder and not targets:
+        raise SystemExit(f"serve.py: adapt_on={folder} is set but adapt_bn=false; pass adapt_bn=classifier (or true) to adapt")
+    return targets, (list_inputs(str(folder)) if targets else [])
+
+
 def build_app(cfg: DictConfig):
-    """Load the models named by cfg (predict.py's loader) and build the FastAPI app around them."""
+    """Load the models named by cfg (predict.py's loader), adapt them to the lab's images when asked,
+    and build the FastAPI app around them."""
     from wbc.cells import CropSpec
     from wbc.cli.predict import build_pipeline
+    from wbc.predict_io import readable_images
     from wbc.web.app import Settings, create_app
     from wbc.web.model_info import describe
 
+    targets, adapt_files = adaptation_inputs(cfg)
     source, kind = model_source(cfg)
     if cfg.get("threads"):
         import torch
@@ -81,12 +99,15 @@ def build_app(cfg: DictConfig):
     pipe = build_pipeline(cfg)
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
+    if targets:  # once, before the first request: every user then gets the adapted models
+        pipe.adapt_batchnorm(lambda: readable_images(adapt_files, cfg.max_file_mb, cfg.get("max_pixels")), models=targets)
     store = cfg.get("store") or {}
     settings = Settings(
         max_file_mb=float(cfg.max_file_mb), max_pixels=cfg.get("max_pixels"), max_images=int(store.get("max_images", 100)),
         max_age_min=float(store.get("max_age_min", 240)), max_store_mb=float(store.get("max_mb", 2048)), jobs=int(cfg.jobs), queue=int(cfg.queue),
     )
-    return create_app(pipe, describe(pipe, source, kind), settings), source
+    info = describe(pipe, source, kind, adapted_folder=str(cfg.adapt_on) if targets else None)
+    return create_app(pipe, info, settings), source
 
 
 def serve(cfg: DictConfig) -> None:

@@ -58,8 +58,10 @@ def _first_number(metrics: dict, key: str) -> float | None:
     return None
 
 
-def describe(pipe: Any, source: str | None, kind: str) -> dict:
-    """The model card the page shows. `kind`: pipeline run / fold ensemble / ONNX export / checkpoints."""
+def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | None = None) -> dict:
+    """The model card the page shows. `kind`: pipeline run / fold ensemble / ONNX export / checkpoints.
+    `adapted`: which models took their batch-norm statistics from how many of the lab's images
+    (`adapted_folder`), or None; the test figures stay those of the unadapted run."""
     seg_info = dict(getattr(pipe, "seg_info", {}) or {})
     spec = getattr(pipe, "crop_spec", None)
     path = Path(source) if source else None
@@ -82,6 +84,8 @@ def describe(pipe: Any, source: str | None, kind: str) -> dict:
         "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
         "trained": trained,
         "test_figures": figures,
+        "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": int(getattr(pipe, "adapted_on", 0)),
+                     "folder": adapted_folder} if getattr(pipe, "adapted_on", 0) else None),
     }
 
 
