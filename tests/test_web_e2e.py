@@ -10,6 +10,7 @@ Nothing is trained: the dark-nucleus stand-in segmenter and the untrained tiny c
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -44,9 +45,12 @@ def browser():
 def server():
     from wbc.web.app import create_app
     from wbc.web.background import serve_in_background
+    from wbc.web.model_info import describe
 
-    clf = tiny_pair()[1]
-    with serve_in_background(create_app(web_pipeline(clf, delay_s=0.3))) as url:
+    clf = copy.deepcopy(tiny_pair()[1])  # adapted below: the shared cached module stays as built
+    pipe = web_pipeline(clf, delay_s=0.3)
+    pipe.adapt_batchnorm([field(seed=i) for i in range(2)], models=("classifier",))  # serve.py adapt_bn=classifier
+    with serve_in_background(create_app(pipe, describe(pipe, None, "in-process model", adapted_folder="lab_images"))) as url:
         yield url, list(clf.hparams.data_info["classes"])
 
 
@@ -91,6 +95,8 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
     page.goto(url)
     wait_until(page, "document.getElementById('model-line').textContent.includes('neutrophil')")
     assert page.get_attribute("html", "data-theme") == "light"
+    # the model card says the classifier was adapted, on how many images of which folder
+    assert "classifier: batch-norm statistics from 2 image(s) of lab_images" in page.text_content("#model-info")
 
     # one good image and one bad file: the bad one says why, the good one goes on
     page.set_input_files("#file-input", [
