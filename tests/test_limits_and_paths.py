@@ -252,3 +252,34 @@ def test_resume_true_of_a_finished_run_without_metrics_says_so(trained_run, make
     shutil.copytree(run / "checkpoints", out / "checkpoints")
     with pytest.raises(ValueError, match=r"resume=true: .*run \(no metrics\.json: it stopped after training\): this run already finished training"):
         run_training(make_cfg(["resume=true", "num_overlays=0"], output_dir=out))
+
+
+def test_resume_refuses_a_pipeline_stage_trained_with_other_settings(make_cfg, monkeypatch):
+    """A pipeline run resumed (or a stage dir copied in) must not reuse a stage's weights under a
+    config they were not trained with: the saved stage config is compared before anything runs."""
+    from wbc import fit, stages
+
+    trained: list[str] = []
+
+    def fake_fit(sub, sub_dir):
+        trained.append(sub.stage)
+        raise RuntimeError("stop after the check")
+
+    monkeypatch.setattr(fit, "fit_stage", fake_fit)
+    cfg = make_cfg(["experiment=pipeline", "resume=true"])
+    out = Path(cfg.paths.output_dir)
+    seg_dir = out / "segmentation"
+    saved = OmegaConf.to_container(stages.stage_config(cfg, "segmentation", seg_dir), resolve=True)
+    saved["data"]["preprocess"]["grayscale"] = not saved["data"]["preprocess"]["grayscale"]
+    saved["data"]["root"] = "/elsewhere/data"  # where the data lived may differ (a moved checkout)
+    rundir.save_config(seg_dir, saved)
+    (seg_dir / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"resume=true: .*segmentation holds a model trained with other settings "
+                                         r"\(data\.preprocess\.grayscale: (True|False) -> (True|False)\); .*delete"):
+        stages.run_pipeline(cfg, out)
+    assert not trained
+    saved["data"]["preprocess"]["grayscale"] = not saved["data"]["preprocess"]["grayscale"]  # the same settings again
+    rundir.save_config(seg_dir, saved)
+    with pytest.raises(RuntimeError, match="stop after the check"):
+        stages.run_pipeline(cfg, out)
+    assert trained == ["segmentation"]

@@ -114,6 +114,41 @@ def save_config(run_dir: Path, cfg: Mapping) -> Path:
     return write_text(Path(run_dir) / CONFIG, text)
 
 
+# what a stage's weights were trained from; keys that only say where things are may differ (a moved
+# checkout), and so may the schedule (its T_max follows trainer.max_epochs, which a resume may raise)
+TRAINED_FROM = ("data", "model")
+LOCATION_KEYS = ("root", "dir", "data_dir", "output_dir", "log_dir")
+MAY_DIFFER = ("model.scheduler.",)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def check_same_stage(stage_dir: Path, cfg: Mapping) -> None:
+    """resume=true into a pipeline stage's dir that already holds weights: they must have been
+    trained from the same data and model settings as `cfg` (the stage's resolved config), else the
+    run would reuse (or continue) a model of other settings under this config's name. Compares the
+    stage's saved .hydra/config.yaml; raises ValueError naming the keys that differ."""
+    stage_dir = Path(stage_dir)
+    if not (stage_dir / CONFIG).is_file() or not ((stage_dir / METRICS).is_file() or (stage_dir / CHECKPOINTS).is_dir()):
+        return
+    before = run_config(stage_dir)
+    old = _flatten({k: before.get(k) for k in TRAINED_FROM})
+    new = _flatten({k: cfg.get(k) for k in TRAINED_FROM})
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                    and k.rsplit(".", 1)[-1] not in LOCATION_KEYS and not k.startswith(MAY_DIFFER))
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6]) + (f" (+{len(differ) - 6} more)" if len(differ) > 6 else "")
+        raise ValueError(f"resume=true: {stage_dir} holds a model trained with other settings ({shown}); "
+                         f"resume with the settings it was trained with, use a new run dir, or delete {stage_dir} to train it again")
+
+
 # ----------------------------------------------------------------------------- sweeps and members
 def sweep_runs(sweep_dir: str | Path) -> list[Path]:
     """The finished runs of a sweep dir (metrics.json, no FAILED marker), in job-number order;

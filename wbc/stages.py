@@ -121,7 +121,7 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
     zero's (over the whole split), and the other ranks get its metrics."""
     from wbc.adaptation import adapt_targets
     from wbc.fit import fit_stage, from_rank_zero
-    from wbc.rundir import is_rank_zero, save_config
+    from wbc.rundir import check_same_stage, is_rank_zero, save_config
 
     adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")  # a bad value fails now, not after training
     metrics: dict = {}
@@ -129,8 +129,11 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
     for name in STAGES:
         sub_dir = output_dir / name
         sub = stage_config(cfg, name, sub_dir, cli_keys)
+        resolved = OmegaConf.to_container(sub, resolve=True)
+        if cfg.get("resume"):  # weights already there must come from these settings
+            check_same_stage(sub_dir, resolved)
         if is_rank_zero():  # what this stage ran with, read by evaluate/ensembles
-            save_config(sub_dir, OmegaConf.to_container(sub, resolve=True))
+            save_config(sub_dir, resolved)
         stage_metrics, objects[name] = fit_stage(sub, sub_dir)
         metrics.update({f"{name}/{k}": v for k, v in stage_metrics.items()})
     if is_rank_zero():
