@@ -54,7 +54,7 @@ def server():
         yield url, list(clf.hparams.data_info["classes"])
 
 
-def wait_until(page, expression: str, timeout_s: float = 20.0) -> None:
+def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:
     """Poll a JS expression with page.evaluate (the page's CSP forbids the eval that
     wait_for_function's predicates need, which is the point of the CSP)."""
     deadline = time.monotonic() + timeout_s
