@@ -174,6 +174,32 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval
     assert summary["adapt_bn_models"] == ["classifier"] and "pipeline/cell_macro_f1" in emetrics
     assert json.loads((tmp_path / "eval" / "classification" / "metrics.json").read_text())["adapt_bn"] is True
     assert json.loads((tmp_path / "eval" / "segmentation" / "metrics.json").read_text())["adapt_bn"] is False
+    # evaluate.py segmenter=<run> classifier=<run>: two separate runs scored as one pipeline give what
+    # the pipeline run dir gives
+    whole, _ = evaluate.evaluate(make_cfg([f"ckpt_path={out}", "num_overlays=0"], config_name="evaluate.yaml", output_dir=tmp_path / "e_run"))
+    parts, _ = evaluate.evaluate(make_cfg([f"segmenter={out / 'segmentation'}", f"classifier={out / 'classification'}", "num_overlays=0"],
+                                          config_name="evaluate.yaml", output_dir=tmp_path / "e_parts"))
+    for key in ("pipeline/cell_macro_f1", "pipeline/detection_recall", "pipeline/nucleus_dice", "segmentation/test/dice_post", "classification/test/macro_f1"):
+        assert parts[key] == pytest.approx(whole[key]), key
+    assert json.loads((tmp_path / "e_parts" / "metrics.json").read_text())["run"] == {"segmentation": str(out / "segmentation"),
+                                                                                      "classification": str(out / "classification")}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["ckpt_path=run"], "run"),
+    (["segmenter=a", "classifier=b"], {"segmentation": "a", "classification": "b"}),
+    (["segmenter=a"], r"segmenter= and classifier= go together"),
+    (["ckpt_path=run", "segmenter=a", "classifier=b"], r"ckpt_path=run and segmenter=/classifier= both given"),
+])
+def test_evaluate_takes_a_run_or_a_segmenter_and_a_classifier(make_cfg, overrides, expected):
+    from wbc.cli.evaluate import ckpt_argument
+
+    cfg = make_cfg(overrides, config_name="evaluate.yaml")
+    if isinstance(expected, str) and expected.startswith(("segmenter", "ckpt_path")):
+        with pytest.raises(ValueError, match=expected):
+            ckpt_argument(cfg)
+    else:
+        assert ckpt_argument(cfg) == expected
 
 
 def test_cell_f1_counts_missed_and_spurious_cells():

@@ -1,4 +1,5 @@
-"""`wbc-evaluate` / `python evaluate.py ckpt_path=<.ckpt | run dir | pipeline run | sweep dir | [a,b]> [split=val]`.
+"""`wbc-evaluate` / `python evaluate.py ckpt_path=<.ckpt | run dir | pipeline run | sweep dir | [a,b]> [split=val]`
+(or `segmenter=<run> classifier=<run>`: two separate runs scored as one pipeline).
 
 Scores a segmentation run, a classification run, a pipeline run (both stages + the full pipeline)
 or a fold ensemble on one split, at each image's original resolution (wbc.evaluation.runs).
@@ -25,12 +26,23 @@ def eval_device(cfg: DictConfig) -> str:
     return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
-def ckpt_argument(cfg: DictConfig) -> str | list | None:
-    """cfg.ckpt_path, or None when it is left at `???` or absent."""
-    if "ckpt_path" not in cfg or OmegaConf.is_missing(cfg, "ckpt_path"):
-        return None
-    spec = cfg.ckpt_path
-    return OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+def ckpt_argument(cfg: DictConfig) -> str | list | dict | None:
+    """cfg.ckpt_path, or {"segmentation": segmenter, "classification": classifier} when both are
+    given (two separate runs scored as one pipeline), or None when nothing is given."""
+    def value(key: str):
+        if key not in cfg or OmegaConf.is_missing(cfg, key):
+            return None
+        spec = cfg[key]
+        return OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+
+    ckpt, seg, clf = value("ckpt_path"), value("segmenter"), value("classifier")
+    if seg in (None, "") and clf in (None, ""):
+        return ckpt
+    if seg in (None, "") or clf in (None, ""):
+        raise ValueError("segmenter= and classifier= go together (two runs scored as one pipeline); one stage alone: ckpt_path=<its run>")
+    if ckpt not in (None, ""):
+        raise ValueError(f"ckpt_path={ckpt} and segmenter=/classifier= both given: pass one or the other")
+    return {"segmentation": seg, "classification": clf}
 
 
 @task_wrapper
@@ -51,7 +63,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate.yaml")
 def run(cfg: DictConfig) -> None:
     if ckpt_argument(cfg) in (None, ""):  # before extras prints the config (which would fail on `???`)
-        raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file>")
+        raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file> "
+                         "(or segmenter=<run> classifier=<run>)")
     extras(cfg)
     evaluate(cfg)
 

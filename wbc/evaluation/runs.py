@@ -174,22 +174,25 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
                   num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: Sequence[str] = ()) -> tuple[dict, dict]:
-    """Any run: a pipeline run dir scores both stages (`<out>/segmentation/`, `<out>/classification/`)
-    and, on the test split, the full pipeline; anything else is one stage's member(s). With
-    `adapt_bn` (model names) those models first re-estimate their batch-norm statistics on the images
-    they are scored on (a stage on the split's images or crops, the pipeline as predict.py does)."""
+    """Any run: a pipeline run dir, or a mapping {"segmentation": run, "classification": run} of two
+    separate runs (evaluate.py segmenter=... classifier=...), scores both stages (`<out>/segmentation/`,
+    `<out>/classification/`) and, on the test split, the full pipeline; anything else is one stage's
+    member(s). With `adapt_bn` (model names) those models first re-estimate their batch-norm
+    statistics on the images they are scored on (a stage on the split's images or crops, the
+    pipeline as predict.py does)."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
         raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file>")
-    if not is_pipeline_run(spec):
+    composed = isinstance(spec, Mapping)
+    if not composed and not is_pipeline_run(spec):
         stage = get_stage(detect_stage(spec))
         return evaluate_members(stage, spec, split, out_dir, data, post_overrides, num_overlays, tta, device, adapt_bn)
     metrics: dict = {}
     objects: dict = {}
     for name in STAGE_DIRS:
-        m, objects[name] = evaluate_members(get_stage(name), spec, split, out_dir / name, data, post_overrides, num_overlays, tta, device,
-                                            adapt_bn)
+        m, objects[name] = evaluate_members(get_stage(name), spec[name] if composed else spec, split, out_dir / name, data, post_overrides,
+                                            num_overlays, tta, device, adapt_bn)
         metrics.update({f"{name}/{k}": v for k, v in m.items()})
     if split == "test":
         from wbc.evaluation.pipeline import score_pipeline
@@ -197,9 +200,9 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
 
         seg, clf = objects["segmentation"]["module"], objects["classification"]["module"]
         pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}))
-        iou = float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
+        iou = 0.5 if composed else float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
         metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, tuple(adapt_bn)))
-    write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": str(spec)})
+    write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": {k: str(v) for k, v in spec.items()} if composed else str(spec)})
     return metrics, objects
 
 
