@@ -171,7 +171,7 @@ def test_evaluate_sweep_dir_without_finished_runs(make_eval_cfg, tmp_path: Path)
 
 
 def test_evaluate_requires_cli_missing_value(make_cfg) -> None:
-    cfg = make_cfg([], config_name="evaluate.yaml")  # ckpt_path: ??? left unset
+    cfg = make_cfg([], config_name="evaluate.yaml")  # ckpt_path left unset
     with pytest.raises(ValueError, match="ckpt_path is required"):
         evaluate.evaluate(cfg)
 

@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate.yaml")
 def run(cfg: DictConfig) -> None:
-    if ckpt_argument(cfg) in (None, ""):  # before extras prints the config (which would fail on `???`)
+    if ckpt_argument(cfg) in (None, ""):  # one clear error before extras prints the config
         raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=<run dir, sweep dir or .ckpt file> "
                          "(or segmenter=<run> classifier=<run>)")
     extras(cfg)
