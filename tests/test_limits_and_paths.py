@@ -283,3 +283,11 @@ def test_resume_refuses_a_pipeline_stage_trained_with_other_settings(make_cfg, m
     with pytest.raises(RuntimeError, match="stop after the check"):
         stages.run_pipeline(cfg, out)
     assert trained == ["segmentation"]
+
+
+def test_stage_differences_name_a_whole_new_node_once():
+    old = {"data.image_size": 128, "data.parts.a.root": "x"}
+    new = {"data.image_size": 256, "data.parts.a.root": "x", "data.parts.b.root": "y", "data.parts.b.classes": ["c"]}
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    assert rundir._describe_differences(keys, old, new) == ["data.image_size: 128 -> 256", "data.parts.b: absent -> present"]
+    assert rundir._describe_differences(keys, new, old) == ["data.image_size: 256 -> 128", "data.parts.b: present -> absent"]

@@ -130,6 +130,29 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
+def _describe_differences(keys: list[str], old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """'key: old -> new' per differing key; a whole node present on one side only is one entry
+    ('data.parts.all_idb2: absent -> present'), not one per leaf."""
+    def top_absent(key: str, side: Mapping[str, Any]) -> str:
+        parts = key.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if not any(k == prefix or k.startswith(prefix + ".") for k in side):
+                return prefix
+        return key
+
+    out: list[str] = []
+    for k in keys:
+        if k not in old or k not in new:
+            node = top_absent(k, old if k not in old else new)
+            line = f"{node}: absent -> present" if k not in old else f"{node}: present -> absent"
+        else:
+            line = f"{k}: {old[k]!r} -> {new[k]!r}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
 def check_same_stage(stage_dir: Path, cfg: Mapping) -> None:
     """resume=true into a pipeline stage's dir that already holds weights: they must have been
     trained from the same data and model settings as `cfg` (the stage's resolved config), else the
@@ -144,7 +167,8 @@ def check_same_stage(stage_dir: Path, cfg: Mapping) -> None:
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                     and k.rsplit(".", 1)[-1] not in LOCATION_KEYS and not k.startswith(MAY_DIFFER))
     if differ:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6]) + (f" (+{len(differ) - 6} more)" if len(differ) > 6 else "")
+        lines = _describe_differences(differ, old, new)
+        shown = "; ".join(lines[:6]) + (f" (+{len(lines) - 6} more)" if len(lines) > 6 else "")
         raise ValueError(f"resume=true: {stage_dir} holds a model trained with other settings ({shown}); "
                          f"resume with the settings it was trained with, use a new run dir, or delete {stage_dir} to train it again")
 
