@@ -390,6 +390,7 @@ def test_wandb_summary_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 # ----------------------------------------------------------------------------- other stages, dashboards, GPU
+@pytest.mark.slow  # a 5-fold subprocess sweep (~20-35 s): CI keeps the segmentation sweep and the dashboard unit tests above
 def test_cv_experiment_classification_with_dashboards(data_dir: Path, tmp_path: Path) -> None:
     """experiment=cls_cv (the folds from data.splits.k) with csv + tensorboard + wandb (offline) loggers (~10 s)."""
     sweep = tmp_path / "cls"
