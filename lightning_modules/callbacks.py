@@ -152,17 +152,19 @@ class AdaptBatchNorm(L.Callback):
         # seeded shuffle instead, so that each batch's variance is the population's
         shuffled = [DataLoader(dl.dataset, batch_size=dl.batch_size or 1, shuffle=True, num_workers=0,
                                generator=torch.Generator().manual_seed(self.seed)) for dl in loaders]
-        batches = (batch[self.key].to(pl_module.device) for loader in shuffled for batch in loader)
-        n = adapt_batchnorm(pl_module, batches)
+
+        def batches():  # one pass; the loaders' generators go on, so each pass has a new order
+            return (batch[self.key].to(pl_module.device) for loader in shuffled for batch in loader)
+
+        n = adapt_batchnorm(pl_module, batches())
         if trainer.world_size > 1:
             # each rank saw its own shard: average the statistics so every rank tests one model
             for m in batchnorm_layers(pl_module):
                 m.running_mean.copy_(trainer.strategy.reduce(m.running_mean, reduce_op="mean"))
                 m.running_var.copy_(trainer.strategy.reduce(m.running_var, reduce_op="mean"))
         log.info("adapt_bn: batch-norm statistics re-estimated on %d test images", n)
-        for _ in range(self.entropy_epochs):  # the loaders' generators go on: a new order each pass
-            batches = (batch[self.key].to(pl_module.device) for loader in shuffled for batch in loader)
-            minimise_entropy(pl_module, batches, self.entropy_lr)
+        for _ in range(self.entropy_epochs):
+            minimise_entropy(pl_module, batches(), self.entropy_lr)
         if self.entropy_epochs:
             if trainer.world_size > 1:
                 for p in (p for m in batchnorm_layers(pl_module) for p in (m.weight, m.bias) if p is not None):

@@ -123,7 +123,7 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
     from wbc.fit import fit_stage, from_rank_zero
     from wbc.rundir import check_same_stage, is_rank_zero, save_config
 
-    adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")  # a bad value fails now, not after training
+    adapt = adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")  # a bad value fails now, not after training
     metrics: dict = {}
     objects: dict = {}
     for name in STAGES:
@@ -137,24 +137,23 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
         stage_metrics, objects[name] = fit_stage(sub, sub_dir)
         metrics.update({f"{name}/{k}": v for k, v in stage_metrics.items()})
     if is_rank_zero():
-        score_and_write_pipeline(cfg, output_dir, objects, metrics)
+        score_and_write_pipeline(cfg, output_dir, objects, metrics, adapt)
     trainers = [o["trainer"] for o in objects.values() if o.get("trainer") is not None]
     return from_rank_zero(trainers[-1] if trainers else None, metrics), objects
 
 
-def score_and_write_pipeline(cfg: DictConfig, output_dir: Path, objects: dict, metrics: dict) -> None:
-    """The full pipeline on the test split, a few predict.py-style outputs, then metrics.json (updates `metrics`)."""
+def score_and_write_pipeline(cfg: DictConfig, output_dir: Path, objects: dict, metrics: dict, adapt: Sequence[str] = ()) -> None:
+    """The full pipeline on the test split (its `adapt` models first AdaBN-adapted to the test images),
+    a few predict.py-style outputs, then metrics.json (updates `metrics`)."""
     from wbc.io import write_json
 
     if not cfg.trainer.get("fast_dev_run"):
-        from wbc.adaptation import adapt_targets
         from wbc.evaluation.pipeline import score_pipeline
         from wbc.inference import CellPipeline
 
         pipe = CellPipeline(objects["segmentation"]["model"], objects["classification"]["model"])
         dm = objects["classification"]["datamodule"]
-        adapt = adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")
-        metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5), adapt))
+        metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5), tuple(adapt)))
         n_predict = int(cfg.pipeline.get("predict_images", 0))
         if n_predict:
             from wbc.predict_io import predict_images

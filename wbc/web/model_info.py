@@ -70,6 +70,7 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         trained = trained or _mtime(path / "export.json")
     figures = [{"label": label, "key": key, "value": v} for label, key in SHOWN_METRICS if (v := _first_number(metrics, key)) is not None]
     post = getattr(pipe, "postprocess", None)
+    adapted_on = int(getattr(pipe, "adapted_on", 0))  # images the AdaBN pass saw (0: not adapted)
     return {
         "source": str(path) if path else None,
         "kind": kind,
@@ -84,8 +85,8 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
         "trained": trained,
         "test_figures": figures,
-        "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": int(getattr(pipe, "adapted_on", 0)),
-                     "folder": adapted_folder} if getattr(pipe, "adapted_on", 0) else None),
+        "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on, "folder": adapted_folder}
+                    if adapted_on else None),
     }
 
 
