@@ -88,6 +88,15 @@ def fold_metrics(sweep: Path) -> list[dict]:
     return [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep) if (d / "metrics.json").is_file()]
 
 
+def job_seconds(sweep: Path) -> float:
+    """Training time of a finished sweep's jobs (--collect): each job's metrics.json written minus its
+    job.json (written when the job, or its last resume, started); summed over jobs, as they ran one
+    after another. NaN when no job finished."""
+    spans = [(d / "metrics.json").stat().st_mtime - (d / "job.json").stat().st_mtime
+             for d in job_dirs(sweep) if (d / "metrics.json").is_file()]
+    return sum(spans) if spans else float("nan")
+
+
 def values(runs: list[dict], key: str) -> list[float]:
     return [float(r[key]) for r in runs if isinstance(r.get(key), int | float)]
 
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{sweep}: not a quality_* sweep (no task_name of a row in its runs' .hydra/config.yaml)", file=sys.stderr)
                 return 2
             grouped.setdefault(key, []).append(sweep)
-        results = [(k, v, float("nan")) for k, v in grouped.items()]
+        results = [(k, v, sum(job_seconds(s) for s in v)) for k, v in grouped.items()]
     else:
         sys.path.insert(0, str(ROOT))
         from lightning_modules.pretrained import INSTALL_HINT, wheel_available

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,14 @@ def test_calibration_table_cross_fits_the_temperature_on_other_folds(quality, tm
     before, after = float(cross[3]), float(cross[4].strip().split()[0].strip("*"))
     assert before > 0.08 and after < 0.5 * before
     assert any("test, fold models" in line and "10.0%" in line for line in lines)
+
+
+def test_collected_sweep_time_is_each_job_from_job_json_to_metrics_json(quality, tmp_path: Path) -> None:
+    """--collect used to print 'nan min' for sweeps it did not run itself (a resumed row, say)."""
+    sweep = fake_sweep(tmp_path / "cls", "quality_cls_all_idb2", [{"val/balanced_accuracy": 0.9}] * 3)
+    for i, minutes in enumerate([2, 3, 5]):
+        os.utime(sweep / str(i) / "job.json", (1000.0, 1000.0))
+        os.utime(sweep / str(i) / "metrics.json", (1000.0 + 60 * minutes, 1000.0 + 60 * minutes))
+    (sweep / "2" / "metrics.json").unlink()  # an unfinished job does not count
+    assert quality.job_seconds(sweep) == pytest.approx(300.0)
+    assert quality.job_seconds(tmp_path / "empty") != quality.job_seconds(tmp_path / "empty")  # NaN
