@@ -115,19 +115,21 @@ def run(cfg: DictConfig) -> float | None:
     out = Path(cfg.paths.output_dir)
     multirun, basic_sweeper, job_num, overrides = _hydra_job()
     try:
-        if multirun or cfg.get("resume"):
-            loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
-            record = rundir.job_record(
-                cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers
-            )
-            if cfg.get("resume"):
-                rundir.check_same_job(out, record)
-                done = rundir.finished_metrics(out)
-                if done is not None:
-                    log.info("resume=true: %s already finished (metrics.json): skipped", out)
-                    print(f"resume=true: {out} already finished: skipped")
-                    return rundir.returned_metric(done, cfg.get("optimized_metric"))
-            rundir.start_job(out, record)
+        # every run records which job it is and what its weights come from (job.json), so a later
+        # resume=true into this dir can check it is the same job
+        loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+        record = rundir.job_record(
+            cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers,
+            {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in rundir.JOB_SETTINGS if k in cfg},
+        )
+        if cfg.get("resume"):
+            rundir.check_same_job(out, record)
+            done = rundir.finished_metrics(out)
+            if done is not None:
+                log.info("resume=true: %s already finished (metrics.json): skipped", out)
+                print(f"resume=true: {out} already finished: skipped")
+                return rundir.returned_metric(done, cfg.get("optimized_metric"))
+        rundir.start_job(out, record)
         extras(cfg)
         metrics, _ = train(cfg)
         if cfg.trainer.get("fast_dev_run"):
