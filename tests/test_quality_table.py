@@ -123,3 +123,24 @@ def test_collected_sweep_time_is_each_job_from_job_json_to_metrics_json(quality,
     (sweep / "2" / "metrics.json").unlink()  # an unfinished job does not count
     assert quality.job_seconds(sweep) == pytest.approx(300.0)
     assert quality.job_seconds(tmp_path / "empty") != quality.job_seconds(tmp_path / "empty")  # NaN
+
+
+def test_collected_sweeps_of_other_overrides_stay_apart(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two seeds of one setting pool into one row; a lever tried with --extra is a row of its own,
+    labelled with its overrides (it was pooled with the configured row before)."""
+    def sweep(name: str, extra: list[str], value: float) -> Path:
+        s = fake_sweep(tmp_path / name, "quality_cls_all_idb2", [{"val/balanced_accuracy": value}] * 2)
+        for i in range(2):
+            (s / str(i) / "job.json").write_text(json.dumps({"fold": i, "overrides": ["experiment=quality_cls_all_idb2", f"data.fold={i}", f"seed={name[-2:]}", "extras.print_config=False", *extra]}))
+        (s / "ensemble_test").mkdir()  # as if evaluate.py had run: no subprocess here
+        (s / "ensemble_test" / "metrics.json").write_text("{}")
+        return s
+
+    sweeps = [sweep("plain42", [], 0.9), sweep("plain43", [], 0.8), sweep("ls42", ["model.loss.label_smoothing=0.1"], 0.7)]
+    assert quality.variant(sweeps[2]) == ("model.loss.label_smoothing=0.1",)
+    assert quality.main(["--collect", *map(str, sweeps)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lymphoblast")]
+    assert len(rows) == 2
+    assert "| 0.8500 +- 0.0577 (n=4)" in rows[0] and "[model" not in rows[0]
+    assert rows[1].startswith("| lymphoblast vs non-blast, all_idb2, balanced accuracy [model.loss.label_smoothing=0.1] |")
+    assert "| 0.7000 +- 0.0000 (n=2)" in rows[1]
