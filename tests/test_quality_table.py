@@ -139,8 +139,13 @@ def test_collected_sweeps_of_other_overrides_stay_apart(quality, tmp_path: Path,
     sweeps = [sweep("plain42", [], 0.9), sweep("plain43", [], 0.8), sweep("ls42", ["model.loss.label_smoothing=0.1"], 0.7)]
     assert quality.variant(sweeps[2]) == ("model.loss.label_smoothing=0.1",)
     assert quality.main(["--collect", *map(str, sweeps)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lymphoblast")]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lymphoblast") and " on val " in line]
     assert len(rows) == 2
     assert "| 0.8500 +- 0.0577 (n=4)" in rows[0] and "[model" not in rows[0]
     assert rows[1].startswith("| lymphoblast vs non-blast, all_idb2, balanced accuracy [model.loss.label_smoothing=0.1] |")
     assert "| 0.7000 +- 0.0000 (n=2)" in rows[1]
+    # paired with the configured row by seed and fold: only seed 42's two folds have a partner
+    assert quality.paired_table([("cls_idb2", [s], 0.0) for s in sweeps]).splitlines()[-1] == (
+        "| lymphoblast vs non-blast, all_idb2, balanced accuracy | model.loss.label_smoothing=0.1 | val/balanced_accuracy "
+        "| -0.2000 +- 0.0000 (n=2) | 0 of 2 |")
+    assert quality.paired_table([("cls_idb2", sweeps[:2], 0.0)]) == ""  # no variant, no pairs
