@@ -25,7 +25,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
             (colour kept: normalised, then jittered around the target, blurred, re-encoded, rescaled)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
-`<run>_adabn`; the table shows both. `--entropy N` adds N passes of Tent's entropy minimisation over
+`<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
+finished runs as one ensemble (their held-out probabilities averaged). `--entropy N` adds N passes of Tent's entropy minimisation over
 the batch-norm scales and shifts after AdaBN (`callbacks.adapt_bn.entropy_epochs=N`), into `<run>_tent<N>`.
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
@@ -124,6 +125,31 @@ def row(direction: str, variant: str, split: str, seed: int, adapted: str = "") 
             f"{m.get('test/ece', float('nan')):.3f} | {secs} s |")
 
 
+def ensemble_row(direction: str, variant: str, split: str, seeds: list[int], adapted: str = "") -> str | None:
+    """The runs of several training seeds as one model: their held-out crops' class probabilities
+    (test_predictions.csv) averaged, as a fold or seed ensemble does (wbc.ensemble), then scored."""
+    import csv
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    members = []
+    for seed in seeds:
+        path = run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv"
+        if not path.is_file():
+            return None
+        with open(path, newline="") as fh:
+            members.append({(r["sample_id"], r["cell"]): r for r in csv.DictReader(fh)})
+    keys = sorted(members[0])
+    if any(sorted(m) != keys for m in members):
+        raise ValueError(f"{direction} {variant} {adapted}: the seeds' runs scored different crops; cannot average them")
+    true = [members[0][k]["true"] for k in keys]
+    pred = [CLASSES[max(range(len(CLASSES)), key=lambda c: sum(float(m[k][f"p_{CLASSES[c]}"]) for m in members))] for k in keys]
+    recalls = " / ".join(f"{r:.2f}" for r in recall_score(true, pred, labels=list(CLASSES), average=None, zero_division=0))
+    name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''}, ensemble of seeds {', '.join(map(str, seeds))}"
+    return (f"| {DIRECTIONS[direction]} | {name} | {split} | {f1_score(true, pred, labels=list(CLASSES), average='macro', zero_division=0):.3f} | "
+            f"{balanced_accuracy_score(true, pred):.3f} | {recalls} | | | |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
@@ -135,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entropy", type=int, default=0, metavar="N",
                     help="with --adapt-bn: also N passes of Tent's entropy minimisation (into <run>_tent<N>)")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
+    ap.add_argument("--ensemble-seeds", nargs="*", type=int, default=[], metavar="SEED",
+                    help="also score the finished runs of these seeds as one ensemble (probabilities averaged)")
     args = ap.parse_args(argv)
     if not args.collect:
         for d in args.directions:
@@ -152,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run_dir(d, v, args.split, args.seed).name}_tent*"))
             for adapted in ("", "adabn", *done):
                 line = row(d, v, args.split, args.seed, adapted)
+                if line:
+                    print(line)
+            for adapted in ("", "adabn") if len(args.ensemble_seeds) > 1 else ():
+                line = ensemble_row(d, v, args.split, args.ensemble_seeds, adapted)
                 if line:
                     print(line)
     return 0

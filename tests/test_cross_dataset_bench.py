@@ -1,0 +1,46 @@
+"""benchmarks/cross_dataset.py: the seed ensemble row averages the runs' held-out probabilities."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cross(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cross_dataset
+
+    monkeypatch.setattr(cross_dataset, "ROOT", tmp_path)
+    return cross_dataset
+
+
+def write_run(cross, seed: int, probs: list[tuple[str, list[float]]]) -> None:
+    out = cross.run_dir("d1_to_d2", "cells_grey", "dev", seed, "adabn")
+    out.mkdir(parents=True)
+    with open(out / "test_predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in cross.CLASSES)])
+        for i, (true, p) in enumerate(probs):
+            w.writerow([f"s{i}", 1, true, cross.CLASSES[p.index(max(p))], *p])
+
+
+def test_ensemble_of_seeds_scores_the_averaged_probabilities(cross) -> None:
+    # each seed alone gets one of the two cells wrong; their average gets both right
+    write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.6, 0.4, 0, 0])])
+    write_run(cross, 43, [("neutrophil", [0.4, 0.6, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
+    line = cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
+    assert line.startswith("| dataset1 -> dataset2 | cells_grey + AdaBN, ensemble of seeds 42, 43 | dev | ")
+    assert "| 1.00 / 1.00 / 0.00 / 0.00 |" in line  # recall per class
+    assert cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 44], "adabn") is None  # seed 44 not run
+
+
+def test_ensemble_refuses_runs_scored_on_other_crops(cross) -> None:
+    write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0])])
+    write_run(cross, 43, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
+    with pytest.raises(ValueError, match="scored different crops"):
+        cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
