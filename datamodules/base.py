@@ -55,6 +55,7 @@ class WBCDataModule(L.LightningDataModule):
         train_transforms: Mapping[str, Any] | Sequence[Any] | None = None,
         splits: Mapping | None = None,
         fold: int = 0,
+        train_per_class: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -96,6 +97,9 @@ class WBCDataModule(L.LightningDataModule):
         self.train_transforms = list(train_transforms or [])
         self.splits_cfg = dict(splits or {})
         self.fold = fold
+        if train_per_class is not None and (isinstance(train_per_class, bool) or not isinstance(train_per_class, int) or train_per_class < 1):
+            raise ValueError(f"data.train_per_class must be a positive whole number of images or null, got {train_per_class!r}")
+        self.train_per_class = train_per_class
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -199,7 +203,23 @@ class WBCDataModule(L.LightningDataModule):
 
     def split_ids(self) -> dict[str, list[str]]:
         train, val, test = fold_ids(self.load_splits(), self.fold)
+        if self.train_per_class is not None:
+            train = self._few_per_class(train)
         return {"train": train, "val": val, "test": test}
+
+    def _few_per_class(self, train: list[str]) -> list[str]:
+        """data.train_per_class: that many training images per class at most, the same ones for a
+        given split seed whatever the training seed (a label budget, not a training choice)."""
+        by_id = self.load_manifest().by_id()
+        by_class: dict[str, list[str]] = {}
+        for sid in sorted(train):
+            by_class.setdefault(by_id[sid].class_name, []).append(sid)
+        rng = np.random.default_rng(int(self.splits_cfg.get("seed", 0)))
+        kept = {c: [ids[i] for i in sorted(rng.permutation(len(ids))[: self.train_per_class])] for c, ids in sorted(by_class.items())}
+        log.info("data.train_per_class=%d: %d of %d training images kept (%s)", self.train_per_class, sum(map(len, kept.values())),
+                 len(train), ", ".join(f"{c} {len(v)}" for c, v in kept.items()))
+        keep = {sid for ids in kept.values() for sid in ids}
+        return [sid for sid in train if sid in keep]
 
     def encoding_of(self, sample_id: str) -> MaskEncoding:
         """The mask encoding a sample is read with: its own part's when several datasets are combined."""

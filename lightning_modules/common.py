@@ -80,31 +80,56 @@ def configure_optimizers(module: L.LightningModule) -> dict:
     }
 
 
-def load_checkpoint(path: str, expected_stage: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint weights-only (no arbitrary unpickling) and check it is the right stage."""
+def load_checkpoint(path: str, expected_stage: str, map_location: str | torch.device = "cpu", key: str = "ckpt_path") -> dict:
+    """Load a checkpoint weights-only (no arbitrary unpickling) and check it is the right stage
+    (`key`: the setting that named the file, for the errors)."""
     from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: file not found")
+        raise FileNotFoundError(f"{key}={path}: file not found")
     with open(p, "rb") as fh:
         head = fh.read(4)
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save: zip archive (or legacy pickle)
-        raise ValueError(f"ckpt_path={path}: not a PyTorch/Lightning checkpoint file (neither a zip archive nor a pickle)")
+        raise ValueError(f"{key}={path}: not a PyTorch/Lightning checkpoint file (neither a zip archive nor a pickle)")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - turn any unpickling/zip error into one clear message
-        raise ValueError(f"ckpt_path={path}: not a loadable Lightning checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{key}={path}: not a loadable Lightning checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"ckpt_path={path}: not a Lightning checkpoint of this project (no state_dict/hyper_parameters)")
+        raise ValueError(f"{key}={path}: not a Lightning checkpoint of this project (no state_dict/hyper_parameters)")
     if not isinstance(ckpt["hyper_parameters"], Mapping):
-        raise ValueError(f"ckpt_path={path}: hyper_parameters is a {type(ckpt['hyper_parameters']).__name__}, expected a mapping")
+        raise ValueError(f"{key}={path}: hyper_parameters is a {type(ckpt['hyper_parameters']).__name__}, expected a mapping")
     # before anything is built from it: weights-only unpickling does not stop `_target_: os.system`
-    check_targets(ckpt["hyper_parameters"], f"ckpt_path={path}", "hyper_parameters")
+    check_targets(ckpt["hyper_parameters"], f"{key}={path}", "hyper_parameters")
     stage = ckpt["hyper_parameters"].get("stage")
     if stage != expected_stage:
-        raise ValueError(f"ckpt_path={path}: is a {stage!r} checkpoint, expected a {expected_stage!r} one")
+        raise ValueError(f"{key}={path}: is a {stage!r} checkpoint, expected a {expected_stage!r} one")
     return ckpt
+
+
+def init_weights_from(model: torch.nn.Module, path: str, stage: str) -> dict:
+    """Fine-tuning (`init_from=<.ckpt>`): start from a trained model's weights, with a fresh optimizer,
+    schedule and epoch count (`ckpt_path` would continue the old run instead). The checkpoint must be
+    this stage's and hold the same network and classes, in the same order; returns its data_info.
+    Errors name the weights or classes that differ."""
+    ckpt = load_checkpoint(path, stage, key="init_from")
+    saved_info = ckpt["hyper_parameters"].get("data_info") or {}
+    own_info = getattr(model, "hparams", {}).get("data_info") or {}
+    if stage == "classification" and list(saved_info.get("classes") or []) != list(own_info.get("classes") or []):
+        raise ValueError(f"init_from={path}: its classes {saved_info.get('classes')} differ from this run's {own_info.get('classes')}; "
+                         "fine-tuning keeps the classes of the model it starts from, in its order (data.classes / data.drop_classes)")
+    state, own = ckpt["state_dict"], model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = sorted(f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        found = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})" if unexpected else "",
+                 f"other shapes: {'; '.join(shapes[:3])}" if shapes else ""]
+        raise ValueError(f"init_from={path}: its weights do not fit this run's network ({', '.join(f for f in found if f)}); "
+                         "use the model.net settings it was trained with (its name, and grey vs colour input: data.preprocess.grayscale)")
+    model.load_state_dict(state)
+    return dict(saved_info)
 
 
 def check_resume_checkpoint(path: str | None, expected_stage: str) -> None:

@@ -178,6 +178,25 @@ def latest_checkpoint(trainer: L.Trainer) -> str | None:
     return next((cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")), None)
 
 
+def init_from(cfg: DictConfig, model: L.LightningModule, stage: str) -> None:
+    """`init_from=<run dir or .ckpt>`: fine-tune from a trained model's weights (e.g. on a new lab's
+    few annotated cells). A resumed run continues its own checkpoint instead, so both at once is an
+    error; input settings that differ from the checkpoint's are logged, since the weights saw other pixels."""
+    from lightning_modules.common import init_weights_from
+    from wbc.rundir import resolve_checkpoint
+
+    if cfg.get("ckpt_path"):
+        raise ValueError(f"init_from={cfg.init_from} and ckpt_path={cfg.ckpt_path}: give one (init_from starts a new run "
+                         "from a model's weights; ckpt_path continues an interrupted run)")
+    path = resolve_checkpoint(cfg.init_from, stage, key="init_from")
+    saved = init_weights_from(model, str(path), stage)
+    own = model.hparams.get("data_info") or {}
+    differ = [f"{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in ("preprocess", "image_size", "crops") if saved.get(k) != own.get(k)]
+    log.info("init_from: fine-tuning from %s", path)
+    if differ:
+        log.warning("init_from: %s was trained with other input settings (%s)", path, "; ".join(differ))
+
+
 def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """Train `cfg.stage` (segmentation or classification) in output_dir, test the chosen checkpoint,
     score test (and validation) with the stage's scoring; returns (metrics, objects)."""
@@ -194,6 +213,8 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
     datamodule = build_datamodule(cfg.data, post)
     data_info = {**datamodule.data_info(), "scale": measure_training_scale(datamodule, datamodule.pixel_size_um)}
     model = instantiate(cfg.model, data_info=data_info)  # data_info: the checkpoint's "plans"
+    if cfg.get("init_from"):
+        init_from(cfg, model, stage.name)
     if resume_ckpt:  # one clear error (missing, not a checkpoint, other stage) before Lightning's deep ones
         from lightning_modules.common import check_resume_checkpoint, load_checkpoint
 

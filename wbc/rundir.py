@@ -120,7 +120,7 @@ TRAINED_FROM = ("data", "model")
 LOCATION_KEYS = ("root", "dir", "data_dir", "output_dir", "log_dir")
 MAY_DIFFER = ("model.scheduler.", "segmentation.model.scheduler.", "classification.model.scheduler.")
 # the top-level nodes job.json's `trained_from` is taken from (`trained_from`)
-JOB_SETTINGS = ("seed", *TRAINED_FROM, *STAGE_DIRS)
+JOB_SETTINGS = ("seed", "init_from", *TRAINED_FROM, *STAGE_DIRS)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
