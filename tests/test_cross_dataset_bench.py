@@ -44,3 +44,17 @@ def test_ensemble_refuses_runs_scored_on_other_crops(cross) -> None:
     write_run(cross, 43, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
     with pytest.raises(ValueError, match="scored different crops"):
         cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
+
+
+def test_label_budget_table_reads_each_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    run = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "source", 42)
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"val/macro_f1": 0.75, "test/macro_f1": 0.76, "test/recall/eosinophil": 0.57}')
+    (run / "cross_cls.log").write_text("[..][datamodules.base][INFO] - data.train_per_class=10: 40 of 168 training images kept (eosinophil 10, ...)\n")
+    (run / "seconds.txt").write_text("419\n")
+    assert label_budget.table().splitlines()[-1] == (
+        "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 40 | 0.750 | 0.760 | 0.57 | 419 s |")
