@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+# the sibling benchmark's runs and variants (run as a script, benchmarks/ is on sys.path)
+from cross_dataset import DIRECTIONS, VARIANTS, run_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from cross_dataset import DIRECTIONS, VARIANTS, run_dir  # noqa: E402 - the sibling benchmark's runs and variants
 
 TARGET = {"d1_to_d2": "segmentation_wbc_d2", "d2_to_d1": "segmentation_wbc_d1"}
 
