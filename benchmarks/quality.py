@@ -158,13 +158,14 @@ def run_row(key: str, folds: list[int], extra: list[str], seed: int) -> tuple[Pa
     return sweep, time.time() - t0
 
 
-def ensemble_test(key: str, sweep: Path) -> float | None:
-    """Test figure of the sweep's fold ensemble (evaluate.py on the sweep dir); cached in <sweep>/ensemble_test."""
+def ensemble_test(key: str, sweep: Path, run: bool = True) -> float | None:
+    """Test figure of the sweep's fold ensemble (evaluate.py on the sweep dir, unless `run` is false);
+    cached in <sweep>/ensemble_test."""
     row = ROWS[key]
     if row.reference is not None or len(fold_metrics(sweep)) < 2:
         return None
     out = sweep / "ensemble_test"
-    if not (out / "metrics.json").is_file():
+    if run and not (out / "metrics.json").is_file():
         cmd = [sys.executable, "evaluate.py", f"ckpt_path={sweep}", f"hydra.run.dir={out}", "extras.print_config=false", "num_overlays=4"]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True)
@@ -182,7 +183,7 @@ def row_key(sweep: Path) -> str | None:
 MATCHED = "pipeline/macro_f1"  # classification of the cells the pipeline matched to true ones
 
 
-def table(results: list[tuple[str, list[Path], float]]) -> str:
+def table(results: list[tuple[str, list[Path], float]], ensembles: bool = True) -> str:
     lines = [
         "| figure | target | CV validation, mean of folds | CV validation, pooled | test, fold models | test, fold ensemble | runs | time |",
         "|---|---|---|---|---|---|---|---|",
@@ -201,7 +202,7 @@ def table(results: list[tuple[str, list[Path], float]]) -> str:
             cells = [f"pipeline {summarize(test)}", f"ground-truth crops {summarize(ref)}", matched, f"gap {summarize(gaps)} [{ok}]"]
             lines.append(f"| {row_label(key, sweeps)} | >= {row.target:+.3f} on {row.judged_on} | " + " | ".join(cells) + f" | {len(runs)} | {seconds / 60:.1f} min |")
             continue
-        ens = [e for e in (ensemble_test(key, s) for s in sweeps) if e is not None]
+        ens = [e for e in (ensemble_test(key, s, ensembles) for s in sweeps) if e is not None]
         val = values(runs, row.val_metric)
         judged = test if row.judged_on == "test" else val
         ok = "meets" if judged and statistics.mean(judged) >= row.target else "below"
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[42], help="training seeds (one sweep each); the split seed stays data.splits.seed")
     ap.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for every row")
     ap.add_argument("--collect", nargs="*", default=None, help="finished sweep dirs to tabulate instead of training (row read from their config)")
+    ap.add_argument("--no-ensemble", action="store_true", help="do not run evaluate.py for fold-ensemble test figures (cached ones are shown)")
     args = ap.parse_args(argv)
 
     results: list[tuple[str, list[Path], float]] = []
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds += s
             results.append((key, sweeps, seconds))
     print()
-    print(table(results))
+    print(table(results, ensembles=not args.no_ensemble))
     paired = paired_table(results)
     if paired:
         print("\nLevers against the configured row, fold by fold:\n" + paired)

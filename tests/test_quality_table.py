@@ -149,3 +149,11 @@ def test_collected_sweeps_of_other_overrides_stay_apart(quality, tmp_path: Path,
         "| lymphoblast vs non-blast, all_idb2, balanced accuracy | model.loss.label_smoothing=0.1 | val/balanced_accuracy "
         "| -0.2000 +- 0.0000 (n=2) | 0 of 2 |")
     assert quality.paired_table([("cls_idb2", sweeps[:2], 0.0)]) == ""  # no variant, no pairs
+
+
+def test_no_ensemble_tabulates_without_running_evaluate(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = fake_sweep(tmp_path / "cls", "quality_cls_all_idb2", [{"val/balanced_accuracy": 0.9, "test/balanced_accuracy": 0.9}] * 2)
+    assert quality.main(["--collect", str(sweep), "--no-ensemble"]) == 0
+    assert not (sweep / "ensemble_test").exists()  # evaluate.py was not run
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| lymphoblast"))
+    assert "| 0.9000 +- 0.0000 (n=2) | n/a |" in line
