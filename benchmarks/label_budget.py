@@ -40,9 +40,11 @@ def source_preprocess(source: Path) -> list[str]:
     """The source model's input settings as overrides (its checkpoint's data_info), so that both starts
     see the pixels the source model was trained on (the combined data configs use CLAHE, the
     single-set ones do not)."""
-    import torch
+    sys.path.insert(0, str(ROOT))
+    # the project's checked loader: weights-only, stage and config targets checked
+    from lightning_modules.common import load_checkpoint
 
-    info = torch.load(source, map_location="cpu", weights_only=True)["hyper_parameters"]["data_info"]
+    info = load_checkpoint(str(source), "classification", key="init_from")["hyper_parameters"]["data_info"]
     return [f"data.preprocess.{k}={'null' if v is None else v}" for k, v in info["preprocess"].items()]
 
 

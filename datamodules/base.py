@@ -100,6 +100,7 @@ class WBCDataModule(L.LightningDataModule):
         if train_per_class is not None and (isinstance(train_per_class, bool) or not isinstance(train_per_class, int) or train_per_class < 1):
             raise ValueError(f"data.train_per_class must be a positive whole number of images or null, got {train_per_class!r}")
         self.train_per_class = train_per_class
+        self._budget_train: list[str] | None = None  # the drawn subset, drawn once (split_ids is called more than once)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -204,7 +205,9 @@ class WBCDataModule(L.LightningDataModule):
     def split_ids(self) -> dict[str, list[str]]:
         train, val, test = fold_ids(self.load_splits(), self.fold)
         if self.train_per_class is not None:
-            train = self._few_per_class(train)
+            if self._budget_train is None:
+                self._budget_train = self._few_per_class(train)
+            train = self._budget_train
         return {"train": train, "val": val, "test": test}
 
     def _few_per_class(self, train: list[str]) -> list[str]:
