@@ -101,8 +101,8 @@ def job_seconds(sweep: Path) -> float:
     return sum(spans) if spans else float("nan")
 
 
-# overrides every sweep of a row has, or that only say where and how it ran: not part of a variant
-ROW_KEYS = ("experiment", "data.fold", "seed", "hydra", "extras", "logger", "callbacks.rich_progress_bar", "tags", "resume", "ckpt_path")
+# overrides every sweep of a row has: not part of a variant (nor are wbc.rundir's neutral ones)
+ROW_KEYS = ("experiment", "data.fold", "seed", "hydra")
 
 
 def variant(sweep: Path) -> tuple[str, ...]:
@@ -111,11 +111,13 @@ def variant(sweep: Path) -> tuple[str, ...]:
     jobs = job_dirs(sweep)
     if not jobs:
         return ()
+    from wbc.rundir import is_neutral, override_key
+
     overrides = json.loads((jobs[0] / "job.json").read_text()).get("overrides") or []
 
     def is_row_key(override: str) -> bool:
-        name = override.split("=", 1)[0].lstrip("+~")
-        return any(name == k or name.startswith(k + ".") for k in ROW_KEYS)
+        name = override_key(override)
+        return is_neutral(override) or any(name == k or name.startswith(k + ".") for k in ROW_KEYS)
 
     return tuple(sorted(o for o in overrides if not is_row_key(o)))
 
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collect", nargs="*", default=None, help="finished sweep dirs to tabulate instead of training (row read from their config)")
     ap.add_argument("--no-ensemble", action="store_true", help="do not run evaluate.py for fold-ensemble test figures (cached ones are shown)")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # the project's modules (wbc.rundir, lightning_modules)
 
     results: list[tuple[str, list[Path], float]] = []
     if args.collect is not None:
@@ -370,7 +373,6 @@ def main(argv: list[str] | None = None) -> int:
             grouped.setdefault((key, variant(sweep)), []).append(sweep)
         results = [(k, v, sum(job_seconds(s) for s in v)) for (k, _), v in grouped.items()]
     else:
-        sys.path.insert(0, str(ROOT))
         from lightning_modules.pretrained import INSTALL_HINT, wheel_available
 
         if not wheel_available():  # every row's config uses the offline ImageNet weights
@@ -388,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     paired = paired_table(results)
     if paired:
         print("\nLevers against the configured row, fold by fold:\n" + paired)
-    sys.path.insert(0, str(ROOT))
     cal = calibration_table(results)
     if cal.count("\n") > 1:
         print("\nCalibration and review flags (issue 14):\n" + cal)
