@@ -91,6 +91,22 @@ def test_a_shared_cli_value_reaches_every_pipeline_stage(make_cfg, tmp_path: Pat
     assert cls.trainer.max_epochs == 3
 
 
+def test_the_segmentation_stage_schedule_has_its_own_cli_address(make_cfg, tmp_path: Path) -> None:
+    """`segmentation.trainer.max_epochs=4` (no `+`) sets the segmenter's epochs only; left unset
+    (null in conf/stage/pipeline.yaml) the stage follows the shared trainer.max_epochs."""
+    from wbc.cli.train import cli_keys
+    from wbc.stages import stage_config
+
+    plain = ["experiment=pipeline", "trainer.max_epochs=7"]
+    seg = stage_config(make_cfg(plain), "segmentation", tmp_path / "s", cli_keys(plain))
+    assert seg.trainer.max_epochs == 7 and seg.model.scheduler.T_max == 7
+    own = [*plain, "segmentation.trainer.max_epochs=4"]
+    cfg = make_cfg(own)
+    seg = stage_config(cfg, "segmentation", tmp_path / "s", cli_keys(own))
+    assert seg.trainer.max_epochs == 4 and seg.model.scheduler.T_max == 4
+    assert stage_config(cfg, "classification", tmp_path / "c", cli_keys(own)).trainer.max_epochs == 7
+
+
 def test_evaluate_a_single_classifier_run(make_cfg, run_training, make_eval_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(["experiment=classify"], output_dir=tmp_path / "cls")
     trained, _ = run_training(cfg)

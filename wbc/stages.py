@@ -91,6 +91,8 @@ def stage_config(cfg: DictConfig, name: str, output_dir: Path, cli_keys: Sequenc
         if OmegaConf.select(own_cfg, key, default=None) is not None and not OmegaConf.is_config(value):
             OmegaConf.update(own_cfg, key, value, force_add=True)
     own = OmegaConf.to_container(own_cfg, resolve=False)
+    if isinstance(own.get("trainer"), dict):  # a stage's trainer key left null follows the shared one
+        own["trainer"] = {k: v for k, v in own["trainer"].items() if v is not None}
     for other in (*STAGES, PIPELINE):
         base.pop(other, None)
     callbacks = own.get("callbacks")
