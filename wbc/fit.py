@@ -183,6 +183,7 @@ def init_from(cfg: DictConfig, model: L.LightningModule, stage: str) -> None:
     few annotated cells). A resumed run continues its own checkpoint instead, so both at once is an
     error; input settings that differ from the checkpoint's are logged, since the weights saw other pixels."""
     from lightning_modules.common import init_weights_from
+    from wbc.data.transforms import Preprocess
     from wbc.rundir import resolve_checkpoint
 
     if cfg.get("ckpt_path"):
@@ -191,7 +192,8 @@ def init_from(cfg: DictConfig, model: L.LightningModule, stage: str) -> None:
     path = resolve_checkpoint(cfg.init_from, stage, key="init_from")
     saved = init_weights_from(model, str(path), stage)
     own = model.hparams.get("data_info") or {}
-    differ = [f"{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in ("preprocess", "image_size", "crops") if saved.get(k) != own.get(k)]
+    differ = [f"{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in ("preprocess", "image_size", "crops")
+              if saved.get(k) != own.get(k) and not (k == "preprocess" and Preprocess.same(saved.get(k), own.get(k)))]
     log.info("init_from: fine-tuning from %s", path)
     if differ:
         log.warning("init_from: %s was trained with other input settings (%s)", path, "; ".join(differ))

@@ -45,6 +45,15 @@ class Preprocess:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def same(cls, a: Mapping | None, b: Mapping | None) -> bool:
+        """Whether two `data.preprocess` nodes do the same thing: a key a checkpoint predates (e.g.
+        `stain_norm`) counts as its default, so older checkpoints are not reported as different."""
+        try:
+            return cls.from_config(a) == cls.from_config(b)
+        except (TypeError, ValueError):
+            return a == b
+
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3

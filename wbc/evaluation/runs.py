@@ -62,9 +62,11 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
         data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(run_cfg).data, resolve=True))
         # a run dir is a file anyone can hand over: its data node is instantiated, so only allowlisted targets
         check_targets(data_cfg, str(Path(run_dir) / CONFIG), "data")
+    from wbc.data.transforms import Preprocess
+
     for key in ("image_size", "preprocess", "target"):
         if data_info and key in data_info and data_cfg.get(key) != data_info[key]:
-            if data is not None:
+            if data is not None and not (key == "preprocess" and Preprocess.same(data_cfg.get(key), data_info[key])):
                 log.warning("data.%s=%s differs from the checkpoint's %s: using the checkpoint's", key, data_cfg.get(key), data_info[key])
             with open_dict(data_cfg):
                 data_cfg[key] = data_info[key]
