@@ -175,3 +175,33 @@ def test_part_weights_set_each_part_share_of_an_epoch(two_parts):
     assert 0.68 < share < 0.82  # 3 : 1, whatever the parts' sizes
     with pytest.raises(ValueError, match="data.part_weights"):
         _dm(parts, part_weights={"lab9": 1.0})
+
+
+def test_evaluating_on_another_data_config_keeps_what_the_checkpoint_saw(caplog):
+    """`evaluate.py data=cross_cls_...` on a classifier trained with cell-unit crops
+    (data.crops.diameters=2.7, 128 px) used the data config's crops (96 px, fixed side) for the
+    ground-truth-crop score: 0.51 macro-F1 instead of 0.76 for a fine-tuned model. Preprocessing,
+    input size and the crops' geometry follow the checkpoint (one warning), augmentation stays the
+    config's; a key the checkpoint predates (stain_norm) is not reported as a difference."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from wbc.evaluation.runs import data_config
+
+    pre = {"grayscale": False, "clahe": True, "clip_limit": 2.0, "tile_grid": 8, "white_balance": False}
+    crops = {"size": 128, "image_size": 128, "mode": "single", "masked": False, "center": "bbox", "diameters": 2.7}
+    info = {"image_size": 128, "preprocess": pre, "crops": crops}
+    given = {"size": None, "image_size": 96, "mode": "single", "masked": False, "center": "bbox", "diameters": None,
+             "transforms": {"p": 0.5}}
+    data = OmegaConf.create({"image_size": 128, "preprocess": {**pre, "stain_norm": None}, "crops": given})
+    with caplog.at_level("WARNING"):
+        out = data_config(data, Path("."), info)
+    assert out.preprocess == pre and "data.preprocess" not in caplog.text
+    assert {k: out.crops[k] for k in crops} == crops and out.crops.transforms == {"p": 0.5}
+    assert "data.crops" in caplog.text and "'diameters': 2.7" in caplog.text
+    caplog.clear()
+    data = OmegaConf.create({"image_size": 128, "preprocess": {**pre, "clahe": False}, "crops": {**crops}})
+    with caplog.at_level("WARNING"):
+        assert data_config(data, Path("."), info).preprocess == pre
+    assert "data.preprocess=" in caplog.text and "data.crops" not in caplog.text

@@ -44,7 +44,7 @@ def is_pipeline_run(spec: Any) -> bool:
 
 def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | None) -> DictConfig:
     """The training run's data node (resolved in its own config), unless `data` is given. What the
-    network saw (image_size, preprocess, target) always follows the checkpoint."""
+    network saw (image_size, preprocess, target, the crops' geometry) always follows the checkpoint."""
     if data is not None:
         data_cfg = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
         # the DataModule kind (images or cell crops) follows the run: a pipeline run's stages share `data`
@@ -70,6 +70,16 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
                 log.warning("data.%s=%s differs from the checkpoint's %s: using the checkpoint's", key, data_cfg.get(key), data_info[key])
             with open_dict(data_cfg):
                 data_cfg[key] = data_info[key]
+    # the cell crops' geometry too (ROI side, diameters, centring, mask); their augmentation is training's
+    saved = dict((data_info or {}).get("crops") or {})
+    own = dict(data_cfg.get("crops") or {})
+    differ = {k: v for k, v in saved.items() if own.get(k) != v}
+    if differ:
+        if data is not None:
+            log.warning("data.crops %s differ from the checkpoint's %s: using the checkpoint's",
+                        {k: own.get(k) for k in differ}, differ)
+        with open_dict(data_cfg):
+            data_cfg["crops"] = {**own, **saved}
     return data_cfg
 
 
