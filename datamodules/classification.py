@@ -48,7 +48,10 @@ class CropDataset(SeededAugmentation, Dataset):
 
 
 class ClassificationDataModule(WBCDataModule):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, train_crop: int | None = None, **kwargs: Any) -> None:
+        if train_crop is not None:  # a segmentation setting: taking it silently would mean nothing
+            raise ValueError(f"data.train_crop={train_crop}: random patches are for segmentation training; "
+                             "a classifier's input is the cell crop (data.crops.size / diameters / image_size)")
         super().__init__(*args, **kwargs)
         transforms = self.crops_cfg.get("transforms")
         self.crop_spec = CropSpec.from_config(self.crops_cfg)

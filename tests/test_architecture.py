@@ -107,6 +107,19 @@ def test_the_segmentation_stage_schedule_has_its_own_cli_address(make_cfg, tmp_p
     assert stage_config(cfg, "classification", tmp_path / "c", cli_keys(own)).trainer.max_epochs == 7
 
 
+def test_train_crop_is_a_data_address_and_a_classifier_refuses_it(make_cfg) -> None:
+    """`data.train_crop=64` (no `+`) reaches the segmentation DataModule; a classifier, whose input is
+    the cell crop, refuses it instead of ignoring it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    dm = instantiate(make_cfg(["data.train_crop=32"]).data)
+    assert dm.train_crop == 32
+    assert instantiate(make_cfg().data).train_crop is None
+    with pytest.raises(InstantiationException, match=r"data\.train_crop=32: random patches are for segmentation"):
+        instantiate(make_cfg(["experiment=classify", "data.train_crop=32"]).data)
+
+
 def test_evaluate_a_single_classifier_run(make_cfg, run_training, make_eval_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(["experiment=classify"], output_dir=tmp_path / "cls")
     trained, _ = run_training(cfg)
