@@ -12,6 +12,7 @@ Headline metric names say their reduction:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,10 +55,18 @@ class PixelAUROC(BinaryAUROC):
         self.confmat += torch.stack([neg_row, pos_row], dim=1)
 
 
+def _dice() -> DiceScore:
+    """Per-image Dice of the nucleus class. torchmetrics warns about its future default even when
+    `average` is given, as here, so that one warning is muted at the construction only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="DiceScore metric currently defaults to `average=micro`")
+        return DiceScore(num_classes=2, include_background=False, average="micro", aggregation_level="samplewise", input_format="index")
+
+
 def seg_metrics() -> MetricCollection:
     return MetricCollection(
         {
-            "dice": DiceScore(num_classes=2, include_background=False, average="micro", aggregation_level="samplewise", input_format="index"),
+            "dice": _dice(),
             "iou": MeanIoU(num_classes=2, include_background=False, input_format="index"),
             "dice_dataset": BinaryF1Score(),
             "iou_dataset": BinaryJaccardIndex(),
