@@ -10,6 +10,7 @@ of means (MONAI/nnU-Net convention); an empty truth with any predicted nucleus s
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +34,10 @@ def case_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     p = torch.from_numpy(np.asarray(pred, dtype=np.int64))[None]
     t = torch.from_numpy(np.asarray(truth, dtype=np.int64))[None]
     kw = {"num_classes": 2, "include_background": False, "input_format": "index"}
-    return {
-        "dice": float(dice_score(p, t, average="micro", aggregation_level="samplewise", **kw)[0]),
-        "iou": float(mean_iou(p, t, **kw)[0]),
-    }
+    with warnings.catch_warnings():  # torchmetrics warns of its future default even with `average` given
+        warnings.filterwarnings("ignore", message="dice_score metric currently defaults to `average=micro`")
+        dice = float(dice_score(p, t, average="micro", aggregation_level="samplewise", **kw)[0])
+    return {"dice": dice, "iou": float(mean_iou(p, t, **kw)[0])}
 
 
 @torch.no_grad()
