@@ -9,6 +9,10 @@ and scores the target set's fold-0 validation part and its test split (ground-tr
     python benchmarks/cross_dataset.py --variants cells_reinhard          # the source models, if not run yet
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 5 10 20
     python benchmarks/label_budget.py --collect
+    # through the full pipeline: the held-out source's leave-one-dataset-out segmenter as is, and
+    # fine-tuned on the same K images per class (from that segmenter, or from ImageNet), each scored
+    # with the budget's classifier on the target's test split (evaluate.py segmenter=... classifier=...)
+    python benchmarks/label_budget.py --direction d2_to_d1 --budgets 10 --segmenter <quality_seg_lodo_d1 run>
 
 The source model is `benchmarks/cross_dataset.py`'s run of the same direction (`--source-variant`,
 default cells_reinhard), so the fine-tuning runs use its input settings. Needs ../shared/data (or
@@ -30,22 +34,36 @@ from cross_dataset import DIRECTIONS, VARIANTS, run_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = {"d1_to_d2": "segmentation_wbc_d2", "d2_to_d1": "segmentation_wbc_d1"}
+# the target set's in-domain segmentation recipe, which the segmenter is fine-tuned with
+SEG_EXPERIMENT = {"d1_to_d2": "quality_seg_d2", "d2_to_d1": "quality_seg_d1"}
 
 
 def out_dir(direction: str, variant: str, budget: int, start: str, seed: int) -> Path:
     return ROOT / "outputs" / "label_budget" / f"{direction}_{variant}_k{budget}_{start}_s{seed}"
 
 
-def source_preprocess(source: Path) -> list[str]:
+def seg_dir(direction: str, budget: int, start: str, seed: int) -> Path:
+    return ROOT / "outputs" / "label_budget_seg" / f"{direction}_k{budget}_{start}_s{seed}"
+
+
+def source_inputs(source: Path, stage: str = "classification") -> list[str]:
     """The source model's input settings as overrides (its checkpoint's data_info), so that both starts
     see the pixels the source model was trained on (the combined data configs use CLAHE, the
-    single-set ones do not)."""
-    sys.path.insert(0, str(ROOT))
+    single-set ones do not); a segmenter's input size too (the LODO recipe enlarges dataset1)."""
     # the project's checked loader: weights-only, stage and config targets checked
     from lightning_modules.common import load_checkpoint
 
-    info = load_checkpoint(str(source), "classification", key="init_from")["hyper_parameters"]["data_info"]
-    return [f"data.preprocess.{k}={'null' if v is None else v}" for k, v in info["preprocess"].items()]
+    info = load_checkpoint(str(source), stage, key="init_from")["hyper_parameters"]["data_info"]
+    out = [f"data.preprocess.{k}={'null' if v is None else v}" for k, v in info["preprocess"].items()]
+    return out + ([f"data.image_size={info['image_size']}"] if stage == "segmentation" else [])
+
+
+def timed(cmd: list[str], out: Path) -> None:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=False)
+    if out.is_dir():
+        (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
 
 
 def run(direction: str, variant: str, budget: int, start: str, seed: int) -> None:
@@ -56,14 +74,38 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int) -> Non
     if not source.is_file():
         raise SystemExit(f"{source}: no source model; run python benchmarks/cross_dataset.py --directions {direction} --variants {variant} --seed {seed}")
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", f"data.train_per_class={budget}",
-           f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_preprocess(source)]
+           f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
     if start == "source":
         cmd.append(f"init_from={source}")
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=False)
-    if out.is_dir():
-        (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+    timed(cmd, out)
+
+
+def run_segmenter(direction: str, budget: int, start: str, seed: int, segmenter: Path, epochs: int) -> Path:
+    """The held-out source's LODO segmenter fine-tuned on the K images per class the classifier got
+    (`data.train_per_class` draws the same images: same split seed), or the same recipe from ImageNet."""
+    from wbc.rundir import resolve_checkpoint, run_config
+
+    out = seg_dir(direction, budget, start, seed)
+    if (out / "metrics.json").is_file():
+        return out
+    ckpt = resolve_checkpoint(segmenter, "segmentation", key="--segmenter")
+    crop = (run_config(segmenter).get("data") or {}).get("train_crop")
+    cmd = [sys.executable, "train.py", f"experiment={SEG_EXPERIMENT[direction]}", f"data.train_per_class={budget}",
+           f"data.train_crop={'null' if crop is None else crop}", f"trainer.max_epochs={epochs}", f"seed={seed}",
+           f"hydra.run.dir={out}", "extras.print_config=false", *source_inputs(ckpt, "segmentation")]
+    if start == "source":
+        cmd.append(f"init_from={segmenter}")
+    timed(cmd, out)
+    return out
+
+
+def run_pipeline(direction: str, classifier: Path, segmenter: Path, tag: str) -> None:
+    """The classifier with a segmenter, end to end on the target's test split; `tag` names the segmenter."""
+    out = classifier / f"pipeline_{tag}"
+    if (out / "metrics.json").is_file() or not (classifier / "metrics.json").is_file():
+        return
+    timed([sys.executable, "evaluate.py", f"segmenter={segmenter}", f"classifier={classifier}", f"data=cross_cls_{direction}",
+           "data.holdout_split=test", "num_overlays=0", "extras.print_config=false", f"hydra.run.dir={out}"], out)
 
 
 def table() -> str:
@@ -84,6 +126,27 @@ def table() -> str:
     return "\n".join(lines)
 
 
+SEGMENTERS = {"lodo": "the other sources' (LODO), as is", "finetuned": "fine-tuned on the same cells"}
+
+
+def pipeline_table() -> str:
+    """Each budget's classifier through the full pipeline on the target's test split."""
+    lines = ["| train -> target | classifier start | cells per class | segmenter | Dice | detection recall | "
+             "cell macro-F1 | matched macro-F1 | GT-crop macro-F1 | time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m_path in sorted((ROOT / "outputs" / "label_budget").glob("*/pipeline_*/metrics.json")):
+        d, run = m_path.parent, m_path.parent.parent
+        direction, (_, k, start, _) = run.name[:8], run.name[9:].rsplit("_", 3)
+        m = json.loads(m_path.read_text())
+        secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
+        tag = d.name.removeprefix("pipeline_")
+        seg = SEGMENTERS.get(tag, tag) + (" (from ImageNet)" if tag == "finetuned" and start == "imagenet" else "")
+        lines.append(f"| {DIRECTIONS[direction]} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seg} | "
+                     + " | ".join(f"{m.get(key, float('nan')):.3f}" for key in (
+                         "pipeline/nucleus_dice", "pipeline/detection_recall", "pipeline/cell_macro_f1", "pipeline/macro_f1",
+                         "classification/test/macro_f1")) + f" | {secs} s |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--direction", default="d2_to_d1", choices=list(DIRECTIONS))
@@ -91,13 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="*", type=int, default=[5, 10, 20])
     ap.add_argument("--starts", nargs="*", default=["source", "imagenet"], choices=["source", "imagenet"])
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--segmenter", type=Path, help="the target's leave-one-dataset-out segmenter run (quality_seg_lodo_<target>): "
+                    "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells")
+    ap.add_argument("--seg-epochs", type=int, default=20, help="the segmenter's fine-tuning schedule (fixed, last epoch scored)")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # the project's packages (wbc, lightning_modules) for the checked loaders
     if not args.collect:
         for k in args.budgets:
             for start in args.starts:
                 run(args.direction, args.source_variant, k, start, args.seed)
+                if args.segmenter is not None:
+                    classifier = out_dir(args.direction, args.source_variant, k, start, args.seed)
+                    run_pipeline(args.direction, classifier, args.segmenter, "lodo")
+                    tuned = run_segmenter(args.direction, k, start, args.seed, args.segmenter, args.seg_epochs)
+                    if (tuned / "metrics.json").is_file():
+                        run_pipeline(args.direction, classifier, tuned, "finetuned")
     print(table())
+    print()
+    print(pipeline_table())
     return 0
 
 

@@ -58,3 +58,40 @@ def test_label_budget_table_reads_each_run(monkeypatch: pytest.MonkeyPatch, tmp_
     (run / "seconds.txt").write_text("419\n")
     assert label_budget.table().splitlines()[-1] == (
         "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 40 | 0.750 | 0.760 | 0.57 | 419 s |")
+
+
+def test_label_budget_pipeline_fine_tunes_the_segmenter_on_the_same_cells(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--segmenter: the LODO segmenter is fine-tuned with the target's in-domain recipe, its input size,
+    preprocessing and training patches, on data.train_per_class=K (the classifier's draw), and each
+    pipeline score is one table row naming its segmenter."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    lodo = tmp_path / "lodo"
+    (lodo / ".hydra").mkdir(parents=True)
+    (lodo / ".hydra" / "config.yaml").write_text("data:\n  train_crop: 128\n")
+    monkeypatch.setattr("wbc.rundir.resolve_checkpoint", lambda *a, **k: lodo / "last.ckpt")
+    monkeypatch.setattr(label_budget, "source_inputs", lambda ckpt, stage="classification": ["data.image_size=256"])
+    calls = []
+    monkeypatch.setattr(label_budget, "timed", lambda cmd, out: calls.append(cmd))
+    out = label_budget.run_segmenter("d2_to_d1", 10, "source", 42, lodo, 20)
+    cmd = " ".join(calls[0])
+    assert out == label_budget.seg_dir("d2_to_d1", 10, "source", 42)
+    for part in ("experiment=quality_seg_d1", "data.train_per_class=10", "data.train_crop=128", "trainer.max_epochs=20",
+                 "data.image_size=256", f"init_from={lodo}", f"hydra.run.dir={out}"):
+        assert part in cmd
+    label_budget.run_segmenter("d2_to_d1", 10, "imagenet", 42, lodo, 20)
+    assert "init_from" not in " ".join(calls[1])
+
+    run = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "source", 42)
+    for tag, recall in (("lodo", 0.72), ("finetuned", 1.0)):
+        (run / f"pipeline_{tag}").mkdir(parents=True)
+        (run / f"pipeline_{tag}" / "metrics.json").write_text(
+            f'{{"pipeline/nucleus_dice": 0.9, "pipeline/detection_recall": {recall}, "pipeline/cell_macro_f1": 0.5, '
+            '"pipeline/macro_f1": 0.6, "classification/test/macro_f1": 0.76}')
+    rows = label_budget.pipeline_table().splitlines()[2:]
+    assert rows == [
+        "| dataset2 -> dataset1 | other source | 10 | fine-tuned on the same cells | 0.900 | 1.000 | 0.500 | 0.600 | 0.760 | ? s |",
+        "| dataset2 -> dataset1 | other source | 10 | the other sources' (LODO), as is | 0.900 | 0.720 | 0.500 | 0.600 | 0.760 | ? s |",
+    ]
