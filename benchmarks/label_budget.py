@@ -109,8 +109,8 @@ def run_pipeline(direction: str, classifier: Path, segmenter: Path, tag: str) ->
 
 
 def table() -> str:
-    lines = ["| train -> target | input | start | cells per class | n train | val macro-F1 | test macro-F1 | test eos. recall | time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| train -> target | input | start | cells per class | seed | n train | val macro-F1 | test macro-F1 | test eos. recall | time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     runs = sorted((ROOT / "outputs" / "label_budget").glob("*/metrics.json"))
     for m_path in runs:
         d = m_path.parent
@@ -120,7 +120,7 @@ def table() -> str:
         log = (d / "cross_cls.log").read_text() if (d / "cross_cls.log").is_file() else ""
         kept = log.split("training images kept")[0].rsplit(": ", 1)[-1].split(" of ")[0] if "training images kept" in log else "?"
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
-        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {kept} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seed[1:]} | {kept} | "
                      f"{m.get('val/macro_f1', float('nan')):.3f} | {m.get('test/macro_f1', float('nan')):.3f} | "
                      f"{m.get('test/recall/eosinophil', float('nan')):.2f} | {secs} s |")
     return "\n".join(lines)
@@ -131,16 +131,16 @@ SEGMENTERS = {"lodo": "the other sources' (LODO), as is", "finetuned": "fine-tun
 
 def pipeline_table() -> str:
     """Each budget's classifier through the full pipeline on the target's test split."""
-    lines = ["| train -> target | classifier start | cells per class | segmenter | Dice | detection recall | "
-             "cell macro-F1 | matched macro-F1 | GT-crop macro-F1 | time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| train -> target | classifier start | cells per class | seed | segmenter | Dice | detection recall | "
+             "cell macro-F1 | matched macro-F1 | GT-crop macro-F1 | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m_path in sorted((ROOT / "outputs" / "label_budget").glob("*/pipeline_*/metrics.json")):
         d, run = m_path.parent, m_path.parent.parent
-        direction, (_, k, start, _) = run.name[:8], run.name[9:].rsplit("_", 3)
+        direction, (_, k, start, seed) = run.name[:8], run.name[9:].rsplit("_", 3)
         m = json.loads(m_path.read_text())
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
         tag = d.name.removeprefix("pipeline_")
         seg = SEGMENTERS.get(tag, tag) + (" (from ImageNet)" if tag == "finetuned" and start == "imagenet" else "")
-        lines.append(f"| {DIRECTIONS[direction]} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seg} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seed[1:]} | {seg} | "
                      + " | ".join(f"{m.get(key, float('nan')):.3f}" for key in (
                          "pipeline/nucleus_dice", "pipeline/detection_recall", "pipeline/cell_macro_f1", "pipeline/macro_f1",
                          "classification/test/macro_f1")) + f" | {secs} s |")

@@ -57,7 +57,7 @@ def test_label_budget_table_reads_each_run(monkeypatch: pytest.MonkeyPatch, tmp_
     (run / "cross_cls.log").write_text("[..][datamodules.base][INFO] - data.train_per_class=10: 40 of 168 training images kept (eosinophil 10, ...)\n")
     (run / "seconds.txt").write_text("419\n")
     assert label_budget.table().splitlines()[-1] == (
-        "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 40 | 0.750 | 0.760 | 0.57 | 419 s |")
+        "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 42 | 40 | 0.750 | 0.760 | 0.57 | 419 s |")
 
 
 def test_label_budget_pipeline_fine_tunes_the_segmenter_on_the_same_cells(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -92,6 +92,6 @@ def test_label_budget_pipeline_fine_tunes_the_segmenter_on_the_same_cells(monkey
             '"pipeline/macro_f1": 0.6, "classification/test/macro_f1": 0.76}')
     rows = label_budget.pipeline_table().splitlines()[2:]
     assert rows == [
-        "| dataset2 -> dataset1 | other source | 10 | fine-tuned on the same cells | 0.900 | 1.000 | 0.500 | 0.600 | 0.760 | ? s |",
-        "| dataset2 -> dataset1 | other source | 10 | the other sources' (LODO), as is | 0.900 | 0.720 | 0.500 | 0.600 | 0.760 | ? s |",
+        "| dataset2 -> dataset1 | other source | 10 | 42 | fine-tuned on the same cells | 0.900 | 1.000 | 0.500 | 0.600 | 0.760 | ? s |",
+        "| dataset2 -> dataset1 | other source | 10 | 42 | the other sources' (LODO), as is | 0.900 | 0.720 | 0.500 | 0.600 | 0.760 | ? s |",
     ]
