@@ -193,7 +193,7 @@ def init_from(cfg: DictConfig, model: L.LightningModule, stage: str) -> None:
     saved = init_weights_from(model, str(path), stage)
     own = model.hparams.get("data_info") or {}
     differ = [f"{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in ("preprocess", "image_size", "crops")
-              if saved.get(k) != own.get(k) and not (k == "preprocess" and Preprocess.same(saved.get(k), own.get(k)))]
+              if not Preprocess.same_setting(k, saved.get(k), own.get(k))]
     log.info("init_from: fine-tuning from %s", path)
     if differ:
         log.warning("init_from: %s was trained with other input settings (%s)", path, "; ".join(differ))

@@ -54,6 +54,12 @@ class Preprocess:
         except (TypeError, ValueError):
             return a == b
 
+    @classmethod
+    def same_setting(cls, key: str, a: object, b: object) -> bool:
+        """Whether a checkpoint's input setting (`data_info[key]`) matches another's: `preprocess`
+        through `same`, anything else as is. One comparison for evaluate's data check and init_from."""
+        return cls.same(a, b) if key == "preprocess" else a == b
+
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3

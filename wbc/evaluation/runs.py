@@ -66,7 +66,7 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
 
     for key in ("image_size", "preprocess", "target"):
         if data_info and key in data_info and data_cfg.get(key) != data_info[key]:
-            if data is not None and not (key == "preprocess" and Preprocess.same(data_cfg.get(key), data_info[key])):
+            if data is not None and not Preprocess.same_setting(key, data_cfg.get(key), data_info[key]):
                 log.warning("data.%s=%s differs from the checkpoint's %s: using the checkpoint's", key, data_cfg.get(key), data_info[key])
             with open_dict(data_cfg):
                 data_cfg[key] = data_info[key]
