@@ -66,6 +66,20 @@ def timed(cmd: list[str], out: Path) -> None:
         (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
 
 
+def finished(out: Path, made_from: Path) -> bool:
+    """Whether `out` already holds a finished run made from `made_from` (its record, `made_from.txt`);
+    one made from another segmenter is refused, never reused under the wrong name nor overwritten."""
+    record = out / "made_from.txt"
+    if not (out / "metrics.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{made_from.resolve()}\n")
+        return False
+    if record.is_file() and record.read_text().strip() != str(made_from.resolve()):
+        raise SystemExit(f"{out}: finished with {record.read_text().strip()}, not {made_from.resolve()}; "
+                         "move that directory away to score this one")
+    return True
+
+
 def run(direction: str, variant: str, budget: int, start: str, seed: int) -> None:
     out = out_dir(direction, variant, budget, start, seed)
     if (out / "metrics.json").is_file():
@@ -86,9 +100,9 @@ def run_segmenter(direction: str, budget: int, start: str, seed: int, segmenter:
     from wbc.rundir import resolve_checkpoint, run_config
 
     out = seg_dir(direction, budget, start, seed)
-    if (out / "metrics.json").is_file():
-        return out
     ckpt = resolve_checkpoint(segmenter, "segmentation", key="--segmenter")
+    if finished(out, ckpt):
+        return out
     crop = (run_config(segmenter).get("data") or {}).get("train_crop")
     cmd = [sys.executable, "train.py", f"experiment={SEG_EXPERIMENT[direction]}", f"data.train_per_class={budget}",
            f"data.train_crop={'null' if crop is None else crop}", f"trainer.max_epochs={epochs}", f"seed={seed}",
@@ -102,7 +116,7 @@ def run_segmenter(direction: str, budget: int, start: str, seed: int, segmenter:
 def run_pipeline(direction: str, classifier: Path, segmenter: Path, tag: str) -> None:
     """The classifier with a segmenter, end to end on the target's test split; `tag` names the segmenter."""
     out = classifier / f"pipeline_{tag}"
-    if (out / "metrics.json").is_file() or not (classifier / "metrics.json").is_file():
+    if not (classifier / "metrics.json").is_file() or finished(out, segmenter):
         return
     timed([sys.executable, "evaluate.py", f"segmenter={segmenter}", f"classifier={classifier}", f"data=cross_cls_{direction}",
            "data.holdout_split=test", "num_overlays=0", "extras.print_config=false", f"hydra.run.dir={out}"], out)

@@ -95,3 +95,23 @@ def test_label_budget_pipeline_fine_tunes_the_segmenter_on_the_same_cells(monkey
         "| dataset2 -> dataset1 | other source | 10 | 42 | fine-tuned on the same cells | 0.900 | 1.000 | 0.500 | 0.600 | 0.760 | ? s |",
         "| dataset2 -> dataset1 | other source | 10 | 42 | the other sources' (LODO), as is | 0.900 | 0.720 | 0.500 | 0.600 | 0.760 | ? s |",
     ]
+
+
+def test_label_budget_refuses_scores_made_with_another_segmenter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A finished pipeline score is reused only for the segmenter it was made with: a second --segmenter
+    run is refused (naming both), not given the first one's figures."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    classifier = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "source", 42)
+    classifier.mkdir(parents=True)
+    (classifier / "metrics.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(label_budget, "timed", lambda cmd, out: (calls.append(cmd), (out / "metrics.json").write_text("{}")))
+    first, second = tmp_path / "lodo_a", tmp_path / "lodo_b"
+    label_budget.run_pipeline("d2_to_d1", classifier, first, "lodo")
+    label_budget.run_pipeline("d2_to_d1", classifier, first, "lodo")
+    assert len(calls) == 1
+    with pytest.raises(SystemExit, match="lodo_a.*not.*lodo_b"):
+        label_budget.run_pipeline("d2_to_d1", classifier, second, "lodo")
