@@ -1,13 +1,12 @@
 """Cross-validation sweeps: `train.py -m data.fold=...` through the real CLI (sweep summary, resume,
-failed folds), an Optuna search, the CV/sweep configs, and wbc.cv's pure functions on fabricated
-run dirs. CLI runs use one intra-op thread (OMP_NUM_THREADS=1): on a shared 2-core box that is
+failed folds), an Optuna search, the CV/sweep configs (wbc.cv's pure functions: test_cv_summary.py).
+CLI runs use one intra-op thread (OMP_NUM_THREADS=1): on a shared 2-core box that is
 several times faster for these tiny models."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wbc import cv, cv_dashboards, rundir
+from wbc import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = (
@@ -271,122 +270,6 @@ def test_submitit_slurm_launcher_config() -> None:
     from hydra.utils import instantiate
 
     assert type(instantiate(launcher)).__name__ == "SlurmLauncher"  # builds without a cluster
-
-
-# ----------------------------------------------------------------------------- wbc.cv, pure
-def fake_run(sweep: Path, job: int, fold, metrics: dict | None = None, failed: str | None = None, overrides=(), cases=None, preds=None) -> Path:
-    run = sweep / str(job)
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"stage": "segmentation", "data": {"fold": fold}}), run / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create([f"data.fold={fold}", *overrides]), run / ".hydra" / "overrides.yaml")
-    if metrics is not None:
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    if failed is not None:
-        (run / "FAILED").write_text(failed)
-    if cases is not None:
-        (run / "val_eval").mkdir()
-        (run / "val_eval" / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
-    if preds is not None:
-        lines = ["sample_id,cell,true,pred,p_a,p_b"] + [f"{sid},1,{t},{'a' if pa >= 0.5 else 'b'},{pa},{1 - pa}" for sid, t, pa in preds]
-        (run / "val_predictions.csv").write_text("\n".join(lines) + "\n")
-    return run
-
-
-def case(i: str, dice, cls: str = "x") -> dict:
-    return {"id": i, "class_name": cls, "dice": dice, "iou": dice, "dice_raw": dice, "iou_raw": dice}
-
-
-def test_summary_statistics_failed_folds_and_pooled_oof(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    fake_run(sweep, 0, 0, {"val/dice": 0.5, "test/dice_post": 0.6, "train/loss": 1.0, "best_checkpoint": "x"}, cases=[case("a", 1.0), case("b", None)])
-    fake_run(sweep, 1, 1, {"val/dice": 0.7, "test/dice_post": None}, cases=[case("c", 0.0), case("d", 0.5, "y"), case("e", 0.5, "y")])
-    fake_run(sweep, 2, 2, {"val/dice": 0.9}, failed="RuntimeError: boom\n\ntraceback")
-    fake_run(sweep, 3, 3)  # killed: no metrics.json
-    s = cv.summarize_sweep(sweep)
-    assert s["kind"] == "cv" and s["folds"] == [0, 1] and s["failed_folds"] == [2, 3]
-    assert s["failed"][0]["reason"] == "RuntimeError: boom" and "no metrics.json" in s["failed"][1]["reason"]
-    assert s["mean"]["val/dice"] == pytest.approx(0.6) and s["std"]["val/dice"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert s["mean"]["test/dice_post"] == pytest.approx(0.6) and s["std"]["test/dice_post"] is None and s["n"]["test/dice_post"] == 1
-    assert "train/loss" not in s["mean"] and "best_checkpoint" not in s["mean"]
-    oof = s["oof"]["segmentation"]["metrics"]
-    assert oof["oof/val/dice_post"] == pytest.approx(np.mean([1.0, 0.0, 0.5, 0.5]))  # pooled cases, NaN left out
-    assert oof["oof/val/dice_post/y"] == pytest.approx(0.5) and oof["oof/val/dice_post/x"] == pytest.approx(0.5)
-    assert s["oof"]["segmentation"]["n_cases"] == 5
-    json_path, csv_path = cv.write_summary(s, sweep)
-    assert json_path.name == "cv_summary.json" and csv_path.name == "cv_summary.csv"
-    assert [r["job"] for r in csv_rows(csv_path)] == ["0", "1", "2", "3", "mean", "std", "oof"]
-    assert "RuntimeError" in cv.format_summary(s) or "FAILED folds: [2, 3]" in cv.format_summary(s)
-
-
-def test_classification_oof_is_rescored_on_pooled_crops(tmp_path: Path) -> None:
-    from wbc.evaluation.classification import classification_report
-
-    sweep = tmp_path / "sweep"
-    p0 = [("s1", "a", 0.9), ("s2", "b", 0.6)]
-    p1 = [("s3", "b", 0.2), ("s4", "a", 0.4), ("s5", "a", 0.8)]
-    fake_run(sweep, 0, 0, {"val/macro_f1": 0.5}, preds=p0)
-    fake_run(sweep, 1, 1, {"val/macro_f1": 0.5}, preds=p1)
-    s = cv.summarize_sweep(sweep)
-    pooled = p0 + p1
-    probs = np.asarray([[pa, 1 - pa] for _, _, pa in pooled], dtype=np.float32)
-    labels = np.asarray([0 if t == "a" else 1 for _, t, _ in pooled])
-    expected = classification_report(probs, labels, ["a", "b"], "oof/val")
-    got = s["oof"]["classification"]
-    assert got["n_crops"] == 5 and got["classes"] == ["a", "b"]
-    for key in ("oof/val/macro_f1", "oof/val/balanced_accuracy", "oof/val/accuracy"):
-        assert got["metrics"][key] == pytest.approx(expected[key]), key
-    assert cv.write_oof_tables(cv.read_sweep(sweep), sweep)[0].name == "cv_oof_predictions.csv"
-
-
-def test_settings_grouped_and_non_fold_sweeps_tabulated(tmp_path: Path) -> None:
-    sweep = tmp_path / "grid"
-    for job, (lr, fold, v) in enumerate([(0.1, 0, 0.5), (0.1, 1, 0.7), (0.01, 0, 0.2), (0.01, 1, 0.4)]):
-        fake_run(sweep, job, fold, {"val/dice": v}, overrides=[f"model.optimizer.lr={lr}", "resume=true"])
-    s = cv.summarize_sweep(sweep)
-    groups = {tuple(g["overrides"]): g for g in s["groups"]}
-    assert groups[("model.optimizer.lr=0.1",)]["mean"]["val/dice"] == pytest.approx(0.6)
-    assert groups[("model.optimizer.lr=0.01",)]["mean"]["val/dice"] == pytest.approx(0.3)
-    assert len(csv_rows(cv.write_summary(s, sweep)[1])) == 2 * (2 + 2)
-    trials = cv.summarize_jobs([cv.Job(str(i), tmp_path, "ok", overrides=[f"model.optimizer.lr={i}"], metrics={"val/dice": i / 10}) for i in range(3)])
-    assert trials["kind"] == "sweep" and trials["n_ok"] == 3 and "groups" not in trials
-
-
-def test_mean_std_edge_cases() -> None:
-    assert cv.mean_std([0.2, None, float("nan"), 0.4]) == {"mean": pytest.approx(0.3), "std": pytest.approx(math.sqrt(0.02)), "n": 2}
-    assert cv.mean_std([0.2]) == {"mean": 0.2, "std": None, "n": 1}
-    assert cv.mean_std([]) == {"mean": None, "std": None, "n": 0}
-
-
-def test_failure_marker_and_finished_metrics(tmp_path: Path) -> None:
-    try:
-        raise ValueError("data.fold=7 is out of range")
-    except ValueError as err:
-        rundir.write_failure(tmp_path, err)
-    assert (tmp_path / "FAILED").read_text().startswith("ValueError: data.fold=7 is out of range")
-    (tmp_path / "metrics.json").write_text(json.dumps({"val/dice_best": 0.4}))
-    assert rundir.finished_metrics(tmp_path) is None  # a FAILED marker wins
-    rundir.start_job(tmp_path, rundir.job_record(7, "segmentation", []))  # a new attempt forgets it
-    assert rundir.finished_metrics(tmp_path) == {"val/dice_best": 0.4}
-    assert rundir.returned_metric({"val/dice_best": 0.4}, "val/dice_best") == 0.4
-    assert rundir.returned_metric({}, "val/dice_best") is None
-
-
-def test_tensorboard_summary(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    fake_run(sweep, 0, 0, {"val/dice": 0.5}, cases=[case("a", 1.0)])
-    fake_run(sweep, 1, 1, {"val/dice": 0.7}, cases=[case("b", 0.0)])
-    out = cv_dashboards.log_tensorboard_summary(cv.summarize_sweep(sweep), tmp_path / "tb")
-    assert list(out.glob("events.out.tfevents.*"))
-
-
-def test_wandb_summary_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A short offline wandb run holding the CV table."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    sweep = tmp_path / "sweep"
-    fake_run(sweep, 0, 0, {"val/dice": 0.5})
-    fake_run(sweep, 1, 1, {"val/dice": 0.7})
-    run_dir = cv_dashboards.log_wandb_summary(cv.summarize_sweep(sweep), {"project": "wbc-test", "group": "g", "offline": True}, tmp_path)
-    assert list(Path(run_dir).rglob("cv_summary*.table.json"))
 
 
 # ----------------------------------------------------------------------------- other stages, dashboards, GPU
