@@ -30,9 +30,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
+from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
 from lightning_modules.mixing import MixOptions, mix_batch, mixed_loss
 from wbc.calibration import DEFAULT_COVERAGE, apply_temperature_torch, fit_temperature, review_threshold
+from wbc.tta import tta_count, tta_view
 
 # buffers fitted on validation data; checkpoints written before they existed load with these defaults
 CALIBRATION_BUFFERS = {"temperature": 1.0, "review_min_probability": 0.0}
@@ -81,7 +82,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         data_info: Mapping | None = None,
         stage: str = "classification",
         compile: bool = False,
-        tta: bool = False,
+        tta: bool | str = False,
         calibrate: bool = True,
         review_coverage: float = DEFAULT_COVERAGE,
         mixing: Mapping | None = None,
@@ -89,6 +90,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         super().__init__()
         net, loss, optimizer, scheduler, data_info, mixing = map(plain, (net, loss, optimizer, scheduler, data_info, mixing))
         self.save_hyperparameters()
+        tta_count(tta)
         self.mixing = MixOptions.from_config(mixing)
         self.classes = list((data_info or {}).get("classes") or [])
         if len(self.classes) < 2:
@@ -120,11 +122,11 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         return self.net(x)
 
     def views(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """V x B x n_classes uncalibrated softmax of each view: the image, and with `tta` its FLIP_DIMS."""
+        """V x B x n_classes uncalibrated softmax of each view: the image, and with `tta` its flips
+        (and transposes: `dihedral`)."""
         first = (self(x) if logits is None else logits).softmax(1)
-        if not self.hparams.get("tta"):
-            return first[None]
-        return torch.stack([first, *(self(x.flip(dims)).softmax(1) for dims in FLIP_DIMS)])
+        n = tta_count(self.hparams.get("tta"))
+        return torch.stack([first, *(self(tta_view(x, k)).softmax(1) for k in range(1, n))])
 
     def probabilities(self, x: torch.Tensor, logits: torch.Tensor | None = None, calibrated: bool = True) -> torch.Tensor:
         """Softmax (with `tta`, averaged over the views), then the fitted temperature. Validation,

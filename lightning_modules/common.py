@@ -13,10 +13,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wbc.targets import check_targets
 
-# the test-time-augmentation views (model.tta): the three flips besides the identity; a cell has no up
-# or left, and training flips and rotates too
-FLIP_DIMS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
-
 
 def plain(cfg: Any) -> Any:
     """DictConfig -> plain dict (resolved), so checkpoints hold only primitives (weights-only loadable)."""

@@ -29,8 +29,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
-from lightning_modules.common import FLIP_DIMS, BestValidationMetric, build, configure_optimizers, plain
+from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
 from wbc.postprocess import PostprocessParams
+from wbc.tta import tta_count, tta_unview, tta_view
 
 NUCLEUS_INDEX = 2  # class index of the nucleus in multiclass targets
 
@@ -107,11 +108,12 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         data_info: Mapping | None = None,
         stage: str = "segmentation",
         compile: bool = False,
-        tta: bool = False,
+        tta: bool | str = False,
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler, data_info = map(plain, (net, loss, optimizer, scheduler, data_info))
         self.save_hyperparameters()
+        tta_count(tta)
         self.net = build(net)
         self.criterion = build(loss)
         self.multiclass = (data_info or {}).get("target", "nucleus") == "multiclass"
@@ -136,15 +138,14 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
         return logits.sigmoid()
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Nucleus probability; with `tta`, the mean over the identity and FLIP_DIMS (each flipped back).
+        """Nucleus probability; with `tta`, the mean over the views (each mapped back onto the image).
         Used by full-resolution scoring, evaluate.py, the pipeline, predict.py and the ONNX
         export; the per-epoch network-size `val/dice` stays a single pass."""
         prob = self.nucleus_probability(self(x))
-        if not self.hparams.get("tta"):
-            return prob
-        for dims in FLIP_DIMS:
-            prob = prob + self.nucleus_probability(self(x.flip(dims))).flip(dims)
-        return prob / (1 + len(FLIP_DIMS))
+        n = tta_count(self.hparams.get("tta"))
+        for k in range(1, n):
+            prob = prob + tta_unview(self.nucleus_probability(self(tta_view(x, k))), k)
+        return prob / n
 
     @torch.no_grad()
     def predict_probability(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 pytest.importorskip("onnxruntime")
 
@@ -15,6 +16,7 @@ from tests.helpers_data import write_image  # noqa: E402
 from tests.helpers_models import compose_cfg, save_checkpoint, tiny_modules  # noqa: E402
 from wbc.cli import export  # noqa: E402
 from wbc.data.synthetic import SyntheticSpec, render_image  # noqa: E402
+from wbc.evaluation.runs import apply_tta  # noqa: E402
 from wbc.inference import CellPipeline  # noqa: E402
 from wbc.onnx_backend import OnnxClassifier, OnnxSegmenter, export_models, load_export, pipeline_from_export  # noqa: E402
 
@@ -127,30 +129,62 @@ def test_export_cli_arguments(tmp_path):
         export.export([f"run={tmp_path / 'nowhere'}"])
 
 
-def test_classifier_tta_is_flip_invariant_and_exported(tmp_path):
+ROT90 = (lambda t: t.rot90(1, (-2, -1)), lambda t: t.rot90(-1, (-2, -1)), lambda t: t.transpose(-2, -1))
+
+
+class OrientedProbe(torch.nn.Module):
+    """Logits that depend on where the pixels are: flips change them (the odd terms), and rows weigh
+    differently from columns, so a rotation by 90 degrees changes them even after flip-averaging."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = torch.linspace(-1, 1, x.shape[-2])[:, None]
+        c = torch.linspace(-1, 1, x.shape[-1])[None, :]
+        terms = (x * (r + r.abs()), x * (c + 2 * c.abs()), x)
+        return 10 * torch.stack([t.mean((1, 2, 3)) for t in terms], 1)
+
+
+@pytest.mark.parametrize("mode", ["true", "dihedral"])
+def test_classifier_tta_is_invariant_and_exported(tmp_path, mode):
     """classification.model.tta=true: probabilities averaged over the four flips, so a flipped crop gets the
-    same answer; the ONNX export carries the flips (eager and onnxruntime agree)."""
+    same answer; `dihedral` adds the transposes, so a crop rotated by 90 degrees does too. The ONNX export
+    carries the views (eager and onnxruntime agree)."""
     _, plain = tiny_modules(tmp_path / "plain", seed=2)
-    _, tta = tiny_modules(tmp_path / "tta", ["classification.model.tta=true"], seed=2)
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for flipped in (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)):
-        torch.testing.assert_close(tta.predict_proba(flipped), tta.predict_proba(x), atol=1e-5, rtol=0)
-    assert not torch.allclose(plain.predict_proba(x.flip(-1)), plain.predict_proba(x), atol=1e-5)
+    _, tta = tiny_modules(tmp_path / "tta", [f"classification.model.tta={mode}"], seed=2)
+    assert tta.predict_views(torch.rand(2, 3, 32, 32)).shape[0] == (8 if mode == "dihedral" else 4)
     seg, _ = tiny_modules(tmp_path / "seg", seed=2)
     export_models(seg, tta, tmp_path / "export")
     _, oclf = load_export(tmp_path / "export")
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(oclf.predict_proba(x).numpy(), tta.predict_proba(x).numpy(), atol=ATOL, rtol=0)
+    plain.net, tta.net = OrientedProbe(), OrientedProbe()
+    for flipped in (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)):
+        torch.testing.assert_close(tta.predict_proba(flipped), tta.predict_proba(x), atol=1e-6, rtol=0)
+    assert not torch.allclose(plain.predict_proba(x.flip(-1)), plain.predict_proba(x), atol=1e-3)
+    rotated_same = [torch.allclose(tta.predict_proba(rot(x)), tta.predict_proba(x), atol=1e-6) for rot in ROT90]
+    assert rotated_same == [mode == "dihedral"] * 3
 
 
-def test_segmenter_tta_is_flip_equivariant_and_exported(tmp_path):
+@pytest.mark.parametrize("mode", ["true", "dihedral"])
+def test_segmenter_tta_is_equivariant_and_exported(tmp_path, mode):
     """segmentation.model.tta=true: the nucleus probability of a flipped image is the flipped probability (the
-    mean over the four flips); the ONNX export carries it."""
-    seg, _ = tiny_modules(tmp_path / "m", ["segmentation.model.tta=true"], seed=3)
+    mean over the four flips); `dihedral`: of a rotated or transposed image (not square: H and W swap) the
+    rotated one. The ONNX export carries it."""
+    seg, _ = tiny_modules(tmp_path / "m", [f"segmentation.model.tta={mode}"], seed=3)
     plain, clf = tiny_modules(tmp_path / "p", seed=3)
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    x = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(4))
     for dims in ((-1,), (-2,), (-2, -1)):
         torch.testing.assert_close(seg.predict_probability(x.flip(dims)), seg.predict_probability(x).flip(dims), atol=1e-5, rtol=0)
+    rotated_same = [torch.allclose(seg.predict_probability(rot(x)), rot(seg.predict_probability(x)), atol=1e-5) for rot in ROT90]
+    assert rotated_same == [mode == "dihedral"] * 3
     assert not torch.allclose(plain.predict_probability(x.flip(-1)), plain.predict_probability(x).flip(-1), atol=1e-5)
+    x = x[..., :32]  # the export's input size
     export_models(seg, clf, tmp_path / "export")
     oseg, _ = load_export(tmp_path / "export")
     np.testing.assert_allclose(oseg.predict_probability(x).numpy(), seg.predict_probability(x).numpy(), atol=ATOL, rtol=0)
+
+
+def test_tta_setting_outside_the_choices_names_the_key(tmp_path):
+    with pytest.raises(InstantiationException, match=r"model.tta='sideways': expected true .*dihedral"):
+        tiny_modules(tmp_path, ["classification.model.tta=sideways"], seed=2)
+    with pytest.raises(ValueError, match=r"^tta=3: expected true"):
+        apply_tta([], 3)

@@ -28,6 +28,7 @@ from wbc.postprocess import PostprocessParams, checkpoint_postprocess
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
 from wbc.stages import PIPELINE, Stage, get_stage
 from wbc.targets import check_targets
+from wbc.tta import tta_count
 
 log = logging.getLogger("wbc")
 
@@ -83,11 +84,12 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
     return data_cfg
 
 
-def apply_tta(modules: list, tta: bool | None) -> None:
-    """`tta=true|false` overrides the checkpoints' own test-time-flip setting (None keeps it)."""
+def apply_tta(modules: list, tta: bool | str | None) -> None:
+    """`tta=true|false|dihedral` overrides the checkpoints' own test-time-augmentation setting (None keeps it)."""
     if tta is not None:
+        tta_count(tta, "tta")
         for m in modules:
-            m.hparams.tta = bool(tta)
+            m.hparams.tta = tta
 
 
 def evaluate_members(
