@@ -66,9 +66,10 @@ def timed(cmd: list[str], out: Path) -> None:
         (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
 
 
-def finished(out: Path, made_from: Path) -> bool:
-    """Whether `out` already holds a finished run made from `made_from` (its record, `made_from.txt`);
-    one made from another segmenter is refused, never reused under the wrong name nor overwritten."""
+def reuse_or_claim(out: Path, made_from: Path) -> bool:
+    """True when `out` already holds a finished run made from `made_from` (its record, `made_from.txt`);
+    one made from another segmenter is refused, never reused under the wrong name nor overwritten.
+    Otherwise `out` is claimed for the run about to start (the record written) and False returned."""
     record = out / "made_from.txt"
     if not (out / "metrics.json").is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def run_segmenter(direction: str, budget: int, start: str, seed: int, segmenter:
 
     out = seg_dir(direction, budget, start, seed)
     ckpt = resolve_checkpoint(segmenter, "segmentation", key="--segmenter")
-    if finished(out, ckpt):
+    if reuse_or_claim(out, ckpt):
         return out
     crop = (run_config(segmenter).get("data") or {}).get("train_crop")
     cmd = [sys.executable, "train.py", f"experiment={SEG_EXPERIMENT[direction]}", f"data.train_per_class={budget}",
@@ -116,7 +117,7 @@ def run_segmenter(direction: str, budget: int, start: str, seed: int, segmenter:
 def run_pipeline(direction: str, classifier: Path, segmenter: Path, tag: str) -> None:
     """The classifier with a segmenter, end to end on the target's test split; `tag` names the segmenter."""
     out = classifier / f"pipeline_{tag}"
-    if not (classifier / "metrics.json").is_file() or finished(out, segmenter):
+    if not (classifier / "metrics.json").is_file() or reuse_or_claim(out, segmenter):
         return
     timed([sys.executable, "evaluate.py", f"segmenter={segmenter}", f"classifier={classifier}", f"data=cross_cls_{direction}",
            "data.holdout_split=test", "num_overlays=0", "extras.print_config=false", f"hydra.run.dir={out}"], out)

@@ -8,15 +8,15 @@ import torch
 # the test-time-augmentation views (model.tta): `true` (or "flips") averages the identity and the three
 # flips; "dihedral" adds their four transposes (the 90 degree rotations and the two diagonal mirrors).
 # A cell has no up or left, and training flips and rotates too
-TTA_VIEWS: dict[object, int] = {False: 1, "none": 1, True: 4, "flips": 4, "dihedral": 8}
+TTA_VIEWS: dict[object, int] = {None: 1, False: 1, "none": 1, True: 4, "flips": 4, "dihedral": 8}
 
 
 def tta_count(tta: object, key: str = "model.tta") -> int:
     """How many views `tta` averages (1: none); any other value is one error naming the key."""
     if isinstance(tta, str):
         tta = tta.lower()
-    if tta is None or isinstance(tta, bool | str) and tta in TTA_VIEWS:
-        return TTA_VIEWS[tta] if tta is not None else 1
+    if (tta is None or isinstance(tta, bool | str)) and tta in TTA_VIEWS:  # not 0 / 1: True == 1
+        return TTA_VIEWS[tta]
     raise ValueError(f"{key}={tta!r}: expected true (the four flips), false, flips or dihedral (flips and transposes)")
 
 
