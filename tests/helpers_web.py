@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from lightning.fabric.utilities.data import AttributeDict
 
 from wbc.inference import CellPipeline
@@ -103,3 +104,8 @@ def tiff16(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     tifffile.imwrite(buf, arr.astype(np.uint16) * 257, photometric="rgb")
     return buf.getvalue()
+
+
+def upload(c: TestClient, data: bytes, name: str = "field.png", url: str = "/api/images"):
+    """POST one file as the page does (multipart, field `file`)."""
+    return c.post(url, files={"file": (name, data, "application/octet-stream")})

@@ -35,7 +35,6 @@ from wbc.data.imageio import read_rgb
 from wbc.data.manifest import ManifestError
 from wbc.data.splits import SplitError
 from wbc.inference import CellPipeline
-from wbc.io import atomic_write
 from wbc.predict_io import list_inputs, predict_images
 from wbc.rundir import resolve_checkpoint
 
@@ -400,22 +399,3 @@ def test_predict_config_has_the_limits(tmp_path):
 
     # max_pixels: null = the one default every reader applies (wbc.data.imageio)
     assert cfg.max_file_mb > 0 and cfg.max_pixels is None and DEFAULT_MAX_PIXELS >= 20_000_000 and cfg.onnx is None
-
-
-# --------------------------------------------------------------------------- nothing half-written
-
-
-def test_failing_writer_leaves_no_partial_file(tmp_path):
-    target = tmp_path / "out" / "predictions.json"
-
-    def half(p: Path) -> None:
-        p.write_text('{"cells": [')
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, half)
-    assert not target.exists() and list(target.parent.iterdir()) == []
-    atomic_write(target, lambda p: p.write_text("{}\n"))
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, half)
-    assert target.read_text() == "{}\n" and [p.name for p in target.parent.iterdir()] == ["predictions.json"]

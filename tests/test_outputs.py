@@ -240,3 +240,22 @@ def test_atomic_write_honours_the_umask(tmp_path: Path, umask: int) -> None:
     os.chmod(path, 0o640)  # an existing file keeps its mode, as with open()
     atomic_write(path, lambda p: p.write_text("{}\n"))
     assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "{}\n"
+
+
+# --------------------------------------------------------------------------- nothing half-written
+
+
+def test_failing_writer_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out" / "predictions.json"
+
+    def half(p: Path) -> None:
+        p.write_text('{"cells": [')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    atomic_write(target, lambda p: p.write_text("{}\n"))
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half)
+    assert target.read_text() == "{}\n" and [p.name for p in target.parent.iterdir()] == ["predictions.json"]

@@ -5,68 +5,30 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datamodules.segmentation import SegmentationDataModule
 from tests.helpers_data import make_csv_dataset
+from tests.helpers_splits import CLASS_SIZES, check_partition, class_dataset, grouped_dataset
 from wbc.data.splits import SplitError, fold_ids, load_or_make_splits, make_splits
-
-CLASS_SIZES = {0: 40, 1: 23, 2: 11, 3: 6}
-
-
-def _dataset(sizes=CLASS_SIZES):
-    ids, labels = [], []
-    for c, n in sizes.items():
-        for i in range(n):
-            ids.append(f"c{c}/img{i:03d}")
-            labels.append(c)
-    return ids, np.array(labels)
-
-
-def _grouped(n_groups: int = 16, per_group: int = 5, seed: int = 0):
-    """Patients with 5 images each; a patient's images share mostly one class."""
-    rng = np.random.default_rng(seed)
-    ids, labels, groups = [], [], []
-    for g in range(n_groups):
-        main = g % 3
-        for i in range(per_group):
-            ids.append(f"p{g:02d}_{i}")
-            labels.append(main if rng.random() < 0.8 else (main + 1) % 3)
-            groups.append(f"patient{g:02d}")
-    return ids, np.array(labels), groups
-
-
-def _check_partition(splits: dict, ids: list[str]) -> None:
-    test = set(splits["test"])
-    rest = set(ids) - test
-    vals = []
-    for fold in splits["folds"]:
-        train, val = set(fold["train"]), set(fold["val"])
-        assert not train & val and not train & test and not val & test
-        assert train | val | test == set(ids)
-        vals.append(val)
-    assert set().union(*vals) == rest  # every training image is validated exactly once
-    assert sum(len(v) for v in vals) == len(rest)
-
 
 # --------------------------------------------------------------------------- make_splits
 
 
 @pytest.mark.parametrize("k", [2, 5])
 def test_parts_are_disjoint_and_cover_all_ids(k):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     splits = make_splits(ids, labels, k=k, seed=0)
     assert len(splits["folds"]) == k
-    _check_partition(splits, ids)
+    check_partition(splits, ids)
     assert splits["meta"]["n_samples"] == len(ids) and splits["meta"]["k"] == k
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_test_split_is_stratified(seed):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     splits = make_splits(ids, labels, test_fraction=0.3, k=3, seed=seed)
     test = set(splits["test"])
     per_class = Counter(int(lab) for i, lab in zip(ids, labels) if i in test)
@@ -75,7 +37,7 @@ def test_test_split_is_stratified(seed):
 
 
 def test_folds_are_stratified():
-    ids, labels = _dataset({0: 50, 1: 25})
+    ids, labels = class_dataset({0: 50, 1: 25})
     splits = make_splits(ids, labels, k=5, seed=0)
     lab = dict(zip(ids, labels.tolist()))
     train_counts = Counter(lab[i] for i in set(ids) - set(splits["test"]))
@@ -86,10 +48,10 @@ def test_folds_are_stratified():
 
 
 def test_grouped_splits_never_put_a_group_on_two_sides():
-    ids, labels, groups = _grouped()
+    ids, labels, groups = grouped_dataset()
     group_of = dict(zip(ids, groups))
     splits = make_splits(ids, labels, groups, k=3, seed=0)
-    _check_partition(splits, ids)
+    check_partition(splits, ids)
     assert splits["meta"]["grouped"] is True
     test_groups = {group_of[i] for i in splits["test"]}
     assert 0 < len(splits["test"]) < len(ids)
@@ -102,13 +64,13 @@ def test_grouped_splits_never_put_a_group_on_two_sides():
 
 
 def test_grouped_test_share_is_roughly_the_fraction():
-    ids, labels, groups = _grouped(n_groups=30)
+    ids, labels, groups = grouped_dataset(n_groups=30)
     splits = make_splits(ids, labels, groups, test_fraction=0.3, k=3, seed=0)
     assert 0.2 <= len(splits["test"]) / len(ids) <= 0.4
 
 
 def test_same_seed_gives_identical_splits_and_other_seed_differs():
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     a = make_splits(ids, labels, k=5, seed=3)
     b = make_splits(list(ids), labels.copy(), k=5, seed=3)
     assert a == b
@@ -117,24 +79,24 @@ def test_same_seed_gives_identical_splits_and_other_seed_differs():
 
 
 def test_same_seed_identical_with_groups():
-    ids, labels, groups = _grouped()
+    ids, labels, groups = grouped_dataset()
     assert make_splits(ids, labels, groups, k=3, seed=2) == make_splits(ids, labels, groups, k=3, seed=2)
 
 
 def test_test_split_does_not_depend_on_k():
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     tests = {k: make_splits(ids, labels, k=k, seed=0)["test"] for k in (2, 3, 5)}
     assert tests[2] == tests[3] == tests[5]
 
 
 def test_grouped_test_split_does_not_depend_on_k():
-    ids, labels, groups = _grouped()
+    ids, labels, groups = grouped_dataset()
     tests = {k: make_splits(ids, labels, groups, k=k, seed=0)["test"] for k in (2, 3, 4)}
     assert tests[2] == tests[3] == tests[4]
 
 
 def test_test_split_does_not_depend_on_fold():
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     splits = make_splits(ids, labels, k=4, seed=0)
     tests = {tuple(fold_ids(splits, f)[2]) for f in range(4)}
     vals = [tuple(fold_ids(splits, f)[1]) for f in range(4)]
@@ -143,7 +105,7 @@ def test_test_split_does_not_depend_on_fold():
 
 
 def test_fold_ids_returns_that_fold():
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     splits = make_splits(ids, labels, k=3, seed=0)
     train, val, test = fold_ids(splits, 1)
     assert train == splits["folds"][1]["train"] and val == splits["folds"][1]["val"] and test == splits["test"]
@@ -152,7 +114,7 @@ def test_fold_ids_returns_that_fold():
 
 @pytest.mark.parametrize("fold", [3, 7, -1, "0", 1.0])
 def test_fold_out_of_range_names_data_fold(fold):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     splits = make_splits(ids, labels, k=3, seed=0)
     with pytest.raises(SplitError) as info:
         fold_ids(splits, fold)
@@ -160,43 +122,43 @@ def test_fold_out_of_range_names_data_fold(fold):
 
 
 def test_k_larger_than_training_images():
-    ids, labels = _dataset({0: 4, 1: 4})  # 6 training images after a 30 % test split
+    ids, labels = class_dataset({0: 4, 1: 4})  # 6 training images after a 30 % test split
     with pytest.raises(SplitError, match=r"data\.splits\.k=7 is larger than the number of training images \(5\)"):
         make_splits(ids, labels, k=7)
 
 
 def test_k_larger_than_training_groups():
-    ids, labels, groups = _grouped(n_groups=6)
+    ids, labels, groups = grouped_dataset(n_groups=6)
     with pytest.raises(SplitError, match=r"data\.splits\.k=6 is larger than the number of training groups"):
         make_splits(ids, labels, groups, k=6)
 
 
 def test_small_class_gives_a_note_not_a_crash():
-    ids, labels = _dataset({0: 30, 1: 4})  # class 1: 3 training images < k = 5
+    ids, labels = class_dataset({0: 30, 1: 4})  # class 1: 3 training images < k = 5
     splits = make_splits(ids, labels, k=5, seed=0)
     notes = splits["meta"]["notes"]
     assert len(notes) == 1
     assert "{1: 3}" in notes[0] and "fewer training images than k=5" in notes[0]
     assert "validation folds will not contain them" in notes[0]
-    _check_partition(splits, ids)
+    check_partition(splits, ids)
     lab = dict(zip(ids, labels.tolist()))
     folds_with_class1 = [f for f in splits["folds"] if any(lab[i] == 1 for i in f["val"])]
     assert len(folds_with_class1) == 3  # the 3 images are spread over 3 of the 5 folds
 
 
 def test_no_notes_when_every_class_is_large_enough():
-    ids, labels = _dataset({0: 30, 1: 30})
+    ids, labels = class_dataset({0: 30, 1: 30})
     assert make_splits(ids, labels, k=5)["meta"]["notes"] == []
 
 
 def test_every_class_smaller_than_k_is_a_clear_error():
-    ids, labels = _dataset({0: 4, 1: 4, 2: 4})  # 9 training images, at most 3 per class
+    ids, labels = class_dataset({0: 4, 1: 4, 2: 4})  # 9 training images, at most 3 per class
     with pytest.raises(SplitError, match=r"data\.splits\.k=4: every class has fewer training images than k"):
         make_splits(ids, labels, k=4)
 
 
 def test_class_with_one_image_and_no_groups_is_pooled_and_noted():
-    ids, labels = _dataset({0: 20, 1: 1, 2: 10})
+    ids, labels = class_dataset({0: 20, 1: 1, 2: 10})
     splits = make_splits(ids, labels, k=2)  # segmentation_wbc dataset1 has a single basophil
     notes = " ".join(splits["meta"]["notes"])
     assert "{1: 1}" in notes and "fewer than 2 images" in notes and "data.drop_classes" in notes
@@ -206,13 +168,13 @@ def test_class_with_one_image_and_no_groups_is_pooled_and_noted():
 
 
 def test_too_few_test_images_for_the_classes_is_a_clear_error():
-    ids, labels = _dataset({0: 2, 1: 2, 2: 2, 3: 2, 4: 2})  # 30 % of 10 = 3 test images < 5 classes
+    ids, labels = class_dataset({0: 2, 1: 2, 2: 2, 3: 2, 4: 2})  # 30 % of 10 = 3 test images < 5 classes
     with pytest.raises(SplitError, match=r"data\.splits\.test_fraction=0\.3"):
         make_splits(ids, labels, k=2)
 
 
 def test_too_few_groups_is_a_clear_error():
-    ids, labels = _dataset({0: 6, 1: 6})
+    ids, labels = class_dataset({0: 6, 1: 6})
     groups = ["a"] * 6 + ["b"] * 6
     with pytest.raises(SplitError, match=r"only 2 group\(s\).*data\.splits\.use_groups=false"):
         make_splits(ids, labels, groups, k=2)
@@ -220,7 +182,7 @@ def test_too_few_groups_is_a_clear_error():
 
 @pytest.mark.parametrize(("kw", "key"), [({"k": 1}, "data.splits.k"), ({"test_fraction": 1.0}, "data.splits.test_fraction")])
 def test_bad_settings_name_the_key(kw, key):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     with pytest.raises(SplitError, match=key.replace(".", r"\.")):
         make_splits(ids, labels, **kw)
 
@@ -234,7 +196,7 @@ def test_duplicate_ids_rejected():
 
 
 def test_persisted_file_is_written_then_reused(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     path = tmp_path / "sub" / "splits.json"
     first = load_or_make_splits(path, ids, labels, k=3, seed=0)
     assert path.is_file() and json.loads(path.read_text()) == first
@@ -248,7 +210,7 @@ def test_persisted_file_is_written_then_reused(tmp_path):
 
 def test_persisted_file_wins_over_recomputation(tmp_path):
     """A file made once is what every later run (and every fold job) sees."""
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     path = tmp_path / "splits.json"
     splits = make_splits(ids, labels, k=3, seed=0)
     splits["test"], splits["folds"][0]["val"] = splits["folds"][0]["val"], splits["test"]
@@ -260,7 +222,7 @@ def test_persisted_file_wins_over_recomputation(tmp_path):
 
 
 def test_changed_dataset_raises_clear_error(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     path = tmp_path / "splits.json"
     load_or_make_splits(path, ids, labels, k=3)
     with pytest.raises(SplitError) as info:
@@ -271,7 +233,7 @@ def test_changed_dataset_raises_clear_error(tmp_path):
 
 @pytest.mark.parametrize(("kw", "key"), [({"k": 5}, "k"), ({"seed": 1}, "seed"), ({"test_fraction": 0.2}, "test_fraction")])
 def test_persisted_file_with_other_settings_raises(tmp_path, kw, key):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     path = tmp_path / "splits.json"
     load_or_make_splits(path, ids, labels, k=3, seed=0, test_fraction=0.3)
     args = {"k": 3, "seed": 0, "test_fraction": 0.3, **kw}
@@ -281,7 +243,7 @@ def test_persisted_file_with_other_settings_raises(tmp_path, kw, key):
 
 def test_ungrouped_file_not_reused_when_groups_appear(tmp_path):
     """Reusing ungrouped splits once patient ids are known would leak patients across splits."""
-    ids, labels, groups = _grouped()
+    ids, labels, groups = grouped_dataset()
     path = tmp_path / "splits.json"
     load_or_make_splits(path, ids, labels, None, k=3)
     with pytest.raises(SplitError, match=r"grouped: file has False, asked for True"):
@@ -289,7 +251,7 @@ def test_ungrouped_file_not_reused_when_groups_appear(tmp_path):
 
 
 def test_corrupt_persisted_file(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     path = tmp_path / "splits.json"
     path.write_text('{"test": [')
     with pytest.raises(SplitError, match=r"corrupt splits file"):
@@ -297,7 +259,7 @@ def test_corrupt_persisted_file(tmp_path):
 
 
 def test_user_file_wins_and_is_not_rewritten(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     user = tmp_path / "mine.json"
     custom = {"test": ids[:5], "folds": [{"train": ids[5:40], "val": ids[40:]}, {"train": ids[40:], "val": ids[5:40]}]}
     user.write_text(json.dumps(custom))
@@ -311,7 +273,7 @@ def test_user_file_wins_and_is_not_rewritten(tmp_path):
 
 
 def test_user_file_with_unknown_id(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     user = tmp_path / "mine.json"
     user.write_text(json.dumps({"test": [*ids[:5], "ghost/img999"], "folds": [{"train": ids[5:30], "val": ids[30:]}]}))
     with pytest.raises(SplitError) as info:
@@ -321,7 +283,7 @@ def test_user_file_with_unknown_id(tmp_path):
 
 
 def test_user_file_with_overlap(tmp_path):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     user = tmp_path / "mine.json"
     user.write_text(json.dumps({"test": ids[:5], "folds": [{"train": ids[3:30], "val": ids[30:]}]}))
     with pytest.raises(SplitError, match=r"fold 0 overlaps"):
@@ -330,7 +292,7 @@ def test_user_file_with_overlap(tmp_path):
 
 @pytest.mark.parametrize(("content", "expected"), [(None, "not found"), ("[1, 2", "not valid JSON"), ("[]", "keys 'test' and 'folds'")])
 def test_user_file_problems_name_the_key(tmp_path, content, expected):
-    ids, labels = _dataset()
+    ids, labels = class_dataset()
     user = tmp_path / "mine.json"
     if content is not None:
         user.write_text(content)
@@ -373,51 +335,3 @@ def test_datamodule_user_splits_file(tmp_path):
     dm.setup("fit")
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [5, 1, 2]
     assert not list(root.glob("splits_*.json"))
-
-
-# --------------------------------------------------------------------------- duplicates kept on one side
-def test_duplicate_clusters_move_out_of_the_test_split_and_agree_in_every_fold(tmp_path):
-    from wbc.data.splits import group_duplicates
-
-    ids, labels = _dataset()
-    splits = make_splits(ids, labels, k=3, seed=0)
-    test = splits["test"]
-    train0 = splits["folds"][0]["train"]
-    val0 = splits["folds"][0]["val"]
-    clusters = [[test[0], train0[0]], [test[1], test[2]], [train0[1], val0[0]]]  # across test, wholly test, across folds
-    fixed = group_duplicates(splits, clusters)
-    _check_partition(fixed, ids)
-    assert test[0] not in fixed["test"] and test[1] in fixed["test"] and test[2] in fixed["test"]
-    for fold in fixed["folds"]:
-        for c in (clusters[0], clusters[2]):
-            assert len({("train" if m in fold["train"] else "val") for m in c}) == 1
-    assert fixed["meta"]["group_duplicates"] and {"id": test[0], "from": "test", "to": "train", "with": train0[0]} in fixed["meta"]["duplicates_moved"]
-    # persisted with the setting: a file made without it is refused when it is asked for, and vice versa
-    path = tmp_path / "s.json"
-    made = load_or_make_splits(path, ids, labels, k=3, seed=0, duplicates=lambda: clusters)
-    assert made["test"] == fixed["test"]
-    with pytest.raises(SplitError, match="group_duplicates"):
-        load_or_make_splits(path, ids, labels, k=3, seed=0)
-
-
-def test_datamodule_groups_a_planted_near_duplicate_across_the_test_split(tmp_path):
-    """A test image re-saved blurred as JPEG next to the training images: found and moved to training."""
-    import cv2
-
-    root = make_csv_dataset(tmp_path / "d", {"a": 12, "b": 12})
-    dm = SegmentationDataModule(root=str(root), layout="csv", classes=["a", "b"], image_size=32, splits={"dir": str(tmp_path / "s"), "k": 2})
-    test_id = dm.split_ids()["test"][0]
-    sample = next(s for s in dm.load_manifest().samples if s.id == test_id)
-    img = cv2.GaussianBlur(cv2.imread(str(sample.image)), (3, 3), 0.8)
-    cv2.imwrite(str(root / "images" / "copy.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    with open(root / "labels.csv", "a", newline="") as fh:
-        fh.write(f"images/copy.jpg,{Path(sample.mask).relative_to(root).as_posix()},{sample.class_name},\n")
-    plain = SegmentationDataModule(root=str(root), layout="csv", classes=["a", "b"], image_size=32, splits={"dir": str(tmp_path / "s2"), "k": 2})
-    grouped = SegmentationDataModule(root=str(root), layout="csv", classes=["a", "b"], image_size=32,
-                                     splits={"dir": str(tmp_path / "s2"), "k": 2, "group_duplicates": True})
-    assert grouped.splits_path() != plain.splits_path()
-    copy_id = next(s.id for s in grouped.load_manifest().samples if s.image.name == "copy.jpg")
-    meta = grouped.load_splits()["meta"]
-    assert any({copy_id, test_id} <= set(c) for c in meta["duplicate_clusters"])
-    ids = grouped.split_ids()
-    assert (copy_id in ids["test"]) == (test_id in ids["test"])

@@ -17,12 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from tests.helpers_data import png_header_only
-from tests.helpers_models import save_checkpoint
-from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, tiny_pair, web_pipeline
+from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, tiny_pair, upload, web_pipeline
 from wbc.web.app import Settings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,10 +45,6 @@ def client(clf):
 
 def make_client(clf, **settings) -> TestClient:
     return TestClient(create_app(web_pipeline(clf, settings.pop("delay_s", 0.0)), settings=Settings(**settings)))
-
-
-def upload(c: TestClient, data: bytes, name: str = "field.png", url: str = "/api/images"):
-    return c.post(url, files={"file": (name, data, "application/octet-stream")})
 
 
 def decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -311,44 +305,7 @@ def test_predict_writes_the_same_geojson_and_16bit_labels(clf, tmp_path: Path) -
     check_geojson(geo, labels, clf.hparams.data_info["classes"], table)
 
 
-# --------------------------------------------------------------------------- python serve.py: which model
-def fake_pipeline_run(run: Path, seg, clf, metrics: dict | None) -> Path:
-    for stage, module in (("segmentation", seg), ("classification", clf)):
-        save_checkpoint(module, run / stage / "checkpoints" / "last.ckpt")
-    if metrics is not None:
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    return run
-
-
-def test_serve_takes_the_newest_finished_run_or_says_how_to_train_one(modules, tmp_path: Path) -> None:
-    import socket
-
-    from tests.helpers_models import compose_cfg
-    from wbc.cli.serve import build_app, free_port, model_source
-
-    outputs = tmp_path / "outputs"
-    cfg = compose_cfg("serve.yaml", [], outputs)
-    with pytest.raises(SystemExit, match=r"no trained pipeline under .*; train one with `python train\.py experiment=pipeline`"):
-        model_source(cfg)
-    runs = outputs / "pipeline" / "runs"
-    fake_pipeline_run(runs / "2026-01-01_10-00-00_000000", *modules, {"test/dice_post": 0.5})
-    newest = fake_pipeline_run(runs / "2026-02-01_10-00-00_000000", *modules, {"test/dice_post": 0.93, "pipeline/macro_f1": 0.81})
-    fake_pipeline_run(runs / "2026-03-01_10-00-00_000000", *modules, None)  # still training: no metrics.json
-    app, source = build_app(cfg)
-    assert source == str(newest)
-    with TestClient(app) as c:
-        m = c.get("/api/model").json()
-        assert (m["source"], m["kind"]) == (str(newest), "pipeline run") and m["trained"]
-        assert {f["key"]: f["value"] for f in m["test_figures"]} == {"test/dice_post": 0.93, "pipeline/macro_f1": 0.81}
-        assert upload(c, png(field()), url="/api/predict").json()["status"] == "classified"
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
-            free_port("127.0.0.1", port)
-    assert free_port("127.0.0.1", None) >= 8765
-
-
+# --------------------------------------------------------------------------- cell outlines
 def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
     """Random ragged 8-connected blobs (one-pixel necks, diagonal touches, single pixels): every
     outline the GeoJSON gets is valid and covers its cell's pixel centres."""
@@ -370,36 +327,3 @@ def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
             assert all(geom.buffer(0.51).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs))
             n += 1
     assert n > 250
-
-
-def test_serve_adapts_to_the_labs_images_once_and_says_so(modules, tmp_path: Path) -> None:
-    from tests.helpers_models import compose_cfg
-    from wbc.adaptation import batchnorm_layers
-    from wbc.cli.serve import build_app
-
-    run = fake_pipeline_run(tmp_path / "run", *modules, {"test/dice_post": 0.9})
-    lab = tmp_path / "lab"
-    lab.mkdir()
-    for i in range(3):
-        (lab / f"field_{i}.png").write_bytes(png(field(seed=i)))
-    (lab / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # skipped, as predict.py skips it
-    for overrides, message in ((["adapt_bn=classifier"], r"adapt_bn=classifier needs adapt_on=<a folder"),
-                               ([f"adapt_on={lab}"], r"adapt_on=.* is set but adapt_bn=false")):
-        with pytest.raises(SystemExit, match=message):
-            build_app(compose_cfg("serve.yaml", [f"run={run}", *overrides], tmp_path / "o"))
-    saved = torch.load(run / "classification" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    app, _ = build_app(compose_cfg("serve.yaml", [f"run={run}", "adapt_bn=classifier", f"adapt_on={lab}"], tmp_path / "o"))
-    with TestClient(app) as c:
-        m = c.get("/api/model").json()
-        assert m["adapted"] == {"models": ["classifier"], "images": 3, "folder": str(lab)}
-        assert upload(c, png(field()), url="/api/predict").json()["status"] == "classified"
-        # the served classifier normalises with the lab's statistics, not the checkpoint's
-        served = c.app.state.engine.pipe.classifier
-        layer = batchnorm_layers(served)[0]
-        name = next(k for k, v in served.named_buffers() if v is layer.running_mean)
-        assert not torch.allclose(saved[name], layer.running_mean)
-    app_plain, _ = build_app(compose_cfg("serve.yaml", [f"run={run}"], tmp_path / "o"))
-    with TestClient(app_plain) as c:
-        assert c.get("/api/model").json()["adapted"] is None
-        served = c.app.state.engine.pipe.classifier
-        assert torch.equal(saved[name], batchnorm_layers(served)[0].running_mean)
