@@ -44,6 +44,7 @@ class Row:
     metric: str  # test metric in each fold's metrics.json
     target: float
     label: str
+    per_part: bool = False  # trained on several sets (data=combined): print each set's figures too
     reference: str | None = None  # pipeline row: the ground-truth-crop figure it is compared with
     # which figure the target judges: the CV validation mean (in-domain rows) or the test split
     # (leave-one-dataset-out / cross-dataset rows: only the held-out set says how a model travels)
@@ -72,7 +73,8 @@ ROWS = {
     "seg_lodo_idb2": Row("quality_seg_lodo_all_idb2", "test/dice_post", 0.951, "nucleus Dice, LODO: all_idb2 by a segmenter of dataset1 + dataset2", judged_on="test"),
     # one segmenter for all three sets (a lever for the in-domain targets): reported per set from each
     # fold's per-image Dice (`--collect` prints the parts), the pooled figure is the three sets' mean
-    "seg_combined": Row("quality_seg_combined", "test/dice_post", 0.975, "nucleus Dice, one segmenter for dataset1 + dataset2 + all_idb2"),
+    "seg_combined": Row("quality_seg_combined", "test/dice_post", 0.975, "nucleus Dice, one segmenter for dataset1 + dataset2 + all_idb2",
+                         per_part=True),
     "cls_idb2_scratch": Row("quality_cls_all_idb2_scratch", "test/balanced_accuracy", 0.98, "lymphoblast vs non-blast, all_idb2, same network without pretraining"),
     "cross_pipe_d1_d2": Row("quality_cross_pipeline_d1_to_d2", "pipeline/cell_macro_f1", 0.795,
                             "4-class cell macro-F1 (missed cells count), trained on dataset1, full pipeline on dataset2",
@@ -224,6 +226,10 @@ def table(results: list[tuple[str, list[Path], float]], ensembles: bool = True) 
     return "\n".join(lines)
 
 
+def _fold(job: Path) -> int:
+    return int(json.loads((job / "job.json").read_text()).get("fold") or 0)
+
+
 def job_metrics(sweep: Path) -> dict[tuple[str, object], dict]:
     """A sweep's finished jobs by (training seed, fold): what a paired comparison matches on."""
     out = {}
@@ -264,27 +270,6 @@ def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
                       "|---|---|---|---|---|", *lines])
 
 
-def _calibrated_oof(sweep: Path) -> tuple[list[list[float]], list[int], list[int], list[float]] | None:
-    """Every fold's validation crops (val_predictions.csv, calibrated by that fold's temperature),
-    their labels, fold index, and each fold's temperature (test_calibration.json)."""
-    import csv
-
-    probs, labels, fold_of, temps = [], [], [], []
-    for d in job_dirs(sweep):
-        oof, cal = d / "val_predictions.csv", d / "test_calibration.json"
-        if not (oof.is_file() and cal.is_file()):
-            continue
-        temps.append(float(json.loads(cal.read_text())["calibration"].get("temperature", 1.0)))
-        with open(oof, newline="") as fh:
-            reader = csv.DictReader(fh)
-            classes = [h[2:] for h in reader.fieldnames or [] if h.startswith("p_")]
-            for r in reader:
-                probs.append([float(r[f"p_{c}"]) for c in classes])
-                labels.append(classes.index(r["true"]))
-                fold_of.append(len(temps) - 1)
-    return (probs, labels, fold_of, temps) if probs else None
-
-
 def calibration_table(results: list[tuple[str, list[Path], float]]) -> str:
     """Issue 14's figures for the classification rows: ECE (15 bins, bootstrap 95 %), NLL, Brier
     before / after temperature scaling on the pooled out-of-fold crops -- in-sample (each fold's
@@ -293,6 +278,7 @@ def calibration_table(results: list[tuple[str, list[Path], float]]) -> str:
     models, mean; fold ensemble); then the review flags: share flagged by the models' thresholds,
     error of the kept vs all cells, error at 90 % coverage, AURC."""
     import numpy as np
+    from quality_calibration import calibrated_oof
 
     from wbc.calibration import (
         apply_temperature,
@@ -323,7 +309,7 @@ def calibration_table(results: list[tuple[str, list[Path], float]]) -> str:
         if ROWS[key].reference is not None or "cls" not in key:
             continue
         for sweep in sweeps:
-            got = _calibrated_oof(sweep)
+            got = calibrated_oof(job_dirs(sweep))
             if got is None:
                 continue
             probs, labels, fold_of, temps = got
@@ -393,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     paired = paired_table(results)
     if paired:
         print("\nLevers against the configured row, fold by fold:\n" + paired)
+    from quality_parts import parts_table
+
+    for key, sweeps, _ in (r for r in results if ROWS[r[0]].per_part):
+        print("\nPer set:\n" + parts_table(row_label(key, sweeps), [j for s in sweeps for j in sorted(job_dirs(s), key=_fold)]))
     cal = calibration_table(results)
     if cal.count("\n") > 1:
         print("\nCalibration and review flags (issue 14):\n" + cal)

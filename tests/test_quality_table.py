@@ -157,3 +157,23 @@ def test_no_ensemble_tabulates_without_running_evaluate(quality, tmp_path: Path,
     assert not (sweep / "ensemble_test").exists()  # evaluate.py was not run
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| lymphoblast"))
     assert "| 0.9000 +- 0.0000 (n=2) | n/a |" in line
+
+
+def test_combined_segmenter_is_reported_per_set(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One segmenter for three sets: each set's CV and test figure is the mean of its own images'
+    Dice (ids `<part>/<id>`), not the pooled mean that metrics.json holds."""
+    sweep = fake_sweep(tmp_path / "comb", "quality_seg_combined", [{"val/dice_post": 0.5, "test/dice_post": 0.5}] * 2)
+    for fold, (d1, d2) in enumerate([(0.96, 0.98), (0.97, 0.99)]):
+        for split, shift in (("val", 0.0), ("test", -0.01)):
+            cases = [{"id": f"segmentation_wbc_d1/dataset1/{i}", "dice": d1 + shift} for i in range(3)]
+            cases += [{"id": "segmentation_wbc_d2/dataset2/7", "dice": d2 + shift}, {"id": "segmentation_wbc_d2/dataset2/8", "dice": float("nan")}]
+            (sweep / str(fold) / f"{split}_eval").mkdir()
+            (sweep / str(fold) / f"{split}_eval" / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    (sweep / "ensemble_test").mkdir()
+    (sweep / "ensemble_test" / "metrics.json").write_text("{}")
+    assert quality.main(["--collect", str(sweep)]) == 0
+    out = capsys.readouterr().out.split("Per set:")[1].splitlines()
+    d1 = next(x for x in out if x.startswith("| segmentation_wbc_d1 "))
+    d2 = next(x for x in out if x.startswith("| segmentation_wbc_d2 "))
+    assert "| 0.9600 / 0.9700 | 0.9650 +- 0.0071 (n=2) | 0.9550 +- 0.0071 (n=2) |" in d1
+    assert "| 0.9800 / 0.9900 | 0.9850" in d2  # the NaN image (both masks empty) left out
