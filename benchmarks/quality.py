@@ -10,7 +10,8 @@ The pipeline row compares classification through predicted masks with ground-tru
 Issue 16's rows: leave-one-dataset-out segmentation (`seg_lodo_*`: trained on two sets, Dice on the
 third's test split), the full pipeline across segmentation_wbc sources (`cross_pipe_*`: trained on one,
 scored on the other's test split), both judged on that held-out test split; the pretraining ablation
-(`cls_idb2_scratch`); and the 4-class row's eosinophil recall on the pooled out-of-fold crops.
+(`cls_idb2_scratch`); the 4-class row's eosinophil recall on the pooled out-of-fold crops; and one
+segmenter for all three sets (`seg_combined`), printed per set.
 
     python benchmarks/quality.py                              # every row, 5 folds (hours on 2 CPU cores)
     python benchmarks/quality.py --rows seg_d1 --folds 0 --extra trainer.max_epochs=20
