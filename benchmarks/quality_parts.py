@@ -9,6 +9,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,16 +27,9 @@ def part_means(job: Path, split: str) -> dict[str, float]:
     return {part: statistics.mean(v) for part, v in sorted(by_part.items())}
 
 
-def _fmt(vals: list[float]) -> str:
-    if not vals:
-        return "n/a"
-    spread = f" +- {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
-    return f"{statistics.mean(vals):.4f}{spread} (n={len(vals)})"
-
-
-def parts_table(label: str, jobs: list[Path]) -> str:
+def parts_table(label: str, jobs: list[Path], fmt: Callable[[list[float]], str]) -> str:
     """One line per set: its validation Dice fold by fold (jobs in fold order), their mean, and the
-    fold models' mean on its test split."""
+    fold models' mean on its test split (`fmt`: how quality.py writes mean +- std)."""
     val: dict[str, list[float]] = defaultdict(list)
     test: dict[str, list[float]] = defaultdict(list)
     for job in jobs:
@@ -46,5 +40,5 @@ def parts_table(label: str, jobs: list[Path]) -> str:
     lines = [f"| {label}: set | CV validation, fold by fold | CV validation, mean | test, fold models |", "|---|---|---|---|"]
     for part in sorted(val.keys() | test.keys()):
         folds = " / ".join(f"{v:.4f}" for v in val[part]) or "n/a"
-        lines.append(f"| {part} | {folds} | {_fmt(val[part])} | {_fmt(test[part])} |")
+        lines.append(f"| {part} | {folds} | {fmt(val[part])} | {fmt(test[part])} |")
     return "\n".join(lines) if len(lines) > 2 else ""
