@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     from quality_parts import parts_table
 
     for key, sweeps, _ in (r for r in results if ROWS[r[0]].per_part):
-        print("\nPer set:\n" + parts_table(row_label(key, sweeps), [j for s in sweeps for j in sorted(job_dirs(s), key=_fold)], summarize))
+        print("\nPer set:\n" + parts_table(row_label(key, sweeps), sorted((j for s in sweeps for j in job_dirs(s)), key=_fold), summarize))
     cal = calibration_table(results)
     if cal.count("\n") > 1:
         print("\nCalibration and review flags (issue 14):\n" + cal)
