@@ -177,3 +177,19 @@ def test_combined_segmenter_is_reported_per_set(quality, tmp_path: Path, capsys:
     d2 = next(x for x in out if x.startswith("| segmentation_wbc_d2 "))
     assert "| 0.9600 / 0.9700 | 0.9650 +- 0.0071 (n=2) | 0.9550 +- 0.0071 (n=2) |" in d1
     assert "| 0.9800 / 0.9900 | 0.9850" in d2  # the NaN image (both masks empty) left out
+
+
+def test_per_set_folds_are_in_fold_order_across_sweeps(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Folds trained in separate sweeps (one `--folds k` each) are listed by fold, not by the order
+    the sweeps were named on the command line: a paired comparison reads them position by position."""
+    sweeps = []
+    for fold, dice in ((2, 0.92), (0, 0.90), (1, 0.91)):
+        sweep = fake_sweep(tmp_path / f"comb{fold}", "quality_seg_combined", [{"val/dice_post": dice}])
+        (sweep / "0" / "job.json").write_text(json.dumps({"fold": fold}))
+        (sweep / "0" / "val_eval").mkdir()
+        case = {"id": "segmentation_wbc_d2/dataset2/1", "dice": dice}
+        (sweep / "0" / "val_eval" / "summary.json").write_text(json.dumps({"metric_per_case": [case]}))
+        sweeps.append(str(sweep))
+    assert quality.main(["--no-ensemble", "--collect", *sweeps]) == 0
+    line = next(x for x in capsys.readouterr().out.split("Per set:")[1].splitlines() if x.startswith("| segmentation_wbc_d2 "))
+    assert "| 0.9000 / 0.9100 / 0.9200 |" in line
