@@ -27,9 +27,10 @@ def part_means(job: Path, split: str) -> dict[str, float]:
     return {part: statistics.mean(v) for part, v in sorted(by_part.items())}
 
 
-def parts_table(label: str, jobs: list[Path], fmt: Callable[[list[float]], str]) -> str:
-    """One line per set: its validation Dice fold by fold (jobs in fold order), their mean, and the
-    fold models' mean on its test split (`fmt`: how quality.py writes mean +- std)."""
+def parts_table(label: str, jobs: list[Path], fmt: Callable[[list[float]], str], targets: dict[str, float] | None = None) -> str:
+    """One line per set: its validation Dice fold by fold (jobs in fold order), their mean against the
+    set's own target (`targets`, by set name; a combined model is judged per set, as each set's own
+    row is), and the fold models' mean on its test split (`fmt`: how quality.py writes mean +- std)."""
     val: dict[str, list[float]] = defaultdict(list)
     test: dict[str, list[float]] = defaultdict(list)
     for job in jobs:
@@ -40,5 +41,7 @@ def parts_table(label: str, jobs: list[Path], fmt: Callable[[list[float]], str])
     lines = [f"| {label}: set | CV validation, fold by fold | CV validation, mean | test, fold models |", "|---|---|---|---|"]
     for part in sorted(val.keys() | test.keys()):
         folds = " / ".join(f"{v:.4f}" for v in val[part]) or "n/a"
-        lines.append(f"| {part} | {folds} | {fmt(val[part])} | {fmt(test[part])} |")
+        target = (targets or {}).get(part)
+        verdict = "" if target is None or not val[part] else f" [>= {target}: {'meets' if statistics.mean(val[part]) >= target else 'below'}]"
+        lines.append(f"| {part} | {folds} | {fmt(val[part])}{verdict} | {fmt(test[part])} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -175,8 +175,8 @@ def test_combined_segmenter_is_reported_per_set(quality, tmp_path: Path, capsys:
     out = capsys.readouterr().out.split("Per set:")[1].splitlines()
     d1 = next(x for x in out if x.startswith("| segmentation_wbc_d1 "))
     d2 = next(x for x in out if x.startswith("| segmentation_wbc_d2 "))
-    assert "| 0.9600 / 0.9700 | 0.9650 +- 0.0071 (n=2) | 0.9550 +- 0.0071 (n=2) |" in d1
-    assert "| 0.9800 / 0.9900 | 0.9850" in d2  # the NaN image (both masks empty) left out
+    assert "| 0.9600 / 0.9700 | 0.9650 +- 0.0071 (n=2) [>= 0.975: below] | 0.9550 +- 0.0071 (n=2) |" in d1
+    assert "| 0.9800 / 0.9900 | 0.9850 +- 0.0071 (n=2) [>= 0.98: meets] |" in d2  # the NaN image (both masks empty) left out
 
 
 def test_per_set_folds_are_in_fold_order_across_sweeps(quality, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
