@@ -10,7 +10,7 @@ The pipeline row compares classification through predicted masks with ground-tru
 Issue 16's rows: leave-one-dataset-out segmentation (`seg_lodo_*`: trained on two sets, Dice on the
 third's test split), the full pipeline across segmentation_wbc sources (`cross_pipe_*`: trained on one,
 scored on the other's test split), both judged on that held-out test split; the pretraining ablation
-(`cls_idb2_scratch`); the 4-class row's eosinophil recall on the pooled out-of-fold crops; and one
+(`cls_idb2_scratch`, `cls_wbc_scratch`); the 4-class row's eosinophil recall on the pooled out-of-fold crops; and one
 segmenter for all three sets (`seg_combined`), printed per set.
 
     python benchmarks/quality.py                              # every row, 5 folds (hours on 2 CPU cores)
@@ -47,8 +47,7 @@ class Row:
     label: str
     per_part: bool = False  # trained on several sets (data=combined): print each set's figures too
     reference: str | None = None  # pipeline row: the ground-truth-crop figure it is compared with
-    # which figure the target judges: the CV validation mean (in-domain rows) or the test split
-    # (leave-one-dataset-out / cross-dataset rows: only the held-out set says how a model travels)
+    # what the target judges: the CV validation mean (in-domain) or the test split (LODO / cross-dataset: the held-out set)
     judged_on: str = "val"
     # further targets judged on the pooled out-of-fold crops: (validation metric, target, label)
     oof_targets: tuple[tuple[str, float, str], ...] = ()
@@ -82,6 +81,7 @@ ROWS = {
     "seg_combined": Row("quality_seg_combined", "test/dice_post", 0.975, "nucleus Dice, one segmenter for dataset1 + dataset2 + all_idb2",
                          per_part=True, part_targets=tuple(DICE_TARGETS.items())),
     "cls_idb2_scratch": Row("quality_cls_all_idb2_scratch", "test/balanced_accuracy", 0.98, "lymphoblast vs non-blast, all_idb2, same network without pretraining"),
+    "cls_wbc_scratch": Row("quality_cls_wbc_scratch", "test/macro_f1", 0.93, "4-class macro-F1, segmentation_wbc, same network without pretraining"),
     "cross_pipe_d1_d2": Row("quality_cross_pipeline_d1_to_d2", "pipeline/cell_macro_f1", 0.795,
                             "4-class cell macro-F1 (missed cells count), trained on dataset1, full pipeline on dataset2",
                             reference="classification/test/macro_f1", judged_on="test"),

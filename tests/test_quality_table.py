@@ -193,3 +193,14 @@ def test_per_set_folds_are_in_fold_order_across_sweeps(quality, tmp_path: Path, 
     assert quality.main(["--no-ensemble", "--collect", *sweeps]) == 0
     line = next(x for x in capsys.readouterr().out.split("Per set:")[1].splitlines() if x.startswith("| segmentation_wbc_d2 "))
     assert "| 0.9000 / 0.9100 / 0.9200 |" in line
+
+
+def test_every_row_is_a_configured_experiment_of_its_own_task(quality, tmp_path: Path) -> None:
+    """Each row composes, and its task_name is the experiment's name: `--collect` finds a sweep's row by it."""
+    from helpers_models import compose_cfg
+
+    for key, row in quality.ROWS.items():
+        cfg = compose_cfg("train", [f"experiment={row.experiment}"], tmp_path / key)
+        assert cfg.task_name == row.experiment, key
+    scratch = compose_cfg("train", ["experiment=quality_cls_wbc_scratch"], tmp_path / "s")
+    assert scratch.model.net.pretrained is False and scratch.data.crops.image_size == 160
