@@ -1,0 +1,107 @@
+"""CV figure of an ensemble of finished classifier runs (training seeds, machines, levers) fold by fold.
+
+The persisted split does not depend on the training seed, so every run of fold k scored the same
+validation crops: averaging their class probabilities (`val_predictions.csv`) gives the ensemble's
+out-of-fold prediction for fold k, a CV figure to decide on, next to the members' own. The test
+figure averages every member's `test_predictions.csv` (all folds' models: the fold ensemble of all runs).
+
+    python benchmarks/seed_ensemble.py outputs/quality/cls_wbc_s42_<ts> outputs/quality/cls_wbc_s43_<ts>
+
+Each argument is a run dir (job.json + val_predictions.csv, as train.py writes) or a sweep dir
+holding such run dirs. Prints macro-F1 per fold (members' mean and the ensemble), the CV mean ± std,
+the pooled out-of-fold macro-F1 and recall per class. No training, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score, recall_score
+
+Predictions = dict[tuple[str, str], tuple[str, np.ndarray]]  # (sample_id, cell) -> (true, probabilities)
+
+
+def run_dirs(paths: list[Path]) -> list[Path]:
+    """The run dirs named, or held one level down by the sweep dirs named."""
+    found = []
+    for p in paths:
+        runs = [p] if (p / "job.json").is_file() else sorted(d for d in p.iterdir() if (d / "job.json").is_file())
+        if not runs:
+            raise SystemExit(f"{p}: no job.json there or in its subfolders; expected a train.py run or sweep dir")
+        found += runs
+    return found
+
+
+def read_predictions(path: Path) -> tuple[list[str], Predictions]:
+    """Classes (from the p_<class> columns) and each crop's true label and probabilities."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        if not classes or not {"sample_id", "cell", "true"} <= set(reader.fieldnames or []):
+            raise SystemExit(f"{path}: expected columns sample_id, cell, true and p_<class>, found {reader.fieldnames}")
+        rows = {(r["sample_id"], r["cell"]): (r["true"], np.array([float(r["p_" + c]) for c in classes])) for r in reader}
+    return classes, rows
+
+
+def average(files: list[Path], why: str = "runs of one fold must share its split") -> tuple[list[str], list[str], list[str]]:
+    """(classes, true labels, ensemble predictions) over the crops every file scored (all the same crops)."""
+    read = [read_predictions(f) for f in files]
+    classes, first = read[0]
+    for f, (cls, rows) in zip(files[1:], read[1:]):
+        if cls != classes or rows.keys() != first.keys():
+            raise SystemExit(f"{f}: not the same classes and crops as {files[0]}; {why}")
+    keys = sorted(first)
+    mean = [np.mean([rows[k][1] for _, rows in read], axis=0) for k in keys]
+    return classes, [first[k][0] for k in keys], [classes[int(np.argmax(p))] for p in mean]
+
+
+def macro_f1(true: list[str], pred: list[str], classes: list[str]) -> float:
+    present = [c for c in classes if c in true]
+    return float(f1_score(true, pred, labels=present, average="macro", zero_division=0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", type=Path, help="run or sweep dirs of classifier runs")
+    args = ap.parse_args(argv)
+    by_fold: dict[int, list[Path]] = defaultdict(list)
+    for run in run_dirs(args.paths):
+        by_fold[int(json.loads((run / "job.json").read_text())["fold"])].append(run)
+    sizes = {f: len(r) for f, r in by_fold.items()}
+    if len(set(sizes.values())) != 1:
+        raise SystemExit(f"every fold needs the same number of runs; found {dict(sorted(sizes.items()))}")
+    pooled_true: list[str] = []
+    pooled_pred: list[str] = []
+    members_cv, ensemble_cv = [], []
+    print("| fold | runs | members' macro-F1 (mean) | ensemble macro-F1 |\n|---|---|---|---|")
+    for fold in sorted(by_fold):
+        files = [r / "val_predictions.csv" for r in by_fold[fold]]
+        classes, true, pred = average(files)
+        own = [macro_f1(*average([f])[1:], classes) for f in files]
+        members_cv.append(statistics.mean(own))
+        ensemble_cv.append(macro_f1(true, pred, classes))
+        pooled_true += true
+        pooled_pred += pred
+        print(f"| {fold} | {len(files)} | {members_cv[-1]:.3f} ({' / '.join(f'{x:.3f}' for x in own)}) | {ensemble_cv[-1]:.3f} |")
+    sd = statistics.stdev(ensemble_cv) if len(ensemble_cv) > 1 else 0.0
+    print(f"\nCV macro-F1: members {statistics.mean(members_cv):.3f}, ensemble {statistics.mean(ensemble_cv):.3f} ± {sd:.3f}"
+          f"; pooled out-of-fold {macro_f1(pooled_true, pooled_pred, classes):.3f}")
+    recall = recall_score(pooled_true, pooled_pred, labels=classes, average=None, zero_division=0)
+    counts = {c: (sum(t == c == p for t, p in zip(pooled_true, pooled_pred)), pooled_true.count(c)) for c in classes}
+    print("pooled recall: " + ", ".join(f"{c} {r:.2f} ({counts[c][0]}/{counts[c][1]})" for c, r in zip(classes, recall)))
+    tests = [r / "test_predictions.csv" for runs in by_fold.values() for r in runs]
+    if all(t.is_file() for t in tests):
+        classes, true, pred = average(tests, "every model must have scored the same test split")
+        print(f"test macro-F1, all {len(tests)} models averaged: {macro_f1(true, pred, classes):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
