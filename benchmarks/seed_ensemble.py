@@ -15,7 +15,6 @@ the pooled out-of-fold macro-F1 and recall per class. No training, seconds.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import f1_score, recall_score
+
+from wbc.evaluation.classification import read_predictions_csv
 
 Predictions = dict[tuple[str, str], tuple[str, np.ndarray]]  # (sample_id, cell) -> (true, probabilities)
 
@@ -41,13 +42,10 @@ def run_dirs(paths: list[Path]) -> list[Path]:
 
 def read_predictions(path: Path) -> tuple[list[str], Predictions]:
     """Classes (from the p_<class> columns) and each crop's true label and probabilities."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        if not classes or not {"sample_id", "cell", "true"} <= set(reader.fieldnames or []):
-            raise SystemExit(f"{path}: expected columns sample_id, cell, true and p_<class>, found {reader.fieldnames}")
-        rows = {(r["sample_id"], r["cell"]): (r["true"], np.array([float(r["p_" + c]) for c in classes])) for r in reader}
-    return classes, rows
+    classes, rows = read_predictions_csv(path)
+    if not classes or not rows or not {"sample_id", "cell", "true"} <= rows[0].keys():
+        raise SystemExit(f"{path}: expected rows with sample_id, cell, true and p_<class> columns (as train.py writes them)")
+    return classes, {(r["sample_id"], r["cell"]): (r["true"], np.array([float(r[f"p_{c}"]) for c in classes])) for r in rows}
 
 
 def average(files: list[Path], why: str = "runs of one fold must share its split") -> tuple[list[str], list[str], list[str]]:
