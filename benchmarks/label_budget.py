@@ -4,10 +4,14 @@ A lab whose smears differ from ours annotates a few cells per class and fine-tun
 4-class recipe (`experiment=cross_cls`: Lite0, 30 epochs, last epoch scored) on at most K images per
 class of the target set's fold-0 training part (`data.train_per_class=K`, drawn with the split seed),
 either from ImageNet weights or from a model trained on the other source (`init_from=<its run>`),
-and scores the target set's fold-0 validation part and its test split (ground-truth crops).
+and scores the target set's fold-0 validation part and its test split (ground-truth crops). Start
+`pseudo` needs no annotation: the other source's model, fine-tuned on the K training images per class
+it is surest of, labelled with its own calls after AdaBN on the target (`data.pseudo_labels`, from
+`cross_dataset.py --adapt-bn`'s predictions on the target's development part).
 
     python benchmarks/cross_dataset.py --variants cells_reinhard          # the source models, if not run yet
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 5 10 20
+    python benchmarks/label_budget.py --direction d2_to_d1 --budgets 10 20 --starts pseudo   # self-training
     python benchmarks/label_budget.py --collect
     # through the full pipeline: the held-out source's leave-one-dataset-out segmenter as is, and
     # fine-tuned on the same K images per class (from that segmenter, or from ImageNet), each scored
@@ -88,9 +92,16 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int) -> Non
     source = run_dir(direction, variant, "dev", seed) / "checkpoints" / "last.ckpt"
     if not source.is_file():
         raise SystemExit(f"{source}: no source model; run python benchmarks/cross_dataset.py --directions {direction} --variants {variant} --seed {seed}")
-    cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", f"data.train_per_class={budget}",
+    labels = f"data.train_per_class={budget}"
+    if start == "pseudo":  # the source model's own calls after AdaBN on the target's images: no annotation
+        calls = run_dir(direction, variant, "dev", seed, "adabn") / "test_predictions.csv"
+        if not calls.is_file():
+            raise SystemExit(f"{calls}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
+                             f"--variants {variant} --seed {seed} --adapt-bn")
+        labels = f"data.pseudo_labels={{file:'{calls}',per_class:{budget}}}"
+    cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", labels,
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
-    if start == "source":
+    if start in ("source", "pseudo"):
         cmd.append(f"init_from={source}")
     timed(cmd, out)
 
@@ -135,12 +146,13 @@ def table() -> str:
         log = (d / "cross_cls.log").read_text() if (d / "cross_cls.log").is_file() else ""
         kept = log.split("training images kept")[0].rsplit(": ", 1)[-1].split(" of ")[0] if "training images kept" in log else "?"
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
-        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seed[1:]} | {kept} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {START_NAMES[start]} | {k[1:]} | {seed[1:]} | {kept} | "
                      f"{m.get('val/macro_f1', float('nan')):.3f} | {m.get('test/macro_f1', float('nan')):.3f} | "
                      f"{m.get('test/recall/eosinophil', float('nan')):.2f} | {secs} s |")
     return "\n".join(lines)
 
 
+START_NAMES = {"source": "other source", "imagenet": "ImageNet", "pseudo": "other source, its own labels (none annotated)"}
 SEGMENTERS = {"lodo": "the other sources' (LODO), as is", "finetuned": "fine-tuned on the same cells"}
 
 
@@ -155,7 +167,7 @@ def pipeline_table() -> str:
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
         tag = d.name.removeprefix("pipeline_")
         seg = SEGMENTERS.get(tag, tag) + (" (from ImageNet)" if tag == "finetuned" and start == "imagenet" else "")
-        lines.append(f"| {DIRECTIONS[direction]} | {'other source' if start == 'source' else 'ImageNet'} | {k[1:]} | {seed[1:]} | {seg} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {START_NAMES[start]} | {k[1:]} | {seed[1:]} | {seg} | "
                      + " | ".join(f"{m.get(key, float('nan')):.3f}" for key in (
                          "pipeline/nucleus_dice", "pipeline/detection_recall", "pipeline/cell_macro_f1", "pipeline/macro_f1",
                          "classification/test/macro_f1")) + f" | {secs} s |")
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--direction", default="d2_to_d1", choices=list(DIRECTIONS))
     ap.add_argument("--source-variant", default="cells_reinhard", choices=list(VARIANTS))
     ap.add_argument("--budgets", nargs="*", type=int, default=[5, 10, 20])
-    ap.add_argument("--starts", nargs="*", default=["source", "imagenet"], choices=["source", "imagenet"])
+    ap.add_argument("--starts", nargs="*", default=["source", "imagenet"], choices=list(START_NAMES))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--segmenter", type=Path, help="the target's leave-one-dataset-out segmenter run (quality_seg_lodo_<target>): "
                     "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells")

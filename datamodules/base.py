@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class WBCDataModule(L.LightningDataModule):
         splits: Mapping | None = None,
         fold: int = 0,
         train_per_class: int | None = None,
+        pseudo_labels: Mapping | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -101,6 +102,12 @@ class WBCDataModule(L.LightningDataModule):
             raise ValueError(f"data.train_per_class must be a positive whole number of images or null, got {train_per_class!r}")
         self.train_per_class = train_per_class
         self._budget_train: list[str] | None = None  # the drawn subset, drawn once (split_ids is called more than once)
+        # self-training (wbc.data.pseudo_labels): {file: a predictions CSV, per_class: K}; labels the model's own
+        self.pseudo_cfg = dict(pseudo_labels or {})
+        if self.pseudo_cfg and (set(self.pseudo_cfg) != {"file", "per_class"} or train_per_class is not None):
+            raise ValueError("data.pseudo_labels must be {file: <predictions CSV>, per_class: <K>} and not set together with "
+                             f"data.train_per_class, got {self.pseudo_cfg!r} (train_per_class={train_per_class!r})")
+        self._pseudo: dict[str, str] | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -208,6 +215,14 @@ class WBCDataModule(L.LightningDataModule):
             if self._budget_train is None:
                 self._budget_train = self._few_per_class(train)
             train = self._budget_train
+        if self.pseudo_cfg:
+            if self._pseudo is None:
+                from wbc.data.pseudo_labels import load_pseudo_labels
+
+                self._pseudo = load_pseudo_labels(self.pseudo_cfg["file"], train, self.load_manifest().classes, self.pseudo_cfg["per_class"])
+                log.info("data.pseudo_labels: %d of %d training images kept, labelled by %s (%s)", len(self._pseudo), len(train),
+                         self.pseudo_cfg["file"], ", ".join(f"{c} {list(self._pseudo.values()).count(c)}" for c in self.load_manifest().classes))
+            train = [sid for sid in train if sid in self._pseudo]
         return {"train": train, "val": val, "test": test}
 
     def _few_per_class(self, train: list[str]) -> list[str]:
@@ -255,7 +270,11 @@ class WBCDataModule(L.LightningDataModule):
         ids = self.split_ids()
         self.cached(ids["train"] + ids["val"] + ids["test"])  # validate everything up front, one error
         for split, split_ids in ids.items():
-            self.datasets[split] = self.make_dataset(split, self.cached(split_ids))
+            items = self.cached(split_ids)
+            if split == "train" and self._pseudo is not None:  # the model's labels, not the manifest's
+                index = {c: i for i, c in enumerate(self.load_manifest().classes)}
+                items = [replace(it, label=index[self._pseudo[it.sample.id]]) for it in items]
+            self.datasets[split] = self.make_dataset(split, items)
 
     def make_dataset(self, split: str, items: list[CachedSample]) -> Dataset:  # pragma: no cover - abstract
         raise NotImplementedError

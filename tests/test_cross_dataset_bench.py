@@ -115,3 +115,41 @@ def test_label_budget_refuses_scores_made_with_another_segmenter(monkeypatch: py
     assert len(calls) == 1
     with pytest.raises(SystemExit, match="lodo_a.*not.*lodo_b"):
         label_budget.run_pipeline("d2_to_d1", classifier, second, "lodo")
+
+
+def test_label_budget_pseudo_start_fine_tunes_on_the_source_models_own_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cross_dataset
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    monkeypatch.setattr(cross_dataset, "ROOT", tmp_path)
+    monkeypatch.setattr(label_budget, "source_inputs", lambda ckpt, stage="classification": ["data.preprocess.stain_norm=reinhard"])
+    calls = []
+    monkeypatch.setattr(label_budget, "timed", lambda cmd, out: calls.append(cmd))
+    source = cross_dataset.run_dir("d2_to_d1", "cells_reinhard", "dev", 42) / "checkpoints" / "last.ckpt"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"no AdaBN predictions; run .*--adapt-bn"):
+        label_budget.run("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
+    preds = cross_dataset.run_dir("d2_to_d1", "cells_reinhard", "dev", 42, "adabn") / "test_predictions.csv"
+    preds.parent.mkdir(parents=True)
+    preds.write_text("sample_id,cell,true,pred,p_neutrophil\n")
+    label_budget.run("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
+    assert f"data.pseudo_labels={{file:'{preds}',per_class:10}}" in calls[0] and f"init_from={source}" in calls[0]
+    assert not any(c.startswith("data.train_per_class") for c in calls[0])  # the labels are the model's, not a budget's
+
+    run = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"val/macro_f1": 0.5, "test/macro_f1": 0.55, "test/recall/eosinophil": 0.25}')
+    (run / "cross_cls.log").write_text("[..] - data.pseudo_labels: 31 of 168 training images kept, labelled by x.csv (eosinophil 1, ...)\n")
+    assert label_budget.table().splitlines()[-1] == (
+        "| dataset2 -> dataset1 | cells_reinhard | other source, its own labels (none annotated) | 10 | 42 | 31 | 0.500 | 0.550 | 0.25 | ? s |")
+
+
+def test_pseudo_label_override_composes(tmp_path: Path) -> None:
+    from tests.helpers_models import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["experiment=cross_cls", "data=segmentation_wbc_d1", "data.pseudo_labels={file:'/runs/a b/p.csv',per_class:10}"],
+                      tmp_path)
+    assert dict(cfg.data.pseudo_labels) == {"file": "/runs/a b/p.csv", "per_class": 10}
