@@ -85,6 +85,25 @@ def reuse_or_claim(out: Path, made_from: Path) -> bool:
     return True
 
 
+def own_ids(predictions: Path, part: str, dest: Path) -> Path:
+    """`predictions` (made on the combined cross-dataset data, ids `<part>/<id>`) with the target set's own
+    ids, as its single-set data config names its images; rows of other parts are refused."""
+    import csv
+
+    with open(predictions, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    others = sorted({r["sample_id"] for r in rows if not r["sample_id"].startswith(part + "/")})
+    if others:
+        raise SystemExit(f"{predictions}: {len(others)} rows are not of {part} (e.g. {others[:3]})")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        writer.writerows({**r, "sample_id": r["sample_id"].removeprefix(part + "/")} for r in rows)
+    return dest
+
+
 def run(direction: str, variant: str, budget: int, start: str, seed: int) -> None:
     out = out_dir(direction, variant, budget, start, seed)
     if (out / "metrics.json").is_file():
@@ -98,7 +117,7 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int) -> Non
         if not calls.is_file():
             raise SystemExit(f"{calls}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
                              f"--variants {variant} --seed {seed} --adapt-bn")
-        labels = f"data.pseudo_labels={{file:'{calls}',per_class:{budget}}}"
+        labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", labels,
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
     if start in ("source", "pseudo"):

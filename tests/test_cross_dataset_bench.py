@@ -134,13 +134,17 @@ def test_label_budget_pseudo_start_fine_tunes_on_the_source_models_own_calls(mon
         label_budget.run("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
     preds = cross_dataset.run_dir("d2_to_d1", "cells_reinhard", "dev", 42, "adabn") / "test_predictions.csv"
     preds.parent.mkdir(parents=True)
-    preds.write_text("sample_id,cell,true,pred,p_neutrophil\n")
+    preds.write_text("sample_id,cell,true,pred,p_neutrophil\nsegmentation_wbc_d2/dataset2/7,1,x,y,0.5\n")
+    with pytest.raises(SystemExit, match=r"1 rows are not of segmentation_wbc_d1 \(e.g. \['segmentation_wbc_d2/dataset2/7'\]\)"):
+        label_budget.run("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
+    preds.write_text("sample_id,cell,true,pred,p_neutrophil\nsegmentation_wbc_d1/dataset1/7,1,x,y,0.5\n")
     label_budget.run("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
-    assert f"data.pseudo_labels={{file:'{preds}',per_class:10}}" in calls[0] and f"init_from={source}" in calls[0]
+    own = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "pseudo", 42) / "pseudo_source.csv"
+    assert f"data.pseudo_labels={{file:'{own}',per_class:10}}" in calls[0] and f"init_from={source}" in calls[0]
+    assert own.read_text().splitlines()[1] == "dataset1/7,1,x,y,0.5"  # the target set's own image ids
     assert not any(c.startswith("data.train_per_class") for c in calls[0])  # the labels are the model's, not a budget's
 
     run = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
-    run.mkdir(parents=True)
     (run / "metrics.json").write_text('{"val/macro_f1": 0.5, "test/macro_f1": 0.55, "test/recall/eosinophil": 0.25}')
     (run / "cross_cls.log").write_text("[..] - data.pseudo_labels: 31 of 168 training images kept, labelled by x.csv (eosinophil 1, ...)\n")
     assert label_budget.table().splitlines()[-1] == (
