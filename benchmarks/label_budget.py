@@ -12,6 +12,7 @@ it is surest of, labelled with its own calls after AdaBN on the target (`data.ps
     python benchmarks/cross_dataset.py --variants cells_reinhard          # the source models, if not run yet
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 5 10 20
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 10 20 --starts pseudo   # self-training
+    python benchmarks/label_budget.py --direction d2_to_d1 --budgets 20 --starts pseudoens   # labels of 3 seeds averaged
     python benchmarks/label_budget.py --collect
     # through the full pipeline: the held-out source's leave-one-dataset-out segmenter as is, and
     # fine-tuned on the same K images per class (from that segmenter, or from ImageNet), each scored
@@ -85,17 +86,28 @@ def reuse_or_claim(out: Path, made_from: Path) -> bool:
     return True
 
 
-def own_ids(predictions: Path, part: str, dest: Path) -> Path:
+def own_ids(predictions: list[Path], part: str, dest: Path) -> Path:
     """`predictions` (made on the combined cross-dataset data, ids `<part>/<id>`) with the target set's own
-    ids, as its single-set data config names its images; rows of other parts are refused."""
+    ids, as its single-set data config names its images; rows of other parts are refused. Several files
+    (one per seed) must score the same images: their probabilities are averaged and `pred` re-taken."""
     import csv
 
-    with open(predictions, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields, rows = list(reader.fieldnames or []), list(reader)
+    tables = []
+    for path in predictions:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            tables.append((list(reader.fieldnames or []), list(reader)))
+    fields, rows = tables[0]
+    for path, (_, other) in zip(predictions[1:], tables[1:]):
+        if [r["sample_id"] for r in other] != [r["sample_id"] for r in rows]:
+            raise SystemExit(f"{path}: scored other images than {predictions[0]}; an ensemble needs the same ones")
+    probs = [f for f in fields if f.startswith("p_")]
+    if len(tables) > 1:
+        mean = [{f: sum(float(t[1][i][f]) for t in tables) / len(tables) for f in probs} for i in range(len(rows))]
+        rows = [{**r, **{f: f"{m[f]:.5f}" for f in probs}, "pred": max(probs, key=m.get)[2:]} for r, m in zip(rows, mean)]
     others = sorted({r["sample_id"] for r in rows if not r["sample_id"].startswith(part + "/")})
     if others:
-        raise SystemExit(f"{predictions}: {len(others)} rows are not of {part} (e.g. {others[:3]})")
+        raise SystemExit(f"{predictions[0]}: {len(others)} rows are not of {part} (e.g. {others[:3]})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fields)
@@ -104,7 +116,7 @@ def own_ids(predictions: Path, part: str, dest: Path) -> Path:
     return dest
 
 
-def run(direction: str, variant: str, budget: int, start: str, seed: int) -> None:
+def run(direction: str, variant: str, budget: int, start: str, seed: int, pseudo_seeds: tuple[int, ...] = (42, 43, 44)) -> None:
     out = out_dir(direction, variant, budget, start, seed)
     if (out / "metrics.json").is_file():
         return
@@ -112,15 +124,17 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int) -> Non
     if not source.is_file():
         raise SystemExit(f"{source}: no source model; run python benchmarks/cross_dataset.py --directions {direction} --variants {variant} --seed {seed}")
     labels = f"data.train_per_class={budget}"
-    if start == "pseudo":  # the source model's own calls after AdaBN on the target's images: no annotation
-        calls = run_dir(direction, variant, "dev", seed, "adabn") / "test_predictions.csv"
-        if not calls.is_file():
-            raise SystemExit(f"{calls}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
-                             f"--variants {variant} --seed {seed} --adapt-bn")
+    if start in ("pseudo", "pseudoens"):  # the source model's own calls after AdaBN on the target's images: no annotation
+        seeds = pseudo_seeds if start == "pseudoens" else (seed,)  # pseudoens: the calls of several seeds' models averaged
+        calls = [run_dir(direction, variant, "dev", s, "adabn") / "test_predictions.csv" for s in seeds]
+        for path, s in zip(calls, seeds):
+            if not path.is_file():
+                raise SystemExit(f"{path}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
+                                 f"--variants {variant} --seed {s} --adapt-bn")
         labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", labels,
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
-    if start in ("source", "pseudo"):
+    if start in ("source", "pseudo", "pseudoens"):
         cmd.append(f"init_from={source}")
     timed(cmd, out)
 
@@ -171,7 +185,8 @@ def table() -> str:
     return "\n".join(lines)
 
 
-START_NAMES = {"source": "other source", "imagenet": "ImageNet", "pseudo": "other source, its own labels (none annotated)"}
+START_NAMES = {"source": "other source", "imagenet": "ImageNet", "pseudo": "other source, its own labels (none annotated)",
+               "pseudoens": "other source, labels of its seed ensemble (none annotated)"}
 SEGMENTERS = {"lodo": "the other sources' (LODO), as is", "finetuned": "fine-tuned on the same cells"}
 
 
@@ -200,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="*", type=int, default=[5, 10, 20])
     ap.add_argument("--starts", nargs="*", default=["source", "imagenet"], choices=list(START_NAMES))
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--pseudo-seeds", nargs="*", type=int, default=[42, 43, 44],
+                    help="start pseudoens: the source seeds whose AdaBN calls are averaged into the labels")
     ap.add_argument("--segmenter", type=Path, help="the target's leave-one-dataset-out segmenter run (quality_seg_lodo_<target>): "
                     "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells")
     ap.add_argument("--seg-epochs", type=int, default=20, help="the segmenter's fine-tuning schedule (fixed, last epoch scored)")
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.collect:
         for k in args.budgets:
             for start in args.starts:
-                run(args.direction, args.source_variant, k, start, args.seed)
+                run(args.direction, args.source_variant, k, start, args.seed, tuple(args.pseudo_seeds))
                 if args.segmenter is not None:
                     classifier = out_dir(args.direction, args.source_variant, k, start, args.seed)
                     run_pipeline(args.direction, classifier, args.segmenter, "lodo")

@@ -157,3 +157,22 @@ def test_pseudo_label_override_composes(tmp_path: Path) -> None:
     cfg = compose_cfg("train.yaml", ["experiment=cross_cls", "data=segmentation_wbc_d1", "data.pseudo_labels={file:'/runs/a b/p.csv',per_class:10}"],
                       tmp_path)
     assert dict(cfg.data.pseudo_labels) == {"file": "/runs/a b/p.csv", "per_class": 10}
+
+
+def test_label_budget_pseudo_labels_of_a_seed_ensemble_average_the_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_budget
+
+    head = "sample_id,cell,true,pred,p_neutrophil,p_lymphocyte\n"
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    a.write_text(head + "d1/x,1,neutrophil,neutrophil,0.6,0.4\nd1/y,1,lymphocyte,lymphocyte,0.1,0.9\n")
+    b.write_text(head + "d1/x,1,neutrophil,lymphocyte,0.0,1.0\nd1/y,1,lymphocyte,lymphocyte,0.3,0.7\n")
+    out = label_budget.own_ids([a, b], "d1", tmp_path / "own.csv")
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # x: (0.6 + 0.0) / 2 = 0.3 neutrophil, 0.7 lymphocyte: the ensemble calls it lymphocyte
+    assert [(r["sample_id"], r["pred"], r["p_neutrophil"], r["p_lymphocyte"]) for r in rows] == [
+        ("x", "lymphocyte", "0.30000", "0.70000"), ("y", "lymphocyte", "0.20000", "0.80000")]
+    c.write_text(head + "d1/y,1,lymphocyte,lymphocyte,0.1,0.9\n")
+    with pytest.raises(SystemExit, match=r"c.csv: scored other images than .*a.csv"):
+        label_budget.own_ids([a, c], "d1", tmp_path / "own.csv")
