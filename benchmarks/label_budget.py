@@ -92,25 +92,25 @@ def own_ids(predictions: list[Path], part: str, dest: Path) -> Path:
     (one per seed) must score the same images: their probabilities are averaged and `pred` re-taken."""
     import csv
 
-    tables = []
-    for path in predictions:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            tables.append((list(reader.fieldnames or []), list(reader)))
-    fields, rows = tables[0]
+    from seed_ensemble import mean_probabilities
+
+    from wbc.evaluation.classification import read_predictions_csv
+
+    tables = [read_predictions_csv(p) for p in predictions]
+    classes, rows = tables[0]
     for path, (_, other) in zip(predictions[1:], tables[1:]):
         if [r["sample_id"] for r in other] != [r["sample_id"] for r in rows]:
             raise SystemExit(f"{path}: scored other images than {predictions[0]}; an ensemble needs the same ones")
-    probs = [f for f in fields if f.startswith("p_")]
-    if len(tables) > 1:
-        mean = [{f: sum(float(t[1][i][f]) for t in tables) / len(tables) for f in probs} for i in range(len(rows))]
-        rows = [{**r, **{f: f"{m[f]:.5f}" for f in probs}, "pred": max(probs, key=m.get)[2:]} for r, m in zip(rows, mean)]
+    if len(tables) > 1:  # the seed ensemble's calls (seed_ensemble.py's averaging)
+        _, mean = mean_probabilities(predictions, "an ensemble needs the same images")
+        probs = [mean[(r["sample_id"], r["cell"])][1] for r in rows]
+        rows = [{**r, **{f"p_{c}": f"{v:.5f}" for c, v in zip(classes, p)}, "pred": classes[int(p.argmax())]} for r, p in zip(rows, probs)]
     others = sorted({r["sample_id"] for r in rows if not r["sample_id"].startswith(part + "/")})
     if others:
         raise SystemExit(f"{predictions[0]}: {len(others)} rows are not of {part} (e.g. {others[:3]})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fields)
+        writer = csv.DictWriter(fh, list(rows[0]) if rows else ["sample_id", "pred", *(f"p_{c}" for c in classes)])
         writer.writeheader()
         writer.writerows({**r, "sample_id": r["sample_id"].removeprefix(part + "/")} for r in rows)
     return dest

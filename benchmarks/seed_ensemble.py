@@ -48,16 +48,21 @@ def read_predictions(path: Path) -> tuple[list[str], Predictions]:
     return classes, {(r["sample_id"], r["cell"]): (r["true"], np.array([float(r[f"p_{c}"]) for c in classes])) for r in rows}
 
 
-def average(files: list[Path], why: str = "runs of one fold must share its split") -> tuple[list[str], list[str], list[str]]:
-    """(classes, true labels, ensemble predictions) over the crops every file scored (all the same crops)."""
+def mean_probabilities(files: list[Path], why: str) -> tuple[list[str], dict[tuple[str, str], tuple[str, np.ndarray]]]:
+    """(classes, {(sample_id, cell): (true label, mean probabilities)}) over the crops every file scored
+    (all the same crops, or SystemExit naming the odd file and `why` they must match)."""
     read = [read_predictions(f) for f in files]
     classes, first = read[0]
     for f, (cls, rows) in zip(files[1:], read[1:]):
         if cls != classes or rows.keys() != first.keys():
             raise SystemExit(f"{f}: not the same classes and crops as {files[0]}; {why}")
-    keys = sorted(first)
-    mean = [np.mean([rows[k][1] for _, rows in read], axis=0) for k in keys]
-    return classes, [first[k][0] for k in keys], [classes[int(np.argmax(p))] for p in mean]
+    return classes, {k: (first[k][0], np.mean([rows[k][1] for _, rows in read], axis=0)) for k in sorted(first)}
+
+
+def average(files: list[Path], why: str = "runs of one fold must share its split") -> tuple[list[str], list[str], list[str]]:
+    """(classes, true labels, ensemble predictions) over the crops every file scored (all the same crops)."""
+    classes, mean = mean_probabilities(files, why)
+    return classes, [t for t, _ in mean.values()], [classes[int(np.argmax(p))] for _, p in mean.values()]
 
 
 def macro_f1(true: list[str], pred: list[str], classes: list[str]) -> float:
