@@ -7,12 +7,14 @@ either from ImageNet weights or from a model trained on the other source (`init_
 and scores the target set's fold-0 validation part and its test split (ground-truth crops). Start
 `pseudo` needs no annotation: the other source's model, fine-tuned on the K training images per class
 it is surest of, labelled with its own calls after AdaBN on the target (`data.pseudo_labels`, from
-`cross_dataset.py --adapt-bn`'s predictions on the target's development part).
+`cross_dataset.py --adapt-bn`'s predictions on the target's development part); `pseudoens2` is a second
+round, labelled by the first round's (`pseudoens`) models of every seed, averaged.
 
     python benchmarks/cross_dataset.py --variants cells_reinhard          # the source models, if not run yet
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 5 10 20
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 10 20 --starts pseudo   # self-training
     python benchmarks/label_budget.py --direction d2_to_d1 --budgets 20 --starts pseudoens   # labels of 3 seeds averaged
+    python benchmarks/label_budget.py --direction d2_to_d1 --budgets 40 --starts pseudoens2 --first-budget 20  # second round
     python benchmarks/label_budget.py --collect
     # through the full pipeline: the held-out source's leave-one-dataset-out segmenter as is, and
     # fine-tuned on the same K images per class (from that segmenter, or from ImageNet), each scored
@@ -116,7 +118,29 @@ def own_ids(predictions: list[Path], part: str, dest: Path) -> Path:
     return dest
 
 
-def run(direction: str, variant: str, budget: int, start: str, seed: int, pseudo_seeds: tuple[int, ...] = (42, 43, 44)) -> None:
+def relabel(direction: str, variant: str, budget: int, seed: int) -> Path:
+    """A first-round self-trained model's (`pseudoens`, K = `budget`) calls on the target's whole development
+    part, for a second round. No AdaBN: its batch-norm statistics already come from the target's images."""
+    trained = out_dir(direction, variant, budget, "pseudoens", seed)
+    ckpt, out = trained / "checkpoints" / "last.ckpt", trained / "relabel"
+    if not ckpt.is_file():
+        raise SystemExit(f"{ckpt}: no first-round model; run python benchmarks/label_budget.py --direction {direction} "
+                         f"--budgets {budget} --starts pseudoens --seed {seed}")
+    if not (out / "test_predictions.csv").is_file():
+        timed([sys.executable, "train.py", "experiment=cross_cls", f"data=cross_cls_{direction}", "data.holdout_split=dev",
+               f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(ckpt),
+               "train=false", f"ckpt_path={ckpt}"], out)
+    return out / "test_predictions.csv"
+
+
+def resolved(start: str, budget: int, first_budget: int | None) -> str:
+    """`start` as its runs are named: a second round (`pseudoens2`) names the first round's K its labels come from."""
+    return f"pseudoens2from{budget if first_budget is None else first_budget}" if start == "pseudoens2" else start
+
+
+def run(direction: str, variant: str, budget: int, start: str, seed: int, pseudo_seeds: tuple[int, ...] = (42, 43, 44),
+        first_budget: int | None = None) -> None:
+    start = resolved(start, budget, first_budget)
     out = out_dir(direction, variant, budget, start, seed)
     if (out / "metrics.json").is_file():
         return
@@ -132,9 +156,12 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int, pseudo
                 raise SystemExit(f"{path}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
                                  f"--variants {variant} --seed {s} --adapt-bn")
         labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
+    elif start.startswith("pseudoens2from"):  # second round: the first round's models' calls, averaged over seeds
+        calls = [relabel(direction, variant, int(start.removeprefix("pseudoens2from")), s) for s in pseudo_seeds]
+        labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", labels,
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
-    if start in ("source", "pseudo", "pseudoens"):
+    if start in ("source", "pseudo", "pseudoens") or start.startswith("pseudoens2from"):
         cmd.append(f"init_from={source}")
     timed(cmd, out)
 
@@ -179,14 +206,23 @@ def table() -> str:
         log = (d / "cross_cls.log").read_text() if (d / "cross_cls.log").is_file() else ""
         kept = log.split("training images kept")[0].rsplit(": ", 1)[-1].split(" of ")[0] if "training images kept" in log else "?"
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
-        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {START_NAMES[start]} | {k[1:]} | {seed[1:]} | {kept} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {start_name(start)} | {k[1:]} | {seed[1:]} | {kept} | "
                      f"{m.get('val/macro_f1', float('nan')):.3f} | {m.get('test/macro_f1', float('nan')):.3f} | "
                      f"{m.get('test/recall/eosinophil', float('nan')):.2f} | {secs} s |")
     return "\n".join(lines)
 
 
 START_NAMES = {"source": "other source", "imagenet": "ImageNet", "pseudo": "other source, its own labels (none annotated)",
-               "pseudoens": "other source, labels of its seed ensemble (none annotated)"}
+               "pseudoens": "other source, labels of its seed ensemble (none annotated)",
+               "pseudoens2": "other source, labels of the first round's seed ensemble (none annotated)"}
+
+
+def start_name(start: str) -> str:
+    if start.startswith("pseudoens2from"):
+        return f"other source, second round: labels of the first round's (K = {start.removeprefix('pseudoens2from')}) seed ensemble"
+    return START_NAMES[start]
+
+
 SEGMENTERS = {"lodo": "the other sources' (LODO), as is", "finetuned": "fine-tuned on the same cells"}
 
 
@@ -201,7 +237,7 @@ def pipeline_table() -> str:
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
         tag = d.name.removeprefix("pipeline_")
         seg = SEGMENTERS.get(tag, tag) + (" (from ImageNet)" if tag == "finetuned" and start == "imagenet" else "")
-        lines.append(f"| {DIRECTIONS[direction]} | {START_NAMES[start]} | {k[1:]} | {seed[1:]} | {seg} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {start_name(start)} | {k[1:]} | {seed[1:]} | {seg} | "
                      + " | ".join(f"{m.get(key, float('nan')):.3f}" for key in (
                          "pipeline/nucleus_dice", "pipeline/detection_recall", "pipeline/cell_macro_f1", "pipeline/macro_f1",
                          "classification/test/macro_f1")) + f" | {secs} s |")
@@ -217,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--pseudo-seeds", nargs="*", type=int, default=[42, 43, 44],
                     help="start pseudoens: the source seeds whose AdaBN calls are averaged into the labels")
+    ap.add_argument("--first-budget", type=int, help="start pseudoens2: the K of the first-round (pseudoens) models whose "
+                    "calls on the target's development part are averaged into the labels (default: the same K)")
     ap.add_argument("--segmenter", type=Path, help="the target's leave-one-dataset-out segmenter run (quality_seg_lodo_<target>): "
                     "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells")
     ap.add_argument("--seg-epochs", type=int, default=20, help="the segmenter's fine-tuning schedule (fixed, last epoch scored)")
@@ -226,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.collect:
         for k in args.budgets:
             for start in args.starts:
-                run(args.direction, args.source_variant, k, start, args.seed, tuple(args.pseudo_seeds))
+                run(args.direction, args.source_variant, k, start, args.seed, tuple(args.pseudo_seeds), args.first_budget)
                 if args.segmenter is not None:
-                    classifier = out_dir(args.direction, args.source_variant, k, start, args.seed)
+                    classifier = out_dir(args.direction, args.source_variant, k, resolved(start, k, args.first_budget), args.seed)
                     run_pipeline(args.direction, classifier, args.segmenter, "lodo")
                     tuned = run_segmenter(args.direction, k, start, args.seed, args.segmenter, args.seg_epochs)
                     if (tuned / "metrics.json").is_file():

@@ -176,3 +176,44 @@ def test_label_budget_pseudo_labels_of_a_seed_ensemble_average_the_calls(monkeyp
     c.write_text(head + "d1/y,1,lymphocyte,lymphocyte,0.1,0.9\n")
     with pytest.raises(SystemExit, match=r"c.csv: scored other images than .*a.csv"):
         label_budget.own_ids([a, c], "d1", tmp_path / "own.csv")
+
+
+def test_label_budget_second_round_is_labelled_by_the_first_rounds_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cross_dataset
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    monkeypatch.setattr(cross_dataset, "ROOT", tmp_path)
+    monkeypatch.setattr(label_budget, "source_inputs", lambda ckpt, stage="classification": ["data.preprocess.stain_norm=reinhard"])
+    head = "sample_id,cell,true,pred,p_neutrophil,p_lymphocyte\n"
+    calls = []
+
+    def fake_timed(cmd: list[str], out: Path) -> None:  # a relabel run writes the first-round model's calls
+        calls.append(cmd)
+        if "train=false" in cmd:
+            seed = next(c for c in cmd if c.startswith("seed="))
+            out.mkdir(parents=True, exist_ok=True)
+            p = "0.8,0.2" if seed == "seed=42" else "0.2,0.8"
+            (out / "test_predictions.csv").write_text(head + f"segmentation_wbc_d1/dataset1/7,1,x,y,{p}\n")
+
+    monkeypatch.setattr(label_budget, "timed", fake_timed)
+    source = cross_dataset.run_dir("d2_to_d1", "cells_reinhard", "dev", 43) / "checkpoints" / "last.ckpt"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"no first-round model; run .*--budgets 20 --starts pseudoens --seed 42"):
+        label_budget.run("d2_to_d1", "cells_reinhard", 40, "pseudoens2", 43, (42, 43), first_budget=20)
+    for s in (42, 43):
+        ckpt = label_budget.out_dir("d2_to_d1", "cells_reinhard", 20, "pseudoens", s) / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+    label_budget.run("d2_to_d1", "cells_reinhard", 40, "pseudoens2", 43, (42, 43), first_budget=20)
+    relabels, train = calls[:2], calls[2]
+    first = label_budget.out_dir("d2_to_d1", "cells_reinhard", 20, "pseudoens", 42)
+    assert f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}" in relabels[0] and "data.holdout_split=dev" in relabels[0]
+    assert not any("adapt_bn" in c for c in relabels[0])  # the fine-tuned model's statistics are the target's already
+    out = label_budget.out_dir("d2_to_d1", "cells_reinhard", 40, "pseudoens2from20", 43)
+    assert f"data.pseudo_labels={{file:'{out / 'pseudo_source.csv'}',per_class:40}}" in train and f"init_from={source}" in train
+    assert (out / "pseudo_source.csv").read_text().splitlines()[1] == "dataset1/7,1,x,neutrophil,0.50000,0.50000"
+    (out / "metrics.json").write_text('{"val/macro_f1": 0.5, "test/macro_f1": 0.55, "test/recall/eosinophil": 0.25}')
+    assert "second round: labels of the first round's (K = 20) seed ensemble | 40 | 43 |" in label_budget.table()
