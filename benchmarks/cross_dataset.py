@@ -127,23 +127,14 @@ def row(direction: str, variant: str, split: str, seed: int, adapted: str = "") 
 
 def ensemble_row(direction: str, variant: str, split: str, seeds: list[int], adapted: str = "") -> str | None:
     """The runs of several training seeds as one model: their held-out crops' class probabilities
-    (test_predictions.csv) averaged, as a fold or seed ensemble does (wbc.ensemble), then scored."""
-    import csv
-
+    (test_predictions.csv) averaged (seed_ensemble.py's averaging), then scored; None while a seed is not run."""
+    from seed_ensemble import average
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-    members = []
-    for seed in seeds:
-        path = run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv"
-        if not path.is_file():
-            return None
-        with open(path, newline="") as fh:
-            members.append({(r["sample_id"], r["cell"]): r for r in csv.DictReader(fh)})
-    keys = sorted(members[0])
-    if any(sorted(m) != keys for m in members):
-        raise ValueError(f"{direction} {variant} {adapted}: the seeds' runs scored different crops; cannot average them")
-    true = [members[0][k]["true"] for k in keys]
-    pred = [CLASSES[max(range(len(CLASSES)), key=lambda c: sum(float(m[k][f"p_{CLASSES[c]}"]) for m in members))] for k in keys]
+    files = [run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv" for seed in seeds]
+    if not all(f.is_file() for f in files):
+        return None
+    _, true, pred = average(files, f"{direction} {variant} {adapted}: the seeds' runs must score the same crops to be averaged")
     recalls = " / ".join(f"{r:.2f}" for r in recall_score(true, pred, labels=list(CLASSES), average=None, zero_division=0))
     name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''}, ensemble of seeds {', '.join(map(str, seeds))}"
     return (f"| {DIRECTIONS[direction]} | {name} | {split} | {f1_score(true, pred, labels=list(CLASSES), average='macro', zero_division=0):.3f} | "

@@ -42,7 +42,7 @@ def test_ensemble_of_seeds_scores_the_averaged_probabilities(cross) -> None:
 def test_ensemble_refuses_runs_scored_on_other_crops(cross) -> None:
     write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0])])
     write_run(cross, 43, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
-    with pytest.raises(ValueError, match="scored different crops"):
+    with pytest.raises(SystemExit, match="not the same classes and crops as .* must score the same crops"):
         cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
 
 
