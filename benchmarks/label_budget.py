@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-budget", type=int, help="start pseudoens2: the K of the first-round (pseudoens) models whose "
                     "calls on the target's development part are averaged into the labels (default: the same K)")
     ap.add_argument("--segmenter", type=Path, help="the target's leave-one-dataset-out segmenter run (quality_seg_lodo_<target>): "
-                    "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells")
+                    "also score each budget through the full pipeline, with it as is and fine-tuned on the same cells "
+                    "(self-training starts: as is only, no masks are annotated)")
     ap.add_argument("--seg-epochs", type=int, default=20, help="the segmenter's fine-tuning schedule (fixed, last epoch scored)")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
     args = ap.parse_args(argv)
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.segmenter is not None:
                     classifier = out_dir(args.direction, args.source_variant, k, resolved(start, k, args.first_budget), args.seed)
                     run_pipeline(args.direction, classifier, args.segmenter, "lodo")
+                    if start.startswith("pseudo"):  # no annotated masks either: the segmenter stays as shipped
+                        continue
                     tuned = run_segmenter(args.direction, k, start, args.seed, args.segmenter, args.seg_epochs)
                     if (tuned / "metrics.json").is_file():
                         run_pipeline(args.direction, classifier, tuned, "finetuned")

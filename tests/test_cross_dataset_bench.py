@@ -217,3 +217,19 @@ def test_label_budget_second_round_is_labelled_by_the_first_rounds_models(monkey
     assert (out / "pseudo_source.csv").read_text().splitlines()[1] == "dataset1/7,1,x,neutrophil,0.50000,0.50000"
     (out / "metrics.json").write_text('{"val/macro_f1": 0.5, "test/macro_f1": 0.55, "test/recall/eosinophil": 0.25}')
     assert "second round: labels of the first round's (K = 20) seed ensemble | 40 | 43 |" in label_budget.table()
+
+
+def test_label_budget_self_training_keeps_the_segmenter_as_shipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pseudo-label start has no annotated cells, so no masks to fine-tune the segmenter on: its
+    pipeline row uses the LODO segmenter as is, while an annotated start also fine-tunes it."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import label_budget
+
+    monkeypatch.setattr(label_budget, "ROOT", tmp_path)
+    monkeypatch.setattr(label_budget, "run", lambda *a, **k: None)
+    pipelines, tuned = [], []
+    monkeypatch.setattr(label_budget, "run_pipeline", lambda d, clf, seg, tag: pipelines.append((clf.name, tag)))
+    monkeypatch.setattr(label_budget, "run_segmenter", lambda d, k, start, seed, seg, ep: tuned.append(start) or tmp_path / "none")
+    label_budget.main(["--budgets", "20", "--starts", "pseudoens2", "source", "--first-budget", "10", "--segmenter", str(tmp_path)])
+    assert pipelines == [("d2_to_d1_cells_reinhard_k20_pseudoens2from10_s42", "lodo"), ("d2_to_d1_cells_reinhard_k20_source_s42", "lodo")]
+    assert tuned == ["source"]
