@@ -335,3 +335,19 @@ def test_datamodule_user_splits_file(tmp_path):
     dm.setup("fit")
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [5, 1, 2]
     assert not list(root.glob("splits_*.json"))
+
+
+def test_a_small_grouped_set_with_ten_groups_still_splits():
+    """16 images of 16 fields, 5-6 per class: too few per class for ten folds of groups, so the
+    test part comes from round(1 / test_fraction) folds (a lab's first pseudo-labelled set)."""
+    ids, labels = class_dataset({0: 6, 1: 5, 2: 5})
+    groups = [f"field{i}" for i in range(len(ids))]
+    splits = make_splits(ids, labels, groups, k=2)
+    check_partition(splits, ids)
+    assert 4 <= len(splits["test"]) <= 6  # about 30 % of 16
+
+
+def test_every_class_smaller_than_the_folds_of_groups_is_a_clear_error():
+    ids, labels = class_dataset({0: 2, 1: 2, 2: 2})  # three folds of groups, no class with three images
+    with pytest.raises(SplitError, match=r"group-safe train/test split of 6 images in 3 classes .*test_fraction=0\.3 \(3 folds"):
+        make_splits(ids, labels, [f"g{i}" for i in range(6)], k=2)

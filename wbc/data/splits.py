@@ -68,12 +68,19 @@ def _test_split(ids, labels, groups, test_fraction, seed, notes=None):
         )
     # finer folds where groups allow (10 -> test = 3 of them for 30 %), so the share is close to
     # test_fraction instead of 1/round(1/test_fraction) (33 % for 0.3)
-    fine = 10 if n_groups >= 10 else n_splits
+    # (StratifiedGroupKFold needs one class with at least as many images as folds: a small set keeps n_splits)
+    fine = 10 if n_groups >= 10 and max(Counter(labels.tolist()).values()) >= 10 else n_splits
     n_test = max(1, min(fine - 1, round(test_fraction * fine)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sgkf = StratifiedGroupKFold(n_splits=fine, shuffle=True, random_state=seed)
-        folds = list(sgkf.split(idx, labels, groups))
+        try:
+            folds = list(sgkf.split(idx, labels, groups))
+        except ValueError as err:  # every class smaller than the number of folds
+            raise SplitError(
+                f"cannot make a group-safe train/test split of {len(ids)} images in {len(set(labels.tolist()))} classes with "
+                f"data.splits.test_fraction={test_fraction} ({fine} folds of groups): {err}; add images or raise test_fraction"
+            ) from err
     if fine == n_splits:
         target = test_fraction * len(ids)
         train, test = min(folds, key=lambda f: abs(len(f[1]) - target))
