@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datamodules.segmentation import SegmentationDataModule
@@ -76,3 +77,115 @@ def test_datamodule_trains_on_the_pseudo_labels_and_scores_true_ones(tmp_path: P
         dm(pseudo_labels={"file": str(preds)})
     with pytest.raises(PseudoLabelError, match=r"data.pseudo_labels.file: .*missing.csv is not a file"):
         dm(pseudo_labels={"file": str(tmp_path / "missing.csv"), "per_class": 3}).split_ids()
+
+
+# --------------------------------------------------------------------------- a lab without annotations
+def fake_predict_dir(tmp_path: Path) -> Path:
+    """What predict.py leaves for one 64x48 field with two nuclei (cells 1 and 2) and one 40x40 image with one."""
+    from tests.helpers_data import write_image
+    from wbc.cell_outputs import label_png
+
+    out = tmp_path / "pred"
+    (out / "labels").mkdir(parents=True)
+    field, single = np.zeros((48, 64), np.uint16), np.zeros((40, 40), np.uint16)
+    field[10:16, 10:16], field[30:40, 44:54], single[15:25, 15:25] = 1, 2, 1
+    rng = np.random.default_rng(0)
+    sources = [write_image(tmp_path / "in" / n, rng.integers(0, 255, (*lab.shape, 3), dtype=np.uint8)) for n, lab in
+               (("field.png", field), ("one.png", single))]
+    for stem, lab in (("field", field), ("one", single)):
+        (out / "labels" / f"{stem}.png").write_bytes(label_png(lab))
+    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "cell", "class", "probability", "p_a", "p_b", "source", "output_stem"])
+        w.writerow(["in/field.png", 1, "a", 0.9, 0.9, 0.1, sources[0], "field"])
+        w.writerow(["in/field.png", 2, "a", 0.6, 0.6, 0.4, sources[0], "field"])
+        w.writerow(["in/one.png", 1, "b", 0.7, 0.3, 0.7, sources[1], "one"])
+    return out
+
+
+def test_pseudo_dataset_cuts_out_the_surest_cells_with_their_own_nucleus(tmp_path: Path) -> None:
+    from wbc.data.imageio import decode_raw, read_rgb
+    from wbc.data.pseudo_labels import write_pseudo_dataset
+
+    out = fake_predict_dir(tmp_path)
+    record = write_pseudo_dataset(out, per_class=1, context=3.0)
+    assert record["counts"] == {"a": 1, "b": 1} and record["cells"] == 2 and record["of_cells"] == 3
+    with open(out / "pseudo_dataset" / "labels.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    # field cell 2 (p 0.6) is the second-surest "a": left out; the group keeps a field's cells on one side of a split
+    assert [(r["image"], r["mask"], r["class_name"], r["group"]) for r in table] == [
+        ("images/field_cell01.png", "masks/field_cell01.png", "a", "field"), ("images/one_cell01.png", "masks/one_cell01.png", "b", "one")]
+    mask = decode_raw(out / "pseudo_dataset" / "masks" / "field_cell01.png")
+    image = read_rgb(out / "pseudo_dataset" / "images" / "field_cell01.png")
+    # a 6 px nucleus centred at 12.5 (equivalent diameter 6.8) at 3 diameters: rows and columns 2..23
+    source = read_rgb(tmp_path / "in" / "field.png")
+    assert np.array_equal(image, source[2:24, 2:24]) and mask.shape == (22, 22)  # the pixels as they were, not resampled
+    assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 36 and mask[8:14, 8:14].all()  # its own nucleus, whole
+    with pytest.raises(FileExistsError, match=r"pseudo_dataset already exists; move it away"):
+        write_pseudo_dataset(out, per_class=1)
+    write_pseudo_dataset(out, per_class=5, context=3.0, overwrite=True)
+    # cell 2 (10 px at 34.5, 48.5): its square stops at the bottom and right edges (rows 17..47, columns 31..63)
+    assert decode_raw(out / "pseudo_dataset" / "masks" / "field_cell02.png").shape == (31, 33)
+    assert (decode_raw(out / "pseudo_dataset" / "masks" / "field_cell02.png") == 255).sum() == 100
+    assert sorted(p.name for p in (out / "pseudo_dataset" / "images").iterdir()) == ["field_cell01.png", "field_cell02.png", "one_cell01.png"]
+    write_pseudo_dataset(out, per_class=1, overwrite=True)  # nothing of the earlier selection lingers
+    assert sorted(p.name for p in (out / "pseudo_dataset" / "images").iterdir()) == ["field_cell01.png", "one_cell01.png"]
+
+
+def test_pseudo_dataset_refuses_a_predict_run_it_cannot_label_from(tmp_path: Path) -> None:
+    from wbc.data.pseudo_labels import write_pseudo_dataset
+
+    with pytest.raises(PseudoLabelError, match=r"predictions\.csv: not found; expected the predictions\.csv of a predict\.py run"):
+        write_pseudo_dataset(tmp_path, per_class=1)
+    out = fake_predict_dir(tmp_path)
+    with pytest.raises(PseudoLabelError, match=r"context must be a number >= 1"):
+        write_pseudo_dataset(out, per_class=1, context=0.5)
+    (tmp_path / "in" / "one.png").unlink()  # a source image moved away after predict
+    with pytest.raises(PseudoLabelError, match=r"predictions\.csv cell one/01: .*one\.png"):
+        write_pseudo_dataset(out, per_class=1)
+    text = (out / "predictions.csv").read_text().replace("p_a,p_b", "q_a,q_b")
+    (out / "predictions.csv").write_text(text)  # predicted without a classifier: no probabilities
+    with pytest.raises(PseudoLabelError, match=r"columns \['p_<class>'\] missing; pseudo-labels need a predict\.py run with a classifier"):
+        write_pseudo_dataset(out, per_class=1)
+
+
+def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Path, run_training, capsys, monkeypatch) -> None:
+    """The two commands the README gives a lab without annotations: predict.py with pseudo_dataset.per_class
+    (its folder in the csv layout), then train.py data=folder data.layout=csv ... init_from=<the classifier>."""
+    from tests.helpers_data import cell, write_image
+    from tests.helpers_models import DiscSegmenter, compose_cfg, save_checkpoint, tiny_modules
+    from wbc.cli import predict
+    from wbc.cli.predict import pseudo_dataset
+    from wbc.inference import CellPipeline
+
+    _, clf = tiny_modules(tmp_path / "models")
+    ckpt = save_checkpoint(clf, tmp_path / "cls.ckpt")
+    images = [write_image(tmp_path / "lab" / f"img{i:02d}.png", cell(48, seed=i)[0]) for i in range(16)]
+    pipe = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), clf)
+    monkeypatch.setattr(predict, "build_pipeline", lambda cfg: pipe)  # the stand-in segmenter finds every cell
+    out = tmp_path / "pred"
+    cfg = compose_cfg("predict.yaml", [f"input={images[0].parent}", f"classifier={ckpt}", "pseudo_dataset.per_class=16"], out)
+    predict.predict(cfg)
+    assert (out / "pseudo_dataset" / "labels.csv").is_file()
+    with open(out / "predictions.csv", newline="") as fh:
+        predicted = list(csv.DictReader(fh))
+    # an untrained model calls (nearly) one class: then the command is withheld and the missing classes named
+    assert ("fine-tuning needs every class" in capsys.readouterr().out) == (len({r["class"] for r in predicted}) < len(pipe.classes))
+    with open(out / "predictions.csv", "w", newline="") as fh:  # as a model that calls every class would
+        writer = csv.DictWriter(fh, list(predicted[0]))
+        writer.writeheader()
+        for i, r in enumerate(predicted):
+            r["class"] = pipe.classes[i % len(pipe.classes)]
+            writer.writerow({**r, **{f"p_{c}": "0.9" if c == r["class"] else "0.05" for c in pipe.classes}})
+    record = pseudo_dataset(cfg, out, True, pipe.classes)
+    assert record["cells"] == 16 and min(record["counts"].values()) == 5  # every cell: 16 per class is more than there are
+    assert f"data.root={out / 'pseudo_dataset'}" in capsys.readouterr().out
+    classes = ",".join(pipe.classes)
+    train = compose_cfg("train.yaml", [
+        "experiment=classify", "data=folder", f"data.root={out / 'pseudo_dataset'}", "data.layout=csv", f"data.classes=[{classes}]",
+        f"init_from={ckpt}", "data.image_size=32", "data.crops.size=32", "data.crops.image_size=32", "data.batch_size=4", "data.splits.k=2",
+        "trainer.max_epochs=1", "logger=csv", "callbacks.rich_progress_bar=null", "extras.print_config=false", "num_overlays=0",
+    ], tmp_path / "finetuned", tmp_path / "data")
+    metrics, objects = run_training(train)
+    assert objects["trainer"].current_epoch == 1 and "val/macro_f1" in metrics
+    assert objects["datamodule"].load_manifest().classes == list(pipe.classes)

@@ -77,7 +77,31 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
         msg += f"; {len(failures)} skipped: " + ", ".join(Path(f["image"]).name for f in failures)
     log.info(msg)
     print(msg)
+    if (cfg.get("pseudo_dataset") or {}).get("per_class") is not None:
+        pseudo_dataset(cfg, out_dir, overwrite, pipe.classes)
     return {"cells": len(rows), "failed": len(failures)}, {"pipeline": pipe}
+
+
+def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, classes: list[str]) -> dict:
+    """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
+    and the command that fine-tunes the classifier on it."""
+    from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
+
+    record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
+    shipped = cfg.get("classifier") or cfg.get("run") or "<the classifier run>"
+    msg = (f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls "
+           f"({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {out_dir / DATASET_DIR}")
+    never = [c for c, n in record["counts"].items() if not n]
+    if never:  # fine-tuning keeps the classifier's classes, and a class without images is refused
+        msg += (f"; no cell was called {never}, and fine-tuning needs every class ({list(classes)}): predict more images "
+                "(with adapt_bn=classifier), or annotate a few cells of those classes and add them to its labels.csv")
+        log.warning(msg)
+    else:
+        msg += (f"; fine-tune with\n  python train.py experiment=classify data=folder data.layout=csv data.root={out_dir / DATASET_DIR} "
+                f"data.classes=[{','.join(classes)}] init_from={shipped}")
+        log.info(msg)
+    print(msg)
+    return record
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict.yaml")

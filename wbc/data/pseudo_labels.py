@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 
 class PseudoLabelError(ValueError):
     """A predictions file that cannot label the training images it is asked to."""
@@ -61,3 +63,84 @@ def load_pseudo_labels(path: str | Path, train_ids: Sequence[str], classes: Sequ
         raise PseudoLabelError(f"data.pseudo_labels.file: {path} is not a file (expected a predictions CSV, e.g. a run's test_predictions.csv)")
     _, rows = read_predictions_csv(path)
     return select_pseudo_labels(rows, train_ids, classes, per_class, source=str(path))
+
+
+DATASET_DIR = "pseudo_dataset"
+
+
+def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float = 4.0, overwrite: bool = False) -> dict:
+    """A labelled dataset for a lab without annotations, from a predict.py output dir: the `per_class`
+    cells per predicted class the classifier is surest of (`select_pseudo_labels`), each cut out of its
+    source image as a square of `context` nucleus diameters around the nucleus (clipped to the image),
+    with that nucleus alone as a 0/255 mask. Written as `<predict_dir>/pseudo_dataset/` in the csv
+    layout (`labels.csv`: image, mask, class_name, group = the source image, so the cells of one field
+    stay on one side of a split, and p_<class>) that `data=folder data.layout=csv` reads, plus
+    `pseudo_dataset.json` (where the labels came from). Returns that record."""
+    import csv
+
+    from wbc.cell_outputs import crop_name, png_bytes
+    from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
+    from wbc.io import atomic_write, write_json
+
+    predict_dir = Path(predict_dir)
+    table = predict_dir / "predictions.csv"
+    if not table.is_file():
+        raise PseudoLabelError(f"{table}: not found; expected the predictions.csv of a predict.py run")
+    if not isinstance(context, int | float) or isinstance(context, bool) or context < 1:
+        raise PseudoLabelError(f"pseudo_dataset.context must be a number >= 1 (nucleus diameters), got {context!r}")
+    with open(table, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns, rows = reader.fieldnames or [], list(reader)
+    classes = [c.removeprefix("p_") for c in columns if c.startswith("p_")]
+    missing = [c for c in ("cell", "class", "source", "output_stem") if c not in columns]
+    if missing or not classes:
+        raise PseudoLabelError(f"{table}: columns {missing or ['p_<class>']} missing; pseudo-labels need a predict.py run with a classifier")
+    by_id = {f"{r['output_stem']}/{int(r['cell']):02d}": r for r in rows}
+    candidates = [{"sample_id": sid, "pred": r["class"], **{f"p_{c}": r[f"p_{c}"] for c in classes}} for sid, r in by_id.items()]
+    chosen = select_pseudo_labels(candidates, list(by_id), classes, per_class, source=str(table))
+    dest = predict_dir / DATASET_DIR
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} already exists; move it away (or predict with overwrite=true) to write a new one")
+    if dest.exists():  # overwrite: an earlier selection's crops must not linger beside the new labels.csv
+        import shutil
+
+        shutil.rmtree(dest)
+    out_rows, labels_cache = [], {}
+    for sid in sorted(chosen):
+        row = by_id[sid]
+        stem, cell = row["output_stem"], int(row["cell"])
+        try:
+            rgb = read_rgb(row["source"])
+            if stem not in labels_cache:
+                labels_cache = {stem: decode_raw(predict_dir / "labels" / f"{stem}.png")}
+        except ImageReadError as err:
+            raise PseudoLabelError(f"{table} cell {sid}: {err}") from err
+        nucleus = labels_cache[stem] == cell
+        if nucleus.shape != rgb.shape[:2] or not nucleus.any():
+            raise PseudoLabelError(f"{predict_dir / 'labels' / (stem + '.png')}: no cell {cell} of {row['source']} in it; "
+                                   "was the source image changed after predict?")
+        ys, xs = np.nonzero(nucleus)
+        half = context * np.sqrt(4 * len(ys) / np.pi) / 2
+        y0, y1 = max(0, int(ys.mean() - half)), min(rgb.shape[0], int(np.ceil(ys.mean() + half)) + 1)
+        x0, x1 = max(0, int(xs.mean() - half)), min(rgb.shape[1], int(np.ceil(xs.mean() + half)) + 1)
+        name = crop_name(stem, cell)
+        for sub, arr in (("images", rgb[y0:y1, x0:x1]), ("masks", nucleus[y0:y1, x0:x1].astype(np.uint8) * 255)):
+            data = png_bytes(np.ascontiguousarray(arr))
+            atomic_write(dest / sub / name, lambda p, data=data: p.write_bytes(data))
+        out_rows.append({"image": f"images/{name}", "mask": f"masks/{name}", "class_name": chosen[sid], "group": stem,
+                         **{f"p_{c}": row[f"p_{c}"] for c in classes}})
+    fields = ["image", "mask", "class_name", "group", *(f"p_{c}" for c in classes)]
+
+    def write_table(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fields)
+            writer.writeheader()
+            writer.writerows(out_rows)
+
+    atomic_write(dest / "labels.csv", write_table)
+    counts = {c: list(chosen.values()).count(c) for c in classes}
+    record = {"predictions": str(table.resolve()), "per_class": per_class, "context": context, "classes": classes, "counts": counts,
+              "cells": len(out_rows), "of_cells": len(rows),
+              "note": "labels are the classifier's own calls, not annotations; validation on this set measures agreement with them"}
+    write_json(dest / "pseudo_dataset.json", record)
+    return record
