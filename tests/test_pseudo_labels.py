@@ -4,6 +4,8 @@ their labels, for self-training without annotation (issue 16)."""
 from __future__ import annotations
 
 import csv
+import logging
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +151,7 @@ def test_pseudo_dataset_refuses_a_predict_run_it_cannot_label_from(tmp_path: Pat
         write_pseudo_dataset(out, per_class=1)
 
 
-def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Path, run_training, capsys, monkeypatch) -> None:
+def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Path, run_training, capsys, monkeypatch, caplog) -> None:
     """The two commands the README gives a lab without annotations: predict.py with pseudo_dataset.per_class
     (its folder in the csv layout), then train.py data=folder data.layout=csv ... init_from=<the classifier>."""
     from tests.helpers_data import cell, write_image
@@ -177,15 +179,19 @@ def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Pa
         for i, r in enumerate(predicted):
             r["class"] = pipe.classes[i % len(pipe.classes)]
             writer.writerow({**r, **{f"p_{c}": "0.9" if c == r["class"] else "0.05" for c in pipe.classes}})
-    record = pseudo_dataset(cfg, out, True, pipe.classes)
+    record = pseudo_dataset(cfg, out, True, pipe)
     assert record["cells"] == 16 and min(record["counts"].values()) == 5  # every cell: 16 per class is more than there are
-    assert f"data.root={out / 'pseudo_dataset'}" in capsys.readouterr().out
-    classes = ",".join(pipe.classes)
-    train = compose_cfg("train.yaml", [
-        "experiment=classify", "data=folder", f"data.root={out / 'pseudo_dataset'}", "data.layout=csv", f"data.classes=[{classes}]",
-        f"init_from={ckpt}", "data.image_size=32", "data.crops.size=32", "data.crops.image_size=32", "data.batch_size=4", "data.splits.k=2",
-        "trainer.max_epochs=1", "logger=csv", "callbacks.rich_progress_bar=null", "extras.print_config=false", "num_overlays=0",
-    ], tmp_path / "finetuned", tmp_path / "data")
-    metrics, objects = run_training(train)
+    printed = capsys.readouterr().out
+    assert record["command"] in printed and "data.crops.size=32" in record["command"]  # the classifier's own crops
+    # the printed command, as a lab would paste it (shrunk for the test: batch, folds, one epoch, no dashboards)
+    command = shlex.split(record["command"])
+    assert command[:2] == ["python", "train.py"]
+    train = compose_cfg("train.yaml", [*command[2:], "data.batch_size=4", "data.splits.k=2", "trainer.max_epochs=1", "logger=csv",
+                                       "callbacks.rich_progress_bar=null", "extras.print_config=false", "num_overlays=0"],
+                        tmp_path / "finetuned", tmp_path / "data")
+    assert train.init_from == str(ckpt) and train.data.preprocess == clf.hparams.data_info["preprocess"]
+    with caplog.at_level(logging.INFO, logger="wbc"):
+        metrics, objects = run_training(train)
+    assert f"init_from: fine-tuning from {ckpt}" in caplog.text and "other input settings" not in caplog.text
     assert objects["trainer"].current_epoch == 1 and "val/macro_f1" in metrics
     assert objects["datamodule"].load_manifest().classes == list(pipe.classes)

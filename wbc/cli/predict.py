@@ -13,13 +13,19 @@ another lab or microscope) first re-estimates both models' batch-norm statistics
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from wbc.cli import CONFIG_DIR, prepare
 from wbc.run import extras, task_wrapper
+
+if TYPE_CHECKING:
+    from wbc.inference import CellPipeline
 
 log = logging.getLogger("wbc")
 
@@ -78,30 +84,49 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     log.info(msg)
     print(msg)
     if (cfg.get("pseudo_dataset") or {}).get("per_class") is not None:
-        pseudo_dataset(cfg, out_dir, overwrite, pipe.classes)
+        pseudo_dataset(cfg, out_dir, overwrite, pipe)
     return {"cells": len(rows), "failed": len(failures)}, {"pipeline": pipe}
 
 
-def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, classes: list[str]) -> dict:
+def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPipeline) -> dict:
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
     from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
     shipped = cfg.get("classifier") or cfg.get("run") or "<the classifier run>"
+    # the fine-tuning sees the pixels and crops the classifier was trained with (as this predict used them)
+    inputs = [*overrides("data.preprocess", pipe.cls_pre.to_dict()), *overrides("data.crops", pipe.crop_spec.to_dict())]
+    command = shlex.join(["python", "train.py", "experiment=classify", "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
+                          f"data.classes=[{','.join(pipe.classes)}]", *inputs, f"init_from={shipped}"])
     msg = (f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls "
            f"({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {out_dir / DATASET_DIR}")
     never = [c for c, n in record["counts"].items() if not n]
     if never:  # fine-tuning keeps the classifier's classes, and a class without images is refused
-        msg += (f"; no cell was called {never}, and fine-tuning needs every class ({list(classes)}): predict more images "
+        msg += (f"; no cell was called {never}, and fine-tuning needs every class ({pipe.classes}): predict more images "
                 "(with adapt_bn=classifier), or annotate a few cells of those classes and add them to its labels.csv")
         log.warning(msg)
     else:
-        msg += (f"; fine-tune with\n  python train.py experiment=classify data=folder data.layout=csv data.root={out_dir / DATASET_DIR} "
-                f"data.classes=[{','.join(classes)}] init_from={shipped}")
+        msg += f"; fine-tune with\n  {command}"
         log.info(msg)
     print(msg)
-    return record
+    return {**record, "command": None if never else command}
+
+
+def overrides(prefix: str, values: dict) -> list[str]:
+    """`prefix.key=value` Hydra overrides (null, true/false, [a,b], quoted strings where needed)."""
+    def value(v) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        if isinstance(v, str) and not re.fullmatch(r"[\w.\-/]+", v):
+            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return str(v)
+
+    return [f"{prefix}.{k}={value(v)}" for k, v in values.items()]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict.yaml")
