@@ -195,3 +195,21 @@ def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Pa
     assert f"init_from: fine-tuning from {ckpt}" in caplog.text and "other input settings" not in caplog.text
     assert objects["trainer"].current_epoch == 1 and "val/macro_f1" in metrics
     assert objects["datamodule"].load_manifest().classes == list(pipe.classes)
+
+
+def test_the_fine_tuning_command_rebuilds_the_classifiers_network(tmp_path: Path) -> None:
+    """From the run's job.json: the experiment and model choices (not its data, logger or seed)."""
+    import json
+
+    from wbc.rundir import model_choices
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert model_choices(ckpt) is None  # a bare checkpoint: nothing recorded
+    (tmp_path / "run" / "job.json").write_text(json.dumps({"overrides": [
+        "experiment=cross_cls", "data=cross_cls_d2_to_d1", "seed=42", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20",
+        "trainer.accelerator=gpu", "data.crops.diameters=2.7", "logger=csv"]}))
+    assert model_choices(ckpt) == ["experiment=cross_cls", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20"]
+    (tmp_path / "run" / "job.json").write_text("{not json")
+    assert model_choices(ckpt) is None

@@ -274,6 +274,21 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def model_choices(ckpt: Path) -> list[str] | None:
+    """The command-line choices that built a checkpoint's network and schedule (`experiment=`, `stage=`,
+    `model...`, `trainer.max_epochs`), from its run's job.json, for a fine-tuning command that must rebuild
+    the same network; None when that run recorded none (a bare .ckpt, or a pipeline's stage sub-run)."""
+    job = run_dir_of(Path(ckpt)) / JOB_FILE
+    if not job.is_file():
+        return None
+    try:
+        overrides = json.loads(job.read_text()).get("overrides") or []
+    except (OSError, ValueError, AttributeError):  # unreadable: the caller falls back to naming no choices
+        return None
+    keys = ("experiment", "stage", "model", "trainer.max_epochs")
+    return [o for o in overrides if any(override_key(o) == k or override_key(o).startswith(k + ".") for k in keys)]
+
+
 def is_neutral(override: str) -> bool:
     key = override_key(override)
     return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)

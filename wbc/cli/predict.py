@@ -92,13 +92,21 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
     from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
+    from wbc.rundir import model_choices, override_key, resolve_checkpoint
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
-    shipped = cfg.get("classifier") or cfg.get("run") or "<the classifier run>"
-    # the fine-tuning sees the pixels and crops the classifier was trained with (as this predict used them)
+    shipped, choices = cfg.get("classifier") or cfg.get("run"), None
+    if isinstance(shipped, str | Path):  # one model (a fold ensemble cannot be one start)
+        try:
+            choices = model_choices(resolve_checkpoint(shipped, "classification", key="classifier"))
+        except (FileNotFoundError, ValueError):
+            choices = None
+    if not any(override_key(c) in ("experiment", "stage") for c in choices or []):
+        choices = ["experiment=classify", *(choices or [])]
+    # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*overrides("data.preprocess", pipe.cls_pre.to_dict()), *overrides("data.crops", pipe.crop_spec.to_dict())]
-    command = shlex.join(["python", "train.py", "experiment=classify", "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
-                          f"data.classes=[{','.join(pipe.classes)}]", *inputs, f"init_from={shipped}"])
+    command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
+                          f"data.classes=[{','.join(pipe.classes)}]", *inputs, f"init_from={shipped or '<the classifier run>'}"])
     msg = (f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls "
            f"({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {out_dir / DATASET_DIR}")
     never = [c for c, n in record["counts"].items() if not n]
