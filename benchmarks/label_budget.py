@@ -194,9 +194,24 @@ def run_pipeline(direction: str, classifier: Path, segmenter: Path, tag: str) ->
            "data.holdout_split=test", "num_overlays=0", "extras.print_config=false", f"hydra.run.dir={out}"], out)
 
 
+def pseudo_right(run: Path, budget: int) -> str:
+    """The share of a self-training run's chosen pseudo-labels that are right (its pseudo_source.csv keeps the
+    true labels beside the calls; the candidates are the development images outside its validation part)."""
+    from wbc.data.pseudo_labels import select_pseudo_labels
+    from wbc.evaluation.classification import read_predictions_csv
+
+    if not (run / "pseudo_source.csv").is_file() or not (run / "val_predictions.csv").is_file():
+        return ""
+    classes, rows = read_predictions_csv(run / "pseudo_source.csv")
+    val = {r["sample_id"] for r in read_predictions_csv(run / "val_predictions.csv")[1]}
+    true = {r["sample_id"]: r["true"] for r in rows}
+    chosen = select_pseudo_labels(rows, [sid for sid in true if sid not in val], classes, budget)
+    return f"{sum(true[sid] == c for sid, c in chosen.items()) / max(1, len(chosen)):.2f}"
+
+
 def table() -> str:
-    lines = ["| train -> target | input | start | cells per class | seed | n train | val macro-F1 | test macro-F1 | test eos. recall | time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| train -> target | input | start | cells per class | seed | n train | pseudo-labels right | val macro-F1 | test macro-F1 | "
+             "test eos. recall | time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     runs = sorted((ROOT / "outputs" / "label_budget").glob("*/metrics.json"))
     for m_path in runs:
         d = m_path.parent
@@ -206,7 +221,7 @@ def table() -> str:
         log = (d / "cross_cls.log").read_text() if (d / "cross_cls.log").is_file() else ""
         kept = log.split("training images kept")[0].rsplit(": ", 1)[-1].split(" of ")[0] if "training images kept" in log else "?"
         secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").is_file() else "?"
-        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {start_name(start)} | {k[1:]} | {seed[1:]} | {kept} | "
+        lines.append(f"| {DIRECTIONS[direction]} | {variant} | {start_name(start)} | {k[1:]} | {seed[1:]} | {kept} | {pseudo_right(d, int(k[1:]))} | "
                      f"{m.get('val/macro_f1', float('nan')):.3f} | {m.get('test/macro_f1', float('nan')):.3f} | "
                      f"{m.get('test/recall/eosinophil', float('nan')):.2f} | {secs} s |")
     return "\n".join(lines)

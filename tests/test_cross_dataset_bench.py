@@ -57,7 +57,7 @@ def test_label_budget_table_reads_each_run(monkeypatch: pytest.MonkeyPatch, tmp_
     (run / "cross_cls.log").write_text("[..][datamodules.base][INFO] - data.train_per_class=10: 40 of 168 training images kept (eosinophil 10, ...)\n")
     (run / "seconds.txt").write_text("419\n")
     assert label_budget.table().splitlines()[-1] == (
-        "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 42 | 40 | 0.750 | 0.760 | 0.57 | 419 s |")
+        "| dataset2 -> dataset1 | cells_reinhard | other source | 10 | 42 | 40 |  | 0.750 | 0.760 | 0.57 | 419 s |")
 
 
 def test_label_budget_pipeline_fine_tunes_the_segmenter_on_the_same_cells(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -147,8 +147,12 @@ def test_label_budget_pseudo_start_fine_tunes_on_the_source_models_own_calls(mon
     run = label_budget.out_dir("d2_to_d1", "cells_reinhard", 10, "pseudo", 42)
     (run / "metrics.json").write_text('{"val/macro_f1": 0.5, "test/macro_f1": 0.55, "test/recall/eosinophil": 0.25}')
     (run / "cross_cls.log").write_text("[..] - data.pseudo_labels: 31 of 168 training images kept, labelled by x.csv (eosinophil 1, ...)\n")
+    # the share of chosen labels that are right: a (right) and c (wrong) chosen; b is a validation image
+    (run / "pseudo_source.csv").write_text("sample_id,cell,true,pred,p_neutrophil,p_lymphocyte\na,1,neutrophil,neutrophil,0.9,0.1\n"
+                                           "b,1,lymphocyte,lymphocyte,0.1,0.9\nc,1,neutrophil,lymphocyte,0.2,0.8\n")
+    (run / "val_predictions.csv").write_text("sample_id,cell,true,pred,p_neutrophil,p_lymphocyte\nb,1,lymphocyte,lymphocyte,0.1,0.9\n")
     assert label_budget.table().splitlines()[-1] == (
-        "| dataset2 -> dataset1 | cells_reinhard | other source, its own labels (none annotated) | 10 | 42 | 31 | 0.500 | 0.550 | 0.25 | ? s |")
+        "| dataset2 -> dataset1 | cells_reinhard | other source, its own labels (none annotated) | 10 | 42 | 31 | 0.50 | 0.500 | 0.550 | 0.25 | ? s |")
 
 
 def test_pseudo_label_override_composes(tmp_path: Path) -> None:
