@@ -211,5 +211,16 @@ def test_the_fine_tuning_command_rebuilds_the_classifiers_network(tmp_path: Path
         "experiment=cross_cls", "data=cross_cls_d2_to_d1", "seed=42", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20",
         "trainer.accelerator=gpu", "data.crops.diameters=2.7", "logger=csv"]}))
     assert model_choices(ckpt) == ["experiment=cross_cls", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20"]
+    from tests.helpers_models import compose_cfg
+    from wbc.cli.predict import fine_tune_start
+
+    other = tmp_path / "other" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    cfg = compose_cfg("predict.yaml", ["input=x", f"classifier=[{tmp_path / 'run'},{tmp_path / 'other'}]"], tmp_path / "out")
+    members, start, choices = fine_tune_start(cfg)  # a seed ensemble: its first member is the start
+    assert members == [tmp_path / "run", tmp_path / "other"] and start == str(tmp_path / "run")
+    assert choices == ["experiment=cross_cls", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20"]
     (tmp_path / "run" / "job.json").write_text("{not json")
     assert model_choices(ckpt) is None
+    assert fine_tune_start(cfg)[2] == ["experiment=classify"]  # nothing readable: the classifier recipe, init_from says the rest

@@ -92,17 +92,9 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
     from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
-    from wbc.rundir import model_choices, override_key, resolve_checkpoint
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
-    shipped, choices = cfg.get("classifier") or cfg.get("run"), None
-    if isinstance(shipped, str | Path):  # one model (a fold ensemble cannot be one start)
-        try:
-            choices = model_choices(resolve_checkpoint(shipped, "classification", key="classifier"))
-        except (FileNotFoundError, ValueError):
-            choices = None
-    if not any(override_key(c) in ("experiment", "stage") for c in choices or []):
-        choices = ["experiment=classify", *(choices or [])]
+    members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*overrides("data.preprocess", pipe.cls_pre.to_dict()), *overrides("data.crops", pipe.crop_spec.to_dict())]
     command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
@@ -116,9 +108,29 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
         log.warning(msg)
     else:
         msg += f"; fine-tune with\n  {command}"
+        if len(members) > 1:
+            msg += f"\n  (labels of {len(members)} models averaged; fine-tune each with its own init_from=<member>)"
         log.info(msg)
     print(msg)
     return {**record, "command": None if never else command}
+
+
+def fine_tune_start(cfg: DictConfig) -> tuple[list[Path], str | None, list[str]]:
+    """(the classifier's members, the one to start from, the choices that rebuild its network). An ensemble
+    starts from its first member; each member can be fine-tuned on the ensemble's labels alike (the README's
+    seed-ensemble recipe). Choices from its run's job.json, else `experiment=classify` alone."""
+    from wbc.rundir import expand, model_choices, override_key, resolve_checkpoint
+
+    members = expand(cfg.get("classifier") or cfg.get("ensemble") or cfg.get("run"))
+    shipped, choices = (str(members[0]) if members else None), None
+    if shipped:
+        try:
+            choices = model_choices(resolve_checkpoint(shipped, "classification", key="classifier"))
+        except (FileNotFoundError, ValueError):
+            choices = None
+    if not any(override_key(c) in ("experiment", "stage") for c in choices or []):
+        choices = ["experiment=classify", *(choices or [])]
+    return members, shipped, choices
 
 
 def overrides(prefix: str, values: dict) -> list[str]:
