@@ -142,6 +142,11 @@ def test_pseudo_dataset_refuses_a_predict_run_it_cannot_label_from(tmp_path: Pat
     out = fake_predict_dir(tmp_path)
     with pytest.raises(PseudoLabelError, match=r"context must be a number >= 1"):
         write_pseudo_dataset(out, per_class=1, context=0.5)
+    good = (out / "predictions.csv").read_text()
+    (out / "predictions.csv").write_text(good.replace("in/one.png,1,", "in/one.png,one,"))  # a hand-edited table
+    with pytest.raises(PseudoLabelError, match=r"predictions\.csv line 4: cell 'one' is not a cell number"):
+        write_pseudo_dataset(out, per_class=1)
+    (out / "predictions.csv").write_text(good)
     (tmp_path / "in" / "one.png").unlink()  # a source image moved away after predict
     with pytest.raises(PseudoLabelError, match=r"predictions\.csv cell one/01: .*one\.png"):
         write_pseudo_dataset(out, per_class=1)

@@ -95,7 +95,11 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
     missing = [c for c in ("cell", "class", "source", "output_stem") if c not in columns]
     if missing or not classes:
         raise PseudoLabelError(f"{table}: columns {missing or ['p_<class>']} missing; pseudo-labels need a predict.py run with a classifier")
-    by_id = {f"{r['output_stem']}/{int(r['cell']):02d}": r for r in rows}
+    by_id = {}
+    for line, r in enumerate(rows, start=2):
+        if not str(r["cell"]).isdigit():
+            raise PseudoLabelError(f"{table} line {line}: cell {r['cell']!r} is not a cell number; was the file edited?")
+        by_id[f"{r['output_stem']}/{int(r['cell']):02d}"] = r
     candidates = [{"sample_id": sid, "pred": r["class"], **{f"p_{c}": r[f"p_{c}"] for c in classes}} for sid, r in by_id.items()]
     chosen = select_pseudo_labels(candidates, list(by_id), classes, per_class, source=str(table))
     dest = predict_dir / DATASET_DIR
@@ -105,17 +109,16 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
         import shutil
 
         shutil.rmtree(dest)
-    out_rows, labels_cache = [], {}
+    out_rows, field = [], {}  # field: the current source image and its labels (the chosen ids are sorted by image)
     for sid in sorted(chosen):
         row = by_id[sid]
         stem, cell = row["output_stem"], int(row["cell"])
         try:
-            rgb = read_rgb(row["source"])
-            if stem not in labels_cache:
-                labels_cache = {stem: decode_raw(predict_dir / "labels" / f"{stem}.png")}
+            if field.get("stem") != stem:
+                field = {"stem": stem, "rgb": read_rgb(row["source"]), "labels": decode_raw(predict_dir / "labels" / f"{stem}.png")}
         except ImageReadError as err:
             raise PseudoLabelError(f"{table} cell {sid}: {err}") from err
-        nucleus = labels_cache[stem] == cell
+        rgb, nucleus = field["rgb"], field["labels"] == cell
         if nucleus.shape != rgb.shape[:2] or not nucleus.any():
             raise PseudoLabelError(f"{predict_dir / 'labels' / (stem + '.png')}: no cell {cell} of {row['source']} in it; "
                                    "was the source image changed after predict?")
