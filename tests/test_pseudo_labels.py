@@ -123,6 +123,7 @@ def test_pseudo_dataset_cuts_out_the_surest_cells_with_their_own_nucleus(tmp_pat
     source = read_rgb(tmp_path / "in" / "field.png")
     assert np.array_equal(image, source[2:24, 2:24]) and mask.shape == (22, 22)  # the pixels as they were, not resampled
     assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 36 and mask[8:14, 8:14].all()  # its own nucleus, whole
+    assert not (out / "pseudo_dataset" / "splits.json").exists()  # one cell a class: the data config's own split
     with pytest.raises(FileExistsError, match=r"pseudo_dataset already exists; move it away"):
         write_pseudo_dataset(out, per_class=1)
     write_pseudo_dataset(out, per_class=5, context=3.0, overwrite=True)
@@ -198,6 +199,9 @@ def test_a_lab_predicts_writes_pseudo_labels_and_fine_tunes_on_them(tmp_path: Pa
     with caplog.at_level(logging.INFO, logger="wbc"):
         metrics, objects = run_training(train)
     assert f"init_from: fine-tuning from {ckpt}" in caplog.text and "other input settings" not in caplog.text
+    # every cell trains but the least sure of each class (validation) and the next (test): 16 - 2 x 3
+    parts = objects["datamodule"].split_ids()
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (10, 3, 3)
     assert objects["trainer"].current_epoch == 1 and "val/macro_f1" in metrics
     assert objects["datamodule"].load_manifest().classes == list(pipe.classes)
 
@@ -229,3 +233,14 @@ def test_the_fine_tuning_command_rebuilds_the_classifiers_network(tmp_path: Path
     (tmp_path / "run" / "job.json").write_text("{not json")
     assert model_choices(ckpt) is None
     assert fine_tune_start(cfg)[2] == ["experiment=classify"]  # nothing readable: the classifier recipe, init_from says the rest
+
+
+def test_the_pseudo_labelled_split_trains_on_all_but_the_least_sure() -> None:
+    from wbc.data.pseudo_labels import training_split
+
+    rows = [{"image": f"images/a{i}.png", "class_name": "a", "p_a": p, "p_b": "0"} for i, p in enumerate(("0.9", "0.6", "0.8", "0.7"))]
+    rows += [{"image": f"images/b{i}.png", "class_name": "b", "p_a": "0", "p_b": "0.9"} for i in range(2)]
+    split = training_split(rows, ["a", "b"])
+    # class a: the least sure (0.6) validates, the next (0.7) tests; class b has too few cells to hold any out
+    assert split["folds"] == [{"train": ["images/a0", "images/a2", "images/b0", "images/b1"], "val": ["images/a1"]}]
+    assert split["test"] == ["images/a3"]

@@ -91,14 +91,16 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
 def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPipeline) -> dict:
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
-    from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
+    from wbc.data.pseudo_labels import DATASET_DIR, SPLITS_FILE, write_pseudo_dataset
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*overrides("data.preprocess", pipe.cls_pre.to_dict()), *overrides("data.crops", pipe.crop_spec.to_dict())]
+    split = out_dir / DATASET_DIR / SPLITS_FILE  # every pseudo-labelled cell trains but a few (wbc.data.pseudo_labels)
     command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
-                          f"data.classes=[{','.join(pipe.classes)}]", *inputs, f"init_from={shipped or '<the classifier run>'}"])
+                          *([f"data.splits.file={split}"] if split.is_file() else []), f"data.classes=[{','.join(pipe.classes)}]", *inputs,
+                          f"init_from={shipped or '<the classifier run>'}"])
     msg = (f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls "
            f"({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {out_dir / DATASET_DIR}")
     never = [c for c, n in record["counts"].items() if not n]

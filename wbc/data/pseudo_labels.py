@@ -66,6 +66,24 @@ def load_pseudo_labels(path: str | Path, train_ids: Sequence[str], classes: Sequ
 
 
 DATASET_DIR = "pseudo_dataset"
+SPLITS_FILE = "splits.json"
+
+
+def training_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> dict:
+    """The pseudo-labelled set's split (`data.splits.file`): every cell trains except, per class with at least
+    three cells, the least sure one (validation) and the next (test). A held-out part of pseudo-labels only
+    measures agreement with them, so it is kept to the minimum the training loop needs; the least sure
+    calls are the likeliest wrong, so they are the ones left out of training."""
+    val, test = [], []
+    for c in classes:
+        ranked = sorted((r for r in rows if r["class_name"] == c), key=lambda r: (float(r[f"p_{c}"]), r["image"]))
+        if len(ranked) >= 3:
+            val.append(ranked[0]["image"].removesuffix(".png"))
+            test.append(ranked[1]["image"].removesuffix(".png"))
+    held = set(val) | set(test)
+    train = [r["image"].removesuffix(".png") for r in rows if r["image"].removesuffix(".png") not in held]
+    return {"test": test, "folds": [{"train": train, "val": val}],
+            "meta": {"note": "pseudo-labels: every cell trains but the least sure of each class (val) and the next (test)"}}
 
 
 def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float = 4.0, overwrite: bool = False) -> dict:
@@ -141,6 +159,9 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
             writer.writerows(out_rows)
 
     atomic_write(dest / "labels.csv", write_table)
+    split = training_split(out_rows, classes)
+    if split["folds"][0]["val"]:  # no class with three cells: the data config's own split applies
+        write_json(dest / SPLITS_FILE, split)
     counts = {c: list(chosen.values()).count(c) for c in classes}
     record = {"predictions": str(table.resolve()), "per_class": per_class, "context": context, "classes": classes, "counts": counts,
               "cells": len(out_rows), "of_cells": len(rows),
