@@ -59,9 +59,10 @@ def source_inputs(source: Path, stage: str = "classification") -> list[str]:
     single-set ones do not); a segmenter's input size too (the LODO recipe enlarges dataset1)."""
     # the project's checked loader: weights-only, stage and config targets checked
     from lightning_modules.common import load_checkpoint
+    from wbc.rundir import as_overrides
 
     info = load_checkpoint(str(source), stage, key="init_from")["hyper_parameters"]["data_info"]
-    out = [f"data.preprocess.{k}={'null' if v is None else v}" for k, v in info["preprocess"].items()]
+    out = as_overrides("data.preprocess", info["preprocess"])
     return out + ([f"data.image_size={info['image_size']}"] if stage == "segmentation" else [])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -272,6 +273,23 @@ def read_metrics(run_dir: Path) -> dict:
 def override_key(override: str) -> str:
     """`++data.fold=3` -> `data.fold`."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def as_overrides(prefix: str, values: Mapping[str, Any]) -> list[str]:
+    """`prefix.key=value` Hydra overrides of settings a run recorded (null, true/false, [a,b], quoted strings
+    where needed), to rebuild a command line that uses them."""
+    def value(v: Any) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        if isinstance(v, str) and not re.fullmatch(r"[\w.\-/]+", v):
+            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return str(v)
+
+    return [f"{prefix}.{k}={value(v)}" for k, v in values.items()]
 
 
 def model_choices(ckpt: Path) -> list[str] | None:

@@ -13,7 +13,6 @@ another lab or microscope) first re-estimates both models' batch-norm statistics
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,11 +91,12 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
     from wbc.data.pseudo_labels import DATASET_DIR, SPLITS_FILE, write_pseudo_dataset
+    from wbc.rundir import as_overrides
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
-    inputs = [*overrides("data.preprocess", pipe.cls_pre.to_dict()), *overrides("data.crops", pipe.crop_spec.to_dict())]
+    inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
     split = out_dir / DATASET_DIR / SPLITS_FILE  # every pseudo-labelled cell trains but a few (wbc.data.pseudo_labels)
     command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
                           *([f"data.splits.file={split}"] if split.is_file() else []), f"data.classes=[{','.join(pipe.classes)}]", *inputs,
@@ -133,22 +133,6 @@ def fine_tune_start(cfg: DictConfig) -> tuple[list[Path], str | None, list[str]]
     if not any(override_key(c) in ("experiment", "stage") for c in choices or []):
         choices = ["experiment=classify", *(choices or [])]
     return members, shipped, choices
-
-
-def overrides(prefix: str, values: dict) -> list[str]:
-    """`prefix.key=value` Hydra overrides (null, true/false, [a,b], quoted strings where needed)."""
-    def value(v) -> str:
-        if v is None:
-            return "null"
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, list | tuple):
-            return "[" + ",".join(value(x) for x in v) + "]"
-        if isinstance(v, str) and not re.fullmatch(r"[\w.\-/]+", v):
-            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        return str(v)
-
-    return [f"{prefix}.{k}={value(v)}" for k, v in values.items()]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict.yaml")

@@ -98,6 +98,7 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
 
     from wbc.cell_outputs import crop_name, png_bytes
     from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
+    from wbc.evaluation.classification import read_predictions_csv
     from wbc.io import atomic_write, write_json
 
     predict_dir = Path(predict_dir)
@@ -106,11 +107,8 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
         raise PseudoLabelError(f"{table}: not found; expected the predictions.csv of a predict.py run")
     if not isinstance(context, int | float) or isinstance(context, bool) or context < 1:
         raise PseudoLabelError(f"pseudo_dataset.context must be a number >= 1 (nucleus diameters), got {context!r}")
-    with open(table, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns, rows = reader.fieldnames or [], list(reader)
-    classes = [c.removeprefix("p_") for c in columns if c.startswith("p_")]
-    missing = [c for c in ("cell", "class", "source", "output_stem") if c not in columns]
+    classes, rows = read_predictions_csv(table)  # the project's reader: classes from the p_<class> columns
+    missing = [c for c in ("cell", "class", "source", "output_stem") if rows and c not in rows[0]]
     if missing or not classes:
         raise PseudoLabelError(f"{table}: columns {missing or ['p_<class>']} missing; pseudo-labels need a predict.py run with a classifier")
     by_id = {}
