@@ -156,13 +156,13 @@ def run(direction: str, variant: str, budget: int, start: str, seed: int, pseudo
             if not path.is_file():
                 raise SystemExit(f"{path}: no AdaBN predictions; run python benchmarks/cross_dataset.py --directions {direction} "
                                  f"--variants {variant} --seed {s} --adapt-bn")
-        labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
     elif start.startswith("pseudoens2from"):  # second round: the first round's models' calls, averaged over seeds
         calls = [relabel(direction, variant, int(start.removeprefix("pseudoens2from")), s) for s in pseudo_seeds]
+    if start.startswith("pseudo"):
         labels = f"data.pseudo_labels={{file:'{own_ids(calls, TARGET[direction], out / 'pseudo_source.csv')}',per_class:{budget}}}"
     cmd = [sys.executable, "train.py", "experiment=cross_cls", f"data={TARGET[direction]}", labels,
            f"seed={seed}", f"hydra.run.dir={out}", "extras.print_config=false", *VARIANTS[variant], *source_inputs(source)]
-    if start in ("source", "pseudo", "pseudoens") or start.startswith("pseudoens2from"):
+    if start == "source" or start.startswith("pseudo"):
         cmd.append(f"init_from={source}")
     timed(cmd, out)
 
