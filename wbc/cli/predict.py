@@ -112,6 +112,9 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
         msg += f"; fine-tune with\n  {command}"
         if len(members) > 1:
             msg += f"\n  (labels of {len(members)} models averaged; fine-tune each with its own init_from=<member>)"
+        # the labels are the model's own calls: only cells labelled by eye can tell whether fine-tuning helped
+        msg += (f"\n  then predict again with the fine-tuned classifier and check both runs on cells you label yourself:\n"
+                f"  python compare.py runs=[{out_dir},<the new predict dir>]")
         log.info(msg)
     print(msg)
     return {**record, "command": None if never else command}
