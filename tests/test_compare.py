@@ -85,7 +85,7 @@ def test_a_clearly_better_model_is_called_better_and_a_small_gain_cannot_tell(tm
     a = report["models"][1]["against_reference"]
     assert report["cells"] == 60 and report["models"][0]["accuracy"] == pytest.approx(0.5)
     assert a["verdict"] == "better" and a["low"] > 0 and (a["right_only_here"], a["right_only_reference"]) == (27, 0)
-    assert a["mcnemar_p"] < 1e-6
+    assert a["mcnemar_p"] < 1e-6 and a["permutation_p"] < 0.01
     reversed_ = compare([new, ref], points)["models"][1]["against_reference"]
     assert reversed_["verdict"] == "worse" and reversed_["high"] < 0
     small = tmp_path / "small"

@@ -47,12 +47,12 @@ def print_report(report: dict) -> None:
     n, metric = report["cells"], report["metric"]
     counts = ", ".join(f"{c} {k}" for c, k in report["per_class"].items())
     t = Table("run", "found", "macro-F1", "accuracy", "bal. acc.", f"{metric} - reference [{report['confidence']:.0%}]",
-              "right only here / in ref.", "McNemar p", "verdict", title=f"{n} annotated cells ({counts})")
+              "right only here / in ref.", "permutation p", "verdict", title=f"{n} annotated cells ({counts})")
     for i, m in enumerate(report["models"]):
         a = m.get("against_reference")
         vs = ("reference", "", "", "") if a is None else (
             f"{a['difference']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}]", f"{a['right_only_here']} / {a['right_only_reference']}",
-            f"{a['mcnemar_p']:.3f}", a["verdict"])
+            f"{a['permutation_p']:.3f}", a["verdict"])
         t.add_row(f"{i}: {escape(Path(m['run']).name)}", f"{m['found']}/{n}", f"{m['macro_f1']:.3f}", f"{m['accuracy']:.3f}",
                   f"{m['balanced_accuracy']:.3f}", *vs)
     console.print(t)

@@ -8,9 +8,10 @@ original image; a copy of predictions.csv with its `centroid_x` / `centroid_y` w
 Each point is matched to the predicted cell under it in every run, so runs with different segmenters are
 scored on the same cells, and a cell a run did not find counts as wrong (the lab's end-to-end question).
 
-The comparison is paired (every model on the same cells): the difference of the chosen metric with a
-class-stratified bootstrap interval, and McNemar's exact test on the cells one model gets right and the
-other wrong. With 20-40 cells most differences are "cannot tell": the verdict says so instead of ranking.
+The comparison is paired (every model on the same cells): the difference of the chosen metric, a paired
+permutation test that the verdict follows (valid at any number of cells), a class-stratified bootstrap
+interval for the size of the difference, and McNemar's exact test on the cells one model gets right and
+the other wrong. With 20-40 cells most differences are "cannot tell": the verdict says so instead of ranking.
 """
 
 from __future__ import annotations
@@ -152,45 +153,62 @@ def calls(run: Run, points: Sequence[Point], file: Path, margin: float) -> list[
     return out
 
 
+def _scores(t: np.ndarray, p: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
+    """The metric of every row of (rows, cells) integer-coded truth t and calls p, over the classes `labels`."""
+    if metric == "accuracy":
+        return np.mean(t == p, axis=1)
+    per_class = []
+    for c in labels:
+        is_t, is_p = t == c, p == c
+        tp, n_t = np.sum(is_t & is_p, axis=1), np.sum(is_t, axis=1)
+        if metric == "balanced_accuracy":
+            per_class.append(tp / np.maximum(n_t, 1))
+        else:  # macro_f1: 2 tp / (2 tp + fp + fn), 0 for a class neither annotated nor called in that row
+            denom = n_t + np.sum(is_p, axis=1)
+            per_class.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    return np.mean(per_class, axis=0)
+
+
+def _encode(truth: Sequence[str], *preds: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Integer codes of the truth and the calls, and the codes of the annotated classes."""
+    names = {n: i for i, n in enumerate(sorted({*truth, *(c for p in preds for c in p)}))}
+    t = np.array([names[x] for x in truth])
+    return t, [np.array([names[x] for x in p]) for p in preds], np.unique(t)
+
+
 def score(truth: Sequence[str], pred: Sequence[str], metric: str) -> float:
     """macro_f1 (over the annotated classes; a missed cell is a false negative; sklearn's f1_score with
-    zero_division=0, in numpy because the bootstrap calls it thousands of times), accuracy or balanced
-    accuracy (the mean recall over the annotated classes)."""
-    t, p = np.asarray(truth), np.asarray(pred)
-    if metric == "accuracy":
-        return float(np.mean(t == p))
-    labels = np.unique(t)
-    if metric == "balanced_accuracy":
-        return float(np.mean([np.mean(p[t == c] == c) for c in labels]))
-    if metric == "macro_f1":
-        f1 = []
-        for c in labels:
-            tp, fp, fn = np.sum((t == c) & (p == c)), np.sum((t != c) & (p == c)), np.sum((t == c) & (p != c))
-            f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-        return float(np.mean(f1))
-    raise AnnotationError(f"metric={metric!r}; expected one of {', '.join(METRICS)}")
+    labels=the annotated classes, zero_division=0), accuracy or balanced accuracy (the mean recall over the
+    annotated classes). In numpy, row-wise, because the bootstrap scores thousands of resamples at once."""
+    if metric not in METRICS:
+        raise AnnotationError(f"metric={metric!r}; expected one of {', '.join(METRICS)}")
+    t, (p,), labels = _encode(truth, pred)
+    return float(_scores(t[None], p[None], labels, metric)[0])
 
 
 def paired(truth: Sequence[str], ref: Sequence[str], other: Sequence[str], metric: str, draws: int, confidence: float,
            seed: int) -> dict:
-    """other minus ref on the same cells: the difference, its class-stratified bootstrap interval, McNemar's
-    exact p on the cells exactly one of them gets right, and the verdict the interval supports."""
+    """other minus ref on the same cells: the difference; a paired permutation test (each cell's two calls
+    swapped at random: exact in distribution at any size, where a bootstrap interval on 10-20 cells is too
+    narrow), which the verdict follows; the class-stratified bootstrap interval of the difference, to read
+    its size; and McNemar's exact p on the cells exactly one of the two gets right."""
     from scipy.stats import binomtest
 
-    truth_a, ref_a, other_a = np.asarray(truth), np.asarray(ref), np.asarray(other)
+    t, (r, o), labels = _encode(truth, ref, other)
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(truth_a == c) for c in sorted(set(truth))]
-    diffs = np.empty(draws)
-    for d in range(draws):
-        idx = np.concatenate([rng.choice(ix, size=len(ix), replace=True) for ix in by_class])
-        diffs[d] = score(truth_a[idx], other_a[idx], metric) - score(truth_a[idx], ref_a[idx], metric)
+    diff = float(_scores(t[None], o[None], labels, metric)[0] - _scores(t[None], r[None], labels, metric)[0])
+    swap = rng.random((draws, len(t))) < 0.5
+    null = _scores(t[None], np.where(swap, r, o), labels, metric) - _scores(t[None], np.where(swap, o, r), labels, metric)
+    p_perm = float((1 + np.sum(np.abs(null) >= abs(diff) - 1e-12)) / (draws + 1))
+    # resample within each annotated class, so every resample keeps the lab's class counts
+    idx = np.concatenate([rng.choice(np.flatnonzero(t == c), size=(draws, int(np.sum(t == c)))) for c in labels], axis=1)
+    diffs = _scores(t[idx], o[idx], labels, metric) - _scores(t[idx], r[idx], labels, metric)
     lo, hi = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
-    gains = int(np.sum((other_a == truth_a) & (ref_a != truth_a)))
-    losses = int(np.sum((other_a != truth_a) & (ref_a == truth_a)))
-    p = float(binomtest(gains, gains + losses, 0.5).pvalue) if gains + losses else 1.0
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "cannot tell"
-    return {"difference": score(truth, other, metric) - score(truth, ref, metric), "low": float(lo), "high": float(hi),
-            "right_only_here": gains, "right_only_reference": losses, "mcnemar_p": p, "verdict": verdict}
+    gains, losses = int(np.sum((o == t) & (r != t))), int(np.sum((o != t) & (r == t)))
+    p_mcnemar = float(binomtest(gains, gains + losses, 0.5).pvalue) if gains + losses else 1.0
+    verdict = "cannot tell" if p_perm > 1 - confidence or diff == 0 else "better" if diff > 0 else "worse"
+    return {"difference": diff, "low": float(lo), "high": float(hi), "permutation_p": p_perm, "right_only_here": gains,
+            "right_only_reference": losses, "mcnemar_p": p_mcnemar, "verdict": verdict}
 
 
 def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "macro_f1", draws: int = 2000,
