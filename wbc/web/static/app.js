@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0 };
+const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0, blind: false, labelsUrl: null };
 let nextKey = 1;
 
 // ---------------------------------------------------------------------------- server calls
@@ -71,6 +71,38 @@ async function loadModel() {
     dl.append(dt, dd);
   }
   $("limits-line").textContent = `PNG, JPEG, TIFF (8/16-bit) or BMP, up to ${lim.max_file_mb} MB each`;
+  const select = $("cell-label");
+  for (const name of m.classes) { const o = document.createElement("option"); o.value = name; o.textContent = name; select.append(o); }
+  document.querySelector(".labelling").hidden = m.classes.length === 0;
+  document.querySelector(".your-label").hidden = m.classes.length === 0;
+}
+
+// ---------------------------------------------------------------------------- the lab's own labels
+// A label is a point (the cell's centre) with a class, as compare.py reads them: it stays with its cell
+// when the image is segmented again, and the CSV matches it to the cell under it in any predict run.
+function markOf(it, c) {
+  return (it.marks || []).find((m) => c.polygon.some((ring) => inRing(m.x, m.y, ring))) || null;
+}
+
+function setLabel(it, c, label) {
+  it.marks = (it.marks || []).filter((m) => !c.polygon.some((ring) => inRing(m.x, m.y, ring)));
+  if (label) it.marks.push({ x: c.centroid_x, y: c.centroid_y, label });
+  renderLabels(); renderTable(it.data.cells); draw();
+}
+
+function csvField(v) {
+  const text = String(v);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function renderLabels() {
+  const rows = st.items.flatMap((it) => (it.marks || []).map((m) => [it.name, m.x.toFixed(1), m.y.toFixed(1), m.label]));
+  const a = $("download-labels");
+  if (st.labelsUrl) URL.revokeObjectURL(st.labelsUrl);
+  st.labelsUrl = rows.length ? URL.createObjectURL(new Blob([["image,x,y,label", ...rows.map((r) => r.map(csvField).join(","))].join("\r\n") + "\r\n"], { type: "text/csv" })) : null;
+  a.hidden = !rows.length;
+  a.textContent = `Download my labels (CSV, ${rows.length} cell${rows.length === 1 ? "" : "s"})`;
+  if (st.labelsUrl) a.href = st.labelsUrl; else a.removeAttribute("href");
 }
 
 // ---------------------------------------------------------------------------- image list
@@ -106,7 +138,7 @@ function renderList() {
 }
 
 async function addFiles(files) {
-  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, status: "queued", id: null, data: null, error: null, img: null }));
+  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, status: "queued", id: null, data: null, error: null, img: null, marks: [] }));
   st.items.push(...added);
   if (!st.current && added.length) select(added[0]);
   renderList();
@@ -144,8 +176,11 @@ function loadImage(it) {
 }
 
 async function removeItem(it) {
+  const n = (it.marks || []).length;
+  if (n && !window.confirm(`Remove ${it.name} and your ${n} label(s) on it?`)) return;
   if (it.id) { try { await api("DELETE", `/api/images/${it.id}`); } catch (err) { /* already gone */ } }
   st.items = st.items.filter((x) => x !== it);
+  renderLabels();
   if (st.current === it) select(st.items[0] || null); else renderList();
 }
 
@@ -194,7 +229,7 @@ function show() {
   $("classify-btn").disabled = !segmented || BUSY.has(it.status);
   $("step-status").textContent = it ? ({ uploading: "uploading…", queued: "waiting…", segmenting: "segmenting…", classifying: "classifying…" }[it.status] || "") : "";
   showMessage(it && it.error ? it.error : "");
-  $("summary").textContent = segmented ? data.summary : "";
+  $("summary").textContent = !segmented ? "" : classified && st.blind ? `${data.count} cells (the model's calls hidden)` : data.summary;
   $("scale-line").textContent = segmented && data.scale_text ? `Processed: ${data.scale_text}` : "";
   $("downloads").hidden = !segmented;
   if (segmented) for (const a of $("downloads").querySelectorAll("a")) a.href = `/api/images/${it.id}/files/${a.dataset.kind}`;
@@ -212,12 +247,15 @@ function renderTable(cells) {
     tr.dataset.cell = c.cell; tr.tabIndex = 0;
     if (c.cell === st.cell) tr.className = "selected";
     const cls = document.createElement("td");
-    if (c.class) { const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = colour(c.class); cls.append(sw, c.class); } else cls.textContent = "–";
+    if (c.class && st.blind) cls.textContent = "hidden";
+    else if (c.class) { const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = colour(c.class); cls.append(sw, c.class); } else cls.textContent = "–";
     const flag = document.createElement("td");
     if (c.review) { flag.className = "flag"; flag.textContent = "⚑ review"; flag.title = c.review_reasons; }
-    const texts = [String(c.cell), null, c.probability === null ? "–" : c.probability.toFixed(3), String(c.area), `${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}`];
+    const texts = [String(c.cell), null, c.probability === null || st.blind ? "–" : c.probability.toFixed(3), String(c.area), `${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}`];
     texts.forEach((text, i) => { if (i === 1) tr.append(cls); else { const td = document.createElement("td"); td.textContent = text; tr.append(td); } });
-    tr.append(flag);
+    const mark = markOf(st.current, c);
+    const yours = document.createElement("td"); yours.className = "yours"; yours.textContent = mark ? mark.label : "";
+    tr.append(flag, yours);
     tr.addEventListener("click", () => selectCell(c.cell));
     tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); selectCell(c.cell); } });
     body.append(tr);
@@ -239,11 +277,15 @@ function showCell() {
   const c = it && it.data && st.cell !== null ? it.data.cells.find((x) => x.cell === st.cell) : null;
   $("cell-detail").hidden = !c;
   if (!c) return;
-  $("cell-title").textContent = c.class ? `Cell ${c.cell}: ${c.class} (${(100 * c.probability).toFixed(1)} %)` : `Cell ${c.cell} (not classified yet)`;
+  $("cell-title").textContent = c.class && !st.blind ? `Cell ${c.cell}: ${c.class} (${(100 * c.probability).toFixed(1)} %)` : c.class ? `Cell ${c.cell}` : `Cell ${c.cell} (not classified yet)`;
+  const mark = markOf(it, c);
+  $("cell-label").value = mark ? mark.label : "";
   $("cell-crop").src = `/api/images/${it.id}/crops/${c.cell}.png`;
   const bars = $("cell-probs");
   bars.replaceChildren();
-  if (c.class) {
+  if (c.class && st.blind) {
+    bars.textContent = "The model's call is hidden while you label.";
+  } else if (c.class) {
     for (const name of st.model.classes) {
       const p = c["p_" + name] || 0;
       const row = document.createElement("div"); row.className = "bar-row" + (name === c.class ? " top" : "");
@@ -256,7 +298,7 @@ function showCell() {
   } else {
     bars.textContent = `area ${c.area} px, centre ${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}. Press Classify for its class.`;
   }
-  $("cell-review").textContent = c.review ? `Review: ${c.review_reasons}` : "";
+  $("cell-review").textContent = c.review && !st.blind ? `Review: ${c.review_reasons}` : "";
 }
 
 // ---------------------------------------------------------------------------- the canvas
@@ -280,12 +322,12 @@ function draw() {
       ring.forEach(([x, y], i) => (i ? path.lineTo(x * s, y * s) : path.moveTo(x * s, y * s)));
       path.closePath();
     }
-    const col = colour(c.class);
+    const col = colour(st.blind ? null : c.class);
     ctx.globalAlpha = st.opacity;
     if (st.overlay === "fill") { ctx.globalAlpha = st.opacity * 0.45; ctx.fillStyle = col; ctx.fill(path); ctx.globalAlpha = st.opacity; }
     if (c.cell === st.cell) { ctx.lineWidth = lw * 3; ctx.strokeStyle = "#000"; ctx.stroke(path); ctx.lineWidth = lw * 1.6; ctx.strokeStyle = "#fff"; ctx.stroke(path); }
     else { ctx.lineWidth = lw; ctx.strokeStyle = col; ctx.stroke(path); }
-    if (c.class && st.labels) label(ctx, `${c.cell} ${c.class} ${c.probability.toFixed(2)}`, c.bbox_x0 * s, c.bbox_y0 * s, col);
+    if (c.class && st.labels) label(ctx, st.blind ? String(c.cell) : `${c.cell} ${c.class} ${c.probability.toFixed(2)}`, c.bbox_x0 * s, c.bbox_y0 * s, col);
   }
   ctx.globalAlpha = 1;
 }
@@ -332,11 +374,21 @@ function init() {
   $("classify-btn").addEventListener("click", () => st.current && runStep(st.current, "classify"));
   $("segment-all").addEventListener("click", () => batch("segment", st.items.filter((it) => it.id && it.status === "uploaded")));
   $("classify-all").addEventListener("click", () => batch("classify", st.items.filter((it) => it.id && it.status === "segmented")));
-  $("clear-all").addEventListener("click", async () => { try { await api("DELETE", "/api/images"); } catch (err) { /* shown below */ } st.items = []; select(null); });
+  $("clear-all").addEventListener("click", async () => {
+    const n = st.items.reduce((k, it) => k + (it.marks || []).length, 0);
+    if (n && !window.confirm(`Remove all images and your ${n} label(s)? Download your labels first to keep them.`)) return;
+    try { await api("DELETE", "/api/images"); } catch (err) { /* shown below */ }
+    st.items = []; renderLabels(); select(null);
+  });
   for (const r of document.querySelectorAll('input[name="overlay"]')) r.addEventListener("change", () => { st.overlay = r.value; draw(); });
   $("show-labels").addEventListener("change", (ev) => { st.labels = ev.target.checked; draw(); });
   $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });
   $("canvas").addEventListener("click", canvasClick);
+  $("blind").addEventListener("change", (ev) => { st.blind = ev.target.checked; show(); });
+  $("cell-label").addEventListener("change", (ev) => {
+    const it = st.current, c = it && it.data && it.data.cells.find((x) => x.cell === st.cell);
+    if (c) setLabel(it, c, ev.target.value);
+  });
   window.addEventListener("resize", draw);
   loadModel().then(() => { renderList(); show(); });
 }
