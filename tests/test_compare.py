@@ -11,15 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wbc.evaluation.annotated import (
-    NOT_FOUND,
-    AnnotationError,
-    compare,
-    match_cell,
-    paired,
-    sample_template,
-    score,
-)
+from wbc.annotations import NOT_FOUND, AnnotationError, match_cell
+from wbc.evaluation.annotated import compare, paired, sample_template, score
 
 CLASSES = ["neutrophil", "lymphocyte", "monocyte"]
 

@@ -198,7 +198,7 @@ def test_a_lab_labels_cells_blind_and_downloads_them_for_compare(browser, server
     """Blind labelling: the model's calls leave the table, the cell panel, the summary and the overlay; labels
     are points that survive a new segmentation; the CSV download is what compare.py reads, and its points
     fall on the labelled cells; removing a labelled image asks first."""
-    from wbc.evaluation.annotated import match_cell, read_points
+    from wbc.annotations import match_cell, read_points
 
     url, classes = server
     page = browser.new_page(accept_downloads=True)

@@ -84,37 +84,67 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     print(msg)
     if (cfg.get("pseudo_dataset") or {}).get("per_class") is not None:
         pseudo_dataset(cfg, out_dir, overwrite, pipe)
+    if (cfg.get("annotated_dataset") or {}).get("annotations"):
+        annotated_dataset(cfg, out_dir, overwrite, pipe)
     return {"cells": len(rows), "failed": len(failures)}, {"pipeline": pipe}
 
 
 def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPipeline) -> dict:
     """`pseudo_dataset.per_class=K`: the labelled set of the classifier's surest calls (wbc.data.pseudo_labels),
     and the command that fine-tunes the classifier on it."""
-    from wbc.data.pseudo_labels import DATASET_DIR, SPLITS_FILE, write_pseudo_dataset
-    from wbc.rundir import as_overrides
+    from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
 
     record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
+    head = f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls"
+    # the labels are the model's own calls: only cells labelled by eye can tell whether fine-tuning helped
+    check = (f"then predict again with the fine-tuned classifier and check both runs on cells you label yourself:\n"
+             f"  python compare.py runs=[{out_dir},<the new predict dir>]")
+    return fine_tune_message(cfg, out_dir, out_dir / DATASET_DIR, pipe, record, head, check)
+
+
+def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPipeline) -> dict:
+    """`annotated_dataset.annotations=<labels.csv>`: the lab's labelled points as a training set of their
+    cells (wbc.data.cell_dataset), and the command that fine-tunes the classifier on it."""
+    from wbc.data.cell_dataset import ANNOTATED_DIR, write_annotated_dataset
+
+    spec = cfg.annotated_dataset
+    record = write_annotated_dataset(out_dir, spec.annotations, spec.get("context", 4.0), overwrite, float(spec.get("match_margin", 0.5)),
+                                     int(spec.get("seed", 0)))
+    head = f"annotated_dataset: {record['cells']} cells with your labels from {spec.annotations}"
+    if record["not_found"]:
+        rows = ", ".join(str(p["row"]) for p in record["not_found"][:10])
+        log.warning("annotated_dataset: %d labelled point(s) are on no cell this run found (rows %s%s); they are not in the set "
+                    "(listed in annotated_dataset.json)", len(record["not_found"]), rows, ", ..." if len(record["not_found"]) > 10 else "")
+        head += f" ({len(record['not_found'])} point(s) on no found cell left out)"
+    check = ("then score the fine-tuned model on other labelled cells than these (python compare.py runs=[<before>,<after>] "
+             "annotations=<held-out labels>)")
+    return fine_tune_message(cfg, out_dir, out_dir / ANNOTATED_DIR, pipe, record, head, check)
+
+
+def fine_tune_message(cfg: DictConfig, out_dir: Path, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str) -> dict:
+    """Print (and log) what a cell dataset holds and the `train.py` command that fine-tunes the classifier on
+    it, or, when a class has no cell (fine-tuning keeps every class), which classes are missing."""
+    from wbc.data.cell_dataset import SPLITS_FILE
+    from wbc.rundir import as_overrides
+
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
-    split = out_dir / DATASET_DIR / SPLITS_FILE  # every pseudo-labelled cell trains but a few (wbc.data.pseudo_labels)
-    command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={out_dir / DATASET_DIR}",
+    split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
+    command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={dataset}",
                           *([f"data.splits.file={split}"] if split.is_file() else []), f"data.classes=[{','.join(pipe.classes)}]", *inputs,
                           f"init_from={shipped or '<the classifier run>'}"])
-    msg = (f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls "
-           f"({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {out_dir / DATASET_DIR}")
+    msg = f"{head} ({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {dataset}"
     never = [c for c, n in record["counts"].items() if not n]
     if never:  # fine-tuning keeps the classifier's classes, and a class without images is refused
-        msg += (f"; no cell was called {never}, and fine-tuning needs every class ({pipe.classes}): predict more images "
-                "(with adapt_bn=classifier), or annotate a few cells of those classes and add them to its labels.csv")
+        msg += (f"; no cell is labelled {never}, and fine-tuning needs every class ({pipe.classes}): predict more images "
+                "(with adapt_bn=classifier), or label a few cells of those classes")
         log.warning(msg)
     else:
         msg += f"; fine-tune with\n  {command}"
         if len(members) > 1:
-            msg += f"\n  (labels of {len(members)} models averaged; fine-tune each with its own init_from=<member>)"
-        # the labels are the model's own calls: only cells labelled by eye can tell whether fine-tuning helped
-        msg += (f"\n  then predict again with the fine-tuned classifier and check both runs on cells you label yourself:\n"
-                f"  python compare.py runs=[{out_dir},<the new predict dir>]")
+            msg += f"\n  ({len(members)} models: fine-tune each with its own init_from=<member>)"
+        msg += f"\n  {check}"
         log.info(msg)
     print(msg)
     return {**record, "command": None if never else command}

@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
+from wbc.data.cell_dataset import (
+    SPLITS_FILE,
+    CellDatasetError,
+    check_context,
+    cut_cells,
+    held_out_split,
+    predicted_cells,
+)
 
-
-class PseudoLabelError(ValueError):
-    """A predictions file that cannot label the training images it is asked to."""
+# a predictions file that cannot label the training images it is asked to (one error type with the cell-set writer's)
+PseudoLabelError = CellDatasetError
 
 
 def select_pseudo_labels(rows: Sequence[Mapping[str, str]], train_ids: Sequence[str], classes: Sequence[str],
@@ -66,7 +72,8 @@ def load_pseudo_labels(path: str | Path, train_ids: Sequence[str], classes: Sequ
 
 
 DATASET_DIR = "pseudo_dataset"
-SPLITS_FILE = "splits.json"
+__all__ = ["DATASET_DIR", "SPLITS_FILE", "PseudoLabelError", "load_pseudo_labels", "select_pseudo_labels", "training_split",
+           "write_pseudo_dataset"]
 
 
 def training_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> dict:
@@ -74,95 +81,30 @@ def training_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) ->
     three cells, the least sure one (validation) and the next (test). A held-out part of pseudo-labels only
     measures agreement with them, so it is kept to the minimum the training loop needs; the least sure
     calls are the likeliest wrong, so they are the ones left out of training."""
-    val, test = [], []
-    for c in classes:
-        ranked = sorted((r for r in rows if r["class_name"] == c), key=lambda r: (float(r[f"p_{c}"]), r["image"]))
-        if len(ranked) >= 3:
-            val.append(ranked[0]["image"].removesuffix(".png"))
-            test.append(ranked[1]["image"].removesuffix(".png"))
-    held = set(val) | set(test)
-    train = [r["image"].removesuffix(".png") for r in rows if r["image"].removesuffix(".png") not in held]
-    return {"test": test, "folds": [{"train": train, "val": val}],
-            "meta": {"note": "pseudo-labels: every cell trains but the least sure of each class (val) and the next (test)"}}
+    return held_out_split(rows, classes, lambda r, c: (float(r[f"p_{c}"]), r["image"]),
+                          "pseudo-labels: every cell trains but the least sure of each class (val) and the next (test)")
 
 
 def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float = 4.0, overwrite: bool = False) -> dict:
     """A labelled dataset for a lab without annotations, from a predict.py output dir: the `per_class`
-    cells per predicted class the classifier is surest of (`select_pseudo_labels`), each cut out of its
-    source image as a square of `context` nucleus diameters around the nucleus (clipped to the image),
-    with that nucleus alone as a 0/255 mask. Written as `<predict_dir>/pseudo_dataset/` in the csv
-    layout (`labels.csv`: image, mask, class_name, group = the source image, so the cells of one field
-    stay on one side of a split, and p_<class>) that `data=folder data.layout=csv` reads, plus
-    `pseudo_dataset.json` (where the labels came from). Returns that record."""
-    import csv
-
-    from wbc.cell_outputs import crop_name, png_bytes
-    from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
-    from wbc.evaluation.classification import read_predictions_csv
-    from wbc.io import atomic_write, write_json
+    cells per predicted class the classifier is surest of (`select_pseudo_labels`), cut out as
+    wbc.data.cell_dataset does, in `<predict_dir>/pseudo_dataset/`, plus `pseudo_dataset.json` (where the
+    labels came from). Returns that record."""
+    from wbc.io import write_json
 
     predict_dir = Path(predict_dir)
-    table = predict_dir / "predictions.csv"
-    if not table.is_file():
-        raise PseudoLabelError(f"{table}: not found; expected the predictions.csv of a predict.py run")
-    if not isinstance(context, int | float) or isinstance(context, bool) or context < 1:
-        raise PseudoLabelError(f"pseudo_dataset.context must be a number >= 1 (nucleus diameters), got {context!r}")
-    classes, rows = read_predictions_csv(table)  # the project's reader: classes from the p_<class> columns
-    missing = [c for c in ("cell", "class", "source", "output_stem") if rows and c not in rows[0]]
-    if missing or not classes:
-        raise PseudoLabelError(f"{table}: columns {missing or ['p_<class>']} missing; pseudo-labels need a predict.py run with a classifier")
-    by_id = {}
-    for line, r in enumerate(rows, start=2):
-        if not str(r["cell"]).isdigit():
-            raise PseudoLabelError(f"{table} line {line}: cell {r['cell']!r} is not a cell number; was the file edited?")
-        by_id[f"{r['output_stem']}/{int(r['cell']):02d}"] = r
+    table, classes, by_id = predicted_cells(predict_dir, "pseudo-labels")
+    check_context(context, "pseudo_dataset.context")
     candidates = [{"sample_id": sid, "pred": r["class"], **{f"p_{c}": r[f"p_{c}"] for c in classes}} for sid, r in by_id.items()]
     chosen = select_pseudo_labels(candidates, list(by_id), classes, per_class, source=str(table))
     dest = predict_dir / DATASET_DIR
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} already exists; move it away (or predict with overwrite=true) to write a new one")
-    if dest.exists():  # overwrite: an earlier selection's crops must not linger beside the new labels.csv
-        import shutil
-
-        shutil.rmtree(dest)
-    out_rows, field = [], {}  # field: the current source image and its labels (the chosen ids are sorted by image)
-    for sid in sorted(chosen):
-        row = by_id[sid]
-        stem, cell = row["output_stem"], int(row["cell"])
-        try:
-            if field.get("stem") != stem:
-                field = {"stem": stem, "rgb": read_rgb(row["source"]), "labels": decode_raw(predict_dir / "labels" / f"{stem}.png")}
-        except ImageReadError as err:
-            raise PseudoLabelError(f"{table} cell {sid}: {err}") from err
-        rgb, nucleus = field["rgb"], field["labels"] == cell
-        if nucleus.shape != rgb.shape[:2] or not nucleus.any():
-            raise PseudoLabelError(f"{predict_dir / 'labels' / (stem + '.png')}: no cell {cell} of {row['source']} in it; "
-                                   "was the source image changed after predict?")
-        ys, xs = np.nonzero(nucleus)
-        half = context * np.sqrt(4 * len(ys) / np.pi) / 2
-        y0, y1 = max(0, int(ys.mean() - half)), min(rgb.shape[0], int(np.ceil(ys.mean() + half)) + 1)
-        x0, x1 = max(0, int(xs.mean() - half)), min(rgb.shape[1], int(np.ceil(xs.mean() + half)) + 1)
-        name = crop_name(stem, cell)
-        for sub, arr in (("images", rgb[y0:y1, x0:x1]), ("masks", nucleus[y0:y1, x0:x1].astype(np.uint8) * 255)):
-            data = png_bytes(np.ascontiguousarray(arr))
-            atomic_write(dest / sub / name, lambda p, data=data: p.write_bytes(data))
-        out_rows.append({"image": f"images/{name}", "mask": f"masks/{name}", "class_name": chosen[sid], "group": stem,
-                         **{f"p_{c}": row[f"p_{c}"] for c in classes}})
-    fields = ["image", "mask", "class_name", "group", *(f"p_{c}" for c in classes)]
-
-    def write_table(p: Path) -> None:
-        with open(p, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fields)
-            writer.writeheader()
-            writer.writerows(out_rows)
-
-    atomic_write(dest / "labels.csv", write_table)
+    out_rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite)
     split = training_split(out_rows, classes)
     if split["folds"][0]["val"]:  # no class with three cells: the data config's own split applies
         write_json(dest / SPLITS_FILE, split)
     counts = {c: list(chosen.values()).count(c) for c in classes}
     record = {"predictions": str(table.resolve()), "per_class": per_class, "context": context, "classes": classes, "counts": counts,
-              "cells": len(out_rows), "of_cells": len(rows),
+              "cells": len(out_rows), "of_cells": len(by_id),
               "note": "labels are the classifier's own calls, not annotations; validation on this set measures agreement with them"}
     write_json(dest / "pseudo_dataset.json", record)
     return record

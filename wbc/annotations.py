@@ -1,0 +1,142 @@
+"""A lab's annotated cells: points (image, x, y, label) as QuPath and the web app's "Your label" write them,
+and the predicted cell of a predict.py run under each point.
+
+A label is a point, not a cell number, so it outlives a new segmentation and meets the same cell in runs
+with different segmenters. Used to score runs (wbc.evaluation.annotated, compare.py) and to cut a
+labelled training set out of a run (wbc.data.cell_dataset, predict.py's annotated_dataset).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+NOT_FOUND = "(not found)"
+
+
+class AnnotationError(ValueError):
+    """An annotation file or predict run that cannot be scored: names the file, the row and what was expected."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One annotated cell: the row it came from (1 = first data row), where it is, what the lab says it is."""
+
+    row: int
+    image: str
+    x: float
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """A predict.py output: its cells per image (keyed by every name the image goes by) and its classes."""
+
+    path: Path
+    classes: list[str]
+    cells: dict[str, list[dict]]  # source path -> that image's cell rows
+    names: dict[str, set[str]]  # image name (as given, file name, stem, source) -> source paths
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a predict.py output dir (or its predictions.json): a complete run, one entry per input image."""
+    p = Path(path)
+    file = p / "predictions.json" if p.is_dir() else p
+    if not file.is_file():
+        raise AnnotationError(f"{path}: no predictions.json; expected a predict.py output dir (or its predictions.json)")
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if data.get("status") != "complete":
+        raise AnnotationError(f"{file}: status {data.get('status')!r}; a comparison needs a complete predict run (rerun it)")
+    if not data.get("classes"):
+        raise AnnotationError(f"{file}: no classes; that run had no classifier (predict.py ... classifier=<run>)")
+    cells: dict[str, list[dict]] = {}
+    names: dict[str, set[str]] = {}
+    for img in [*data.get("images", []), *data.get("failed", [])]:
+        source = str(img.get("source") or img.get("image"))
+        cells.setdefault(source, [])
+        given = str(img.get("image", source))
+        for name in {given, source, Path(given).name, Path(source).name, str(img.get("output_stem", ""))} - {""}:
+            names.setdefault(name, set()).add(source)
+    for c in data.get("cells", []):
+        cells.setdefault(str(c.get("source") or c["image"]), []).append(c)
+    return Run(file.parent, list(data["classes"]), cells, names)
+
+
+def read_points(path: str | Path, classes: Sequence[str]) -> tuple[list[Point], int]:
+    """(the annotated points of a CSV, how many rows had no label yet); any other bad row is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"annotations={path}: no such file; expected a CSV with columns image, x, y, label")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        xy = ("x", "y") if {"x", "y"} & cols or not {"centroid_x", "centroid_y"} & cols else ("centroid_x", "centroid_y")
+        missing = {"image", "label", *xy} - cols
+        if missing:
+            raise AnnotationError(f"{path}: missing column(s) {sorted(missing)}; expected image, x, y, label "
+                                  f"(or a copy of predictions.csv with a label column); found {sorted(cols)}")
+        points, unlabelled, seen = [], 0, {}
+        for i, r in enumerate(reader, start=1):
+            label = (r.get("label") or "").strip()
+            if not label:
+                unlabelled += 1
+                continue
+            if label not in classes:
+                raise AnnotationError(f"{path} row {i}: label {label!r} is not a class of the models ({', '.join(classes)}); "
+                                      "correct it, or leave the row out")
+            try:
+                x, y = float(r[xy[0]]), float(r[xy[1]])
+            except (TypeError, ValueError):
+                raise AnnotationError(f"{path} row {i}: {xy[0]}={r[xy[0]]!r}, {xy[1]}={r[xy[1]]!r}; expected pixel coordinates") from None
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise AnnotationError(f"{path} row {i}: {xy[0]}, {xy[1]} must be finite pixel coordinates")
+            key = (r["image"].strip(), round(x, 1), round(y, 1))
+            if key in seen:
+                raise AnnotationError(f"{path} row {i}: the same point as row {seen[key]} ({key[0]}, x={x:g}, y={y:g}); one row per cell")
+            seen[key] = i
+            points.append(Point(i, key[0], x, y, label))
+    if not points:
+        raise AnnotationError(f"{path}: no row has a label; fill in the label column of the cells you checked")
+    return points, unlabelled
+
+
+def resolve_image(run: Run, point: Point, file: Path) -> str:
+    """The source path of the run's image the point names (exact name, file name or output stem)."""
+    for name in (point.image, Path(point.image).name):
+        sources = run.names.get(name, set())
+        if len(sources) == 1:
+            return next(iter(sources))
+        if len(sources) > 1:
+            raise AnnotationError(f"{file} row {point.row}: image {point.image!r} names {len(sources)} inputs of {run.path} "
+                                  f"({', '.join(sorted(sources))}); give its full path")
+    examples = ", ".join(sorted(Path(s).name for s in run.cells)[:3])
+    raise AnnotationError(f"{file} row {point.row}: image {point.image!r} is not among the {len(run.cells)} images of "
+                          f"{run.path} (e.g. {examples})")
+
+
+def match_cell(cells: Sequence[dict], x: float, y: float, margin: float) -> dict | None:
+    """The predicted cell under (x, y): among cells whose nucleus box holds the point, else whose box grown
+    by `margin` of its size on each side does (a point on the cytoplasm), the one with the nearest centre."""
+    def inside(c: dict, grow: float) -> bool:
+        h, w = c["bbox_y1"] - c["bbox_y0"], c["bbox_x1"] - c["bbox_x0"]
+        return c["bbox_x0"] - grow * w <= x < c["bbox_x1"] + grow * w and c["bbox_y0"] - grow * h <= y < c["bbox_y1"] + grow * h
+
+    for grow in (0.0, margin):
+        hits = [c for c in cells if inside(c, grow)]
+        if hits:
+            return min(hits, key=lambda c: (c["centroid_x"] - x) ** 2 + (c["centroid_y"] - y) ** 2)
+    return None
+
+
+def calls(run: Run, points: Sequence[Point], file: Path, margin: float) -> list[str]:
+    """The run's class for every point (NOT_FOUND where no predicted cell is under it)."""
+    out = []
+    for p in points:
+        cell = match_cell(run.cells[resolve_image(run, p, file)], p.x, p.y, margin)
+        out.append(NOT_FOUND if cell is None else str(cell["class"]))
+    return out
