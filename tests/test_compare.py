@@ -122,8 +122,12 @@ def test_bad_annotations_get_one_clear_error(tmp_path: Path, rows, header, match
 def test_runs_that_cannot_be_compared_are_refused(tmp_path: Path) -> None:
     _, _, points = lab(tmp_path, 3, wrong_ref=0, wrong_new=0)
     stopped = write_run(tmp_path / "stopped", [], ["/lab/img000.png"], status="stopped after 0 of 3 images: disk full")
-    with pytest.raises(AnnotationError, match=r"status 'stopped after 0 of 3.*needs a complete predict run"):
+    with pytest.raises(AnnotationError, match=r"status 'stopped after 0 of 3.*need a complete predict run"):
         compare([stopped], points)
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "predictions.json").write_text("{'status': 'complete'")
+    with pytest.raises(AnnotationError, match=r"edited/predictions.json: not the JSON predict.py writes"):
+        compare([tmp_path / "edited"], points)
     with pytest.raises(AnnotationError, match=r"nothing: no predictions.json; expected a predict.py output dir"):
         compare([tmp_path / "nothing"], points)
     twins = write_run(tmp_path / "twins", [], ["/lab/x/img000.png", "/lab/y/img000.png"])

@@ -19,7 +19,7 @@ NOT_FOUND = "(not found)"
 
 
 class AnnotationError(ValueError):
-    """An annotation file or predict run that cannot be scored: names the file, the row and what was expected."""
+    """An annotation file or predict run that cannot be used: names the file, the row and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,13 @@ def load_run(path: str | Path) -> Run:
     file = p / "predictions.json" if p.is_dir() else p
     if not file.is_file():
         raise AnnotationError(f"{path}: no predictions.json; expected a predict.py output dir (or its predictions.json)")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    if data.get("status") != "complete":
-        raise AnnotationError(f"{file}: status {data.get('status')!r}; a comparison needs a complete predict run (rerun it)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"{file}: not the JSON predict.py writes ({err}); was it edited?") from None
+    if not isinstance(data, dict) or data.get("status") != "complete":
+        status = data.get("status") if isinstance(data, dict) else None
+        raise AnnotationError(f"{file}: status {status!r}; labelled points need a complete predict run (rerun it)")
     if not data.get("classes"):
         raise AnnotationError(f"{file}: no classes; that run had no classifier (predict.py ... classifier=<run>)")
     cells: dict[str, list[dict]] = {}
