@@ -124,6 +124,10 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path: Path) -> None:
     stopped = write_run(tmp_path / "stopped", [], ["/lab/img000.png"], status="stopped after 0 of 3 images: disk full")
     with pytest.raises(AnnotationError, match=r"status 'stopped after 0 of 3.*need a complete predict run"):
         compare([stopped], points)
+    (tmp_path / "masks_only").mkdir()
+    (tmp_path / "masks_only" / "predictions.json").write_text(json.dumps({"status": "complete", "classes": [], "images": [], "cells": []}))
+    with pytest.raises(AnnotationError, match=r"no classes; that run had no classifier"):
+        compare([tmp_path / "masks_only"], points)
     (tmp_path / "edited").mkdir()
     (tmp_path / "edited" / "predictions.json").write_text("{'status': 'complete'")
     with pytest.raises(AnnotationError, match=r"edited/predictions.json: not the JSON predict.py writes"):
