@@ -71,7 +71,8 @@ def compare(cfg: DictConfig) -> tuple[dict, dict]:
         rows = sample_template(runs[0], int(cfg.template_cells), int(cfg.seed))
         path = write_text(out / "annotate.csv", csv_text(rows))
         print(f"{len(rows)} cells drawn at random from {runs[0]} -> {path}\n"
-              "  fill in the label column by eye (the overlay column shows each cell's number), then\n"
+              "  fill in the label column by eye, looking at each image around x, y (the nucleus box bbox_*); the overlays\n"
+              "  show the model's calls, so label from the images, then\n"
               f"  python compare.py runs=[{','.join(runs)}] annotations={path}")
         return {"template_cells": len(rows)}, {"rows": rows}
     report = compare_runs(runs, cfg.annotations, cfg.metric, int(cfg.bootstrap), float(cfg.confidence), int(cfg.seed),

@@ -110,7 +110,8 @@ def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "
 
 def sample_template(run_path: str | Path, n: int, seed: int = 0) -> list[dict]:
     """n predicted cells drawn at random (not by the model's class or confidence: a fair sample), as rows to
-    annotate: image, x, y, an empty label, and where to look (cell number, box, overlay)."""
+    annotate: image, x, y, an empty label, and where to look (cell number, nucleus box). Nothing of the
+    model's call, and no overlay (it shows the calls): a label read off the original image is not anchored."""
     run = load_run(run_path)
     pool = [c for cs in run.cells.values() for c in cs]
     if not pool:
@@ -118,5 +119,5 @@ def sample_template(run_path: str | Path, n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
     return [{"image": c["image"], "x": round(float(c["centroid_x"]), 1), "y": round(float(c["centroid_y"]), 1), "label": "",
-             "cell": c["cell"], "bbox_x0": c["bbox_x0"], "bbox_y0": c["bbox_y0"], "bbox_x1": c["bbox_x1"], "bbox_y1": c["bbox_y1"],
-             "overlay": str(run.path / "overlays" / f"{c['output_stem']}.png")} for c in (pool[i] for i in picked)]
+             "cell": c["cell"], "bbox_x0": c["bbox_x0"], "bbox_y0": c["bbox_y0"], "bbox_x1": c["bbox_x1"], "bbox_y1": c["bbox_y1"]}
+            for c in (pool[i] for i in picked)]
