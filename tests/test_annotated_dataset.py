@@ -56,10 +56,10 @@ def test_labelled_points_become_a_fine_tuning_set_with_the_labs_classes(tmp_path
     out = tmp_path / "pred"
     with caplog.at_level(logging.WARNING, logger="wbc"):
         run(out, f"annotated_dataset.annotations={annotations}", "annotated_dataset.match_margin=0")  # no cytoplasm slack
-    assert "1 labelled point(s) are on no cell this run found (rows 13)" in caplog.text
+    assert "1 labelled point(s) are on no cell this run found (row 13)" in caplog.text
     dest = out / "annotated_dataset"
     record = json.loads((dest / "annotated_dataset.json").read_text())
-    assert record["cells"] == 12 and record["points"] == 13 and [p["row"] for p in record["not_found"]] == [13]
+    assert record["cells"] == 12 and record["points"] == 13 and [p["row"] for p in record["not_found"]] == ["row 13"]
     with open(dest / "labels.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     # the lab's classes, not the model's calls; each crop with its own nucleus as the mask
@@ -86,7 +86,7 @@ def test_labels_that_cannot_make_a_training_set_are_refused(tmp_path: Path, lab_
     out = tmp_path / "pred"
     run(out)
     clash = write_points(tmp_path / "clash.csv", [("img03.png", 24, 24, classes[0]), ("img03.png", 25, 23, classes[1])])
-    with pytest.raises(CellDatasetError, match=rf"clash.csv rows 1 and 2: one predicted cell \(img03/01 of .*\) labelled '{classes[0]}' and "):
+    with pytest.raises(CellDatasetError, match=rf"clash.csv row 1 and row 2: one predicted cell \(img03/01 of .*\) labelled '{classes[0]}' and "):
         write_annotated_dataset(out, clash)
     nowhere = write_points(tmp_path / "nowhere.csv", [("img03.png", 1, 1, classes[0])])
     with pytest.raises(CellDatasetError, match=r"none of its 1 labelled points is on a cell"):

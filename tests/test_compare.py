@@ -191,3 +191,48 @@ def test_a_lab_predicts_annotates_the_template_and_compares(tmp_path: Path, monk
     with open(tmp_path / "cmp" / "compare_cells.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 6
     assert "6 annotated cells" in capsys.readouterr().out
+
+
+def qupath_feature(geometry: dict, label: str | None, kind: str = "annotation") -> dict:
+    props = {"objectType": kind, **({"classification": {"name": label, "color": [255, 0, 0]}} if label else {})}
+    return {"type": "Feature", "geometry": geometry, "properties": props}
+
+
+def test_qupath_geojson_annotations_are_points_too(tmp_path: Path) -> None:
+    """QuPath's export, one <image stem>.geojson per image: point, multipoint and outline annotations are labels
+    (an outline by its centroid); detections (a model's cells) and unclassified objects are skipped and counted."""
+    ref, new, _ = lab(tmp_path, 3, wrong_ref=3, wrong_new=0)
+    folder = tmp_path / "qupath"
+    folder.mkdir()
+    square = [[[46, 35], [56, 35], [56, 45], [46, 45], [46, 35]]]  # centroid (51, 40)
+    files = {
+        "img000": [qupath_feature({"type": "Point", "coordinates": [51, 39]}, "neutrophil"),
+                   qupath_feature({"type": "Point", "coordinates": [5, 5]}, "neutrophil", kind="detection")],
+        "img001": [qupath_feature({"type": "Polygon", "coordinates": square}, "lymphocyte"),
+                   qupath_feature({"type": "Point", "coordinates": [50, 40]}, None)],
+        "img002": [qupath_feature({"type": "MultiPoint", "coordinates": [[50, 40], [90, 90]]}, "monocyte")],
+    }
+    for stem, feats in files.items():
+        (folder / f"{stem}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    report = compare([ref, new], folder)
+    assert (report["cells"], report["unlabelled_rows"]) == (4, 2)
+    assert [c["label"] for c in report["calls"]] == ["neutrophil", "lymphocyte", "monocyte", "monocyte"]
+    assert [c["row"] for c in report["calls"]][-2:] == ["feature 1 point 1", "feature 1 point 2"]
+    assert [c["model1"] for c in report["calls"]] == ["neutrophil", "lymphocyte", "monocyte", NOT_FOUND]  # (90, 90) is on no cell
+    one = compare([ref, new], folder / "img001.geojson")  # one file: the image named after it
+    assert one["cells"] == 1 and one["calls"][0]["x"] == pytest.approx(51) and one["calls"][0]["y"] == pytest.approx(40)
+
+    (folder / "img002.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        qupath_feature({"type": "Point", "coordinates": [50, 40]}, "Monocyte")]}))
+    with pytest.raises(AnnotationError, match=r"img002.geojson feature 1: classification 'Monocyte' is not a class of the models"):
+        compare([ref, new], folder)
+    (folder / "img002.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        qupath_feature({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}, "monocyte")]}))
+    with pytest.raises(AnnotationError, match=r"img002.geojson feature 1: geometry type 'LineString'; expected Point"):
+        compare([ref, new], folder)
+    detections = tmp_path / "detections"
+    detections.mkdir()
+    (detections / "img000.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        qupath_feature({"type": "Point", "coordinates": [51, 39]}, "neutrophil", kind="detection")]}))
+    with pytest.raises(AnnotationError, match=r"no classified annotation object.*1 object\(s\) skipped: detections or unclassified"):
+        compare([ref, new], detections)

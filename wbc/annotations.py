@@ -24,9 +24,10 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Point:
-    """One annotated cell: the row it came from (1 = first data row), where it is, what the lab says it is."""
+    """One annotated cell: where in its file it came from ("row 3": 1 = the first data row of a CSV; "feature 2
+    point 5" of a GeoJSON), where it is in the image, what the lab says it is."""
 
-    row: int
+    row: str
     image: str
     x: float
     y: float
@@ -72,10 +73,14 @@ def load_run(path: str | Path) -> Run:
 
 
 def read_points(path: str | Path, classes: Sequence[str]) -> tuple[list[Point], int]:
-    """(the annotated points of a CSV, how many rows had no label yet); any other bad row is an error."""
+    """(the annotated points, how many had no label yet) of a CSV, or of QuPath GeoJSON (a .geojson file or a
+    folder of them, `read_geojson_points`); any other bad entry is an error."""
     path = Path(path)
+    if path.is_dir() or path.suffix.lower() in (".geojson", ".json"):
+        return read_geojson_points(path, classes)
     if not path.is_file():
-        raise AnnotationError(f"annotations={path}: no such file; expected a CSV with columns image, x, y, label")
+        raise AnnotationError(f"annotations={path}: no such file; expected a CSV with columns image, x, y, label "
+                              "(or QuPath GeoJSON: a .geojson file or a folder of them)")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = set(reader.fieldnames or [])
@@ -103,10 +108,67 @@ def read_points(path: str | Path, classes: Sequence[str]) -> tuple[list[Point], 
             if key in seen:
                 raise AnnotationError(f"{path} row {i}: the same point as row {seen[key]} ({key[0]}, x={x:g}, y={y:g}); one row per cell")
             seen[key] = i
-            points.append(Point(i, key[0], x, y, label))
+            points.append(Point(f"row {i}", key[0], x, y, label))
     if not points:
         raise AnnotationError(f"{path}: no row has a label; fill in the label column of the cells you checked")
     return points, unlabelled
+
+
+def _centre(geometry: dict) -> list[tuple[float, float]]:
+    """The points a geometry stands for: a Point, each point of a MultiPoint, a (Multi)Polygon's area centroid."""
+    kind, coords = geometry.get("type"), geometry.get("coordinates")
+    if kind == "Point":
+        return [(float(coords[0]), float(coords[1]))]
+    if kind == "MultiPoint":
+        return [(float(c[0]), float(c[1])) for c in coords]
+    if kind in ("Polygon", "MultiPolygon"):
+        rings = [coords[0]] if kind == "Polygon" else [poly[0] for poly in coords]
+        area = cx = cy = 0.0
+        for ring in rings:  # the shoelace formula over the outer rings
+            for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1]):
+                cross = x0 * y1 - x1 * y0
+                area, cx, cy = area + cross, cx + (x0 + x1) * cross, cy + (y0 + y1) * cross
+        if area == 0:
+            raise ValueError("a polygon without area")
+        return [(cx / (3 * area), cy / (3 * area))]
+    raise ValueError(f"geometry type {kind!r}; expected Point, MultiPoint, Polygon or MultiPolygon")
+
+
+def read_geojson_points(path: Path, classes: Sequence[str]) -> tuple[list[Point], int]:
+    """QuPath's GeoJSON export (Export objects as GeoJSON), one file per image named after it (`<image
+    stem>.geojson`): every annotation object (objectType "annotation", as the lab draws them: points,
+    MultiPoints or outlines) with its classification name as the label. Detection objects (a model's cells,
+    e.g. predict.py's own geojson/) are not labels: they are skipped and counted with the unlabelled ones."""
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".geojson", ".json")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise AnnotationError(f"annotations={path}: no GeoJSON file; expected QuPath's export, one <image stem>.geojson per image")
+    points, skipped = [], 0
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise AnnotationError(f"{f}: not GeoJSON ({err})") from None
+        features = data.get("features", []) if isinstance(data, dict) and data.get("type") == "FeatureCollection" else \
+            data if isinstance(data, list) else [data]
+        for i, feat in enumerate(features, start=1):
+            props = (feat.get("properties") or {}) if isinstance(feat, dict) else {}
+            label = str(((props.get("classification") or {}).get("name")) or "").strip()
+            if props.get("objectType", "annotation") != "annotation" or not label:
+                skipped += 1
+                continue
+            if label not in classes:
+                raise AnnotationError(f"{f} feature {i}: classification {label!r} is not a class of the models "
+                                      f"({', '.join(classes)}); rename the class in QuPath, or remove the object")
+            try:
+                centres = _centre(feat.get("geometry") or {})
+            except (TypeError, ValueError, IndexError, KeyError) as err:
+                raise AnnotationError(f"{f} feature {i}: {err}") from None
+            points += [Point(f"feature {i}" + (f" point {k}" if len(centres) > 1 else ""), f.stem, x, y, label)
+                       for k, (x, y) in enumerate(centres, start=1)]
+    if not points:
+        raise AnnotationError(f"annotations={path}: no classified annotation object; label cells in QuPath with classified "
+                              f"points ({skipped} object(s) skipped: detections or unclassified)")
+    return points, skipped
 
 
 def resolve_image(run: Run, point: Point, file: Path) -> str:
@@ -116,10 +178,10 @@ def resolve_image(run: Run, point: Point, file: Path) -> str:
         if len(sources) == 1:
             return next(iter(sources))
         if len(sources) > 1:
-            raise AnnotationError(f"{file} row {point.row}: image {point.image!r} names {len(sources)} inputs of {run.path} "
+            raise AnnotationError(f"{file} {point.row}: image {point.image!r} names {len(sources)} inputs of {run.path} "
                                   f"({', '.join(sorted(sources))}); give its full path")
     examples = ", ".join(sorted(Path(s).name for s in run.cells)[:3])
-    raise AnnotationError(f"{file} row {point.row}: image {point.image!r} is not among the {len(run.cells)} images of "
+    raise AnnotationError(f"{file} {point.row}: image {point.image!r} is not among the {len(run.cells)} images of "
                           f"{run.path} (e.g. {examples})")
 
 

@@ -113,7 +113,7 @@ def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: Cel
     head = f"annotated_dataset: {record['cells']} cells with your labels from {spec.annotations}"
     if record["not_found"]:
         rows = ", ".join(str(p["row"]) for p in record["not_found"][:10])
-        log.warning("annotated_dataset: %d labelled point(s) are on no cell this run found (rows %s%s); they are not in the set "
+        log.warning("annotated_dataset: %d labelled point(s) are on no cell this run found (%s%s); they are not in the set "
                     "(listed in annotated_dataset.json)", len(record["not_found"]), rows, ", ..." if len(record["not_found"]) > 10 else "")
         head += f" ({len(record['not_found'])} point(s) on no found cell left out)"
     check = ("then score the fine-tuned model on other labelled cells than these (python compare.py runs=[<before>,<after>] "

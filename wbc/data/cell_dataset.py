@@ -129,7 +129,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     run = load_run(predict_dir)
     points, unlabelled = read_points(annotations, classes)
     chosen: dict[str, str] = {}
-    first_row: dict[str, int] = {}
+    first_row: dict[str, str] = {}
     not_found = []
     for p in points:
         cell = match_cell(run.cells[resolve_image(run, p, Path(annotations))], p.x, p.y, margin)
@@ -138,7 +138,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
             continue
         sid = f"{cell['output_stem']}/{int(cell['cell']):02d}"
         if sid in chosen and chosen[sid] != p.label:
-            raise CellDatasetError(f"{annotations} rows {first_row[sid]} and {p.row}: one predicted cell ({sid} of {predict_dir}) "
+            raise CellDatasetError(f"{annotations} {first_row[sid]} and {p.row}: one predicted cell ({sid} of {predict_dir}) "
                                    f"labelled {chosen[sid]!r} and {p.label!r}; correct one of them")
         chosen[sid], first_row[sid] = p.label, first_row.get(sid, p.row)
     if not chosen:
