@@ -227,12 +227,15 @@ def test_a_lab_labels_cells_blind_and_downloads_them_for_compare(browser, server
     assert [rows.nth(i).locator("td.yours").inner_text() for i in range(3)] == [classes[1], "", classes[0]]
     assert page.inner_text("#download-labels") == "Download my labels (CSV, 2 cells)"
 
+    leaving = "(() => { const e = new Event('beforeunload', { cancelable: true }); window.dispatchEvent(e); return e.defaultPrevented; })()"
+    assert page.evaluate(leaving)  # labels not downloaded yet: leaving the page asks first
     page.click("#segment-btn")  # segmented again: the labels are points, they stay with their cells
     wait_until(page, "document.getElementById('summary').textContent === '3 cells (not classified yet)'")
     assert [rows.nth(i).locator("td.yours").inner_text() for i in range(3)] == [classes[1], "", classes[0]]
     with page.expect_download() as info:
         page.click("#download-labels")
     path = Path(info.value.path())
+    assert not page.evaluate(leaving)  # downloaded: nothing to lose
     points, unlabelled = read_points(path, classes)
     assert (len(points), unlabelled) == (2, 0) and {p.image for p in points} == {"lab, field 1.png"}  # quoted in the CSV
     cells = page.evaluate("st.items[0].data.cells")

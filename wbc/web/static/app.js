@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0, blind: false, labelsUrl: null };
+const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0, blind: false, labelsUrl: null, unsaved: 0 };
 let nextKey = 1;
 
 // ---------------------------------------------------------------------------- server calls
@@ -87,6 +87,7 @@ function markOf(it, c) {
 function setLabel(it, c, label) {
   it.marks = (it.marks || []).filter((m) => !c.polygon.some((ring) => inRing(m.x, m.y, ring)));
   if (label) it.marks.push({ x: c.centroid_x, y: c.centroid_y, label });
+  st.unsaved++;
   renderLabels(); renderTable(it.data.cells); draw();
 }
 
@@ -385,6 +386,11 @@ function init() {
   $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });
   $("canvas").addEventListener("click", canvasClick);
   $("blind").addEventListener("change", (ev) => { st.blind = ev.target.checked; show(); });
+  $("download-labels").addEventListener("click", () => { st.unsaved = 0; });
+  // labels live only in this page: leaving it with changes not downloaded asks first
+  window.addEventListener("beforeunload", (ev) => {
+    if (st.unsaved && st.items.some((it) => (it.marks || []).length)) { ev.preventDefault(); ev.returnValue = ""; }
+  });
   $("cell-label").addEventListener("change", (ev) => {
     const it = st.current, c = it && it.data && it.data.cells.find((x) => x.cell === st.cell);
     if (c) setLabel(it, c, ev.target.value);
