@@ -188,6 +188,9 @@ def test_a_lab_predicts_annotates_the_template_and_compares(tmp_path: Path, monk
     assert report["cells"] == 6 and [m["found"] for m in report["models"]] == [6, 6]  # every drawn cell found again
     assert figures["model0/macro_f1"] == figures["model1/macro_f1"]  # the same classifier twice
     assert report["models"][1]["against_reference"]["verdict"] == "cannot tell"
+    assert len(report["annotations_sha256"]) == 64
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "# Models on 6 annotated cells" in md and md.count("cannot tell") == 1 and report["annotations_sha256"][:16] in md
     with open(tmp_path / "cmp" / "compare_cells.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 6
     assert "6 annotated cells" in capsys.readouterr().out

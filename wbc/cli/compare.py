@@ -62,7 +62,7 @@ def print_report(report: dict) -> None:
 def compare(cfg: DictConfig) -> tuple[dict, dict]:
     """annotate.csv (no annotations yet) or the comparison; returns (figures, {"report": ...})."""
     from wbc.evaluation.annotated import compare as compare_runs
-    from wbc.evaluation.annotated import sample_template
+    from wbc.evaluation.annotated import sample_template, to_markdown
     from wbc.io import write_json, write_text
 
     out = Path(cfg.paths.output_dir)
@@ -79,10 +79,11 @@ def compare(cfg: DictConfig) -> tuple[dict, dict]:
                           float(cfg.match_margin))
     write_json(out / "compare.json", report)
     write_text(out / "compare_cells.csv", csv_text(report["calls"]))
+    write_text(out / "compare.md", to_markdown(report))
     if report["unlabelled_rows"]:
         log.info("compare: %d row(s) of %s have no label yet and were left out", report["unlabelled_rows"], cfg.annotations)
     print_report(report)
-    print(f"compare.json and compare_cells.csv in {out}")
+    print(f"compare.json, compare.md and compare_cells.csv in {out}")
     figures = {f"model{i}/{cfg.metric}": m[cfg.metric] for i, m in enumerate(report["models"])}
     return figures, {"report": report}
 

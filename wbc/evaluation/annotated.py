@@ -104,8 +104,40 @@ def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "
     cells = [{"row": p.row, "image": p.image, "x": p.x, "y": p.y, "label": p.label, **{f"model{i}": c[k] for i, c in enumerate(per_run)}}
              for k, p in enumerate(points)]
     counts = {c: truth.count(c) for c in sorted(set(truth))}
-    return {"annotations": str(annotations), "cells": len(points), "unlabelled_rows": unlabelled, "per_class": counts,
+    return {"annotations": str(annotations), "annotations_sha256": _digest(Path(annotations)), "cells": len(points), "unlabelled_rows": unlabelled, "per_class": counts,
             "metric": metric, "confidence": confidence, "bootstrap": draws, "models": models, "calls": cells}
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of the annotation file (or of a folder's files, by name): which labels a verdict was read from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()) if path.is_dir() else [path]:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def to_markdown(report: dict) -> str:
+    """compare.md: the record a lab keeps of which model its own cells favoured."""
+    a = report
+    lines = [f"# Models on {a['cells']} annotated cells", "",
+             f"Annotations: `{a['annotations']}` (sha256 {a['annotations_sha256'][:16]}), "
+             + ", ".join(f"{c} {n}" for c, n in a["per_class"].items())
+             + (f"; {a['unlabelled_rows']} entries without a label skipped" if a["unlabelled_rows"] else "") + ".",
+             f"Verdict: paired permutation test on {a['metric']} at {a['confidence']:.0%} ({a['bootstrap']} draws); "
+             "a missed cell counts as wrong.", "",
+             "| run | found | macro-F1 | accuracy | balanced accuracy | difference [interval] | right only here / in reference | permutation p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, m in enumerate(a["models"]):
+        r = m.get("against_reference")
+        vs = "reference | | | | reference" if r is None else (
+            f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['right_only_here']} / {r['right_only_reference']} | "
+            f"{r['permutation_p']:.3f} | {r['verdict']}")
+        lines.append(f"| {i}: `{m['run']}` | {m['found']}/{a['cells']} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | "
+                     f"{m['balanced_accuracy']:.3f} | {vs} |")
+    return "\n".join(lines) + "\n"
 
 
 def sample_template(run_path: str | Path, n: int, seed: int = 0) -> list[dict]:
