@@ -125,8 +125,9 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
 
     predict_dir = Path(predict_dir)
     check_context(context, "annotated_dataset.context")
-    table, classes, by_id = predicted_cells(predict_dir, "annotated datasets")
-    run = load_run(predict_dir)
+    run = load_run(predict_dir)  # predictions.json: the cells by image for the points, and each cell's row to cut it out
+    classes = run.classes
+    by_id = {f"{c['output_stem']}/{int(c['cell']):02d}": c for cells in run.cells.values() for c in cells}
     points, unlabelled = read_points(annotations, classes)
     chosen: dict[str, str] = {}
     first_row: dict[str, str] = {}
@@ -152,7 +153,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     if split["folds"][0]["val"]:  # no class with three cells: the data config's own split applies
         write_json(dest / SPLITS_FILE, split)
     counts = {c: list(chosen.values()).count(c) for c in classes}
-    record = {"predictions": str(table.resolve()), "annotations": str(Path(annotations).resolve()), "context": context,
+    record = {"predictions": str((run.path / "predictions.json").resolve()), "annotations": str(Path(annotations).resolve()), "context": context,
               "classes": classes, "counts": counts, "cells": len(rows), "points": len(points), "unlabelled_rows": unlabelled,
               "not_found": not_found, "note": "labels are the lab's annotations; each point's predicted cell was cut out"}
     write_json(dest / "annotated_dataset.json", record)
