@@ -99,7 +99,7 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
     # the labels are the model's own calls: only cells labelled by eye can tell whether fine-tuning helped
     check = (f"then predict again with the fine-tuned classifier and check both runs on cells you label yourself:\n"
              f"  python compare.py runs=[{out_dir},<the new predict dir>]")
-    return fine_tune_message(cfg, out_dir, out_dir / DATASET_DIR, pipe, record, head, check)
+    return fine_tune_message(cfg, out_dir / DATASET_DIR, pipe, record, head, check)
 
 
 def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPipeline) -> dict:
@@ -118,10 +118,10 @@ def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: Cel
         head += f" ({len(record['not_found'])} point(s) on no found cell left out)"
     check = ("then score the fine-tuned model on other labelled cells than these (python compare.py runs=[<before>,<after>] "
              "annotations=<held-out labels>)")
-    return fine_tune_message(cfg, out_dir, out_dir / ANNOTATED_DIR, pipe, record, head, check)
+    return fine_tune_message(cfg, out_dir / ANNOTATED_DIR, pipe, record, head, check)
 
 
-def fine_tune_message(cfg: DictConfig, out_dir: Path, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str) -> dict:
+def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str) -> dict:
     """Print (and log) what a cell dataset holds and the `train.py` command that fine-tunes the classifier on
     it, or, when a class has no cell (fine-tuning keeps every class), which classes are missing."""
     from wbc.data.cell_dataset import SPLITS_FILE
