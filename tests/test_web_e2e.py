@@ -207,7 +207,8 @@ def test_a_lab_labels_cells_blind_and_downloads_them_for_compare(browser, server
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     wait_until(page, "document.getElementById('model-line').textContent.includes('neutrophil')")
-    page.set_input_files("#file-input", [{"name": "lab, field 1.png", "mimeType": "image/png", "buffer": png(field())}])
+    name = "=lab, field 1.png"  # a spreadsheet would run a field starting with '=': the CSV must not
+    page.set_input_files("#file-input", [{"name": name, "mimeType": "image/png", "buffer": png(field())}])
     wait_until(page, "!document.getElementById('segment-btn').disabled")
     page.click("#segment-btn")
     page.wait_for_selector("#classify-btn", state="visible")
@@ -236,8 +237,9 @@ def test_a_lab_labels_cells_blind_and_downloads_them_for_compare(browser, server
         page.click("#download-labels")
     path = Path(info.value.path())
     assert not page.evaluate(leaving)  # downloaded: nothing to lose
+    assert f'"\'{name}"' in path.read_text()  # quoted (the comma) and guarded (the '=')
     points, unlabelled = read_points(path, classes)
-    assert (len(points), unlabelled) == (2, 0) and {p.image for p in points} == {"lab, field 1.png"}  # quoted in the CSV
+    assert (len(points), unlabelled) == (2, 0) and {p.image for p in points} == {name}  # read back exactly
     cells = page.evaluate("st.items[0].data.cells")
     found = [match_cell([{**c, "class": str(c["cell"])} for c in cells], p.x, p.y, 0.0)["cell"] for p in points]
     assert found == [1, 3] and [p.label for p in points] == [classes[1], classes[0]]

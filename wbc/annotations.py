@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wbc.spreadsheet import unguard_row
+
 NOT_FOUND = "(not found)"
 
 
@@ -90,7 +92,7 @@ def read_points(path: str | Path, classes: Sequence[str]) -> tuple[list[Point], 
             raise AnnotationError(f"{path}: missing column(s) {sorted(missing)}; expected image, x, y, label "
                                   f"(or a copy of predictions.csv with a label column); found {sorted(cols)}")
         points, unlabelled, seen = [], 0, {}
-        for i, r in enumerate(reader, start=1):
+        for i, r in enumerate(map(unguard_row, reader), start=1):
             label = (r.get("label") or "").strip()
             if not label:
                 unlabelled += 1

@@ -26,6 +26,7 @@ import numpy as np
 
 from wbc.overlay import label_cells
 from wbc.postprocess import Instance
+from wbc.spreadsheet import guard
 
 # distinct colours that read on light and dark backgrounds (Trubetskoy's list); class i gets colour i
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -94,11 +95,11 @@ def class_counts(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> d
 def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
-    return f"{v:.5f}" if isinstance(v, float) else v
+    return f"{v:.5f}" if isinstance(v, float) else guard(v)
 
 
 def csv_records(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
-    """Rows as CSV records (floats to 5 decimals, missing values empty)."""
+    """Rows as CSV records (floats to 5 decimals, missing values empty, text a spreadsheet cannot run)."""
     return [[_csv_value(r.get(c)) for c in columns] for r in rows]
 
 

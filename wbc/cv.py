@@ -38,6 +38,7 @@ from wbc.rundir import (
     override_key,
     stage_file,
 )
+from wbc.spreadsheet import guard
 from wbc.stages import STAGES
 
 # the pooled OOF rows of each stage, one CSV each
@@ -256,7 +257,7 @@ def _fmt(v: Any) -> str:
         return ""
     if isinstance(v, float):
         return "nan" if not math.isfinite(v) else f"{v:.6g}"
-    return str(v)
+    return guard(str(v))
 
 
 def write_summary(summary: Mapping, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wbc.cli import CONFIG_DIR, prepare
 from wbc.run import extras, task_wrapper
+from wbc.spreadsheet import guard
 
 log = logging.getLogger("wbc")
 
@@ -33,7 +34,7 @@ def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: guard(v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wbc.spreadsheet import guard
+
 SPLITS_FILE = "splits.json"
 ANNOTATED_DIR = "annotated_dataset"
 
@@ -91,7 +93,7 @@ def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: M
         with open(p, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fields)
             writer.writeheader()
-            writer.writerows(out_rows)
+            writer.writerows({k: guard(v) for k, v in r.items()} for r in out_rows)
 
     atomic_write(dest / "labels.csv", write_table)
     return out_rows

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from wbc.data.imageio import ImageReadError, decode_raw, read_mask, read_rgb
+from wbc.spreadsheet import unguard_row
 
 BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
 LABEL_NAMES = ("background", "cytoplasm", "nucleus")
@@ -191,7 +192,7 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ManifestError(f"{path}: missing columns {missing}; found {columns}, expected at least {list(REQUIRED_COLUMNS)}")
-        rows = [(reader.line_num, row) for row in reader]  # line numbers before filtering, as an editor shows them
+        rows = [(reader.line_num, unguard_row(row)) for row in reader]  # line numbers before filtering, as an editor shows them
     for column, wanted in (filters or {}).items():  # e.g. data.filters.subset=dataset1
         if column not in columns:
             raise ManifestError(f"data.filters.{column}: {path} has no column {column!r}; columns are {columns}")

@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import (
 )
 
 from wbc.io import atomic_write, write_json, write_text
+from wbc.spreadsheet import guard, unguard_row
 
 # the validation split's per-crop probabilities: a fold's out-of-fold predictions
 OOF_FILE = Path("val_predictions.csv")
@@ -107,18 +108,19 @@ def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str]
             writer = csv.writer(fh)
             writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes)])
             for c, row in zip(dataset.crops, probs):
-                writer.writerow([c.sample_id, c.cell, classes[c.label], classes[int(np.argmax(row))], *(f"{v:.5f}" for v in row)])
+                writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.5f}" for v in row)])
 
     atomic_write(path, _write)
 
 
 def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """(classes from the p_<class> columns, rows) of a predictions CSV this product wrote (evaluate's or predict's)."""
     import csv
 
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         classes = [h[2:] for h in (reader.fieldnames or []) if h.startswith("p_")]
-        return classes, list(reader)
+        return classes, [unguard_row(r) for r in reader]
 
 
 def write_confusion(matrix: np.ndarray, classes: list[str], stem: Path, title: str, loggers=()) -> None:

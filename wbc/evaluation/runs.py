@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
+from wbc.spreadsheet import guard
 from wbc.stages import PIPELINE, Stage, get_stage
 from wbc.targets import check_targets
 from wbc.tta import tta_count
@@ -182,7 +183,7 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
     writer = csv.writer(buf)
     writer.writerow(["member", *keys, "checkpoint"])
     for r in [*rows, {"member": "members_mean", **members_mean}, {"member": "ensemble", **metrics}]:
-        writer.writerow([r["member"], *(f"{r[k]:.6g}" if r.get(k) is not None else "" for k in keys), r.get("checkpoint", "")])
+        writer.writerow([guard(str(r["member"])), *(f"{r[k]:.6g}" if r.get(k) is not None else "" for k in keys), guard(str(r.get("checkpoint", "")))])
     write_text(out_dir / "ensemble_summary.csv", buf.getvalue())
 
 

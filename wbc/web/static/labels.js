@@ -15,8 +15,14 @@ function setLabel(it, c, label) {
   renderLabels(); renderTable(it.data.cells); draw();
 }
 
+// A field a spreadsheet would run as a formula (= + - @, tab, CR) opens as text behind an apostrophe; numbers
+// stay numbers. The same rule as wbc/spreadsheet.py, whose readers take the apostrophe off again.
+const FORMULA = /^'*[=+\-@\t\r]/;
+const NUMBER = /^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf(inity)?|nan)$/i;
+
 function csvField(v) {
-  const text = String(v);
+  let text = String(v);
+  if (FORMULA.test(text) && (text.startsWith("'") || !NUMBER.test(text))) text = "'" + text;
   return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
