@@ -98,3 +98,6 @@ def test_labels_that_cannot_make_a_training_set_are_refused(tmp_path: Path, lab_
     assert record["cells"] == 1 and not (out / "annotated_dataset" / "splits.json").exists()
     with pytest.raises(FileExistsError, match="annotated_dataset already exists"):
         write_annotated_dataset(out, same)
+    images[3].unlink()  # a source image moved away after predict: the error names the run's file it read
+    with pytest.raises(CellDatasetError, match=r"predictions\.json cell img03/01: .*img03\.png"):
+        write_annotated_dataset(out, same, overwrite=True)

@@ -51,13 +51,13 @@ def predicted_cells(predict_dir: Path, purpose: str) -> tuple[Path, list[str], d
 
 
 def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: Mapping[str, dict], classes: Sequence[str],
-              context: float, overwrite: bool) -> list[dict]:
-    """Write the chosen cells ({cell id: label}) into dest (images/, masks/, labels.csv); returns labels.csv's rows."""
+              context: float, overwrite: bool, table: Path) -> list[dict]:
+    """Write the chosen cells ({cell id: label}) into dest (images/, masks/, labels.csv); returns labels.csv's rows.
+    `table` is the run's file the rows in by_id were read from (predictions.csv or .json), named in errors."""
     from wbc.cell_outputs import crop_name, png_bytes
     from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
     from wbc.io import atomic_write
 
-    table = predict_dir / "predictions.csv"
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} already exists; move it away (or predict with overwrite=true) to write a new one")
     if dest.exists():  # overwrite: an earlier selection's crops must not linger beside the new labels.csv
@@ -147,7 +147,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     if not chosen:
         raise CellDatasetError(f"{annotations}: none of its {len(points)} labelled points is on a cell {predict_dir} found")
     dest = predict_dir / ANNOTATED_DIR
-    rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite)
+    rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, run.path / "predictions.json")
     rng = np.random.default_rng(seed)
     draw = {r["image"]: float(rng.random()) for r in rows}
     split = held_out_split(rows, classes, lambda r, c: draw[r["image"]],

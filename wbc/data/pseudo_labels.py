@@ -98,7 +98,7 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
     candidates = [{"sample_id": sid, "pred": r["class"], **{f"p_{c}": r[f"p_{c}"] for c in classes}} for sid, r in by_id.items()]
     chosen = select_pseudo_labels(candidates, list(by_id), classes, per_class, source=str(table))
     dest = predict_dir / DATASET_DIR
-    out_rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite)
+    out_rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, table)
     split = training_split(out_rows, classes)
     if split["folds"][0]["val"]:  # no class with three cells: the data config's own split applies
         write_json(dest / SPLITS_FILE, split)
