@@ -23,6 +23,7 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_grey_lite1: cells_grey on the larger EfficientNet-Lite1 (offline ImageNet weights)
 - cells_reinhard_robust: cells_reinhard + the optics preset with its Macenko stain-intensity entry
             (colour kept: normalised, then jittered around the target, blurred, re-encoded, rescaled)
+- cells_reinhard_greymix: cells_reinhard with half the training crops shown grey (albumentations.ToGray)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
@@ -65,6 +66,9 @@ VARIANTS = {
     # the best colour input with AdaBN (Reinhard) plus the optics preset, stain entry kept
     "cells_reinhard_robust": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                               "augment@data.crops.transforms=robust"],
+    # the best colour input with AdaBN, half the training crops shown grey (conf/augment/grey_mix.yaml's entry)
+    "cells_reinhard_greymix": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                               "+data.crops.transforms.grey={_target_:albumentations.ToGray,num_output_channels:3,p:0.5}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 

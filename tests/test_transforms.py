@@ -295,6 +295,25 @@ def test_robust_preset_builds_and_keeps_masks_aligned(make_cfg):
             assert (dark & nucleus).sum() / (dark | nucleus).sum() > 0.7
 
 
+def test_grey_mix_preset_shows_some_images_without_colour(make_cfg):
+    """conf/augment/grey_mix.yaml: the lossless flips plus ToGray on half the images (three equal channels,
+    so the network's input shape stays), masks untouched."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["augment@data.train_transforms=grey_mix"])
+    assert set(cfg.data.train_transforms) == {"hflip", "vflip", "rot90", "grey"}
+    ops = [instantiate(v) for v in cfg.data.train_transforms.values()]
+    pipe = build_pipeline(ops, 32)
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[..., 0], img[..., 2] = 200, 60  # red-violet: colour a grey view removes
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 4:12] = 1
+    outs = [pipe(image=img, mask=mask) for _ in range(40)]
+    grey = [o["image"].std(-1).max() == 0 for o in outs]
+    assert 5 < sum(grey) < 35 and all(o["image"].shape == (32, 32, 3) for o in outs)
+    assert all(o["mask"].sum() == mask.sum() for o in outs)
+
+
 def test_colour_only_augmentation_on_grey_input_is_one_clear_error(make_cfg):
     from hydra.utils import instantiate
 
