@@ -154,3 +154,39 @@ def test_pipeline_and_predict_with_a_sweep_dir(folds, tmp_path: Path) -> None:
     counts, objects = predict.predict(cfg)
     assert isinstance(objects["pipeline"].segmenter, SegmentationEnsemble) and counts["failed"] == 0
     assert (tmp_path / "out" / "predictions.json").is_file() and (tmp_path / "out" / "masks" / "smear.png").is_file()
+
+
+def test_segmenters_of_different_inputs_average_each_on_its_own(folds, make_eval_cfg, tmp_path: Path) -> None:
+    """An RGB and a grey + CLAHE segmenter (each wins on another lab's smears) average as one model: it takes
+    both preprocessings stacked along the channels, the pipeline and evaluate.py give each member its own, and
+    classifiers of different inputs are still refused."""
+    from wbc.data.transforms import Preprocess
+    from wbc.evaluation.segmentation import evaluate_segmentation, predict
+    from wbc.inference import CellPipeline
+
+    seg_rgb, clf_rgb = folds["seg"][0], folds["clf"][0]
+    seg_grey, clf_grey = tiny_modules(folds["tmp"] / "grey", ["data.preprocess.grayscale=true", "data.preprocess.clahe=true"], seed=3)
+    ens = SegmentationEnsemble([seg_rgb, seg_grey, seg_rgb], ["rgb", "grey", "rgb2"]).eval()
+    grey_pre = Preprocess.from_config(seg_grey.hparams.data_info["preprocess"])
+    assert ens.member_group == [0, 1, 0] and ens.hparams.data_info["input_groups"][1] == grey_pre.to_dict()
+    x = torch.rand(2, 4, 32, 32)
+    pa, pg = seg_rgb.predict_probability(x[:, :3]), seg_grey.predict_probability(x[:, 3:])
+    assert not torch.allclose(pa, pg)
+    assert torch.allclose(ens.predict_probability(x), (2 * pa + pg) / 3, atol=1e-6)  # the mean over members
+    with pytest.raises(ValueError, match=r"takes 4 channels \(its members' inputs \[3, 1\]"):
+        ens.predict_probability(x[:, :3])
+    with pytest.raises(ValueError, match=r"data_info\.preprocess"):
+        ClassifierEnsemble([clf_rgb, clf_grey])
+
+    rgb = cell(40, seed=5)[0]
+    both = CellPipeline(SegmentationEnsemble([seg_rgb, seg_grey]), None).segment(rgb)
+    alone = [CellPipeline(m, None).segment(rgb) for m in (seg_rgb, seg_grey)]
+    np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
+
+    ckpts = [save_checkpoint(m, tmp_path / f"{n}.ckpt") for n, m in (("rgb", seg_rgb), ("grey", seg_grey))]
+    metrics, out = evaluate.evaluate(make_eval_cfg(f"[{ckpts[0]},{ckpts[1]}]", "data=synthetic_tiny"))
+    dm_rgb = out["datamodule"]
+    _, own = evaluate.evaluate(make_eval_cfg(ckpts[1], "data=synthetic_tiny", f"hydra.run.dir={tmp_path / 'grey_alone'}"))
+    probs = [predict(seg_rgb, dm_rgb, "test"), predict(seg_grey, own["datamodule"], "test")]  # the grey one on grey images
+    expected = evaluate_segmentation(None, dm_rgb, "test", out["postprocess"], None, 0, probabilities=[(a + b) / 2 for a, b in zip(*probs)])
+    assert metrics["test/dice_raw_fullres"] == pytest.approx(expected["mean"]["dice_raw"], nan_ok=True)

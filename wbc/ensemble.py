@@ -5,7 +5,10 @@
 (`predict_probability` / `predict_proba`, `hparams.data_info`, `hparams.stage`, `classes`,
 `.to()`, `.eval()`), so wbc.inference.CellPipeline, wbc.evaluation.segmentation and wbc.evaluation.classification take them
 unchanged. Members must have been trained on the same inputs (input size, preprocessing, target,
-classes, crop geometry): anything else is refused.
+classes, crop geometry): anything else is refused, with one exception: segmenters trained on different
+preprocessing (e.g. RGB and grey + CLAHE, which each win on another lab's smears) average as one model;
+they take the image through every member's preprocessing, stacked along the channels
+(`data_info.input_groups`, wbc.data.transforms.StackedPreprocess).
 
 `load_models(spec, stage)` turns what a user passes -- a .ckpt file, a run dir, a sweep dir of
 fold runs (`<sweep>/<job>/`), or a list of those (wbc.rundir.expand) -- into one module or an ensemble.
@@ -38,9 +41,11 @@ class AttributeDict(dict):
             raise AttributeError(key) from err
 
 
-def common_data_info(members: Sequence[Any]) -> dict:
+def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> dict:
     infos = [dict(m.hparams.get("data_info") or {}) for m in members]
     for key in SHARED_INFO:
+        if key in may_differ:
+            continue
         values = [i.get(key) for i in infos]
         if any(v != values[0] for v in values[1:]):
             raise ValueError(
@@ -52,6 +57,7 @@ def common_data_info(members: Sequence[Any]) -> dict:
 
 class _Ensemble(torch.nn.Module):
     stage = ""
+    may_differ: tuple[str, ...] = ()  # data_info keys the members need not share
 
     def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
         super().__init__()
@@ -62,20 +68,50 @@ class _Ensemble(torch.nn.Module):
             raise ValueError(f"{type(self).__name__}: members are {sorted(stages)} models, expected {self.stage!r} ones")
         self.members = torch.nn.ModuleList(members)
         self.names = list(names) if names is not None else [f"member{i}" for i in range(len(members))]
-        self.hparams = AttributeDict(stage=self.stage, data_info=common_data_info(members), members=self.names)
+        self.hparams = AttributeDict(stage=self.stage, data_info=common_data_info(members, self.may_differ), members=self.names)
 
     def __len__(self) -> int:
         return len(self.members)
 
 
 class SegmentationEnsemble(_Ensemble):
-    """Nucleus probability = the mean of the members' probabilities (before any threshold)."""
+    """Nucleus probability = the mean of the members' probabilities (before any threshold). Members trained
+    on different preprocessing form input groups: the input then holds each group's channels in turn."""
 
     stage = "segmentation"
+    may_differ = ("preprocess",)
+
+    def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
+        super().__init__(members, names)
+        from wbc.data.transforms import Preprocess
+
+        groups: list[Preprocess] = []
+        self.member_group: list[int] = []
+        for m in members:
+            pre = Preprocess.from_config((m.hparams.get("data_info") or {}).get("preprocess"))
+            if pre not in groups:
+                groups.append(pre)
+            self.member_group.append(groups.index(pre))
+        self.input_groups = groups
+        if len(groups) > 1:
+            self.hparams.data_info["input_groups"] = [g.to_dict() for g in groups]
+            log.info("segmentation ensemble over %d inputs (%s): each member sees its own preprocessing",
+                     len(groups), "; ".join(f"{sum(i == k for i in self.member_group)} x {g.to_dict()}" for k, g in enumerate(groups)))
+
+    def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's channels of `x` (all of it when the members share one input)."""
+        if len(self.input_groups) == 1:
+            return [x] * len(self.members)
+        sizes = [g.channels for g in self.input_groups]
+        if x.shape[1] != sum(sizes):
+            raise ValueError(f"this segmentation ensemble takes {sum(sizes)} channels (its members' inputs {sizes}, "
+                             f"stacked: wbc.data.transforms.StackedPreprocess), got {x.shape[1]}")
+        chunks = torch.split(x, sizes, dim=1)
+        return [chunks[g] for g in self.member_group]
 
     @torch.no_grad()
     def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m.predict_probability(x).float() for m in self.members]).mean(0)
+        return torch.stack([m.predict_probability(xi).float() for m, xi in zip(self.members, self.member_inputs(x))]).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_probability(x)

@@ -22,7 +22,7 @@ import torch
 
 from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
 from wbc.cells import CropSpec, cell_crops, crop_batch
-from wbc.data.transforms import Preprocess, build_pipeline, to_tensor
+from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
 from wbc.postprocess import (
     Instance,
     PostprocessParams,
@@ -58,10 +58,12 @@ class CellPipeline:
         self.segmenter = segmenter.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         seg_info = dict(segmenter.hparams.data_info or {})
-        self.seg_pre = Preprocess.from_config(seg_info.get("preprocess"))
+        own_pre = Preprocess.from_config(seg_info.get("preprocess"))
+        groups = seg_info.get("input_groups")  # an ensemble of segmenters trained on different inputs: each gets its own
+        self.seg_pre = StackedPreprocess(tuple(Preprocess.from_config(g) for g in groups)) if groups else own_pre
         self.seg_resize = build_pipeline(None, seg_info.get("image_size", 128))
         cls_info = dict(classifier.hparams.data_info or {}) if classifier is not None else {}
-        self.cls_pre = Preprocess.from_config(cls_info.get("preprocess")) if classifier is not None else self.seg_pre
+        self.cls_pre = Preprocess.from_config(cls_info.get("preprocess")) if classifier is not None else own_pre
         crops = dict(cls_info.get("crops") or seg_info.get("crops") or {})
         legacy = crops.pop("instance_params", None)  # checkpoints before data_info.postprocess
         self.crop_spec = crop_spec or CropSpec.from_config(crops)

@@ -86,6 +86,22 @@ class Preprocess:
         return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
+@dataclass(frozen=True)
+class StackedPreprocess:
+    """Several preprocessings of one image, stacked along the channels (RGB 3 + grey 1 = 4): the input of a
+    segmentation ensemble whose members were trained on different inputs (wbc.ensemble), so resizing, tiling
+    and scale search treat it as one image and the ensemble hands each member its own channels."""
+
+    parts: tuple[Preprocess, ...]
+
+    @property
+    def channels(self) -> int:
+        return sum(p.channels for p in self.parts)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return np.concatenate([p(rgb) for p in self.parts], axis=-1)
+
+
 # the share of brightest pixels taken as background, and the level it is mapped to
 BACKGROUND_SHARE = 0.1
 BACKGROUND_LEVEL = 235.0

@@ -115,14 +115,23 @@ def evaluate_members(
         calibrate_from_oof(model, ckpts)
     info = dict(model.hparams.get("data_info") or {})
     post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
-    data_cfg = data_config(data, run_dir_of(ckpts[0]), info)
-    datamodule = build_datamodule(data_cfg, post)
+    # one DataModule per input the members were trained on (one, unless segmenters of different preprocessing)
+    group_of = list(getattr(model, "member_group", [0] * len(modules)))
+    groups = info.get("input_groups") or [info.get("preprocess")]
+    data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), {**info, "preprocess": pre}) for g, pre in enumerate(groups)]
+    datamodules = [build_datamodule(c, post) for c in data_cfgs]
+    data_cfg, datamodule = data_cfgs[0], datamodules[0]
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
+    if len(datamodules) > 1:
+        ids = [[it.sample.id for it in scoring.eval_dataset(dm, split).items] for dm in datamodules]
+        if any(i != ids[0] for i in ids[1:]):
+            raise ValueError(f"{spec}: the members' data configs give different {split} images; pass data=<config> for all of them")
     adapted = ADAPT_NAME[stage.name] in adapt_bn
     if adapted:
-        adapt_members(modules, scoring.eval_dataset(datamodule, split), device)
-    probs = [scoring.predict(m, datamodule, split) for m in modules]
+        for g, dm in enumerate(datamodules):
+            adapt_members([m for m, k in zip(modules, group_of) if k == g], scoring.eval_dataset(dm, split), device)
+    probs = [scoring.predict(m, datamodules[g], split) for m, g in zip(modules, group_of)]
     rows: list[dict] = []
     if len(modules) > 1:
         for n, c, p, m in zip(names, ckpts, probs, modules):

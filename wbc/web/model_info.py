@@ -78,7 +78,7 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "has_classifier": getattr(pipe, "classifier", None) is not None,
         "data": seg_info.get("name"),
         "segmenter_input": seg_info.get("image_size"),
-        "preprocess": seg_info.get("preprocess"),
+        "preprocess": seg_info.get("input_groups") or seg_info.get("preprocess"),  # a list: segmenters of several inputs
         "crop_size": getattr(spec, "size", None),
         "classifier_input": getattr(spec, "image_size", None),
         "training_scale": seg_info.get("scale"),
