@@ -117,8 +117,8 @@ def evaluate_members(
     post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
     # one DataModule per input the members were trained on (one, unless segmenters of different preprocessing)
     group_of = list(getattr(model, "member_group", [0] * len(modules)))
-    groups = info.get("input_groups") or [info.get("preprocess")]
-    data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), {**info, "preprocess": pre}) for g, pre in enumerate(groups)]
+    infos = [{**info, "preprocess": pre} for pre in info["input_groups"]] if info.get("input_groups") else [info]
+    data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), i) for g, i in enumerate(infos)]
     datamodules = [build_datamodule(c, post) for c in data_cfgs]
     data_cfg, datamodule = data_cfgs[0], datamodules[0]
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
