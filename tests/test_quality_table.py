@@ -107,7 +107,9 @@ def test_calibration_table_cross_fits_the_temperature_on_other_folds(quality, tm
         rows = ["sample_id,cell,true,pred,p_a,p_b,p_c"] + [f"s{j},1,{classes[t]},{classes[int(np.argmax(q))]}," + ",".join(f"{v:.5f}" for v in q) for j, (q, t) in enumerate(zip(p, y))]
         (sweep / str(i) / "val_predictions.csv").write_text("\n".join(rows) + "\n")
         (sweep / str(i) / "test_calibration.json").write_text(json.dumps({"calibration": {"temperature": 1.0}}))
-    lines = quality.calibration_table([("cls_idb2", [sweep], 0.0)]).splitlines()
+    from quality_calibration import calibration_table
+
+    lines = calibration_table([("cls_idb2", sweep)]).splitlines()
     cross = next(line for line in lines if "cross-fitted" in line).split("|")
     before, after = float(cross[3]), float(cross[4].strip().split()[0].strip("*"))
     assert before > 0.08 and after < 0.5 * before
@@ -200,7 +202,76 @@ def test_every_row_is_a_configured_experiment_of_its_own_task(quality, tmp_path:
     from helpers_models import compose_cfg
 
     for key, row in quality.ROWS.items():
+        if row.members:  # an ensemble row: its members are rows
+            assert not row.experiment and all(m in quality.ROWS and not quality.ROWS[m].members for m in row.members), key
+            continue
         cfg = compose_cfg("train", [f"experiment={row.experiment}"], tmp_path / key)
         assert cfg.task_name == row.experiment, key
     scratch = compose_cfg("train", ["experiment=quality_cls_wbc_scratch"], tmp_path / "s")
     assert scratch.model.net.pretrained is False and scratch.data.crops.image_size == 160
+
+
+def test_grey_twin_of_a_lodo_row_differs_only_in_its_input(quality, tmp_path: Path) -> None:
+    from helpers_models import compose_cfg
+
+    rgb = compose_cfg("train", ["experiment=quality_seg_lodo_d1"], tmp_path / "rgb")
+    grey = compose_cfg("train", ["experiment=quality_seg_lodo_d1_grey"], tmp_path / "grey")
+    assert (rgb.data.preprocess.grayscale, grey.data.preprocess.grayscale) == (False, True)
+    assert grey.data.preprocess.clahe and grey.data.holdout == rgb.data.holdout == "segmentation_wbc_d1"
+    assert (grey.model.net.in_channels, rgb.model.net.in_channels) == (1, 3)  # follows the input
+    assert {**grey.model.net, "in_channels": 3} == dict(rgb.model.net) and grey.trainer.max_epochs == rgb.trainer.max_epochs
+
+
+def member_sweep(root: Path, task: str, runs: dict[tuple[int, int], float], extra: tuple[str, ...] = ()) -> Path:
+    """A LODO training sweep: one finished job per (seed, fold) with its held-out Dice."""
+    for i, ((seed, fold), dice) in enumerate(runs.items()):
+        job = root / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text(f"task_name: {task}\n")
+        overrides = [f"experiment={task}", f"data.fold={fold}", f"seed={seed}", *extra]
+        (job / "job.json").write_text(json.dumps({"fold": fold, "overrides": overrides}))
+        (job / "metrics.json").write_text(json.dumps({"val/dice_post": 0.97, "test/dice_post": dice}))
+    return root
+
+
+def test_ensemble_row_scores_its_members_runs_of_one_seed_and_fold_together(quality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """seg_lodo_d1_both: the RGB and grey runs of the same seed and fold go to evaluate.py as one
+    ensemble (a run of one member without a partner does not); the table reads the ensemble sweep like
+    a training sweep, and a second --collect reuses it instead of evaluating again."""
+    import quality_ensembles
+
+    calls = []
+
+    def fake_evaluate(members: list[Path], split: str, out: Path) -> dict:
+        calls.append(([m.parent.name + "/" + m.name for m in members], split))
+        return {f"{split}/dice_post": 0.80 if split == "test" else 0.96, "n_cases": 86}
+
+    monkeypatch.setattr(quality_ensembles, "run_evaluate", fake_evaluate)
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    extra = ("trainer.max_epochs=20",)
+    rgb = member_sweep(tmp_path / "rgb", "quality_seg_lodo_d1", {(43, 0): 0.70, (43, 1): 0.72}, extra)
+    grey = member_sweep(tmp_path / "grey", "quality_seg_lodo_d1_grey", {(43, 0): 0.81}, extra)
+    assert quality.main(["--no-ensemble", "--collect", str(rgb), str(grey)]) == 0  # --no-ensemble: nothing evaluated, no row
+    assert calls == [] and "RGB + grey" not in capsys.readouterr().out
+    assert quality.main(["--collect", str(rgb), str(grey)]) == 0
+    assert calls == [(["rgb/0", "grey/0"], "test"), (["rgb/0", "grey/0"], "val")]
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "RGB + grey + CLAHE segmenters as one ensemble" in x)
+    assert "[trainer.max_epochs=20]" in line and "0.8000 (n=1) [below]" in line and "| 0.9600 (n=1) |" in line and "| 1 |" in line
+    made = sorted((tmp_path / "outputs" / "quality").glob("seg_lodo_d1_both_s43_*"))
+    assert len(made) == 1 and quality.row_key(made[0]) == "seg_lodo_d1_both"
+    assert json.loads((made[0] / "0" / "job.json").read_text())["members"] == [str(rgb / "0"), str(grey / "0")]
+    assert quality.main(["--collect", str(rgb), str(grey)]) == 0 and len(calls) == 2  # cached
+    assert quality.main(["--collect", str(made[0])]) == 0  # the ensemble sweep alone is a row too
+    assert "0.8000 (n=1)" in next(x for x in capsys.readouterr().out.splitlines()[::-1] if "as one ensemble" in x)
+
+
+def test_ensemble_row_refuses_members_without_a_common_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import quality_ensembles
+
+    rgb = member_sweep(tmp_path / "rgb", "quality_seg_lodo_d1", {(42, 0): 0.7})
+    grey = member_sweep(tmp_path / "grey", "quality_seg_lodo_d1_grey", {(43, 0): 0.8})
+    with pytest.raises(ValueError, match="no finished run of the same seed and fold"):
+        quality_ensembles.build("seg_lodo_d1_both", [rgb, grey], tmp_path / "out", evaluate=lambda *a: {})

@@ -1,0 +1,97 @@
+"""Ensemble rows of `benchmarks/quality.py`: the fold runs of other rows, of the same training seed
+and fold, scored as one model (`evaluate.py ckpt_path=[<member runs>]`). The row for another lab's
+images is a segmenter trained on RGB and its grey + CLAHE twin, averaged, each member seeing its own
+preprocessing (README "Both inputs as one segmenter").
+
+An ensemble row trains nothing. Its sweep dir holds `members.json` (the row key and the member sweeps)
+and one job dir per (seed, fold) with a `job.json` (the fold, the first member's overrides, the member
+runs) and a `metrics.json` merged from evaluate's test and validation runs, so the results table reads
+it like any training sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# the splits an ensemble row is scored on, as a training job's metrics.json holds them
+SPLITS = ("test", "val")
+
+
+def job_seed_fold(job: Path) -> tuple[str, int]:
+    """A training job's (seed override, fold), read from its job.json: what members are matched on."""
+    meta = json.loads((job / "job.json").read_text())
+    seed = next((o.split("=", 1)[1] for o in meta.get("overrides") or [] if o.split("=", 1)[0].lstrip("+") == "seed"), "")
+    return seed, int(meta.get("fold") or 0)
+
+
+def finished_jobs(sweep: Path) -> dict[tuple[str, int], Path]:
+    """The sweep's finished training jobs (metrics.json written) by (seed, fold)."""
+    return {job_seed_fold(p.parent): p.parent for p in sorted(sweep.glob("*/job.json")) if (p.parent / "metrics.json").is_file()}
+
+
+def run_evaluate(members: list[Path], split: str, out: Path) -> dict:
+    """evaluate.py on the member runs as one ensemble; its metrics.json ({} when it failed: logged in out/../)."""
+    cmd = [sys.executable, "evaluate.py", "ckpt_path=[" + ",".join(str(m) for m in members) + "]", f"split={split}",
+           f"hydra.run.dir={out}", "extras.print_config=false", "num_overlays=4"]
+    print("$", " ".join(cmd), flush=True)
+    root = Path(__file__).resolve().parents[1]
+    with open(out.parent / f"{split}_eval.log", "w") as log:
+        subprocess.run(cmd, cwd=root, check=False, stdout=log, stderr=subprocess.STDOUT)
+    path = out / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cached(key: str, members: list[Path], out_root: Path) -> Path | None:
+    """An ensemble sweep made earlier from exactly these member sweeps."""
+    want = [str(m.resolve()) for m in members]
+    for made in sorted(out_root.glob(f"{key}_*/members.json")):
+        meta = json.loads(made.read_text())
+        if meta.get("row") == key and meta.get("members") == want:
+            return made.parent
+    return None
+
+
+def build(key: str, members: list[Path], out_root: Path, run: bool = True,
+          evaluate: Callable[[list[Path], str, Path], dict] | None = None) -> Path | None:
+    """The ensemble sweep of row `key` over member sweeps (one per member row, same settings): one job
+    per (seed, fold) that every member finished. Reuses a sweep
+    made from the same members; with `run` false it only looks for one (None when there is none).
+    `evaluate` (members, split, run dir) -> metrics defaults to evaluate.py.
+    Members whose runs share no (seed, fold) are an error naming them."""
+    found = cached(key, members, out_root)
+    if found is not None or not run:
+        return found
+    evaluate = evaluate or run_evaluate
+    jobs = [finished_jobs(m) for m in members]
+    common = sorted(set.intersection(*(set(j) for j in jobs)), key=lambda k: (k[0], k[1]))
+    if not common:
+        raise ValueError(f"{key}: the member sweeps {[str(m) for m in members]} have no finished run of the same seed and fold")
+    seeds = sorted({seed for seed, _ in common})
+    sweep = out_root / f"{key}_s{'_'.join(seeds)}_{time.strftime('%Y%m%d_%H%M%S')}"
+    sweep.mkdir(parents=True)
+    for i, sf in enumerate(common):
+        runs = [j[sf] for j in jobs]
+        job = sweep / str(i)
+        job.mkdir()
+        overrides = json.loads((runs[0] / "job.json").read_text()).get("overrides") or []
+        (job / "job.json").write_text(json.dumps({"fold": sf[1], "overrides": overrides, "members": [str(r) for r in runs]}, indent=2))
+        metrics: dict = {}
+        for split in SPLITS:
+            got = evaluate(runs, split, job / f"{split}_eval")
+            metrics.update({k: v for k, v in got.items() if k.startswith(f"{split}/")})
+        if metrics:
+            (job / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # written last: a sweep interrupted half-way is not taken for a finished one
+    (sweep / "members.json").write_text(json.dumps({"row": key, "members": [str(m.resolve()) for m in members]}, indent=2))
+    return sweep
+
+
+def row_of(sweep: Path) -> str | None:
+    """The row key of an ensemble sweep (None for a training sweep)."""
+    path = sweep / "members.json"
+    return json.loads(path.read_text()).get("row") if path.is_file() else None
