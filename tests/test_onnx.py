@@ -129,6 +129,34 @@ def test_export_cli_arguments(tmp_path):
         export.export([f"run={tmp_path / 'nowhere'}"])
 
 
+def test_export_of_ensembles_matches_their_torch_pipeline(exported, tmp_path):
+    """`segmenter=[<RGB run>,<grey + CLAHE run>] classifier=[a,b]`: each ensemble is one graph; the segmenter
+    takes the two inputs stacked (3 + 1 channels, data_info.input_groups) and the ONNX pipeline builds them
+    from export.json, so it gives what the torch pipeline of the same ensembles gives."""
+    from wbc.ensemble import load_models
+
+    seg, clf, d, _ = exported
+    seg_grey, _ = tiny_modules(tmp_path / "grey", ["data.preprocess.grayscale=true", "data.preprocess.clahe=true"], seed=2)
+    _, clf3 = tiny_modules(tmp_path / "rgb2", seed=3)
+    grey_ckpt = save_checkpoint(seg_grey, tmp_path / "grey_seg" / "checkpoints" / "last.ckpt")
+    cls3_ckpt = save_checkpoint(clf3, tmp_path / "cls3" / "checkpoints" / "last.ckpt")
+    segs, clss = f"[{d / 'seg'},{grey_ckpt.parent.parent}]", f"[{d / 'cls'},{cls3_ckpt}]"
+    meta = export.export([f"segmenter={segs}", f"classifier={clss}", f"out={tmp_path / 'export'}"])
+    assert meta["segmenter"]["input_shape"] == [None, 4, 32, 32] and len(meta["segmenter"]["data_info"]["input_groups"]) == 2
+    assert meta["sources"]["classifier"] == [str(d / "cls" / "checkpoints" / "last.ckpt"), str(cls3_ckpt)]
+    seg_ens, cls_ens = load_models(export.model_spec(segs), "segmentation"), load_models(export.model_spec(clss), "classification")
+    eager, onnx = CellPipeline(seg_ens, cls_ens), pipeline_from_export(tmp_path / "export")
+    for rgb in _images():
+        a, b = eager(rgb), onnx(rgb)
+        np.testing.assert_allclose(b.prob, a.prob, atol=ATOL, rtol=0)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        np.testing.assert_allclose(b.class_probs, a.class_probs, atol=ATOL, rtol=0)
+    alone = CellPipeline(seg, clf)(_images()[0])
+    assert not np.allclose(alone.prob, eager(_images()[0]).prob, atol=1e-3)  # the members do differ
+    with pytest.raises(SystemExit, match=r"'\[\]' lists no checkpoint"):
+        export.export(["segmenter=[]", f"out={tmp_path / 'x'}"])
+
+
 ROT90 = (lambda t: t.rot90(1, (-2, -1)), lambda t: t.rot90(-1, (-2, -1)), lambda t: t.transpose(-2, -1))
 
 

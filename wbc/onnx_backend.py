@@ -3,7 +3,10 @@
 `export_models(segmenter, classifier, out_dir)` writes `segmenter.onnx` (image -> nucleus
 probability), `classifier.onnx` (crops -> class probabilities; dynamic batch) and `export.json`
 holding each model's `data_info` (preprocessing, network size, classes, crop geometry), so a
-prediction from the export sees exactly the inputs the checkpoints were trained on.
+prediction from the export sees exactly the inputs the checkpoints were trained on. An ensemble
+(fold runs, or an RGB and a grey + CLAHE segmenter for another lab's smears) is exported as one
+graph that averages its members; segmenters of different inputs take them stacked along the
+channels (`data_info.input_groups`), which the pipeline builds from export.json as from checkpoints.
 
 `OnnxSegmenter` / `OnnxClassifier` quack like the Lightning modules as far as
 `wbc.inference.CellPipeline` is concerned (`predict_probability`, `predict_proba`,
@@ -45,8 +48,14 @@ class _ProbabilityHead(torch.nn.Module):
         return getattr(self.module, self.method)(x)
 
 
+def _head(model: torch.nn.Module, method: str, ensemble_method: str) -> _ProbabilityHead:
+    """A module's own probability method, or an ensemble's (which averages its members' own)."""
+    return _ProbabilityHead(model, method if hasattr(model, method) else ensemble_method)
+
+
 def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
-    channels = 1 if (data_info.get("preprocess") or {}).get("grayscale") else 3
+    groups = data_info.get("input_groups") or [data_info.get("preprocess") or {}]  # an ensemble's stacked inputs
+    channels = sum(1 if (g or {}).get("grayscale") else 3 for g in groups)
     size = int(data_info.get("image_size") or 128)
     return (batch, channels, size, size)
 
@@ -79,7 +88,7 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
     seg_info = dict(segmenter.hparams.get("data_info") or {})
     seg_shape = _input_shape(seg_info)
-    _export(_ProbabilityHead(segmenter, "probability"), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
+    _export(_head(segmenter, "probability", "predict_probability"), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
     meta["segmenter"] = {
         "file": "segmenter.onnx",
         "stage": segmenter.hparams.get("stage", "segmentation"),
@@ -91,7 +100,7 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
         cls_info = dict(classifier.hparams.get("data_info") or {})
         crop_size = int((cls_info.get("crops") or {}).get("image_size") or cls_info.get("image_size") or 64)
         cls_shape = _input_shape({**cls_info, "image_size": crop_size}, batch=2)
-        _export(_ProbabilityHead(classifier, "probabilities"), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
+        _export(_head(classifier, "probabilities", "predict_proba"), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
         meta["classifier"] = {
             "file": "classifier.onnx",
             "stage": classifier.hparams.get("stage", "classification"),
@@ -105,19 +114,20 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
     return meta
 
 
-def export_checkpoints(segmenter: str | Path, classifier: str | Path | None, out_dir: str | Path, opset: int = OPSET) -> dict:
-    """Checkpoints (files or run dirs, as predict.py takes them) -> ONNX export in out_dir."""
-    from wbc.rundir import resolve_checkpoint
-    from wbc.stages import STAGES
+def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, opset: int = OPSET) -> dict:
+    """Checkpoints (files, run dirs, sweep dirs of fold runs or lists of them, as predict.py takes
+    them) -> ONNX export in out_dir; several of one stage are exported as their ensemble."""
+    from wbc.ensemble import load_models, member_checkpoints
 
-    seg_path = resolve_checkpoint(segmenter, "segmentation", "segmenter")
-    seg = STAGES["segmentation"].load(seg_path)
-    clf, cls_path = None, None
-    if classifier is not None:
-        cls_path = resolve_checkpoint(classifier, "classification", "classifier")
-        clf = STAGES["classification"].load(cls_path)
-    sources = {"segmenter": str(seg_path), "classifier": str(cls_path) if cls_path else None}
-    return export_models(seg, clf, out_dir, opset, sources)
+    def load(spec: Any, stage: str, key: str) -> tuple[torch.nn.Module | None, str | list[str] | None]:
+        if spec is None:
+            return None, None
+        paths = [str(c) for _, c in member_checkpoints(spec, stage, key)]
+        return load_models(spec, stage, key), (paths[0] if len(paths) == 1 else paths)
+
+    seg, seg_src = load(segmenter, "segmentation", "segmenter")
+    clf, cls_src = load(classifier, "classification", "classifier")
+    return export_models(seg, clf, out_dir, opset, {"segmenter": seg_src, "classifier": cls_src})
 
 
 # --------------------------------------------------------------------------- runtime side

@@ -1,5 +1,7 @@
 """`wbc-export` / `python export.py run=<pipeline run dir> [out=<dir>]`: the trained models to ONNX,
 or `python export.py segmenter=<ckpt or run dir> [classifier=<ckpt or run dir>] out=<dir>`.
+A sweep dir of fold runs or a list (`segmenter=[<RGB run>,<grey run>]`) exports that ensemble as one
+model, as predict.py would run it.
 
 Writes segmenter.onnx, classifier.onnx and export.json (each model's data_info: preprocessing,
 network size, classes, crop geometry, read from the checkpoints). Predict with onnxruntime:
@@ -12,7 +14,8 @@ import sys
 from pathlib import Path
 
 KEYS = ("run", "segmenter", "classifier", "out", "opset")
-USAGE = "usage: python export.py run=<pipeline run dir> [out=<dir>] | segmenter=<ckpt> [classifier=<ckpt>] out=<dir> [opset=17]"
+USAGE = ("usage: python export.py run=<pipeline run dir> [out=<dir>] | segmenter=<ckpt, run, sweep or [a,b]> "
+         "[classifier=<ckpt, run, sweep or [a,b]>] out=<dir> [opset=17]")
 
 
 def parse_args(argv: list[str]) -> dict[str, str | None]:
@@ -28,6 +31,16 @@ def parse_args(argv: list[str]) -> dict[str, str | None]:
     return args
 
 
+def model_spec(value: str | None) -> str | list[str] | None:
+    """`[a,b]` (several runs: their ensemble) -> a list of paths, as Hydra gives predict.py; else the value."""
+    if value is None or not (value.startswith("[") and value.endswith("]")):
+        return value
+    items = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+    if not items:
+        raise SystemExit(f"export.py: {value!r} lists no checkpoint\n{USAGE}")
+    return items
+
+
 def export(argv: list[str]) -> dict:
     from wbc.onnx_backend import OPSET, export_checkpoints
 
@@ -39,7 +52,7 @@ def export(argv: list[str]) -> dict:
     out = args["out"] or (str(Path(args["run"]) / "onnx") if args["run"] else None)
     if out is None:
         raise SystemExit(f"export.py: out=<dir> is required with segmenter=...\n{USAGE}")
-    meta = export_checkpoints(segmenter, classifier, out, int(args["opset"] or OPSET))
+    meta = export_checkpoints(model_spec(segmenter), model_spec(classifier), out, int(args["opset"] or OPSET))
     written = ", ".join(m["file"] for m in (meta.get("segmenter"), meta.get("classifier")) if m)
     print(f"exported {written} + export.json to {out}")
     return meta
