@@ -24,6 +24,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_reinhard_robust: cells_reinhard + the optics preset with its Macenko stain-intensity entry
             (colour kept: normalised, then jittered around the target, blurred, re-encoded, rescaled)
 - cells_reinhard_greymix: cells_reinhard with half the training crops shown grey (albumentations.ToGray)
+- cells_reinhard_lpft: cells_reinhard, the head trained alone for 10 of the 30 epochs, then everything (LP-FT)
+- cells_reinhard_lp: cells_reinhard, the head alone for the whole schedule (ImageNet features frozen)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
@@ -69,6 +71,13 @@ VARIANTS = {
     # the best colour input with AdaBN, half the training crops shown grey (conf/augment/grey_mix.yaml's entry)
     "cells_reinhard_greymix": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                                "+data.crops.transforms.grey={_target_:albumentations.ToGray,num_output_channels:3,p:0.5}"],
+    # the best colour input with AdaBN, the head trained alone first so the ImageNet features are less
+    # distorted (LP-FT, conf/callbacks/head_first.yaml; spelled inline so --adapt-bn's callbacks= still composes)
+    "cells_reinhard_lpft": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                            "+callbacks.head_first={_target_:lightning_modules.callbacks.HeadFirst,epochs:10}"],
+    # ... and the head alone for the whole schedule (a linear probe on the frozen ImageNet features)
+    "cells_reinhard_lp": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                          "+callbacks.head_first={_target_:lightning_modules.callbacks.HeadFirst,epochs:1000}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 

@@ -1,6 +1,6 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
-resumes, a weight EMA that leaves the classifier's calibration alone, and batch-norm statistics
-re-estimated on a held-out lab's test images."""
+resumes, a weight EMA that leaves the classifier's calibration alone, the classifier's head trained
+before its pretrained body (LP-FT), and batch-norm statistics re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 
@@ -73,6 +73,43 @@ class EpochSeed(L.Callback):
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
+
+
+class HeadFirst(L.Callback):
+    """Train only the classifier's head for the first `epochs` epochs, its pretrained body frozen, then
+    everything (LP-FT: fine-tuning under a random head distorts the ImageNet features, which costs most
+    on images unlike the training ones; Kumar et al., ICLR 2022). `epochs` >= max_epochs trains the head
+    alone (a linear probe). Freezing is decided at each epoch's start, so a resumed run does the same;
+    the optimizer holds every parameter and skips those without gradients."""
+
+    def __init__(self, epochs: int = 10) -> None:
+        if int(epochs) < 1:
+            raise ValueError(f"callbacks.head_first.epochs: expected >= 1 head-only epochs, got {epochs}")
+        self.epochs = int(epochs)
+
+    @staticmethod
+    def body(pl_module: L.LightningModule) -> list[torch.nn.Parameter]:
+        """The network's parameters outside its classification head (timm's get_classifier(), or `.head`)."""
+        net = getattr(pl_module, "net", None)
+        head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
+        if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
+            raise ValueError(f"callbacks.head_first: {type(net).__name__} has no classification head to train first "
+                             "(expected a timm classifier's get_classifier() or a `.head` module)")
+        mine = {id(p) for p in head.parameters()}
+        return [p for p in net.parameters() if id(p) not in mine]
+
+    def _train_body(self, pl_module: L.LightningModule, on: bool) -> None:
+        for p in self.body(pl_module):
+            p.requires_grad_(on)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        self._train_body(pl_module, not frozen)
+        if trainer.current_epoch in (0, self.epochs):
+            log.info("head_first: epoch %d trains %s", trainer.current_epoch, "the head only" if frozen else "the whole network")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_body(pl_module, True)  # the module leaves training as it came
 
 
 class CalibratedEMA(EMAWeightAveraging):
