@@ -309,7 +309,10 @@ def ensemble_results(results: list[tuple[str, list[Path], float]], keys: list[st
             for first in got.get(members[0], []) if set(got) == set(members) else []:
                 runs = set(finished_jobs(first))
                 partners = [next((s for s in got[m] if runs & set(finished_jobs(s))), None) for m in members[1:]]
-                sweep = build_ensemble(key, [first, *partners], ROOT / "outputs" / "quality", run=run) if None not in partners else None
+                if None in partners:  # e.g. a member's runs failed: said, and the other rows' table still prints
+                    print(f"{key}: no finished run of {members[1 + partners.index(None)]} shares a seed and fold with {first}; not scored", file=sys.stderr)
+                    continue
+                sweep = build_ensemble(key, [first, *partners], ROOT / "outputs" / "quality", run=run)
                 made += [sweep] if sweep is not None else []
             if made:
                 out.append((key, made, sum(job_seconds(s) for s in made)))

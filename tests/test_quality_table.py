@@ -275,3 +275,14 @@ def test_ensemble_row_refuses_members_without_a_common_run(tmp_path: Path, monke
     grey = member_sweep(tmp_path / "grey", "quality_seg_lodo_d1_grey", {(43, 0): 0.8})
     with pytest.raises(ValueError, match="no finished run of the same seed and fold"):
         quality_ensembles.build("seg_lodo_d1_both", [rgb, grey], tmp_path / "out", evaluate=lambda *a: {})
+
+
+def test_ensemble_row_without_finished_member_runs_leaves_the_table_to_the_others(quality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    rgb = member_sweep(tmp_path / "rgb", "quality_seg_lodo_d2", {(42, 0): 0.9})
+    grey = member_sweep(tmp_path / "grey", "quality_seg_lodo_d2_grey", {(42, 0): 0.8})
+    (grey / "0" / "metrics.json").unlink()  # the grey run did not finish
+    results = [("seg_lodo_d2", [rgb], 0.0), ("seg_lodo_d2_grey", [grey], 0.0)]
+    assert quality.ensemble_results(results, ["seg_lodo_d2_both"], run=True) == []
+    assert "seg_lodo_d2_both: no finished run of seg_lodo_d2_grey shares a seed and fold with" in capsys.readouterr().err
