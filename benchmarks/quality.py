@@ -253,15 +253,9 @@ def _fold(job: Path) -> int:
     return int(json.loads((job / "job.json").read_text()).get("fold") or 0)
 
 
-def job_metrics(sweep: Path) -> dict[tuple[str, object], dict]:
+def job_metrics(sweep: Path) -> dict[tuple[str, int], dict]:
     """A sweep's finished jobs by (training seed, fold): what a paired comparison matches on."""
-    out = {}
-    for d in job_dirs(sweep):
-        if (d / "metrics.json").is_file():
-            job = json.loads((d / "job.json").read_text())
-            seed = next((o.split("=", 1)[1] for o in job.get("overrides") or [] if o.split("=", 1)[0].lstrip("+") == "seed"), "")
-            out[(seed, job.get("fold"))] = json.loads((d / "metrics.json").read_text())
-    return out
+    return {key: json.loads((d / "metrics.json").read_text()) for key, d in finished_jobs(sweep).items()}
 
 
 def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
