@@ -1,0 +1,137 @@
+"""Cross-dataset classification by nucleus morphology (issue 16): the cell-type cues that do not
+depend on a lab's stain or magnification (`wbc/morphology.py`), against and beside the CNN.
+
+    python benchmarks/morphology_cross.py                   # dev split of the held-out set (decide)
+    python benchmarks/morphology_cross.py --split test      # the held-out test split (report)
+
+The same cells as `benchmarks/cross_dataset.py`: `data=cross_cls_<direction>`, trained on fold 0's
+training images of one segmentation_wbc source, scored on the ground-truth nuclei of the other
+source's dev split (its training images) or test split; the training source's own fold-0 validation
+is the in-domain figure. The morphology model (class-balanced logistic regression, milliseconds to
+fit) is written to outputs/morphology/<direction>.json. Beside it, the CNN runs of `cross_dataset.py
+--variants cells_reinhard --adapt-bn --seed 42/43/44` (dev) and their `_on_test` re-tests, read
+from outputs/cross_dataset when present: each seed alone, the three seeds averaged, and each
+averaged with the morphology model's probabilities (equal weights).
+Needs ../shared/data (or WBC_SHARED_DATA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRECTIONS = {"d1_to_d2": "dataset1 -> dataset2", "d2_to_d1": "dataset2 -> dataset1"}
+CNN_SEEDS = (42, 43, 44)
+
+
+def datamodule(direction: str, split: str):
+    """The cross-dataset data config's datamodule (splits and manifest only; nothing is decoded)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    sys.path.insert(0, str(ROOT))
+    from wbc.cli import prepare
+
+    prepare()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=["experiment=cross_cls", f"data=cross_cls_{direction}",
+                                               f"data.holdout_split={split}"], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return instantiate(cfg.data)
+
+
+def features(dm, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(feature rows, class indices) of the ground-truth nucleus of each image."""
+    from wbc.data.manifest import NUCLEUS, load_sample
+    from wbc.morphology import nucleus_features
+
+    m = dm.load_manifest()
+    by_id, index = m.by_id(), {c: i for i, c in enumerate(m.classes)}
+    x, y = [], []
+    for sid in ids:
+        rgb, labels = load_sample(by_id[sid], dm.encoding_of(sid))
+        x.append(nucleus_features(rgb, labels == NUCLEUS))
+        y.append(index[by_id[sid].class_name])
+    return np.array(x), np.array(y)
+
+
+def cnn_probabilities(direction: str, split: str, seed: int, ids: list[str], classes: list[str]) -> np.ndarray | None:
+    """A cells_reinhard + AdaBN run's held-out probabilities in `ids` order, or None if not run."""
+    name = f"{direction}_cells_reinhard_dev_s{seed}_adabn" + ("_on_test" if split == "test" else "")
+    path = ROOT / "outputs" / "cross_dataset" / name / "test_predictions.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = {r["sample_id"]: [float(r[f"p_{c}"]) for c in classes] for r in csv.DictReader(f)}
+    if set(rows) != set(ids):
+        print(f"{path}: scores other cells than this split's {len(ids)}; left out", file=sys.stderr)
+        return None
+    return np.array([rows[i] for i in ids])
+
+
+def scores(y: np.ndarray, p: np.ndarray, n_classes: int) -> tuple[float, float, list[float]]:
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    pred = p.argmax(1)
+    labels = list(range(n_classes))
+    return (f1_score(y, pred, labels=labels, average="macro", zero_division=0), balanced_accuracy_score(y, pred),
+            list(recall_score(y, pred, labels=labels, average=None, zero_division=0)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength of the logistic regression")
+    args = ap.parse_args(argv)
+    from wbc.morphology import MorphologyClassifier
+
+    out_dir = ROOT / "outputs" / "morphology"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print("| train -> test | model | held-out split | macro-F1 | balanced acc. | recall neu / lym / mon / eos | in-domain val macro-F1 | time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for direction in args.directions:
+        t0 = time.time()
+        dm = datamodule(direction, args.split)
+        ids = dm.split_ids()
+        classes = list(dm.load_manifest().classes)
+        x_train, y_train = features(dm, ids["train"])
+        x_val, y_val = features(dm, ids["val"])
+        x_test, y_test = features(dm, ids["test"])
+        model = MorphologyClassifier.fit(x_train, y_train, classes, c=args.c)
+        model.save(out_dir / f"{direction}.json")
+        seconds = time.time() - t0
+        val_f1 = scores(y_val, model.predict_proba(x_val), len(classes))[0]
+        p_morph = model.predict_proba(x_test)
+
+        def line(name: str, p: np.ndarray, val: str = "", secs: str = "", where: str = DIRECTIONS[direction], y=y_test) -> None:
+            f1, bacc, rec = scores(y, p, p.shape[1])
+            print(f"| {where} | {name} | {args.split} | {f1:.3f} | {bacc:.3f} | {' / '.join(f'{r:.2f}' for r in rec)} | {val} | {secs} |")
+
+        line("nucleus morphology (logistic regression)", p_morph, f"{val_f1:.3f}", f"{seconds:.0f} s")
+        cnn = {s: cnn_probabilities(direction, args.split, s, ids["test"], classes) for s in CNN_SEEDS}
+        cnn = {s: p for s, p in cnn.items() if p is not None}
+        fused = []
+        for s, p in cnn.items():
+            line(f"CNN cells_reinhard + AdaBN, seed {s}", p)
+            line(f"CNN seed {s} + morphology (probabilities averaged)", (p + p_morph) / 2)
+            fused.append(scores(y_test, (p + p_morph) / 2, len(classes))[0])
+        if len(cnn) > 1:
+            mean_cnn = np.mean(list(cnn.values()), 0)
+            line(f"CNN seeds {', '.join(map(str, cnn))} averaged", mean_cnn)
+            line(f"CNN seeds {', '.join(map(str, cnn))} averaged + morphology", (mean_cnn + p_morph) / 2)
+            print(f"| {DIRECTIONS[direction]} | CNN + morphology, mean over single seeds | {args.split} | "
+                  f"{statistics.mean(fused):.3f} ± {statistics.stdev(fused):.3f} | | | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

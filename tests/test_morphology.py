@@ -1,0 +1,106 @@
+"""wbc.morphology: the features measure shape and relative colour (not pixels, not a lab's cast), and
+the classifier round-trips through JSON exactly and refuses malformed files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.morphology import FEATURES, MorphologyClassifier, nucleus_features
+
+F = {name: i for i, name in enumerate(FEATURES)}
+
+
+def cell(lobes: int, scale: float = 1.0, cast: tuple[int, int, int] = (0, 0, 0), size: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """A pale background, a pink cytoplasm disk and a purple nucleus: one round blob or `lobes` small
+    disks on a ring (a segmented neutrophil's nucleus), all lengths times `scale`."""
+    n = int(size * scale)
+    c = n // 2
+    rgb = np.full((n, n, 3), (235, 225, 215), np.uint8)
+    cv2.circle(rgb, (c, c), int(36 * scale), (215, 160, 170), -1)
+    nucleus = np.zeros((n, n), np.uint8)
+    if lobes == 1:
+        cv2.circle(nucleus, (c, c), int(20 * scale), 1, -1)
+    else:
+        for k in range(lobes):
+            a = 2 * np.pi * k / lobes
+            cv2.circle(nucleus, (int(c + 14 * scale * np.cos(a)), int(c + 14 * scale * np.sin(a))), int(9 * scale), 1, -1)
+    rgb[nucleus > 0] = (110, 40, 110)
+    rgb = np.clip(rgb.astype(int) + np.array(cast), 0, 255).astype(np.uint8)
+    return rgb, nucleus
+
+
+def test_lobed_nucleus_reads_as_lobed_and_round_one_as_round():
+    round_ = nucleus_features(*cell(1))
+    lobed = nucleus_features(*cell(3))
+    assert round_[F["lobes"]] == 1 and lobed[F["lobes"]] == 3
+    assert round_[F["solidity"]] > 0.95 > 0.8 > lobed[F["solidity"]]
+    assert round_[F["circularity"]] > lobed[F["circularity"]] + 0.2
+    assert round_[F["thickness_mean"]] > lobed[F["thickness_mean"]]
+
+
+def test_features_do_not_depend_on_magnification():
+    small, large = nucleus_features(*cell(1)), nucleus_features(*cell(1, scale=2.5))
+    shape = [F[k] for k in ("solidity", "circularity", "eccentricity", "extent", "thickness_mean", "thickness_max")]
+    np.testing.assert_allclose(small[shape], large[shape], atol=0.06)
+
+
+def test_colour_features_follow_the_cell_not_the_labs_cast():
+    """A uniform colour cast (another lab's white balance) moves ring and nucleus alike: the features
+    move by well under half of what the cytoplasm's own Lab colour moves (Lab is not linear in RGB)."""
+    (rgb, nucleus), (cast_rgb, _) = cell(3), cell(3, cast=(20, -25, 20))
+    plain, cast = nucleus_features(rgb, nucleus), nucleus_features(cast_rgb, nucleus)
+    cytoplasm_px = (slice(60, 61), slice(90, 91))  # a pixel of the pink disk, outside the nucleus
+    lab = [cv2.cvtColor(im[cytoplasm_px], cv2.COLOR_RGB2LAB).astype(float)[0, 0] for im in (rgb, cast_rgb)]
+    for name, channel in (("ring_a_minus_nucleus", 1), ("ring_b_minus_nucleus", 2)):
+        absolute = abs(lab[1][channel] - lab[0][channel])
+        assert absolute > 10 and abs(plain[F[name]] - cast[F[name]]) < absolute / 2, name
+    assert plain[F["ring_a_minus_nucleus"]] < 0  # pink cytoplasm is less red than the purple nucleus in Lab a*
+
+
+def test_bad_inputs_are_named():
+    rgb, nucleus = cell(1)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        nucleus_features(rgb.astype(np.float32), nucleus)
+    with pytest.raises(ValueError, match="differ in size"):
+        nucleus_features(rgb, nucleus[:-1])
+    with pytest.raises(ValueError, match="at least 9"):
+        nucleus_features(rgb, np.zeros_like(nucleus))
+    with pytest.raises(ValueError, match="crop wider"):
+        nucleus_features(rgb, np.ones_like(nucleus))
+
+
+def _training_set() -> tuple[np.ndarray, list[int]]:
+    x, y = [], []
+    for k in range(6):
+        for lobes, label in ((1, 0), (3, 1)):
+            x.append(nucleus_features(*cell(lobes, scale=0.8 + 0.1 * k)))
+            y.append(label)
+    return np.array(x), y
+
+
+def test_classifier_separates_lobed_from_round_and_round_trips_through_json(tmp_path):
+    x, y = _training_set()
+    model = MorphologyClassifier.fit(x, y, ["lymphocyte", "neutrophil"])
+    p = model.predict_proba(x)
+    assert p.shape == (len(y), 2) and np.allclose(p.sum(1), 1.0)
+    assert (p.argmax(1) == np.array(y)).all()
+    path = model.save(tmp_path / "morphology.json")
+    again = MorphologyClassifier.load(path)
+    assert again.classes == ("lymphocyte", "neutrophil")
+    np.testing.assert_array_equal(again.predict_proba(x), p)
+
+
+def test_classifier_refuses_a_class_without_cells_and_malformed_files(tmp_path):
+    x, y = _training_set()
+    with pytest.raises(ValueError, match=r"no training cells of \['monocyte'\]"):
+        MorphologyClassifier.fit(x, y, ["lymphocyte", "neutrophil", "monocyte"])
+    model = MorphologyClassifier.fit(x, y, ["lymphocyte", "neutrophil"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(model.to_json().replace('"coef"', '"coefficients"'))
+    with pytest.raises(ValueError, match=r"bad.json: key 'coef'"):
+        MorphologyClassifier.load(bad)
+    bad.write_text('{"kind": "something else"}')
+    with pytest.raises(ValueError, match="not a morphology classifier"):
+        MorphologyClassifier.load(bad)
