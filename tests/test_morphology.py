@@ -104,3 +104,65 @@ def test_classifier_refuses_a_class_without_cells_and_malformed_files(tmp_path):
     bad.write_text('{"kind": "something else"}')
     with pytest.raises(ValueError, match="not a morphology classifier"):
         MorphologyClassifier.load(bad)
+
+
+# --------------------------------------------------------------------------- in the pipeline (predict.py morphology=)
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    from tests.helpers_models import tiny_modules
+
+    return tiny_modules(tmp_path_factory.mktemp("models"))
+
+
+def _model(classes) -> MorphologyClassifier:
+    """A fixed model on the pipeline's classes, in reverse order (the pipeline must reorder them)."""
+    rng = np.random.default_rng(0)
+    n_c, n_f = len(classes), len(FEATURES)
+    return MorphologyClassifier(tuple(reversed(classes)), FEATURES, np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c))
+
+
+def test_pipeline_averages_the_morphology_probabilities_cell_by_cell(modules):
+    from tests.helpers_data import cell as smear_cell
+    from tests.helpers_models import DiscSegmenter
+    from wbc.inference import CellPipeline
+
+    _, clf = modules
+    pipe = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), clf)
+    rgb = smear_cell(64)[0]
+    plain = pipe(rgb)
+    assert len(plain.instances) == 1
+    model = _model(pipe.classes)
+    pipe.use_morphology(model, "m.json")
+    fused = pipe(rgb)
+    morph = model.cell_probabilities(rgb, plain.labels, plain.instances, pipe.classes)
+    assert np.isfinite(morph).all()
+    np.testing.assert_allclose(fused.class_probs, (plain.class_probs + morph) / 2, atol=1e-6)
+    assert not np.allclose(fused.class_probs, plain.class_probs)
+    with pytest.raises(ValueError, match="differ from the classifier's"):
+        pipe.use_morphology(_model([*pipe.classes[:-1], "basophil"]))
+
+    alone = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), None)
+    alone.use_morphology(model)
+    assert alone.classes == list(model.classes)
+    np.testing.assert_allclose(alone(rgb).class_probs, model.cell_probabilities(rgb, plain.labels, plain.instances, model.classes), atol=1e-6)
+
+
+def test_predict_cli_reads_the_model_file_and_records_it(tmp_path, modules):
+    import json
+
+    from tests.helpers_data import cell as smear_cell
+    from tests.helpers_data import write_image
+    from tests.helpers_models import compose_cfg, save_checkpoint
+    from wbc.cli import predict
+
+    seg, clf = modules
+    seg_ckpt, cls_ckpt = save_checkpoint(seg, tmp_path / "seg.ckpt"), save_checkpoint(clf, tmp_path / "cls.ckpt")
+    image = write_image(tmp_path / "in" / "smear.png", smear_cell(64)[0])
+    path = _model(list(clf.hparams.data_info["classes"])).save(tmp_path / "morphology.json")
+    for out, extra in ((tmp_path / "plain", []), (tmp_path / "fused", [f"morphology={path}"])):
+        predict.predict(compose_cfg("predict.yaml", [f"input={image}", f"segmenter={seg_ckpt}", f"classifier={cls_ckpt}", *extra], out))
+    assert json.loads((tmp_path / "plain" / "predictions.json").read_text())["morphology"] is None
+    assert json.loads((tmp_path / "fused" / "predictions.json").read_text())["morphology"] == str(path)
+    with pytest.raises(FileNotFoundError, match="morphology=.*nowhere.json: no such file"):
+        predict.predict(compose_cfg("predict.yaml", [f"input={image}", f"segmenter={seg_ckpt}", f"classifier={cls_ckpt}",
+                                                     f"morphology={tmp_path / 'nowhere.json'}"], tmp_path / "missing"))

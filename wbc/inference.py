@@ -23,6 +23,7 @@ import torch
 from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
+from wbc.morphology import MorphologyClassifier
 from wbc.postprocess import (
     Instance,
     PostprocessParams,
@@ -78,6 +79,33 @@ class CellPipeline:
         self.calibration: dict = dict(fn()) if callable(fn) else {}  # temperature, review_min_probability
         self.adapted_on = 0  # images whose batch-norm statistics the models now use (adapt_batchnorm); 0 = the training ones
         self.adapted_models: tuple[str, ...] = ()  # which of them
+        self.morphology: MorphologyClassifier | None = None  # use_morphology
+        self.morphology_source: str | None = None  # its file, recorded with the results
+
+    def use_morphology(self, model: MorphologyClassifier | None, source: str | None = None) -> None:
+        """Average each cell's class probabilities with a nucleus-morphology model's (wbc.morphology:
+        the cues that travel between labs); without a classifier its probabilities are the classes."""
+        if model is not None and self.classifier is not None and set(model.classes) != set(self.classes):
+            raise ValueError(f"morphology model classes {list(model.classes)} differ from the classifier's {self.classes}")
+        if model is not None and self.classifier is None:
+            self.classes = list(model.classes)
+        self.morphology, self.morphology_source = model, source if model is not None else None
+
+    def with_morphology(self, rgb: np.ndarray, labels: np.ndarray, instances: list[Instance], class_probs: np.ndarray) -> np.ndarray:
+        """class_probs averaged with the morphology model's, cell by cell; a cell it can not measure
+        keeps the classifier's probabilities (uniform without one), and the count is logged."""
+        if self.morphology is None or not instances:
+            return class_probs
+        morph = self.morphology.cell_probabilities(rgb, labels, instances, self.classes)
+        ok = np.isfinite(morph).all(1)
+        if not ok.all():
+            log.info("morphology: %d of %d cells could not be measured (too small or no room around the nucleus): "
+                     "the classifier's probabilities kept (uniform without one)", int((~ok).sum()), len(ok))
+        if self.classifier is None:
+            return np.where(ok[:, None], morph, 1.0 / len(self.classes)).astype(np.float32)
+        out = class_probs.copy()
+        out[ok] = (class_probs[ok] + morph[ok]) / 2
+        return out
 
     @classmethod
     def from_checkpoints(
@@ -242,6 +270,7 @@ class CellPipeline:
         t1 = t0 + seg_seconds
         t2 = time.perf_counter()
         class_probs, views = self.classify_with_views(crops)
+        class_probs = self.with_morphology(rgb, labels, instances, class_probs)
         review = self.review(rgb.shape[:2], instances, class_probs, views)
         t3 = time.perf_counter()
         timings = {"segment_ms": 1e3 * (t1 - t0), "cells_ms": 1e3 * (t2 - t1), "classify_ms": 1e3 * (t3 - t2)}

@@ -105,6 +105,23 @@ def nucleus_features(rgb: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
     ], dtype=np.float64)
 
 
+def cell_features(rgb: np.ndarray, labels: np.ndarray, instances: Sequence) -> list[np.ndarray | None]:
+    """nucleus_features of each instance (wbc.postprocess.Instance) of a label map, each measured in a
+    window around its nucleus wide enough for the ring and the background beyond it; None for a cell
+    that can not be measured (too small, or a window with no room around the nucleus)."""
+    out: list[np.ndarray | None] = []
+    h, w = labels.shape
+    for inst in instances:
+        y0, x0, y1, x1 = inst.bbox
+        pad = int(np.ceil((2 * RING_DIAMETERS + 0.3) * inst.equivalent_diameter)) + 2
+        ys, xs = slice(max(0, y0 - pad), min(h, y1 + pad)), slice(max(0, x0 - pad), min(w, x1 + pad))
+        try:
+            out.append(nucleus_features(rgb[ys, xs], labels[ys, xs] == inst.label))
+        except ValueError:
+            out.append(None)
+    return out
+
+
 @dataclass(frozen=True)
 class MorphologyClassifier:
     """Standardise, then a multinomial logistic regression; plain arrays, stored as JSON."""
@@ -143,6 +160,17 @@ class MorphologyClassifier:
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
+    def cell_probabilities(self, rgb: np.ndarray, labels: np.ndarray, instances: Sequence, classes: Sequence[str]) -> np.ndarray:
+        """Per instance, the probabilities of `classes` (this model's classes in another order); a row
+        of NaN for a cell that can not be measured."""
+        order = [self.classes.index(c) for c in classes]
+        feats = cell_features(rgb, labels, instances)
+        out = np.full((len(feats), len(classes)), np.nan)
+        ok = [i for i, f in enumerate(feats) if f is not None]
+        if ok:
+            out[ok] = self.predict_proba(np.stack([feats[i] for i in ok]))[:, order]
+        return out
+
     def to_json(self) -> str:
         return json.dumps({"kind": "wbc.morphology.MorphologyClassifier", "classes": list(self.classes), "features": list(self.features),
                            "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
@@ -170,4 +198,6 @@ class MorphologyClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> MorphologyClassifier:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"morphology={path}: no such file (a model written by benchmarks/morphology_cross.py or MorphologyClassifier.save)")
         return cls.from_json(Path(path).read_text(), source=str(path))

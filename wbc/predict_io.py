@@ -246,7 +246,8 @@ def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
 
 def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures: list[dict], images: list[dict], status: str) -> None:
     report = {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes,
-              "adapt_bn_images": getattr(pipe, "adapted_on", 0), "adapt_bn_models": list(getattr(pipe, "adapted_models", ()))}
+              "adapt_bn_images": getattr(pipe, "adapted_on", 0), "adapt_bn_models": list(getattr(pipe, "adapted_models", ())),
+              "morphology": getattr(pipe, "morphology_source", None)}
     write_json(out_dir / "predictions.json", report)
 
 

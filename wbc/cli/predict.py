@@ -42,7 +42,7 @@ def build_pipeline(cfg: DictConfig):
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 
-        return pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review)
+        return with_morphology(pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review), cfg.get("morphology"))
     runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
     segmenter = cfg.segmenter or runs
     classifier = cfg.classifier or runs
@@ -57,7 +57,16 @@ def build_pipeline(cfg: DictConfig):
     if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
         log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
         classifier = None
-    return CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale, review)
+    return with_morphology(CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale, review), cfg.get("morphology"))
+
+
+def with_morphology(pipe, path: str | None):
+    """The pipeline with `morphology=<model.json>` averaged into its class probabilities (if given)."""
+    if path:
+        from wbc.morphology import MorphologyClassifier
+
+        pipe.use_morphology(MorphologyClassifier.load(path), str(path))
+    return pipe
 
 
 @task_wrapper

@@ -79,7 +79,8 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
     timing = {k: float(np.median(v)) for k, v in pipe.timings.items()}
     write_json(out_dir / "pipeline_summary.json", {"metrics": out, "median_timings_ms": timing, "per_image": per_image, "iou_threshold": iou_threshold,
                                                       "adapt_bn_images": getattr(pipe, "adapted_on", 0),
-                                                      "adapt_bn_models": list(getattr(pipe, "adapted_models", ()))})
+                                                      "adapt_bn_models": list(getattr(pipe, "adapted_models", ())),
+                                                      "morphology": getattr(pipe, "morphology_source", None)})
     return out
 
 
