@@ -7,7 +7,7 @@ depend on a lab's stain or magnification (`wbc/morphology.py`), against and besi
 The same cells as `benchmarks/cross_dataset.py`: `data=cross_cls_<direction>`, trained on fold 0's
 training images of one segmentation_wbc source, scored on the ground-truth nuclei of the other
 source's dev split (its training images) or test split; the training source's own fold-0 validation
-is the in-domain figure. The morphology model (class-balanced logistic regression, milliseconds to
+is the in-domain figure (the CNN's without AdaBN, as in domain). The morphology model (class-balanced logistic regression, milliseconds to
 fit) is written to outputs/morphology/<direction>.json. Beside it, the CNN runs of `cross_dataset.py
 --variants cells_reinhard --adapt-bn --seed 42/43/44` (dev) and their `_on_test` re-tests, read
 from outputs/cross_dataset when present: each seed alone, the three seeds averaged, and each
@@ -63,10 +63,11 @@ def features(dm, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(x), np.array(y)
 
 
-def cnn_probabilities(direction: str, split: str, seed: int, ids: list[str], classes: list[str]) -> np.ndarray | None:
-    """A cells_reinhard + AdaBN run's held-out probabilities in `ids` order, or None if not run."""
-    name = f"{direction}_cells_reinhard_dev_s{seed}_adabn" + ("_on_test" if split == "test" else "")
-    path = ROOT / "outputs" / "cross_dataset" / name / "test_predictions.csv"
+def cnn_probabilities(direction: str, split: str, seed: int, ids: list[str], classes: list[str], which: str = "test") -> np.ndarray | None:
+    """A cells_reinhard + AdaBN run's held-out (`which="test"`) or own fold-0 validation (`"val"`, not
+    adapted) probabilities in `ids` order, or None if not run."""
+    name = f"{direction}_cells_reinhard_dev_s{seed}" + ("_adabn" + ("_on_test" if split == "test" else "") if which == "test" else "")
+    path = ROOT / "outputs" / "cross_dataset" / name / f"{which}_predictions.csv"
     if not path.is_file():
         return None
     with path.open(newline="") as f:
@@ -84,6 +85,11 @@ def scores(y: np.ndarray, p: np.ndarray, n_classes: int) -> tuple[float, float, 
     labels = list(range(n_classes))
     return (f1_score(y, pred, labels=labels, average="macro", zero_division=0), balanced_accuracy_score(y, pred),
             list(recall_score(y, pred, labels=labels, average=None, zero_division=0)))
+
+
+def in_domain(y: np.ndarray, p: np.ndarray | None) -> str:
+    """The in-domain macro-F1 cell of a row ("" when the run's validation predictions are missing)."""
+    return "" if p is None else f"{scores(y, p, p.shape[1])[0]:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         line("nucleus morphology (logistic regression)", p_morph, f"{val_f1:.3f}", f"{seconds:.0f} s")
         cnn = {s: cnn_probabilities(direction, args.split, s, ids["test"], classes) for s in CNN_SEEDS}
         cnn = {s: p for s, p in cnn.items() if p is not None}
+        p_morph_val = model.predict_proba(x_val)
         fused = []
         for s, p in cnn.items():
-            line(f"CNN cells_reinhard + AdaBN, seed {s}", p)
-            line(f"CNN seed {s} + morphology (probabilities averaged)", (p + p_morph) / 2)
+            own = cnn_probabilities(direction, args.split, s, ids["val"], classes, "val")
+            line(f"CNN cells_reinhard + AdaBN, seed {s}", p, in_domain(y_val, own))
+            line(f"CNN seed {s} + morphology (probabilities averaged)", (p + p_morph) / 2,
+                 in_domain(y_val, None if own is None else (own + p_morph_val) / 2))
             fused.append(scores(y_test, (p + p_morph) / 2, len(classes))[0])
         if len(cnn) > 1:
             mean_cnn = np.mean(list(cnn.values()), 0)
