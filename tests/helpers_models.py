@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -98,3 +99,12 @@ class DiscSegmenter(torch.nn.Module):
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         d2 = ((yy - (h - 1) / 2) / h) ** 2 + ((xx - (w - 1) / 2) / w) ** 2
         return (d2 <= self.radius**2).float().expand(b, 1, h, w).clone()
+
+
+def fixed_morphology_model(classes):
+    """A fixed wbc.morphology model on `classes`, listed in reverse order (a pipeline must reorder them)."""
+    from wbc.morphology import FEATURES, MorphologyClassifier
+
+    rng = np.random.default_rng(0)
+    n_c, n_f = len(classes), len(FEATURES)
+    return MorphologyClassifier(tuple(reversed(classes)), FEATURES, np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c))

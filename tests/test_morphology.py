@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.helpers_models import fixed_morphology_model
 from wbc.morphology import FEATURES, MorphologyClassifier, nucleus_features
 
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -114,13 +115,6 @@ def modules(tmp_path_factory):
     return tiny_modules(tmp_path_factory.mktemp("models"))
 
 
-def _model(classes) -> MorphologyClassifier:
-    """A fixed model on the pipeline's classes, in reverse order (the pipeline must reorder them)."""
-    rng = np.random.default_rng(0)
-    n_c, n_f = len(classes), len(FEATURES)
-    return MorphologyClassifier(tuple(reversed(classes)), FEATURES, np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c))
-
-
 def test_pipeline_averages_the_morphology_probabilities_cell_by_cell(modules):
     from tests.helpers_data import cell as smear_cell
     from tests.helpers_models import DiscSegmenter
@@ -131,7 +125,7 @@ def test_pipeline_averages_the_morphology_probabilities_cell_by_cell(modules):
     rgb = smear_cell(64)[0]
     plain = pipe(rgb)
     assert len(plain.instances) == 1
-    model = _model(pipe.classes)
+    model = fixed_morphology_model(pipe.classes)
     pipe.use_morphology(model, "m.json")
     fused = pipe(rgb)
     morph = model.cell_probabilities(rgb, plain.labels, plain.instances, pipe.classes)
@@ -139,7 +133,7 @@ def test_pipeline_averages_the_morphology_probabilities_cell_by_cell(modules):
     np.testing.assert_allclose(fused.class_probs, (plain.class_probs + morph) / 2, atol=1e-6)
     assert not np.allclose(fused.class_probs, plain.class_probs)
     with pytest.raises(ValueError, match="differ from the classifier's"):
-        pipe.use_morphology(_model([*pipe.classes[:-1], "basophil"]))
+        pipe.use_morphology(fixed_morphology_model([*pipe.classes[:-1], "basophil"]))
 
     alone = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), None)
     alone.use_morphology(model)
@@ -158,7 +152,7 @@ def test_predict_cli_reads_the_model_file_and_records_it(tmp_path, modules):
     seg, clf = modules
     seg_ckpt, cls_ckpt = save_checkpoint(seg, tmp_path / "seg.ckpt"), save_checkpoint(clf, tmp_path / "cls.ckpt")
     image = write_image(tmp_path / "in" / "smear.png", smear_cell(64)[0])
-    path = _model(list(clf.hparams.data_info["classes"])).save(tmp_path / "morphology.json")
+    path = fixed_morphology_model(list(clf.hparams.data_info["classes"])).save(tmp_path / "morphology.json")
     for out, extra in ((tmp_path / "plain", []), (tmp_path / "fused", [f"morphology={path}"])):
         predict.predict(compose_cfg("predict.yaml", [f"input={image}", f"segmenter={seg_ckpt}", f"classifier={cls_ckpt}", *extra], out))
     assert json.loads((tmp_path / "plain" / "predictions.json").read_text())["morphology"] is None

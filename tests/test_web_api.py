@@ -327,3 +327,20 @@ def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
             assert all(geom.buffer(0.51).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs))
             n += 1
     assert n > 250
+
+
+def test_morphology_model_is_averaged_in_and_named_on_the_model_card(clf) -> None:
+    """serve.py morphology=: the page's class probabilities are the pipeline's own (predict.py's),
+    morphology included, and the model card names the model file."""
+    from tests.helpers_models import fixed_morphology_model
+
+    pipe = web_pipeline(clf)
+    pipe.use_morphology(fixed_morphology_model(pipe.classes), "lab/morphology.json")
+    rgb = field()
+    expected = pipe(rgb).class_probs
+    with TestClient(create_app(pipe)) as c:
+        assert c.get("/api/model").json()["morphology"] == "lab/morphology.json"
+        s = upload(c, png(rgb), url="/api/predict").json()
+        got = np.array([[cell[f"p_{k}"] for k in pipe.classes] for cell in s["cells"]], dtype=float)
+    assert got.shape == expected.shape == (3, len(pipe.classes))
+    np.testing.assert_allclose(got, expected, atol=1e-3)

@@ -64,7 +64,8 @@ class Engine:
 
     @property
     def has_classifier(self) -> bool:
-        return getattr(self.pipe, "classifier", None) is not None and bool(self.classes)
+        classifies = getattr(self.pipe, "classifier", None) is not None or getattr(self.pipe, "morphology", None) is not None
+        return classifies and bool(self.classes)
 
     # ------------------------------------------------------------------------- steps
     def check_upload(self, data: bytes, name: str) -> None:
@@ -117,6 +118,9 @@ class Engine:
             t0 = time.perf_counter()
             with_views = getattr(pipe, "classify_with_views", None)
             probs, views = with_views(rec.crops) if callable(with_views) else (pipe.classify(rec.crops), None)
+            fuse = getattr(pipe, "with_morphology", None)  # a nucleus-morphology model averaged in (serve.py morphology=)
+            if callable(fuse):
+                probs = fuse(rec.rgb, np.asarray(rec.labels), rec.instances, probs)
             classify_ms, t1 = _ms(t0), time.perf_counter()
             reviewer = getattr(pipe, "review", None)  # per-cell review reasons (wbc.review), where the pipeline has them
             review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views) if callable(reviewer) else None

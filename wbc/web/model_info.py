@@ -75,7 +75,8 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "source": str(path) if path else None,
         "kind": kind,
         "classes": list(getattr(pipe, "classes", []) or []),
-        "has_classifier": getattr(pipe, "classifier", None) is not None,
+        "has_classifier": getattr(pipe, "classifier", None) is not None or getattr(pipe, "morphology", None) is not None,
+        "morphology": getattr(pipe, "morphology_source", None),
         "data": seg_info.get("name"),
         "segmenter_input": seg_info.get("image_size"),
         "preprocess": seg_info.get("input_groups") or seg_info.get("preprocess"),  # a list: segmenters of several inputs

@@ -58,6 +58,9 @@ async function loadModel() {
     ["segmenter input", m.segmenter_input ? `${m.segmenter_input} x ${m.segmenter_input} px` : "?"],
     ["cell crop", m.crop_size ? `${m.crop_size} px, classified at ${m.classifier_input} px` : "whole image"],
   ].concat(figures.map((f) => ["test figure", f]));
+  if (m.morphology) {
+    rows.push(["nucleus morphology", `class probabilities averaged with the morphology model ${m.morphology}`]);
+  }
   if (m.adapted) {
     rows.push(["adapted to this lab", `${m.adapted.models.join(" and ")}: batch-norm statistics from ${m.adapted.images} image(s) of ${m.adapted.folder} (AdaBN); the test figures above are the unadapted model's`]);
   }
