@@ -3,6 +3,7 @@ depend on a lab's stain or magnification (`wbc/morphology.py`), against and besi
 
     python benchmarks/morphology_cross.py                   # dev split of the held-out set (decide)
     python benchmarks/morphology_cross.py --split test      # the held-out test split (report)
+    python benchmarks/morphology_cross.py --masks predicted # measured on the cells a LODO segmenter finds
 
 The same cells as `benchmarks/cross_dataset.py`: `data=cross_cls_<direction>`, trained on fold 0's
 training images of one segmentation_wbc source, scored on the ground-truth nuclei of the other
@@ -12,6 +13,10 @@ fit) is written to outputs/morphology/<direction>.json. Beside it, the CNN runs 
 --variants cells_reinhard --adapt-bn --seed 42/43/44` (dev) and their `_on_test` re-tests, read
 from outputs/cross_dataset when present: each seed alone, the three seeds averaged, and each
 averaged with the morphology model's probabilities (equal weights).
+With `--masks predicted` the model is fitted and scored on the nuclei a segmenter finds instead (the
+LODO segmenter pair of outputs/lab_mixedseg, or `--segmenter DIRECTION=RUN[,RUN]`; on the training
+source's images too, so training and use see masks of one kind), written to
+outputs/morphology/<direction>_predicted.json for `evaluate.py ... morphology=`; no CNN rows then.
 Needs ../shared/data (or WBC_SHARED_DATA).
 """
 
@@ -29,6 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DIRECTIONS = {"d1_to_d2": "dataset1 -> dataset2", "d2_to_d1": "dataset2 -> dataset1"}
 CNN_SEEDS = (42, 43, 44)
+# --masks predicted: the LODO segmenters of outputs/lab_mixedseg (RGB + grey + CLAHE, seed 42), trained on
+# every source but the held-out one; override with --segmenter DIRECTION=RUN[,RUN]
+SEGMENTERS = {"d1_to_d2": ["outputs/lodo_seg/d2_s42", "outputs/lodo_seg/d2_grey_s42"],
+              "d2_to_d1": ["outputs/lodo_seg/d1_s42", "outputs/lodo_seg/d1_grey_s42"]}
 
 
 def datamodule(direction: str, split: str):
@@ -48,19 +57,31 @@ def datamodule(direction: str, split: str):
     return instantiate(cfg.data)
 
 
-def features(dm, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(feature rows, class indices) of the ground-truth nucleus of each image."""
+def features(dm, ids: list[str], pipe=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(feature rows, class indices, cells missed) of each image's ground-truth nucleus, or with `pipe`
+    (a wbc.inference.CellPipeline) of the predicted cell that overlaps it most, as predict.py finds
+    and measures it; an image where no predicted cell touches the nucleus is missed."""
     from wbc.data.manifest import NUCLEUS, load_sample
-    from wbc.morphology import nucleus_features
+    from wbc.morphology import cell_features, nucleus_features
 
     m = dm.load_manifest()
     by_id, index = m.by_id(), {c: i for i, c in enumerate(m.classes)}
-    x, y = [], []
+    x, y, missed = [], [], 0
     for sid in ids:
         rgb, labels = load_sample(by_id[sid], dm.encoding_of(sid))
-        x.append(nucleus_features(rgb, labels == NUCLEUS))
+        truth = labels == NUCLEUS
+        if pipe is None:
+            x.append(nucleus_features(rgb, truth))
+        else:
+            res = pipe(rgb)
+            overlap = [int((res.labels[truth] == inst.label).sum()) for inst in res.instances]
+            f = cell_features(rgb, res.labels, [res.instances[int(np.argmax(overlap))]])[0] if any(overlap) else None
+            if f is None:
+                missed += 1
+                continue
+            x.append(f)
         y.append(index[by_id[sid].class_name])
-    return np.array(x), np.array(y)
+    return np.array(x), np.array(y), missed
 
 
 def cnn_probabilities(direction: str, split: str, seed: int, ids: list[str], classes: list[str], which: str = "test") -> np.ndarray | None:
@@ -97,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength of the logistic regression")
+    ap.add_argument("--masks", default="truth", choices=["truth", "predicted"],
+                    help="measure the ground-truth nuclei, or the cells a LODO segmenter finds (fit and score alike)")
+    ap.add_argument("--segmenter", nargs="*", default=[], metavar="DIRECTION=RUN[,RUN]", help="the segmenter of --masks predicted")
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "morphology", help="where the fitted models are written")
     args = ap.parse_args(argv)
+    segmenters = {**SEGMENTERS, **{k: v.split(",") for k, v in (a.split("=", 1) for a in args.segmenter)}}
     from wbc.morphology import MorphologyClassifier
 
-    out_dir = ROOT / "outputs" / "morphology"
+    out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     print("| train -> test | model | held-out split | macro-F1 | balanced acc. | recall neu / lym / mon / eos | in-domain val macro-F1 | time |")
     print("|---|---|---|---|---|---|---|---|")
@@ -109,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         dm = datamodule(direction, args.split)
         ids = dm.split_ids()
         classes = list(dm.load_manifest().classes)
-        x_train, y_train = features(dm, ids["train"])
-        x_val, y_val = features(dm, ids["val"])
-        x_test, y_test = features(dm, ids["test"])
+        pipe = None
+        if args.masks == "predicted":
+            from wbc.inference import CellPipeline
+
+            pipe = CellPipeline.from_checkpoints([str(ROOT / r) for r in segmenters[direction]])
+        x_train, y_train, _ = features(dm, ids["train"], pipe)
+        x_val, y_val, _ = features(dm, ids["val"], pipe)
+        x_test, y_test, missed = features(dm, ids["test"], pipe)
         model = MorphologyClassifier.fit(x_train, y_train, classes, c=args.c)
-        model.save(out_dir / f"{direction}.json")
+        model.save(out_dir / f"{direction}{'_predicted' if pipe else ''}.json")
         seconds = time.time() - t0
         val_f1 = scores(y_val, model.predict_proba(x_val), len(classes))[0]
         p_morph = model.predict_proba(x_test)
@@ -122,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             f1, bacc, rec = scores(y, p, p.shape[1])
             print(f"| {where} | {name} | {args.split} | {f1:.3f} | {bacc:.3f} | {' / '.join(f'{r:.2f}' for r in rec)} | {val} | {secs} |")
 
+        if pipe is not None:
+            line(f"nucleus morphology on the cells {' + '.join(segmenters[direction])} finds ({missed} of {len(ids['test'])} missed)",
+                 p_morph, f"{val_f1:.3f}", f"{seconds:.0f} s")
+            continue
         line("nucleus morphology (logistic regression)", p_morph, f"{val_f1:.3f}", f"{seconds:.0f} s")
         cnn = {s: cnn_probabilities(direction, args.split, s, ids["test"], classes) for s in CNN_SEEDS}
         cnn = {s: p for s, p in cnn.items() if p is not None}
