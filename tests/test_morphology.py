@@ -160,3 +160,13 @@ def test_predict_cli_reads_the_model_file_and_records_it(tmp_path, modules):
     with pytest.raises(FileNotFoundError, match="morphology=.*nowhere.json: no such file"):
         predict.predict(compose_cfg("predict.yaml", [f"input={image}", f"segmenter={seg_ckpt}", f"classifier={cls_ckpt}",
                                                      f"morphology={tmp_path / 'nowhere.json'}"], tmp_path / "missing"))
+
+
+def test_evaluate_refuses_morphology_where_no_pipeline_is_scored(tmp_path):
+    """evaluate.py morphology= acts on the full pipeline (test split): on another split it is one clear
+    error before anything loads, not silently ignored."""
+    from wbc.evaluation.runs import evaluate_spec
+
+    spec = {"segmentation": str(tmp_path / "seg"), "classification": str(tmp_path / "cls")}
+    with pytest.raises(ValueError, match="morphology=m.json acts on the full pipeline"):
+        evaluate_spec(spec, "val", tmp_path / "out", morphology="m.json")
