@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.masks == "predicted":
             from wbc.inference import CellPipeline
 
-            pipe = CellPipeline.from_checkpoints([str(ROOT / r) for r in segmenters[direction]])
+            from wbc.ensemble import load_models
+
+            # the data config's cell finding (single-cell sets: every nucleus piece of an image is one cell), as
+            # evaluate.py's pipeline with this direction's classifier has it; a segmenter alone would split lobes
+            seg = load_models([str(ROOT / r) for r in segmenters[direction]], "segmentation", "segmenter", "cpu")
+            pipe = CellPipeline(seg, None, crop_spec=dm.crop_spec)
         x_train, y_train, _ = features(dm, ids["train"], pipe)
         x_val, y_val, _ = features(dm, ids["val"], pipe)
         x_test, y_test, missed = features(dm, ids["test"], pipe)
