@@ -170,3 +170,27 @@ def test_evaluate_refuses_morphology_where_no_pipeline_is_scored(tmp_path):
     spec = {"segmentation": str(tmp_path / "seg"), "classification": str(tmp_path / "cls")}
     with pytest.raises(ValueError, match="morphology=m.json acts on the full pipeline"):
         evaluate_spec(spec, "val", tmp_path / "out", morphology="m.json")
+
+
+def test_a_cell_the_model_can_not_measure_keeps_the_classifiers_probabilities(modules, caplog):
+    import logging
+
+    from tests.helpers_data import cell as smear_cell
+    from tests.helpers_models import DiscSegmenter
+    from wbc.inference import CellPipeline
+
+    class Unmeasurable:
+        classes = ("a",)
+
+        def cell_probabilities(self, rgb, labels, instances, classes):
+            return np.full((len(instances), len(classes)), np.nan)
+
+    _, clf = modules
+    pipe = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info)), clf)
+    rgb = smear_cell(64)[0]
+    plain = pipe(rgb)
+    pipe.morphology = Unmeasurable()
+    with caplog.at_level(logging.INFO, logger="wbc"):
+        kept = pipe(rgb)
+    np.testing.assert_array_equal(kept.class_probs, plain.class_probs)
+    assert "1 of 1 cells could not be measured" in caplog.text
