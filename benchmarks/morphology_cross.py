@@ -137,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         classes = list(dm.load_manifest().classes)
         pipe = None
         if args.masks == "predicted":
-            from wbc.inference import CellPipeline
-
             from wbc.ensemble import load_models
+            from wbc.inference import CellPipeline
 
             # the data config's cell finding (single-cell sets: every nucleus piece of an image is one cell), as
             # evaluate.py's pipeline with this direction's classifier has it; a segmenter alone would split lobes
