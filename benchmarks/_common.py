@@ -1,6 +1,11 @@
-"""Shared set-up for the benchmark scripts: quiet library logs and a fixed thread count."""
+"""Shared set-up for the benchmark scripts: quiet library logs, a fixed thread count, and conf/train.yaml
+composed as the entry points compose it."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def quiet_torch(threads: int | None) -> int:
@@ -17,3 +22,18 @@ def quiet_torch(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def compose_train(overrides: list[str]):
+    """conf/train.yaml with `overrides`, after the entry points' set-up (offline defaults, resolvers,
+    structured configs); Hydra's runtime config is set, so `${hydra:...}` interpolations resolve."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from wbc.cli import prepare
+
+    prepare()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return cfg

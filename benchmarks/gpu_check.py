@@ -56,13 +56,8 @@ def devices(args: argparse.Namespace) -> int:
 
 
 def compose_stage(stage: str, args: argparse.Namespace, accelerator: str | None = None):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from _common import compose_train
     from omegaconf import open_dict
-
-    from wbc.cli import prepare
-
-    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
 
     n = devices(args) if accelerator is None else (args.devices or 1)
     overrides = [
@@ -79,9 +74,7 @@ def compose_stage(stage: str, args: argparse.Namespace, accelerator: str | None 
         *([f"trainer.accelerator={accelerator}", "trainer.precision=32-true"] if accelerator else []),
         *args.override,
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(Path(args.out) / stage)
         del cfg["hydra"]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DIRECTIONS = {"d1_to_d2": "dataset1 -> dataset2", "d2_to_d1": "dataset2 -> dataset1"}
 CNN_SEEDS = (42, 43, 44)
 # --masks predicted: the LODO segmenters of outputs/lab_mixedseg (RGB + grey + CLAHE, seed 42), trained on
@@ -42,19 +43,10 @@ SEGMENTERS = {"d1_to_d2": ["outputs/lodo_seg/d2_s42", "outputs/lodo_seg/d2_grey_
 
 def datamodule(direction: str, split: str):
     """The cross-dataset data config's datamodule (splits and manifest only; nothing is decoded)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from _common import compose_train
     from hydra.utils import instantiate
 
-    sys.path.insert(0, str(ROOT))
-    from wbc.cli import prepare
-
-    prepare()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=["experiment=cross_cls", f"data=cross_cls_{direction}",
-                                               f"data.holdout_split={split}"], return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    return instantiate(cfg.data)
+    return instantiate(compose_train(["experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}"]).data)
 
 
 def features(dm, ids: list[str], pipe=None) -> tuple[np.ndarray, np.ndarray, int]:

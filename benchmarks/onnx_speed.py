@@ -41,20 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_models(data: str):
     """Untrained modules from the default configs, with the data_info the DataModules would record."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from _common import compose_train
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from wbc.cli import prepare
-
-    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
+    cfg = compose_train(["experiment=pipeline", f"data={data}"])
     from wbc.cells import CropSpec
     from wbc.data.transforms import Preprocess
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=["experiment=pipeline", f"data={data}"], return_hydra_config=True)
-    HydraConfig().set_config(cfg)
     d = OmegaConf.to_container(cfg.data, resolve=True)
     crops = {k: v for k, v in d["crops"].items() if k != "transforms"}
     spec = CropSpec.from_config(crops)

@@ -44,33 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def throwaway_models(data: str, epochs: int, out_dir: Path):
     """Train the default segmentation + classification models briefly (no test, no scoring)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from _common import compose_train
     from omegaconf import open_dict
 
-    from wbc.cli import prepare
-
-    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
+    cfg = compose_train([
+        "experiment=pipeline",
+        f"data={data}",
+        f"trainer.max_epochs={epochs}",
+        f"classification.trainer.max_epochs={epochs}",
+        "test=false",
+        "callbacks=none",
+        "logger=none",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+    ])
     from wbc.fit import fit_stage
     from wbc.stages import stage_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train.yaml",
-            overrides=[
-                "experiment=pipeline",
-                f"data={data}",
-                f"trainer.max_epochs={epochs}",
-                f"classification.trainer.max_epochs={epochs}",
-                "test=false",
-                "callbacks=none",
-                "logger=none",
-                "+trainer.enable_progress_bar=false",
-                "+trainer.enable_model_summary=false",
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         del cfg["hydra"]

@@ -37,18 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def compose_train(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+def compose_benchmark(overrides: list[str]):
+    from _common import compose_train
     from omegaconf import open_dict
 
-    from wbc.cli import prepare
-
-    prepare()  # offline defaults, resolvers, structured configs (as the entry points)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(ROOT / "outputs" / "benchmarks")
         del cfg["hydra"]
@@ -161,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     overrides = [f"data={args.data}", *args.override]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
-    cfg = compose_train(overrides)
+    cfg = compose_benchmark(overrides)
     from wbc.fit import build_datamodule
 
     t = time.perf_counter()
