@@ -54,7 +54,9 @@ def config_models(data: str):
     spec = CropSpec.from_config(crops)
     seg_info = {"name": d["name"], "classes": d["classes"], "preprocess": Preprocess.from_config(d["preprocess"]).to_dict(), "image_size": d["image_size"], "target": d["target"]}
     cls_info = {**seg_info, "crops": spec.to_dict(), "image_size": spec.image_size}
-    return instantiate(cfg.model, data_info=seg_info).eval(), instantiate(cfg.classifier, data_info=cls_info).eval()
+    # experiment=pipeline keeps each stage's model under its stage node
+    return (instantiate(cfg.segmentation.model, data_info=seg_info).eval(),
+            instantiate(cfg.classification.model, data_info=cls_info).eval())
 
 
 def timed(fn, x, runs: int, warmup: int) -> tuple[float, object]:
