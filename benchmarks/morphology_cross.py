@@ -49,10 +49,11 @@ def datamodule(direction: str, split: str):
     return instantiate(compose_train(["experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}"]).data)
 
 
-def features(dm, ids: list[str], pipe=None) -> tuple[np.ndarray, np.ndarray, int]:
+def features(dm, ids: list[str], pipe=None, closing: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
     """(feature rows, class indices, cells missed) of each image's ground-truth nucleus, or with `pipe`
     (a wbc.inference.CellPipeline) of the predicted cell that overlaps it most, as predict.py finds
-    and measures it; an image where no predicted cell touches the nucleus is missed."""
+    and measures it; an image where no predicted cell touches the nucleus is missed. `closing`: the
+    outline regularisation (wbc.morphology.regularise_outline) applied before measuring."""
     from wbc.data.manifest import NUCLEUS, load_sample
     from wbc.morphology import cell_features, nucleus_features
 
@@ -63,11 +64,11 @@ def features(dm, ids: list[str], pipe=None) -> tuple[np.ndarray, np.ndarray, int
         rgb, labels = load_sample(by_id[sid], dm.encoding_of(sid))
         truth = labels == NUCLEUS
         if pipe is None:
-            x.append(nucleus_features(rgb, truth))
+            x.append(nucleus_features(rgb, truth, closing))
         else:
             res = pipe(rgb)
             overlap = [int((res.labels[truth] == inst.label).sum()) for inst in res.instances]
-            f = cell_features(rgb, res.labels, [res.instances[int(np.argmax(overlap))]])[0] if any(overlap) else None
+            f = cell_features(rgb, res.labels, [res.instances[int(np.argmax(overlap))]], closing)[0] if any(overlap) else None
             if f is None:
                 missed += 1
                 continue
@@ -113,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masks", default="truth", choices=["truth", "predicted"],
                     help="measure the ground-truth nuclei, or the cells a LODO segmenter finds (fit and score alike)")
     ap.add_argument("--segmenter", nargs="*", default=[], metavar="DIRECTION=RUN[,RUN]", help="the segmenter of --masks predicted")
+    ap.add_argument("--outline-closing", type=float, default=None, metavar="D",
+                    help="fill holes and close each nucleus outline at D equivalent diameters before measuring "
+                         "(0 = as segmented; default wbc.morphology.OUTLINE_CLOSING); recorded in the model file")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "morphology", help="where the fitted models are written")
     args = ap.parse_args(argv)
     segmenters = {**SEGMENTERS, **{k: v.split(",") for k, v in (a.split("=", 1) for a in args.segmenter)}}
-    from wbc.morphology import MorphologyClassifier
+    from wbc.morphology import OUTLINE_CLOSING, MorphologyClassifier
+
+    closing = OUTLINE_CLOSING if args.outline_closing is None else args.outline_closing
 
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             # evaluate.py's pipeline with this direction's classifier has it; a segmenter alone would split lobes
             seg = load_models([str(ROOT / r) for r in segmenters[direction]], "segmentation", "segmenter", "cpu")
             pipe = CellPipeline(seg, None, crop_spec=dm.crop_spec)
-        x_train, y_train, _ = features(dm, ids["train"], pipe)
-        x_val, y_val, _ = features(dm, ids["val"], pipe)
-        x_test, y_test, missed = features(dm, ids["test"], pipe)
-        model = MorphologyClassifier.fit(x_train, y_train, classes, c=args.c)
+        x_train, y_train, _ = features(dm, ids["train"], pipe, closing)
+        x_val, y_val, _ = features(dm, ids["val"], pipe, closing)
+        x_test, y_test, missed = features(dm, ids["test"], pipe, closing)
+        model = MorphologyClassifier.fit(x_train, y_train, classes, c=args.c, outline_closing=closing)
         model.save(out_dir / f"{direction}{'_predicted' if pipe else ''}.json")
         seconds = time.time() - t0
         val_f1 = scores(y_val, model.predict_proba(x_val), len(classes))[0]
