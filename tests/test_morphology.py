@@ -239,3 +239,53 @@ def test_a_cell_the_model_can_not_measure_keeps_the_classifiers_probabilities(mo
         kept = pipe(rgb)
     np.testing.assert_array_equal(kept.class_probs, plain.class_probs)
     assert "1 of 1 cells could not be measured" in caplog.text
+
+
+# --------------------------------------------------------------------------- per-cell measurements in the outputs (QuPath habit)
+def test_predict_writes_each_cells_nucleus_measurements_to_csv_and_geojson(tmp_path, modules):
+    """predict.py's cell table and GeoJSON carry the nucleus measurements (wbc.morphology.FEATURES) of
+    each cell as measured on the written label map; a round disc reads as one round lobe."""
+    import csv
+    import json
+
+    from tests.helpers_models import DiscSegmenter
+    from wbc.data.imageio import read_rgb
+    from wbc.inference import CellPipeline
+    from wbc.morphology import cell_measurements
+    from wbc.predict_io import predict_images
+
+    _, clf = modules
+    pipe = CellPipeline(DiscSegmenter(dict(clf.hparams.data_info), radius=0.15), clf)
+    rgb, _ = cell(1, size=96)
+    path = tmp_path / "in" / "round.png"
+    path.parent.mkdir()
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    rows, failures = predict_images(pipe, [path], out)
+    assert failures == [] and len(rows) == 1
+    with open(out / "predictions.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert set(FEATURES) <= set(table[0])
+    assert float(table[0]["lobes"]) == 1.0
+    assert float(table[0]["solidity"]) > 0.9 and float(table[0]["circularity"]) > 0.8
+    res = pipe(read_rgb(path))
+    expected = cell_measurements(read_rgb(path), res.labels, res.instances)[0]
+    np.testing.assert_allclose([float(table[0][k]) for k in FEATURES], expected, atol=1e-5)
+    geo = json.loads((out / "geojson" / "round.geojson").read_text())
+    measured = geo["features"][0]["properties"]["measurements"]
+    assert measured["solidity"] == pytest.approx(float(table[0]["solidity"]), abs=1e-5)
+
+
+def test_cell_rows_leave_an_unmeasurable_cell_empty_and_refuse_a_wrong_shape():
+    from wbc.cell_outputs import cell_rows, cells_csv
+    from wbc.postprocess import Instance
+
+    inst = [Instance(label=1, bbox=(0, 0, 4, 4), centroid=(2.0, 2.0), area=16)]
+    row = cell_rows(inst, [], measurements=np.full((1, len(FEATURES)), np.nan))[0]
+    assert all(row[k] is None for k in FEATURES)
+    import csv
+
+    written = next(csv.DictReader(cells_csv([row], []).decode().splitlines()))
+    assert [written[k] for k in FEATURES] == [""] * len(FEATURES) and written["area"] == "16"
+    with pytest.raises(ValueError, match="measurements of shape"):
+        cell_rows(inst, [], measurements=np.zeros((2, len(FEATURES))))

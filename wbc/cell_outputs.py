@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wbc.morphology import FEATURES as MEASUREMENTS
 from wbc.overlay import label_cells
 from wbc.postprocess import Instance
 from wbc.spreadsheet import guard
@@ -45,16 +46,21 @@ def class_colour(classes: Sequence[str], name: str | None) -> tuple[int, int, in
 
 
 def cell_columns(classes: Sequence[str]) -> list[str]:
-    """The table's columns: the cell, its class, review mark, geometry, then every class probability."""
-    return [*BASE_COLUMNS, *(f"p_{c}" for c in classes)]
+    """The table's columns: the cell, its class, review mark, geometry, the nucleus measurements
+    (wbc.morphology.FEATURES), then every class probability."""
+    return [*BASE_COLUMNS, *MEASUREMENTS, *(f"p_{c}" for c in classes)]
 
 
 def cell_rows(
-    instances: Sequence[Instance], classes: Sequence[str], class_probs: np.ndarray | None = None, review: Sequence[Sequence[str]] | None = None
+    instances: Sequence[Instance], classes: Sequence[str], class_probs: np.ndarray | None = None, review: Sequence[Sequence[str]] | None = None,
+    measurements: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One row per cell. `class_probs` None or (n, 0) = not classified (class and probabilities empty);
-    `review` one list of reasons per cell (empty = not flagged) when the pipeline gives them."""
+    `review` one list of reasons per cell (empty = not flagged) when the pipeline gives them;
+    `measurements` (n, MEASUREMENTS) from wbc.morphology.cell_measurements (NaN = not measurable: empty)."""
     probs = None if class_probs is None or not np.size(class_probs) else np.asarray(class_probs, dtype=float)
+    if measurements is not None and np.shape(measurements) != (len(instances), len(MEASUREMENTS)):
+        raise ValueError(f"cell_rows: measurements of shape {np.shape(measurements)}, expected ({len(instances)}, {len(MEASUREMENTS)})")
     rows = []
     for k, inst in enumerate(instances):
         y0, x0, y1, x1 = (int(v) for v in inst.bbox)
@@ -65,6 +71,8 @@ def cell_rows(
             "area": int(inst.area), "centroid_x": round(float(inst.centroid[1]) + 0.5, 2), "centroid_y": round(float(inst.centroid[0]) + 0.5, 2),
             "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1,
         }
+        if measurements is not None:
+            row.update({name: round(float(v), 5) if np.isfinite(v) else None for name, v in zip(MEASUREMENTS, measurements[k])})
         if probs is not None:
             p = probs[k]
             row["class"] = str(classes[int(np.argmax(p))])
@@ -187,7 +195,7 @@ def cell_polygons(labels: np.ndarray, inst: Instance) -> list[np.ndarray]:
 def cells_geojson(labels: np.ndarray, instances: Sequence[Instance], rows: Sequence[Mapping[str, Any]], classes: Sequence[str], image: str | None = None) -> dict:
     """A QuPath-readable FeatureCollection: one feature per cell (objectType "detection": a nucleus
     outline, not a QuPath cell with its cytoplasm), its class {name, color} when classified and the
-    row's numbers as flat `measurements`."""
+    row's numbers (geometry, nucleus measurements, probabilities) as flat `measurements`."""
     features = []
     for inst, row in zip(instances, rows):
         rings = cell_polygons(labels, inst)
@@ -197,6 +205,7 @@ def cells_geojson(labels: np.ndarray, instances: Sequence[Instance], rows: Seque
             else {"type": "MultiPolygon", "coordinates": [[_closed(r)] for r in rings]}
         )
         measurements = {"cell": row["cell"], "area_px": row["area"], "centroid_x_px": row["centroid_x"], "centroid_y_px": row["centroid_y"], "review": 1 if row.get("review") else 0}
+        measurements.update({name: row[name] for name in MEASUREMENTS if row.get(name) is not None})
         if row.get("class"):
             measurements["probability"] = round(float(row["probability"]), 5)
             measurements.update({f"p_{c}": round(float(row[f"p_{c}"]), 5) for c in classes})

@@ -142,6 +142,16 @@ def cell_features(rgb: np.ndarray, labels: np.ndarray, instances: Sequence, outl
     return out
 
 
+def cell_measurements(rgb: np.ndarray, labels: np.ndarray, instances: Sequence, outline_closing: float = 0.0) -> np.ndarray:
+    """cell_features as a (cells, FEATURES) array, a row of NaN for a cell that can not be measured:
+    the per-cell shape and colour measurements of the cell table and GeoJSON (QuPath's habit)."""
+    out = np.full((len(instances), len(FEATURES)), np.nan)
+    for k, f in enumerate(cell_features(rgb, labels, instances, outline_closing)):
+        if f is not None:
+            out[k] = f
+    return out
+
+
 @dataclass(frozen=True)
 class MorphologyClassifier:
     """Standardise, then a multinomial logistic regression; plain arrays, stored as JSON, with the
@@ -187,11 +197,11 @@ class MorphologyClassifier:
         """Per instance, the probabilities of `classes` (this model's classes in another order); a row
         of NaN for a cell that can not be measured."""
         order = [self.classes.index(c) for c in classes]
-        feats = cell_features(rgb, labels, instances, self.outline_closing)
+        feats = cell_measurements(rgb, labels, instances, self.outline_closing)
         out = np.full((len(feats), len(classes)), np.nan)
-        ok = [i for i, f in enumerate(feats) if f is not None]
-        if ok:
-            out[ok] = self.predict_proba(np.stack([feats[i] for i in ok]))[:, order]
+        ok = np.isfinite(feats).all(1)
+        if ok.any():
+            out[ok] = self.predict_proba(feats[ok])[:, order]
         return out
 
     def to_json(self) -> str:

@@ -44,6 +44,7 @@ from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
 from wbc.io import atomic_write, write_json
+from wbc.morphology import cell_measurements
 
 log = logging.getLogger("wbc")
 
@@ -52,7 +53,7 @@ LOCK_FILE = "predict.lock"
 RESULTS = ("predictions.csv", "predictions.json")
 CSV_COLUMNS = [
     "image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "centroid_x", "centroid_y", "class", "probability",
-    "review", "review_reasons",
+    "review", "review_reasons", *co.MEASUREMENTS,
 ]
 
 
@@ -203,7 +204,8 @@ def _predict_one(
         failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
         return None
     res = pipe(rgb)
-    cells = co.cell_rows(res.instances, pipe.classes, res.class_probs, getattr(res, "review", None) or None)
+    measured = cell_measurements(rgb, res.labels, res.instances)
+    cells = co.cell_rows(res.instances, pipe.classes, res.class_probs, getattr(res, "review", None) or None, measured)
     rows = [{"image": str(f), **row, "source": str(f.absolute()), "output_stem": stem} for row in cells]
     _write_bytes(out_dir / "masks" / f"{stem}.png", co.mask_png(res.labels))
     _write_bytes(out_dir / "labels" / f"{stem}.png", co.label_png(res.labels))

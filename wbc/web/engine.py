@@ -20,6 +20,7 @@ import numpy as np
 from wbc import cell_outputs as co
 from wbc.cells import cell_crops
 from wbc.data.imageio import ImageReadError, as_rgb, decode_bytes
+from wbc.morphology import cell_measurements
 from wbc.web.store import ImageRecord
 
 # PNG, BMP, TIFF (both byte orders), JPEG: the type is decided by these bytes, never by the name
@@ -95,15 +96,17 @@ class Engine:
             labels, instances, crops = cell_crops(pipe.cls_pre(rec.rgb), prob, spec, post)
             cells_ms, t2 = _ms(t1), time.perf_counter()
             polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
+            outlines_ms, t3 = _ms(t2), time.perf_counter()
+            rec.measurements = cell_measurements(rec.rgb, labels, instances)
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
             rec.instances, rec.crops, rec.polygons = instances, crops, polygons
             rec.scale = pipe.last_scale
             rec.class_probs, rec.review = None, None
-            rec.rows = co.cell_rows(instances, self.classes)
+            rec.rows = co.cell_rows(instances, self.classes, measurements=rec.measurements)
             rec.status = "segmented"
             rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings = {k: v for k, v in rec.timings.items() if k == "decode_ms"}
-            rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=_ms(t2))
+            rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=outlines_ms, measure_ms=_ms(t3))
         return self.state(rec)
 
     def classify(self, rec: ImageRecord) -> dict:
@@ -125,7 +128,7 @@ class Engine:
             reviewer = getattr(pipe, "review", None)  # per-cell review reasons (wbc.review), where the pipeline has them
             review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views) if callable(reviewer) else None
             rec.class_probs, rec.review = np.asarray(probs), review
-            rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review)
+            rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review, rec.measurements)
             rec.status = "classified"
             rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings.update(classify_ms=classify_ms, review_ms=_ms(t1))

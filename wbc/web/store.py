@@ -47,6 +47,7 @@ class ImageRecord:
     instances: list[Instance] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     polygons: list[list[list[list[float]]]] = field(default_factory=list)  # per cell, its rings
+    measurements: np.ndarray | None = None  # per cell, the nucleus measurements (wbc.morphology.cell_measurements)
     scale: Any = None  # the pipeline's ScaleChoice for this image (reported; the review needs it)
     class_probs: np.ndarray | None = None
     review: list[list[str]] | None = None
