@@ -50,29 +50,30 @@ def datamodule(direction: str, split: str):
 
 
 def features(dm, ids: list[str], pipe=None, closing: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """(feature rows, class indices, cells missed) of each image's ground-truth nucleus, or with `pipe`
-    (a wbc.inference.CellPipeline) of the predicted cell that overlaps it most, as predict.py finds
-    and measures it; an image where no predicted cell touches the nucleus is missed. `closing`: the
-    outline regularisation (wbc.morphology.regularise_outline) applied before measuring."""
+    """(feature rows, class indices, cells missed) of each image's ground-truth cell, found and measured
+    as fit_morphology.py does, or with `pipe` (a wbc.inference.CellPipeline) of the predicted cell that
+    overlaps the true nucleus most, as predict.py finds and measures it; an image where no predicted cell
+    touches the nucleus is missed. `closing`: the outline regularisation (wbc.morphology.regularise_outline)."""
+    from wbc.cli.fit_morphology import measure_cells
     from wbc.data.manifest import NUCLEUS, load_sample
-    from wbc.morphology import cell_features, nucleus_features
+    from wbc.morphology import cell_features
 
+    if pipe is None:
+        x, y, unmeasured = measure_cells(dm, ids, closing)
+        return x, y, len(unmeasured)
     m = dm.load_manifest()
     by_id, index = m.by_id(), {c: i for i, c in enumerate(m.classes)}
     x, y, missed = [], [], 0
     for sid in ids:
         rgb, labels = load_sample(by_id[sid], dm.encoding_of(sid))
         truth = labels == NUCLEUS
-        if pipe is None:
-            x.append(nucleus_features(rgb, truth, closing))
-        else:
-            res = pipe(rgb)
-            overlap = [int((res.labels[truth] == inst.label).sum()) for inst in res.instances]
-            f = cell_features(rgb, res.labels, [res.instances[int(np.argmax(overlap))]], closing)[0] if any(overlap) else None
-            if f is None:
-                missed += 1
-                continue
-            x.append(f)
+        res = pipe(rgb)
+        overlap = [int((res.labels[truth] == inst.label).sum()) for inst in res.instances]
+        f = cell_features(rgb, res.labels, [res.instances[int(np.argmax(overlap))]], closing)[0] if any(overlap) else None
+        if f is None:
+            missed += 1
+            continue
+        x.append(f)
         y.append(index[by_id[sid].class_name])
     return np.array(x), np.array(y), missed
 

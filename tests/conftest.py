@@ -44,6 +44,8 @@ TINY_EVALUATE = ("extras.print_config=false", "num_overlays=2")
 def tiny_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
     if config_name == "evaluate.yaml":
         base = TINY_EVALUATE
+    elif config_name == "fit_morphology.yaml":  # no trainer: the data and the printout only
+        base = ("data=synthetic_tiny", "extras.print_config=false")
     elif any(o.startswith("debug=") for o in overrides):
         base = TINY_DEBUG
     else:

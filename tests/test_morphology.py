@@ -3,6 +3,8 @@ the classifier round-trips through JSON exactly and refuses malformed files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -289,3 +291,28 @@ def test_cell_rows_leave_an_unmeasurable_cell_empty_and_refuse_a_wrong_shape():
     assert [written[k] for k in FEATURES] == [""] * len(FEATURES) and written["area"] == "16"
     with pytest.raises(ValueError, match="measurements of shape"):
         cell_rows(inst, [], measurements=np.zeros((2, len(FEATURES))))
+
+
+# --------------------------------------------------------------------------- fit_morphology.py
+def test_fit_morphology_writes_a_model_predict_can_use_and_scores_the_fold(make_cfg, tmp_path):
+    """fit_morphology.py on the tiny synthetic set: morphology.json with the data config's classes and
+    the configured outline closing, metrics.json with the fold's validation figure; bad keys are named."""
+    import json
+
+    from wbc.cli.fit_morphology import fit_morphology
+
+    cfg = make_cfg(["outline_closing=0.1", "test=true"], config_name="fit_morphology.yaml")
+    metrics, objects = fit_morphology(cfg)
+    out = Path(cfg.paths.output_dir)
+    model = MorphologyClassifier.load(out / "morphology.json")
+    assert model.classes == tuple(cfg.data.classes) and model.outline_closing == 0.1
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert metrics["train/cells"] > 0 and metrics["val/cells"] > 0 and metrics["test/cells"] > 0
+    assert 0 <= metrics["val/macro_f1"] <= 1
+    both = make_cfg(["fit_on=train+val"], config_name="fit_morphology.yaml", output_dir=tmp_path / "all")
+    more, _ = fit_morphology(both)
+    assert more["train/cells"] == metrics["train/cells"] + metrics["val/cells"] and "val/macro_f1" not in more
+    for key, value, expected in (("fit_on", "everything", "fit_on='everything'"), ("outline_closing", "0.7", r"outline_closing=0.7"),
+                                 ("c", "0", "c=0")):
+        with pytest.raises(ValueError, match=expected):
+            fit_morphology(make_cfg([f"{key}={value}"], config_name="fit_morphology.yaml", output_dir=tmp_path / key))
