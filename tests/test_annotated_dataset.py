@@ -79,6 +79,15 @@ def test_labelled_points_become_a_fine_tuning_set_with_the_labs_classes(tmp_path
     parts = objects["datamodule"].split_ids()
     assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (len(classes) * (per_class - 2), len(classes), len(classes))
     assert "val/macro_f1" in metrics
+    # the printed fit_morphology.py command: the same cells, one a crop (the cell finding of the run's crops)
+    from wbc.cli.fit_morphology import fit_morphology
+    from wbc.morphology import MorphologyClassifier
+
+    fit = next(line.strip() for line in printed.splitlines() if line.strip().startswith("python fit_morphology.py"))
+    assert f"data.root={dest}" in fit and "data.crops.mode=" in fit and "fit_on=train+val" in fit
+    fitted, _ = fit_morphology(compose_cfg("fit_morphology.yaml", [*shlex.split(fit)[2:], "extras.print_config=false"], tmp_path / "morph", tmp_path / "data"))
+    assert fitted["train/cells"] == 12 - len(classes) and fitted["unmeasured_images"] == 0  # train + val, the test cells apart
+    assert MorphologyClassifier.load(tmp_path / "morph" / "morphology.json").classes == tuple(classes)
 
 
 def test_labels_that_cannot_make_a_training_set_are_refused(tmp_path: Path, lab_run) -> None:

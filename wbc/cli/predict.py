@@ -127,12 +127,14 @@ def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: Cel
         head += f" ({len(record['not_found'])} point(s) on no found cell left out)"
     check = ("then score the fine-tuned model on other labelled cells than these (python compare.py runs=[<before>,<after>] "
              "annotations=<held-out labels>)")
-    return fine_tune_message(cfg, out_dir / ANNOTATED_DIR, pipe, record, head, check)
+    return fine_tune_message(cfg, out_dir / ANNOTATED_DIR, pipe, record, head, check, morphology=True)
 
 
-def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str) -> dict:
+def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str, morphology: bool = False) -> dict:
     """Print (and log) what a cell dataset holds and the `train.py` command that fine-tunes the classifier on
-    it, or, when a class has no cell (fine-tuning keeps every class), which classes are missing."""
+    it (with `morphology`, also the `fit_morphology.py` command that fits the nucleus-morphology model on the
+    same cells: the lab's own labels, not the model's calls), or, when a class has no cell (fine-tuning keeps
+    every class), which classes are missing."""
     from wbc.data.cell_dataset import SPLITS_FILE
     from wbc.rundir import as_overrides
 
@@ -140,9 +142,11 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
     split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
-    command = shlex.join(["python", "train.py", *choices, "data=folder", "data.layout=csv", f"data.root={dataset}",
-                          *([f"data.splits.file={split}"] if split.is_file() else []), f"data.classes=[{','.join(pipe.classes)}]", *inputs,
-                          f"init_from={shipped or '<the classifier run>'}"])
+    data = ["data=folder", "data.layout=csv", f"data.root={dataset}", *([f"data.splits.file={split}"] if split.is_file() else []),
+            f"data.classes=[{','.join(pipe.classes)}]"]
+    command = shlex.join(["python", "train.py", *choices, *data, *inputs, f"init_from={shipped or '<the classifier run>'}"])
+    # the morphology model measures the raw image: only the cell finding (data.crops) has to match
+    fit = shlex.join(["python", "fit_morphology.py", *data, *as_overrides("data.crops", pipe.crop_spec.to_dict()), "fit_on=train+val"])
     msg = f"{head} ({', '.join(f'{c} {n}' for c, n in record['counts'].items())}) in {dataset}"
     never = [c for c, n in record["counts"].items() if not n]
     if never:  # fine-tuning keeps the classifier's classes, and a class without images is refused
@@ -153,10 +157,12 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
         msg += f"; fine-tune with\n  {command}"
         if len(members) > 1:
             msg += f"\n  ({len(members)} models: fine-tune each with its own init_from=<member>)"
+        if morphology:
+            msg += f"\nand/or fit the nucleus-morphology model on the same cells (predict.py ... morphology=<its morphology.json>) with\n  {fit}"
         msg += f"\n  {check}"
         log.info(msg)
     print(msg)
-    return {**record, "command": None if never else command}
+    return {**record, "command": None if never else command, **({"fit_morphology_command": None if never else fit} if morphology else {})}
 
 
 def fine_tune_start(cfg: DictConfig) -> tuple[list[Path], str | None, list[str]]:
