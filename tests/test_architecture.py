@@ -140,7 +140,7 @@ import importlib.metadata as md, importlib.util as u, json
 dist = md.distribution("wbc-lab")
 top = sorted({str(f).split("/")[0] for f in dist.files or []})
 print(json.dumps({
-    "clash": [n for n in ("train", "evaluate", "predict", "export", "audit", "compare") if u.find_spec(n)],
+    "clash": [n for n in ("train", "evaluate", "predict", "export", "audit", "compare", "fit_morphology") if u.find_spec(n)],
     "ours": [n for n in ("wbc", "datamodules", "lightning_modules") if u.find_spec(n)],
     "scripts": {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"},
     "top_py": [t for t in top if t.endswith(".py") and not t.startswith("__editable__")],
@@ -150,7 +150,8 @@ print(json.dumps({
     got = json.loads(_python(code, env, cwd=Path("/")).stdout.strip().splitlines()[-1])
     assert got["clash"] == [] and got["top_py"] == [], got
     assert got["ours"] == ["wbc", "datamodules", "lightning_modules"]
-    assert got["scripts"] == {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export", "audit", "compare", "serve")}
+    expected = {f"wbc-{n}": f"wbc.cli.{n}:main" for n in ("train", "evaluate", "predict", "export", "audit", "compare", "serve")}
+    assert got["scripts"] == {**expected, "wbc-fit-morphology": "wbc.cli.fit_morphology:main"}
 
 
 def test_importing_the_package_leaves_the_environment_alone() -> None:
