@@ -216,3 +216,40 @@ def test_tta_setting_outside_the_choices_names_the_key(tmp_path):
         tiny_modules(tmp_path, ["classification.model.tta=sideways"], seed=2)
     with pytest.raises(ValueError, match=r"^tta=3: expected true"):
         apply_tta([], 3)
+
+
+def test_export_carries_a_morphology_model_and_predict_applies_it(exported, tmp_path):
+    """export.py morphology=<model.json>: the export holds it (re-written, named in export.json), predict.py
+    onnx=<export> averages it in as predict with the checkpoints and morphology= does; a model of other
+    classes, a broken file and an export.json entry pointing outside the folder are refused."""
+    from tests.helpers_models import fixed_morphology_model
+    from wbc.cli import predict
+
+    _, clf, d, _ = exported
+    model_file = fixed_morphology_model(list(clf.hparams.data_info["classes"])).save(tmp_path / "morph.json")
+    out = tmp_path / "export"
+    export.export([f"segmenter={d / 'seg'}", f"classifier={d / 'cls'}", f"out={out}", f"morphology={model_file}"])
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["morphology"]["file"] == "morphology.json" and meta["sources"]["morphology"] == str(model_file)
+    inputs = tmp_path / "in"
+    for i, rgb in enumerate(_images()):
+        write_image(inputs / f"img{i}.png", rgb)
+    runs = {}
+    for name, overrides in {"ckpt": [f"segmenter={d / 'seg'}", f"classifier={d / 'cls'}", f"morphology={model_file}"],
+                            "onnx": [f"onnx={out}"], "plain": [f"segmenter={d / 'seg'}", f"classifier={d / 'cls'}"]}.items():
+        predict.predict(compose_cfg("predict.yaml", [f"input={inputs}", *overrides], tmp_path / name))
+        runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())
+    assert runs["onnx"]["morphology"] == str((out / "morphology.json").resolve())
+    pairs = list(zip(runs["ckpt"]["cells"], runs["onnx"]["cells"], runs["plain"]["cells"]))
+    assert pairs and all(b["probability"] == pytest.approx(a["probability"], abs=ATOL) for a, b, _ in pairs)
+    assert any(abs(b["probability"] - c["probability"]) > 1e-3 for _, b, c in pairs)  # it is applied, not ignored
+    with pytest.raises(ValueError, match=r"morphology model classes .* differ from the classifier's"):
+        export.export([f"segmenter={d / 'seg'}", f"classifier={d / 'cls'}", f"out={tmp_path / 'x'}",
+                       f"morphology={fixed_morphology_model(['a', 'b']).save(tmp_path / 'other.json')}"])
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"broken.json: not a morphology classifier"):
+        export.export([f"segmenter={d / 'seg'}", f"out={tmp_path / 'y'}", f"morphology={tmp_path / 'broken.json'}"])
+    meta["morphology"]["file"] = "../morph.json"
+    (out / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"morphology.file='../morph.json' resolves to .* outside the export folder"):
+        pipeline_from_export(out)

@@ -31,6 +31,7 @@ from wbc.io import atomic_write, write_json
 log = logging.getLogger("wbc")
 
 EXPORT_JSON = "export.json"
+MORPHOLOGY_JSON = "morphology.json"
 OPSET = 17
 FORMAT_VERSION = 1
 
@@ -81,8 +82,10 @@ def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_nam
     atomic_write(path, _write)
 
 
-def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opset: int = OPSET, sources: dict | None = None) -> dict:
-    """Write segmenter.onnx [+ classifier.onnx] + export.json into out_dir; returns the JSON dict."""
+def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opset: int = OPSET, sources: dict | None = None, morphology=None) -> dict:
+    """Write segmenter.onnx [+ classifier.onnx] [+ morphology.json: a wbc.morphology model averaged into the
+    class probabilities, carried so the export runs as the pipeline it came from] + export.json into out_dir;
+    returns the JSON dict."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
@@ -110,13 +113,22 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
             # the temperature is inside the graph; the review threshold is applied by the pipeline
             "calibration": dict(classifier.calibration()) if callable(getattr(classifier, "calibration", None)) else {},
         }
+    if morphology is not None:
+        classes = list((meta.get("classifier") or {}).get("data_info", {}).get("classes") or [])
+        if classes and set(morphology.classes) != set(classes):
+            raise ValueError(f"morphology model classes {list(morphology.classes)} differ from the classifier's {classes}")
+        morphology.save(out / MORPHOLOGY_JSON)
+        meta["morphology"] = {"file": MORPHOLOGY_JSON, "classes": list(morphology.classes), "outline_closing": morphology.outline_closing}
     write_json(out / EXPORT_JSON, meta)
     return meta
 
 
-def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, opset: int = OPSET) -> dict:
+def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, opset: int = OPSET, morphology: str | Path | None = None) -> dict:
     """Checkpoints (files, run dirs, sweep dirs of fold runs or lists of them, as predict.py takes
-    them) -> ONNX export in out_dir; several of one stage are exported as their ensemble."""
+    them) -> ONNX export in out_dir; several of one stage are exported as their ensemble; `morphology`
+    a wbc.morphology model file to carry (read and re-written, so only a valid model travels)."""
+    from wbc.morphology import MorphologyClassifier
+
     from wbc.ensemble import load_models, member_checkpoints
 
     def load(spec: Any, stage: str, key: str) -> tuple[torch.nn.Module | None, str | list[str] | None]:
@@ -125,9 +137,11 @@ def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, ops
         paths = [str(c) for _, c in member_checkpoints(spec, stage, key)]
         return load_models(spec, stage, key), (paths[0] if len(paths) == 1 else paths)
 
+    morph = MorphologyClassifier.load(morphology) if morphology is not None else None  # a bad file is refused first
     seg, seg_src = load(segmenter, "segmentation", "segmenter")
     clf, cls_src = load(classifier, "classification", "classifier")
-    return export_models(seg, clf, out_dir, opset, {"segmenter": seg_src, "classifier": cls_src})
+    sources = {"segmenter": seg_src, "classifier": cls_src, **({"morphology": str(morphology)} if morphology is not None else {})}
+    return export_models(seg, clf, out_dir, opset, sources, morph)
 
 
 # --------------------------------------------------------------------------- runtime side
@@ -207,7 +221,7 @@ def read_export(export_dir: str | Path) -> dict:
         raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} is not valid JSON ({err})") from err
     if not isinstance(meta, dict) or "segmenter" not in meta:
         raise ValueError(f"onnx={export_dir}: {EXPORT_JSON} has no 'segmenter' entry")
-    for key in ("segmenter", "classifier"):
+    for key in ("segmenter", "classifier", "morphology"):
         if key == "segmenter" or meta.get(key):
             export_file(d, meta, key)  # refuse an entry pointing outside the folder before anything is read
     return meta
@@ -220,7 +234,7 @@ def export_file(export_dir: Path, meta: dict, key: str) -> Path:
     name = entry.get("file") if isinstance(entry, dict) else None
     where = f"onnx={export_dir}: {EXPORT_JSON} {key}.file={name!r}"
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: expected the name of a .onnx file inside the export folder")
+        raise ValueError(f"{where}: expected the name of a file inside the export folder")
     root = Path(export_dir).resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root) or path == root:
@@ -245,6 +259,13 @@ def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postproces
     segmenter takes a batch of network-size tiles, so full fields slide over it as over the torch one."""
     from wbc.inference import CellPipeline
 
+    from wbc.morphology import MorphologyClassifier
+
     seg, clf = load_export(export_dir, threads)
-    return CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
+    pipe = CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
+    meta = read_export(Path(export_dir))
+    if meta.get("morphology"):
+        path = export_file(Path(export_dir), meta, "morphology")
+        pipe.use_morphology(MorphologyClassifier.load(path), str(path))
+    return pipe
 

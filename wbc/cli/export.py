@@ -4,7 +4,8 @@ A sweep dir of fold runs or a list (`segmenter=[<RGB run>,<grey run>]`) exports 
 model, as predict.py would run it.
 
 Writes segmenter.onnx, classifier.onnx and export.json (each model's data_info: preprocessing,
-network size, classes, crop geometry, read from the checkpoints). Predict with onnxruntime:
+network size, classes, crop geometry, read from the checkpoints); `morphology=<model.json>` (fit_morphology.py)
+also carries a nucleus-morphology model, averaged in wherever the export runs. Predict with onnxruntime:
 `python predict.py onnx=<out> input=<image or folder>`. Default out: `<run>/onnx`.
 """
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-KEYS = ("run", "segmenter", "classifier", "out", "opset")
+KEYS = ("run", "segmenter", "classifier", "out", "opset", "morphology")
 USAGE = ("usage: python export.py run=<pipeline run dir> [out=<dir>] | segmenter=<ckpt, run, sweep or [a,b]> "
-         "[classifier=<ckpt, run, sweep or [a,b]>] out=<dir> [opset=17]")
+         "[classifier=<ckpt, run, sweep or [a,b]>] out=<dir> [opset=17] [morphology=<model.json>]")
 
 
 def parse_args(argv: list[str]) -> dict[str, str | None]:
@@ -52,8 +53,8 @@ def export(argv: list[str]) -> dict:
     out = args["out"] or (str(Path(args["run"]) / "onnx") if args["run"] else None)
     if out is None:
         raise SystemExit(f"export.py: out=<dir> is required with segmenter=...\n{USAGE}")
-    meta = export_checkpoints(model_spec(segmenter), model_spec(classifier), out, int(args["opset"] or OPSET))
-    written = ", ".join(m["file"] for m in (meta.get("segmenter"), meta.get("classifier")) if m)
+    meta = export_checkpoints(model_spec(segmenter), model_spec(classifier), out, int(args["opset"] or OPSET), args["morphology"])
+    written = ", ".join(m["file"] for m in (meta.get("segmenter"), meta.get("classifier"), meta.get("morphology")) if m)
     print(f"exported {written} + export.json to {out}")
     return meta
 

@@ -61,10 +61,13 @@ def build_pipeline(cfg: DictConfig):
 
 
 def with_morphology(pipe, path: str | None):
-    """The pipeline with `morphology=<model.json>` averaged into its class probabilities (if given)."""
+    """The pipeline with `morphology=<model.json>` averaged into its class probabilities (if given; it
+    replaces one an ONNX export carries, and says so)."""
     if path:
         from wbc.morphology import MorphologyClassifier
 
+        if getattr(pipe, "morphology_source", None):
+            log.info("morphology=%s replaces the export's morphology model %s", path, pipe.morphology_source)
         pipe.use_morphology(MorphologyClassifier.load(path), str(path))
     return pipe
 
