@@ -127,9 +127,8 @@ def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, ops
     """Checkpoints (files, run dirs, sweep dirs of fold runs or lists of them, as predict.py takes
     them) -> ONNX export in out_dir; several of one stage are exported as their ensemble; `morphology`
     a wbc.morphology model file to carry (read and re-written, so only a valid model travels)."""
-    from wbc.morphology import MorphologyClassifier
-
     from wbc.ensemble import load_models, member_checkpoints
+    from wbc.morphology import MorphologyClassifier
 
     def load(spec: Any, stage: str, key: str) -> tuple[torch.nn.Module | None, str | list[str] | None]:
         if spec is None:
@@ -258,7 +257,6 @@ def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postproces
     come from export.json's data_info, as from a checkpoint; overrides win and are logged). The
     segmenter takes a batch of network-size tiles, so full fields slide over it as over the torch one."""
     from wbc.inference import CellPipeline
-
     from wbc.morphology import MorphologyClassifier
 
     seg, clf = load_export(export_dir, threads)
