@@ -24,9 +24,10 @@ def quiet_torch(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def compose_train(overrides: list[str]):
-    """conf/train.yaml with `overrides`, after the entry points' set-up (offline defaults, resolvers,
-    structured configs); Hydra's runtime config is set, so `${hydra:...}` interpolations resolve."""
+def compose_train(overrides: list[str], config_name: str = "train.yaml"):
+    """conf/train.yaml (or another entry point's config) with `overrides`, after the entry points' set-up
+    (offline defaults, resolvers, structured configs); Hydra's runtime config is set, so `${hydra:...}`
+    interpolations resolve."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
@@ -34,6 +35,6 @@ def compose_train(overrides: list[str]):
 
     prepare()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     return cfg

@@ -13,7 +13,8 @@ fitted by `fit_morphology.py` on that run's annotated_dataset (all its labelled 
 outputs/morphology_lab/. Each image's cell is the predicted cell over its true nucleus (as evaluate.py's
 pipeline finds it, one cell an image); an image with none is a wrong call. Rows: macro-F1 (over the classes
 the cells hold: on dev, the lab may have labelled every cell of a class) of the fine-tuned
-classifier alone, averaged with the source's / the lab's morphology model, and the lab's model alone.
+classifier alone, averaged with the source's / the lab's morphology model, the lab's model alone, and
+averaged with one model fitted on the source's and the lab's cells together (pooled).
 Needs ../shared/data (or WBC_SHARED_DATA) and those runs.
 """
 
@@ -45,19 +46,42 @@ def labelled_images(lab_run: Path) -> set[str]:
         return {r["group"] for r in csv.DictReader(f)}
 
 
-def fit_lab_model(lab_run: Path, classes: list[str], crops: dict, out: Path) -> Path:
-    """fit_morphology.py on the lab run's annotated_dataset (all its cells, found with the classifier's crop
-    settings `crops`, as predict.py's printed command has it); the model file."""
+def lab_data(lab_run: Path, classes: list[str], crops: dict) -> list[str]:
+    """The fit_morphology.py overrides of the lab run's annotated_dataset (all its cells, found with the
+    classifier's crop settings `crops`, as predict.py's printed command has them)."""
     from wbc.rundir import as_overrides
 
     ds = lab_run / "predict" / "annotated_dataset"
+    return ["data=folder", "data.layout=csv", f"data.root={ds}", f"data.splits.file={ds / 'splits.json'}",
+            f"data.classes=[{','.join(classes)}]", *as_overrides("data.crops", crops), "fit_on=train+val"]
+
+
+def fit_lab_model(overrides: list[str], out: Path) -> Path:
+    """fit_morphology.py with `overrides` (lab_data) into `out`; the model file."""
     model = out / "morphology.json"
     if not model.is_file():
-        cmd = [sys.executable, str(ROOT / "fit_morphology.py"), "data=folder", "data.layout=csv", f"data.root={ds}",
-               f"data.splits.file={ds / 'splits.json'}", f"data.classes=[{','.join(classes)}]", *as_overrides("data.crops", crops),
-               "fit_on=train+val", f"hydra.run.dir={out}"]
+        cmd = [sys.executable, str(ROOT / "fit_morphology.py"), *overrides, f"hydra.run.dir={out}"]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return model
+
+
+def pooled_model(direction: str, overrides: list[str], classes: list[str]):
+    """One model fitted on the source's fold-0 training cells (as outputs/morphology_closed's) and the lab's
+    labelled cells together, measured alike (fit_morphology.measure_cells, the default outline closing)."""
+    from _common import compose_train
+    from hydra.utils import instantiate
+    from morphology_cross import datamodule
+
+    from wbc.cli.fit_morphology import measure_cells
+    from wbc.morphology import OUTLINE_CLOSING, MorphologyClassifier
+
+    src = datamodule(direction, "dev")
+    x_src, y_src, _ = measure_cells(src, src.split_ids()["train"], OUTLINE_CLOSING)
+    lab = instantiate(compose_train(overrides, "fit_morphology.yaml").data)
+    ids = lab.split_ids()
+    x_lab, y_lab, _ = measure_cells(lab, ids["train"] + ids["val"], OUTLINE_CLOSING)
+    assert list(lab.load_manifest().classes) == classes == list(src.load_manifest().classes)
+    return MorphologyClassifier.fit(np.concatenate([x_src, x_lab]), np.concatenate([y_src, y_lab]), classes, outline_closing=OUTLINE_CLOSING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.inference import CellPipeline
     from wbc.morphology import MorphologyClassifier
 
-    print("| held out | cells | seed | fine-tuned classifier | + source's morphology | + lab's morphology | lab's morphology alone | time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| held out | cells | seed | fine-tuned classifier | + source's morphology | + lab's morphology | lab's morphology alone | "
+          "+ pooled (source + lab cells) | time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for lab in args.labs:
         direction, k, segmenter = LABS[lab]
         dm = datamodule(direction, args.split)
@@ -90,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             lab_run = ROOT / "outputs" / "lab_labels" / f"{lab}_k{k}_s{seed}"
             clf = load_models(str(lab_run / "finetuned"), "classification", "classifier", "cpu")
             pipe = CellPipeline(seg, clf)
-            lab_model = MorphologyClassifier.load(fit_lab_model(lab_run, classes, pipe.crop_spec.to_dict(), OUT / f"{lab}_k{k}_s{seed}"))
+            overrides = lab_data(lab_run, classes, pipe.crop_spec.to_dict())
+            lab_model = MorphologyClassifier.load(fit_lab_model(overrides, OUT / f"{lab}_k{k}_s{seed}"))
+            pooled = pooled_model(direction, overrides, classes)
             skip = labelled_images(lab_run) if args.split == "dev" else set()
             # the lab's copies were named <folder>_<id> (segmentation_wbc_d1/dataset1/7 -> dataset1_7)
             ids = [sid for sid in images if sid.split("/", 1)[1].replace("/", "_") not in skip]
-            p = {name: np.full((len(ids), len(classes)), 1.0 / len(classes)) for name in ("cnn", "source", "lab")}
+            p = {name: np.full((len(ids), len(classes)), 1.0 / len(classes)) for name in ("cnn", "source", "lab", "pooled")}
             y = np.array([classes.index(by_id[sid].class_name) for sid in ids])
             for i, sid in enumerate(ids):
                 rgb, labels = images[sid]
@@ -104,22 +131,24 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # missed: a uniform row, a wrong call unless by chance
                 j = int(np.argmax(overlap))
                 p["cnn"][i] = res.class_probs[j]
-                for name, model in (("source", source_model), ("lab", lab_model)):
+                for name, model in (("source", source_model), ("lab", lab_model), ("pooled", pooled)):
                     q = model.cell_probabilities(rgb, res.labels, [res.instances[j]], pipe.classes)[0]
                     if np.isfinite(q).all():
                         p[name][i] = q
-            rows = {"cnn": p["cnn"], "+source": (p["cnn"] + p["source"]) / 2, "+lab": (p["cnn"] + p["lab"]) / 2, "lab": p["lab"]}
+            rows = {"cnn": p["cnn"], "+source": (p["cnn"] + p["source"]) / 2, "+lab": (p["cnn"] + p["lab"]) / 2, "lab": p["lab"],
+                    "+pooled": (p["cnn"] + p["pooled"]) / 2}
             present = sorted(set(y.tolist()))  # a class the lab labelled every cell of has none left to score
             f1 = {name: f1_score(y, q.argmax(1), labels=present, average="macro", zero_division=0) for name, q in rows.items()}
             for name, v in f1.items():
                 figures.setdefault(name, []).append(v)
             print(f"| {lab} ({args.split}{', not labelled' if skip else ''}) | {len(ids)} | {seed} | {f1['cnn']:.3f} | {f1['+source']:.3f} | "
-                  f"{f1['+lab']:.3f} | {f1['lab']:.3f} | {time.time() - t0:.0f} s |", flush=True)
+                  f"{f1['+lab']:.3f} | {f1['lab']:.3f} | {f1['+pooled']:.3f} | {time.time() - t0:.0f} s |", flush=True)
         if len(args.seeds) > 1:
             mean = {name: statistics.mean(v) for name, v in figures.items()}
-            higher = {name: sum(a > b for a, b in zip(figures[name], figures["cnn"])) for name in ("+source", "+lab")}
+            higher = {name: sum(a > b for a, b in zip(figures[name], figures["cnn"])) for name in ("+source", "+lab", "+pooled")}
             print(f"| {lab} mean | | | {mean['cnn']:.3f} | {mean['+source']:.3f} ({higher['+source']} of {len(args.seeds)} higher) | "
-                  f"{mean['+lab']:.3f} ({higher['+lab']} of {len(args.seeds)} higher) | {mean['lab']:.3f} | |")
+                  f"{mean['+lab']:.3f} ({higher['+lab']} of {len(args.seeds)} higher) | {mean['lab']:.3f} | "
+                  f"{mean['+pooled']:.3f} ({higher['+pooled']} of {len(args.seeds)} higher) | |")
     return 0
 
 
