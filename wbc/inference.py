@@ -85,8 +85,8 @@ class CellPipeline:
     def use_morphology(self, model: MorphologyClassifier | None, source: str | None = None) -> None:
         """Average each cell's class probabilities with a nucleus-morphology model's (wbc.morphology:
         the cues that travel between labs); without a classifier its probabilities are the classes."""
-        if model is not None and self.classifier is not None and set(model.classes) != set(self.classes):
-            raise ValueError(f"morphology model classes {list(model.classes)} differ from the classifier's {self.classes}")
+        if model is not None and self.classifier is not None:
+            model.check_classes(self.classes)
         if model is not None and self.classifier is None:
             self.classes = list(model.classes)
         self.morphology, self.morphology_source = model, source if model is not None else None

@@ -186,6 +186,11 @@ class MorphologyClassifier:
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
         return cls(tuple(classes), FEATURES, mean, scale, coef, intercept, float(outline_closing))
 
+    def check_classes(self, classes: Sequence[str]) -> None:
+        """Refuse a classifier whose class set differs from this model's (their probabilities are averaged)."""
+        if set(self.classes) != set(classes):
+            raise ValueError(f"morphology model classes {list(self.classes)} differ from the classifier's {list(classes)}")
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, one row a cell."""
         z = (np.atleast_2d(np.asarray(x, dtype=np.float64)) - self.mean) / self.scale @ self.coef.T + self.intercept

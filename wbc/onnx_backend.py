@@ -86,6 +86,8 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
     """Write segmenter.onnx [+ classifier.onnx] [+ morphology.json: a wbc.morphology model averaged into the
     class probabilities, carried so the export runs as the pipeline it came from] + export.json into out_dir;
     returns the JSON dict."""
+    if morphology is not None and classifier is not None:  # refused before any file is written
+        morphology.check_classes((classifier.hparams.get("data_info") or {}).get("classes") or [])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
@@ -114,9 +116,6 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
             "calibration": dict(classifier.calibration()) if callable(getattr(classifier, "calibration", None)) else {},
         }
     if morphology is not None:
-        classes = list((meta.get("classifier") or {}).get("data_info", {}).get("classes") or [])
-        if classes and set(morphology.classes) != set(classes):
-            raise ValueError(f"morphology model classes {list(morphology.classes)} differ from the classifier's {classes}")
         morphology.save(out / MORPHOLOGY_JSON)
         meta["morphology"] = {"file": MORPHOLOGY_JSON, "classes": list(morphology.classes), "outline_closing": morphology.outline_closing}
     write_json(out / EXPORT_JSON, meta)
