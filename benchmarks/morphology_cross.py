@@ -42,12 +42,16 @@ SEGMENTERS = {"d1_to_d2": ["outputs/lodo_seg/d2_s42", "outputs/lodo_seg/d2_grey_
               "d2_to_d1": ["outputs/lodo_seg/d1_s42", "outputs/lodo_seg/d1_grey_s42"]}
 
 
-def datamodule(direction: str, split: str):
-    """The cross-dataset data config's datamodule (splits and manifest only; nothing is decoded)."""
+def datamodule(direction: str, split: str, overrides: list[str] | None = None):
+    """The cross-dataset data config's datamodule (splits and manifest only; nothing is decoded), finding
+    cells with the composed `postprocess` node as train.py and fit_morphology.py do; `overrides`: more
+    Hydra overrides (e.g. postprocess.opening_kernel=0)."""
     from _common import compose_train
-    from hydra.utils import instantiate
 
-    return instantiate(compose_train(["experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}"]).data)
+    from wbc.fit import build_datamodule, postprocess_of
+
+    cfg = compose_train(["experiment=cross_cls", f"data=cross_cls_{direction}", f"data.holdout_split={split}", *(overrides or [])])
+    return build_datamodule(cfg.data, postprocess_of(cfg))
 
 
 def features(dm, ids: list[str], pipe=None, closing: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fill holes and close each nucleus outline at D equivalent diameters before measuring "
                          "(0 = as segmented; default wbc.morphology.OUTLINE_CLOSING); recorded in the model file")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "morphology_closed", help="where the fitted models are written")
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="Hydra overrides of the data config that finds the cells (e.g. postprocess.opening_kernel=0)")
     args = ap.parse_args(argv)
     segmenters = {**SEGMENTERS, **{k: v.split(",") for k, v in (a.split("=", 1) for a in args.segmenter)}}
     from wbc.morphology import OUTLINE_CLOSING, MorphologyClassifier
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for direction in args.directions:
         t0 = time.time()
-        dm = datamodule(direction, args.split)
+        dm = datamodule(direction, args.split, args.override)
         ids = dm.split_ids()
         classes = list(dm.load_manifest().classes)
         pipe = None

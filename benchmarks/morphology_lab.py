@@ -69,15 +69,16 @@ def pooled_model(direction: str, overrides: list[str], classes: list[str]):
     """One model fitted on the source's fold-0 training cells (as outputs/morphology_closed's) and the lab's
     labelled cells together, measured alike (fit_morphology.measure_cells, the default outline closing)."""
     from _common import compose_train
-    from hydra.utils import instantiate
     from morphology_cross import datamodule
 
     from wbc.cli.fit_morphology import measure_cells
+    from wbc.fit import build_datamodule, postprocess_of
     from wbc.morphology import OUTLINE_CLOSING, MorphologyClassifier
 
     src = datamodule(direction, "dev")
     x_src, y_src, _ = measure_cells(src, src.split_ids()["train"], OUTLINE_CLOSING)
-    lab = instantiate(compose_train(overrides, "fit_morphology.yaml").data)
+    lab_cfg = compose_train(overrides, "fit_morphology.yaml")
+    lab = build_datamodule(lab_cfg.data, postprocess_of(lab_cfg))
     ids = lab.split_ids()
     x_lab, y_lab, _ = measure_cells(lab, ids["train"] + ids["val"], OUTLINE_CLOSING)
     assert list(lab.load_manifest().classes) == classes == list(src.load_manifest().classes)

@@ -63,9 +63,8 @@ def scores(model, x: np.ndarray, y: np.ndarray, split: str) -> dict[str, float]:
 
 @task_wrapper
 def fit_morphology(cfg: DictConfig) -> tuple[dict, dict]:
-    """Measure, fit, score, write morphology.json + metrics.json; returns (metrics, {"model": ...})."""
-    from hydra.utils import instantiate
-
+    """Measure, fit, score, write morphology.json + metrics.json; returns (metrics, {"model", "datamodule"})."""
+    from wbc.fit import build_datamodule, postprocess_of
     from wbc.io import write_json
     from wbc.morphology import MorphologyClassifier
 
@@ -77,8 +76,8 @@ def fit_morphology(cfg: DictConfig) -> tuple[dict, dict]:
     if isinstance(c, bool) or not isinstance(c, int | float) or c <= 0:
         raise ValueError(f"c={c!r}: expected a positive number (inverse regularisation strength)")
     out = Path(cfg.paths.output_dir)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
+    # the run's `postprocess` node finds the cells, as train.py's classification data does
+    dm = build_datamodule(cfg.data, postprocess_of(cfg))
     ids = dm.split_ids()
     classes = list(dm.load_manifest().classes)
     fit_ids = ids["train"] + (ids["val"] if cfg.fit_on == "train+val" else [])
@@ -99,7 +98,7 @@ def fit_morphology(cfg: DictConfig) -> tuple[dict, dict]:
     shown = ", ".join(f"{k}={v:.0f}" if k.endswith(("cells", "images")) else f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"\nmorphology model on {', '.join(classes)} ({cfg.fit_on} cells of fold {dm.fold}): {shown}\n"
           f"  {path}\n  use it: python predict.py ... morphology={path}")
-    return metrics, {"model": model}
+    return metrics, {"model": model, "datamodule": dm}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit_morphology.yaml")
