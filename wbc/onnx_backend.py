@@ -209,6 +209,8 @@ class OnnxClassifier(_OnnxModel):
 
 
 def read_export(export_dir: str | Path) -> dict:
+    """export.json of an export folder, checked: valid JSON with a segmenter entry, every file it names inside
+    the folder (one clear error naming the folder and the key otherwise)."""
     d = Path(export_dir)
     meta_path = d / EXPORT_JSON
     if not meta_path.is_file():
@@ -240,9 +242,10 @@ def export_file(export_dir: Path, meta: dict, key: str) -> Path:
     return path
 
 
-def load_export(export_dir: str | Path, threads: int | None = None) -> tuple[OnnxSegmenter, OnnxClassifier | None]:
+def load_export(export_dir: str | Path, threads: int | None = None, meta: dict | None = None) -> tuple[OnnxSegmenter, OnnxClassifier | None]:
+    """The export's two onnxruntime models; `meta`: its export.json as read_export returned it (read here if None)."""
     d = Path(export_dir)
-    meta = read_export(d)
+    meta = read_export(d) if meta is None else meta
     seg = OnnxSegmenter(export_file(d, meta, "segmenter"), meta["segmenter"].get("data_info"), threads)
     clf = None
     if meta.get("classifier"):
@@ -258,9 +261,9 @@ def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postproces
     from wbc.inference import CellPipeline
     from wbc.morphology import MorphologyClassifier
 
-    seg, clf = load_export(export_dir, threads)
+    meta = read_export(export_dir)
+    seg, clf = load_export(export_dir, threads, meta)
     pipe = CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
-    meta = read_export(Path(export_dir))
     if meta.get("morphology"):
         path = export_file(Path(export_dir), meta, "morphology")
         pipe.use_morphology(MorphologyClassifier.load(path), str(path))
