@@ -270,7 +270,7 @@ def test_model_card(client, clf) -> None:
 
 def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:
     pipe = web_pipeline(clf)
-    pipe.review = lambda shape, instances, probs, views=None: [["low confidence"] if i == 1 else [] for i in range(len(instances))]
+    pipe.review = lambda shape, instances, probs, views=None, appearance=None: [["low confidence"] if i == 1 else [] for i in range(len(instances))]
     with TestClient(create_app(pipe)) as c:
         s = upload(c, png(field()), url="/api/predict").json()
         assert [x["review"] for x in s["cells"]] == ["", "yes", ""] and s["review_count"] == 1

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
+from wbc.appearance import AppearanceProfile, profile_of
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
 from wbc.morphology import MorphologyClassifier
@@ -48,6 +49,7 @@ class CellResult:
     class_probs: np.ndarray  # n_cells x n_classes (empty without a classifier)
     timings: dict[str, float] = field(default_factory=dict)
     review: list[list[str]] = field(default_factory=list)  # per cell, why to look at it (wbc.review); [] = not flagged
+    appearance: dict | None = None  # the image's appearance check (CellPipeline.check_appearance)
 
 
 class CellPipeline:
@@ -81,6 +83,11 @@ class CellPipeline:
         self.adapted_models: tuple[str, ...] = ()  # which of them
         self.morphology: MorphologyClassifier | None = None  # use_morphology
         self.morphology_source: str | None = None  # its file, recorded with the results
+        # the colour profile of the classifier's training images (the stage that does not travel), else the
+        # segmenter's; None for checkpoints trained before it was recorded
+        which = "classifier" if cls_info.get("appearance") else "segmenter"
+        self.appearance: AppearanceProfile | None = profile_of(cls_info if which == "classifier" else seg_info, f"{which} data_info.appearance")
+        self.appearance_model = which
 
     def use_morphology(self, model: MorphologyClassifier | None, source: str | None = None) -> None:
         """Average each cell's class probabilities with a nucleus-morphology model's (wbc.morphology:
@@ -185,15 +192,27 @@ class CellPipeline:
         views = views_fn(x).float().cpu().numpy() if callable(views_fn) else None
         return probs, views if views is not None and len(views) > 1 else None
 
-    def review(self, shape: tuple[int, int], instances: list[Instance], class_probs: np.ndarray, views: np.ndarray | None = None) -> list[list[str]]:
-        """Per cell, the reasons to review it (wbc.review), at the scale the last image was segmented at."""
+    def check_appearance(self, rgb: np.ndarray) -> dict | None:
+        """Whether an image looks like the model's training images (wbc.appearance): {model, distance,
+        threshold, unlike_training}; None without a profile or with review.unlike_training=false."""
+        if self.appearance is None or not self.review_options.unlike_training:
+            return None
+        threshold = self.review_options.appearance_threshold or self.appearance.threshold
+        distance = self.appearance.distance(rgb)
+        return {"model": self.appearance_model, "distance": round(distance, 3), "threshold": round(float(threshold), 3),
+                "unlike_training": bool(distance > threshold)}
+
+    def review(self, shape: tuple[int, int], instances: list[Instance], class_probs: np.ndarray, views: np.ndarray | None = None,
+               appearance: dict | None = None) -> list[list[str]]:
+        """Per cell, the reasons to review it (wbc.review), at the scale the last image was segmented at;
+        `appearance`: the image's check_appearance."""
         tile = int(self.seg_info.get("image_size") or 128)
         h, w = shape
         factor = self.last_scale.factor if self.last_scale is not None and self.last_scale.factor else math.sqrt(tile / h * tile / w)
         q = (self.seg_info.get("scale") or {}).get("nucleus_diameter_q25_q75")
         return review_reasons(
             class_probs, views, instances, shape, self.classes, float(self.calibration.get("review_min_probability", 0.0)),
-            tuple(q) if q else None, factor, self.review_options,
+            tuple(q) if q else None, factor, self.review_options, appearance,
         )
 
     @torch.no_grad()
@@ -271,9 +290,10 @@ class CellPipeline:
         t2 = time.perf_counter()
         class_probs, views = self.classify_with_views(crops)
         class_probs = self.with_morphology(rgb, labels, instances, class_probs)
-        review = self.review(rgb.shape[:2], instances, class_probs, views)
+        appearance = self.check_appearance(rgb)
+        review = self.review(rgb.shape[:2], instances, class_probs, views, appearance)
         t3 = time.perf_counter()
         timings = {"segment_ms": 1e3 * (t1 - t0), "cells_ms": 1e3 * (t2 - t1), "classify_ms": 1e3 * (t3 - t2)}
         for k, v in timings.items():
             self.timings[k].append(v)
-        return CellResult(prob, labels, instances, crops, class_probs, timings, review)
+        return CellResult(prob, labels, instances, crops, class_probs, timings, review, appearance)

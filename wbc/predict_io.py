@@ -172,12 +172,14 @@ def predict_images(
         _append_csv(fh, [columns])
         for done, (f, stem) in enumerate(zip(files, output_stems(files))):
             try:
-                new = _predict_one(pipe, f, stem, out_dir, max_file_mb, save_crops, max_pixels, failures)
-                if new is not None:
+                done_one = _predict_one(pipe, f, stem, out_dir, max_file_mb, save_crops, max_pixels, failures)
+                if done_one is not None:
+                    new, appearance = done_one
                     _append_csv(fh, co.csv_records(new, columns))
                     rows.extend(new)
                     scale = pipe.last_scale.to_dict() if getattr(pipe, "last_scale", None) is not None else None
-                    images.append({"image": str(f), "source": str(f.absolute()), "output_stem": stem, "cells": len(new), "scale": scale})
+                    images.append({"image": str(f), "source": str(f.absolute()), "output_stem": stem, "cells": len(new), "scale": scale,
+                                   "appearance": appearance})
             except BaseException as err:
                 status = f"stopped after {done} of {len(files)} images: {type(err).__name__}: {err}"
                 log.error("predict %s (the rows of those %d are in %s)", status, done, out_dir / "predictions.csv")
@@ -188,15 +190,22 @@ def predict_images(
                     log.error("could not write %s: %s", out_dir / "predictions.json", json_err)
                 raise
         _write_report(out_dir, pipe, rows, failures, images, "complete")
+    unlike = unlike_training(images)
+    if unlike:
+        model = getattr(pipe, "appearance_model", "model")
+        log.warning("%d of %d image(s) look unlike the %s's training images (stain, light or camera: wbc.appearance), e.g. %s: "
+                    "their cells are flagged for review; a model trained on other smears is often confidently wrong there "
+                    "(README: Models that travel; fine-tune on a few labelled cells of these images)",
+                    len(unlike), len(images), model, Path(unlike[0]).name)
     return rows, failures
 
 
 def _predict_one(
     pipe: CellPipeline, f: Path, stem: str, out_dir: Path, max_file_mb: float, save_crops: bool,
     max_pixels: int | None, failures: list[dict],
-) -> list[dict] | None:
-    """One image's files (wbc.cell_outputs, the writers the web app uses); its rows (None when the
-    file is unreadable: skipped)."""
+) -> tuple[list[dict], dict | None] | None:
+    """One image's files (wbc.cell_outputs, the writers the web app uses); (its rows, its appearance
+    check) or None when the file is unreadable (skipped)."""
     try:
         rgb = read_image(f, max_file_mb, max_pixels)
     except (ImageReadError, OSError) as err:
@@ -215,7 +224,7 @@ def _predict_one(
         for row, crop in zip(cells, res.crops):
             _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(crop))
     _write_bytes(out_dir / "overlays" / f"{stem}.png", co.png_bytes(co.overlay_image(rgb, res.labels, res.instances, cells)))
-    return rows
+    return rows, getattr(res, "appearance", None)
 
 
 def read_image(f: Path, max_file_mb: float, max_pixels: int | None) -> np.ndarray:
@@ -249,7 +258,12 @@ def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
 def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures: list[dict], images: list[dict], status: str) -> None:
     report = {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes,
               "adapt_bn_images": getattr(pipe, "adapted_on", 0), "adapt_bn_models": list(getattr(pipe, "adapted_models", ())),
-              "morphology": getattr(pipe, "morphology_source", None)}
+              "morphology": getattr(pipe, "morphology_source", None), "unlike_training_images": unlike_training(images)}
     write_json(out_dir / "predictions.json", report)
+
+
+def unlike_training(images: list[dict]) -> list[str]:
+    """The images whose appearance check found them unlike the model's training images."""
+    return [im["image"] for im in images if (im.get("appearance") or {}).get("unlike_training")]
 
 

@@ -9,7 +9,10 @@ A cell is flagged, with every reason that applies, when
 - its nucleus touches the image border (the crop and the class may miss part of the cell);
 - its nucleus is implausibly small or large for the training data: an equivalent diameter, at the
   network's scale, outside [size_low x q25, size_high x q75] of the training nuclei
-  (`data_info.scale`).
+  (`data_info.scale`);
+- the whole image is unlike the model's training images (wbc.appearance: its colour statistics are
+  further from the training images' than `appearance_coverage` of the validation images): every cell
+  of it, since a model from another lab's smears is confidently wrong there.
 Pure numpy: no Lightning.
 """
 
@@ -32,6 +35,10 @@ class ReviewOptions:
     border: bool = True
     size_low: float = 0.5
     size_high: float = 2.0
+    # flag every cell of an image unlike the model's training images (wbc.appearance)
+    unlike_training: bool = True
+    # that image's colour distance limit; None = the checkpoint's (data_info.appearance.threshold)
+    appearance_threshold: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> ReviewOptions:
@@ -52,12 +59,14 @@ def review_reasons(
     diameter_range: tuple[float, float] | None = None,
     px_to_network: float = 1.0,
     options: ReviewOptions = ReviewOptions(),
+    appearance: Mapping | None = None,
 ) -> list[list[str]]:
     """One list of plain-language reasons per cell (empty: not flagged).
 
     class_probs: n x C calibrated probabilities (n x 0 without a classifier); views: V x n x C
     (flips or ensemble members) or None; shape: the image's (H, W); diameter_range: the plausible
-    nucleus diameters in network px; px_to_network: image px -> network px for this image."""
+    nucleus diameters in network px; px_to_network: image px -> network px for this image;
+    appearance: the image's appearance check (CellPipeline.check_appearance) or None."""
     h, w = shape
     has_classes = class_probs is not None and np.size(class_probs) > 0
     threshold = options.min_probability if options.min_probability is not None else min_probability
@@ -82,5 +91,8 @@ def review_reasons(
                 reasons.append(f"nucleus small for the training data ({d:.0f} < {lo:.0f} network px)")
             elif d > hi:
                 reasons.append(f"nucleus large for the training data ({d:.0f} > {hi:.0f} network px)")
+        if appearance and appearance.get("unlike_training"):
+            reasons.append(f"image unlike the {appearance['model']}'s training images (colour distance "
+                           f"{appearance['distance']:.1f} > {appearance['threshold']:.1f})")
         out.append(reasons)
     return out

@@ -98,6 +98,8 @@ class Engine:
             polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
             outlines_ms, t3 = _ms(t2), time.perf_counter()
             rec.measurements = cell_measurements(rec.rgb, labels, instances)
+            check = getattr(pipe, "check_appearance", None)  # is the image like the model's training images (wbc.appearance)
+            rec.appearance = check(rec.rgb) if callable(check) else None
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
             rec.instances, rec.crops, rec.polygons = instances, crops, polygons
             rec.scale = pipe.last_scale
@@ -126,7 +128,7 @@ class Engine:
                 probs = fuse(rec.rgb, np.asarray(rec.labels), rec.instances, probs)
             classify_ms, t1 = _ms(t0), time.perf_counter()
             reviewer = getattr(pipe, "review", None)  # per-cell review reasons (wbc.review), where the pipeline has them
-            review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views) if callable(reviewer) else None
+            review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views, rec.appearance) if callable(reviewer) else None
             rec.class_probs, rec.review = np.asarray(probs), review
             rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review, rec.measurements)
             rec.status = "classified"
@@ -147,6 +149,7 @@ class Engine:
             "counts": co.class_counts(rec.rows, self.classes) if rec.status == "classified" else {},
             "review_count": sum(1 for r in rec.rows if r.get("review")),
             "scale": scale, "scale_text": scale_text(scale, w, h, self.pipe), "timings": dict(rec.timings),
+            "appearance": rec.appearance, "appearance_text": appearance_text(rec.appearance),
             "cells": cells,
         }
 
@@ -200,6 +203,15 @@ class Engine:
                 if row["cell"] == cell:
                     return co.png_bytes(c, compression=1)
         raise StepError(f"{rec.name}: no cell {cell}")
+
+
+def appearance_text(check: dict | None) -> str:
+    """The page's warning for an image unlike the model's training images ("" otherwise)."""
+    if not check or not check.get("unlike_training"):
+        return ""
+    return (f"This image's colours are unlike the {check['model']}'s training images (colour distance {check['distance']:.1f} "
+            f"> {check['threshold']:.1f}: another stain, light or camera). A model trained on other smears is often confidently "
+            "wrong on such images: every cell is flagged for review.")
 
 
 def scale_text(scale: dict | None, w: int, h: int, pipe: Any) -> str:

@@ -49,6 +49,7 @@ class ImageRecord:
     polygons: list[list[list[list[float]]]] = field(default_factory=list)  # per cell, its rings
     measurements: np.ndarray | None = None  # per cell, the nucleus measurements (wbc.morphology.cell_measurements)
     scale: Any = None  # the pipeline's ScaleChoice for this image (reported; the review needs it)
+    appearance: dict | None = None  # the image's appearance check (CellPipeline.check_appearance; the review needs it)
     class_probs: np.ndarray | None = None
     review: list[list[str]] | None = None
     rows: list[dict] = field(default_factory=list)

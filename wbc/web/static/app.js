@@ -206,6 +206,8 @@ function show() {
   showMessage(it && it.error ? it.error : "");
   $("summary").textContent = !segmented ? "" : classified && st.blind ? `${data.count} cells (the model's calls hidden)` : data.summary;
   $("scale-line").textContent = segmented && data.scale_text ? `Processed: ${data.scale_text}` : "";
+  $("appearance-line").textContent = segmented && data.appearance_text ? `⚠ ${data.appearance_text}` : "";
+  $("appearance-line").hidden = !(segmented && data.appearance_text);
   $("downloads").hidden = !segmented;
   if (segmented) for (const a of $("downloads").querySelectorAll("a")) a.href = `/api/images/${it.id}/files/${a.dataset.kind}`;
   renderTable(classified ? data.cells : segmented ? data.cells : []);

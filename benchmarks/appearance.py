@@ -1,0 +1,80 @@
+"""The appearance check across sources: does it flag another lab's images and leave the training lab's alone?
+
+    python benchmarks/appearance.py                       # segmentation_wbc dataset1 / dataset2 and all_idb2
+    python benchmarks/appearance.py --sources synthetic   # any data configs (the embedded set runs offline)
+
+For each source, the profile a training run would record (wbc.appearance.training_appearance on the
+data config's training split, thresholded on its validation split, `--coverage`), then the share of
+images flagged "unlike the training images": the source's own test split (false alarms), the same test
+images darker / brighter (an exposure change x0.8 / x1.2: should not be flagged), the central half of
+each test image (another framing of the same slides: flagged, since the check compares whole images)
+and every image of each other source (another lab: should be flagged). No model is trained; the
+real sets need ../shared/data (or WBC_SHARED_DATA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SOURCES = ("segmentation_wbc_d1", "segmentation_wbc_d2", "all_idb2")
+
+
+def images(dm, split: str) -> list[np.ndarray]:
+    from wbc.data.imageio import read_rgb
+
+    by_id = dm.load_manifest().by_id()
+    return [read_rgb(by_id[i].image, by_id[i].max_pixels) for i in dm.split_ids()[split]]
+
+
+def exposed(rgb: np.ndarray, k: float) -> np.ndarray:
+    return np.clip(rgb.astype(np.float32) * k, 0, 255).astype(np.uint8)
+
+
+def centre(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return rgb[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), help="data configs (conf/data/<name>.yaml)")
+    ap.add_argument("--coverage", type=float, default=0.99, help="train.yaml appearance_coverage")
+    args = ap.parse_args(argv)
+    from _common import compose_train
+
+    from wbc.appearance import AppearanceProfile, training_appearance
+    from wbc.fit import build_datamodule, postprocess_of
+
+    dms, every = {}, {}
+    for name in args.sources:
+        cfg = compose_train([f"data={name}"])
+        dms[name] = build_datamodule(cfg.data, postprocess_of(cfg))
+        every[name] = [im for split in ("train", "val", "test") for im in images(dms[name], split)]
+    others = [f"{o} ({len(every[o])})" for o in args.sources]
+    print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test, central half | {' | '.join(others)} | s |")
+    print("|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
+    for name, dm in dms.items():
+        t0 = time.time()
+        profile = AppearanceProfile.from_dict(training_appearance(dm, args.coverage))
+        seconds = time.time() - t0
+        test = images(dm, "test")
+
+        def share(ims: list[np.ndarray], p: AppearanceProfile = profile) -> str:
+            return f"{np.mean([p.distance(im) > p.threshold for im in ims]):.2f}" if ims else "-"
+
+        cells = [share(test), share([exposed(im, 0.8) for im in test]), share([exposed(im, 1.2) for im in test]),
+                 share([centre(im) for im in test])]
+        cells += ["(own)" if o == name else share(every[o]) for o in args.sources]
+        print(f"| {name} ({profile.images}) | {profile.threshold:.2f} | {' | '.join(cells)} | {seconds:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
