@@ -5,11 +5,12 @@
 
 For each source, the profile a training run would record (wbc.appearance.training_appearance on the
 data config's training split, thresholded on its validation split, `--coverage`), then the share of
-images flagged "unlike the training images": the source's own test split (false alarms), the same test
-images darker / brighter (an exposure change x0.8 / x1.2: should not be flagged), the central half of
-each test image (another framing of the same slides: flagged, since the check compares whole images)
-and every image of each other source (another lab: should be flagged). No model is trained; the
-real sets need ../shared/data (or WBC_SHARED_DATA).
+images flagged "unlike the training images", each measured with its ground-truth nucleus mask: the
+source's own test split (false alarms), the same test images darker / brighter (an exposure change
+x0.8 / x1.2: should not be flagged), each test cell cut out as predict's annotated_dataset cuts it (4
+nucleus diameters: a lab's fine-tuning set) and the central half of each test image (other framings of
+the same slides), and every image of each other source (another lab: should be flagged). No model is
+trained; the real sets need ../shared/data (or WBC_SHARED_DATA).
 """
 
 from __future__ import annotations
@@ -26,20 +27,41 @@ sys.path.insert(0, str(ROOT))
 SOURCES = ("segmentation_wbc_d1", "segmentation_wbc_d2", "all_idb2")
 
 
-def images(dm, split: str) -> list[np.ndarray]:
-    from wbc.data.imageio import read_rgb
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def images(dm, split: str) -> list[Pair]:
+    """(RGB, nucleus mask) of a split's images that have a mask."""
+    from wbc.data.manifest import NUCLEUS, load_sample
 
     by_id = dm.load_manifest().by_id()
-    return [read_rgb(by_id[i].image, by_id[i].max_pixels) for i in dm.split_ids()[split]]
+    out = []
+    for i in dm.split_ids()[split]:
+        if by_id[i].mask is not None:
+            rgb, labels = load_sample(by_id[i], dm.encoding_of(i))
+            out.append((rgb, labels == NUCLEUS))
+    return out
 
 
-def exposed(rgb: np.ndarray, k: float) -> np.ndarray:
-    return np.clip(rgb.astype(np.float32) * k, 0, 255).astype(np.uint8)
+def exposed(pair: Pair, k: float) -> Pair:
+    return np.clip(pair[0].astype(np.float32) * k, 0, 255).astype(np.uint8), pair[1]
 
 
-def centre(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    return rgb[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]
+def centre(pair: Pair) -> Pair:
+    h, w = pair[1].shape
+    box = (slice(h // 4, h // 4 + h // 2), slice(w // 4, w // 4 + w // 2))
+    return pair[0][box], pair[1][box]
+
+
+def cell_cut(pair: Pair, context: float = 4.0) -> Pair:
+    """The square of `context` nucleus diameters around the mask's centre (predict's annotated_dataset)."""
+    ys, xs = np.nonzero(pair[1])
+    if not len(ys):
+        return pair
+    r = max(4, int(context * np.sqrt(4 * len(ys) / np.pi) / 2))
+    cy, cx = int(ys.mean()), int(xs.mean())
+    box = (slice(max(0, cy - r), cy + r), slice(max(0, cx - r), cx + r))
+    return pair[0][box], pair[1][box]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,19 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         dms[name] = build_datamodule(cfg.data, postprocess_of(cfg))
         every[name] = [im for split in ("train", "val", "test") for im in images(dms[name], split)]
     others = [f"{o} ({len(every[o])})" for o in args.sources]
-    print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test, central half | {' | '.join(others)} | s |")
-    print("|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
+    print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test cells cut out | test, central half | "
+          f"{' | '.join(others)} | s |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
     for name, dm in dms.items():
         t0 = time.time()
         profile = AppearanceProfile.from_dict(training_appearance(dm, args.coverage))
         seconds = time.time() - t0
         test = images(dm, "test")
 
-        def share(ims: list[np.ndarray], p: AppearanceProfile = profile) -> str:
-            return f"{np.mean([p.distance(im) > p.threshold for im in ims]):.2f}" if ims else "-"
+        def share(pairs: list[Pair], p: AppearanceProfile = profile) -> str:
+            d = [x for x in (p.distance(*pair) for pair in pairs) if x is not None]
+            return f"{np.mean([x > p.threshold for x in d]):.2f}" if d else "-"
 
         cells = [share(test), share([exposed(im, 0.8) for im in test]), share([exposed(im, 1.2) for im in test]),
-                 share([centre(im) for im in test])]
+                 share([cell_cut(im) for im in test]), share([centre(im) for im in test])]
         cells += ["(own)" if o == name else share(every[o]) for o in args.sources]
         print(f"| {name} ({profile.images}) | {profile.threshold:.2f} | {' | '.join(cells)} | {seconds:.0f} |")
     return 0

@@ -4,16 +4,18 @@ Models trained on one lab's smears fail on another lab's (README "Models that tr
 classifier fell from ~0.8 to ~0.3 macro-F1 across sources) while their probabilities stay confident,
 so calibration cannot warn. What differs between sources is the stain and the light (a yellowish vs
 white background, pale pink vs purple nuclei). Training records in each checkpoint
-(`data_info.appearance`) a profile of its training images: twelve colour measurements an image, their
+(`data_info.appearance`) a profile of its training images: ten colour measurements an image, their
 mean and a shrunk inverse covariance (Ledoit-Wolf), and a distance threshold that `coverage` of the
 validation images stay under; inference flags an image beyond it ("unlike the training images") and
 every cell in it for review (wbc.review).
 
-The measurements are the chromaticity (r, g of r+g+b) of five brightness bands of the image's pixels
-(the darkest 5 %: nucleus stain; the brightest 20 %: background) and two brightness ratios, so a
-brighter or darker exposure of the same slide (an exposure change x0.8-1.2) does not move them, while
-another stain or white balance does. They describe a whole image as the training images were: a crop of
-a cell compared with profiles of full fields (or the reverse) looks unlike them too. Pure numpy / OpenCV.
+The measurements need the image's nucleus mask (the ground truth at training, the segmenter's nuclei at
+inference), so they describe the stain and the light rather than how much of the image a cell fills (a
+full field, a single-cell image and a cell cut out of either compare alike): the chromaticity (r, g of
+r+g+b) of the nucleus pixels, of the brightest quarter of the other pixels (background) and of their
+middle half (red cells, cytoplasm), the spread of the nucleus chromaticity, and two brightness ratios to
+the background; an exposure change (x0.8-1.2) does not move them, another stain or white balance does.
+Pure numpy / OpenCV.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import numpy as np
 
 log = logging.getLogger("wbc")
 
-# pixel brightness bands (fractions of the image's pixels, darkest first)
-BANDS = (0.0, 0.05, 0.2, 0.5, 0.8, 1.0)
-_BAND_NAMES = ("p0_5", "p5_20", "p20_50", "p50_80", "p80_100")
-FEATURES: tuple[str, ...] = tuple(f"{c}_{b}" for b in _BAND_NAMES for c in ("r", "g")) + (
-    "log_brightness_p0_5_vs_p80_100", "log_brightness_p20_50_vs_p80_100")
+FEATURES: tuple[str, ...] = (
+    "nucleus_r", "nucleus_g", "background_r", "background_g", "middle_r", "middle_g", "nucleus_r_std", "nucleus_g_std",
+    "log_brightness_nucleus_vs_background", "log_brightness_middle_vs_background")
+# fewer nucleus pixels than this (at the measuring size) and the image is not measured
+MIN_NUCLEUS_PX = 10
 # images are measured at most this many px on their long side (the statistics do not need more)
 MEASURE_SIDE = 256
 # default share of validation images that stay under the threshold (train.yaml appearance_coverage)
@@ -40,22 +42,34 @@ COVERAGE = 0.99
 MAX_IMAGES = 2000
 
 
-def image_features(rgb: np.ndarray) -> np.ndarray:
-    """The FEATURES of one RGB uint8 image (HxWx3)."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"image_features: expected an HxWx3 RGB image, got shape {rgb.shape}")
+def image_features(rgb: np.ndarray, nucleus: np.ndarray) -> np.ndarray | None:
+    """The FEATURES of one RGB uint8 image (HxWx3) with its nucleus mask (HxW, nonzero = nucleus); None
+    when it shows fewer than MIN_NUCLEUS_PX nucleus pixels or nothing else."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or nucleus.shape != rgb.shape[:2]:
+        raise ValueError(f"image_features: expected an HxWx3 RGB image and an HxW mask, got {rgb.shape} and {nucleus.shape}")
     h, w = rgb.shape[:2]
     f = MEASURE_SIDE / max(h, w)
+    nucleus = nucleus > 0
     if f < 1:
-        rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        nucleus = cv2.resize(nucleus.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     x = rgb.reshape(-1, 3).astype(np.float64) + 1.0  # +1: a black pixel has a defined chromaticity
-    order = np.argsort(x.sum(1), kind="stable")
-    n = len(order)
-    parts = [x[order[int(a * n) : max(int(a * n) + 1, int(b * n))]] for a, b in zip(BANDS, BANDS[1:])]
-    chroma = [(p.sum(0) / p.sum())[:2] for p in parts]
-    brightest = parts[-1].sum(1).mean()
-    ratios = [np.log(parts[0].sum(1).mean() / brightest), np.log(parts[2].sum(1).mean() / brightest)]
-    return np.concatenate(chroma + [ratios])
+    inside = nucleus.reshape(-1)
+    nuc, rest = x[inside], x[~inside]
+    if len(nuc) < MIN_NUCLEUS_PX or len(rest) < 4:
+        return None
+    rest = rest[np.argsort(rest.sum(1), kind="stable")]
+    k = len(rest)
+    background, middle = rest[(3 * k) // 4 :], rest[k // 4 : (3 * k) // 4]
+    bright = background.sum(1).mean()
+
+    def chroma(p: np.ndarray) -> np.ndarray:
+        return (p.sum(0) / p.sum())[:2]
+
+    spread = (nuc[:, :2] / nuc.sum(1, keepdims=True)).std(0)
+    ratios = [np.log(nuc.sum(1).mean() / bright), np.log(middle.sum(1).mean() / bright)]
+    return np.concatenate([chroma(nuc), chroma(background), chroma(middle), spread, ratios])
 
 
 @dataclass(frozen=True)
@@ -93,8 +107,10 @@ class AppearanceProfile:
         d = np.atleast_2d(features) - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
-    def distance(self, rgb: np.ndarray) -> float:
-        return float(self.distances(image_features(rgb))[0])
+    def distance(self, rgb: np.ndarray, nucleus: np.ndarray) -> float | None:
+        """The image's distance (None when image_features can not measure it)."""
+        f = image_features(rgb, nucleus)
+        return None if f is None else float(self.distances(f)[0])
 
     def to_dict(self) -> dict:
         """Plain lists and numbers: it travels in the checkpoint's data_info and export.json."""
@@ -127,22 +143,23 @@ def profile_of(data_info: Mapping | None, where: str) -> AppearanceProfile | Non
     return AppearanceProfile.from_dict(entry, where) if entry else None
 
 
-def fit_profile(train_images: Iterable[np.ndarray], val_images: Iterable[np.ndarray], coverage: float = COVERAGE) -> dict | None:
-    """`data_info.appearance` of a training run: the profile of its training images, thresholded on its
-    validation images; None (logged) with fewer than 2 training images."""
-    train = [image_features(im) for im in train_images]
-    if len(train) < 2:
-        log.info("appearance: fewer than 2 training images; no appearance profile recorded")
+def fit_profile(train: Iterable[tuple[np.ndarray, np.ndarray]], val: Iterable[tuple[np.ndarray, np.ndarray]], coverage: float = COVERAGE) -> dict | None:
+    """`data_info.appearance` of a training run from (RGB image, nucleus mask) pairs: the profile of its
+    training images, thresholded on its validation images; None (logged) with fewer than 2 measurable
+    training images."""
+    rows = [f for f in (image_features(im, m) for im, m in train) if f is not None]
+    if len(rows) < 2:
+        log.info("appearance: fewer than 2 training images with a nucleus mask to measure; no appearance profile recorded")
         return None
-    val = [image_features(im) for im in val_images]
-    return AppearanceProfile.fit(np.array(train), np.array(val) if val else None, coverage).to_dict()
+    held = [f for f in (image_features(im, m) for im, m in val) if f is not None]
+    return AppearanceProfile.fit(np.array(rows), np.array(held) if held else None, coverage).to_dict()
 
 
 def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -> dict | None:
     """fit_profile of a DataModule's training split (a seeded sample of MAX_IMAGES where bigger),
-    thresholded on its validation split; the raw RGB images, before any preprocessing, since the check
-    is about where an image comes from."""
-    from wbc.data.imageio import read_rgb
+    thresholded on its validation split: the raw RGB images (before any preprocessing: the check is
+    about where an image comes from) with their ground-truth nucleus masks (images without one are left out)."""
+    from wbc.data.manifest import NUCLEUS, load_sample
 
     ids = datamodule.split_ids()
     by_id = datamodule.load_manifest().by_id()
@@ -150,8 +167,11 @@ def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -
     if len(train) > MAX_IMAGES:
         train = [train[i] for i in sorted(np.random.default_rng(seed).choice(len(train), MAX_IMAGES, replace=False))]
 
-    def images(split_ids):
+    def pairs(split_ids):
         for sid in split_ids:
-            yield read_rgb(by_id[sid].image, by_id[sid].max_pixels)
+            if by_id[sid].mask is None:
+                continue
+            rgb, labels = load_sample(by_id[sid], datamodule.encoding_of(sid))
+            yield rgb, labels == NUCLEUS
 
-    return fit_profile(images(train), images(ids.get("val") or []), coverage)
+    return fit_profile(pairs(train), pairs(ids.get("val") or []), coverage)

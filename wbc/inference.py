@@ -192,13 +192,16 @@ class CellPipeline:
         views = views_fn(x).float().cpu().numpy() if callable(views_fn) else None
         return probs, views if views is not None and len(views) > 1 else None
 
-    def check_appearance(self, rgb: np.ndarray) -> dict | None:
-        """Whether an image looks like the model's training images (wbc.appearance): {model, distance,
-        threshold, unlike_training}; None without a profile or with review.unlike_training=false."""
+    def check_appearance(self, rgb: np.ndarray, labels: np.ndarray) -> dict | None:
+        """Whether an image (with its nuclei: `labels` > 0) looks like the model's training images
+        (wbc.appearance): {model, distance, threshold, unlike_training}; None without a profile, with
+        review.unlike_training=false, or when too little nucleus was found to measure it."""
         if self.appearance is None or not self.review_options.unlike_training:
             return None
         threshold = self.review_options.appearance_threshold or self.appearance.threshold
-        distance = self.appearance.distance(rgb)
+        distance = self.appearance.distance(rgb, labels > 0)
+        if distance is None:
+            return None
         return {"model": self.appearance_model, "distance": round(distance, 3), "threshold": round(float(threshold), 3),
                 "unlike_training": bool(distance > threshold)}
 
@@ -290,7 +293,7 @@ class CellPipeline:
         t2 = time.perf_counter()
         class_probs, views = self.classify_with_views(crops)
         class_probs = self.with_morphology(rgb, labels, instances, class_probs)
-        appearance = self.check_appearance(rgb)
+        appearance = self.check_appearance(rgb, labels)
         review = self.review(rgb.shape[:2], instances, class_probs, views, appearance)
         t3 = time.perf_counter()
         timings = {"segment_ms": 1e3 * (t1 - t0), "cells_ms": 1e3 * (t2 - t1), "classify_ms": 1e3 * (t3 - t2)}

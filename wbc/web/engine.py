@@ -99,7 +99,7 @@ class Engine:
             outlines_ms, t3 = _ms(t2), time.perf_counter()
             rec.measurements = cell_measurements(rec.rgb, labels, instances)
             check = getattr(pipe, "check_appearance", None)  # is the image like the model's training images (wbc.appearance)
-            rec.appearance = check(rec.rgb) if callable(check) else None
+            rec.appearance = check(rec.rgb, labels) if callable(check) else None
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
             rec.instances, rec.crops, rec.polygons = instances, crops, polygons
             rec.scale = pipe.last_scale
