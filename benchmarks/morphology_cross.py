@@ -9,15 +9,17 @@ The same cells as `benchmarks/cross_dataset.py`: `data=cross_cls_<direction>`, t
 training images of one segmentation_wbc source, scored on the ground-truth nuclei of the other
 source's dev split (its training images) or test split; the training source's own fold-0 validation
 is the in-domain figure (the CNN's without AdaBN, as in domain). The morphology model (class-balanced logistic regression, milliseconds to
-fit) is written to outputs/morphology_closed/<direction>.json (the first version, before the outline
-regularisation and the measuring window, is in outputs/morphology/). Beside it, the CNN runs of `cross_dataset.py
+fit) is written to outputs/morphology_unopened/<direction>.json, the cells found as fit_morphology.py finds
+them (its postprocess.opening_kernel=0: outlines as drawn; `--override` changes it; outputs/morphology_closed
+holds the models fitted through the 5x5 opening, outputs/morphology the first version, before the outline
+regularisation and the measuring window). Beside it, the CNN runs of `cross_dataset.py
 --variants cells_reinhard --adapt-bn --seed 42/43/44` (dev) and their `_on_test` re-tests, read
 from outputs/cross_dataset when present: each seed alone, the three seeds averaged, and each
 averaged with the morphology model's probabilities (equal weights).
 With `--masks predicted` the model is fitted and scored on the nuclei a segmenter finds instead (the
 LODO segmenter pair of outputs/lab_mixedseg, or `--segmenter DIRECTION=RUN[,RUN]`; on the training
 source's images too, so training and use see masks of one kind), written to
-outputs/morphology_closed/<direction>_predicted.json for `evaluate.py ... morphology=`; no CNN rows then.
+outputs/morphology_unopened/<direction>_predicted.json for `evaluate.py ... morphology=`; no CNN rows then.
 Needs ../shared/data (or WBC_SHARED_DATA).
 """
 
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outline-closing", type=float, default=None, metavar="D",
                     help="fill holes and close each nucleus outline at D equivalent diameters before measuring "
                          "(0 = as segmented; default wbc.morphology.OUTLINE_CLOSING); recorded in the model file")
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "morphology_closed", help="where the fitted models are written")
-    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "morphology_unopened", help="where the fitted models are written")
+    ap.add_argument("--override", nargs="*", default=["postprocess.opening_kernel=0"], metavar="KEY=VALUE",
                     help="Hydra overrides of the data config that finds the cells (e.g. postprocess.opening_kernel=0)")
     args = ap.parse_args(argv)
     segmenters = {**SEGMENTERS, **{k: v.split(",") for k, v in (a.split("=", 1) for a in args.segmenter)}}

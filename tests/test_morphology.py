@@ -312,7 +312,8 @@ def test_fit_morphology_writes_a_model_predict_can_use_and_scores_the_fold(make_
     both = make_cfg(["fit_on=train+val"], config_name="fit_morphology.yaml", output_dir=tmp_path / "all")
     more, _ = fit_morphology(both)
     assert more["train/cells"] == metrics["train/cells"] + metrics["val/cells"] and "val/macro_f1" not in more
-    # the postprocess node finds the cells (as train.py's classification data): an override reaches them
+    # the postprocess node finds the cells (as train.py's classification data), outlines as drawn by default
+    assert objects["datamodule"].postprocess.opening_kernel == 0
     _, opened = fit_morphology(make_cfg(["postprocess.opening_kernel=3"], config_name="fit_morphology.yaml", output_dir=tmp_path / "open"))
     assert opened["datamodule"].postprocess.opening_kernel == 3
     for key, value, expected in (("fit_on", "everything", "fit_on='everything'"), ("outline_closing", "0.7", r"outline_closing=0.7"),

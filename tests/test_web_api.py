@@ -280,6 +280,29 @@ def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:
         assert [f["properties"]["measurements"]["review"] for f in feats] == [0, 1, 0]
 
 
+def test_an_image_unlike_the_training_images_is_flagged_above_it_and_on_every_cell(clf) -> None:
+    """With a profile of the drawn fields (wbc.appearance), a yellowed field gets the page's warning and
+    the reason on each cell after classify; a field like them gets neither."""
+    from wbc.appearance import AppearanceProfile, fit_profile
+
+    yy, xx = np.mgrid[:100, :160]
+    nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
+    pipe = web_pipeline(clf)
+    pipe.appearance = AppearanceProfile.from_dict(
+        fit_profile([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)]))
+    pipe.appearance_model = "classifier"  # as if its data_info carried the profile
+    yellow = (field(seed=50).astype(np.float32) * np.array([1.0, 0.94, 0.72])).astype(np.uint8)
+    with TestClient(create_app(pipe)) as c:
+        same = upload(c, png(field(seed=50)), url="/api/predict").json()
+        assert same["appearance"]["unlike_training"] is False and same["appearance_text"] == ""
+        assert not any("unlike" in x["review_reasons"] for x in same["cells"])
+        seg = upload(c, png(yellow), "yellow.png").json()
+        s = c.post(f"/api/images/{seg['id']}/segment").json()
+        assert s["appearance"]["unlike_training"] is True and "unlike the classifier's training images" in s["appearance_text"]
+        s = c.post(f"/api/images/{seg['id']}/classify").json()
+        assert len(s["cells"]) == 3 and all("unlike the classifier's training images" in x["review_reasons"] for x in s["cells"])
+
+
 def test_all_images_zip_keeps_same_named_images_apart(client) -> None:
     ids = [upload(client, png(field(seed=i)), "same.png", "/api/predict").json()["id"] for i in range(2)]
     z = zipfile.ZipFile(io.BytesIO(client.get("/api/files/all.zip", params={"ids": ",".join(ids)}).content))

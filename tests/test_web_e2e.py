@@ -50,8 +50,18 @@ def server():
     clf = copy.deepcopy(tiny_pair()[1])  # adapted below: the shared cached module stays as built
     pipe = web_pipeline(clf, delay_s=0.3)
     pipe.adapt_batchnorm([field(seed=i) for i in range(2)], models=("classifier",))  # serve.py adapt_bn=classifier
+    pipe.appearance, pipe.appearance_model = field_profile(), "classifier"  # as if the classifier had been trained on such fields
     with serve_in_background(create_app(pipe, describe(pipe, None, "in-process model", adapted_folder="lab_images"))) as url:
         yield url, list(clf.hparams.data_info["classes"])
+
+
+def field_profile():
+    """The colour profile (wbc.appearance) of the drawn fields, nuclei = the drawn dark discs."""
+    from wbc.appearance import AppearanceProfile, fit_profile
+
+    yy, xx = np.mgrid[:100, :160]
+    nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
+    return AppearanceProfile.from_dict(fit_profile([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)]))
 
 
 def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:
@@ -113,7 +123,7 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
     assert page.is_hidden("#classify-btn")  # not while segmenting
     page.wait_for_selector("#classify-btn", state="visible")
     assert page.inner_text("#summary") == "3 cells (not classified yet)"
-    assert not page.is_hidden("#downloads")
+    assert not page.is_hidden("#downloads") and page.is_hidden("#appearance-line")  # a field like the training ones
 
     page.click("#classify-btn")
     wait_until(page, "document.getElementById('summary').textContent.startsWith('3 cells: ')")
@@ -250,4 +260,22 @@ def test_a_lab_labels_cells_blind_and_downloads_them_for_compare(browser, server
     page.click("#image-list .remove")  # a confirm() the test leaves unanswered: dismissed, nothing removed
     assert page.locator("#image-list li").count() == 1 and not page.is_hidden("#download-labels")
     assert not errors, errors
+    page.close()
+
+
+def test_an_image_unlike_the_training_images_shows_a_warning_above_it(browser, server) -> None:
+    """A yellowed field (another lab's light): the page says so above the image, and every cell is flagged."""
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    yellow = (field(seed=60).astype(np.float32) * np.array([1.0, 0.94, 0.72])).astype(np.uint8)
+    page.set_input_files("#file-input", [{"name": "other_lab.png", "mimeType": "image/png", "buffer": png(yellow)}])
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].some(s => s.textContent === 'uploaded')")
+    page.click("#segment-btn")
+    page.wait_for_selector("#appearance-line", state="visible")
+    assert "unlike the classifier's training images" in page.inner_text("#appearance-line")
+    page.wait_for_selector("#classify-btn", state="visible")
+    page.click("#classify-btn")
+    wait_until(page, "document.getElementById('summary').textContent.startsWith('3 cells: ')")
+    assert page.locator("#cell-table tbody .flag").count() == 3
     page.close()
