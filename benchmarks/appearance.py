@@ -8,8 +8,8 @@ data config's training split, thresholded on its validation split, `--coverage`)
 images flagged "unlike the training images", each measured with its ground-truth nucleus mask: the
 source's own test split (false alarms), the same test images darker / brighter (an exposure change
 x0.8 / x1.2: should not be flagged), each test cell cut out as predict's annotated_dataset cuts it (4
-nucleus diameters: a lab's fine-tuning set) and the central half of each test image (other framings of
-the same slides), and every image of each other source (another lab: should be flagged). No model is
+nucleus diameters: a lab's fine-tuning set), the central half of each test image and 4 x 4 mosaics of
+them (a camera field of many cells: other framings of the same slides), and every image of each other source (another lab: should be flagged). No model is
 trained; the real sets need ../shared/data (or WBC_SHARED_DATA).
 """
 
@@ -53,6 +53,20 @@ def centre(pair: Pair) -> Pair:
     return pair[0][box], pair[1][box]
 
 
+def mosaics(pairs: list[Pair], side: int = 4, size: int = 192) -> list[Pair]:
+    """Fields of side x side images (each resized to size px), as a camera field shows many cells at once."""
+    import cv2
+
+    out = []
+    for k in range(0, len(pairs) - side * side + 1, side * side):
+        group = [(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA),
+                  cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0) for im, m in pairs[k : k + side * side]]
+        rows = [(np.hstack([g[0] for g in group[r * side : (r + 1) * side]]), np.hstack([g[1] for g in group[r * side : (r + 1) * side]]))
+                for r in range(side)]
+        out.append((np.vstack([r[0] for r in rows]), np.vstack([r[1] for r in rows])))
+    return out
+
+
 def cell_cut(pair: Pair, context: float = 4.0) -> Pair:
     """The square of `context` nucleus diameters around the mask's centre (predict's annotated_dataset)."""
     ys, xs = np.nonzero(pair[1])
@@ -80,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         dms[name] = build_datamodule(cfg.data, postprocess_of(cfg))
         every[name] = [im for split in ("train", "val", "test") for im in images(dms[name], split)]
     others = [f"{o} ({len(every[o])})" for o in args.sources]
-    print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test cells cut out | test, central half | "
+    print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test cells cut out | test, central half | test, 4x4 mosaics | "
           f"{' | '.join(others)} | s |")
-    print("|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
     for name, dm in dms.items():
         t0 = time.time()
         profile = AppearanceProfile.from_dict(training_appearance(dm, args.coverage))
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cells = [share(test), share([exposed(im, 0.8) for im in test]), share([exposed(im, 1.2) for im in test]),
                  share([cell_cut(im) for im in test]), share([centre(im) for im in test])]
+        fields = mosaics(test)
+        cells.append(f"{share(fields)} ({len(fields)})")
         cells += ["(own)" if o == name else share(every[o]) for o in args.sources]
         print(f"| {name} ({profile.images}) | {profile.threshold:.2f} | {' | '.join(cells)} | {seconds:.0f} |")
     return 0

@@ -266,6 +266,7 @@ def test_model_card(client, clf) -> None:
     m = client.get("/api/model").json()
     assert m["classes"] == clf.hparams.data_info["classes"] and m["has_classifier"] and m["segmenter_input"] == 128
     assert set(m["colours"]) == set(m["classes"]) and m["limits"]["max_file_mb"] == 50
+    assert m["appearance_check"] is None  # the tiny modules carry no colour profile
 
 
 def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:
@@ -293,6 +294,7 @@ def test_an_image_unlike_the_training_images_is_flagged_above_it_and_on_every_ce
     pipe.appearance_model = "classifier"  # as if its data_info carried the profile
     yellow = (field(seed=50).astype(np.float32) * np.array([1.0, 0.94, 0.72])).astype(np.uint8)
     with TestClient(create_app(pipe)) as c:
+        assert c.get("/api/model").json()["appearance_check"] == {"model": "classifier", "training_images": 20, "threshold": pipe.appearance.threshold}
         same = upload(c, png(field(seed=50)), url="/api/predict").json()
         assert same["appearance"]["unlike_training"] is False and same["appearance_text"] == ""
         assert not any("unlike" in x["review_reasons"] for x in same["cells"])

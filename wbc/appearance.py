@@ -11,7 +11,7 @@ every cell in it for review (wbc.review).
 
 The measurements need the image's nucleus mask (the ground truth at training, the segmenter's nuclei at
 inference), so they describe the stain and the light rather than how much of the image a cell fills (a
-full field, a single-cell image and a cell cut out of either compare alike): the chromaticity (r, g of
+cell cut out of an image compares like the image): the chromaticity (r, g of
 r+g+b) of the nucleus pixels, of the brightest quarter of the other pixels (background) and of their
 middle half (red cells, cytoplasm), the spread of the nucleus chromaticity, and two brightness ratios to
 the background; an exposure change (x0.8-1.2) does not move them, another stain or white balance does.

@@ -71,6 +71,9 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
     figures = [{"label": label, "key": key, "value": v} for label, key in SHOWN_METRICS if (v := _first_number(metrics, key)) is not None]
     post = getattr(pipe, "postprocess", None)
     adapted_on = int(getattr(pipe, "adapted_on", 0))  # images the AdaBN pass saw (0: not adapted)
+    profile = getattr(pipe, "appearance", None)  # wbc.appearance: the training images' colour profile, if recorded
+    options = getattr(pipe, "review_options", None)
+    checks_appearance = profile is not None and bool(getattr(options, "unlike_training", True))
     return {
         "source": str(path) if path else None,
         "kind": kind,
@@ -88,6 +91,9 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "test_figures": figures,
         "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on, "folder": adapted_folder}
                     if adapted_on else None),
+        "appearance_check": ({"model": getattr(pipe, "appearance_model", None), "training_images": profile.images,
+                              "threshold": getattr(options, "appearance_threshold", None) or profile.threshold}
+                             if checks_appearance else None),
     }
 
 
