@@ -138,6 +138,9 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval
     # pipeline.adapt_bn=classifier: the pipeline score's classifier took the test images' statistics
     summary = json.loads((out / "pipeline_summary.json").read_text())
     assert summary["adapt_bn_models"] == ["classifier"] and summary["adapt_bn_images"] > 0
+    # the classifier's colour profile (wbc.appearance) checked each test image with nuclei: the share flagged is reported
+    checked = [p["unlike_training"] for p in summary["per_image"] if p["unlike_training"] is not None]
+    assert checked and metrics["pipeline/unlike_training_share"] == pytest.approx(sum(checked) / len(checked))
     rows = (out / "predict" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("image,cell,bbox_y0")
     # predict.py on a folder with one corrupt image: the others are processed, the bad one is named

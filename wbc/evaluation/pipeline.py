@@ -57,7 +57,9 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         pairs += [(it.label, pred_class[m[0]]) for m in matches]
         pairs += [(None, c) for i, c in pred_class.items() if i not in matched_pred]
         pairs += [(it.label, None)] * (len(true_inst) - len(matches))
-        per_image.append({"id": it.sample.id, "class_name": it.sample.class_name, "true_cells": len(true_inst), "pred_cells": len(res.instances), "matched": len(matches)})
+        check = getattr(res, "appearance", None)  # wbc.appearance: unlike the model's training images?
+        per_image.append({"id": it.sample.id, "class_name": it.sample.class_name, "true_cells": len(true_inst), "pred_cells": len(res.instances),
+                          "matched": len(matches), "unlike_training": None if check is None else bool(check["unlike_training"])})
     n_match = len(labels)
     out = {
         "pipeline/detection_precision": n_match / max(1, n_pred),
@@ -67,6 +69,9 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
         "pipeline/nucleus_dice": float(np.nanmean(dice)) if dice and not np.all(np.isnan(dice)) else float("nan"),
         **cell_f1(pairs, classes, "pipeline"),
     }
+    checked = [p["unlike_training"] for p in per_image if p["unlike_training"] is not None]
+    if checked:  # the share of images the appearance check flags (a model without a colour profile checks none)
+        out["pipeline/unlike_training_share"] = float(np.mean(checked))
     if not n_match:  # nothing found: report zeros rather than leave the metrics undefined
         out.update({f"pipeline/{k}": 0.0 for k in ("accuracy", "balanced_accuracy", "macro_f1")})
     else:
