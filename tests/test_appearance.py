@@ -62,6 +62,7 @@ def test_another_stain_is_unlike_the_training_images_another_exposure_or_framing
     assert min(other) > 1.5 * max(same)
     im, m = new[0]
     assert image_features(im, np.zeros_like(m)) is None and profile.distance(im, np.zeros_like(m)) is None  # no nucleus: not measured
+    assert image_features(im, np.ones_like(m)) is None  # nothing but nucleus: no background to compare
 
 
 def test_the_profile_round_trips_and_a_malformed_one_is_named(profile):
