@@ -9,7 +9,9 @@ images flagged "unlike the training images", each measured with its ground-truth
 source's own test split (false alarms), the same test images darker / brighter (an exposure change
 x0.8 / x1.2: should not be flagged), each test cell cut out as predict's annotated_dataset cuts it (4
 nucleus diameters: a lab's fine-tuning set), the central half of each test image and 4 x 4 mosaics of
-them (a camera field of many cells: other framings of the same slides), and every image of each other source (another lab: should be flagged). No model is
+them (a camera field of many cells: other framings of the same slides), the test images against a profile
+fitted on the training images' cells cut out (a model fine-tuned on a lab's annotated_dataset, used on
+the lab's whole images), and every image of each other source (another lab: should be flagged). No model is
 trained; the real sets need ../shared/data (or WBC_SHARED_DATA).
 """
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from _common import compose_train
 
-    from wbc.appearance import AppearanceProfile, training_appearance
+    from wbc.appearance import AppearanceProfile, fit_profile, training_appearance
     from wbc.fit import build_datamodule, postprocess_of
 
     dms, every = {}, {}
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         every[name] = [im for split in ("train", "val", "test") for im in images(dms[name], split)]
     others = [f"{o} ({len(every[o])})" for o in args.sources]
     print(f"| profile of (train images) | threshold | own test | test x0.8 | test x1.2 | test cells cut out | test, central half | test, 4x4 mosaics | "
+          "own test by a profile of cut-out cells | "
           f"{' | '.join(others)} | s |")
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(others) + "---|")
     for name, dm in dms.items():
         t0 = time.time()
         profile = AppearanceProfile.from_dict(training_appearance(dm, args.coverage))
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                  share([cell_cut(im) for im in test]), share([centre(im) for im in test])]
         fields = mosaics(test)
         cells.append(f"{share(fields)} ({len(fields)})")
+        # a model fine-tuned on the lab's cut-out cells (annotated_dataset): its profile is of cells, its use on whole images
+        cut = AppearanceProfile.from_dict(fit_profile([cell_cut(p) for p in images(dm, "train")], [cell_cut(p) for p in images(dm, "val")], args.coverage))
+        cells.append(share(test, cut))
         cells += ["(own)" if o == name else share(every[o]) for o in args.sources]
         print(f"| {name} ({profile.images}) | {profile.threshold:.2f} | {' | '.join(cells)} | {seconds:.0f} |")
     return 0
