@@ -7,10 +7,11 @@ source's model worth keeping, beside the classifier fine-tuned on the same label
 
 The lab runs of `outputs/lab_labels/<set>_k<K>_s<seed>` (benchmarks/label_budget.py's product path: predict
 with annotations -> annotated_dataset -> fine-tuned classifier), the LODO RGB + grey segmenter pair of
-"Both inputs as one segmenter", the source's morphology model of outputs/morphology_closed/<direction>.json
-(`morphology_cross.py --out outputs/morphology_closed`). For each classifier seed the lab's morphology model is
+"Both inputs as one segmenter", the source's morphology model of outputs/morphology_unopened/<direction>.json
+(`morphology_cross.py`: the outlines as drawn, as fit_morphology.py measures them; `--source-models
+outputs/morphology_closed` for the models fitted through the 5x5 opening, the first table in the README). For each classifier seed the lab's morphology model is
 fitted by `fit_morphology.py` on that run's annotated_dataset (all its labelled cells: fit_on=train+val) into
-outputs/morphology_lab/. Each image's cell is the predicted cell over its true nucleus (as evaluate.py's
+outputs/morphology_lab_unopened/ (`--out`). Each image's cell is the predicted cell over its true nucleus (as evaluate.py's
 pipeline finds it, one cell an image); an image with none is a wrong call. Rows: macro-F1 (over the classes
 the cells hold: on dev, the lab may have labelled every cell of a class) of the fine-tuned
 classifier alone, averaged with the source's / the lab's morphology model, the lab's model alone, and
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 LABS = {"d1": ("d2_to_d1", 20, ["outputs/lodo_seg/d1_s42", "outputs/lodo_seg/d1_grey_s42"]),
         "d2": ("d1_to_d2", 10, ["outputs/lodo_seg/d2_s42", "outputs/lodo_seg/d2_grey_s42"])}
 SEEDS = (42, 43, 44)
-OUT = ROOT / "outputs" / "morphology_lab"
+OUT = ROOT / "outputs" / "morphology_lab_unopened"  # outputs/morphology_lab: the lab models of the first table (opened outlines)
 
 
 def labelled_images(lab_run: Path) -> set[str]:
@@ -66,7 +67,7 @@ def fit_lab_model(overrides: list[str], out: Path) -> Path:
 
 
 def pooled_model(direction: str, overrides: list[str], classes: list[str]):
-    """One model fitted on the source's fold-0 training cells (as outputs/morphology_closed's) and the lab's
+    """One model fitted on the source's fold-0 training cells (as outputs/morphology_unopened's) and the lab's
     labelled cells together, measured alike (fit_morphology.measure_cells, the default outline closing)."""
     from _common import compose_train
     from morphology_cross import datamodule
@@ -75,7 +76,7 @@ def pooled_model(direction: str, overrides: list[str], classes: list[str]):
     from wbc.fit import build_datamodule, postprocess_of
     from wbc.morphology import OUTLINE_CLOSING, MorphologyClassifier
 
-    src = datamodule(direction, "dev")
+    src = datamodule(direction, "dev", ["postprocess.opening_kernel=0"])  # as fit_morphology.py measures
     x_src, y_src, _ = measure_cells(src, src.split_ids()["train"], OUTLINE_CLOSING)
     lab_cfg = compose_train(overrides, "fit_morphology.yaml")
     lab = build_datamodule(lab_cfg.data, postprocess_of(lab_cfg))
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labs", nargs="*", default=list(LABS), choices=list(LABS))
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    ap.add_argument("--out", type=Path, default=OUT, help="where the lab's fitted models go (an existing one is reused)")
+    ap.add_argument("--source-models", type=Path, default=ROOT / "outputs" / "morphology_unopened", help="the source's <direction>.json models")
     args = ap.parse_args(argv)
     from morphology_cross import datamodule
     from sklearn.metrics import f1_score
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         dm = datamodule(direction, args.split)
         m = dm.load_manifest()
         by_id, classes = m.by_id(), list(m.classes)
-        source_model = MorphologyClassifier.load(ROOT / "outputs" / "morphology_closed" / f"{direction}.json")
+        source_model = MorphologyClassifier.load(args.source_models / f"{direction}.json")
         seg = load_models([str(ROOT / r) for r in segmenter], "segmentation", "segmenter", "cpu")
         images = {sid: load_sample(by_id[sid], dm.encoding_of(sid)) for sid in dm.split_ids()["test"]}
         figures: dict[str, list[float]] = {}
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             clf = load_models(str(lab_run / "finetuned"), "classification", "classifier", "cpu")
             pipe = CellPipeline(seg, clf)
             overrides = lab_data(lab_run, classes, pipe.crop_spec.to_dict())
-            lab_model = MorphologyClassifier.load(fit_lab_model(overrides, OUT / f"{lab}_k{k}_s{seed}"))
+            lab_model = MorphologyClassifier.load(fit_lab_model(overrides, args.out / f"{lab}_k{k}_s{seed}"))
             pooled = pooled_model(direction, overrides, classes)
             skip = labelled_images(lab_run) if args.split == "dev" else set()
             # the lab's copies were named <folder>_<id> (segmentation_wbc_d1/dataset1/7 -> dataset1_7)
