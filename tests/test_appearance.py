@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wbc.appearance import FEATURES, AppearanceProfile, fit_profile, image_features, profile_of
+from wbc.appearance import (
+    FEATURES,
+    AppearanceProfile,
+    check_coverage,
+    fit_profile,
+    image_features,
+    profile_of,
+)
 from wbc.data.synthetic import CLASS_NAMES, SyntheticSpec, render_image
 
 SPEC = SyntheticSpec(image_size=96, seed=3)
@@ -77,6 +84,9 @@ def test_the_profile_round_trips_and_a_malformed_one_is_named(profile):
             profile_of({"appearance": {**bad, key: value}}, "classifier data_info.appearance")
     with pytest.raises(ValueError, match="appearance_coverage=1.5"):
         AppearanceProfile.fit(np.zeros((4, len(FEATURES))), coverage=1.5)
+    for bad in ("most", True, 0):
+        with pytest.raises(ValueError, match=f"appearance_coverage={bad!r}: expected a share in"):
+            check_coverage(bad)
     assert fit_profile(smears(0, 1), []) is None  # one image: no profile, no check
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger("wbc")
 FEATURES: tuple[str, ...] = (
     "nucleus_r", "nucleus_g", "background_r", "background_g", "middle_r", "middle_g", "nucleus_r_std", "nucleus_g_std",
     "log_brightness_nucleus_vs_background", "log_brightness_middle_vs_background")
-# fewer nucleus pixels than this (at the measuring size) and the image is not measured
+# fewer nucleus pixels than this (in the sample below) and the image is not measured
 MIN_NUCLEUS_PX = 10
 # pixels of each region (nucleus, the rest) measured at most: an evenly strided sample of bigger ones, at
 # full resolution (a resized field would blend small nuclei into their surroundings)
@@ -40,6 +40,13 @@ MAX_PIXELS = 16384
 COVERAGE = 0.99
 # training images measured at most (a seeded sample of bigger training splits)
 MAX_IMAGES = 2000
+
+
+def check_coverage(value, key: str = "appearance_coverage") -> float:
+    """A share in (0, 1), or one error naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ValueError(f"{key}={value!r}: expected a share in (0, 1) (of validation images under the distance limit), or null for no profile")
+    return float(value)
 
 
 def image_features(rgb: np.ndarray, nucleus: np.ndarray) -> np.ndarray | None:
@@ -88,8 +95,7 @@ class AppearanceProfile:
         from scipy.stats import chi2
         from sklearn.covariance import LedoitWolf
 
-        if not 0 < coverage < 1:
-            raise ValueError(f"appearance_coverage={coverage!r}: expected a share in (0, 1)")
+        coverage = check_coverage(coverage)
         train = np.asarray(train, dtype=np.float64)
         if train.ndim != 2 or train.shape[1] != len(FEATURES) or len(train) < 2:
             raise ValueError(f"appearance: expected at least 2 rows of {len(FEATURES)} features, got shape {train.shape}")

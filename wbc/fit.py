@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from wbc.appearance import training_appearance
+from wbc.appearance import check_coverage, training_appearance
 from wbc.io import write_json
 from wbc.plots import plot_learning_curves
 from wbc.postprocess import PostprocessParams
@@ -216,7 +216,7 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
     datamodule = build_datamodule(cfg.data, post)
     data_info = {**datamodule.data_info(), "scale": measure_training_scale(datamodule, datamodule.pixel_size_um)}
     if cfg.get("appearance_coverage") is not None:  # the training images' colour profile (wbc.appearance)
-        data_info["appearance"] = training_appearance(datamodule, float(cfg.appearance_coverage), int(cfg.get("seed") or 0))
+        data_info["appearance"] = training_appearance(datamodule, check_coverage(cfg.appearance_coverage), int(cfg.get("seed") or 0))
     model = instantiate(cfg.model, data_info=data_info)  # data_info: the checkpoint's "plans"
     if cfg.get("init_from"):
         init_from(cfg, model, stage.name)
