@@ -107,18 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         test = images(dm, "test")
 
         def share(pairs: list[Pair], p: AppearanceProfile = profile) -> str:
-            d = [x for x in (p.distance(*pair) for pair in pairs) if x is not None]
-            return f"{np.mean([x > p.threshold for x in d]):.2f}" if d else "-"
+            flags = [x for x in (p.unlike(*pair) for pair in pairs) if x is not None]
+            return f"{np.mean(flags):.2f}" if flags else "-"
 
         cells = [share(test), share([exposed(im, 0.8) for im in test]), share([exposed(im, 1.2) for im in test]),
                  share([cell_cut(im) for im in test]), share([centre(im) for im in test])]
         fields = mosaics(test)
         cells.append(f"{share(fields)} ({len(fields)})")
         # a model fine-tuned on the lab's cut-out cells (annotated_dataset): its profile is of cells, its use on whole images
-        cut = AppearanceProfile.from_dict(fit_profile([cell_cut(p) for p in images(dm, "train")], [cell_cut(p) for p in images(dm, "val")], args.coverage))
+        cut = AppearanceProfile.from_dict(fit_profile({"cells": ([cell_cut(p) for p in images(dm, "train")], [cell_cut(p) for p in images(dm, "val")])},
+                                                      args.coverage))
         cells.append(share(test, cut))
         cells += ["(own)" if o == name else share(every[o]) for o in args.sources]
-        print(f"| {name} ({profile.images}) | {profile.threshold:.2f} | {' | '.join(cells)} | {seconds:.0f} |")
+        limits = ", ".join(f"{c.threshold:.2f}" for c in profile.components)
+        print(f"| {name} ({profile.images}; {len(profile.components)} source(s)) | {limits} | {' | '.join(cells)} | {seconds:.0f} |")
     return 0
 
 

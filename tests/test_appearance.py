@@ -51,43 +51,66 @@ def around_a_nucleus(rgb: np.ndarray, nucleus: np.ndarray, half: int = 32) -> tu
 
 @pytest.fixture(scope="module")
 def profile() -> AppearanceProfile:
-    return AppearanceProfile.from_dict(fit_profile(smears(0, 100), smears(100, 30)))
+    return AppearanceProfile.from_dict(fit_profile({"smears": (smears(0, 100), smears(100, 30))}))
+
+
+def distance(profile: AppearanceProfile, rgb: np.ndarray, nucleus: np.ndarray) -> float:
+    return profile.nearest(image_features(rgb, nucleus))[0]
 
 
 def test_another_stain_is_unlike_the_training_images_another_exposure_or_framing_is_not(profile):
     new = smears(300, 10)
     assert image_features(*new[0]).shape == (len(FEATURES),)
-    same = [profile.distance(im, m) for im, m in new]
-    darker = [profile.distance(exposed(im, 0.85), m) for im, m in new]
-    cut = [profile.distance(*around_a_nucleus(im, m)) for im, m in new]
-    other = [profile.distance(yellowed(im), m) for im, m in new]
-    assert sum(d > profile.threshold for d in same) <= 2  # the threshold keeps 99 % of 30 validation images
+    (limit,) = [c.threshold for c in profile.components]
+    same = [distance(profile, im, m) for im, m in new]
+    darker = [distance(profile, exposed(im, 0.85), m) for im, m in new]
+    cut = [distance(profile, *around_a_nucleus(im, m)) for im, m in new]
+    other = [distance(profile, yellowed(im), m) for im, m in new]
+    assert sum(profile.unlike(im, m) for im, m in new) == sum(d > limit for d in same) <= 2  # 99 % of 30 validation images
     assert np.allclose(darker, same, atol=0.3)  # chromaticity and brightness ratios: exposure does not move them
     # the nucleus mask, not the framing, says what is stain: a cut-out cell stays nearer its source than another stain
-    assert np.median(cut) < profile.threshold and max(cut) < min(other)
-    assert all(d > profile.threshold for d in other), (profile.threshold, other)
+    assert np.median(cut) < limit and max(cut) < min(other)
+    assert all(d > limit for d in other), (limit, other)
     assert min(other) > 1.5 * max(same)
     im, m = new[0]
-    assert image_features(im, np.zeros_like(m)) is None and profile.distance(im, np.zeros_like(m)) is None  # no nucleus: not measured
+    assert image_features(im, np.zeros_like(m)) is None and profile.unlike(im, np.zeros_like(m)) is None  # no nucleus: not measured
     assert image_features(im, np.ones_like(m)) is None  # nothing but nucleus: no background to compare
 
 
 def test_the_profile_round_trips_and_a_malformed_one_is_named(profile):
     back = AppearanceProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
     img = smears(200, 1)[0]
-    assert back.distance(*img) == pytest.approx(profile.distance(*img)) and back.threshold == profile.threshold
+    assert distance(back, *img) == pytest.approx(distance(profile, *img)) and back.components[0].threshold == profile.components[0].threshold
+    assert back.components[0].name == "smears" and back.images == 100
     assert profile_of({}, "x") is None and profile_of({"appearance": None}, "x") is None
-    bad = profile.to_dict()
-    for key, value, expected in (("features", ["nucleus_r"], "not this version's"), ("precision", [[1.0]], "precision"),
-                                 ("threshold", -1, "positive distance"), ("mean", None, "mean")):
+    good = profile.to_dict()
+    part = good["components"][0]
+    for bad, expected in (({**good, "features": ["nucleus_r"]}, "not this version's"), ({**good, "components": []}, "no components"),
+                          ({**good, "components": [{**part, "precision": [[1.0]]}]}, "precision"),
+                          ({**good, "components": [{**part, "threshold": -1}]}, "positive distance"),
+                          ({**good, "components": [{**part, "mean": None}]}, "mean")):
         with pytest.raises(ValueError, match=f"classifier data_info.appearance: not an appearance profile.*{expected}"):
-            profile_of({"appearance": {**bad, key: value}}, "classifier data_info.appearance")
+            profile_of({"appearance": bad}, "classifier data_info.appearance")
     with pytest.raises(ValueError, match="appearance_coverage=1.5"):
-        AppearanceProfile.fit(np.zeros((4, len(FEATURES))), coverage=1.5)
+        AppearanceProfile.fit({"x": (np.zeros((4, len(FEATURES))), None)}, coverage=1.5)
     for bad in ("most", True, 0):
         with pytest.raises(ValueError, match=f"appearance_coverage={bad!r}: expected a share in"):
             check_coverage(bad)
-    assert fit_profile(smears(0, 1), []) is None  # one image: no profile, no check
+    assert fit_profile({"one": (smears(0, 1), [])}) is None  # one image: no profile, no check
+
+
+def test_two_training_sources_are_two_components_an_image_of_either_is_like_them():
+    """A combined data config's parts each get a component: an image near either is like the training
+    images (and names it), a third stain is not."""
+    both = AppearanceProfile.from_dict(fit_profile({
+        "lab_a": (smears(0, 60), smears(60, 20)),
+        "lab_b": ([(yellowed(im), m) for im, m in smears(80, 60)], [(yellowed(im), m) for im, m in smears(140, 20)])}))
+    assert [c.name for c in both.components] == ["lab_a", "lab_b"] and both.images == 120
+    new = smears(300, 10)
+    assert sum(bool(both.unlike(im, m)) for im, m in new) <= 2 and sum(bool(both.unlike(yellowed(im), m)) for im, m in new) <= 2
+    assert {both.nearest(image_features(yellowed(im), m))[2] for im, m in new} == {"lab_b"}
+    bluish = [np.clip(im.astype(np.float32) * np.array([0.75, 0.9, 1.0]), 0, 255).astype(np.uint8) for im, _ in new]
+    assert all(both.unlike(b, m) for b, (_, m) in zip(bluish, new))
 
 
 def test_training_records_the_profile_and_predict_flags_every_cell_of_an_unlike_image(trained_run, tmp_path):
@@ -107,6 +130,7 @@ def test_training_records_the_profile_and_predict_flags_every_cell_of_an_unlike_
     info = load_checkpoint(ckpt, "segmentation")["hyper_parameters"]["data_info"]
     recorded = AppearanceProfile.from_dict(info["appearance"])
     assert recorded.images == len(objects["datamodule"].split_ids()["train"]) and recorded.coverage == 0.99
+    assert [c.name for c in recorded.components] == ["synthetic_tiny"]
 
     dm = objects["datamodule"]
     sample = dm.load_manifest().by_id()[dm.split_ids()["test"][0]]
@@ -121,6 +145,7 @@ def test_training_records_the_profile_and_predict_flags_every_cell_of_an_unlike_
     checks = {Path(im["image"]).name: im["appearance"] for im in report["images"]}
     assert checks["same.png"]["unlike_training"] is False and checks["yellow.png"]["unlike_training"] is True
     assert checks["yellow.png"]["model"] == "segmenter" and checks["yellow.png"]["distance"] > checks["yellow.png"]["threshold"]
+    assert checks["yellow.png"]["source"] == "synthetic_tiny"
     assert report["unlike_training_images"] == [str(tmp_path / "yellow.png")]
     yellow_rows = [r for r in rows if r["image"].endswith("yellow.png")]
     assert yellow_rows and all("unlike the segmenter's training images" in r["review_reasons"] for r in yellow_rows)

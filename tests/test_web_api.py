@@ -290,11 +290,12 @@ def test_an_image_unlike_the_training_images_is_flagged_above_it_and_on_every_ce
     nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
     pipe = web_pipeline(clf)
     pipe.appearance = AppearanceProfile.from_dict(
-        fit_profile([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)]))
+        fit_profile({"fields": ([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)])}))
     pipe.appearance_model = "classifier"  # as if its data_info carried the profile
     yellow = (field(seed=50).astype(np.float32) * np.array([1.0, 0.94, 0.72])).astype(np.uint8)
     with TestClient(create_app(pipe)) as c:
-        assert c.get("/api/model").json()["appearance_check"] == {"model": "classifier", "training_images": 20, "threshold": pipe.appearance.threshold}
+        assert c.get("/api/model").json()["appearance_check"] == {
+            "model": "classifier", "training_images": 20, "sources": [{"name": "fields", "images": 20, "threshold": pipe.appearance.components[0].threshold}]}
         same = upload(c, png(field(seed=50)), url="/api/predict").json()
         assert same["appearance"]["unlike_training"] is False and same["appearance_text"] == ""
         assert not any("unlike" in x["review_reasons"] for x in same["cells"])

@@ -61,7 +61,7 @@ def field_profile():
 
     yy, xx = np.mgrid[:100, :160]
     nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
-    return AppearanceProfile.from_dict(fit_profile([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)]))
+    return AppearanceProfile.from_dict(fit_profile({"fields": ([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)])}))
 
 
 def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:

@@ -4,10 +4,11 @@ Models trained on one lab's smears fail on another lab's (README "Models that tr
 classifier fell from ~0.8 to ~0.3 macro-F1 across sources) while their probabilities stay confident,
 so calibration cannot warn. What differs between sources is the stain and the light (a yellowish vs
 white background, pale pink vs purple nuclei). Training records in each checkpoint
-(`data_info.appearance`) a profile of its training images: ten colour measurements an image, their
-mean and a shrunk inverse covariance (Ledoit-Wolf), and a distance threshold that `coverage` of the
-validation images stay under; inference flags an image beyond it ("unlike the training images") and
-every cell in it for review (wbc.review).
+(`data_info.appearance`) a profile of its training images: ten colour measurements an image, and per
+training source (a combined data config's parts) their mean, a shrunk inverse covariance (Ledoit-Wolf)
+and a distance threshold that `coverage` of its validation images stay under; inference flags an image
+beyond the threshold of every source ("unlike the training images") and every cell in it for review
+(wbc.review).
 
 The measurements need the image's nucleus mask (the ground truth at training, the segmenter's nuclei at
 inference), so they describe the stain and the light rather than how much of the image a cell fills (a
@@ -77,67 +78,102 @@ def image_features(rgb: np.ndarray, nucleus: np.ndarray) -> np.ndarray | None:
 
 
 @dataclass(frozen=True)
-class AppearanceProfile:
-    """Mean and precision (inverse shrunk covariance) of the training images' FEATURES, and the
+class Component:
+    """One source's images: mean and precision (inverse shrunk covariance) of their FEATURES, and the
     Mahalanobis distance beyond which an image is unlike them."""
 
+    name: str
     mean: np.ndarray
     precision: np.ndarray
     threshold: float
     images: int
-    coverage: float
 
     @classmethod
-    def fit(cls, train: np.ndarray, val: np.ndarray | None = None, coverage: float = COVERAGE) -> AppearanceProfile:
+    def fit(cls, name: str, train: np.ndarray, val: np.ndarray | None, coverage: float) -> Component:
         """From the training images' feature rows; the threshold is the `coverage` quantile of the
         validation images' distances (the training ones' when there are none, which sit closer), and
         never below the chi quantile a Gaussian profile would give (tiny validation splits)."""
         from scipy.stats import chi2
         from sklearn.covariance import LedoitWolf
 
-        coverage = check_coverage(coverage)
         train = np.asarray(train, dtype=np.float64)
         if train.ndim != 2 or train.shape[1] != len(FEATURES) or len(train) < 2:
             raise ValueError(f"appearance: expected at least 2 rows of {len(FEATURES)} features, got shape {train.shape}")
         lw = LedoitWolf().fit(train)
-        profile = cls(lw.location_, np.linalg.pinv(lw.covariance_), 0.0, len(train), float(coverage))
+        part = cls(name, lw.location_, np.linalg.pinv(lw.covariance_), 0.0, len(train))
         held = np.asarray(val, dtype=np.float64) if val is not None and len(val) else train
-        threshold = max(float(np.quantile(profile.distances(held), coverage)), float(np.sqrt(chi2.ppf(coverage, len(FEATURES)))))
-        return cls(profile.mean, profile.precision, threshold, len(train), float(coverage))
+        threshold = max(float(np.quantile(part.distances(held), coverage)), float(np.sqrt(chi2.ppf(coverage, len(FEATURES)))))
+        return cls(name, part.mean, part.precision, threshold, len(train))
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of each feature row to the training images."""
+        """Mahalanobis distance of each feature row to this source's training images."""
         d = np.atleast_2d(features) - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
-    def distance(self, rgb: np.ndarray, nucleus: np.ndarray) -> float | None:
-        """The image's distance (None when image_features can not measure it)."""
+
+@dataclass(frozen=True)
+class AppearanceProfile:
+    """One Component per training source (a combined data config's parts; one for a single dataset): an
+    image is like the training images when it is within the threshold of one of them (a single Gaussian
+    over two labs would also accept the colours between them)."""
+
+    components: tuple[Component, ...]
+    coverage: float
+
+    @classmethod
+    def fit(cls, sources: Mapping[str, tuple[np.ndarray, np.ndarray | None]], coverage: float = COVERAGE) -> AppearanceProfile:
+        """{source name: (training feature rows, validation feature rows or None)}."""
+        coverage = check_coverage(coverage)
+        return cls(tuple(Component.fit(name, tr, va, coverage) for name, (tr, va) in sources.items()), coverage)
+
+    @property
+    def images(self) -> int:
+        return sum(c.images for c in self.components)
+
+    def nearest(self, features: np.ndarray) -> tuple[float, float, str]:
+        """(distance, threshold, source) of the component an image's features are nearest to, relative
+        to each component's threshold."""
+        scored = [(float(c.distances(features)[0]), c.threshold, c.name) for c in self.components]
+        return min(scored, key=lambda t: t[0] / t[1])
+
+    def unlike(self, rgb: np.ndarray, nucleus: np.ndarray, threshold: float | None = None) -> bool | None:
+        """Whether the image is beyond every source's threshold (or a given distance `threshold`); None
+        when image_features can not measure it."""
         f = image_features(rgb, nucleus)
-        return None if f is None else float(self.distances(f)[0])
+        if f is None:
+            return None
+        d, t, _ = self.nearest(f)
+        return d > (threshold or t)
 
     def to_dict(self) -> dict:
         """Plain lists and numbers: it travels in the checkpoint's data_info and export.json."""
-        return {"features": list(FEATURES), "mean": self.mean.tolist(), "precision": self.precision.tolist(),
-                "threshold": self.threshold, "images": self.images, "coverage": self.coverage}
+        return {"features": list(FEATURES), "coverage": self.coverage,
+                "components": [{"name": c.name, "mean": c.mean.tolist(), "precision": c.precision.tolist(),
+                                "threshold": c.threshold, "images": c.images} for c in self.components]}
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "data_info.appearance") -> AppearanceProfile:
         """Back from to_dict; a malformed entry is one error naming `where` (a profile measured with
         other features, from another version, asks for a retrain rather than a wrong distance)."""
+        k = len(FEATURES)
         try:
             if list(d["features"]) != list(FEATURES):
                 raise ValueError(f"features {list(d['features'])} are not this version's {list(FEATURES)}")
-            mean = np.asarray(d["mean"], dtype=np.float64)
-            precision = np.asarray(d["precision"], dtype=np.float64)
-            threshold, images, coverage = float(d["threshold"]), int(d["images"]), float(d["coverage"])
-            k = len(FEATURES)
-            if mean.shape != (k,) or precision.shape != (k, k) or not (np.isfinite(mean).all() and np.isfinite(precision).all()):
-                raise ValueError(f"expected a mean of {k} and a {k}x{k} precision of finite numbers")
-            if not threshold > 0:
-                raise ValueError(f"threshold={threshold!r}: expected a positive distance")
+            parts = []
+            for c in d["components"]:
+                mean, precision = np.asarray(c["mean"], dtype=np.float64), np.asarray(c["precision"], dtype=np.float64)
+                threshold = float(c["threshold"])
+                if mean.shape != (k,) or precision.shape != (k, k) or not (np.isfinite(mean).all() and np.isfinite(precision).all()):
+                    raise ValueError(f"expected a mean of {k} and a {k}x{k} precision of finite numbers")
+                if not threshold > 0:
+                    raise ValueError(f"threshold={threshold!r}: expected a positive distance")
+                parts.append(Component(str(c["name"]), mean, precision, threshold, int(c["images"])))
+            if not parts:
+                raise ValueError("no components")
+            coverage = float(d["coverage"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: not an appearance profile ({err}); retrain, or leave the entry out to skip the check") from None
-        return cls(mean, precision, threshold, images, coverage)
+        return cls(tuple(parts), coverage)
 
 
 def profile_of(data_info: Mapping | None, where: str) -> AppearanceProfile | None:
@@ -146,22 +182,29 @@ def profile_of(data_info: Mapping | None, where: str) -> AppearanceProfile | Non
     return AppearanceProfile.from_dict(entry, where) if entry else None
 
 
-def fit_profile(train: Iterable[tuple[np.ndarray, np.ndarray]], val: Iterable[tuple[np.ndarray, np.ndarray]], coverage: float = COVERAGE) -> dict | None:
-    """`data_info.appearance` of a training run from (RGB image, nucleus mask) pairs: the profile of its
-    training images, thresholded on its validation images; None (logged) with fewer than 2 measurable
-    training images."""
-    rows = [f for f in (image_features(im, m) for im, m in train) if f is not None]
-    if len(rows) < 2:
-        log.info("appearance: fewer than 2 training images with a nucleus mask to measure; no appearance profile recorded")
-        return None
-    held = [f for f in (image_features(im, m) for im, m in val) if f is not None]
-    return AppearanceProfile.fit(np.array(rows), np.array(held) if held else None, coverage).to_dict()
+Pairs = Iterable[tuple[np.ndarray, np.ndarray]]
+
+
+def fit_profile(sources: Mapping[str, tuple[Pairs, Pairs]], coverage: float = COVERAGE) -> dict | None:
+    """`data_info.appearance` of a training run from {source: ((RGB, nucleus mask) pairs of its training
+    images, pairs of its validation images)}; a source with fewer than 2 measurable training images is left
+    out (logged), and with none left there is no profile (None)."""
+    fitted = {}
+    for name, (train, val) in sources.items():
+        rows = [f for f in (image_features(im, m) for im, m in train) if f is not None]
+        if len(rows) < 2:
+            log.info("appearance: %s has fewer than 2 training images with a nucleus mask to measure; left out of the profile", name)
+            continue
+        held = [f for f in (image_features(im, m) for im, m in val) if f is not None]
+        fitted[name] = (np.array(rows), np.array(held) if held else None)
+    return AppearanceProfile.fit(fitted, coverage).to_dict() if fitted else None
 
 
 def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -> dict | None:
-    """fit_profile of a DataModule's training split (a seeded sample of MAX_IMAGES where bigger),
-    thresholded on its validation split: the raw RGB images (before any preprocessing: the check is
-    about where an image comes from) with their ground-truth nucleus masks (images without one are left out)."""
+    """fit_profile of a DataModule's training split (a seeded sample of MAX_IMAGES where bigger), one
+    component per part of a combined data config, thresholded on the validation split: the raw RGB images
+    (before any preprocessing: the check is about where an image comes from) with their ground-truth
+    nucleus masks (images without one are left out)."""
     from wbc.data.manifest import NUCLEUS, load_sample
 
     ids = datamodule.split_ids()
@@ -169,12 +212,18 @@ def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -
     train = list(ids["train"])
     if len(train) > MAX_IMAGES:
         train = [train[i] for i in sorted(np.random.default_rng(seed).choice(len(train), MAX_IMAGES, replace=False))]
+    parts = getattr(datamodule, "parts", None)
 
-    def pairs(split_ids):
+    def source(sid: str) -> str:
+        return sid.split("/", 1)[0] if parts is not None else str(getattr(datamodule, "name", None) or "training images")
+
+    def pairs(split_ids: list[str]):
         for sid in split_ids:
             if by_id[sid].mask is None:
                 continue
             rgb, labels = load_sample(by_id[sid], datamodule.encoding_of(sid))
             yield rgb, labels == NUCLEUS
 
-    return fit_profile(pairs(train), pairs(ids.get("val") or []), coverage)
+    names = list(dict.fromkeys(source(sid) for sid in train))
+    val = list(ids.get("val") or [])
+    return fit_profile({n: (pairs([i for i in train if source(i) == n]), pairs([i for i in val if source(i) == n])) for n in names}, coverage)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
-from wbc.appearance import AppearanceProfile, profile_of
+from wbc.appearance import AppearanceProfile, image_features, profile_of
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
 from wbc.morphology import MorphologyClassifier
@@ -194,15 +194,17 @@ class CellPipeline:
 
     def check_appearance(self, rgb: np.ndarray, labels: np.ndarray) -> dict | None:
         """Whether an image (with its nuclei: `labels` > 0) looks like the model's training images
-        (wbc.appearance): {model, distance, threshold, unlike_training}; None without a profile, with
-        review.unlike_training=false, or when too little nucleus was found to measure it."""
+        (wbc.appearance): {model, source (the nearest training source), distance, threshold,
+        unlike_training}; None without a profile, with review.unlike_training=false, or when too little
+        nucleus was found to measure it."""
         if self.appearance is None or not self.review_options.unlike_training:
             return None
-        threshold = self.review_options.appearance_threshold or self.appearance.threshold
-        distance = self.appearance.distance(rgb, labels > 0)
-        if distance is None:
+        features = image_features(rgb, labels > 0)
+        if features is None:
             return None
-        return {"model": self.appearance_model, "distance": round(distance, 3), "threshold": round(float(threshold), 3),
+        distance, threshold, source = self.appearance.nearest(features)
+        threshold = self.review_options.appearance_threshold or threshold
+        return {"model": self.appearance_model, "source": source, "distance": round(distance, 3), "threshold": round(float(threshold), 3),
                 "unlike_training": bool(distance > threshold)}
 
     def review(self, shape: tuple[int, int], instances: list[Instance], class_probs: np.ndarray, views: np.ndarray | None = None,

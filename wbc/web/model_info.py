@@ -92,7 +92,8 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on, "folder": adapted_folder}
                     if adapted_on else None),
         "appearance_check": ({"model": getattr(pipe, "appearance_model", None), "training_images": profile.images,
-                              "threshold": getattr(options, "appearance_threshold", None) or profile.threshold}
+                              "sources": [{"name": c.name, "images": c.images,
+                                           "threshold": getattr(options, "appearance_threshold", None) or c.threshold} for c in profile.components]}
                              if checks_appearance else None),
     }
 

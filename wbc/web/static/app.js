@@ -62,7 +62,9 @@ async function loadModel() {
     rows.push(["nucleus morphology", `class probabilities averaged with the morphology model ${m.morphology}`]);
   }
   rows.push(["unlike-its-training-images check", m.appearance_check
-    ? `each image's colours against the ${m.appearance_check.model}'s ${m.appearance_check.training_images} training images (distance limit ${m.appearance_check.threshold.toFixed(1)}); an image beyond it is flagged with all its cells`
+    ? `each image's colours against the ${m.appearance_check.model}'s ${m.appearance_check.training_images} training images (` +
+      m.appearance_check.sources.map((c) => `${c.name}: distance limit ${c.threshold.toFixed(1)}`).join("; ") +
+      "); an image beyond every limit is flagged with all its cells"
     : "off (no colour profile in this model: trained before it was recorded, or review.unlike_training=false)"]);
   if (m.adapted) {
     rows.push(["adapted to this lab", `${m.adapted.models.join(" and ")}: batch-norm statistics from ${m.adapted.images} image(s) of ${m.adapted.folder} (AdaBN); the test figures above are the unadapted model's`]);
