@@ -155,6 +155,9 @@ def test_training_records_the_profile_and_predict_flags_every_cell_of_an_unlike_
     assert off.check_appearance(yellowed(image), labels == NUCLEUS) is None
     loose = CellPipeline.from_checkpoints(run, review=ReviewOptions(appearance_threshold=1e6))
     assert loose.check_appearance(yellowed(image), labels == NUCLEUS)["unlike_training"] is False
+    for bad in (-1, "far", True):
+        with pytest.raises(ValueError, match=f"review.appearance_threshold={bad!r}: expected a positive colour distance"):
+            ReviewOptions.from_config({"appearance_threshold": bad})
 
 
 def test_the_profile_travels_in_the_onnx_export(trained_run, tmp_path):

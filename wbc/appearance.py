@@ -130,10 +130,10 @@ class AppearanceProfile:
     def images(self) -> int:
         return sum(c.images for c in self.components)
 
-    def nearest(self, features: np.ndarray) -> tuple[float, float, str]:
+    def nearest(self, features: np.ndarray, threshold: float | None = None) -> tuple[float, float, str]:
         """(distance, threshold, source) of the component an image's features are nearest to, relative
-        to each component's threshold."""
-        scored = [(float(c.distances(features)[0]), c.threshold, c.name) for c in self.components]
+        to each component's threshold, or in distance alone when one `threshold` is given for all."""
+        scored = [(float(c.distances(features)[0]), threshold or c.threshold, c.name) for c in self.components]
         return min(scored, key=lambda t: t[0] / t[1])
 
     def unlike(self, rgb: np.ndarray, nucleus: np.ndarray, threshold: float | None = None) -> bool | None:
@@ -142,8 +142,8 @@ class AppearanceProfile:
         f = image_features(rgb, nucleus)
         if f is None:
             return None
-        d, t, _ = self.nearest(f)
-        return d > (threshold or t)
+        d, t, _ = self.nearest(f, threshold)
+        return d > t
 
     def to_dict(self) -> dict:
         """Plain lists and numbers: it travels in the checkpoint's data_info and export.json."""

@@ -202,8 +202,7 @@ class CellPipeline:
         features = image_features(rgb, labels > 0)
         if features is None:
             return None
-        distance, threshold, source = self.appearance.nearest(features)
-        threshold = self.review_options.appearance_threshold or threshold
+        distance, threshold, source = self.appearance.nearest(features, self.review_options.appearance_threshold)
         return {"model": self.appearance_model, "source": source, "distance": round(distance, 3), "threshold": round(float(threshold), 3),
                 "unlike_training": bool(distance > threshold)}
 

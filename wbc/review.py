@@ -37,7 +37,7 @@ class ReviewOptions:
     size_high: float = 2.0
     # flag every cell of an image unlike the model's training images (wbc.appearance)
     unlike_training: bool = True
-    # that image's colour distance limit; None = the checkpoint's (data_info.appearance.threshold)
+    # that image's colour distance limit, for every training source; None = each source's own (data_info.appearance)
     appearance_threshold: float | None = None
 
     @classmethod
@@ -46,6 +46,9 @@ class ReviewOptions:
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"review: unknown key(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        limit = cfg.get("appearance_threshold")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
+            raise ValueError(f"review.appearance_threshold={limit!r}: expected a positive colour distance, or null for the checkpoint's")
         return cls(**cfg)
 
 
