@@ -98,6 +98,7 @@ class Engine:
             polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
             outlines_ms, t3 = _ms(t2), time.perf_counter()
             rec.measurements = cell_measurements(rec.rgb, labels, instances)
+            measure_ms, t4 = _ms(t3), time.perf_counter()
             check = getattr(pipe, "check_appearance", None)  # is the image like the model's training images (wbc.appearance)
             rec.appearance = check(rec.rgb, labels) if callable(check) else None
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
@@ -108,7 +109,7 @@ class Engine:
             rec.status = "segmented"
             rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings = {k: v for k, v in rec.timings.items() if k == "decode_ms"}
-            rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=outlines_ms, measure_ms=_ms(t3))
+            rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=outlines_ms, measure_ms=measure_ms, appearance_ms=_ms(t4))
         return self.state(rec)
 
     def classify(self, rec: ImageRecord) -> dict:
