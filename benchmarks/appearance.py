@@ -34,15 +34,9 @@ Pair = tuple[np.ndarray, np.ndarray]
 
 def images(dm, split: str) -> list[Pair]:
     """(RGB, nucleus mask) of a split's images that have a mask."""
-    from wbc.data.manifest import NUCLEUS, load_sample
+    from wbc.appearance import masked_images
 
-    by_id = dm.load_manifest().by_id()
-    out = []
-    for i in dm.split_ids()[split]:
-        if by_id[i].mask is not None:
-            rgb, labels = load_sample(by_id[i], dm.encoding_of(i))
-            out.append((rgb, labels == NUCLEUS))
-    return out
+    return list(masked_images(dm, dm.split_ids()[split]))
 
 
 def exposed(pair: Pair, k: float) -> Pair:

@@ -80,6 +80,17 @@ def field(h: int = 100, w: int = 160, centres=CENTRES, seed: int = 0) -> np.ndar
     return (img + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
 
 
+def field_profile():
+    """The colour profile (wbc.appearance) of the drawn fields, their nuclei the drawn dark discs: a
+    classifier "trained on such fields", for the unlike-the-training-images check."""
+    from wbc.appearance import AppearanceProfile, fit_profile
+
+    yy, xx = np.mgrid[:100, :160]
+    nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
+    return AppearanceProfile.from_dict(fit_profile({"fields": ([(field(seed=i), nucleus) for i in range(20)],
+                                                               [(field(seed=i), nucleus) for i in range(20, 30)])}))
+
+
 def png(arr: np.ndarray) -> bytes:
     """RGB, RGBA or grey array (uint8 or uint16) -> PNG bytes."""
     if arr.ndim == 3 and arr.shape[2] == 3:

@@ -20,7 +20,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers_data import png_header_only
-from tests.helpers_web import CENTRES, field, jpeg, png, tiff16, tiny_pair, upload, web_pipeline
+from tests.helpers_web import (
+    CENTRES,
+    field,
+    field_profile,
+    jpeg,
+    png,
+    tiff16,
+    tiny_pair,
+    upload,
+    web_pipeline,
+)
 from wbc.web.app import Settings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -284,13 +294,8 @@ def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:
 def test_an_image_unlike_the_training_images_is_flagged_above_it_and_on_every_cell(clf) -> None:
     """With a profile of the drawn fields (wbc.appearance), a yellowed field gets the page's warning and
     the reason on each cell after classify; a field like them gets neither."""
-    from wbc.appearance import AppearanceProfile, fit_profile
-
-    yy, xx = np.mgrid[:100, :160]
-    nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
     pipe = web_pipeline(clf)
-    pipe.appearance = AppearanceProfile.from_dict(
-        fit_profile({"fields": ([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)])}))
+    pipe.appearance = field_profile()
     pipe.appearance_model = "classifier"  # as if its data_info carried the profile
     yellow = (field(seed=50).astype(np.float32) * np.array([1.0, 0.94, 0.72])).astype(np.uint8)
     with TestClient(create_app(pipe)) as c:

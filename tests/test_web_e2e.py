@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers_web import CENTRES, field, png, tiny_pair, web_pipeline
+from tests.helpers_web import CENTRES, field, field_profile, png, tiny_pair, web_pipeline
 
 CHROMIUM = os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
@@ -53,15 +53,6 @@ def server():
     pipe.appearance, pipe.appearance_model = field_profile(), "classifier"  # as if the classifier had been trained on such fields
     with serve_in_background(create_app(pipe, describe(pipe, None, "in-process model", adapted_folder="lab_images"))) as url:
         yield url, list(clf.hparams.data_info["classes"])
-
-
-def field_profile():
-    """The colour profile (wbc.appearance) of the drawn fields, nuclei = the drawn dark discs."""
-    from wbc.appearance import AppearanceProfile, fit_profile
-
-    yy, xx = np.mgrid[:100, :160]
-    nucleus = np.any([(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2 for cy, cx in CENTRES], axis=0)
-    return AppearanceProfile.from_dict(fit_profile({"fields": ([(field(seed=i), nucleus) for i in range(20)], [(field(seed=i), nucleus) for i in range(20, 30)])}))
 
 
 def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:

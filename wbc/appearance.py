@@ -22,7 +22,7 @@ Pure numpy / OpenCV.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,10 +205,7 @@ def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -
     component per part of a combined data config, thresholded on the validation split: the raw RGB images
     (before any preprocessing: the check is about where an image comes from) with their ground-truth
     nucleus masks (images without one are left out)."""
-    from wbc.data.manifest import NUCLEUS, load_sample
-
     ids = datamodule.split_ids()
-    by_id = datamodule.load_manifest().by_id()
     train = list(ids["train"])
     if len(train) > MAX_IMAGES:
         train = [train[i] for i in sorted(np.random.default_rng(seed).choice(len(train), MAX_IMAGES, replace=False))]
@@ -218,12 +215,19 @@ def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -
         return sid.split("/", 1)[0] if parts is not None else str(getattr(datamodule, "name", None) or "training images")
 
     def pairs(split_ids: list[str]):
-        for sid in split_ids:
-            if by_id[sid].mask is None:
-                continue
-            rgb, labels = load_sample(by_id[sid], datamodule.encoding_of(sid))
-            yield rgb, labels == NUCLEUS
+        return masked_images(datamodule, split_ids)
 
     names = list(dict.fromkeys(source(sid) for sid in train))
     val = list(ids.get("val") or [])
     return fit_profile({n: (pairs([i for i in train if source(i) == n]), pairs([i for i in val if source(i) == n])) for n in names}, coverage)
+
+
+def masked_images(datamodule, ids: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(raw RGB, ground-truth nucleus mask) of the samples `ids` of a DataModule that have a mask."""
+    from wbc.data.manifest import NUCLEUS, load_sample
+
+    by_id = datamodule.load_manifest().by_id()
+    for sid in ids:
+        if by_id[sid].mask is not None:
+            rgb, labels = load_sample(by_id[sid], datamodule.encoding_of(sid))
+            yield rgb, labels == NUCLEUS
