@@ -7,7 +7,8 @@ Each field is a rows x cols mosaic of synthetic 256 px images resized by `scale`
 .render_field: 4 x 6 at scale 1 = 1024 x 1536, a 1.5 MP field). For each mode it reports the nucleus
 Dice against the field's ground truth, detection F1 (predicted vs true nuclei matched one-to-one at
 IoU >= 0.5), seconds per megapixel end to end (segment + cells + classify) and the process's peak RSS.
-The true factor is the segmenter's training resize factor divided by the field's scale. Without
+The true factor is the segmenter's training resize factor divided by the field's scale (for --d2-mosaics with a
+segmenter trained on several sets, dataset2's own factor from data_info.scale.sources). Without
 --run, throwaway models are trained for --epochs epochs (as benchmarks/predict_latency.py does).
 """
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
             pipe = CellPipeline(seg, clf)
     info = pipe.seg_info.get("scale") or {}
     rf = float(info.get("resize_factor") or 0.5)
+    if args.d2_mosaics:  # a segmenter trained on several sets: dataset2's own factor is the true one
+        rf = float(((info.get("sources") or {}).get("segmentation_wbc_d2") or {}).get("resize_factor") or rf)
     print(f"segmenter: tile {pipe.seg_info.get('image_size')} px, training nucleus {info.get('nucleus_diameter', float('nan')):.1f} "
           f"network px, resize factor {rf:.3f}; torch threads {__import__('torch').get_num_threads()}")
     spec = SyntheticSpec(seed=7)

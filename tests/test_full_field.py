@@ -193,3 +193,50 @@ def test_auto_scale_prefers_the_smallest_fitting_factor_over_fragmented_nuclei()
 
     choice = choose_scale((1200, 1200), info, "auto", measure=measure)
     assert choice.factor == pytest.approx(80.0 / 110.0)  # refined from the whole nuclei, not 80 / 52
+
+
+def test_typical_diameter_leaves_out_specks_but_not_the_nuclei_beside_merged_ones():
+    """Six 8 px specks among five 80 px nuclei would halve a plain median; three merged 60 px blobs
+    among ten 20 px nuclei would take an area-weighted median (60): the typical diameter is 80 and 20."""
+    from wbc.scale import typical_diameter
+
+    specks = np.array([80.0] * 5 + [8.0] * 6)
+    assert np.median(specks) == 8.0 and typical_diameter(specks) == 80.0
+    assert typical_diameter(np.array([20.0] * 10 + [60.0] * 3)) == 20.0
+    assert np.isnan(typical_diameter(np.zeros(0)))
+
+
+def test_auto_scale_matches_the_nearest_training_source_of_a_combined_segmenter():
+    """A segmenter trained on two sets resized by different factors: an image whose nuclei match one
+    set is put at that set's size, not at the pooled median's (which fits neither), and the crops and
+    filters follow that set's pixels."""
+    sources = {"d2": {"nucleus_diameter": 81.0, "resize_factor": 0.853}, "idb2": {"nucleus_diameter": 101.0, "resize_factor": 0.996}}
+    info = {"image_size": 256, "scale": {"nucleus_diameter": 98.0, "resize_factor": 0.996, "source_size": [257, 257], "sources": sources}}
+    choice = choose_scale((1200, 1200), info, "auto", measure=lambda f: np.full(10, 95.0))
+    assert choice.factor == pytest.approx(81.0 / 95.0) and choice.source == "d2" and choice.resize_factor == pytest.approx(0.853)
+    assert "d2" in choice.how
+    # checkpoints from before the per-source record: the pooled median
+    pooled = {**info, "scale": {k: v for k, v in info["scale"].items() if k != "sources"}}
+    choice = choose_scale((1200, 1200), pooled, "auto", measure=lambda f: np.full(10, 95.0))
+    assert choice.factor == pytest.approx(98.0 / 95.0) and choice.source is None
+
+
+def test_a_combined_data_config_records_the_scale_of_each_part(tmp_path):
+    """measure_training_scale of a DataModule with data.parts: pooled figures plus one entry per part."""
+    from datamodules.segmentation import SegmentationDataModule
+    from tests.helpers_data import RGB_ENCODING, make_csv_dataset
+    from wbc.scale import measure_training_scale
+
+    grey = make_csv_dataset(tmp_path / "grey", {"a": 6, "b": 6})
+    rgb = make_csv_dataset(tmp_path / "rgb", {"b": 6, "c": 6}, mask_mode="rgb")
+    parts = {"lab1": {"root": str(grey), "name": "lab1", "classes": ["a", "b"], "splits": {"dir": str(tmp_path / "s"), "k": 2}},
+             "lab2": {"root": str(rgb), "name": "lab2", "classes": ["b", "c"], "mask_encoding": RGB_ENCODING, "splits": {"dir": str(tmp_path / "s"), "k": 2}}}
+    dm = SegmentationDataModule(root="unused", name="combined", image_size=32, parts=parts)
+    dm.setup()
+    sc = measure_training_scale(dm)
+    assert set(sc["sources"]) == {"lab1", "lab2"}
+    assert sum(s["n_nuclei"] for s in sc["sources"].values()) == sc["n_nuclei"] > 0
+    assert all(s["nucleus_diameter"] > 0 and s["resize_factor"] > 0 for s in sc["sources"].values())
+    alone = SegmentationDataModule(**parts["lab1"], image_size=32)
+    alone.setup()
+    assert "sources" not in measure_training_scale(alone)

@@ -168,10 +168,11 @@ class CellPipeline:
 
     def scaled_for_image(self) -> tuple[CropSpec, PostprocessParams]:
         """Crop size and post-processing lengths follow the scale of the last image: k image px per
-        training px (1 on the single-pass path), so a cell gets the crop and the filters it was trained with."""
+        training px (1 on the single-pass path; the matched training source's px when auto matched one), so a cell gets
+        the crop and the filters it was trained with."""
         if self.last_scale is None or self.last_scale.factor is None:
             return self.crop_spec, self.postprocess
-        rf = float((self.seg_info.get("scale") or {}).get("resize_factor") or 0) or self.last_scale.factor
+        rf = self.last_scale.resize_factor or float((self.seg_info.get("scale") or {}).get("resize_factor") or 0) or self.last_scale.factor
         k = rf / self.last_scale.factor
         spec = replace(self.crop_spec, size=max(8, round(self.crop_spec.size * k))) if self.crop_spec.size else self.crop_spec
         return spec, rescale_postprocess(self.postprocess, k)
@@ -213,7 +214,9 @@ class CellPipeline:
         tile = int(self.seg_info.get("image_size") or 128)
         h, w = shape
         factor = self.last_scale.factor if self.last_scale is not None and self.last_scale.factor else math.sqrt(tile / h * tile / w)
-        q = (self.seg_info.get("scale") or {}).get("nucleus_diameter_q25_q75")
+        sc = self.seg_info.get("scale") or {}
+        matched = (sc.get("sources") or {}).get(self.last_scale.source if self.last_scale is not None else None) or sc
+        q = matched.get("nucleus_diameter_q25_q75")  # the training source scale=auto matched, else all training nuclei
         return review_reasons(
             class_probs, views, instances, shape, self.classes, float(self.calibration.get("review_min_probability", 0.0)),
             tuple(q) if q else None, factor, self.review_options, appearance,

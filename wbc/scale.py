@@ -2,12 +2,14 @@
 
 Training records in the segmenter checkpoint (`data_info.scale`, :func:`training_scale`) the typical
 nucleus diameter **in network pixels** measured on the training masks (median and quartiles of the
-equivalent diameter), the training images' typical size, and the network pixel size in µm when the
-data config states `data.pixel_size_um`. Inference puts a new image at that scale (Cellpose's
-diameter idea) with a factor `f` (image px -> network px), found from (first that applies):
-`scale=<f>`, `diameter=<nucleus diameter in image px>`, `pixel_size_um=<image pixel size>`, or
-`scale=auto`: a coarse pass measures the nuclei at a ladder of candidate factors and keeps the one
-whose nuclei come closest to the training diameter, then refines it by the ratio.
+equivalent diameter), the training images' typical size, and the network pixel size in µm when the data
+config states `data.pixel_size_um`; with several training sources (a combined data config) the same per
+source (`sources`), since each set was resized by its own factor and a pooled median matches none of them.
+Inference puts a new image at that scale (Cellpose's diameter idea) with a factor `f` (image px -> network
+px), found from (first that applies): `scale=<f>`, `diameter=<nucleus diameter in image px>`,
+`pixel_size_um=<image pixel size>`, or `scale=auto`: a coarse pass measures the nuclei
+(:func:`typical_diameter`) at a ladder of candidate factors and keeps the smallest whose nuclei fit a
+training source's diameter, then refines it by the ratio to that source's.
 Images no larger than the training images (at `auto`) keep the old single-pass path (the whole image
 resized to the network square), so figures on the training sets do not change. Pure: no Lightning.
 """
@@ -29,12 +31,27 @@ SINGLE_PASS_TOLERANCE = 1.25
 AUTO_LADDER = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
 # a candidate "fits" when its nuclei are within this |log ratio| of the training diameter (x/÷ 1.35)
 AUTO_TOLERANCE = math.log(1.35)
+# scale=auto leaves out nuclei under this fraction of the area-weighted median diameter (specks, cut pieces)
+FRAGMENT_FRACTION = 0.25
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     """Equivalent diameter sqrt(4 A / pi) of every instance of an integer label map."""
     ids, areas = np.unique(labels[labels > 0], return_counts=True)
     return np.sqrt(4 * areas / math.pi) if len(ids) else np.zeros(0)
+
+
+def typical_diameter(diameters: np.ndarray) -> float:
+    """Median nucleus diameter leaving out specks: nuclei under FRAGMENT_FRACTION of the area-weighted
+    median (the diameter of the nucleus a typical nucleus *pixel* belongs to). Fragments (a nucleus cut
+    by the window, specks) can halve a plain median (dataset2 mosaics: 8 px among 80 px nuclei), and an
+    area-weighted median alone follows merged neighbours (synthetic fields at a coarse factor)."""
+    d = np.sort(np.asarray(diameters, dtype=np.float64))
+    if not len(d):
+        return float("nan")
+    cum = np.cumsum(d**2)
+    weighted = d[np.searchsorted(cum, 0.5 * cum[-1])]
+    return float(np.median(d[d >= FRAGMENT_FRACTION * weighted]))
 
 
 def training_scale(label_maps: Iterable[tuple[np.ndarray, tuple[int, int]]], image_size: int, pixel_size_um: float | None = None) -> dict:
@@ -63,23 +80,39 @@ def training_scale(label_maps: Iterable[tuple[np.ndarray, tuple[int, int]]], ima
 
 def measure_training_scale(datamodule, pixel_size_um: float | None = None) -> dict:
     """`training_scale` of a DataModule's training split: ground-truth instance maps where the data
-    has them, else 8-connected components of the nucleus mask."""
+    has them, else 8-connected components of the nucleus mask; per part too (`sources`) when the
+    data config combines several."""
     import cv2
 
     from wbc.data.manifest import NUCLEUS, load_instances
 
-    items = datamodule.cached(datamodule.split_ids()["train"])
+    ids = list(datamodule.split_ids()["train"])
+    combined = getattr(datamodule, "parts", None) is not None
+    by_source: dict[str, list[tuple[np.ndarray, tuple[int, int]]]] = {}
+    for sid, it in zip(ids, datamodule.cached(ids), strict=True):
+        if it.labels is None:
+            continue
+        inst = load_instances(it.sample)
+        if inst is None:
+            inst = cv2.connectedComponents((it.labels == NUCLEUS).astype(np.uint8), connectivity=8)[1]
+        by_source.setdefault(sid.split("/", 1)[0] if combined else "", []).append((inst, it.labels.shape[:2]))
+    size = int(datamodule.image_size)
+    out = training_scale((p for maps in by_source.values() for p in maps), size, pixel_size_um)
+    if len(by_source) > 1:
+        out["sources"] = {name: training_scale(maps, size, pixel_size_um) for name, maps in by_source.items()}
+    return out
 
-    def pairs():
-        for it in items:
-            if it.labels is None:
-                continue
-            inst = load_instances(it.sample)
-            if inst is None:
-                inst = cv2.connectedComponents((it.labels == NUCLEUS).astype(np.uint8), connectivity=8)[1]
-            yield inst, it.labels.shape[:2]
 
-    return training_scale(pairs(), int(datamodule.image_size), pixel_size_um)
+def scale_targets(sc: dict) -> list[tuple[str | None, float, float]]:
+    """(source, median nucleus diameter in network px, resize factor) that scale=auto may match: one
+    per training source when data_info.scale has `sources`, else the pooled one."""
+    def target(name: str | None, s: dict) -> tuple[str | None, float, float] | None:
+        d = s.get("nucleus_diameter")
+        return (name, float(d), float(s.get("resize_factor") or 0)) if d else None
+
+    found = [t for name, s in (sc.get("sources") or {}).items() if (t := target(name, s))]
+    pooled = target(None, sc)
+    return found or ([pooled] if pooled else [])
 
 
 def fits_training_size(shape: tuple[int, int], info: dict) -> bool:
@@ -107,6 +140,8 @@ class ScaleChoice:
     factor: float | None  # image px -> network px; None = the single-pass path (resize to the square)
     how: str  # what decided it, for the outputs
     nucleus_diameter_px: float | None = None  # measured / given nucleus diameter in image px
+    source: str | None = None  # the training source whose nuclei scale=auto matched (several-source segmenters)
+    resize_factor: float | None = None  # that source's training resize factor (image px -> network px)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,24 +178,28 @@ def choose_scale(
         if not net_um:
             raise ValueError("pixel_size_um=...: the training data stated no data.pixel_size_um; use diameter=<nucleus px> or scale=auto")
         return ScaleChoice(float(pixel_size_um) / float(net_um), f"pixel_size_um={float(pixel_size_um):g} (given) / network {net_um:.3g} µm")
-    if fits_training_size(shape, info) or not target or measure is None:
+    targets = scale_targets(sc)
+    if fits_training_size(shape, info) or not targets or measure is None:
         return ScaleChoice(None, "single pass: the image is no larger than the training images")
     base = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
-    found: list[tuple[float, float, float]] = []  # (|log ratio|, factor, median diameter in image px)
+    found: list[tuple[float, float, float, tuple]] = []  # (|log ratio|, factor, typical diameter in image px, target)
     for rel in AUTO_LADDER:
         f = base * rel
         d = measure(f)
         if len(d) < 3:
             continue
-        med = float(np.median(d))
-        found.append((abs(math.log(med * f / target)), f, med))
+        med = typical_diameter(d)
+        t = min(targets, key=lambda t: abs(math.log(med * f / t[1])))
+        found.append((abs(math.log(med * f / t[1])), f, med, t))
     # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
     # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins
     plausible = [c for c in found if c[0] <= AUTO_TOLERANCE]
-    best = min(plausible, key=lambda c: c[1]) if plausible else min(found, default=None)
+    best = min(plausible, key=lambda c: c[1]) if plausible else min(found, default=None, key=lambda c: c[0])
     if best is None:
         log.warning("scale=auto: no nuclei found at any candidate scale; using the training resize factor %.3f", base)
         return ScaleChoice(base, "auto: no nuclei found, training resize factor")
-    _, f, med = best
-    refined = float(target) / med
-    return ScaleChoice(refined, f"auto: median nucleus {med:.1f} px at factor {f:.3f} -> {refined:.3f} (training diameter {target:.1f} network px)", med)
+    _, f, med, (source, t, rf) = best
+    refined = t / med
+    of = f" of {source}" if source else ""
+    return ScaleChoice(refined, f"auto: typical nucleus {med:.1f} px at factor {f:.3f} -> {refined:.3f} (training diameter{of} {t:.1f} network px)",
+                       med, source, rf or None)
