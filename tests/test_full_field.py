@@ -240,3 +240,27 @@ def test_a_combined_data_config_records_the_scale_of_each_part(tmp_path):
     alone = SegmentationDataModule(**parts["lab1"], image_size=32)
     alone.setup()
     assert "sources" not in measure_training_scale(alone)
+
+
+def test_a_combined_segmenter_puts_a_field_at_its_matching_source_and_reviews_it_against_that_source():
+    """Two training sources resized by different factors: the field's nuclei (24 image px) match the
+    source whose nuclei were 12 network px at factor 1.0, so the field is put at 0.5, crops and filters
+    follow that source's pixels (x2, where the pooled factor would give x1.5), and the review's size
+    range is that source's quartiles."""
+    from wbc.scale import ScaleChoice
+
+    seg = DarkSegmenter(image_size=64, diameter=18.0, resize_factor=0.75, source=96)
+    seg.hparams.data_info["scale"]["nucleus_diameter_q25_q75"] = [12.0, 24.0]
+    seg.hparams.data_info["scale"]["sources"] = {
+        "small": {"nucleus_diameter": 12.0, "nucleus_diameter_q25_q75": [10.0, 14.0], "resize_factor": 1.0, "source_size": [64, 64]},
+        "big": {"nucleus_diameter": 32.0, "nucleus_diameter_q25_q75": [30.0, 34.0], "resize_factor": 0.5, "source_size": [128, 128]}}
+    pipe = CellPipeline(seg, None)
+    discs = [(y, x, 12) for y in range(40, 400, 80) for x in range(40, 600, 80)]
+    res = pipe(smear(400, 600, discs))
+    assert pipe.last_scale.source == "small" and pipe.last_scale.factor == pytest.approx(0.5, rel=0.1), pipe.last_scale
+    spec, _ = pipe.scaled_for_image()
+    assert spec.size == pytest.approx(pipe.crop_spec.size * 2, rel=0.15)
+    assert len(res.instances) == len(discs) and not any("nucleus small" in r for rs in res.review for r in rs)
+    pipe.last_scale = ScaleChoice(pipe.last_scale.factor, "test", None, "big", 0.5)  # as if matched to the big source
+    reasons = pipe.review((400, 600), res.instances, res.class_probs)
+    assert all(any("nucleus small" in r for r in rs) for rs in reasons)
