@@ -282,6 +282,7 @@ def test_robust_preset_builds_and_keeps_masks_aligned(make_cfg):
         assert {"stain", "defocus", "jpeg", "scale"} <= set(node)
         ops = [instantiate(v) for v in node.values()]
         pipe = build_pipeline(ops, 64)
+        pipe.set_random_seed(0)  # the draws are albumentations' own: seeded, so the test cannot flake
         rng = np.random.default_rng(0)
         img = np.full((80, 80, 3), 230, np.uint8)
         mask = np.zeros((80, 80), np.uint8)
@@ -292,7 +293,9 @@ def test_robust_preset_builds_and_keeps_masks_aligned(make_cfg):
             grey = out["image"].mean(-1)
             dark, nucleus = grey < np.median(grey) - 30, out["mask"] == 1
             assert out["image"].shape == (64, 64, 3) and set(np.unique(out["mask"])) <= {0, 1}
-            assert (dark & nucleus).sum() / (dark | nucleus).sum() > 0.7
+            # aligned: IoU 0.69-1.0 over 2000 unseeded draws (blur and scale jitter move the dark edge); a flip or
+            # rotation of the image alone leaves the off-centre block ~0
+            assert (dark & nucleus).sum() / (dark | nucleus).sum() > 0.5
 
 
 def test_grey_mix_preset_shows_some_images_without_colour(make_cfg):
