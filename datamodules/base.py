@@ -243,6 +243,13 @@ class WBCDataModule(L.LightningDataModule):
         """The mask encoding a sample is read with: its own part's when several datasets are combined."""
         return self.parts.encoding_of(sample_id) if self.parts else self.encoding
 
+    def source_of(self, sample_id: str) -> str:
+        """Where a sample comes from, for what training records per source (the appearance profile's
+        components, the training scale's entries): its part of a combined data config, else the dataset's
+        name. (Splitting one dataset by its manifest `subset` as well was measured for segmentation_wbc's
+        profile and not adopted: README "Appearance".)"""
+        return sample_id.split("/", 1)[0] if self.parts is not None else str(self.name)
+
     def cached(self, ids: Sequence[str]) -> list[CachedSample]:
         """Decode + preprocess each image once; later calls reuse the arrays."""
         m = self.load_manifest()

@@ -170,3 +170,30 @@ def test_the_profile_travels_in_the_onnx_export(trained_run, tmp_path):
     onnx_pipe, torch_pipe = pipeline_from_export(tmp_path / "export"), CellPipeline.from_checkpoints(run)
     image, nucleus = smears(400, 1)[0]
     assert onnx_pipe.check_appearance(yellowed(image), nucleus) == torch_pipe.check_appearance(yellowed(image), nucleus) is not None
+
+
+def test_one_dataset_is_one_source_whatever_its_subset_column(tmp_path):
+    """A dataset's manifest `subset` column (segmentation_wbc's dataset1 / dataset2) does not split its
+    profile or its training scale: one component per dataset (per part of a combined config). Splitting by
+    subset was measured on segmentation_wbc and not adopted (README, appearance check)."""
+    import csv
+
+    from datamodules.segmentation import SegmentationDataModule
+    from tests.helpers_data import make_csv_dataset
+    from wbc.appearance import training_appearance
+    from wbc.scale import measure_training_scale
+
+    root = make_csv_dataset(tmp_path / "two", {"a": 12, "b": 12})
+    with (root / "labels.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["subset"], row["image_id"] = ("lab1" if i % 2 else "lab2"), str(i)
+    with (root / "labels.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*rows[0].keys()])
+        w.writeheader()
+        w.writerows(rows)
+    dm = SegmentationDataModule(root=str(root), name="labs", image_size=32, splits={"dir": str(tmp_path / "s"), "k": 2})
+    dm.setup()
+    assert {i.split("/")[0] for i in dm.split_ids()["train"]} == {"lab1", "lab2"}  # the subset is in the ids
+    assert {dm.source_of(i) for i in dm.split_ids()["train"]} == {"labs"}
+    assert [c["name"] for c in training_appearance(dm)["components"]] == ["labs"] and "sources" not in measure_training_scale(dm)

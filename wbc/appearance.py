@@ -202,17 +202,15 @@ def fit_profile(sources: Mapping[str, tuple[Pairs, Pairs]], coverage: float = CO
 
 def training_appearance(datamodule, coverage: float = COVERAGE, seed: int = 0) -> dict | None:
     """fit_profile of a DataModule's training split (a seeded sample of MAX_IMAGES where bigger), one
-    component per part of a combined data config, thresholded on the validation split: the raw RGB images
+    component per source (`datamodule.source_of`: each part of a combined data config), thresholded on the
+    validation split: the raw RGB images
     (before any preprocessing: the check is about where an image comes from) with their ground-truth
     nucleus masks (images without one are left out)."""
     ids = datamodule.split_ids()
     train = list(ids["train"])
     if len(train) > MAX_IMAGES:
         train = [train[i] for i in sorted(np.random.default_rng(seed).choice(len(train), MAX_IMAGES, replace=False))]
-    parts = getattr(datamodule, "parts", None)
-
-    def source(sid: str) -> str:
-        return sid.split("/", 1)[0] if parts is not None else str(getattr(datamodule, "name", None) or "training images")
+    source = datamodule.source_of
 
     def pairs(split_ids: list[str]):
         return masked_images(datamodule, split_ids)

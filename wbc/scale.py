@@ -80,14 +80,13 @@ def training_scale(label_maps: Iterable[tuple[np.ndarray, tuple[int, int]]], ima
 
 def measure_training_scale(datamodule, pixel_size_um: float | None = None) -> dict:
     """`training_scale` of a DataModule's training split: ground-truth instance maps where the data
-    has them, else 8-connected components of the nucleus mask; per part too (`sources`) when the
-    data config combines several."""
+    has them, else 8-connected components of the nucleus mask; per source too (`sources`,
+    `datamodule.source_of`: each part of a combined data config) when there are several."""
     import cv2
 
     from wbc.data.manifest import NUCLEUS, load_instances
 
     ids = list(datamodule.split_ids()["train"])
-    combined = getattr(datamodule, "parts", None) is not None
     by_source: dict[str, list[tuple[np.ndarray, tuple[int, int]]]] = {}
     for sid, it in zip(ids, datamodule.cached(ids), strict=True):
         if it.labels is None:
@@ -95,7 +94,7 @@ def measure_training_scale(datamodule, pixel_size_um: float | None = None) -> di
         inst = load_instances(it.sample)
         if inst is None:
             inst = cv2.connectedComponents((it.labels == NUCLEUS).astype(np.uint8), connectivity=8)[1]
-        by_source.setdefault(sid.split("/", 1)[0] if combined else "", []).append((inst, it.labels.shape[:2]))
+        by_source.setdefault(datamodule.source_of(sid), []).append((inst, it.labels.shape[:2]))
     size = int(datamodule.image_size)
     out = training_scale((p for maps in by_source.values() for p in maps), size, pixel_size_um)
     if len(by_source) > 1:
