@@ -320,3 +320,30 @@ def test_fit_morphology_writes_a_model_predict_can_use_and_scores_the_fold(make_
                                  ("c", "0", "c=0")):
         with pytest.raises(ValueError, match=expected):
             fit_morphology(make_cfg([f"{key}={value}"], config_name="fit_morphology.yaml", output_dir=tmp_path / key))
+
+
+def test_cells_measured_on_threads_give_the_serial_numbers_in_order():
+    """cell_features measures cells on OpenCV's thread count (at most MAX_MEASURE_THREADS): the rows are
+    those of one thread, cell for cell, including a cell that can not be measured (None)."""
+    from wbc.postprocess import PostprocessParams, extract_instances
+
+    tiles = [cell(lobes, scale) for lobes, scale in ((1, 1.0), (3, 1.0), (4, 0.8), (1, 0.7), (2, 1.0), (5, 1.0))]
+    side = max(t[0].shape[0] for t in tiles)
+    field = np.full((side, side * len(tiles), 3), 235, np.uint8)
+    mask = np.zeros(field.shape[:2], np.uint8)
+    for k, (rgb, nuc) in enumerate(tiles):
+        n = rgb.shape[0]
+        field[:n, k * side : k * side + n], mask[:n, k * side : k * side + n] = rgb, nuc
+    mask[0:2, 0:2] = 1  # a speck too small to measure
+    labels, instances = extract_instances(mask.astype(np.float32), PostprocessParams(opening_kernel=0, watershed=False, min_area=1, clear_border=False))
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        serial = cell_features(field, labels, instances)
+        cv2.setNumThreads(4)
+        threaded = cell_features(field, labels, instances)
+    finally:
+        cv2.setNumThreads(before)
+    assert len(serial) == len(instances) >= 7 and sum(f is None for f in serial) >= 1
+    assert [f is None for f in serial] == [f is None for f in threaded]
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded) if a is not None)
