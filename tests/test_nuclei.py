@@ -314,3 +314,28 @@ def test_cell_unit_crops_follow_the_nucleus_size_not_the_pixels():
     assert cell_crops(big, big_nucleus, fixed)[2][0].shape[0] == 32  # pixels: a different share of the cell
     with pytest.raises(ValueError, match="data.crops.diameters"):
         CropSpec.from_config({"diameters": 0})
+
+
+def test_lobe_gap_joins_the_pieces_of_one_nucleus_but_not_a_watershed_split_or_distant_cells() -> None:
+    """postprocess.lobe_gap: three lobes 4 px apart become one cell; two touching fat nuclei split by the
+    watershed, with a lobe 6 px from one of them, stay as they are; two round nuclei 50 px apart stay two.
+    The gap is a length: it scales with the image (rescale_postprocess) and is validated by name."""
+    from wbc.postprocess import rescale_postprocess
+
+    m = np.zeros((200, 300), np.uint8)
+    for cx in (40, 62, 84):
+        cv2.circle(m, (cx, 50), 9, 1, -1)
+    cv2.circle(m, (180, 100), 25, 1, -1)
+    cv2.circle(m, (225, 100), 25, 1, -1)
+    cv2.circle(m, (180, 139), 8, 1, -1)
+    cv2.circle(m, (40, 160), 15, 1, -1)
+    cv2.circle(m, (120, 160), 15, 1, -1)
+    _, apart = extract_instances(m, PostprocessParams(opening_kernel=0))
+    labels, joined = extract_instances(m, PostprocessParams(opening_kernel=0, lobe_gap=6))
+    assert len(apart) == 8 and len(joined) == 6
+    lobed = labels[50, 40]
+    assert lobed == labels[50, 62] == labels[50, 84] and sum(i.label == lobed for i in joined) == 1
+    assert len({labels[100, 180], labels[100, 225], labels[139, 180]}) == 3 and labels[160, 40] != labels[160, 120]
+    assert rescale_postprocess(PostprocessParams(lobe_gap=6), 2.0).lobe_gap == 12
+    with pytest.raises(ValueError, match="postprocess.lobe_gap"):
+        PostprocessParams.from_config({"lobe_gap": -1})
