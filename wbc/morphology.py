@@ -45,10 +45,10 @@ FEATURES: tuple[str, ...] = (
 )
 RING_DIAMETERS = 0.35  # the ring reaches this many equivalent nucleus diameters beyond the nucleus
 MIN_LOBE = 0.05
+MIN_INDENTATION = 0.08
 # cells measured at once at most (threads: OpenCV releases the GIL, and two disk dilations a cell are
 # most of the time); also bounded by OpenCV's own thread count (cv2.setNumThreads, OPENCV_FOR_THREADS_NUM)
 MAX_MEASURE_THREADS = 8
-MIN_INDENTATION = 0.08
 # a segmenter's nucleus outline is rougher than an expert's (pale gaps as holes, notches as indentations);
 # filling holes and closing at this fraction of the equivalent diameter before measuring lifted the model
 # on predicted nuclei in both cross-source directions (benchmarks/morphology_cross.py, README). Recorded in

@@ -218,10 +218,12 @@ def join_lobes(mask: np.ndarray, labels: np.ndarray, gap: float) -> np.ndarray:
     pieces = np.bincount(comp_group[1:], minlength=groups.max() + 1)
     no_split = np.ones(groups.max() + 1, bool)
     no_split[comp_group[1:][split[1:]]] = False
+    pair_group = comp_group[pairs[0]]
+    join = ((pieces > 1) & no_split)[pair_group]  # pairs whose group becomes one cell
+    first = np.full(groups.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, pair_group[join], pairs[1][join])  # each joined group's smallest label
     lookup = np.arange(int(labels.max()) + 1)
-    for g in np.flatnonzero((pieces > 1) & no_split):
-        ids = np.unique(pairs[1][np.isin(pairs[0], np.flatnonzero(comp_group == g))])
-        lookup[ids] = ids.min()
+    lookup[pairs[1][join]] = first[pair_group[join]]
     return lookup[labels].astype(labels.dtype)
 
 
