@@ -26,6 +26,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_reinhard_greymix: cells_reinhard with half the training crops shown grey (albumentations.ToGray)
 - cells_reinhard_lpft: cells_reinhard, the head trained alone for 10 of the 30 epochs, then everything (LP-FT)
 - cells_reinhard_lp: cells_reinhard, the head alone for the whole schedule (ImageNet features frozen)
+- cells_reinhard_mixstyle: cells_reinhard with MixStyle on the backbone's first three stages
+            (conf/callbacks/mixstyle.yaml: feature means and spreads blended between crops while training)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
@@ -78,6 +80,10 @@ VARIANTS = {
     # ... and the head alone for the whole schedule (a linear probe on the frozen ImageNet features)
     "cells_reinhard_lp": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                           "+callbacks.head_first={_target_:lightning_modules.callbacks.HeadFirst,epochs:1000}"],
+    # the best colour input with AdaBN, feature statistics mixed between crops while training (MixStyle;
+    # conf/callbacks/mixstyle.yaml's defaults, spelled inline so --adapt-bn's callbacks= still composes)
+    "cells_reinhard_mixstyle": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                                "+callbacks.mixstyle={_target_:lightning_modules.callbacks.MixStyle,p:0.5,alpha:0.1}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 

@@ -1,6 +1,6 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
 resumes, a weight EMA that leaves the classifier's calibration alone, the classifier's head trained
-before its pretrained body (LP-FT), and batch-norm statistics re-estimated on a held-out lab's test images."""
+before its pretrained body (LP-FT), MixStyle on early feature maps, and batch-norm statistics re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lightning_modules.mixing import mix_styles
 from wbc.adaptation import adapt_batchnorm, batchnorm_layers, minimise_entropy
 from wbc.overlay import draw_overlay
 
@@ -110,6 +111,48 @@ class HeadFirst(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._train_body(pl_module, True)  # the module leaves training as it came
+
+
+class MixStyle(L.Callback):
+    """While training, mix the feature statistics of the network's early stages between crops
+    (`lightning_modules.mixing.mix_styles`, with probability `p` per stage and batch): a
+    domain-generalisation lever for images from other labs. Forward hooks on `pl_module.net`'s
+    modules named in `layers`, attached at the start of training and removed at its end, acting only
+    in training mode: validation, testing, exports and checkpoints never see them (no parameters)."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, layers: list[str] | tuple[str, ...] = ("blocks.0", "blocks.1", "blocks.2")) -> None:
+        if not 0.0 <= p <= 1.0 or alpha <= 0:
+            raise ValueError(f"callbacks.mixstyle: expected p in [0, 1] and alpha > 0, got p={p}, alpha={alpha}")
+        if not layers:
+            raise ValueError("callbacks.mixstyle.layers: expected at least one module name of the network")
+        self.p, self.alpha, self.layers = float(p), float(alpha), [str(name) for name in layers]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if not module.training or not isinstance(output, torch.Tensor) or float(torch.rand(())) >= self.p:
+            return None
+        return mix_styles(output, self.alpha)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        modules = dict(getattr(pl_module, "net", pl_module).named_modules())
+        missing = [name for name in self.layers if name not in modules]
+        if missing:
+            stages = [n for n in modules if n and n.count(".") <= 1][:12]
+            raise ValueError(f"callbacks.mixstyle.layers: {missing} not found in {type(modules['']).__name__} "
+                             f"(module names such as {stages})")
+        self._remove()
+        self._handles = [modules[name].register_forward_hook(self._hook) for name in self.layers]
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._remove()
 
 
 class CalibratedEMA(EMAWeightAveraging):

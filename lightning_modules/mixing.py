@@ -1,10 +1,14 @@
-"""Mixup and CutMix for the classifier: training crops blended in pairs, the loss blended alike.
+"""Mixup and CutMix for the classifier: training crops blended in pairs, the loss blended alike;
+MixStyle: feature statistics blended in pairs, the labels untouched.
 
 Mixup (Zhang et al. 2018) averages two crops and their targets; CutMix (Yun et al. 2019) pastes a
 box of one crop into another and weights the targets by the box's area. Both regularise a network
 trained on a few hundred crops. The loss is mixed rather than the labels, so any classification
 loss (weighted CE, focal) keeps working with hard targets: lam * L(y_a) + (1 - lam) * L(y_b).
-Draws come from torch's global generator, seeded by `seed_everything`.
+MixStyle (Zhou et al., ICLR 2021) mixes each early feature map's per-channel mean and spread with
+another crop's: those statistics carry the image's "style" (stain, lighting, camera), the normalised
+map its content, so the network sees new styles of the same cells. Draws come from torch's global
+generator, seeded by `seed_everything`.
 """
 
 from __future__ import annotations
@@ -68,3 +72,17 @@ def mixed_loss(criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     if lam >= 1.0:
         return criterion(logits, y_a)
     return lam * criterion(logits, y_a) + (1 - lam) * criterion(logits, y_b)
+
+
+def mix_styles(x: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
+    """One MixStyle draw on a (N, C, H, W) feature map: each sample's per-channel mean and standard
+    deviation replaced by a Beta(alpha, alpha) blend of its own and a random partner's (the statistics
+    detached, as in the paper, so no gradient flows through the style). A batch of one is returned as is."""
+    if x.ndim != 4 or len(x) < 2:
+        return x
+    mu = x.mean(dim=(2, 3), keepdim=True).detach()
+    sig = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt().detach()
+    normed = (x - mu) / sig
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x), 1, 1, 1)).to(device=x.device, dtype=x.dtype)
+    perm = torch.randperm(len(x), device=x.device)
+    return normed * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
