@@ -28,6 +28,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 - cells_reinhard_lp: cells_reinhard, the head alone for the whole schedule (ImageNet features frozen)
 - cells_reinhard_mixstyle: cells_reinhard with MixStyle on the backbone's first three stages
             (conf/callbacks/mixstyle.yaml: feature means and spreads blended between crops while training)
+- cells_reinhard_randconv: cells_reinhard with RandConv (conf/callbacks/randconv.yaml: training crops blended
+            with a random convolution of themselves)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
@@ -84,6 +86,9 @@ VARIANTS = {
     # conf/callbacks/mixstyle.yaml's defaults, spelled inline so --adapt-bn's callbacks= still composes)
     "cells_reinhard_mixstyle": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                                 "+callbacks.mixstyle={_target_:lightning_modules.callbacks.MixStyle,p:0.5,alpha:0.1}"],
+    # ... training crops blended with a random convolution of themselves (RandConv, conf/callbacks/randconv.yaml)
+    "cells_reinhard_randconv": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                                "+callbacks.randconv={_target_:lightning_modules.callbacks.RandomConvolution,p:0.5}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 

@@ -1,6 +1,6 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
 resumes, a weight EMA that leaves the classifier's calibration alone, the classifier's head trained
-before its pretrained body (LP-FT), MixStyle on early feature maps, and batch-norm statistics re-estimated on a held-out lab's test images."""
+before its pretrained body (LP-FT), MixStyle on early feature maps, RandConv on training crops, and batch-norm statistics re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lightning_modules.mixing import mix_styles
+from lightning_modules.mixing import mix_styles, random_convolution
 from wbc.adaptation import adapt_batchnorm, batchnorm_layers, minimise_entropy
 from wbc.overlay import draw_overlay
 
@@ -153,6 +153,23 @@ class MixStyle(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._remove()
+
+
+class RandomConvolution(L.Callback):
+    """While training, pass each batch's crops (`batch[key]`) through a random convolution blended with
+    the crop (`lightning_modules.mixing.random_convolution`, with probability `p` per batch): colour and
+    texture of other labs' images vary, shapes stay. Training batches only; nothing is saved."""
+
+    def __init__(self, p: float = 0.5, kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5, 7), key: str = "image") -> None:
+        sizes = tuple(int(k) for k in kernel_sizes)
+        if not 0.0 <= p <= 1.0 or not sizes or any(k < 1 or k % 2 == 0 for k in sizes):
+            raise ValueError(f"callbacks.randconv: expected p in [0, 1] and odd kernel_sizes >= 1, got p={p}, kernel_sizes={list(kernel_sizes)}")
+        self.p, self.kernel_sizes, self.key = float(p), sizes, key
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if float(torch.rand(())) < self.p:
+            with torch.no_grad():
+                batch[self.key] = random_convolution(batch[self.key], self.kernel_sizes)
 
 
 class CalibratedEMA(EMAWeightAveraging):

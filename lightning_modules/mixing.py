@@ -1,5 +1,6 @@
 """Mixup and CutMix for the classifier: training crops blended in pairs, the loss blended alike;
-MixStyle: feature statistics blended in pairs, the labels untouched.
+MixStyle: feature statistics blended in pairs; RandConv: each crop blended with a randomly filtered
+copy of itself (the labels untouched in both).
 
 Mixup (Zhang et al. 2018) averages two crops and their targets; CutMix (Yun et al. 2019) pastes a
 box of one crop into another and weights the targets by the box's area. Both regularise a network
@@ -7,7 +8,8 @@ trained on a few hundred crops. The loss is mixed rather than the labels, so any
 loss (weighted CE, focal) keeps working with hard targets: lam * L(y_a) + (1 - lam) * L(y_b).
 MixStyle (Zhou et al., ICLR 2021) mixes each early feature map's per-channel mean and spread with
 another crop's: those statistics carry the image's "style" (stain, lighting, camera), the normalised
-map its content, so the network sees new styles of the same cells. Draws come from torch's global
+map its content, so the network sees new styles of the same cells. RandConv (Xu et al., ICLR 2021) passes crops through a
+random convolution: colour and local texture change, shapes stay. Draws come from torch's global
 generator, seeded by `seed_everything`.
 """
 
@@ -86,3 +88,20 @@ def mix_styles(x: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor
     lam = torch.distributions.Beta(alpha, alpha).sample((len(x), 1, 1, 1)).to(device=x.device, dtype=x.dtype)
     perm = torch.randperm(len(x), device=x.device)
     return normed * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
+
+
+def random_convolution(x: torch.Tensor, kernel_sizes: tuple[int, ...] = (1, 3, 5, 7), eps: float = 1e-6) -> torch.Tensor:
+    """RandConv_mix on a (N, C, H, W) batch of [0, 1] images: one random C -> C convolution per batch
+    (kernel size drawn from `kernel_sizes`, He-style Gaussian weights), its output brought back to each
+    crop's own per-channel mean and spread (so brightness stays in range), then blended with the crop by
+    a U(0, 1) weight per crop and clipped to [0, 1]."""
+    if x.ndim != 4:
+        return x
+    n, c = x.shape[:2]
+    k = kernel_sizes[int(torch.randint(len(kernel_sizes), ()))]
+    weight = torch.randn(c, c, k, k, device=x.device, dtype=x.dtype) / (k * k * c) ** 0.5
+    y = torch.nn.functional.conv2d(x, weight, padding=k // 2)
+    mu, sig = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+    y = (y - y.mean(dim=(2, 3), keepdim=True)) / (y.std(dim=(2, 3), keepdim=True) + eps) * sig + mu
+    a = torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype)
+    return (a * x + (1 - a) * y).clamp(0, 1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.callbacks import MixStyle
-from lightning_modules.mixing import mix_styles
+from lightning_modules.callbacks import MixStyle, RandomConvolution
+from lightning_modules.mixing import mix_styles, random_convolution
 
 
 def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +112,74 @@ def test_classifier_trains_with_mixstyle_from_the_config(make_cfg, run_training,
     assert count.changed > 0  # the configured layer's outputs were mixed while training
     layer = dict(objects["model"].net.named_modules())["features.0"]
     assert len(layer._forward_hooks) == 1  # MixStyle's own hook removed at the end (the probe's stays)
+
+
+def two_halves() -> torch.Tensor:
+    x = torch.zeros(2, 3, 16, 16)
+    x[:, :, :, 8:] = torch.tensor([0.8, 0.3, 0.5]).view(1, 3, 1, 1)
+    x[:, :, :, :8] = torch.tensor([0.2, 0.6, 0.4]).view(1, 3, 1, 1)
+    return x
+
+
+def test_random_convolution_changes_colour_and_keeps_shapes() -> None:
+    x = two_halves()
+    torch.manual_seed(0)
+    y = random_convolution(x, kernel_sizes=(1,))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(y, x, atol=1e-3)  # new colours ...
+    # ... but a 1 px kernel is a per-pixel colour mix: each half stays one flat colour
+    for half in (y[..., :8], y[..., 8:]):
+        assert torch.allclose(half, half[..., :1, :1].expand_as(half), atol=1e-5)
+    torch.manual_seed(0)
+    z = random_convolution(x, kernel_sizes=(5,))
+    assert z.shape == x.shape and not torch.allclose(z[..., 6:10], z[..., 6:7].expand_as(z[..., 6:10]))  # texture at the edge
+
+
+def test_randconv_callback_replaces_the_training_batch_and_checks_its_settings() -> None:
+    batch = {"image": two_halves(), "label": torch.tensor([0, 1])}
+    before = batch["image"]
+    RandomConvolution(p=1.0, kernel_sizes=[3]).on_train_batch_start(SimpleNamespace(), SimpleNamespace(), batch, 0)
+    assert batch["image"].shape == before.shape and not torch.allclose(batch["image"], before)
+    batch = {"image": before}
+    RandomConvolution(p=0.0).on_train_batch_start(SimpleNamespace(), SimpleNamespace(), batch, 0)
+    assert batch["image"] is before
+    with pytest.raises(ValueError, match=r"callbacks.randconv: expected p in \[0, 1\] and odd kernel_sizes"):
+        RandomConvolution(kernel_sizes=[2])
+
+
+class TrainingInputs(L.Callback):
+    """The training batches as the loader gives them (this callback runs before RandConv's), and the
+    network's training inputs."""
+
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def record(module: nn.Module, args: tuple) -> None:
+            if module.training:
+                self.inputs.append(args[0].detach().clone())
+        self.handle = pl_module.net.register_forward_pre_hook(record)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, batch_idx: int) -> None:
+        self.batches.append(batch["image"].detach().clone())
+
+
+@pytest.mark.parametrize("p", [1.0, 0.0])
+def test_classifier_trains_on_randconv_crops_from_the_config(make_cfg, run_training, one_thread, p: float) -> None:
+    # the probe first, RandConv after it: the probe sees the loader's batch, the network what RandConv made of it
+    cfg = make_cfg(["experiment=classify", "+callbacks.inputs._target_=tests.test_mixstyle.TrainingInputs",
+                    f"+callbacks.randconv={{_target_:lightning_modules.callbacks.RandomConvolution,p:{p}}}", "trainer.max_epochs=1"])
+    assert list(cfg.callbacks)[-2:] == ["inputs", "randconv"]
+    _, objects = run_training(cfg)
+    probe = next(cb for cb in objects["trainer"].callbacks if type(cb).__name__ == "TrainingInputs")
+    assert probe.batches and len(probe.inputs) == len(probe.batches)
+    same = [torch.equal(a, b) for a, b in zip(probe.inputs, probe.batches)]
+    assert not any(same) if p else all(same)
+
+
+def test_callback_configs_build(make_cfg) -> None:
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["callbacks=[default,mixstyle,randconv]"])
+    assert isinstance(instantiate(cfg.callbacks.mixstyle), MixStyle) and isinstance(instantiate(cfg.callbacks.randconv), RandomConvolution)
