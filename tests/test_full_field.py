@@ -264,3 +264,20 @@ def test_a_combined_segmenter_puts_a_field_at_its_matching_source_and_reviews_it
     pipe.last_scale = ScaleChoice(pipe.last_scale.factor, "test", None, "big", 0.5)  # as if matched to the big source
     reasons = pipe.review((400, 600), res.instances, res.class_probs)
     assert all(any("nucleus small" in r for r in rs) for rs in reasons)
+
+
+def test_a_single_pass_image_is_reviewed_against_the_training_source_its_nuclei_match():
+    """An image no larger than the training images is not scaled, but a segmenter of several sources
+    still reviews nucleus size against the source whose nuclei its own are nearest to, not the pool
+    (where the other source's many nuclei would set the range)."""
+    seg = DarkSegmenter(image_size=64, diameter=12.0, resize_factor=1.0, source=64)
+    seg.hparams.data_info["scale"]["nucleus_diameter_q25_q75"] = [11.0, 13.0]  # the pool: mostly the small source
+    seg.hparams.data_info["scale"]["sources"] = {
+        "small": {"nucleus_diameter": 12.0, "nucleus_diameter_q25_q75": [11.0, 13.0], "resize_factor": 1.0, "source_size": [64, 64]},
+        "big": {"nucleus_diameter": 30.0, "nucleus_diameter_q25_q75": [28.0, 32.0], "resize_factor": 1.0, "source_size": [64, 64]}}
+    pipe = CellPipeline(seg, None)
+    big = pipe(smear(64, 64, [(20, 20, 14), (44, 44, 15)]))  # nuclei ~28-30 px across at factor 1
+    assert pipe.last_scale.factor is None and len(big.instances) == 2
+    assert not any("nucleus large" in r for rs in big.review for r in rs), big.review  # within the big source's range
+    del seg.hparams.data_info["scale"]["sources"]  # the pooled range alone: 2 x 13 = 26 px < 28
+    assert all(any("nucleus large" in r for r in rs) for rs in pipe.review((64, 64), big.instances, big.class_probs))

@@ -34,7 +34,15 @@ from wbc.postprocess import (
     resize_prob,
 )
 from wbc.review import ReviewOptions, review_reasons
-from wbc.scale import ScaleChoice, ScaleOptions, choose_scale, equivalent_diameters
+from wbc.scale import (
+    ScaleChoice,
+    ScaleOptions,
+    choose_scale,
+    equivalent_diameters,
+    nearest_target,
+    scale_targets,
+    typical_diameter,
+)
 from wbc.tiling import sliding_window
 
 log = logging.getLogger("wbc")
@@ -215,8 +223,13 @@ class CellPipeline:
         h, w = shape
         factor = self.last_scale.factor if self.last_scale is not None and self.last_scale.factor else math.sqrt(tile / h * tile / w)
         sc = self.seg_info.get("scale") or {}
-        matched = (sc.get("sources") or {}).get(self.last_scale.source if self.last_scale is not None else None) or sc
-        q = matched.get("nucleus_diameter_q25_q75")  # the training source scale=auto matched, else all training nuclei
+        source = self.last_scale.source if self.last_scale is not None else None
+        if source is None and sc.get("sources") and instances:
+            # single pass (or a given factor): the training source whose nuclei are nearest in size to this image's
+            typical = typical_diameter(np.array([i.equivalent_diameter for i in instances])) * factor
+            source = nearest_target(typical, scale_targets(sc))[0]
+        matched = (sc.get("sources") or {}).get(source) or sc
+        q = matched.get("nucleus_diameter_q25_q75")  # that training source's nuclei, else all training nuclei
         return review_reasons(
             class_probs, views, instances, shape, self.classes, float(self.calibration.get("review_min_probability", 0.0)),
             tuple(q) if q else None, factor, self.review_options, appearance,

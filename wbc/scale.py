@@ -114,6 +114,12 @@ def scale_targets(sc: dict) -> list[tuple[str | None, float, float]]:
     return found or ([pooled] if pooled else [])
 
 
+def nearest_target(diameter_network_px: float, targets: list[tuple[str | None, float, float]]) -> tuple[str | None, float, float]:
+    """The scale target (`scale_targets`) whose median nucleus is nearest, on a log scale, to a typical
+    nucleus of `diameter_network_px` network px."""
+    return min(targets, key=lambda t: abs(math.log(diameter_network_px / t[1])))
+
+
 def fits_training_size(shape: tuple[int, int], info: dict) -> bool:
     """Whether an image (H, W) is no larger than the training images (x SINGLE_PASS_TOLERANCE):
     then scale=auto keeps the single pass every figure on the training sets was measured with."""
@@ -188,7 +194,7 @@ def choose_scale(
         if len(d) < 3:
             continue
         med = typical_diameter(d)
-        t = min(targets, key=lambda t: abs(math.log(med * f / t[1])))
+        t = nearest_target(med * f, targets)
         found.append((abs(math.log(med * f / t[1])), f, med, t))
     # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
     # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins
