@@ -281,3 +281,13 @@ def test_a_single_pass_image_is_reviewed_against_the_training_source_its_nuclei_
     assert not any("nucleus large" in r for rs in big.review for r in rs), big.review  # within the big source's range
     del seg.hparams.data_info["scale"]["sources"]  # the pooled range alone: 2 x 13 = 26 px < 28
     assert all(any("nucleus large" in r for r in rs) for rs in pipe.review((64, 64), big.instances, big.class_probs))
+
+
+def test_auto_measures_only_whole_nuclei_in_its_window():
+    """The coarse pass's window cuts nuclei at its edge; their pieces would read as small nuclei, so
+    only nuclei clear of the window's edge are measured (every disc here is 24 px across)."""
+    seg = DarkSegmenter(image_size=64, diameter=12.0, resize_factor=1.0, source=64)
+    pipe = CellPipeline(seg, None)
+    discs = [(y, x, 12) for y in range(20, 400, 37) for x in range(20, 600, 37)]
+    d = pipe._diameters(smear(400, 600, discs), 0.5)  # window 256 px: its edge crosses several discs
+    assert len(d) >= 3 and d.min() > 0.85 * 24 and d.max() < 1.15 * 24, np.sort(d)
