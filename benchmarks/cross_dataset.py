@@ -30,6 +30,7 @@ while levers are chosen), its persisted test split with `--split test`. Variants
             (conf/callbacks/mixstyle.yaml: feature means and spreads blended between crops while training)
 - cells_reinhard_randconv: cells_reinhard with RandConv (conf/callbacks/randconv.yaml: training crops blended
             with a random convolution of themselves)
+- cells_reinhard_randconv1: the same on every training batch (p 1.0: still blended, a U(0, 1) share of the crop kept)
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
@@ -89,6 +90,8 @@ VARIANTS = {
     # ... training crops blended with a random convolution of themselves (RandConv, conf/callbacks/randconv.yaml)
     "cells_reinhard_randconv": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                                 "+callbacks.randconv={_target_:lightning_modules.callbacks.RandomConvolution,p:0.5}"],
+    "cells_reinhard_randconv1": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
+                                 "+callbacks.randconv={_target_:lightning_modules.callbacks.RandomConvolution,p:1.0}"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
