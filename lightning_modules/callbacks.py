@@ -1,6 +1,7 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
 resumes, a weight EMA that leaves the classifier's calibration alone, the classifier's head trained
-before its pretrained body (LP-FT), MixStyle on early feature maps, RandConv on training crops, and batch-norm statistics re-estimated on a held-out lab's test images."""
+before its pretrained body (LP-FT), MixStyle on early feature maps, RandConv on training crops, and
+batch-norm statistics re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ trained on a few hundred crops. The loss is mixed rather than the labels, so any
 loss (weighted CE, focal) keeps working with hard targets: lam * L(y_a) + (1 - lam) * L(y_b).
 MixStyle (Zhou et al., ICLR 2021) mixes each early feature map's per-channel mean and spread with
 another crop's: those statistics carry the image's "style" (stain, lighting, camera), the normalised
-map its content, so the network sees new styles of the same cells. RandConv (Xu et al., ICLR 2021) passes crops through a
-random convolution: colour and local texture change, shapes stay. Draws come from torch's global
-generator, seeded by `seed_everything`.
+map its content, so the network sees new styles of the same cells. RandConv (Xu et al., ICLR 2021)
+passes crops through a random convolution: colour and local texture change, shapes stay. Draws come
+from torch's global generator, seeded by `seed_everything`.
 """
 
 from __future__ import annotations
