@@ -121,6 +121,15 @@ def test_holdout_dev_split_tests_on_the_held_out_training_images(two_parts):
     assert not set(ids["test"]) & {f"lab2/{i}" for i in alone["test"]}
 
 
+def test_a_dev_holdout_is_named_as_such_where_evaluate_reports_its_test_split():
+    from wbc.evaluation.runs import split_label
+
+    assert split_label("test", {"holdout": "lab2", "holdout_split": "dev"}) == "test (lab2's dev images)"
+    assert split_label("test", {"holdout": "lab2", "holdout_split": "test"}) == "test"
+    assert split_label("val", {"holdout": "lab2", "holdout_split": "dev"}) == "val"
+    assert split_label("test", {"name": "one_set"}) == "test"
+
+
 def test_white_balance_makes_the_background_neutral_and_keeps_the_stain_contrast():
     from wbc.data.transforms import Preprocess
 

@@ -85,6 +85,13 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
     return data_cfg
 
 
+def split_label(split: str, data_cfg: Mapping) -> str:
+    """The split as scored, for logs: a combined config's test split with `data.holdout_split=dev`
+    is the held-out part's development (training) images, not its test images."""
+    holdout, which = data_cfg.get("holdout"), data_cfg.get("holdout_split", "test")
+    return f"{split} ({holdout}'s {which} images)" if split == "test" and holdout and which != "test" else split
+
+
 def apply_tta(modules: list, tta: bool | str | None) -> None:
     """`tta=true|false|dihedral` overrides the checkpoints' own test-time-augmentation setting (None keeps it)."""
     if tta is not None:
@@ -121,7 +128,8 @@ def evaluate_members(
     data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), i) for g, i in enumerate(infos)]
     datamodules = [build_datamodule(c, post) for c in data_cfgs]
     data_cfg, datamodule = data_cfgs[0], datamodules[0]
-    log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), split, data_cfg.get("name"), out_dir)
+    shown = split_label(split, data_cfg)
+    log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
     if len(datamodules) > 1:
         ids = [[it.sample.id for it in scoring.eval_dataset(dm, split).items] for dm in datamodules]
@@ -143,14 +151,14 @@ def evaluate_members(
         write_ensemble_table(stage, split, rows, metrics, out_dir)
     checkpoint: Any = str(ckpts[0]) if len(ckpts) == 1 else [str(c) for c in ckpts]
     write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split,
-                                          "adapt_bn": adapted})
+                                          "scored_on": shown, "adapt_bn": adapted})
     OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
     if len(modules) == 1:
         from wbc.plots import plot_learning_curves
 
         plot_learning_curves(run_dir_of(ckpts[0]) / "csv" / "metrics.csv", out_dir / "learning_curves.png")
     key = f"{split}/{stage.main_metric}"
-    print(f"\nEvaluation of {spec} ({stage.name}, {split}, {n_items} {scoring.UNIT}, original resolution): "
+    print(f"\nEvaluation of {spec} ({stage.name}, {shown}, {n_items} {scoring.UNIT}, original resolution): "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k.count("/") == 1))
     if rows:
         print("\n".join(f"  {r['member']}: {key}={r[key]:.4f}" for r in rows) + f"\n  ensemble: {metrics[key]:.4f}")
