@@ -70,6 +70,22 @@ def test_ensemble_refuses_members_trained_on_other_inputs(folds) -> None:
         SegmentationEnsemble([seg_a, clf_big])
 
 
+def test_a_postprocessing_key_a_member_predates_is_its_default_not_a_disagreement(folds) -> None:
+    """A checkpoint saved before `lobe_gap` existed was trained with its default (0: off): it averages
+    with today's members; a member that really used another value is still refused."""
+    import copy
+
+    seg_a, seg_b = folds["seg"]
+    assert seg_a.hparams.data_info["postprocess"]["lobe_gap"] == 0.0
+    old = copy.deepcopy(seg_b)
+    del old.hparams.data_info["postprocess"]["lobe_gap"]
+    assert SegmentationEnsemble([seg_a, old]).hparams.data_info["postprocess"] == seg_a.hparams.data_info["postprocess"]
+    other = copy.deepcopy(seg_b)
+    other.hparams.data_info["postprocess"]["lobe_gap"] = 3.0
+    with pytest.raises(ValueError, match=r"data_info\.postprocess"):
+        SegmentationEnsemble([old, other])
+
+
 def test_sweep_dir_members_are_finished_folds(folds) -> None:
     sweep = folds["sweep"]
     assert is_sweep_dir(sweep) and not is_sweep_dir(sweep / "0")

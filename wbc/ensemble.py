@@ -16,8 +16,9 @@ fold runs (`<sweep>/<job>/`), or a list of those (wbc.rundir.expand) -- into one
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,18 @@ class AttributeDict(dict):
             raise AttributeError(key) from err
 
 
+def _completed(info: dict) -> dict:
+    """`info` with its post-processing filled with today's defaults: a key a member's checkpoint
+    predates (e.g. `lobe_gap`) was trained with the default and is not a disagreement."""
+    if isinstance(info.get("postprocess"), Mapping):
+        from wbc.postprocess import PostprocessParams
+
+        info["postprocess"] = dataclasses.asdict(PostprocessParams.from_config(info["postprocess"], "data_info.postprocess"))
+    return info
+
+
 def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> dict:
-    infos = [dict(m.hparams.get("data_info") or {}) for m in members]
+    infos = [_completed(dict(m.hparams.get("data_info") or {})) for m in members]
     for key in SHARED_INFO:
         if key in may_differ:
             continue
