@@ -20,6 +20,7 @@ and its grey + CLAHE twin; `benchmarks/quality_ensembles.py`), trained first whe
     python benchmarks/quality.py --rows cls_wbc --seeds 42 43 # repeated training seeds
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
     python benchmarks/quality.py --rows seg_lodo_d1_both --folds 0 --extra trainer.max_epochs=20   # trains both members
+    python benchmarks/quality.py --rows seg_lodo_d1_randconv_grey --folds 0 --extra trainer.max_epochs=20   # the RandConv pair
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
 `--collect` pools only the seeds of one setting, and then prints each lever against the row as
@@ -90,6 +91,12 @@ ROWS = {
        for s, e, t, n in (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))},
     **{f"seg_lodo_{s}_both": Row("", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + grey + CLAHE segmenters as one ensemble", judged_on="test",
                                  members=(f"seg_lodo_{s}", f"seg_lodo_{s}_grey"))
+       for s, t, n in (("d1", 0.9545, "dataset1"), ("d2", 0.9618, "dataset2"), ("idb2", 0.951, "all_idb2"))},
+    # RGB trained through random convolutions (RandConv), alone and averaged with the grey twin (README "Both inputs as one segmenter")
+    **{f"seg_lodo_{s}_randconv": Row(f"quality_seg_lodo_{e}_randconv", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + RandConv", judged_on="test")
+       for s, e, t, n in (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))},
+    **{f"seg_lodo_{s}_randconv_grey": Row("", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + RandConv and grey + CLAHE segmenters as one ensemble",
+                                           judged_on="test", members=(f"seg_lodo_{s}_randconv", f"seg_lodo_{s}_grey"))
        for s, t, n in (("d1", 0.9545, "dataset1"), ("d2", 0.9618, "dataset2"), ("idb2", 0.951, "all_idb2"))},
     # one segmenter for all three sets (a lever for the in-domain targets): reported per set from each
     # fold's per-image Dice (`--collect` prints the parts), the pooled figure is the three sets' mean

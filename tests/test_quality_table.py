@@ -222,6 +222,17 @@ def test_grey_twin_of_a_lodo_row_differs_only_in_its_input(quality, tmp_path: Pa
     assert {**grey.model.net, "in_channels": 3} == dict(rgb.model.net) and grey.trainer.max_epochs == rgb.trainer.max_epochs
 
 
+def test_randconv_twin_of_a_lodo_row_differs_only_in_its_training_callback(quality, tmp_path: Path) -> None:
+    from helpers_models import compose_cfg
+
+    rgb = compose_cfg("train", ["experiment=quality_seg_lodo_d2"], tmp_path)  # one output dir: paths compare equal
+    twin = compose_cfg("train", ["experiment=quality_seg_lodo_d2_randconv"], tmp_path)
+    assert twin.callbacks.randconv.p == 1.0 and "randconv" not in rgb.callbacks
+    assert {k: v for k, v in twin.callbacks.items() if k != "randconv"} == dict(rgb.callbacks)
+    assert twin.data == rgb.data and twin.model == rgb.model and twin.trainer == rgb.trainer
+    assert quality.ROWS["seg_lodo_d2_randconv_grey"].members == ("seg_lodo_d2_randconv", "seg_lodo_d2_grey")
+
+
 def member_sweep(root: Path, task: str, runs: dict[tuple[int, int], float], extra: tuple[str, ...] = ()) -> Path:
     """A LODO training sweep: one finished job per (seed, fold) with its held-out Dice."""
     for i, ((seed, fold), dice) in enumerate(runs.items()):
