@@ -72,6 +72,9 @@ class Row:
 # in-domain nucleus Dice targets (issue 16; dataset1's was 0.97): one set's own row and combined line share it
 DICE_TARGETS = {"segmentation_wbc_d1": 0.975, "segmentation_wbc_d2": 0.98, "all_idb2": 0.975}
 
+# the LODO rows' held-out sets: row key part, experiment name part, target (1.5 points under in-domain), name
+LODO_SETS = (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))
+
 ROWS = {
     "seg_d1": Row("quality_seg_d1", "test/dice_post", DICE_TARGETS["segmentation_wbc_d1"], "nucleus Dice, segmentation_wbc dataset1"),
     "seg_d2": Row("quality_seg_d2", "test/dice_post", DICE_TARGETS["segmentation_wbc_d2"], "nucleus Dice, segmentation_wbc dataset2"),
@@ -88,16 +91,16 @@ ROWS = {
     "seg_lodo_idb2": Row("quality_seg_lodo_all_idb2", "test/dice_post", 0.951, "nucleus Dice, LODO: all_idb2 by a segmenter of dataset1 + dataset2", judged_on="test"),
     # the same on grey + CLAHE, and both inputs averaged as one segmenter (README "Both inputs as one segmenter")
     **{f"seg_lodo_{s}_grey": Row(f"quality_seg_lodo_{e}_grey", "test/dice_post", t, f"nucleus Dice, LODO: {n}, grey + CLAHE", judged_on="test")
-       for s, e, t, n in (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))},
+       for s, e, t, n in LODO_SETS},
     **{f"seg_lodo_{s}_both": Row("", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + grey + CLAHE segmenters as one ensemble", judged_on="test",
                                  members=(f"seg_lodo_{s}", f"seg_lodo_{s}_grey"))
-       for s, t, n in (("d1", 0.9545, "dataset1"), ("d2", 0.9618, "dataset2"), ("idb2", 0.951, "all_idb2"))},
+       for s, e, t, n in LODO_SETS},
     # RGB trained through random convolutions (RandConv), alone and averaged with the grey twin (README "Both inputs as one segmenter")
     **{f"seg_lodo_{s}_randconv": Row(f"quality_seg_lodo_{e}_randconv", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + RandConv", judged_on="test")
-       for s, e, t, n in (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))},
+       for s, e, t, n in LODO_SETS},
     **{f"seg_lodo_{s}_randconv_grey": Row("", "test/dice_post", t, f"nucleus Dice, LODO: {n}, RGB + RandConv and grey + CLAHE segmenters as one ensemble",
                                            judged_on="test", members=(f"seg_lodo_{s}_randconv", f"seg_lodo_{s}_grey"))
-       for s, t, n in (("d1", 0.9545, "dataset1"), ("d2", 0.9618, "dataset2"), ("idb2", 0.951, "all_idb2"))},
+       for s, e, t, n in LODO_SETS},
     # one segmenter for all three sets (a lever for the in-domain targets): reported per set from each
     # fold's per-image Dice (`--collect` prints the parts), the pooled figure is the three sets' mean
     "seg_combined": Row("quality_seg_combined", "test/dice_post", 0.975, "nucleus Dice, one segmenter for dataset1 + dataset2 + all_idb2",
