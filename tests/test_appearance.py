@@ -197,3 +197,28 @@ def test_one_dataset_is_one_source_whatever_its_subset_column(tmp_path):
     assert {i.split("/")[0] for i in dm.split_ids()["train"]} == {"lab1", "lab2"}  # the subset is in the ids
     assert {dm.source_of(i) for i in dm.split_ids()["train"]} == {"labs"}
     assert [c["name"] for c in training_appearance(dm)["components"]] == ["labs"] and "sources" not in measure_training_scale(dm)
+
+
+def test_an_ensemble_is_like_the_training_images_of_any_member():
+    """An ensemble's profile holds every member's components (wbc.ensemble.common_data_info): an image
+    like the second member's training images is not flagged because the first member never saw its
+    stain; the same profile twice (folds of one run) is one component, a member without one is passed over."""
+    from types import SimpleNamespace
+
+    from wbc.ensemble import common_data_info
+
+    lab_a = fit_profile({"lab": (smears(0, 60), smears(60, 20))})
+    lab_b = fit_profile({"lab": ([(yellowed(im), m) for im, m in smears(80, 60)], [(yellowed(im), m) for im, m in smears(140, 20)])})
+
+    def member(appearance: dict | None) -> SimpleNamespace:
+        return SimpleNamespace(hparams={"data_info": {"classes": ["a", "b"], **({"appearance": appearance} if appearance else {})}})
+
+    new = smears(300, 10)
+    first = AppearanceProfile.from_dict(lab_a)
+    both = AppearanceProfile.from_dict(common_data_info([member(lab_a), member(None), member(lab_b)])["appearance"])
+    assert sum(bool(first.unlike(yellowed(im), m)) for im, m in new) >= 8  # the first member alone flags the second's stain
+    assert sum(bool(both.unlike(yellowed(im), m)) for im, m in new) <= 2 and sum(bool(both.unlike(im, m)) for im, m in new) <= 2
+    assert len(both.components) == 2 and both.images == 60  # one source name: its largest component's images
+    folds = AppearanceProfile.from_dict(common_data_info([member(lab_a), member(lab_a)])["appearance"])
+    assert folds.to_dict() == first.to_dict()
+    assert "appearance" not in common_data_info([member(None), member(None)])

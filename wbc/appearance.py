@@ -128,7 +128,12 @@ class AppearanceProfile:
 
     @property
     def images(self) -> int:
-        return sum(c.images for c in self.components)
+        """Training images measured; a source named by several components (an ensemble's folds, which share
+        most of their images) counts with its largest."""
+        most: dict[str, int] = {}
+        for c in self.components:
+            most[c.name] = max(most.get(c.name, 0), c.images)
+        return sum(most.values())
 
     def nearest(self, features: np.ndarray, threshold: float | None = None) -> tuple[float, float, str]:
         """(distance, threshold, source) of the component an image's features are nearest to, relative
@@ -180,6 +185,22 @@ def profile_of(data_info: Mapping | None, where: str) -> AppearanceProfile | Non
     """The profile a checkpoint's data_info carries (None for checkpoints trained before it was recorded)."""
     entry = (data_info or {}).get("appearance")
     return AppearanceProfile.from_dict(entry, where) if entry else None
+
+
+def merge_profiles(entries: Iterable[Mapping | None], where: str = "ensemble member data_info.appearance") -> dict | None:
+    """One profile for an ensemble from its members' `data_info.appearance` entries: every member's
+    components, so an image is like the training images when it is like any member's (fold models each
+    saw another 80 % of the images; an RGB and a grey member may come from other runs). Identical
+    components are kept once, members without a profile (older checkpoints) are passed over, and none
+    with one gives None. The coverage is the first profile's (each component keeps its own threshold)."""
+    profiles = [AppearanceProfile.from_dict(e, where) for e in entries if e]
+    if not profiles:
+        return None
+    merged: list[Component] = []
+    for c in (c for p in profiles for c in p.components):
+        if not any(c.name == m.name and c.threshold == m.threshold and np.array_equal(c.mean, m.mean) for m in merged):
+            merged.append(c)
+    return AppearanceProfile(tuple(merged), profiles[0].coverage).to_dict()
 
 
 Pairs = Iterable[tuple[np.ndarray, np.ndarray]]

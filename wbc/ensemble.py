@@ -63,7 +63,12 @@ def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> 
                 f"ensemble members disagree on data_info.{key}: {values}; averaging needs folds trained on the "
                 "same inputs (same data.image_size, data.preprocess, data.target, classes and crops)"
             )
-    return infos[0]
+    info = dict(infos[0])
+    if any(i.get("appearance") for i in infos):  # like the training images = like any member's (not just the first's)
+        from wbc.appearance import merge_profiles
+
+        info["appearance"] = merge_profiles(i.get("appearance") for i in infos)
+    return info
 
 
 class _Ensemble(torch.nn.Module):
