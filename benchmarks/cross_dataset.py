@@ -92,6 +92,10 @@ VARIANTS = {
                                 "+callbacks.randconv={_target_:lightning_modules.callbacks.RandomConvolution,p:0.5}"],
     "cells_reinhard_randconv1": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard",
                                  "+callbacks.randconv={_target_:lightning_modules.callbacks.RandomConvolution,p:1.0}"],
+    # the best colour input with AdaBN, everything outside the nucleus zeroed (the grey masked row's lever in colour)
+    "cells_reinhard_masked": ["data.crops.diameters=2.7", "data.preprocess.stain_norm=reinhard", "data.crops.masked=true"],
+    # ... and with a tighter crop (2.0 nucleus diameters: less cytoplasm and background, the nucleus larger)
+    "cells_reinhard_d2": ["data.crops.diameters=2.0", "data.preprocess.stain_norm=reinhard"],
 }
 CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
 
