@@ -95,6 +95,9 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         self.classes = list((data_info or {}).get("classes") or [])
         if len(self.classes) < 2:
             raise ValueError(f"classification needs >= 2 classes (data.classes), got {self.classes}")
+        if ((data_info or {}).get("crops") or {}).get("masked") not in (None, False, True):
+            raise ValueError(f"data.crops.masked={data_info['crops']['masked']!r} stacks two views of a crop for an ensemble of a "
+                             "masked and a plain classifier; train each with data.crops.masked=true or false, then average them")
         n = len(self.classes)
         self.net = build(net, num_classes=n)
         self.criterion: torch.nn.Module | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from tests.helpers_data import cell, write_image
@@ -206,3 +207,65 @@ def test_segmenters_of_different_inputs_average_each_on_its_own(folds, make_eval
     probs = [predict(seg_rgb, dm_rgb, "test"), predict(seg_grey, own["datamodule"], "test")]  # the grey one on grey images
     expected = evaluate_segmentation(None, dm_rgb, "test", out["postprocess"], None, 0, probabilities=[(a + b) / 2 for a, b in zip(*probs)])
     assert metrics["test/dice_raw_fullres"] == pytest.approx(expected["mean"]["dice_raw"], nan_ok=True)
+
+
+def test_masked_and_plain_classifiers_average_each_on_its_own_view(folds, make_eval_cfg, tmp_path: Path) -> None:
+    """A classifier trained on nucleus-masked crops and one on plain crops average as one model: its crops
+    stack both views (data.crops.masked="both"), each member reads its own in the pipeline and in
+    evaluate.py, people see the plain view, and crops of another geometry are still refused."""
+    from wbc.cells import CropSpec, cell_crops, instance_crops, shown
+    from wbc.inference import CellPipeline
+    from wbc.postprocess import extract_instances
+
+    seg, plain = folds["seg"][0], folds["clf"][0]
+    _, masked = tiny_modules(folds["tmp"] / "masked", ["data.crops.masked=true"], seed=4)
+    ens = ClassifierEnsemble([plain, masked, plain], ["plain", "masked", "plain2"]).eval()
+    assert ens.hparams.data_info["crops"]["masked"] == "both" and ens.member_group == [0, 1, 0]
+    assert [i["crops"]["masked"] for i in ens.group_infos()] == [False, True]
+    x = torch.rand(2, 6, 32, 32)
+    pp, pm = plain.predict_proba(x[:, :3]), masked.predict_proba(x[:, 3:])
+    assert not torch.allclose(pp, pm)
+    assert torch.allclose(ens.predict_proba(x), (2 * pp + pm) / 3, atol=1e-6)
+    with pytest.raises(ValueError, match="takes both views stacked"):
+        ens.predict_proba(x[:, :3])
+    _, other = tiny_modules(folds["tmp"] / "other_geometry", ["data.crops.masked=true", "data.crops.size=24"], seed=5)
+    with pytest.raises(ValueError, match=r"data_info\.crops.*only `masked` may differ"):
+        ClassifierEnsemble([plain, other])
+    with pytest.raises(InstantiationException, match="stacks two views of a crop"):  # hydra's, holding the module's ValueError
+        tiny_modules(tmp_path / "train_both", ["data.crops.masked=both"])
+    with pytest.raises(ValueError, match="data.crops.masked must be true, false or 'both'"):
+        CropSpec.from_config({"masked": "yes"})
+
+    # the crops: plain view, then the cell's nucleus alone
+    rgb, nucleus = cell(48, seed=7)
+    labels, instances = extract_instances(nucleus > 0)
+    both, = instance_crops(rgb, labels, instances, 32, masked="both")
+    alone = [instance_crops(rgb, labels, instances, 32, masked=m)[0] for m in (False, True)]
+    assert both.shape == (32, 32, 6) and (alone[1] == 0).any()
+    np.testing.assert_array_equal(both, np.concatenate(alone, axis=2))
+    np.testing.assert_array_equal(shown(both), alone[0])
+
+    singles = [CellPipeline(seg, m)(rgb) for m in (plain, masked)]
+    res = CellPipeline(seg, ClassifierEnsemble([plain, masked]))(rgb)
+    assert len(res.crops) == len(singles[0].crops) > 0 and res.crops[0].shape[2] == 6
+    np.testing.assert_allclose(res.class_probs, (singles[0].class_probs + singles[1].class_probs) / 2, atol=1e-6)
+    spec = CropSpec.from_config(ens.hparams.data_info["crops"])
+    assert spec.views == 2 and cell_crops(rgb, nucleus > 0, spec)[2][0].shape[2] == 6
+
+    # evaluate.py on ground-truth crops: each member scored on its own crops, the ensemble their mean
+    ckpts = [save_checkpoint(m, tmp_path / f"{n}.ckpt") for n, m in (("plain", plain), ("masked", masked))]
+    cls_data = ("data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule")
+    metrics, out = evaluate.evaluate(make_eval_cfg(f"[{ckpts[0]},{ckpts[1]}]", *cls_data))
+    eval_dir = tmp_path / "eval"
+
+    def probs(path: Path) -> np.ndarray:
+        lines = path.read_text().splitlines()
+        cols = [i for i, h in enumerate(lines[0].split(",")) if h.startswith("p_")]
+        return np.asarray([[float(line.split(",")[i]) for i in cols] for line in lines[1:]])
+
+    members = [probs(eval_dir / "members" / m / "predictions.csv") for m in ("member0", "member1")]
+    assert not np.allclose(members[0], members[1], atol=1e-3)
+    np.testing.assert_allclose(probs(eval_dir / "predictions.csv"), (members[0] + members[1]) / 2, atol=2e-5)
+    assert "test/macro_f1" in metrics and isinstance(out["module"], ClassifierEnsemble)
+    evaluate.evaluate(make_eval_cfg(ckpts[1], *cls_data))  # the masked one alone (same output dir)
+    np.testing.assert_allclose(members[1], probs(eval_dir / "predictions.csv"), atol=1e-5)

@@ -130,20 +130,24 @@ def test_export_cli_arguments(tmp_path):
 
 
 def test_export_of_ensembles_matches_their_torch_pipeline(exported, tmp_path):
-    """`segmenter=[<RGB run>,<grey + CLAHE run>] classifier=[a,b]`: each ensemble is one graph; the segmenter
-    takes the two inputs stacked (3 + 1 channels, data_info.input_groups) and the ONNX pipeline builds them
-    from export.json, so it gives what the torch pipeline of the same ensembles gives."""
+    """`segmenter=[<RGB run>,<grey + CLAHE run>] classifier=[a,b,<masked-crop run>]`: each ensemble is one graph;
+    the segmenter takes the two inputs stacked (3 + 1 channels, data_info.input_groups), the classifier plain
+    and masked crops stacked (3 + 3), and the ONNX pipeline builds them from export.json, so it gives what the
+    torch pipeline of the same ensembles gives."""
     from wbc.ensemble import load_models
 
     seg, clf, d, _ = exported
     seg_grey, _ = tiny_modules(tmp_path / "grey", ["data.preprocess.grayscale=true", "data.preprocess.clahe=true"], seed=2)
     _, clf3 = tiny_modules(tmp_path / "rgb2", seed=3)
+    _, clf_masked = tiny_modules(tmp_path / "masked", ["data.crops.masked=true"], seed=4)  # plain + masked crops: 6 channels
     grey_ckpt = save_checkpoint(seg_grey, tmp_path / "grey_seg" / "checkpoints" / "last.ckpt")
     cls3_ckpt = save_checkpoint(clf3, tmp_path / "cls3" / "checkpoints" / "last.ckpt")
-    segs, clss = f"[{d / 'seg'},{grey_ckpt.parent.parent}]", f"[{d / 'cls'},{cls3_ckpt}]"
+    masked_ckpt = save_checkpoint(clf_masked, tmp_path / "cls_masked" / "checkpoints" / "last.ckpt")
+    segs, clss = f"[{d / 'seg'},{grey_ckpt.parent.parent}]", f"[{d / 'cls'},{cls3_ckpt},{masked_ckpt}]"
     meta = export.export([f"segmenter={segs}", f"classifier={clss}", f"out={tmp_path / 'export'}"])
     assert meta["segmenter"]["input_shape"] == [None, 4, 32, 32] and len(meta["segmenter"]["data_info"]["input_groups"]) == 2
-    assert meta["sources"]["classifier"] == [str(d / "cls" / "checkpoints" / "last.ckpt"), str(cls3_ckpt)]
+    assert meta["classifier"]["input_shape"][1] == 6 and meta["classifier"]["data_info"]["crops"]["masked"] == "both"
+    assert meta["sources"]["classifier"] == [str(d / "cls" / "checkpoints" / "last.ckpt"), str(cls3_ckpt), str(masked_ckpt)]
     seg_ens, cls_ens = load_models(export.model_spec(segs), "segmentation"), load_models(export.model_spec(clss), "classification")
     eager, onnx = CellPipeline(seg_ens, cls_ens), pipeline_from_export(tmp_path / "export")
     for rgb in _images():

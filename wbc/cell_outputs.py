@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wbc.cells import shown
 from wbc.morphology import FEATURES as MEASUREMENTS
 from wbc.overlay import label_cells
 from wbc.postprocess import Instance
@@ -273,7 +274,7 @@ def image_files(
         f"{stem}_cells.geojson": json.dumps(cells_geojson(labels, instances, rows, classes, image)).encode("utf-8"),
     }
     for row, c in zip(rows, crops):
-        files[f"crops/{crop_name(stem, row['cell'])}"] = png_bytes(c)
+        files[f"crops/{crop_name(stem, row['cell'])}"] = png_bytes(shown(c))
     return files
 
 

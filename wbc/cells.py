@@ -27,6 +27,8 @@ from wbc.postprocess import (
 
 # the smallest ROI side a cell-unit crop gets (a few-pixel speck still gives a usable crop)
 MIN_ROI = 16
+# data.crops.masked for crops holding both views (plain, then nucleus-masked) along the channels
+BOTH_VIEWS = "both"
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,15 @@ class CropSpec:
     lobes may be disconnected). `size` is the ROI side in original pixels (None = whole image);
     `diameters`, when set, wins: each cell's ROI side is that many times its nucleus's equivalent
     diameter, so the crop holds the same amount of cell whatever the image's magnification (crops
-    in cell units: the lever for other microscopes and datasets)."""
+    in cell units: the lever for other microscopes and datasets). `masked`: zero everything outside
+    the cell's nucleus (true), keep the pixels (false), or "both": each crop holds the plain and the
+    masked view stacked along the channels, for an ensemble of a masked and an unmasked classifier
+    (wbc.ensemble.ClassifierEnsemble gives each member its own view)."""
 
     size: int | None = 96
     image_size: int = 64
     mode: str = "instances"
-    masked: bool = False
+    masked: bool | str = False
     center: str = "bbox"
     diameters: float | None = None
 
@@ -60,6 +65,8 @@ class CropSpec:
         spec = cls(**cfg)
         if spec.mode not in ("instances", "single"):
             raise ValueError(f"data.crops.mode must be 'instances' or 'single', got {spec.mode!r}")
+        if not (isinstance(spec.masked, bool) or spec.masked == BOTH_VIEWS):
+            raise ValueError(f"data.crops.masked must be true, false or {BOTH_VIEWS!r} (plain and masked views stacked), got {spec.masked!r}")
         if spec.diameters is not None and not float(spec.diameters) > 0:
             raise ValueError(f"data.crops.diameters must be a positive number (ROI side / nucleus diameter) or null, got {spec.diameters!r}")
         return spec
@@ -70,8 +77,22 @@ class CropSpec:
             return [max(MIN_ROI, round(float(self.diameters) * i.equivalent_diameter)) for i in instances]
         return [self.size or max(image_shape[:2])] * len(instances)
 
+    @property
+    def views(self) -> int:
+        """How many views a crop stacks along its channels (2 for masked="both")."""
+        return 2 if self.masked == BOTH_VIEWS else 1
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def shown(crop: np.ndarray) -> np.ndarray:
+    """The crop as a person sees it (PNG files, the web page): the plain view of a crop that
+    stacks a plain and a masked one (data.crops.masked="both": 6 channels, or 2 for grey)."""
+    if crop.ndim == 3 and crop.shape[2] in (2, 6):
+        view = crop[..., : crop.shape[2] // 2]
+        return view[..., 0] if view.shape[2] == 1 else view
+    return crop
 
 
 def find_cells(
@@ -157,12 +178,13 @@ def instance_crops(
     labels: np.ndarray,
     instances: list[Instance],
     size: int | Sequence[int],
-    masked: bool = False,
+    masked: bool | str = False,
     center: str = "bbox",
 ) -> list[np.ndarray]:
     """One ``size x size`` crop per instance (one size for all, or one per instance) centred on its
     bbox centre ("bbox") or centroid ("centroid"); ``masked=True`` zeroes everything outside that
-    instance's nucleus pixels (the source study's masked crops)."""
+    instance's nucleus pixels (the source study's masked crops); ``masked="both"`` stacks the plain
+    and the masked crop along the channels (HxWx6, or HxWx2 for a grey image)."""
     image = np.asarray(image)
     labels = _check_2d(labels, "labels")
     if image.ndim not in (2, 3) or image.shape[:2] != labels.shape:
@@ -185,7 +207,8 @@ def instance_crops(
         patch = crop(image, box, size)
         if masked:
             keep = crop(labels == inst.label, box, size, pad_value=False)
-            patch = np.where(keep[..., None] if patch.ndim == 3 else keep, patch, np.zeros((), patch.dtype))
+            cut = np.where(keep[..., None] if patch.ndim == 3 else keep, patch, np.zeros((), patch.dtype))
+            patch = np.concatenate([np.atleast_3d(patch), np.atleast_3d(cut)], axis=2) if masked == BOTH_VIEWS else cut
         crops.append(patch)
     return crops
 

@@ -5,10 +5,12 @@
 (`predict_probability` / `predict_proba`, `hparams.data_info`, `hparams.stage`, `classes`,
 `.to()`, `.eval()`), so wbc.inference.CellPipeline, wbc.evaluation.segmentation and wbc.evaluation.classification take them
 unchanged. Members must have been trained on the same inputs (input size, preprocessing, target,
-classes, crop geometry): anything else is refused, with one exception: segmenters trained on different
+classes, crop geometry): anything else is refused, with two exceptions: segmenters trained on different
 preprocessing (e.g. RGB and grey + CLAHE, which each win on another lab's smears) average as one model;
 they take the image through every member's preprocessing, stacked along the channels
-(`data_info.input_groups`, wbc.data.transforms.StackedPreprocess).
+(`data_info.input_groups`, wbc.data.transforms.StackedPreprocess). Likewise classifiers trained on
+nucleus-masked and on plain crops (`data.crops.masked`): their crops stack both views
+(`masked: both`, wbc.cells.instance_crops) and each member reads its own.
 
 `load_models(spec, stage)` turns what a user passes -- a .ckpt file, a run dir, a sweep dir of
 fold runs (`<sweep>/<job>/`), or a list of those (wbc.rundir.expand) -- into one module or an ensemble.
@@ -85,9 +87,14 @@ class _Ensemble(torch.nn.Module):
         self.members = torch.nn.ModuleList(members)
         self.names = list(names) if names is not None else [f"member{i}" for i in range(len(members))]
         self.hparams = AttributeDict(stage=self.stage, data_info=common_data_info(members, self.may_differ), members=self.names)
+        self.member_group = [0] * len(members)  # which input (group_infos) each member reads
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def group_infos(self) -> list[dict]:
+        """The data_info of each distinct member input (evaluation builds one DataModule per group)."""
+        return [dict(self.hparams.data_info)]
 
 
 class SegmentationEnsemble(_Ensemble):
@@ -114,6 +121,11 @@ class SegmentationEnsemble(_Ensemble):
             log.info("segmentation ensemble over %d inputs (%s): each member sees its own preprocessing",
                      len(groups), "; ".join(f"{sum(i == k for i in self.member_group)} x {g.to_dict()}" for k, g in enumerate(groups)))
 
+    def group_infos(self) -> list[dict]:
+        if len(self.input_groups) == 1:
+            return super().group_infos()
+        return [{**self.hparams.data_info, "preprocess": g.to_dict()} for g in self.input_groups]
+
     def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each member's channels of `x` (all of it when the members share one input)."""
         if len(self.input_groups) == 1:
@@ -139,9 +151,25 @@ class ClassifierEnsemble(_Ensemble):
     known: :func:`calibrate_from_oof`; 1 otherwise)."""
 
     stage = "classification"
+    may_differ = ("crops",)  # only in `masked`: checked below
 
     def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
         super().__init__(members, names)
+        crops = [dict(_completed(dict(m.hparams.get("data_info") or {})).get("crops") or {}) for m in members]
+        rest = [{k: v for k, v in c.items() if k != "masked"} for c in crops]
+        if any(r != rest[0] for r in rest[1:]):
+            raise ValueError(
+                f"ensemble members disagree on data_info.crops: {crops}; averaging needs classifiers trained on the same crop "
+                "geometry (data.crops size / diameters / image_size / mode / center; only `masked` may differ)"
+            )
+        self.member_masked = [bool(c.get("masked", False)) for c in crops]
+        if len(set(self.member_masked)) > 1:
+            from wbc.cells import BOTH_VIEWS
+
+            self.member_group = [int(m) for m in self.member_masked]  # 0: plain crops, 1: masked
+            self.hparams.data_info["crops"] = {**crops[0], "masked": BOTH_VIEWS}
+            log.info("classifier ensemble over plain and nucleus-masked crops (%d masked of %d): each member sees its own view",
+                     sum(self.member_masked), len(members))
         self.temperature = 1.0
         self.review_min_probability = max(float(getattr(m, "review_min_probability", 0.0)) for m in members)
         self.calibration_source = "members' thresholds (no out-of-fold predictions)"
@@ -150,10 +178,26 @@ class ClassifierEnsemble(_Ensemble):
     def classes(self) -> list[str]:
         return list(self.hparams.data_info.get("classes") or [])
 
+    def group_infos(self) -> list[dict]:
+        if len(set(self.member_masked)) == 1:
+            return super().group_infos()
+        info = self.hparams.data_info
+        return [{**info, "crops": {**info["crops"], "masked": m}} for m in (False, True)]
+
+    def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's view of `x`: all of it, or (plain and masked crops stacked) its half."""
+        if len(set(self.member_masked)) == 1:
+            return [x] * len(self.members)
+        if x.shape[1] % 2:
+            raise ValueError(f"this classifier ensemble averages masked and plain crops: it takes both views stacked along the "
+                             f"channels (data.crops.masked='both', wbc.cells.instance_crops), got {x.shape[1]} channels")
+        plain, masked = torch.chunk(x, 2, dim=1)
+        return [masked if m else plain for m in self.member_masked]
+
     @torch.no_grad()
     def predict_views(self, x: torch.Tensor) -> torch.Tensor:
         """M x B x C: each member's probabilities (do the folds agree on a cell?)."""
-        return torch.stack([m.predict_proba(x).float() for m in self.members])
+        return torch.stack([m.predict_proba(xi).float() for m, xi in zip(self.members, self.member_inputs(x))])
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,8 @@ def _head(model: torch.nn.Module, method: str, ensemble_method: str) -> _Probabi
 def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
     groups = data_info.get("input_groups") or [data_info.get("preprocess") or {}]  # an ensemble's stacked inputs
     channels = sum(1 if (g or {}).get("grayscale") else 3 for g in groups)
+    if (data_info.get("crops") or {}).get("masked") == "both":  # a classifier ensemble's plain + masked crops (wbc.cells)
+        channels *= 2
     size = int(data_info.get("image_size") or 128)
     return (batch, channels, size, size)
 

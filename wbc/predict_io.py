@@ -40,6 +40,7 @@ from typing import Any, NoReturn, TextIO
 import numpy as np
 
 from wbc import cell_outputs as co
+from wbc.cells import shown
 from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
@@ -222,7 +223,7 @@ def _predict_one(
     _write_bytes(out_dir / "geojson" / f"{stem}.geojson", json.dumps(geo).encode("utf-8"))
     if save_crops:
         for row, crop in zip(cells, res.crops):
-            _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(crop))
+            _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(shown(crop)))
     _write_bytes(out_dir / "overlays" / f"{stem}.png", co.png_bytes(co.overlay_image(rgb, res.labels, res.instances, cells)))
     return rows, getattr(res, "appearance", None)
 

@@ -124,7 +124,7 @@ def evaluate_members(
     post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
     # one DataModule per input the members were trained on (one, unless segmenters of different preprocessing)
     group_of = list(getattr(model, "member_group", [0] * len(modules)))
-    infos = [{**info, "preprocess": pre} for pre in info["input_groups"]] if info.get("input_groups") else [info]
+    infos = model.group_infos() if hasattr(model, "group_infos") else [info]  # e.g. RGB + grey segmenters, masked + plain classifiers
     data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), i) for g, i in enumerate(infos)]
     datamodules = [build_datamodule(c, post) for c in data_cfgs]
     data_cfg, datamodule = data_cfgs[0], datamodules[0]
@@ -132,7 +132,7 @@ def evaluate_members(
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
     if len(datamodules) > 1:
-        ids = [[it.sample.id for it in scoring.eval_dataset(dm, split).items] for dm in datamodules]
+        ids = [case_ids(scoring.eval_dataset(dm, split)) for dm in datamodules]
         if any(i != ids[0] for i in ids[1:]):
             raise ValueError(f"{spec}: the members' data configs give different {split} images; pass data=<config> for all of them")
     adapted = ADAPT_NAME[stage.name] in adapt_bn
@@ -167,6 +167,13 @@ def evaluate_members(
 
 
 ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
+
+
+def case_ids(dataset) -> list:
+    """What an evaluation dataset scores, in order: its images, or its cells (image id, cell label)."""
+    if hasattr(dataset, "crops"):
+        return [(c.sample_id, c.cell) for c in dataset.crops]
+    return [it.sample.id for it in dataset.items]
 
 
 def adapt_members(modules: list, dataset, device: str, batch_size: int = 16, seed: int = 0) -> None:

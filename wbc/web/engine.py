@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from wbc import cell_outputs as co
-from wbc.cells import cell_crops
+from wbc.cells import cell_crops, shown
 from wbc.data.imageio import ImageReadError, as_rgb, decode_bytes
 from wbc.morphology import cell_measurements
 from wbc.web.store import ImageRecord
@@ -171,7 +171,7 @@ class Engine:
         geo = co.cells_geojson(labels, rec.instances, rec.rows, classes, rec.name)
 
         def crops_zip() -> bytes:
-            return co.zip_bytes({co.crop_name(stem, r["cell"]): co.png_bytes(c) for r, c in zip(rec.rows, rec.crops)})
+            return co.zip_bytes({co.crop_name(stem, r["cell"]): co.png_bytes(shown(c)) for r, c in zip(rec.rows, rec.crops)})
 
         def all_zip() -> bytes:
             return co.zip_bytes(self.files(rec))
@@ -202,7 +202,7 @@ class Engine:
         with rec.lock:
             for row, c in zip(rec.rows, rec.crops):
                 if row["cell"] == cell:
-                    return co.png_bytes(c, compression=1)
+                    return co.png_bytes(shown(c), compression=1)
         raise StepError(f"{rec.name}: no cell {cell}")
 
 
