@@ -226,8 +226,9 @@ def test_masked_and_plain_classifiers_average_each_on_its_own_view(folds, make_e
     pp, pm = plain.predict_proba(x[:, :3]), masked.predict_proba(x[:, 3:])
     assert not torch.allclose(pp, pm)
     assert torch.allclose(ens.predict_proba(x), (2 * pp + pm) / 3, atol=1e-6)
-    with pytest.raises(ValueError, match="takes both views stacked"):
-        ens.predict_proba(x[:, :3])
+    for wrong in (x[:, :3], x[:, :4]):
+        with pytest.raises(ValueError, match=r"takes both views stacked along the channels \(6"):
+            ens.predict_proba(wrong)
     _, other = tiny_modules(folds["tmp"] / "other_geometry", ["data.crops.masked=true", "data.crops.size=24"], seed=5)
     with pytest.raises(ValueError, match=r"data_info\.crops.*only `masked` may differ"):
         ClassifierEnsemble([plain, other])

@@ -188,9 +188,12 @@ class ClassifierEnsemble(_Ensemble):
         """Each member's view of `x`: all of it, or (plain and masked crops stacked) its half."""
         if len(set(self.member_masked)) == 1:
             return [x] * len(self.members)
-        if x.shape[1] % 2:
+        from wbc.data.transforms import Preprocess
+
+        want = 2 * Preprocess.from_config(self.hparams.data_info.get("preprocess")).channels
+        if x.shape[1] != want:
             raise ValueError(f"this classifier ensemble averages masked and plain crops: it takes both views stacked along the "
-                             f"channels (data.crops.masked='both', wbc.cells.instance_crops), got {x.shape[1]} channels")
+                             f"channels ({want}: data.crops.masked='both', wbc.cells.instance_crops), got {x.shape[1]} channels")
         plain, masked = torch.chunk(x, 2, dim=1)
         return [masked if m else plain for m in self.member_masked]
 

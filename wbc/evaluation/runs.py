@@ -122,7 +122,8 @@ def evaluate_members(
         calibrate_from_oof(model, ckpts)
     info = dict(model.hparams.get("data_info") or {})
     post = checkpoint_postprocess(info.get("postprocess"), post_overrides, stage.name)
-    # one DataModule per input the members were trained on (one, unless segmenters of different preprocessing)
+    # one DataModule per input the members were trained on (one, unless segmenters of different preprocessing or
+    # classifiers of plain and masked crops)
     group_of = list(getattr(model, "member_group", [0] * len(modules)))
     infos = model.group_infos() if hasattr(model, "group_infos") else [info]  # e.g. RGB + grey segmenters, masked + plain classifiers
     data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), i) for g, i in enumerate(infos)]
