@@ -75,6 +75,9 @@ DICE_TARGETS = {"segmentation_wbc_d1": 0.975, "segmentation_wbc_d2": 0.98, "all_
 # the LODO rows' held-out sets: row key part, experiment name part, target (1.5 points under in-domain), name
 LODO_SETS = (("d1", "d1", 0.9545, "dataset1"), ("d2", "d2", 0.9618, "dataset2"), ("idb2", "all_idb2", 0.951, "all_idb2"))
 
+# the cross-source pipeline rows: (trained on, scored on, names)
+CROSS_PAIRS = (("d1", "d2", "dataset1", "dataset2"), ("d2", "d1", "dataset2", "dataset1"))
+
 ROWS = {
     "seg_d1": Row("quality_seg_d1", "test/dice_post", DICE_TARGETS["segmentation_wbc_d1"], "nucleus Dice, segmentation_wbc dataset1"),
     "seg_d2": Row("quality_seg_d2", "test/dice_post", DICE_TARGETS["segmentation_wbc_d2"], "nucleus Dice, segmentation_wbc dataset2"),
@@ -113,6 +116,17 @@ ROWS = {
     "cross_pipe_d2_d1": Row("quality_cross_pipeline_d2_to_d1", "pipeline/cell_macro_f1", 0.795,
                             "4-class cell macro-F1 (missed cells count), trained on dataset2, full pipeline on dataset1",
                             reference="classification/test/macro_f1", judged_on="test"),
+    # the same with the classifier on nucleus-masked crops, and both classifiers averaged as one (each reading its
+    # own view; the first member's segmenter): README "Plain and masked as one classifier"
+    **{f"cross_pipe_{a}_{b}_masked": Row(f"quality_cross_pipeline_{a}_to_{b}_masked", "pipeline/cell_macro_f1", 0.795,
+                                         f"4-class cell macro-F1, trained on {src}, full pipeline on {dst}, nucleus-masked crops",
+                                         reference="classification/test/macro_f1", judged_on="test")
+       for a, b, src, dst in CROSS_PAIRS},
+    **{f"cross_pipe_{a}_{b}_pair": Row("", "pipeline/cell_macro_f1", 0.795,
+                                       f"4-class cell macro-F1, trained on {src}, full pipeline on {dst}, plain + masked classifiers as one",
+                                       reference="classification/test/macro_f1", judged_on="test",
+                                       members=(f"cross_pipe_{a}_{b}", f"cross_pipe_{a}_{b}_masked"))
+       for a, b, src, dst in CROSS_PAIRS},
     "pipeline_wbc": Row(
         "quality_pipeline_wbc", "pipeline/macro_f1", -0.02, "macro-F1 through the pipeline minus on ground-truth crops", reference="classification/test/macro_f1"
     ),

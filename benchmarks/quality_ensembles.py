@@ -1,7 +1,9 @@
 """Ensemble rows of `benchmarks/quality.py`: the fold runs of other rows, of the same training seed
-and fold, scored as one model (`evaluate.py ckpt_path=[<member runs>]`). The row for another lab's
-images is a segmenter trained on RGB and its grey + CLAHE twin, averaged, each member seeing its own
-preprocessing (README "Both inputs as one segmenter").
+and fold, scored as one model (`evaluate.py ckpt_path=[<member runs>]`). The rows for another lab's
+images are a segmenter trained on RGB and its grey + CLAHE twin, averaged, each member seeing its own
+preprocessing (README "Both inputs as one segmenter"), and the cross-source pipeline with its plain and
+nucleus-masked classifiers averaged, each reading its own view of the crop (`segmenter=<first run>
+classifier=[<runs>]`; README "Plain and masked as one classifier").
 
 An ensemble row trains nothing. Its sweep dir holds `members.json` (the row key and the member sweeps)
 and one job dir per (seed, fold) with a `job.json` (the fold, the first member's overrides, the member
@@ -34,10 +36,47 @@ def finished_jobs(sweep: Path) -> dict[tuple[str, int], Path]:
     return {job_seed_fold(p.parent): p.parent for p in sorted(sweep.glob("*/job.json")) if (p.parent / "metrics.json").is_file()}
 
 
+def is_pipeline(run: Path) -> bool:
+    return all((run / stage).is_dir() for stage in ("segmentation", "classification"))
+
+
+def adapt_setting(run: Path) -> str:
+    """A pipeline run's `pipeline.adapt_bn` (what its own test score adapted), as an evaluate.py override value."""
+    import yaml
+
+    value = ((yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}).get("pipeline") or {}).get("adapt_bn")
+    if isinstance(value, list):
+        return "[" + ",".join(value) + "]"
+    return str(value) if value else "false"
+
+
+def evaluate_command(members: list[Path], split: str, out: Path) -> list[str] | None:
+    """The evaluate.py command scoring the members as one ensemble on `split` (None: nothing to score).
+    Pipeline runs (classifier pairs, e.g. plain + masked crops) are scored as one pipeline: the first
+    member's segmenter, the members' classifiers averaged, adapted as the runs adapt; the full
+    pipeline is scored on the test images only, and each stage's validation is its member's own."""
+    if all(is_pipeline(m) for m in members):
+        if split != "test":
+            return None
+        models = [f"segmenter={members[0] / 'segmentation'}", "classifier=[" + ",".join(str(m / "classification") for m in members) + "]",
+                  f"adapt_bn={adapt_setting(members[0])}"]
+    else:
+        models = ["ckpt_path=[" + ",".join(str(m) for m in members) + "]"]
+    return [sys.executable, "evaluate.py", *models, f"split={split}", f"hydra.run.dir={out}", "extras.print_config=false", "num_overlays=4"]
+
+
+def split_metrics(metrics: dict, split: str) -> dict:
+    """The figures of `split` in an evaluate.py metrics.json: `<split>/..`, a stage's `<stage>/<split>/..`
+    and, on the test split, the full pipeline's `pipeline/..`."""
+    return {k: v for k, v in metrics.items()
+            if k.startswith(f"{split}/") or f"/{split}/" in k or (split == "test" and k.startswith("pipeline/"))}
+
+
 def run_evaluate(members: list[Path], split: str, out: Path) -> dict:
     """evaluate.py on the member runs as one ensemble; its metrics.json ({} when it failed: logged in out/../)."""
-    cmd = [sys.executable, "evaluate.py", "ckpt_path=[" + ",".join(str(m) for m in members) + "]", f"split={split}",
-           f"hydra.run.dir={out}", "extras.print_config=false", "num_overlays=4"]
+    cmd = evaluate_command(members, split, out)
+    if cmd is None:
+        return {}
     print("$", " ".join(cmd), flush=True)
     root = Path(__file__).resolve().parents[1]
     with open(out.parent / f"{split}_eval.log", "w") as log:
@@ -83,7 +122,7 @@ def build(key: str, members: list[Path], out_root: Path, run: bool = True,
         metrics: dict = {}
         for split in SPLITS:
             got = evaluate(runs, split, job / f"{split}_eval")
-            metrics.update({k: v for k, v in got.items() if k.startswith(f"{split}/")})
+            metrics.update(split_metrics(got, split))
         if metrics:
             (job / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # written last: a sweep interrupted half-way is not taken for a finished one

@@ -297,3 +297,43 @@ def test_ensemble_row_without_finished_member_runs_leaves_the_table_to_the_other
     results = [("seg_lodo_d2", [rgb], 0.0), ("seg_lodo_d2_grey", [grey], 0.0)]
     assert quality.ensemble_results(results, ["seg_lodo_d2_both"], run=True) == []
     assert "seg_lodo_d2_both: no finished run of seg_lodo_d2_grey shares a seed and fold with" in capsys.readouterr().err
+
+
+def test_masked_twin_of_a_cross_pipeline_row_differs_only_in_its_crops(quality, tmp_path: Path) -> None:
+    from helpers_models import compose_cfg
+
+    plain = compose_cfg("train", ["experiment=quality_cross_pipeline_d2_to_d1"], tmp_path)
+    twin = compose_cfg("train", ["experiment=quality_cross_pipeline_d2_to_d1_masked"], tmp_path)
+    # a stage's `data` node is merged over the run's `data`: the twin adds one key to the classifier's
+    assert plain.data.crops.masked is False and dict(twin.classification.data.crops) == {"masked": True}
+    assert {k: v for k, v in twin.classification.data.items() if k != "crops"} == dict(plain.classification.data)
+    assert twin.segmentation == plain.segmentation and twin.data == plain.data and twin.pipeline == plain.pipeline
+    assert quality.ROWS["cross_pipe_d2_d1_pair"].members == ("cross_pipe_d2_d1", "cross_pipe_d2_d1_masked")
+
+
+def test_classifier_pair_row_scores_one_pipeline_with_both_classifiers(quality, tmp_path: Path) -> None:
+    """cross_pipe_*_pair: evaluate.py gets the first run's segmenter and both runs' classifiers, adapted as the runs
+    adapt, on the test split only; the pipeline figures reach the ensemble job's metrics.json."""
+    import quality_ensembles
+
+    runs = []
+    for name, seed in (("plain", 42), ("masked", 42)):
+        job = tmp_path / name / "0"
+        for stage in ("segmentation", "classification"):
+            (job / stage).mkdir(parents=True)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "config.yaml").write_text(f"task_name: x\npipeline:\n  adapt_bn: classifier\nseed: {seed}\n")
+        (job / "job.json").write_text(json.dumps({"fold": 0, "overrides": [f"seed={seed}"]}))
+        (job / "metrics.json").write_text("{}")
+        runs.append(job)
+    cmd = quality_ensembles.evaluate_command(runs, "test", tmp_path / "out")
+    assert f"segmenter={runs[0] / 'segmentation'}" in cmd and "adapt_bn=classifier" in cmd and "split=test" in cmd
+    assert f"classifier=[{runs[0] / 'classification'},{runs[1] / 'classification'}]" in cmd
+    assert quality_ensembles.evaluate_command(runs, "val", tmp_path / "out") is None
+    got = {"pipeline/cell_macro_f1": 0.47, "classification/test/macro_f1": 0.40, "segmentation/test/dice_post": 0.9, "split": "test"}
+    sweep = quality_ensembles.build("cross_pipe_d1_d2_pair", [r.parent for r in runs], tmp_path / "ens",
+                                    evaluate=lambda members, split, out: got if split == "test" else {})
+    saved = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert saved == {k: v for k, v in got.items() if k != "split"}
+    line = quality.table([("cross_pipe_d1_d2_pair", [sweep], 0.0)]).splitlines()[-1]
+    assert "0.4700 (n=1)" in line and "plain + masked classifiers as one" in line
