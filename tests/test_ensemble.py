@@ -34,6 +34,13 @@ def _fake_pipeline_run(run: Path, fold: int, seg, clf) -> None:
     (run / "metrics.json").write_text(json.dumps({"pipeline/macro_f1": 0.5}))
 
 
+def probs(path: Path) -> np.ndarray:
+    """The p_<class> columns of an evaluate.py predictions.csv."""
+    lines = path.read_text().splitlines()
+    cols = [i for i, h in enumerate(lines[0].split(",")) if h.startswith("p_")]
+    return np.asarray([[float(line.split(",")[i]) for i in cols] for line in lines[1:]])
+
+
 @pytest.fixture(scope="module")
 def folds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two 'folds' (untrained, seeds 0 and 1) as a sweep dir of pipeline runs, plus a failed job."""
@@ -141,11 +148,6 @@ def test_evaluate_classifier_ensemble_from_sweep_runs(folds, make_eval_cfg, tmp_
     metrics, out = evaluate.evaluate(cfg)
     assert isinstance(out["module"], ClassifierEnsemble)
     eval_dir = tmp_path / "eval"
-
-    def probs(path: Path) -> np.ndarray:
-        lines = path.read_text().splitlines()
-        cols = [i for i, h in enumerate(lines[0].split(",")) if h.startswith("p_")]
-        return np.asarray([[float(line.split(",")[i]) for i in cols] for line in lines[1:]])
 
     members = [probs(eval_dir / "members" / m / "predictions.csv") for m in ("fold0", "fold1")]
     np.testing.assert_allclose(probs(eval_dir / "predictions.csv"), (members[0] + members[1]) / 2, atol=2e-5)  # CSV: 5 decimals
@@ -258,11 +260,6 @@ def test_masked_and_plain_classifiers_average_each_on_its_own_view(folds, make_e
     cls_data = ("data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule")
     metrics, out = evaluate.evaluate(make_eval_cfg(f"[{ckpts[0]},{ckpts[1]}]", *cls_data))
     eval_dir = tmp_path / "eval"
-
-    def probs(path: Path) -> np.ndarray:
-        lines = path.read_text().splitlines()
-        cols = [i for i, h in enumerate(lines[0].split(",")) if h.startswith("p_")]
-        return np.asarray([[float(line.split(",")[i]) for i in cols] for line in lines[1:]])
 
     members = [probs(eval_dir / "members" / m / "predictions.csv") for m in ("member0", "member1")]
     assert not np.allclose(members[0], members[1], atol=1e-3)
