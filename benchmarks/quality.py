@@ -11,9 +11,10 @@ Issue 16's rows: leave-one-dataset-out segmentation (`seg_lodo_*`: trained on tw
 third's test split), the full pipeline across segmentation_wbc sources (`cross_pipe_*`: trained on one,
 scored on the other's test split), both judged on that held-out test split; the pretraining ablation
 (`cls_idb2_scratch`, `cls_wbc_scratch`); the 4-class row's eosinophil recall on the pooled out-of-fold crops; and one
-segmenter for all three sets (`seg_combined`), printed per set. Ensemble rows (`seg_lodo_*_both`) train
-nothing: they score their member rows' runs of one seed and fold as one model (the RGB LODO segmenter
-and its grey + CLAHE twin; `benchmarks/quality_ensembles.py`), trained first when not collected.
+segmenter for all three sets (`seg_combined`), printed per set. Ensemble rows (`seg_lodo_*_both`,
+`cross_pipe_*_pair`) train nothing: they score their member rows' runs of one seed and fold as one model
+(the RGB LODO segmenter and its grey + CLAHE twin; the cross-source pipeline's plain and nucleus-masked
+classifiers; `benchmarks/quality_ensembles.py`), trained first when not collected.
 
     python benchmarks/quality.py                              # every row, 5 folds (hours on 2 CPU cores)
     python benchmarks/quality.py --rows seg_d1 --folds 0 --extra trainer.max_epochs=20
@@ -21,6 +22,7 @@ and its grey + CLAHE twin; `benchmarks/quality_ensembles.py`), trained first whe
     python benchmarks/quality.py --collect outputs/quality/seg_d1_s42_<ts>   # table from finished sweeps
     python benchmarks/quality.py --rows seg_lodo_d1_both --folds 0 --extra trainer.max_epochs=20   # trains both members
     python benchmarks/quality.py --rows seg_lodo_d1_randconv_grey --folds 0 --extra trainer.max_epochs=20   # the RandConv pair
+    python benchmarks/quality.py --rows cross_pipe_d1_d2_pair --folds 0 --extra segmentation.trainer.max_epochs=20   # plain + masked classifiers
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
 `--collect` pools only the seeds of one setting, and then prints each lever against the row as
