@@ -118,8 +118,7 @@ ROWS = {
     "cross_pipe_d2_d1": Row("quality_cross_pipeline_d2_to_d1", "pipeline/cell_macro_f1", 0.795,
                             "4-class cell macro-F1 (missed cells count), trained on dataset2, full pipeline on dataset1",
                             reference="classification/test/macro_f1", judged_on="test"),
-    # the same with the classifier on nucleus-masked crops, and both classifiers averaged as one (each reading its
-    # own view; the first member's segmenter): README "Plain and masked as one classifier"
+    # with nucleus-masked crops, and plain + masked classifiers as one (README "Plain and masked as one classifier")
     **{f"cross_pipe_{a}_{b}_masked": Row(f"quality_cross_pipeline_{a}_to_{b}_masked", "pipeline/cell_macro_f1", 0.795,
                                          f"4-class cell macro-F1, trained on {src}, full pipeline on {dst}, nucleus-masked crops",
                                          reference="classification/test/macro_f1", judged_on="test")
