@@ -42,9 +42,9 @@ def is_pipeline(run: Path) -> bool:
 
 def adapt_setting(run: Path) -> str:
     """A pipeline run's `pipeline.adapt_bn` (what its own test score adapted), as an evaluate.py override value."""
-    import yaml
+    from wbc.rundir import run_config
 
-    value = ((yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}).get("pipeline") or {}).get("adapt_bn")
+    value = (run_config(run).get("pipeline") or {}).get("adapt_bn")
     if isinstance(value, list):
         return "[" + ",".join(value) + "]"
     return str(value) if value else "false"

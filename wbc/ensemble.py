@@ -162,14 +162,14 @@ class ClassifierEnsemble(_Ensemble):
                 f"ensemble members disagree on data_info.crops: {crops}; averaging needs classifiers trained on the same crop "
                 "geometry (data.crops size / diameters / image_size / mode / center; only `masked` may differ)"
             )
-        self.member_masked = [bool(c.get("masked", False)) for c in crops]
-        if len(set(self.member_masked)) > 1:
+        masked = [bool(c.get("masked", False)) for c in crops]
+        if len(set(masked)) > 1:
             from wbc.cells import BOTH_VIEWS
 
-            self.member_group = [int(m) for m in self.member_masked]  # 0: plain crops, 1: masked
+            self.member_group = [int(m) for m in masked]  # which view each member reads: 0 plain, 1 masked
             self.hparams.data_info["crops"] = {**crops[0], "masked": BOTH_VIEWS}
             log.info("classifier ensemble over plain and nucleus-masked crops (%d masked of %d): each member sees its own view",
-                     sum(self.member_masked), len(members))
+                     sum(masked), len(members))
         self.temperature = 1.0
         self.review_min_probability = max(float(getattr(m, "review_min_probability", 0.0)) for m in members)
         self.calibration_source = "members' thresholds (no out-of-fold predictions)"
@@ -179,14 +179,14 @@ class ClassifierEnsemble(_Ensemble):
         return list(self.hparams.data_info.get("classes") or [])
 
     def group_infos(self) -> list[dict]:
-        if len(set(self.member_masked)) == 1:
+        if len(set(self.member_group)) == 1:
             return super().group_infos()
         info = self.hparams.data_info
         return [{**info, "crops": {**info["crops"], "masked": m}} for m in (False, True)]
 
     def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each member's view of `x`: all of it, or (plain and masked crops stacked) its half."""
-        if len(set(self.member_masked)) == 1:
+        if len(set(self.member_group)) == 1:
             return [x] * len(self.members)
         from wbc.data.transforms import Preprocess
 
@@ -194,8 +194,8 @@ class ClassifierEnsemble(_Ensemble):
         if x.shape[1] != want:
             raise ValueError(f"this classifier ensemble averages masked and plain crops: it takes both views stacked along the "
                              f"channels ({want}: data.crops.masked='both', wbc.cells.instance_crops), got {x.shape[1]} channels")
-        plain, masked = torch.chunk(x, 2, dim=1)
-        return [masked if m else plain for m in self.member_masked]
+        views = torch.chunk(x, 2, dim=1)  # plain, masked
+        return [views[g] for g in self.member_group]
 
     @torch.no_grad()
     def predict_views(self, x: torch.Tensor) -> torch.Tensor:
