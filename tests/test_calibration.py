@@ -185,7 +185,7 @@ def test_ensemble_temperature_is_fitted_on_pooled_out_of_fold_predictions(tmp_pa
         run = tmp_path / f"fold{k}"
         ckpts.append(save_checkpoint(a, run / "checkpoints" / "best.ckpt"))
         lines = ["sample_id,cell,true,pred," + ",".join(f"p_{c}" for c in classes)]
-        lines += [f"s{i},1,{classes[y]},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.5f}" for v in p) for i, (p, y) in enumerate(zip(probs[rows], labels[rows]))]
+        lines += [f"s{i},1,{classes[y]},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.5f}" for v in p) for i, (p, y) in enumerate(zip(probs[rows], labels[rows]), start=rows.start)]  # folds: disjoint crops
         (run / "val_predictions.csv").write_text("\n".join(lines) + "\n")
     calibrate_from_oof(ens, ckpts)
     rounded = np.round(probs, 5)
@@ -198,6 +198,49 @@ def test_ensemble_temperature_is_fitted_on_pooled_out_of_fold_predictions(tmp_pa
         ens.predict_proba(x), torch.as_tensor(apply_temperature(((a.predict_proba(x) + b.predict_proba(x)) / 2).numpy(), ens.temperature)), atol=1e-5, rtol=1e-4
     )
     assert ens.predict_views(x).shape == (2, 2, 3)
+    torch.testing.assert_close(ens(x), ens.predict_proba(x))
+
+
+def _write_oof(run: Path, classes: list[str], probs: np.ndarray, labels: np.ndarray) -> None:
+    lines = ["sample_id,cell,true,pred," + ",".join(f"p_{c}" for c in classes)]
+    lines += [f"s{i},1,{classes[y]},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.5f}" for v in p) for i, (p, y) in enumerate(zip(probs, labels))]
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "val_predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ensemble_temperature_averages_members_that_saw_the_same_crops(tmp_path: Path):
+    """Two runs of one fold (seeds, or plain + masked twins) scored the same validation crops: the
+    ensemble's temperature is fitted on their averaged probabilities, the ones it will output, not on
+    both files pooled (which would fit each member's own over-confidence)."""
+    from wbc.ensemble import ClassifierEnsemble, calibrate_from_oof
+
+    (_, a), (_, b) = tiny_modules(tmp_path / "a", seed=0), tiny_modules(tmp_path / "b", seed=1)
+    ens = ClassifierEnsemble([a, b], ["seed0", "seed1"])
+    classes = ens.classes
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 400)
+    member = []
+    for _ in range(2):  # each member over-confident, with its own errors
+        logits = rng.normal(0, 1.0, (400, 3)) * 4
+        logits[np.arange(400), labels] += 3
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        member.append(np.round(e / e.sum(1, keepdims=True), 5))
+    ckpts = []
+    for k, probs in enumerate(member):
+        _write_oof(tmp_path / f"run{k}", classes, probs, labels)
+        ckpts.append(save_checkpoint(a, tmp_path / f"run{k}" / "checkpoints" / "best.ckpt"))
+    calibrate_from_oof(ens, ckpts)
+    averaged, pooled = fit_temperature((member[0] + member[1]) / 2, labels), fit_temperature(np.concatenate(member), np.concatenate([labels, labels]))
+    assert abs(averaged - pooled) > 0.1  # the two readings differ on this data
+    assert ens.temperature == pytest.approx(averaged, rel=1e-3)
+    assert "400 crops, 400 seen by several members" in ens.calibration()["fitted_on"]
+
+    wrong = labels.copy()
+    wrong[0] = (wrong[0] + 1) % 3  # a second file that calls one crop another class: not the same crops
+    _write_oof(tmp_path / "run1", classes, member[1], wrong)
+    ens = ClassifierEnsemble([a, b], ["seed0", "seed1"])
+    calibrate_from_oof(ens, ckpts)
+    assert ens.temperature == 1.0 and "no out-of-fold" in ens.calibration()["fitted_on"]
 
 
 def test_pipeline_cells_carry_review_reasons(tmp_path: Path):

@@ -212,18 +212,24 @@ class ClassifierEnsemble(_Ensemble):
     def calibration(self) -> dict[str, float | str]:
         return {"temperature": self.temperature, "review_min_probability": self.review_min_probability, "fitted_on": self.calibration_source}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_proba(x)
+
 
 def calibrate_from_oof(ens: ClassifierEnsemble, ckpts: Sequence[Path]) -> None:
-    """The ensemble's temperature and review threshold from its members' pooled out-of-fold
-    predictions (each fold's val_predictions.csv, written with that member's own calibrated
-    inference: TTA included). Folds without the file leave the defaults, logged."""
+    """The ensemble's temperature and review threshold from its members' out-of-fold predictions
+    (each run's val_predictions.csv, written with that member's own calibrated inference: TTA
+    included). A crop several members saw (seeds or plain + masked twins of one fold) counts once,
+    with those members' probabilities averaged as the ensemble averages them; folds' crops are
+    disjoint, so for a fold ensemble this is their pooled predictions. Runs without the file, or
+    members that disagree on a crop's class, leave the defaults, logged."""
     import numpy as np
 
     from wbc.calibration import DEFAULT_COVERAGE, apply_temperature, fit_temperature, review_threshold
     from wbc.evaluation.classification import OOF_FILE, read_predictions_csv
     from wbc.rundir import stage_file
 
-    probs, labels = [], []
+    seen: dict[tuple[str, str], list] = {}  # (sample_id, cell) -> [label, [probability rows]]
     for ckpt in ckpts:
         path = stage_file(run_dir_of(ckpt), OOF_FILE)
         if path is None:
@@ -233,17 +239,22 @@ def calibrate_from_oof(ens: ClassifierEnsemble, ckpts: Sequence[Path]) -> None:
         if classes != ens.classes:
             log.warning("ensemble calibration: %s has classes %s, expected %s; not used", path, classes, ens.classes)
             return
-        probs.extend([float(r[f"p_{c}"]) for c in classes] for r in rows)
-        labels.extend(classes.index(r["true"]) for r in rows)
-    p, y = np.asarray(probs, dtype=np.float32), np.asarray(labels)
+        for r in rows:
+            label, probs = seen.setdefault((r["sample_id"], r["cell"]), [classes.index(r["true"]), []])
+            if label != classes.index(r["true"]):
+                log.warning("ensemble calibration: %s calls crop %s/%s %r, another member's file %r; not used",
+                            path, r["sample_id"], r["cell"], r["true"], classes[label])
+                return
+            probs.append([float(r[f"p_{c}"]) for c in classes])
+    p = np.asarray([np.mean(probs, axis=0) for _, probs in seen.values()], dtype=np.float32)
+    y = np.asarray([label for label, _ in seen.values()])
     ens.temperature = fit_temperature(p, y)
     coverage = float(ens.members[0].hparams.get("review_coverage", DEFAULT_COVERAGE))
     ens.review_min_probability = review_threshold(apply_temperature(p, ens.temperature).max(1), coverage)
-    ens.calibration_source = f"pooled out-of-fold predictions of {len(ckpts)} folds ({len(y)} crops)"
+    shared = sum(len(probs) > 1 for _, probs in seen.values())
+    ens.calibration_source = (f"out-of-fold predictions of {len(ckpts)} runs ({len(y)} crops"
+                              + (f", {shared} seen by several members, averaged)" if shared else ")"))
     log.info("ensemble calibration: T=%.3f, review below p=%.3f (%s)", ens.temperature, ens.review_min_probability, ens.calibration_source)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_proba(x)
 
 
 # ----------------------------------------------------------------------------- members
