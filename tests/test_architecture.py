@@ -177,7 +177,7 @@ assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["WANDB_MODE"] == "offl
 
 def test_pure_code_imports_neither_lightning_nor_hydra() -> None:
     pure = ["wbc.data.imageio", "wbc.data.manifest", "wbc.data.splits", "wbc.data.synthetic", "wbc.data.smear_drawing", "wbc.data.transforms",
-            "wbc.postprocess", "wbc.cells", "wbc.rundir", "wbc.inference", "wbc.predict_io", "wbc.evaluation.segmentation",
+            "wbc.postprocess", "wbc.cells", "wbc.rundir", "wbc.resume", "wbc.inference", "wbc.predict_io", "wbc.evaluation.segmentation",
             "wbc.evaluation.classification", "wbc.onnx_backend"]
     code = f"""
 import importlib, sys

@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wbc import rundir
+from wbc import resume, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = (
@@ -178,12 +178,12 @@ def test_evaluate_and_predict_on_the_sweep_dir(seg_sweep, make_eval_cfg, tmp_pat
 
 def test_resume_refuses_a_run_dir_of_another_fold(seg_sweep, data_dir: Path, tmp_path: Path) -> None:
     """Job numbers follow the swept values: `data.fold=1` resumed into job 0 (fold 0) must not reuse fold 0's results."""
-    record = rundir.job_record(0, "segmentation", ["data.fold=0"], 0)
+    record = resume.job_record(0, "segmentation", ["data.fold=0"], 0)
     run = tmp_path / "0"
     rundir.start_job(run, record)
     with pytest.raises(ValueError, match="fold=0.*fold=1"):
-        rundir.check_same_job(run, rundir.job_record(1, "segmentation", ["data.fold=1"], 0))
-    rundir.check_same_job(run, rundir.job_record(0, "segmentation", ["data.fold=0", "resume=true", "logger=wandb"], 0))
+        resume.check_same_job(run, resume.job_record(1, "segmentation", ["data.fold=1"], 0))
+    resume.check_same_job(run, resume.job_record(0, "segmentation", ["data.fold=0", "resume=true", "logger=wandb"], 0))
 
 
 @pytest.mark.slow  # two trials in a subprocess (~20-35 s): CI keeps the config-level check of the searches below

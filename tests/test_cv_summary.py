@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from wbc import cv, cv_dashboards, rundir
+from wbc import cv, cv_dashboards, resume, rundir
 
 
 def csv_rows(path: Path) -> list[dict]:
@@ -112,7 +112,7 @@ def test_failure_marker_and_finished_metrics(tmp_path: Path) -> None:
     assert (tmp_path / "FAILED").read_text().startswith("ValueError: data.fold=7 is out of range")
     (tmp_path / "metrics.json").write_text(json.dumps({"val/dice_best": 0.4}))
     assert rundir.finished_metrics(tmp_path) is None  # a FAILED marker wins
-    rundir.start_job(tmp_path, rundir.job_record(7, "segmentation", []))  # a new attempt forgets it
+    rundir.start_job(tmp_path, resume.job_record(7, "segmentation", []))  # a new attempt forgets it
     assert rundir.finished_metrics(tmp_path) == {"val/dice_best": 0.4}
     assert rundir.returned_metric({"val/dice_best": 0.4}, "val/dice_best") == 0.4
     assert rundir.returned_metric({}, "val/dice_best") is None

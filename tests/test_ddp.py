@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSampler, balanced_weights
-from wbc import rundir
+from wbc import resume, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,12 +120,12 @@ def test_other_ranks_write_no_job_files(tmp_path: Path, make_cfg, monkeypatch: p
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    rundir.start_job(out, rundir.job_record(0, "segmentation", []))
+    rundir.start_job(out, resume.job_record(0, "segmentation", []))
     rundir.write_failure(out, RuntimeError("rank 1 failed"))
     extras(cfg)
     assert list(out.iterdir()) == []
     monkeypatch.setenv("LOCAL_RANK", "0")
-    rundir.start_job(out, rundir.job_record(0, "segmentation", []))
+    rundir.start_job(out, resume.job_record(0, "segmentation", []))
     extras(cfg)
     assert {p.name for p in out.iterdir()} == {rundir.JOB_FILE, "config_tree.log"}
 

@@ -27,7 +27,7 @@ from tests.helpers_data import (
     write_image,
     write_labels,
 )
-from wbc import rundir
+from wbc import resume, rundir
 from wbc.data import imageio
 from wbc.data.imageio import ImageReadError, read_mask, read_rgb
 from wbc.data.manifest import ManifestError, load_sample, read_manifest
@@ -289,13 +289,13 @@ def test_stage_differences_name_a_whole_new_node_once():
     old = {"data.image_size": 128, "data.parts.a.root": "x"}
     new = {"data.image_size": 256, "data.parts.a.root": "x", "data.parts.b.root": "y", "data.parts.b.classes": ["c"]}
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    assert rundir._describe_differences(keys, old, new) == ["data.image_size: 128 -> 256", "data.parts.b: absent -> present"]
-    assert rundir._describe_differences(keys, new, old) == ["data.image_size: 256 -> 128", "data.parts.b: present -> absent"]
+    assert resume._describe_differences(keys, old, new) == ["data.image_size: 128 -> 256", "data.parts.b: absent -> present"]
+    assert resume._describe_differences(keys, new, old) == ["data.image_size: 256 -> 128", "data.parts.b: present -> absent"]
 
 
 def _settings(cfg) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in rundir.JOB_SETTINGS if k in cfg}
+            for k in resume.JOB_SETTINGS if k in cfg}
 
 
 def test_resume_refuses_a_finished_run_of_other_settings(make_cfg, tmp_path, data_dir):
@@ -304,7 +304,7 @@ def test_resume_refuses_a_finished_run_of_other_settings(make_cfg, tmp_path, dat
     returned as this config's (a warning about overrides at most)."""
     run = tmp_path / "finished"
     cfg = make_cfg(["model.optimizer.lr=0.002"], output_dir=run)
-    rundir.start_job(run, rundir.job_record(cfg.data.get("fold"), cfg.stage, ["model.optimizer.lr=0.002"], cfg=_settings(cfg)))
+    rundir.start_job(run, resume.job_record(cfg.data.get("fold"), cfg.stage, ["model.optimizer.lr=0.002"], cfg=_settings(cfg)))
     (run / "metrics.json").write_text('{"val/dice_best": 0.5}')
     proc = _cli([*TINY_CLI, "resume=true", f"hydra.run.dir={run}"], data_dir)
     assert proc.returncode != 0
@@ -317,15 +317,15 @@ def test_resume_refuses_a_finished_run_of_other_settings(make_cfg, tmp_path, dat
 def test_job_record_check_ignores_locations_and_schedule_and_names_the_seed(make_cfg, tmp_path):
     cfg = make_cfg(["experiment=pipeline"])
     settings = _settings(cfg)
-    rundir.start_job(tmp_path, rundir.job_record(0, "pipeline", [], cfg=settings))
+    rundir.start_job(tmp_path, resume.job_record(0, "pipeline", [], cfg=settings))
     moved = OmegaConf.to_container(OmegaConf.create(settings))
     moved["data"]["root"] = "/elsewhere"  # a moved checkout
     moved["classification"].setdefault("model", {})["scheduler"] = {"T_max": 99}  # a longer schedule on resume
-    rundir.check_same_job(tmp_path, rundir.job_record(0, "pipeline", ["x=1"], cfg=moved))  # no error
+    resume.check_same_job(tmp_path, resume.job_record(0, "pipeline", ["x=1"], cfg=moved))  # no error
     moved["seed"] = 43
     moved["classification"]["data"]["batch_size"] = 999
     with pytest.raises(ValueError, match=r"other settings \(classification\.data\.batch_size: \d+ -> 999; seed: \d+ -> 43\)"):
-        rundir.check_same_job(tmp_path, rundir.job_record(0, "pipeline", [], cfg=moved))
+        resume.check_same_job(tmp_path, resume.job_record(0, "pipeline", [], cfg=moved))
     # a job.json written before `trained_from` existed: the overrides can only be warned about
-    rundir.start_job(tmp_path, rundir.job_record(0, "pipeline", []))
-    rundir.check_same_job(tmp_path, rundir.job_record(0, "pipeline", [], cfg=moved))
+    rundir.start_job(tmp_path, resume.job_record(0, "pipeline", []))
+    resume.check_same_job(tmp_path, resume.job_record(0, "pipeline", [], cfg=moved))

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,75 +113,6 @@ def save_config(run_dir: Path, cfg: Mapping) -> Path:
 
     text = OmegaConf.to_yaml(OmegaConf.create(dict(cfg)))
     return write_text(Path(run_dir) / CONFIG, text)
-
-
-# what a stage's weights were trained from; keys that only say where things are may differ (a moved
-# checkout), and so may the schedule (its T_max follows trainer.max_epochs, which a resume may raise)
-TRAINED_FROM = ("data", "model")
-LOCATION_KEYS = ("root", "dir", "data_dir", "output_dir", "log_dir")
-MAY_DIFFER = ("model.scheduler.", "segmentation.model.scheduler.", "classification.model.scheduler.")
-# the top-level nodes job.json's `trained_from` is taken from (`trained_from`)
-JOB_SETTINGS = ("seed", "init_from", *TRAINED_FROM, *STAGE_DIRS)
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
-def _describe_differences(keys: list[str], old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """'key: old -> new' per differing key; a whole node present on one side only is one entry
-    ('data.parts.all_idb2: absent -> present'), not one per leaf."""
-    def top_absent(key: str, side: Mapping[str, Any]) -> str:
-        parts = key.split(".")
-        for i in range(1, len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            if not any(k == prefix or k.startswith(prefix + ".") for k in side):
-                return prefix
-        return key
-
-    out: list[str] = []
-    for k in keys:
-        if k not in old or k not in new:
-            node = top_absent(k, old if k not in old else new)
-            line = f"{node}: absent -> present" if k not in old else f"{node}: present -> absent"
-        else:
-            line = f"{k}: {old[k]!r} -> {new[k]!r}"
-        if line not in out:
-            out.append(line)
-    return out
-
-
-def _differing(old: Mapping[str, Any], new: Mapping[str, Any], may_differ: tuple[str, ...] = ()) -> list[str]:
-    """'key: old -> new' lines for the leaves that differ, locations (`root`, `*dir`) and keys under
-    `may_differ` left out."""
-    old, new = _flatten(old), _flatten(new)
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                  and k.rsplit(".", 1)[-1] not in LOCATION_KEYS and not k.startswith(may_differ))
-    return _describe_differences(keys, old, new)
-
-
-def _refuse(where: Path, lines: list[str], remedy: str) -> None:
-    if lines:
-        shown = "; ".join(lines[:6]) + (f" (+{len(lines) - 6} more)" if len(lines) > 6 else "")
-        raise ValueError(f"resume=true: {where} holds a model trained with other settings ({shown}); {remedy}")
-
-
-def check_same_stage(stage_dir: Path, cfg: Mapping) -> None:
-    """resume=true into a pipeline stage's dir that already holds weights: they must have been
-    trained from the same data and model settings as `cfg` (the stage's resolved config), else the
-    run would reuse (or continue) a model of other settings under this config's name. Compares the
-    stage's saved .hydra/config.yaml; raises ValueError naming the keys that differ."""
-    stage_dir = Path(stage_dir)
-    if not (stage_dir / CONFIG).is_file() or not ((stage_dir / METRICS).is_file() or (stage_dir / CHECKPOINTS).is_dir()):
-        return
-    before = run_config(stage_dir)
-    lines = _differing({k: before.get(k) for k in TRAINED_FROM}, {k: cfg.get(k) for k in TRAINED_FROM}, MAY_DIFFER)
-    _refuse(stage_dir, lines, f"resume with the settings it was trained with, use a new run dir, or delete {stage_dir} to train it again")
 
 
 # ----------------------------------------------------------------------------- sweeps and members
@@ -310,62 +241,6 @@ def model_choices(ckpt: Path) -> list[str] | None:
 def is_neutral(override: str) -> bool:
     key = override_key(override)
     return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)
-
-
-def job_record(
-    fold: Any, stage: str | None, overrides: Sequence[str], job: Any = None, task_name: str | None = None,
-    optimized_metric: str | None = None, loggers: Mapping[str, Any] | None = None, cfg: Mapping | None = None,
-) -> dict:
-    """What job.json holds: enough to recognise the job on resume (`trained_from`: the resolved
-    settings its weights come from, taken from `cfg`), and to log the sweep summary to the same
-    dashboards (`loggers`: the job's resolved logger configs)."""
-    return {
-        "job": job,
-        "fold": fold,
-        "stage": stage,
-        "task_name": task_name,
-        "optimized_metric": optimized_metric,
-        "overrides": list(overrides),
-        "loggers": {name: dict(entry) for name, entry in (loggers or {}).items() if entry},
-        "trained_from": trained_from(cfg) if cfg is not None else None,
-    }
-
-
-def trained_from(cfg: Mapping) -> dict:
-    """The resolved settings a job's weights come from: the seed, `data` and `model`, and a pipeline's
-    stage nodes' own `data` and `model` (their trainer, e.g. max_epochs, may change on a resume)."""
-    out: dict[str, Any] = {k: cfg[k] for k in JOB_SETTINGS if k in cfg and k not in STAGE_DIRS}
-    for stage in STAGE_DIRS:
-        node = cfg.get(stage)
-        if isinstance(node, Mapping):
-            out[stage] = {k: node[k] for k in TRAINED_FROM if k in node}
-    return out
-
-
-def check_same_job(run_dir: Path, record: Mapping) -> None:
-    """A resumed sweep must find the same job in a run dir: job numbers follow the order of the
-    swept values, so `-m data.fold=2,3` resumed into a `data.fold=0,1,2,3,4` sweep dir would
-    otherwise reuse fold 0's results as fold 2's. Nor may a run dir's weights or metrics be reused
-    (or continued) under other settings: `trained_from` must match, else ValueError naming the keys."""
-    path = Path(run_dir) / JOB_FILE
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    for key in ("fold", "stage"):
-        if old.get(key) != record.get(key):
-            raise ValueError(
-                f"resume=true: {run_dir} holds a job with {key}={old.get(key)!r}, this job has {key}={record.get(key)!r} "
-                "(job numbers follow the swept values: resume with the same sweep, or use a new hydra.sweep.dir)"
-            )
-    if old.get("trained_from") is not None and record.get("trained_from") is not None:
-        # Hydra rewrote the run's .hydra/config.yaml when this job started: job.json is the record
-        lines = _differing(old["trained_from"], record["trained_from"], MAY_DIFFER)
-        _refuse(run_dir, lines, "resume with the settings it was trained with, or use a new run dir (hydra.run.dir / hydra.sweep.dir)")
-        return
-    before = sorted(o for o in old.get("overrides", []) if not is_neutral(o))
-    now = sorted(o for o in record.get("overrides", []) if not is_neutral(o))
-    if before != now:  # a job.json written before `trained_from` existed: the overrides are all there is
-        log.warning("resume=true: %s was run with overrides %s, this job has %s", run_dir, before, now)
 
 
 def start_job(run_dir: Path, record: Mapping) -> None:

@@ -123,7 +123,8 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
     zero's (over the whole split), and the other ranks get its metrics."""
     from wbc.adaptation import adapt_targets
     from wbc.fit import fit_stage, from_rank_zero
-    from wbc.rundir import check_same_stage, is_rank_zero, save_config
+    from wbc.resume import check_same_stage
+    from wbc.rundir import is_rank_zero, save_config
 
     adapt = adapt_targets(cfg.pipeline.get("adapt_bn"), "pipeline.adapt_bn")  # a bad value fails now, not after training
     metrics: dict = {}

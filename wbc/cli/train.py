@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> float | None:
     `max_failure_rate`, the exception is re-raised for it). `resume=true`: a run dir that already
     holds metrics.json is skipped (its metric is returned); an interrupted one continues from its
     checkpoints/last.ckpt (wbc.fit)."""
-    from wbc import rundir
+    from wbc import resume, rundir
 
     out = Path(cfg.paths.output_dir)
     multirun, basic_sweeper, job_num, overrides = _hydra_job()
@@ -118,12 +118,12 @@ def run(cfg: DictConfig) -> float | None:
         # every run records which job it is and what its weights come from (job.json), so a later
         # resume=true into this dir can check it is the same job
         loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
-        record = rundir.job_record(
+        record = resume.job_record(
             cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers,
-            {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in rundir.JOB_SETTINGS if k in cfg},
+            {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in resume.JOB_SETTINGS if k in cfg},
         )
         if cfg.get("resume"):
-            rundir.check_same_job(out, record)
+            resume.check_same_job(out, record)
             done = rundir.finished_metrics(out)
             if done is not None:
                 log.info("resume=true: %s already finished (metrics.json): skipped", out)
