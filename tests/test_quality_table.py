@@ -311,6 +311,17 @@ def test_masked_twin_of_a_cross_pipeline_row_differs_only_in_its_crops(quality, 
     assert quality.ROWS["cross_pipe_d2_d1_pair"].members == ("cross_pipe_d2_d1", "cross_pipe_d2_d1_masked")
 
 
+def test_masked_twin_of_the_in_domain_row_differs_only_in_its_crops(quality, tmp_path: Path) -> None:
+    from helpers_models import compose_cfg
+
+    plain = compose_cfg("train", ["experiment=quality_cls_wbc"], tmp_path)
+    twin = compose_cfg("train", ["experiment=quality_cls_wbc_masked"], tmp_path)
+    assert plain.data.crops.masked is False and twin.data.crops.masked is True
+    twin.data.crops.masked = False
+    assert twin.data == plain.data and twin.model == plain.model and twin.trainer == plain.trainer and twin.seed == plain.seed
+    assert quality.ROWS["cls_wbc_pair"].members == ("cls_wbc", "cls_wbc_masked")
+
+
 def test_classifier_pair_row_scores_one_pipeline_with_both_classifiers(quality, tmp_path: Path) -> None:
     """cross_pipe_*_pair: evaluate.py gets the first run's segmenter and both runs' classifiers, adapted as the runs
     adapt, on the test split only; the pipeline figures reach the ensemble job's metrics.json."""
