@@ -34,7 +34,10 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
-finished runs as one ensemble (their held-out probabilities averaged). `--entropy N` adds N passes of Tent's entropy minimisation over
+finished runs as one ensemble (their held-out probabilities averaged); `--collect --prior-em` re-scores each
+finished run's held-out probabilities for the held-out set's own class frequencies, estimated without labels
+by EM (Saerens et al. 2002: the training prior taken as the mean of the run's own validation probabilities;
+no training, seconds). `--entropy N` adds N passes of Tent's entropy minimisation over
 the batch-norm scales and shifts after AdaBN (`callbacks.adapt_bn.entropy_epochs=N`), into `<run>_tent<N>`.
 Needs ../shared/data (or WBC_SHARED_DATA) and the `pretrained` extra. Prints macro-F1, balanced
 accuracy and per-class recall on the held-out set next to the training set's own validation figure.
@@ -172,6 +175,44 @@ def ensemble_row(direction: str, variant: str, split: str, seeds: list[int], ada
             f"{balanced_accuracy_score(true, pred):.3f} | {recalls} | | | |")
 
 
+def prior_em(probs, source_prior, iters: int = 200):
+    """Posteriors re-weighted for the class frequencies of the images they were scored on, the
+    frequencies estimated by EM from those posteriors alone (Saerens, Latinne & Decaestecker 2002)."""
+    import numpy as np
+
+    prior = source_prior.copy()
+    for _ in range(iters):
+        q = probs * (prior / source_prior)
+        q /= q.sum(1, keepdims=True)
+        new = q.mean(0)
+        done = np.abs(new - prior).max() < 1e-6
+        prior = new
+        if done:
+            break
+    q = probs * (prior / source_prior)
+    return q / q.sum(1, keepdims=True), prior
+
+
+def prior_em_row(direction: str, variant: str, split: str, seed: int, adapted: str = "") -> str | None:
+    """A finished run's held-out macro-F1 after EM class-prior adaptation (`prior_em`)."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from wbc.evaluation.classification import read_predictions_csv
+
+    held, own = run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv", run_dir(direction, variant, split, seed) / "val_predictions.csv"
+    if not (held.is_file() and own.is_file()):
+        return None
+    (classes, rows), (_, val) = read_predictions_csv(held), read_predictions_csv(own)
+    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    true = [classes.index(r["true"]) for r in rows]
+    source = np.array([[float(r[f"p_{c}"]) for c in classes] for r in val]).mean(0)
+    adjusted, prior = prior_em(probs, source)
+    f1 = [f1_score(true, p.argmax(1), labels=range(len(classes)), average="macro", zero_division=0) for p in (probs, adjusted)]
+    name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''} + EM class priors (estimated {' / '.join(f'{v:.2f}' for v in prior)})"
+    return f"| {DIRECTIONS[direction]} | {name} | {split} | {f1[1]:.3f} (without: {f1[0]:.3f}) | | | | | |"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--directions", nargs="*", default=list(DIRECTIONS), choices=list(DIRECTIONS))
@@ -183,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entropy", type=int, default=0, metavar="N",
                     help="with --adapt-bn: also N passes of Tent's entropy minimisation (into <run>_tent<N>)")
     ap.add_argument("--collect", action="store_true", help="only tabulate finished runs")
+    ap.add_argument("--prior-em", action="store_true", help="also each run re-scored for the held-out class frequencies (EM, no labels)")
     ap.add_argument("--ensemble-seeds", nargs="*", type=int, default=[], metavar="SEED",
                     help="also score the finished runs of these seeds as one ensemble (probabilities averaged)")
     args = ap.parse_args(argv)
@@ -202,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run_dir(d, v, args.split, args.seed).name}_tent*"))
             for adapted in ("", "adabn", *done):
                 line = row(d, v, args.split, args.seed, adapted)
+                if line:
+                    print(line)
+            for adapted in ("", "adabn") if args.prior_em else ():
+                line = prior_em_row(d, v, args.split, args.seed, adapted)
                 if line:
                     print(line)
             for adapted in ("", "adabn") if len(args.ensemble_seeds) > 1 else ():
