@@ -237,3 +237,23 @@ def test_label_budget_self_training_keeps_the_segmenter_as_shipped(monkeypatch: 
     label_budget.main(["--budgets", "20", "--starts", "pseudoens2", "source", "--first-budget", "10", "--segmenter", str(tmp_path)])
     assert pipelines == [("d2_to_d1_cells_reinhard_k20_pseudoens2from10_s42", "lodo"), ("d2_to_d1_cells_reinhard_k20_source_s42", "lodo")]
     assert tuned == ["source"]
+
+
+def test_prior_em_recovers_a_pure_class_frequency_shift(cross) -> None:
+    """Posteriors that are right about the images, scored on a set whose class mix differs from
+    training: EM finds the new mix, and the re-weighted posteriors are the ones Bayes gives for it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    source, target = np.array([0.25, 0.25, 0.25, 0.25]), np.array([0.6, 0.2, 0.15, 0.05])
+    means = np.eye(4) * 1.5
+    labels = rng.choice(4, size=4000, p=target)
+    x = means[labels] + rng.normal(size=(4000, 4))
+    loglik = -0.5 * ((x[:, None, :] - means[None]) ** 2).sum(-1)
+    posterior = np.exp(loglik) * source
+    posterior /= posterior.sum(1, keepdims=True)  # calibrated for the training mix
+    adjusted, prior = cross.prior_em(posterior, source)
+    np.testing.assert_allclose(prior, target, atol=0.03)
+    bayes = np.exp(loglik) * target
+    assert np.abs(adjusted - bayes / bayes.sum(1, keepdims=True)).mean() < 0.01
+    assert (adjusted.argmax(1) == labels).mean() > (posterior.argmax(1) == labels).mean()
