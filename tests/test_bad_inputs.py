@@ -372,8 +372,6 @@ def test_predict_image_smaller_than_crop(tmp_path, disc_pipe):
     assert read_rgb(tmp_path / "out" / "masks" / "small.png").shape[:2] == (20, 20)
 
 
-
-
 def test_predict_huge_image_refused_before_decoding(tmp_path, disc_pipe, monkeypatch):
     import wbc.predict_io
 
