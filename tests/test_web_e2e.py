@@ -175,9 +175,22 @@ def test_batch_of_images_and_the_api_docs(browser, server) -> None:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
+    held, posts = [], []
+
+    def hold_third_upload(route) -> None:  # the third image is still on its way when the first two have arrived
+        posts.append(route)
+        if len(posts) == 3:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/api/images", lambda route: hold_third_upload(route) if route.request.method == "POST" else route.continue_())
     page.set_input_files("#file-input", [
         {"name": f"b{i}.png", "mimeType": "image/png", "buffer": png(field(seed=i, centres=CENTRES[: i + 1]))} for i in range(3)
     ])
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent === 'uploaded').length === 2")
+    assert held and page.is_disabled("#segment-all")  # "Segment all" waits for every image, not only those that arrived
+    held[0].continue_()
     wait_until(page, "!document.getElementById('segment-all').disabled")
     assert page.is_hidden("#classify-all")
     page.click("#segment-all")

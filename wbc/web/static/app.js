@@ -111,7 +111,9 @@ function renderList() {
     }
   }
   const ready = st.items.filter((it) => it.id && !it.error);
-  $("segment-all").disabled = !ready.some((it) => it.status === "uploaded") || st.busy > 0;
+  // "Segment all" means all: it waits until every image still uploading has arrived
+  const uploading = st.items.some((it) => it.status === "queued" || it.status === "uploading");
+  $("segment-all").disabled = uploading || !ready.some((it) => it.status === "uploaded") || st.busy > 0;
   $("classify-all").hidden = !(st.model && st.model.has_classifier) || !ready.some((it) => it.status === "segmented");
   $("download-all").hidden = !ready.some((it) => it.status === "segmented" || it.status === "classified");
   $("clear-all").hidden = st.items.length === 0;
