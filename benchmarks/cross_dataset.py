@@ -195,18 +195,16 @@ def prior_em(probs, source_prior, iters: int = 200):
 
 def prior_em_row(direction: str, variant: str, split: str, seed: int, adapted: str = "") -> str | None:
     """A finished run's held-out macro-F1 after EM class-prior adaptation (`prior_em`)."""
-    import numpy as np
     from sklearn.metrics import f1_score
 
-    from wbc.evaluation.classification import read_predictions_csv
+    from wbc.evaluation.classification import prediction_arrays, read_predictions_csv
 
     held, own = run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv", run_dir(direction, variant, split, seed) / "val_predictions.csv"
     if not (held.is_file() and own.is_file()):
         return None
     (classes, rows), (_, val) = read_predictions_csv(held), read_predictions_csv(own)
-    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-    true = [classes.index(r["true"]) for r in rows]
-    source = np.array([[float(r[f"p_{c}"]) for c in classes] for r in val]).mean(0)
+    probs, true = prediction_arrays(rows, classes)
+    source = prediction_arrays(val, classes)[0].mean(0)
     adjusted, prior = prior_em(probs, source)
     f1 = [f1_score(true, p.argmax(1), labels=range(len(classes)), average="macro", zero_division=0) for p in (probs, adjusted)]
     name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''} + EM class priors (estimated {' / '.join(f'{v:.2f}' for v in prior)})"

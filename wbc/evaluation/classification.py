@@ -123,6 +123,12 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
         return classes, [unguard_row(r) for r in reader]
 
 
+def prediction_arrays(rows: list[dict], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N x C class probabilities, N true-class indices) of rows read by `read_predictions_csv`."""
+    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
+    return probs, np.asarray([classes.index(r["true"]) for r in rows])
+
+
 def write_confusion(matrix: np.ndarray, classes: list[str], stem: Path, title: str, loggers=()) -> None:
     """`<stem>.csv` (true x predicted counts) and `<stem>.png`, also sent to image-capable loggers."""
     import csv
@@ -239,8 +245,7 @@ def pool_oof(jobs) -> tuple[dict, list[dict]] | None:
         rows.extend({"job": job.name, "fold": job.fold, **r} for r in rs)
     if not rows or not classes:
         return None
-    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
-    labels = np.asarray([classes.index(r["true"]) for r in rows])
+    probs, labels = prediction_arrays(rows, classes)
     info = {
         "metrics": classification_report(probs, labels, classes, "oof/val"),
         "n_crops": len(rows),
