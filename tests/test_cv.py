@@ -95,6 +95,9 @@ def test_sweep_writes_cv_summary_with_mean_and_sample_std(seg_sweep) -> None:
         assert float(rows["std"][key]) == pytest.approx(s["std"][key], rel=1e-5)
         assert float(rows["0"][key]) == pytest.approx(metrics["0"][key], rel=1e-5)
     assert "val/dice_best" in seg_sweep["stdout"] and "±" in seg_sweep["stdout"]
+    # each job records the software it ran with (job.json); one machine, one checkout: no differences named
+    software = read_json(seg_sweep["dir"] / "0" / "job.json")["software"]
+    assert software["packages"]["torch"] == torch.__version__.split("+")[0] and "software_differences" not in s
 
 
 def test_sweep_pools_out_of_fold_validation_cases(seg_sweep, data_dir: Path) -> None:

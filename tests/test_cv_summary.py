@@ -98,6 +98,44 @@ def test_settings_grouped_and_non_fold_sweeps_tabulated(tmp_path: Path) -> None:
     assert trials["kind"] == "sweep" and trials["n_ok"] == 3 and "groups" not in trials
 
 
+def test_folds_on_other_software_are_named(tmp_path: Path) -> None:
+    """A sweep resumed after an upgrade, or folds run on two machines: the summary names what
+    differs and which jobs ran on what (job.json's `software`); jobs without a record do not count."""
+    from wbc import provenance
+
+    sweep = tmp_path / "sweep"
+    mine = provenance.software_record()
+    other = {**mine, "packages": {**mine["packages"], "albumentations": "9.9.9"}, "code": {"commit": "abc", "modified": (mine["code"] or {}).get("modified") is not True}}
+    for job, software in enumerate((mine, other, mine, None)):
+        run = fake_run(sweep, job, job, {"val/dice": 0.5})
+        rundir.start_job(run, resume.job_record(job, "segmentation", [f"data.fold={job}"], job, software=software))
+    s = cv.summarize_sweep(sweep)
+    diffs = s["software_differences"]
+    assert f"package albumentations: {mine['packages']['albumentations']} (0, 2) vs 9.9.9 (1)" in diffs
+    assert any(d.startswith("code: ") and "abc (1)" in d for d in diffs) and any(d.startswith("modified: ") for d in diffs)
+    assert not any("torch" in d for d in diffs) and len(diffs) == 3
+    assert "different software across folds: package albumentations" in cv.format_summary(s)
+    (sweep / "1" / "job.json").unlink()  # the odd one out gone: the rest agree
+    assert "software_differences" not in cv.summarize_sweep(sweep)
+
+
+def test_software_record_names_the_commit_and_versions(tmp_path: Path) -> None:
+    import platform
+    import subprocess
+
+    import torch
+
+    from wbc import provenance
+
+    rec = provenance.software_record()
+    assert rec["python"] == platform.python_version() and rec["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert set(rec["packages"]) == set(provenance.PACKAGES)
+    head = subprocess.run(["git", "-C", str(provenance.SOURCE_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI, a fresh clone): the commit it runs
+        assert rec["code"]["commit"] == head.stdout.strip() and isinstance(rec["code"]["modified"], bool)
+    assert provenance.code_version(tmp_path) is None  # not a checkout: no commit, no error
+
+
 def test_mean_std_edge_cases() -> None:
     assert cv.mean_std([0.2, None, float("nan"), 0.4]) == {"mean": pytest.approx(0.3), "std": pytest.approx(math.sqrt(0.02)), "n": 2}
     assert cv.mean_std([0.2]) == {"mean": 0.2, "std": None, "n": 1}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from wbc.io import write_json, write_text
+from wbc.provenance import differences
 from wbc.rundir import (
     FAILED,
     JOB_FILE,
@@ -169,6 +170,11 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
         ],
         "oof": {},
     }
+    # folds trained on other code or library versions (a sweep resumed after an upgrade, two machines)
+    software = differences({j.name: j.record.get("software") for j in jobs})
+    if software:
+        summary["software_differences"] = software
+        log.warning("CV summary: the jobs of one group ran on different software: %s", "; ".join(software))
     opt = next((j.record.get("optimized_metric") for j in jobs if j.record.get("optimized_metric")), None)
     if opt:
         summary["optimized_metric"] = opt
@@ -312,6 +318,7 @@ def format_summary(summary: Mapping, max_metrics: int = 8) -> str:
         for k, v in oof_metrics(g).items():
             if v is not None and k.count("/") == 2:
                 lines.append(f"  {k} = {v:.4f} (pooled out-of-fold)")
+        lines.extend(f"  different software across folds: {d}" for d in g.get("software_differences", []))
     return "\n".join(lines)
 
 

@@ -90,10 +90,12 @@ def check_same_stage(stage_dir: Path, cfg: Mapping) -> None:
 def job_record(
     fold: Any, stage: str | None, overrides: Sequence[str], job: Any = None, task_name: str | None = None,
     optimized_metric: str | None = None, loggers: Mapping[str, Any] | None = None, cfg: Mapping | None = None,
+    software: Mapping[str, Any] | None = None,
 ) -> dict:
     """What job.json holds: enough to recognise the job on resume (`trained_from`: the resolved
-    settings its weights come from, taken from `cfg`), and to log the sweep summary to the same
-    dashboards (`loggers`: the job's resolved logger configs)."""
+    settings its weights come from, taken from `cfg`), to log the sweep summary to the same
+    dashboards (`loggers`: the job's resolved logger configs), and the code and library versions it
+    ran with (`software`, `wbc.provenance.software_record`; a resume does not compare it)."""
     return {
         "job": job,
         "fold": fold,
@@ -103,6 +105,7 @@ def job_record(
         "overrides": list(overrides),
         "loggers": {name: dict(entry) for name, entry in (loggers or {}).items() if entry},
         "trained_from": trained_from(cfg) if cfg is not None else None,
+        "software": dict(software) if software is not None else None,
     }
 
 

@@ -110,17 +110,18 @@ def run(cfg: DictConfig) -> float | None:
     `max_failure_rate`, the exception is re-raised for it). `resume=true`: a run dir that already
     holds metrics.json is skipped (its metric is returned); an interrupted one continues from its
     checkpoints/last.ckpt (wbc.fit)."""
-    from wbc import resume, rundir
+    from wbc import provenance, resume, rundir
 
     out = Path(cfg.paths.output_dir)
     multirun, basic_sweeper, job_num, overrides = _hydra_job()
     try:
-        # every run records which job it is and what its weights come from (job.json), so a later
-        # resume=true into this dir can check it is the same job
+        # every run records which job it is, what its weights come from and the software it ran with
+        # (job.json), so a later resume=true into this dir can check it is the same job
         loggers = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
         record = resume.job_record(
             cfg.data.get("fold"), cfg.stage, overrides, job_num, cfg.task_name, cfg.get("optimized_metric"), loggers,
             {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in resume.JOB_SETTINGS if k in cfg},
+            provenance.software_record(),
         )
         if cfg.get("resume"):
             resume.check_same_job(out, record)
