@@ -277,6 +277,24 @@ def test_model_card(client, clf) -> None:
     assert m["classes"] == clf.hparams.data_info["classes"] and m["has_classifier"] and m["segmenter_input"] == 128
     assert set(m["colours"]) == set(m["classes"]) and m["limits"]["max_file_mb"] == 50
     assert m["appearance_check"] is None  # the tiny modules carry no colour profile
+    assert m["software"] is None  # an in-process model: no run dir, no job.json
+
+
+def test_model_card_names_the_software_a_run_was_trained_with(tmp_path) -> None:
+    """A run dir's job.json (or its first fold's, for a sweep dir) says which code and library versions
+    trained it; a run without one says nothing."""
+    from types import SimpleNamespace
+
+    from wbc import provenance
+    from wbc.web.model_info import describe
+
+    software = provenance.software_record()
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "job.json").write_text(json.dumps({"fold": 0, "software": software}))
+    assert describe(SimpleNamespace(), str(tmp_path / "sweep"), "fold ensemble")["software"] == software
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "job.json").write_text(json.dumps({"fold": 0}))
+    assert describe(SimpleNamespace(), str(tmp_path / "old"), "pipeline run")["software"] is None
 
 
 def test_review_reasons_reach_table_csv_and_geojson(clf) -> None:

@@ -1,5 +1,6 @@
 """What the page says about the loaded model ("scale and honesty"): which run, its classes, input
-sizes, when it was trained and its test figures from the run's metrics.json; and which run
+sizes, when it was trained, with what code and library versions (job.json's `software`) and its test
+figures from the run's metrics.json; and which run
 `python serve.py` picks when none is named (the newest finished pipeline run under outputs/)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wbc.rundir import METRICS, STAGE_DIRS
+from wbc.rundir import JOB_FILE, METRICS, STAGE_DIRS
 
 # the run's test figures shown on the page, in this order, when the run has them (label, key)
 SHOWN_METRICS = (
@@ -50,6 +51,18 @@ def _metrics_of(source: Path | None) -> tuple[dict, str | None]:
     return {}, None
 
 
+def _software_of(source: Path | None) -> dict | None:
+    """The code commit and library versions the run (or its first fold) was trained with, from its
+    job.json (`wbc.provenance`); None for runs from before it was recorded and for ONNX exports."""
+    if source is None or not source.is_dir():
+        return None
+    for path in [source / JOB_FILE, *sorted(source.glob(f"*/{JOB_FILE}"))[:1]]:
+        if path.is_file():
+            software = _read_json(path).get("software")
+            return software if isinstance(software, dict) else None
+    return None
+
+
 def _first_number(metrics: dict, key: str) -> float | None:
     for k in (key, key.replace("/", "/mean/", 1)):
         v = metrics.get(k)
@@ -88,6 +101,7 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "training_scale": seg_info.get("scale"),
         "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
         "trained": trained,
+        "software": _software_of(path),
         "test_figures": figures,
         "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on, "folder": adapted_folder}
                     if adapted_on else None),

@@ -41,6 +41,14 @@ function colour(name) {
   return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
+// the code and library versions a run was trained with (job.json's `software`), in one line
+function softwareLine(sw) {
+  if (!sw) return "not recorded (an ONNX export, or a run from before it was recorded)";
+  const code = sw.code ? `wbc-lab ${sw.code.commit.slice(0, 10)}${sw.code.modified ? " with uncommitted changes" : ""}` : "wbc-lab (not a git checkout)";
+  const pk = sw.packages || {};
+  return [code, ...["torch", "timm", "albumentations"].filter((n) => pk[n]).map((n) => `${n} ${pk[n]}`), `Python ${sw.python}`].join(", ");
+}
+
 async function loadModel() {
   try {
     st.model = await api("GET", "/api/model");
@@ -54,7 +62,7 @@ async function loadModel() {
     (m.trained ? ` · trained ${m.trained}` : "") + (figures.length ? ` · ${figures[0]}` : "");
   const rows = [
     ["loaded from", m.source || "(in-process)"], ["kind", m.kind], ["classes", m.classes.join(", ") || "none (masks and crops only)"],
-    ["trained", m.trained || "unknown"], ["data", m.data || "unknown"],
+    ["trained", m.trained || "unknown"], ["trained with", softwareLine(m.software)], ["data", m.data || "unknown"],
     ["segmenter input", m.segmenter_input ? `${m.segmenter_input} x ${m.segmenter_input} px` : "?"],
     ["cell crop", m.crop_size ? `${m.crop_size} px, classified at ${m.classifier_input} px` : "whole image"],
   ].concat(figures.map((f) => ["test figure", f]));
