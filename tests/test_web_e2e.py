@@ -51,7 +51,10 @@ def server():
     pipe = web_pipeline(clf, delay_s=0.3)
     pipe.adapt_batchnorm([field(seed=i) for i in range(2)], models=("classifier",))  # serve.py adapt_bn=classifier
     pipe.appearance, pipe.appearance_model = field_profile(), "classifier"  # as if the classifier had been trained on such fields
-    with serve_in_background(create_app(pipe, describe(pipe, None, "in-process model", adapted_folder="lab_images"))) as url:
+    card = describe(pipe, None, "in-process model", adapted_folder="lab_images")
+    card["software"] = {"python": "3.11.7", "code": {"commit": "0123456789abcdef", "modified": True},
+                        "packages": {"torch": "2.14.1", "timm": None}}  # as a run's job.json would give it
+    with serve_in_background(create_app(pipe, card)) as url:
         yield url, list(clf.hparams.data_info["classes"])
 
 
@@ -98,6 +101,7 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
     assert page.get_attribute("html", "data-theme") == "light"
     # the model card says the classifier was adapted, on how many images of which folder
     assert "classifier: batch-norm statistics from 2 image(s) of lab_images" in page.text_content("#model-info")
+    assert "wbc-lab 0123456789 with uncommitted changes, torch 2.14.1, Python 3.11.7" in page.text_content("#model-info")
 
     # one good image and one bad file: the bad one says why, the good one goes on
     page.set_input_files("#file-input", [
