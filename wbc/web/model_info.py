@@ -40,27 +40,28 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _run_file(source: Path | None, name: str) -> Path | None:
+    """`<source>/<name>` of a run dir, else that of its first fold (a sweep dir); None when neither exists."""
+    if source is None or not source.is_dir():
+        return None
+    path = source / name
+    return path if path.is_file() else next(iter(sorted(source.glob(f"*/{name}"))), None)
+
+
 def _metrics_of(source: Path | None) -> tuple[dict, str | None]:
     """(metrics.json of the run or of its first fold, when it was written)."""
-    if source is None or not source.exists():
+    path = _run_file(source, METRICS)
+    if path is None:
         return {}, None
-    candidates = [source / METRICS, *(sorted(source.glob(f"*/{METRICS}"))[:1] if source.is_dir() else [])]
-    for path in candidates:
-        if path.is_file():
-            return _read_json(path), time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
-    return {}, None
+    return _read_json(path), time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
 
 
 def _software_of(source: Path | None) -> dict | None:
     """The code commit and library versions the run (or its first fold) was trained with, from its
     job.json (`wbc.provenance`); None for runs from before it was recorded and for ONNX exports."""
-    if source is None or not source.is_dir():
-        return None
-    for path in [source / JOB_FILE, *sorted(source.glob(f"*/{JOB_FILE}"))[:1]]:
-        if path.is_file():
-            software = _read_json(path).get("software")
-            return software if isinstance(software, dict) else None
-    return None
+    path = _run_file(source, JOB_FILE)
+    software = _read_json(path).get("software") if path is not None else None
+    return software if isinstance(software, dict) else None
 
 
 def _first_number(metrics: dict, key: str) -> float | None:
