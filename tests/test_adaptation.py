@@ -187,3 +187,68 @@ def test_pipeline_adapts_only_the_classifier_when_asked(tmp_path) -> None:
     images = [cell(64, seed=i)[0] for i in range(3)]
     assert pipe.adapt_batchnorm(images, models=("classifier",)) == 3 and pipe.adapted_models == ("classifier",)
     assert all(torch.equal(v, seg.state_dict()[k]) for k, v in seg_before.items())
+
+
+class _BNNet(nn.Module):
+    """A one-layer segmenter with a batch norm, on RGB or grey (+ CLAHE) input."""
+
+    def __init__(self, preprocess: dict, scale: dict | None = None) -> None:
+        super().__init__()
+        from wbc.ensemble import AttributeDict
+
+        info = {"image_size": 32, "preprocess": preprocess, "postprocess": {}, **({"scale": scale} if scale else {})}
+        self.hparams = AttributeDict(stage="segmentation", data_info=info)
+        self.conv, self.bn, self.out = nn.Conv2d(1 if preprocess.get("grayscale") else 3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.bn(self.conv(x)))
+
+    def predict_probability(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))
+
+
+@pytest.mark.parametrize("second", [{"grayscale": True, "clahe": True}, {"clahe": True, "white_balance": True}])
+def test_segmenter_ensemble_members_adapt_on_their_own_inputs(second) -> None:
+    """An ensemble of segmenters trained on other preprocessing (the README's RGB + grey recipe): each
+    member's batch norms are re-estimated on its own channels (it crashed on grey, and silently used
+    the first member's input otherwise)."""
+    from wbc.data.transforms import Preprocess, to_tensor
+    from wbc.ensemble import SegmentationEnsemble
+    from wbc.inference import CellPipeline
+
+    torch.manual_seed(0)
+    a, b = _BNNet({"clahe": False}), _BNNet(second)
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 80 + 150).astype(np.uint8)
+    CellPipeline(SegmentationEnsemble([a, b]), None).adapt_batchnorm([rgb], models=("segmenter",))
+    for member, pre in ((a, {"clahe": False}), (b, second)):
+        with torch.no_grad():
+            own = member.conv(to_tensor(Preprocess.from_config(pre)(rgb))[None]).mean((0, 2, 3))
+        torch.testing.assert_close(member.bn.running_mean, own, atol=1e-5, rtol=1e-4)
+
+
+def test_adapt_bn_leaves_out_the_trial_scales_of_scale_auto() -> None:
+    """scale=auto first segments a central window at several trial factors: those tiles are not the
+    image's inputs and are not recorded (they were over half the statistics of an 800 px image)."""
+    from wbc.inference import CellPipeline
+    from wbc.scale import ScaleOptions
+
+    pipe = CellPipeline(_BNNet({"clahe": False}, scale={"nucleus_diameter": 8.0, "resize_factor": 1.0}), None, scale=ScaleOptions(scale="auto"))
+    inside, seen = [False], []  # (in a trial scale, recorded) per batch of segmenter inputs
+    diameters, real = pipe._diameters, pipe._probability
+
+    def measured(pre, factor):
+        inside[0] = True
+        try:
+            return diameters(pre, factor)
+        finally:
+            inside[0] = False
+
+    def counted(x):
+        seen.append((inside[0], pipe._seg_inputs is not None))
+        return real(x)
+
+    pipe._diameters, pipe._probability = measured, counted
+    pipe.adapt_batchnorm([np.full((128, 128, 3), 200, np.uint8)], models=("segmenter",))
+    assert any(t for t, _ in seen), "no trial scale ran: the test image is too small for scale=auto"
+    assert not any(t and r for t, r in seen), "a trial scale's tiles were recorded"
+    assert any(r for t, r in seen if not t) and pipe._seg_inputs is None

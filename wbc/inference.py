@@ -87,6 +87,7 @@ class CellPipeline:
         self.review_options = review or ReviewOptions()
         fn = getattr(classifier, "calibration", None)
         self.calibration: dict = dict(fn()) if callable(fn) else {}  # temperature, review_min_probability
+        self._seg_inputs: Callable[[torch.Tensor], None] | None = None  # sees every batch of segmenter inputs (adapt_batchnorm)
         self.adapted_on = 0  # images whose batch-norm statistics the models now use (adapt_batchnorm); 0 = the training ones
         self.adapted_models: tuple[str, ...] = ()  # which of them
         self.morphology: MorphologyClassifier | None = None  # use_morphology
@@ -150,8 +151,8 @@ class CellPipeline:
         o = self.scale
         self.last_scale = choose_scale(pre.shape[:2], self.seg_info, o.scale, o.diameter, o.pixel_size_um, lambda f: self._diameters(pre, f))
         if self.last_scale.factor is None:
-            x = to_tensor(self.seg_resize(image=pre)["image"])[None].to(self.device)
-            prob = self.segmenter.predict_probability(x)[0, 0].float().cpu().numpy()
+            x = to_tensor(self.seg_resize(image=pre)["image"])[None]
+            prob = self._probability(x)[0, 0].float().cpu().numpy()
             return resize_prob(prob, pre.shape[:2])
         return resize_prob(self._tiled(pre, self.last_scale.factor), pre.shape[:2])
 
@@ -160,7 +161,14 @@ class CellPipeline:
         h, w = pre.shape[:2]
         scaled = cv2.resize(pre, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
         tile = int(self.seg_info.get("image_size") or 128)
-        return sliding_window(lambda b: self.segmenter.predict_probability(b.to(self.device)), to_tensor(scaled), tile, self.scale.overlap, self.scale.batch)
+        return sliding_window(self._probability, to_tensor(scaled), tile, self.scale.overlap, self.scale.batch)
+
+    def _probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The segmenter's probability of a batch of network inputs (all of a segmentation ensemble's
+        input groups stacked); adapt_batchnorm sees each batch here first."""
+        if self._seg_inputs is not None:
+            self._seg_inputs(x)
+        return self.segmenter.predict_probability(x.to(self.device))
 
     def _diameters(self, pre: np.ndarray, factor: float) -> np.ndarray:
         """Nucleus diameters (image px) found at `factor` on a central window of at most 2 x 2 tiles
@@ -172,7 +180,11 @@ class CellPipeline:
         h, w = pre.shape[:2]
         y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
         window = pre[y0 : y0 + side, x0 : x0 + side]
-        prob = resize_prob(self._tiled(window, factor), window.shape[:2])
+        recording, self._seg_inputs = self._seg_inputs, None  # a trial scale's tiles are not the image's inputs (adapt_batchnorm)
+        try:
+            prob = resize_prob(self._tiled(window, factor), window.shape[:2])
+        finally:
+            self._seg_inputs = recording
         labels, _ = extract_instances(prob, replace(self.postprocess, watershed=False, min_area=0, clear_border=True))
         return equivalent_diameters(labels)
 
@@ -255,12 +267,14 @@ class CellPipeline:
         if not batchnorm_layers(*nets):
             raise ValueError("adapt_bn: neither model has a batch-norm layer to adapt")
         again = images if callable(images) else lambda: images
-        members = list(getattr(self.segmenter, "members", [self.segmenter]))  # a fold ensemble's members see the same inputs
+        members = list(getattr(self.segmenter, "members", [self.segmenter]))
+        # an ensemble's input holds each input group's channels (RGB and grey + CLAHE members): each member gets its own
+        member_inputs = getattr(self.segmenter, "member_inputs", lambda b: [b] * len(members))
         rng, kept, seen = np.random.default_rng(seed), [], 0
 
-        def record(_module: torch.nn.Module, args: tuple) -> None:
+        def record(batch: torch.Tensor) -> None:
             nonlocal seen
-            for x in args[0].detach().cpu():
+            for x in batch.detach().cpu():
                 seen += 1
                 j = len(kept) if len(kept) < max_inputs else int(rng.integers(seen))
                 if j < max_inputs:
@@ -268,16 +282,17 @@ class CellPipeline:
 
         n = 0
         if "segmenter" in models:
-            handle = members[0].register_forward_pre_hook(record)
+            self._seg_inputs = record  # the inputs at the scale each image is segmented at, not auto's trial scales
             try:
                 for rgb in again():
                     self.segment(rgb)
                     n += 1
             finally:
-                handle.remove()
+                self._seg_inputs = None
         if kept and batchnorm_layers(self.segmenter):
             x = torch.stack(kept)
-            adapt_batchnorm(self.segmenter, (x[s].to(self.device) for s in batches_of(len(x), batch_size)), lambda b: [m(b) for m in members])
+            adapt_batchnorm(self.segmenter, (x[s].to(self.device) for s in batches_of(len(x), batch_size)),
+                            lambda b: [m(xi) for m, xi in zip(members, member_inputs(b))])
         crops: list[np.ndarray] = []
         if "classifier" in models and self.classifier is not None:
             n = 0
