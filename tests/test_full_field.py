@@ -57,6 +57,17 @@ def test_tile_starts_cover_the_image_with_the_requested_overlap() -> None:
     assert w.max() == pytest.approx(1.0) and w.min() > 0 and w[32, 32] > w[0, 0]
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"batch": -1}, r"tile_batch=-1: expected a whole number"), ({"batch": 0}, "tile_batch=0"), ({"batch": 2.5}, "tile_batch=2.5"),
+    ({"overlap": 1.0}, r"tile_overlap=1.0: expected a fraction"), ({"overlap": -0.1}, "tile_overlap=-0.1"),
+    ({"diameter": 0}, r"diameter=0: expected a positive number"), ({"pixel_size_um": -0.1}, "pixel_size_um=-0.1"),
+])
+def test_bad_tile_and_scale_options_are_refused_naming_the_key(kwargs, message) -> None:
+    """A negative tile_batch used to give an all-NaN probability map and no cells, without an error."""
+    with pytest.raises(ValueError, match=message):
+        ScaleOptions(**kwargs)
+
+
 def test_tiled_equals_single_pass_on_an_image_that_fits_one_tile() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1), torch.nn.Sigmoid())
     x = torch.rand(3, 64, 64)

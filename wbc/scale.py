@@ -139,6 +139,16 @@ class ScaleOptions:
     overlap: float = 0.25
     batch: int = 8
 
+    def __post_init__(self) -> None:
+        """Refused here, naming the key: a negative tile_batch made an empty tile loop and a NaN map (no cells, no error)."""
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"tile_batch={self.batch!r}: expected a whole number of tiles >= 1")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)) or not 0 <= self.overlap < 1:
+            raise ValueError(f"tile_overlap={self.overlap!r}: expected a fraction of the tile in [0, 1)")
+        for key, value in (("diameter", self.diameter), ("pixel_size_um", self.pixel_size_um)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{key}={value!r}: expected a positive number (or leave it unset)")
+
 
 @dataclass(frozen=True)
 class ScaleChoice:
