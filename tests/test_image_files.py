@@ -3,6 +3,7 @@ error naming the file for everything they cannot read."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,92 @@ def test_mask_keeps_raw_values_and_collapses_grey_rgb(tmp_path):
     out = read_mask(stored_as_rgb)
     assert out.shape == (16, 16)
     np.testing.assert_array_equal(out, mask)
+
+
+# --------------------------------------------------------------------------- bit depth (10/12/14-bit cameras)
+
+# effective bits -> the factor an 8-bit picture's values are stored with in a 16-bit file
+STORED = {8: 1, 10: 4, 12: 16, 14: 64, 16: 257}
+
+
+def _write16(path: Path, arr: np.ndarray) -> Path:
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, arr, photometric="rgb" if arr.ndim == 3 else "minisblack")
+        return path
+    return write_image(path, arr)
+
+
+def _decoded(path: Path, via: str) -> np.ndarray:
+    if via == "bytes":  # the web upload: decode_bytes, then as_rgb (wbc.web.engine)
+        return imageio.as_rgb(imageio.decode_bytes(path.read_bytes(), path.name), path.name)
+    return read_rgb(path)
+
+
+@pytest.mark.parametrize("via", ["file", "bytes"])
+@pytest.mark.parametrize("kind", ["rgb.png", "grey.png", "rgb.tif", "grey.tif"])
+@pytest.mark.parametrize("bits", sorted(STORED))
+def test_16bit_files_are_scaled_by_their_effective_bit_depth(tmp_path, bits, kind, via):
+    """A 10/12/14-bit camera frame in a 16-bit file reads as the 8-bit picture it holds (dividing by
+    65535 made it nearly black), 8-bit values in 16 bits stay as they are (16-bit RGB read as its
+    high byte was black), full-range 16-bit as before; grey and RGB, PNG and TIFF alike."""
+    img = _cell_rgb()
+    assert img.max() >= 128  # a bright background, as in every smear: max reveals the depth
+    picture = img if kind.startswith("rgb") else img[..., 0]
+    path = _write16(tmp_path / f"x{bits}{kind}", picture.astype(np.uint16) * STORED[bits])
+    out = _decoded(path, via)
+    expected = picture if picture.ndim == 3 else np.repeat(picture[..., None], 3, axis=2)
+    assert out.dtype == np.uint8 and out.shape == expected.shape
+    assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize(("top", "bits"), [(255, 8), (256, 10), (1023, 10), (4095, 12), (4096, 14), (16383, 14), (65535, 16)])
+def test_to_uint8_divides_by_the_smallest_depth_holding_the_max(top, bits):
+    arr = np.array([[0, top // 2, top]], np.uint16)
+    out = imageio.to_uint8(arr)
+    np.testing.assert_array_equal(out, np.round(arr / (2**bits - 1) * 255).astype(np.uint8))
+    assert out.max() == round(top / (2**bits - 1) * 255)
+    np.testing.assert_array_equal(imageio.to_uint8(np.dstack([arr] * 3))[..., 1], out)  # colour as grey
+
+
+def test_16bit_rgb_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
+    import cv2
+
+    path = write_image(tmp_path / "big16.png", np.full((40, 50, 3), 4000, np.uint16))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded before the pixel check"))
+    with pytest.raises(ImageReadError, match=rf"{re.escape(str(path))}: 50x40 = 2000 pixels exceeds the limit max_pixels=1000"):
+        read_rgb(path, max_pixels=1000)
+
+
+@pytest.mark.parametrize("name", ["t16.png", "t16.tif"])
+def test_truncated_16bit_rgb_is_an_error_naming_the_file(tmp_path, name):
+    path = truncate(_write16(tmp_path / name, np.tile(np.arange(64, dtype=np.uint16)[:, None, None] * 60, (1, 48, 3))))
+    with pytest.raises(ImageReadError, match=re.escape(str(path))):
+        read_rgb(path)
+
+
+def test_bigtiff_is_read_by_predict_and_accepted_by_the_web_upload(tmp_path):
+    from wbc.predict_io import read_image
+    from wbc.web.engine import MAGIC
+
+    img = _cell_rgb()
+    tifffile.imwrite(tmp_path / "big.tif", img, bigtiff=True, photometric="rgb")
+    assert (tmp_path / "big.tif").read_bytes()[:4] == b"II+\x00"
+    np.testing.assert_array_equal(read_image(tmp_path / "big.tif", 50, None), img)
+    tifffile.imwrite(tmp_path / "big12.tif", img.astype(np.uint16) * 16, bigtiff=True, photometric="rgb", byteorder=">")
+    data = (tmp_path / "big12.tif").read_bytes()
+    assert data.startswith(b"MM\x00+") and data.startswith(MAGIC)
+    assert np.abs(read_image(tmp_path / "big12.tif", 50, None).astype(int) - img).max() <= 1
+
+
+def test_16bit_instance_labels_keep_their_ids(tmp_path):
+    """Label maps are read as stored (never rescaled like images): predict's labels PNG and a
+    dataset's instance map."""
+    from wbc.cell_outputs import label_png
+    from wbc.data.manifest import load_instances
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:9], labels[10:15, 20:28], labels[16:19, 1:4] = 1, 2, 300
+    (tmp_path / "labels.png").write_bytes(label_png(labels))
+    np.testing.assert_array_equal(imageio.decode_raw(tmp_path / "labels.png"), labels)
+    sample = Sample(id="a", image=tmp_path / "labels.png", mask=None, class_name="a", instances=tmp_path / "labels.png")
+    np.testing.assert_array_equal(load_instances(sample), labels)

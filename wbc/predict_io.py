@@ -41,7 +41,7 @@ import numpy as np
 
 from wbc import cell_outputs as co
 from wbc.cells import shown
-from wbc.data.imageio import ImageReadError, check_image_size, read_rgb
+from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
 from wbc.io import atomic_write, write_json
@@ -49,7 +49,7 @@ from wbc.morphology import cell_measurements
 
 log = logging.getLogger("wbc")
 
-MAGIC = (b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
+MAGIC = IMAGE_MAGIC  # PNG, BMP, TIFF/BigTIFF, JPEG (wbc.data.imageio)
 LOCK_FILE = "predict.lock"
 RESULTS = ("predictions.csv", "predictions.json")
 CSV_COLUMNS = [
@@ -82,7 +82,7 @@ def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) ->
     with open(path, "rb") as fh:
         head = fh.read(8)
     if not head.startswith(MAGIC):
-        raise ImageReadError(f"{path}: not an image file (no PNG/BMP/TIFF/JPEG header)")
+        raise ImageReadError(f"{path}: not an image file (no PNG/BMP/TIFF/BigTIFF/JPEG header)")
     check_image_size(path, max_pixels, "predict.max_pixels")
 
 

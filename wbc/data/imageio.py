@@ -1,6 +1,6 @@
 """Robust image reading: one function that accepts what labs actually have.
 
-8/16-bit, grey, RGB, RGBA, palette, BMP/PNG/TIFF/JPEG are normalised to uint8 RGB. Corrupt,
+8/16-bit, grey, RGB, RGBA, palette, BMP/PNG/TIFF/BigTIFF/JPEG are normalised to uint8 RGB. Corrupt,
 truncated, empty and non-image files raise `ImageReadError` naming the file, instead of the
 None / partial array / deep traceback the underlying decoders give.
 
@@ -8,6 +8,10 @@ Pixel limit (decompression bombs): the one check is `check_pixels`, on the width
 the header before anything is decoded. Training/evaluation (`data.max_pixels`, through the manifest's
 samples) and predict (`max_pixels`, via predict_io.check_file) both use it; `None` means
 `DEFAULT_MAX_PIXELS`.
+
+Bit depth: images (`read_rgb`, `decode_bytes`) keep all 16 bits of 16-bit grey and colour files
+(Pillow alone keeps only the high byte of 16-bit colour); `to_uint8` then scales them by their
+effective bit depth, so a 10/12/14-bit camera frame saved in a 16-bit file is not read nearly black.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ DEFAULT_MAX_PIXELS = 20_000_000
 # its warning is ignored below because `check_pixels` decides.
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 TIFF_SUFFIXES = (".tif", ".tiff")
+# The first bytes of a TIFF and a BigTIFF, little- and big-endian.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# PNG, BMP, TIFF/BigTIFF, JPEG: the upload and predict checks decide the type by these bytes, never by the name.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"BM", *TIFF_MAGIC, b"\xff\xd8\xff")
+# The camera bit depths an integer image's maximum is matched against (to_uint8).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 class ImageReadError(ValueError):
@@ -117,9 +127,11 @@ def _read_tiff(path: Path | io.BytesIO, max_pixels: int | None, setting: str, la
         return np.asarray(tif.asarray())
 
 
-def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, full_depth: bool = False) -> np.ndarray:
     """The decoded array as stored; files over `max_pixels` (None = DEFAULT_MAX_PIXELS) are refused
-    from their header, before decoding."""
+    from their header, before decoding. 16-bit grey stays uint16; 16-bit colour (RGB/RGBA, grey+alpha)
+    keeps its 16 bits only with `full_depth=True` (images: read_rgb), else Pillow's high byte, as
+    masks have always been read."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if not path.is_file():
@@ -127,26 +139,67 @@ def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.m
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
     limit = pixel_limit(max_pixels, setting)  # a bad setting is a config error, not a bad file
-    return _decode(path, path, path.suffix.lower() in TIFF_SUFFIXES, limit, setting)
+    return _decode(path, path, path.suffix.lower() in TIFF_SUFFIXES, limit, setting, full_depth)
 
 
-def decode_bytes(data: bytes, name: str, max_pixels: int | None = None, setting: str = "max_pixels") -> np.ndarray:
+def decode_bytes(
+    data: bytes, name: str, max_pixels: int | None = None, setting: str = "max_pixels", *, full_depth: bool = True
+) -> np.ndarray:
     """`decode_raw` for an image held in memory (an upload): `name` only labels the messages, the
-    TIFF fallback is chosen by the content's magic bytes, the same pixel limit applies before decoding."""
+    TIFF fallback is chosen by the content's magic bytes, the same pixel limit applies before decoding;
+    16-bit colour keeps its 16 bits unless `full_depth=False`."""
     if not data:
         raise ImageReadError(f"{name}: file is empty (0 bytes); expected an image")
     limit = pixel_limit(max_pixels, setting)
-    return _decode(io.BytesIO(data), name, data[:4] in (b"II*\x00", b"MM\x00*"), limit, setting)
+    return _decode(io.BytesIO(data), name, data.startswith(TIFF_MAGIC), limit, setting, full_depth)
 
 
-def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str) -> np.ndarray:
-    """PIL's decode of a file or buffer (tifffile for the TIFFs PIL cannot open); `label` names it in errors."""
+def _colour16(im: Image.Image) -> bool:
+    """Whether PIL holds 16-bit colour (RGB, RGBA, grey+alpha) that its 8-bit modes would cut to the
+    high byte; 16-bit grey ("I;16" modes) is kept whole by PIL and is not."""
+    if im.mode.startswith("I") or not im.tile:
+        return False
+    args = im.tile[0].args
+    rawmode = args if isinstance(args, str) else (args[0] if args else "")
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _decode_colour16(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str) -> np.ndarray | None:
+    """16-bit colour with all its bits, RGB(A) order: OpenCV (PNG; TIFF through libtiff, any
+    compression), else tifffile for a TIFF; None if neither decodes it. The pixel limit was checked
+    from the header already."""
+    import cv2
+
+    data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is not None and arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV's BGR(A)
+    if tiff:
+        try:
+            return _read_tiff(io.BytesIO(data), limit, setting, label)
+        except ImageReadError:
+            raise
+        except Exception:  # noqa: BLE001 - the caller falls back to PIL's 8 bits
+            pass
+    return None
+
+
+def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str, full_depth: bool = False) -> np.ndarray:
+    """PIL's decode of a file or buffer (tifffile for the TIFFs PIL cannot open; OpenCV/tifffile for
+    16-bit colour when `full_depth`); `label` names it in errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
             with Image.open(source) as im:
                 check_pixels(label, im.size[0], im.size[1], limit, setting)
+                colour16 = full_depth and _colour16(im)
+                if colour16:
+                    deep = _decode_colour16(source, label, tiff, limit, setting)
+                    if deep is not None:
+                        return deep
                 im.load()  # forces a full decode: truncated files raise here
+                if colour16:
+                    warnings.warn(f"{label}: 16-bit colour read as 8 bits (the high byte): OpenCV and tifffile cannot decode it", stacklevel=3)
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -173,15 +226,27 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
         raise ImageReadError(f"{label}: cannot decode as an image ({err}); truncated or not an image file") from err
 
 
+def effective_bits(arr: np.ndarray) -> int:
+    """The smallest camera bit depth b in BIT_DEPTHS with max < 2**b (wider data: its type's width)."""
+    top = int(arr.max(initial=0))
+    return next((b for b in BIT_DEPTHS if top < 2**b), 8 * arr.dtype.itemsize)
+
+
 def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit (or wider) data to 8 bits; bool to 0/255; leave uint8 alone."""
+    """Integer data wider than 8 bits (grey and colour alike) to 8 bits by its effective bit depth:
+    divided by 2**b - 1, b = `effective_bits` (8-bit values stored in 16 bits stay as they are, a
+    12-bit camera's 4095 becomes 255, full-range 16-bit is divided by 65535). Scientific cameras
+    store 10/12/14-bit data in 16-bit files, and dividing those by 65535 makes them nearly black.
+    The maximum reveals the depth because a bright-field smear always has a bright background: its
+    brightest pixels are near the camera's top value. Bool -> 0/255; uint8 unchanged; float data in
+    [0, 1] is scaled by 255, other float data is rounded and clipped."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.integer):
-        info_max = 65535 if arr.max(initial=0) > 255 else 255
-        return (arr.astype(np.float32) * (255.0 / info_max)).round().clip(0, 255).astype(np.uint8)
+        scale = 255.0 / (2 ** effective_bits(arr) - 1)
+        return (arr.astype(np.float32) * scale).round().clip(0, 255).astype(np.uint8)
     arr = arr.astype(np.float32)
     scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
     return (arr * scale).round().clip(0, 255).astype(np.uint8)
@@ -191,12 +256,12 @@ def read_rgb(path: str | Path, max_pixels: int | None = None, setting: str = "da
     """Read any supported image as HxWx3 uint8 RGB (grey is replicated, alpha dropped); images over
     `max_pixels` (None = DEFAULT_MAX_PIXELS; `setting` names the config key) are refused undecoded."""
     path = Path(path)
-    return as_rgb(decode_raw(path, max_pixels, setting), path)
+    return as_rgb(decode_raw(path, max_pixels, setting, full_depth=True), path)
 
 
 def as_rgb(arr: np.ndarray, label: Any) -> np.ndarray:
     """A decoded array (decode_raw / decode_bytes) as HxWx3 uint8 RGB: grey replicated, alpha dropped,
-    16-bit scaled; `label` names the image in errors."""
+    16-bit scaled by its effective bit depth (`to_uint8`); `label` names the image in errors."""
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:

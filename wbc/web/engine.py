@@ -19,12 +19,12 @@ import numpy as np
 
 from wbc import cell_outputs as co
 from wbc.cells import cell_crops, shown
-from wbc.data.imageio import ImageReadError, as_rgb, decode_bytes
+from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, as_rgb, decode_bytes
 from wbc.morphology import cell_measurements
 from wbc.web.store import ImageRecord
 
 # PNG, BMP, TIFF (both byte orders), JPEG: the type is decided by these bytes, never by the name
-MAGIC = (b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
+MAGIC = IMAGE_MAGIC  # wbc.data.imageio: BigTIFF too
 DOWNLOADS = {
     "mask.png": "image/png",
     "labels.png": "image/png",
