@@ -11,10 +11,13 @@ import io
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from lightning.fabric.utilities.data import AttributeDict
@@ -32,6 +35,7 @@ class DarkSegmenter(torch.nn.Module):
         super().__init__()
         self.hparams = AttributeDict(data_info={**data_info, "image_size": image_size}, stage="segmentation")
         self.delay_s = delay_s
+        self.blank = False  # True: finds no nucleus (a run that differs from the last one)
         self.running = 0
         self.most_at_once = 0
         self._lock = threading.Lock()
@@ -44,7 +48,7 @@ class DarkSegmenter(torch.nn.Module):
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)
-            return (x.mean(1, keepdim=True) < 0.45).float()
+            return (x.mean(1, keepdim=True) < (-1 if self.blank else 0.45)).float()
         finally:
             with self._lock:
                 self.running -= 1
@@ -117,6 +121,83 @@ def tiff16(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def make_client(clf, **settings) -> TestClient:
+    """A client of an app of its own (Settings: limits, jobs; delay_s: the stand-in segmenter's)."""
+    from wbc.web.app import Settings, create_app
+
+    return TestClient(create_app(web_pipeline(clf, settings.pop("delay_s", 0.0)), settings=Settings(**settings)))
+
+
 def upload(c: TestClient, data: bytes, name: str = "field.png", url: str = "/api/images"):
     """POST one file as the page does (multipart, field `file`)."""
     return c.post(url, files={"file": (name, data, "application/octet-stream")})
+
+
+def decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert arr is not None, "not a decodable PNG"
+    return arr
+
+
+def check_geojson(geo: dict, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
+    """One valid polygon per cell, in full-resolution pixels, over that cell's pixels, with QuPath's keys."""
+    from shapely.geometry import Point, shape
+
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(rows)
+    for feat, row in zip(geo["features"], rows):
+        geom = shape(feat["geometry"])
+        assert geom.is_valid and geom.area > 0
+        minx, miny, maxx, maxy = geom.bounds
+        assert min(minx, miny) >= 0 and maxx <= labels.shape[1] and maxy <= labels.shape[0]
+        ys, xs = np.nonzero(labels == int(row["cell"]))
+        inside = np.mean([geom.buffer(0.75).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs)])
+        assert inside == 1.0  # every pixel of the cell (its centre, within the outline's half-pixel)
+        assert geom.area == pytest.approx(len(ys), rel=0.35)
+        props = feat["properties"]
+        assert props["objectType"] == "detection" and props["classification"]["name"] == row["class"] in classes
+        assert len(props["classification"]["color"]) == 3
+        assert all(isinstance(v, int | float) for v in props["measurements"].values())
+        assert props["measurements"]["area_px"] == int(row["area"])
+
+
+def check_outline(labels: np.ndarray, inst) -> None:
+    """The cell's GeoJSON outline (wbc.cell_outputs.cell_polygons) is a valid polygon over its pixel centres."""
+    from shapely.geometry import MultiPolygon, Point, Polygon
+
+    from wbc.cell_outputs import cell_polygons
+
+    rings = cell_polygons(labels, inst)
+    geom = Polygon(rings[0]) if len(rings) == 1 else MultiPolygon([Polygon(r) for r in rings])
+    assert geom.is_valid and geom.area > 0, rings
+    ys, xs = np.nonzero(labels == inst.label)
+    assert all(geom.buffer(0.51).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs))
+
+
+def ragged_cells(fields: int, seed: int = 0) -> Iterator[tuple[np.ndarray, object]]:
+    """(labels, instance) of random ragged 8-connected blobs: one-pixel necks, diagonal touches, single pixels."""
+    from skimage.measure import label
+
+    from wbc.postprocess import instances_from_labels
+
+    rng = np.random.default_rng(seed)
+    for _ in range(fields):
+        labels, instances = instances_from_labels(label(rng.random((30, 30)) < 0.45, connectivity=2).astype(np.int32), 0)
+        yield from ((labels, inst) for inst in instances)
+
+
+@contextmanager
+def held(monkeypatch, owner: object, name: str, timeout_s: float = 10.0) -> Iterator[threading.Event]:
+    """owner.name stops when called until the block ends (at most timeout_s); yields the Event set when it is
+    reached, so a test can look at the server while a step is half done."""
+    inside, go, fn = threading.Event(), threading.Event(), getattr(owner, name)
+
+    def stop_then_run(*args, **kwargs):
+        inside.set()
+        go.wait(timeout_s)
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, stop_then_run)
+    try:
+        yield inside
+    finally:
+        go.set()

@@ -22,45 +22,36 @@ from fastapi.testclient import TestClient
 from tests.helpers_data import png_header_only
 from tests.helpers_web import (
     CENTRES,
+    check_geojson,
+    check_outline,
+    decode,
     field,
     field_profile,
+    held,
     jpeg,
+    make_client,
     png,
+    ragged_cells,
     tiff16,
     tiny_pair,
     upload,
     web_pipeline,
 )
-from wbc.web.app import Settings, create_app
+from wbc.web.app import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KINDS = ("mask.png", "labels.png", "overlay.png", "cells.csv", "cells.geojson", "crops.zip", "all.zip")
 
 
 @pytest.fixture(scope="module")
-def modules():
-    return tiny_pair()
-
-
-@pytest.fixture(scope="module")
-def clf(modules):
-    return modules[1]
+def clf():
+    return tiny_pair()[1]
 
 
 @pytest.fixture(scope="module")
 def client(clf):
     with TestClient(create_app(web_pipeline(clf))) as c:
         yield c
-
-
-def make_client(clf, **settings) -> TestClient:
-    return TestClient(create_app(web_pipeline(clf, settings.pop("delay_s", 0.0)), settings=Settings(**settings)))
-
-
-def decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    assert arr is not None, "not a decodable PNG"
-    return arr
 
 
 # --------------------------------------------------------------------------- the flow and every download
@@ -116,27 +107,6 @@ def test_segment_then_classify_then_every_download(client, clf) -> None:
     assert decode(client.get(f"/api/images/{iid}/image.png").content).shape == (100, 160, 3)
 
 
-def check_geojson(geo: dict, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
-    """One valid polygon per cell, in full-resolution pixels, over that cell's pixels, with QuPath's keys."""
-    from shapely.geometry import Point, shape
-
-    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(rows)
-    for feat, row in zip(geo["features"], rows):
-        geom = shape(feat["geometry"])
-        assert geom.is_valid and geom.area > 0
-        minx, miny, maxx, maxy = geom.bounds
-        assert min(minx, miny) >= 0 and maxx <= labels.shape[1] and maxy <= labels.shape[0]
-        ys, xs = np.nonzero(labels == int(row["cell"]))
-        inside = np.mean([geom.buffer(0.75).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs)])
-        assert inside == 1.0  # every pixel of the cell (its centre, within the outline's half-pixel)
-        assert geom.area == pytest.approx(len(ys), rel=0.35)
-        props = feat["properties"]
-        assert props["objectType"] == "detection" and props["classification"]["name"] == row["class"] in classes
-        assert len(props["classification"]["color"]) == 3
-        assert all(isinstance(v, int | float) for v in props["measurements"].values())
-        assert props["measurements"]["area_px"] == int(row["area"])
-
-
 def test_image_formats_and_no_cells(client) -> None:
     """16-bit TIFF, RGBA PNG and grey JPEG give the same three cells; an empty field gives none, with
     downloads that still parse."""
@@ -176,8 +146,10 @@ def test_limits_checked_before_decoding(clf, tmp_path: Path, monkeypatch) -> Non
     from PIL import Image
 
     small = make_client(clf, max_file_mb=0.01, max_pixels=1000)
-    r = upload(small, png(field()), "big.png")
-    assert r.status_code == 400 and "big.png: " in r.text and "exceeds the limit max_file_mb=0.01" in r.text
+    r = upload(small, png(field()), "big.png")  # over the limit but inside the multipart slack: 413 all the same
+    assert r.status_code == 413 and "big.png: " in r.text and "exceeds the limit max_file_mb=0.01" in r.text
+    r = upload(small, png(field())[:16] + b"x" * (2**20 + 20_000), "bigger.png")  # refused while it arrives
+    assert r.status_code == 413 and "bigger.png: the upload is larger than the limit max_file_mb=0.01" in r.text
     r = upload(small, png(field(20, 20, centres=())), "many.png")  # 400 px: under the pixel limit
     assert r.status_code == 200
     r = upload(small, png(field(40, 40, centres=())), "wide.png")  # 1600 px
@@ -198,11 +170,14 @@ def test_wrong_requests(client) -> None:
     assert client.post("/api/images", data={"x": "1"}).status_code == 400
     r = client.get("/api/images/nope")
     assert r.status_code == 404 and "upload it again" in r.json()["detail"]
-    iid = upload(client, png(field())).json()["id"]
-    assert client.get(f"/api/images/{iid}/files/cells.csv").status_code == 409  # nothing segmented yet
+    iid = upload(client, png(field()), "w.png").json()["id"]
+    for url in ("files/cells.csv", "crops/1.png"):  # nothing segmented yet: a step out of order
+        assert client.get(f"/api/images/{iid}/{url}").status_code == 409
     client.post(f"/api/images/{iid}/segment")
-    assert client.get(f"/api/images/{iid}/files/evil.sh").status_code == 409
-    assert client.get(f"/api/images/{iid}/crops/99.png").status_code == 409
+    r = client.get(f"/api/images/{iid}/files/evil.sh")  # what does not exist: 404 naming what does
+    assert r.status_code == 404 and "no download 'evil.sh'" in r.json()["detail"] and "cells.csv" in r.json()["detail"]
+    r = client.get(f"/api/images/{iid}/crops/99.png")
+    assert r.status_code == 404 and r.json()["detail"] == "w.png: no cell 99; its cells are 1 to 3"
 
 
 def test_store_is_bounded_and_deletable(clf) -> None:
@@ -212,11 +187,26 @@ def test_store_is_bounded_and_deletable(clf) -> None:
     assert [i["id"] for i in c.get("/api/images").json()] == ids[1:]
     assert c.delete(f"/api/images/{ids[1]}").status_code == 204 and c.get(f"/api/images/{ids[1]}").status_code == 404
     assert c.delete("/api/images").json() == {"deleted": 1} and c.get("/api/images").json() == []
-    old = create_app(web_pipeline(clf), settings=Settings(max_age_min=1e-4))  # 6 ms
-    with TestClient(old) as c2:
+    mine, theirs = [upload(c, png(field(30, 30, centres=())), f"{i}.png", "/api/images?segment=true").json()["id"] for i in "ab"]
+    assert c.delete("/api/images", params={"ids": ""}).json() == {"deleted": 0}  # ids given, none: nothing, not everything
+    z = zipfile.ZipFile(io.BytesIO(c.get("/api/files/all.zip", params={"ids": mine}).content))  # the page's own, as "Remove all"
+    assert {n.split("/")[0] for n in z.namelist()} == {"a", "manifest.csv"}
+    assert c.delete("/api/images", params={"ids": f"{mine},{mine},gone"}).json() == {"deleted": 1}
+    assert c.get(f"/api/images/{mine}").status_code == 404 and c.get(f"/api/images/{theirs}/files/cells.csv").status_code == 200
+    with make_client(clf, max_age_min=1e-4) as c2:  # 6 ms
         iid = upload(c2, png(field(30, 30, centres=()))).json()["id"]
         time.sleep(0.05)
         assert c2.get(f"/api/images/{iid}").status_code == 404
+    # over max_mb cached downloads go first (re-created when asked for): one image's ZIP does not evict another in use
+    c = make_client(clf)
+    [upload(c, png(field(seed=i)), url="/api/images?segment=true") for i in range(2)]
+    c = make_client(clf, max_store_mb=(sum(r.nbytes for r in c.app.state.store.all()) + 4096) / 2**20)
+    a, b = [upload(c, png(field(seed=i)), url="/api/images?segment=true").json()["id"] for i in range(2)]
+    assert len(c.get(f"/api/images/{b}/files/all.zip").content) > 4096  # cached: over the limit now
+    assert c.post(f"/api/images/{a}/classify").status_code == 200 and c.get("/api/health").json()["store"]["images"] == 2
+    assert not any(r.cache for r in c.app.state.store.all())
+    upload(c, png(field(seed=2)))  # an image more than fits: the oldest goes
+    assert c.get(f"/api/images/{a}").status_code == 404 and c.get(f"/api/images/{b}").status_code == 200
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -248,6 +238,24 @@ def test_jobs_are_bounded_and_off_the_event_loop(clf) -> None:
         assert codes == [200, 200, 503, 503] and seg.most_at_once == 1
         busy = next(f.result() for f in futures if f.result().status_code == 503)
         assert "busy" in busy.json()["detail"] and busy.headers["retry-after"] == "1"
+
+
+def test_during_a_step_an_image_answers_its_last_finished_step_and_holds_up_no_one(clf, monkeypatch) -> None:
+    """During a step (Segment again, no cells this time) state, list and crops are the last step's, whole, at once."""
+    from wbc import cell_outputs as co
+
+    with make_client(clf) as c, ThreadPoolExecutor(2) as pool:
+        before = upload(c, png(field()), url="/api/predict").json()
+        iid, c.app.state.engine.pipe.segmenter.blank = before["id"], True
+        with held(monkeypatch, co, "cell_rows") as inside:  # Segment stops in there, holding the image's lock
+            again = pool.submit(c.post, f"/api/images/{iid}/segment")
+            assert inside.wait(10)
+            during, listed = pool.submit(lambda: [c.get(u).json() for u in (f"/api/images/{iid}", "/api/images")]).result(timeout=5)
+            assert during == before and listed == [{k: v for k, v in before.items() if k != "cells"}]
+            crop = pool.submit(c.get, f"/api/images/{iid}/crops/2.png")  # on the event loop, it would wait for the lock
+            assert crop.result(timeout=5).status_code == 200 and c.get("/api/health").status_code == 200
+        after = again.result().json()
+    assert (after["status"], after["count"], after["cells"]) == ("segmented", 0, [])
 
 
 # --------------------------------------------------------------------------- page, docs, headers
@@ -329,13 +337,23 @@ def test_an_image_unlike_the_training_images_is_flagged_above_it_and_on_every_ce
         assert len(s["cells"]) == 3 and all("unlike the classifier's training images" in x["review_reasons"] for x in s["cells"])
 
 
-def test_all_images_zip_keeps_same_named_images_apart(client) -> None:
-    ids = [upload(client, png(field(seed=i)), "same.png", "/api/predict").json()["id"] for i in range(2)]
+def test_all_images_zip_keeps_images_apart_and_says_which_folder_is_which_file(client) -> None:
+    """A repeated name gets _2, a long one keeps its end; manifest.csv: folder, file, id, status, cells (guarded)."""
+    from wbc.spreadsheet import unguard_row
+
+    long = "Experiment_2024-11-03_Patient-ABC123_Slide04_Giemsa_100x_oil_Field_000{}.tif"
+    names = ["same.png", "same.png", long.format(3), long.format(1), long.format(2), "=HYPERLINK(1).png"]
+    ids = [upload(client, png(field(seed=i)), n, "/api/images?segment=true").json()["id"] for i, n in enumerate(names)]
+    stem = "Experiment_2024-11-03_Patient-_04_Giemsa_100x_oil_Field_000"
+    assert client.get(f"/api/images/{ids[3]}/files/cells.csv").headers["content-disposition"] == f'attachment; filename="{stem}1_cells.csv"'
+    client.post(f"/api/images/{ids[0]}/classify")
     z = zipfile.ZipFile(io.BytesIO(client.get("/api/files/all.zip", params={"ids": ",".join(ids)}).content))
-    tops = sorted({n.split("/")[0] for n in z.namelist()})
-    assert tops == ["same", "same_2"]
-    for top in tops:
-        assert len(list(csv.reader(io.StringIO(z.read(f"{top}/same_cells.csv").decode())))) == 4  # header + 3 cells
+    rows = [unguard_row(r) for r in csv.DictReader(io.StringIO(z.read("manifest.csv").decode()))]
+    assert [r["folder"] for r in rows] == ["same", "same_2", f"{stem}3", f"{stem}1", f"{stem}2", "HYPERLINK_1"]  # by name
+    assert [(r["file"], r["image_id"], r["status"], r["cells"]) for r in rows] == [
+        (n, i, "classified" if k == 0 else "segmented", "3") for k, (n, i) in enumerate(zip(names, ids))]
+    assert "'=HYPERLINK(1).png" in z.read("manifest.csv").decode()  # a spreadsheet shows it as text, does not run it
+    assert all(len(list(csv.reader(io.StringIO(z.read(f"{top}/same_cells.csv").decode())))) == 4 for top in ("same", "same_2"))
 
 
 # --------------------------------------------------------------------------- one writer for predict.py too
@@ -358,24 +376,10 @@ def test_predict_writes_the_same_geojson_and_16bit_labels(clf, tmp_path: Path) -
 def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
     """Random ragged 8-connected blobs (one-pixel necks, diagonal touches, single pixels): every
     outline the GeoJSON gets is valid and covers its cell's pixel centres."""
-    from shapely.geometry import MultiPolygon, Point, Polygon
-    from skimage.measure import label
-
-    from wbc.cell_outputs import cell_polygons
-    from wbc.postprocess import instances_from_labels
-
-    rng = np.random.default_rng(0)
-    n = 0
-    for _ in range(20):
-        labels, instances = instances_from_labels(label(rng.random((30, 30)) < 0.45, connectivity=2).astype(np.int32), 0)
-        for inst in instances:
-            rings = cell_polygons(labels, inst)
-            geom = Polygon(rings[0]) if len(rings) == 1 else MultiPolygon([Polygon(r) for r in rings])
-            assert geom.is_valid and geom.area > 0, rings
-            ys, xs = np.nonzero(labels == inst.label)
-            assert all(geom.buffer(0.51).contains(Point(x + 0.5, y + 0.5)) for y, x in zip(ys, xs))
-            n += 1
-    assert n > 250
+    cells = list(ragged_cells(20))
+    for labels, inst in cells:
+        check_outline(labels, inst)
+    assert len(cells) > 250
 
 
 def test_morphology_model_is_averaged_in_and_named_on_the_model_card(clf) -> None:

@@ -172,8 +172,12 @@ def test_upload_segment_classify_inspect_download_and_theme(browser, server, tmp
 
 
 def test_batch_of_images_and_the_api_docs(browser, server) -> None:
-    """Segment all / Classify all over three images with batch progress; /docs renders offline under the CSP."""
+    """Segment all / Classify all over three images with batch progress; "Download all as ZIP" and "Remove all"
+    take this page's images only, not another user's on the same server; /docs renders offline under the CSP."""
+    import httpx
+
     url, _ = server
+    other = httpx.post(f"{url}/api/predict", files={"file": ("other_user.png", png(field(seed=9)), "image/png")}, timeout=60).json()["id"]
     page = browser.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -205,6 +209,18 @@ def test_batch_of_images_and_the_api_docs(browser, server) -> None:
     wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent.startsWith('classified')).length === 3")
     statuses = page.locator("#image-list .status").all_inner_texts()
     assert statuses == ["classified · 1 cell", "classified · 2 cells", "classified · 3 cells"], statuses
+
+    ids = page.evaluate("st.items.map((it) => it.id)")
+    assert page.get_attribute("#download-all", "href") == "/api/files/all.zip?ids=" + ",".join(ids)
+    with page.expect_download() as info:
+        page.click("#download-all")
+    with zipfile.ZipFile(info.value.path()) as z:
+        manifest = list(csv.DictReader(io.StringIO(z.read("manifest.csv").decode())))
+    assert [r["image_id"] for r in manifest] == ids and [r["file"] for r in manifest] == ["b0.png", "b1.png", "b2.png"]
+    page.click("#clear-all")  # no labels: nothing to ask
+    wait_until(page, "document.querySelectorAll('#image-list li').length === 0")
+    assert [httpx.get(f"{url}/api/images/{i}").status_code for i in ids] == [404] * 3
+    assert httpx.post(f"{url}/api/images/{other}/classify", timeout=60).status_code == 200  # the other user's image stays
     page.goto(url + "/docs")
     page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
     assert page.locator(".swagger-ui .opblock").count() >= 10

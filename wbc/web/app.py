@@ -8,6 +8,7 @@ in-process; `wbc.cli.serve` loads the models once and runs it under uvicorn.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from wbc.cell_outputs import UNCLASSIFIED_COLOUR, class_colour, zip_bytes
+from wbc.cell_outputs import UNCLASSIFIED_COLOUR, class_colour
 from wbc.data.imageio import ImageReadError
-from wbc.web.engine import DOWNLOADS, Engine, Limits, StepError
+from wbc.web.engine import DOWNLOADS, Engine, Limits, NotFound, StepError, TooLarge
 from wbc.web.jobs import Busy, JobRunner
 from wbc.web.model_info import describe
 from wbc.web.store import ImageRecord, ResultStore, display_name
+from wbc.web.zipping import zip_all
 
 log = logging.getLogger("wbc")
 STATIC = Path(__file__).parent / "static"
@@ -115,9 +117,17 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     async def bad_image(_request: Request, err: ImageReadError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
+    @app.exception_handler(TooLarge)
+    async def too_large(_request: Request, err: TooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=413)
+
     @app.exception_handler(StepError)
     async def bad_step(_request: Request, err: StepError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=409)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, err: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=404)
 
     @app.exception_handler(Busy)
     async def busy(_request: Request, err: Busy) -> JSONResponse:
@@ -136,18 +146,23 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
             )
         return rec
 
+    def too_big(head: bytes) -> HTTPProblem:
+        """413 naming the file when its part header has arrived (the body is not read further)."""
+        found = re.search(rb'filename="([^"\r\n]*)"', head[:4096])
+        name = display_name(found.group(1).decode("utf-8", "replace")) + ": " if found else ""
+        return HTTPProblem(413, f"{name}the upload is larger than the limit max_file_mb={s.max_file_mb:g}")
+
     async def read_upload(request: Request) -> tuple[bytes, str]:
         """The file of a multipart upload; the body is refused as soon as it passes the size limit."""
         limit = engine.limits.max_bytes + 2**20  # + the multipart envelope
-        too_big = HTTPProblem(413, f"the upload is larger than the limit max_file_mb={s.max_file_mb:g}")
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            raise too_big
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > limit:
-                raise too_big
+            if len(body) > limit or (length.isdigit() and int(length) > limit):  # from the length: the first chunk only
+                raise too_big(bytes(body))
+        if length.isdigit() and int(length) > limit:  # a body that ended early
+            raise too_big(bytes(body))
         request._body = bytes(body)  # the form parser reads the capped body, never the socket again
         try:
             form = await request.form(max_files=1, max_fields=8)
@@ -165,9 +180,12 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         shown = display_name(name)
         engine.check_upload(data, shown)  # size and type before decoding, on the loop: cheap
         rgb, decode_ms = await runner.run(engine.decode, data, shown)
-        rec = store.add(shown, rgb)
-        rec.timings["decode_ms"] = decode_ms
-        return rec
+
+        def first_view(rec: ImageRecord) -> None:
+            rec.timings["decode_ms"] = decode_ms
+            engine.publish(rec)
+
+        return store.add(shown, rgb, first_view)
 
     def answer(state: dict) -> JSONResponse:
         return JSONResponse(state, headers=_timing_header(state.get("timings", {})))
@@ -184,7 +202,7 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     @app.post("/api/images", tags=["images"], summary="Upload one image (multipart field 'file'); ?segment=true segments it too", openapi_extra=UPLOAD_BODY)
     async def upload(request: Request, segment: bool = False) -> JSONResponse:
         rec = await add_image(request)
-        state = await runner.run(engine.segment, rec) if segment else engine.state(rec)
+        state = await runner.run(engine.segment, rec) if segment else engine.view(rec)
         store.trim()
         return answer(state)
 
@@ -195,17 +213,17 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         store.trim()
         return answer(state)
 
-    @app.get("/api/images", tags=["images"], summary="The images kept on the server (without their cells)")
+    @app.get("/api/images", tags=["images"], summary="Every image kept on the server, every user's (without their cells)")
     async def list_images() -> list[dict]:
-        return [{k: v for k, v in engine.state(r).items() if k != "cells"} for r in store.all()]
+        return [{k: v for k, v in engine.view(r).items() if k != "cells"} for r in store.all()]
 
-    @app.delete("/api/images", tags=["images"], summary="Delete every image and result")
-    async def delete_all() -> dict:
-        return {"deleted": store.clear()}
+    @app.delete("/api/images", tags=["images"], summary="Delete these images (ids=a,b,...); without ids every image on the server, every user's")
+    async def delete_all(ids: str | None = None) -> dict:
+        return {"deleted": store.clear(None if ids is None else [i for i in ids.split(",") if i])}
 
-    @app.get("/api/images/{image_id}", tags=["images"], summary="One image's state, cells and outlines")
+    @app.get("/api/images/{image_id}", tags=["images"], summary="One image's state, cells and outlines (its last finished step)")
     async def get_image(image_id: str) -> JSONResponse:
-        return answer(engine.state(record(image_id)))
+        return answer(engine.view(record(image_id)))
 
     @app.delete("/api/images/{image_id}", tags=["images"], summary="Delete one image and its results")
     async def delete_image(image_id: str) -> Response:
@@ -229,7 +247,7 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
 
     @app.get("/api/images/{image_id}/crops/{cell}.png", tags=["files"], summary="One cell's crop")
     async def crop_png(image_id: str, cell: int) -> Response:
-        return Response(engine.crop_png(record(image_id), cell), media_type="image/png")
+        return Response(await runner.run(engine.crop_png, record(image_id), cell), media_type="image/png")
 
     @app.get(
         "/api/images/{image_id}/files/{kind}", tags=["files"],
@@ -240,13 +258,13 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         data = await runner.run(engine.download, rec, kind)
         return Response(data, media_type=DOWNLOADS[kind], headers={"Content-Disposition": f'attachment; filename="{rec.stem}_{kind}"'})
 
-    @app.get("/api/files/all.zip", tags=["files"], summary="Every segmented image's files in one ZIP (ids=a,b,... or all)")
-    async def all_zip(ids: str = "") -> Response:
-        recs = [record(i) for i in ids.split(",") if i] if ids else [r for r in store.all() if r.labels is not None]
+    @app.get("/api/files/all.zip", tags=["files"], summary="These images' files in one ZIP, a folder each, and manifest.csv (ids=a,b,...; without ids every segmented image on the server, every user's)")
+    async def all_zip(ids: str | None = None) -> Response:
+        recs = store.all() if ids is None else [record(i) for i in dict.fromkeys(ids.split(",")) if i]
         recs = [r for r in recs if r.labels is not None]
         if not recs:
             raise HTTPProblem(409, "no segmented image to download yet: segment an image first")
-        data = await runner.run(_zip_all, engine, recs)
+        data = await runner.run(zip_all, engine, recs)
         return Response(data, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="wbc_results.zip"'})
 
     # ----------------------------------------------------------------------------- the page and the docs
@@ -269,17 +287,3 @@ def _segment_and_classify(engine: Engine, rec: ImageRecord) -> dict:
     state = engine.segment(rec)
     return engine.classify(rec) if engine.has_classifier else state
 
-
-def _zip_all(engine: Engine, recs: list[ImageRecord]) -> bytes:
-    """One folder per image (its download stem; a repeated stem gets _2, _3, ...)."""
-    files: dict[str, bytes] = {}
-    used: set[str] = set()
-    for rec in recs:
-        folder, n = rec.stem, 1
-        while folder.casefold() in used:
-            n += 1
-            folder = f"{rec.stem}_{n}"
-        used.add(folder.casefold())
-        with rec.lock:
-            files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
-    return zip_bytes(files)

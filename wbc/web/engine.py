@@ -4,6 +4,13 @@ segments again), and the downloads (wbc.cell_outputs, the writers predict.py use
 
 The loaded pipeline is shared by all jobs; each job works on a shallow copy of it, so the per-image
 state the pipeline keeps (`last_scale`) never leaks between two images processed at the same time.
+
+What a GET answers about an image (its state, a cell's crop) is the record's `view`: a snapshot that
+each step builds inside the image's lock at its end and publishes in one assignment (`publish`). A
+GET reads it without the lock. Taking the lock instead (through the job pool, so the event loop never
+waits) would make every click on an image that is being segmented wait for the model, take a worker
+from the other users' jobs meanwhile, and answer "busy" under load; the snapshot is simpler and still
+never mixes two runs: it always shows the last finished step, whole.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from wbc import cell_outputs as co
 from wbc.cells import cell_crops, shown
 from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, as_rgb, decode_bytes
 from wbc.morphology import cell_measurements
-from wbc.web.store import ImageRecord
+from wbc.web.store import ImageRecord, View
 
 # PNG, BMP, TIFF (both byte orders), JPEG: the type is decided by these bytes, never by the name
 MAGIC = IMAGE_MAGIC  # wbc.data.imageio: BigTIFF too
@@ -37,7 +44,15 @@ DOWNLOADS = {
 
 
 class StepError(ValueError):
-    """A request the image's state does not allow (classify before segment, unknown download)."""
+    """A request the image's state does not allow (classify before segment): 409."""
+
+
+class NotFound(LookupError):
+    """A download kind or a cell that does not exist (the message names what does): 404."""
+
+
+class TooLarge(ImageReadError):
+    """A file over max_file_mb: 413, like an upload refused while it arrives."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class Engine:
         if not data:
             raise ImageReadError(f"{name}: file is empty (0 bytes); expected an image")
         if len(data) > self.limits.max_bytes:
-            raise ImageReadError(f"{name}: {len(data)} bytes exceeds the limit max_file_mb={self.limits.max_file_mb:g}")
+            raise TooLarge(f"{name}: {len(data)} bytes exceeds the limit max_file_mb={self.limits.max_file_mb:g}")
         if not data.startswith(MAGIC):
             raise ImageReadError(f"{name}: not an image file (expected PNG, JPEG, TIFF or BMP content)")
 
@@ -97,20 +112,21 @@ class Engine:
             cells_ms, t2 = _ms(t1), time.perf_counter()
             polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
             outlines_ms, t3 = _ms(t2), time.perf_counter()
-            rec.measurements = cell_measurements(rec.rgb, labels, instances)
+            measurements = cell_measurements(rec.rgb, labels, instances)
             measure_ms, t4 = _ms(t3), time.perf_counter()
             check = getattr(pipe, "check_appearance", None)  # is the image like the model's training images (wbc.appearance)
-            rec.appearance = check(rec.rgb, labels) if callable(check) else None
+            appearance = check(rec.rgb, labels) if callable(check) else None
+            rows = co.cell_rows(instances, self.classes, measurements=measurements)
+            # everything computed: the record changes only now (an error above leaves the last run whole)
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
-            rec.instances, rec.crops, rec.polygons = instances, crops, polygons
-            rec.scale = pipe.last_scale
+            rec.instances, rec.crops, rec.polygons, rec.rows = instances, crops, polygons, rows
+            rec.measurements, rec.appearance, rec.scale = measurements, appearance, pipe.last_scale
             rec.class_probs, rec.review = None, None
-            rec.rows = co.cell_rows(instances, self.classes, measurements=rec.measurements)
             rec.status = "segmented"
             rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings = {k: v for k, v in rec.timings.items() if k == "decode_ms"}
             rec.timings.update(segment_ms=seg_ms, cells_ms=cells_ms, outlines_ms=outlines_ms, measure_ms=measure_ms, appearance_ms=_ms(t4))
-        return self.state(rec)
+            return self.publish(rec)
 
     def classify(self, rec: ImageRecord) -> dict:
         """Class probabilities of the stored crops (+ review reasons when the pipeline gives them)."""
@@ -135,9 +151,18 @@ class Engine:
             rec.status = "classified"
             rec.cache = {k: v for k, v in rec.cache.items() if k == "image.png"}
             rec.timings.update(classify_ms=classify_ms, review_ms=_ms(t1))
-        return self.state(rec)
+            return self.publish(rec)
 
     # ------------------------------------------------------------------------- what the page shows
+    def publish(self, rec: ImageRecord) -> dict:
+        """Snapshot the record for the GETs (the caller holds rec.lock, or nobody else sees rec yet)."""
+        rec.view = View(self.state(rec), rec.crops)
+        return rec.view.state
+
+    def view(self, rec: ImageRecord) -> dict:
+        """The last finished step's state, read without the lock (never waits for a running step)."""
+        return rec.view.state if rec.view is not None else self.state(rec)
+
     def state(self, rec: ImageRecord) -> dict:
         """Everything the page needs about one image (JSON-ready)."""
         h, w = rec.rgb.shape[:2]
@@ -158,13 +183,14 @@ class Engine:
     def download(self, rec: ImageRecord, kind: str) -> bytes:
         """One download of one image, encoded once and cached until its results change."""
         if kind not in DOWNLOADS:
-            raise StepError(f"unknown download {kind!r}; choose one of {', '.join(DOWNLOADS)}")
+            raise NotFound(f"no download {kind!r}: the downloads of an image are {', '.join(DOWNLOADS)}")
         with rec.lock:
             if rec.labels is None:
                 raise StepError(f"{rec.name}: segment this image first; downloads need its cells")
-            if kind not in rec.cache:
-                rec.cache[kind] = self._encoders(rec)[kind]()
-            return rec.cache[kind]
+            data = rec.cache.get(kind)  # the store may drop the cache at any time (ResultStore._evict)
+            if data is None:
+                data = rec.cache[kind] = self._encoders(rec)[kind]()
+            return data
 
     def _encoders(self, rec: ImageRecord) -> dict[str, Callable[[], bytes]]:
         labels, classes, stem = rec.labels, self.classes, rec.stem
@@ -199,11 +225,16 @@ class Engine:
         return data
 
     def crop_png(self, rec: ImageRecord, cell: int) -> bytes:
-        with rec.lock:
-            for row, c in zip(rec.rows, rec.crops):
-                if row["cell"] == cell:
-                    return co.png_bytes(shown(c), compression=1)
-        raise StepError(f"{rec.name}: no cell {cell}")
+        """One cell's crop from the last finished step (the cells the page shows), without the lock."""
+        view = rec.view
+        if view is None or view.state["count"] is None:
+            raise StepError(f"{rec.name}: segment this image first; crops need its cells")
+        crop = view.crop(cell)
+        if crop is None:
+            ids = [c["cell"] for c in view.state["cells"]]
+            there = f"its cells are {ids[0]} to {ids[-1]}" if ids else "it has no cells"
+            raise NotFound(f"{rec.name}: no cell {cell}; {there}")
+        return co.png_bytes(shown(crop), compression=1)
 
 
 def appearance_text(check: dict | None) -> str:

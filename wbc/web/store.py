@@ -1,6 +1,7 @@
 """Results kept in memory for the page, bounded so a lab PC left open all day never fills up: at most
-`max_images` images, none older than `max_age_min` minutes, at most `max_mb` of pixels; the oldest go
-first. Every image can be deleted. Nothing is written to disk.
+`max_images` images, none older than `max_age_min` minutes, at most `max_mb` of pixels and cached
+downloads. Over `max_mb` the cached downloads (re-created on the next request) go first, then whole
+images, the oldest first. Every image can be deleted. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +28,31 @@ def display_name(name: str | None) -> str:
     return base[:120] or "image"
 
 
+STEM_MAX = 60
+
+
 def safe_stem(name: str) -> str:
-    """An ASCII file stem for downloads: the name without extension, other characters as `_`."""
+    """An ASCII file stem for downloads: the name without extension, other characters as `_`. A stem
+    longer than 60 characters keeps its first 30 and its last 29 (joined by `_`): lab names differ at
+    the end (`..._Field_0001`, `..._Field_0002`), so cutting the tail off would give them one name."""
     stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode())
-    return stem.strip("_")[:60] or "image"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()).strip("_")
+    if len(stem) > STEM_MAX:
+        head, tail = STEM_MAX // 2, STEM_MAX // 2 - 1
+        stem = stem[:head].rstrip("_") + "_" + stem[-tail:].lstrip("_")
+    return stem or "image"
+
+
+@dataclass(frozen=True)
+class View:
+    """What the GET requests answer about one image: its state (Engine.state) and the crops of the same
+    run, published together at the end of each step (one attribute assignment), never half-updated."""
+
+    state: dict
+    crops: list[np.ndarray]
+
+    def crop(self, cell: int) -> np.ndarray | None:
+        return next((c for row, c in zip(self.state["cells"], self.crops) if row["cell"] == cell), None)
 
 
 @dataclass
@@ -56,12 +78,23 @@ class ImageRecord:
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, bytes] = field(default_factory=dict)  # encoded downloads, cleared when results change
     lock: threading.Lock = field(default_factory=threading.Lock)  # one step at a time per image
+    view: View | None = None  # the last finished step's answer (Engine.publish), read by GETs without the lock
 
     @property
     def nbytes(self) -> int:
         crops = sum(c.nbytes for c in self.crops)
         labels = self.labels.nbytes if self.labels is not None else 0
-        return self.rgb.nbytes + labels + crops + sum(len(v) for v in self.cache.values())
+        return self.rgb.nbytes + labels + crops + self.cache_bytes
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(len(v) for v in list(self.cache.values()))
+
+    def drop_cache(self) -> int:
+        """Forget the cached downloads (each is encoded again when asked for); the bytes freed. The dict
+        is replaced, not emptied, so a step or download holding the old one is not disturbed."""
+        freed, self.cache = self.cache_bytes, {}
+        return freed
 
 
 class ResultStore:
@@ -74,10 +107,13 @@ class ResultStore:
         self._items: dict[str, ImageRecord] = {}
         self._lock = threading.Lock()
 
-    def add(self, name: str, rgb: np.ndarray) -> ImageRecord:
-        """Store a decoded image under a new random id, evicting the oldest beyond the limits."""
+    def add(self, name: str, rgb: np.ndarray, prepare: Callable[[ImageRecord], None] | None = None) -> ImageRecord:
+        """Store a decoded image under a new random id, evicting the oldest beyond the limits.
+        `prepare(rec)` runs before the record is visible to any other request (its first view)."""
         shown = display_name(name)
         rec = ImageRecord(id=secrets.token_hex(8), name=shown, stem=safe_stem(shown), rgb=rgb)
+        if prepare is not None:
+            prepare(rec)
         with self._lock:
             self._items[rec.id] = rec
             self._evict(keep=rec.id)
@@ -92,11 +128,14 @@ class ResultStore:
         with self._lock:
             return self._items.pop(image_id, None) is not None
 
-    def clear(self) -> int:
+    def clear(self, ids: list[str] | None = None) -> int:
+        """Delete these images (None: every image on the server); how many were deleted."""
         with self._lock:
-            n = len(self._items)
-            self._items.clear()
-            return n
+            if ids is None:
+                n = len(self._items)
+                self._items.clear()
+                return n
+            return sum(self._items.pop(i, None) is not None for i in set(ids))
 
     def all(self) -> list[ImageRecord]:
         with self._lock:
@@ -118,6 +157,8 @@ class ResultStore:
             del self._items[rid]
         order = sorted(self._items.values(), key=lambda r: r.created)
         total = sum(r.nbytes for r in order)
+        if total > self.max_bytes:  # cached downloads first: they are re-created, an image in use is not
+            total -= sum(rec.drop_cache() for rec in order)
         for rec in order:
             if len(self._items) <= self.max_images and total <= self.max_bytes:
                 break

@@ -123,7 +123,9 @@ function renderList() {
   const uploading = st.items.some((it) => it.status === "queued" || it.status === "uploading");
   $("segment-all").disabled = uploading || !ready.some((it) => it.status === "uploaded") || st.busy > 0;
   $("classify-all").hidden = !(st.model && st.model.has_classifier) || !ready.some((it) => it.status === "segmented");
-  $("download-all").hidden = !ready.some((it) => it.status === "segmented" || it.status === "classified");
+  // this page's images only: the server holds other users' too (a link without ids would give every one)
+  const done = ready.filter((it) => it.data && (it.data.status === "segmented" || it.data.status === "classified"));
+  $("download-all").hidden = !done.length; $("download-all").href = "/api/files/all.zip?ids=" + done.map((it) => it.id).join(",");
   $("clear-all").hidden = st.items.length === 0;
 }
 
@@ -369,7 +371,8 @@ function init() {
   $("clear-all").addEventListener("click", async () => {
     const n = st.items.reduce((k, it) => k + (it.marks || []).length, 0);
     if (n && !window.confirm(`Remove all images and your ${n} label(s)? Download your labels first to keep them.`)) return;
-    try { await api("DELETE", "/api/images"); } catch (err) { /* shown below */ }
+    const ids = st.items.filter((it) => it.id).map((it) => it.id); // this page's, never other users' images
+    if (ids.length) { try { await api("DELETE", "/api/images?ids=" + ids.join(",")); } catch (err) { /* already gone */ } }
     st.items = []; renderLabels(); select(null);
   });
   for (const r of document.querySelectorAll('input[name="overlay"]')) r.addEventListener("change", () => { st.overlay = r.value; draw(); });

@@ -1,0 +1,44 @@
+"""The all-images ZIP: one folder per image (its download stem; a repeated stem gets _2, _3, ...) and
+`manifest.csv`, which says which folder is which upload: folder, the file name as uploaded, the image
+id, its status and cell count (the csv module, text guarded as in cells.csv: wbc.spreadsheet)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING
+
+from wbc.cell_outputs import csv_records, zip_bytes
+
+if TYPE_CHECKING:
+    from wbc.web.engine import Engine
+    from wbc.web.store import ImageRecord
+
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("folder", "file", "image_id", "status", "cells")
+
+
+def manifest_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(csv_records(rows, MANIFEST_COLUMNS))
+    return buf.getvalue().encode("utf-8")
+
+
+def zip_all(engine: Engine, recs: list[ImageRecord]) -> bytes:
+    """These (segmented) images' files, a folder each, and the manifest; each image's files and its
+    manifest row are read under its lock, so they come from one run."""
+    files: dict[str, bytes] = {}
+    used: set[str] = set()
+    rows: list[dict] = []
+    for rec in recs:
+        folder, n = rec.stem, 1
+        while folder.casefold() in used:
+            n += 1
+            folder = f"{rec.stem}_{n}"
+        used.add(folder.casefold())
+        with rec.lock:
+            files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
+            rows.append({"folder": folder, "file": rec.name, "image_id": rec.id, "status": rec.status, "cells": len(rec.rows)})
+    return zip_bytes({MANIFEST: manifest_csv(rows), **files})
