@@ -206,7 +206,7 @@ def instance_crops(
         box = crop_box(c, size, image.shape)
         patch = crop(image, box, size)
         if masked:
-            keep = crop(labels == inst.label, box, size, pad_value=False)
+            keep = crop(labels, box, size) == inst.label  # the box only, not the whole image a cell
             cut = np.where(keep[..., None] if patch.ndim == 3 else keep, patch, np.zeros((), patch.dtype))
             patch = np.concatenate([np.atleast_3d(patch), np.atleast_3d(cut)], axis=2) if masked == BOTH_VIEWS else cut
         crops.append(patch)

@@ -186,15 +186,19 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     ridges, _ = ndi.label(h_maxima(dist, _RIDGE_TOLERANCE, footprint=_EIGHT), structure=_EIGHT)
     ridge_ids = np.unique(ridges[peaks[:, 0], peaks[:, 1]])
     ridge_ids = ridge_ids[ridge_ids > 0]
-    seed_comp = np.array([comps[ridges == r].max() for r in ridge_ids], dtype=np.int64)
+    # each ridge's component, in one pass: a ridge (dist > 0, 8-connected) lies inside one 8-connected component
+    on_ridge = ridges > 0
+    comp_of = np.zeros(int(ridges.max()) + 1, dtype=np.int64)
+    comp_of[ridges[on_ridge]] = comps[on_ridge]
+    seed_comp = comp_of[ridge_ids]
     comp_ids, counts = np.unique(seed_comp, return_counts=True)
     to_split = comp_ids[counts >= 2]
     if len(to_split) == 0:
         return comps
-    markers = np.zeros_like(comps)
-    for i, (r, c) in enumerate(zip(ridge_ids, seed_comp, strict=True), start=1):
-        if c in to_split:
-            markers[ridges == r] = i
+    marker_of = np.zeros(int(ridges.max()) + 1, dtype=comps.dtype)  # ridge -> its marker (1, 2, ... in ridge order), 0 = none
+    chosen = np.isin(seed_comp, to_split)
+    marker_of[ridge_ids[chosen]] = np.arange(1, len(ridge_ids) + 1, dtype=comps.dtype)[chosen]
+    markers = marker_of[ridges]
     split_region = np.isin(comps, to_split)
     # connectivity=2 matches the 8-connected components, so diagonal-only pixels are still flooded.
     ws = watershed(-dist, markers, mask=split_region, connectivity=2)
@@ -238,10 +242,10 @@ def _instances_from_labels(labels: np.ndarray, min_area: int) -> tuple[np.ndarra
     """Drop regions < min_area and relabel 1..n ordered by (cy, cx) of the centroid, for determinism."""
     props = [p for p in regionprops(labels) if p.area >= min_area]
     props.sort(key=lambda p: (p.centroid[0], p.centroid[1], p.bbox))
-    out = np.zeros(labels.shape, dtype=np.int32)
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)  # one pass over the image, not one a cell (minutes on a big field)
     instances = []
     for new_id, p in enumerate(props, start=1):
-        out[labels == p.label] = new_id
+        lookup[p.label] = new_id
         cy, cx = p.centroid
         instances.append(
             Instance(
@@ -251,7 +255,7 @@ def _instances_from_labels(labels: np.ndarray, min_area: int) -> tuple[np.ndarra
                 area=int(p.area),
             )
         )
-    return out, instances
+    return lookup[labels], instances
 
 
 def drop_border_objects(labels: np.ndarray) -> np.ndarray:
