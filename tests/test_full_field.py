@@ -232,6 +232,19 @@ def test_auto_scale_matches_the_nearest_training_source_of_a_combined_segmenter(
     assert choice.factor == pytest.approx(98.0 / 95.0) and choice.source is None
 
 
+def test_a_given_diameter_picks_the_training_source_whose_nuclei_had_that_size():
+    """diameter= on a segmenter trained on two sets: the field goes to the set whose nuclei had that
+    size in its own pixels (dataset2: 81 / 0.853 = 95 px), not to the pooled median (98 network px)."""
+    sources = {"d2": {"nucleus_diameter": 81.0, "resize_factor": 0.853}, "idb2": {"nucleus_diameter": 115.0, "resize_factor": 0.996}}
+    info = {"image_size": 256, "scale": {"nucleus_diameter": 98.0, "resize_factor": 0.996, "source_size": [257, 257], "sources": sources}}
+    near_d2 = choose_scale((1200, 1600), info, diameter=95.0)
+    assert near_d2.source == "d2" and near_d2.factor == pytest.approx(81.0 / 95.0) and near_d2.resize_factor == 0.853
+    near_idb2 = choose_scale((1200, 1600), info, diameter=110.0)
+    assert near_idb2.source == "idb2" and near_idb2.factor == pytest.approx(115.0 / 110.0)
+    one = choose_scale((1200, 1600), {**info, "scale": {k: v for k, v in info["scale"].items() if k != "sources"}}, diameter=95.0)
+    assert one.source is None and one.factor == pytest.approx(98.0 / 95.0)
+
+
 def test_a_combined_data_config_records_the_scale_of_each_part(tmp_path):
     """measure_training_scale of a DataModule with data.parts: pooled figures plus one entry per part."""
     from datamodules.segmentation import SegmentationDataModule

@@ -187,6 +187,12 @@ def choose_scale(
     if diameter is not None:
         if not target:
             raise ValueError("diameter=...: the segmenter checkpoint records no training nucleus diameter (data_info.scale); retrain or use scale=<factor>")
+        if sc.get("sources"):
+            # several training sources: the one whose nuclei had this size in its own image px (the least
+            # resampling); the pooled median matches none of them (the case where auto's F1 fell to 0.22)
+            source, t, rf = min((t for t in scale_targets(sc) if t[2] > 0), key=lambda t: abs(math.log(float(diameter) * t[2] / t[1])))
+            return ScaleChoice(t / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter of {source} {t:.1f} network px",
+                               float(diameter), source, rf)
         return ScaleChoice(float(target) / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter {target:.1f} network px", float(diameter))
     if pixel_size_um is not None:
         net_um = sc.get("network_pixel_size_um")
