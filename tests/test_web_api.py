@@ -375,7 +375,7 @@ def test_predict_writes_the_same_geojson_and_16bit_labels(clf, tmp_path: Path) -
 # --------------------------------------------------------------------------- cell outlines
 def test_every_cell_outline_is_a_valid_polygon_even_for_ragged_cells() -> None:
     """Random ragged 8-connected blobs (one-pixel necks, diagonal touches, single pixels): every
-    outline the GeoJSON gets is valid and covers its cell's pixel centres."""
+    outline the GeoJSON gets is valid and covers exactly its cell's pixels (holes filled)."""
     cells = list(ragged_cells(20))
     for labels, inst in cells:
         check_outline(labels, inst)

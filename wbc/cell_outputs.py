@@ -7,9 +7,9 @@ predict.py can write it atomically (wbc.io). Pure numpy/OpenCV: no Lightning, no
 
 Coordinates: full-resolution pixels, origin at the top-left corner of the image; pixel (row r,
 column c) covers x in [c, c+1), y in [r, r+1), so its centre is (c + 0.5, r + 0.5), as QuPath has it.
-A cell's polygon runs through the centres of its outline pixels; an outline that touches itself (a
-one-pixel neck) is replaced by its convex hull, and a cell of one or two pixels by its pixel box, so
-every polygon is valid (simple, positive area).
+A cell's polygon runs along its pixels' outer edges (wbc.outlines, as QuPath traces a label image): its
+area is the cell's pixel count (holes filled), and pixels touching only at a corner are parts of one
+MultiPolygon meeting at that point, so every polygon is valid.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from wbc.cells import shown
 from wbc.morphology import FEATURES as MEASUREMENTS
+from wbc.outlines import mask_outlines
 from wbc.overlay import label_cells
 from wbc.postprocess import Instance
 from wbc.spreadsheet import guard
@@ -123,74 +124,19 @@ def cells_csv(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> byte
 
 
 # ----------------------------------------------------------------------------- polygons and GeoJSON
-def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """For segment pairs (a-b, c-d), broadcast: do they meet (touching counts)?"""
-
-    def orient(p, q, r):
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
-
-    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
-    boxes = (
-        (np.minimum(a[..., 0], b[..., 0]) <= np.maximum(c[..., 0], d[..., 0]))
-        & (np.minimum(c[..., 0], d[..., 0]) <= np.maximum(a[..., 0], b[..., 0]))
-        & (np.minimum(a[..., 1], b[..., 1]) <= np.maximum(c[..., 1], d[..., 1]))
-        & (np.minimum(c[..., 1], d[..., 1]) <= np.maximum(a[..., 1], b[..., 1]))
-    )
-    return (o1 * o2 <= 0) & (o3 * o4 <= 0) & boxes
-
-
-def is_simple_ring(ring: np.ndarray, block: int = 256) -> bool:
-    """A ring (n x 2, not closed) is a valid polygon exterior: >= 3 distinct vertices, non-zero area,
-    no two non-adjacent edges meeting (checked in blocks so big outlines stay small in memory)."""
-    ring = np.asarray(ring, dtype=np.float64)
-    n = len(ring)
-    if n < 3 or len(np.unique(ring, axis=0)) != n or abs(_ring_area(ring)) < 1e-9:
-        return False
-    a, b = ring, np.roll(ring, -1, axis=0)
-    idx = np.arange(n)
-    for i0 in range(0, n, block):
-        i = idx[i0 : i0 + block, None]
-        meet = _segments_cross(a[i0 : i0 + block, None], b[i0 : i0 + block, None], a[None], b[None])
-        gap = (idx[None] - i) % n
-        if (meet & (gap > 1) & (gap < n - 1)).any():
-            return False
-    return True
-
-
-def _ring_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
 def _closed(ring: np.ndarray) -> list[list[float]]:
     pts = [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
     return [*pts, pts[0]]
 
 
-def _box_ring(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
-
-
 def cell_polygons(labels: np.ndarray, inst: Instance) -> list[np.ndarray]:
-    """The cell's outline(s) as rings (n x 2, x/y in full-resolution pixels, see the module
-    docstring): one per connected part, each a valid simple polygon."""
+    """The cell's outline(s) as rings (n x 2, x/y of pixel corners in full-resolution pixels, see the
+    module docstring): one per part, largest first, together exactly the cell's pixels (holes filled)."""
     y0, x0, y1, x1 = (int(v) for v in inst.bbox)
-    mask = np.pad((labels[y0:y1, x0:x1] == inst.label).astype(np.uint8), 1)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    rings = []
-    for cnt in contours:
-        pts = cnt[:, 0, :].astype(np.float64) + (x0 - 1 + 0.5, y0 - 1 + 0.5)
-        if is_simple_ring(pts):
-            rings.append(pts)
-            continue
-        hull = cv2.convexHull(cnt)[:, 0, :].astype(np.float64) + (x0 - 1 + 0.5, y0 - 1 + 0.5)
-        if is_simple_ring(hull):
-            rings.append(hull)
-        else:  # a line or a point of pixels: its pixel box
-            cx0, cy0 = cnt[:, 0, :].min(axis=0) + (x0 - 1, y0 - 1)
-            cx1, cy1 = cnt[:, 0, :].max(axis=0) + (x0, y0)
-            rings.append(_box_ring(int(cy0), int(cx0), int(cy1), int(cx1)))
-    return rings or [_box_ring(y0, x0, y1, x1)]
+    rings = mask_outlines(labels[y0:y1, x0:x1] == inst.label)
+    if not rings:  # no pixel of the cell in its box (an edited label map): the box itself
+        rings = [np.array([[0, 0], [x1 - x0, 0], [x1 - x0, y1 - y0], [0, y1 - y0]], dtype=np.float64)]
+    return [r + (x0, y0) for r in rings]
 
 
 def cells_geojson(labels: np.ndarray, instances: Sequence[Instance], rows: Sequence[Mapping[str, Any]], classes: Sequence[str], image: str | None = None) -> dict:
