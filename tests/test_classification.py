@@ -177,6 +177,10 @@ def test_pipeline_runs_end_to_end_and_predicts(make_cfg, run_training, make_eval
     assert summary["adapt_bn_models"] == ["classifier"] and "pipeline/cell_macro_f1" in emetrics
     assert json.loads((tmp_path / "eval" / "classification" / "metrics.json").read_text())["adapt_bn"] is True
     assert json.loads((tmp_path / "eval" / "segmentation" / "metrics.json").read_text())["adapt_bn"] is False
+    # data whose classes are the model's in another order: refused (each label was scored against another class's column)
+    order = list(objects["classification"]["datamodule"].classes)[::-1]
+    with pytest.raises(ValueError, match=r"not the model's .* in its order; pass data\.classes="):
+        evaluate.evaluate(make_eval_cfg(out / "classification", "data=synthetic_tiny", f"data.classes=[{','.join(order)}]"))
     # evaluate.py segmenter=<run> classifier=<run>: two separate runs scored as one pipeline give what
     # the pipeline run dir gives
     whole, _ = evaluate.evaluate(make_cfg([f"ckpt_path={out}", "num_overlays=0"], config_name="evaluate.yaml", output_dir=tmp_path / "e_run"))

@@ -136,6 +136,17 @@ def test_software_record_names_the_commit_and_versions(tmp_path: Path) -> None:
     assert provenance.code_version(tmp_path) is None  # not a checkout: no commit, no error
 
 
+def test_an_evaluation_kept_in_the_sweep_is_not_a_fold(tmp_path: Path) -> None:
+    """evaluate.py's ensemble_test/ inside a sweep (benchmarks/quality.py) was averaged in as a fourth fold."""
+    sweep = tmp_path / "sweep"
+    for k, v in enumerate((0.80, 0.82, 0.84)):
+        fake_run(sweep, k, k, {"test/dice_post": v})
+    ens = fake_run(sweep, "ensemble_test", None, {"test/dice_post": 0.99})
+    OmegaConf.save(OmegaConf.create({"task_name": "evaluate", "ckpt_path": str(sweep)}), ens / ".hydra" / "config.yaml")
+    s = cv.summarize_sweep(sweep)
+    assert s["folds"] == [0, 1, 2] and s["mean"]["test/dice_post"] == pytest.approx(0.82)
+
+
 def test_mean_std_edge_cases() -> None:
     assert cv.mean_std([0.2, None, float("nan"), 0.4]) == {"mean": pytest.approx(0.3), "std": pytest.approx(math.sqrt(0.02)), "n": 2}
     assert cv.mean_std([0.2]) == {"mean": 0.2, "std": None, "n": 1}

@@ -230,6 +230,11 @@ def test_the_fine_tuning_command_rebuilds_the_classifiers_network(tmp_path: Path
     members, start, choices = fine_tune_start(cfg)  # a seed ensemble: its first member is the start
     assert members == [tmp_path / "run", tmp_path / "other"] and start == str(tmp_path / "run")
     assert choices == ["experiment=cross_cls", "model.net.name=tf_efficientnet_lite1", "trainer.max_epochs=20"]
+    # a received run's job.json that would make the printed command load a pickle: its choices are not printed
+    (tmp_path / "run" / "job.json").write_text(json.dumps({"overrides": [
+        "experiment=classify", "~model.loss", "+model.loss={_target_:torch.load,f:/x/bomb.pt,weights_only:false}"]}))
+    assert "+model.loss" in " ".join(model_choices(ckpt))
+    assert fine_tune_start(cfg)[2] == ["experiment=classify"]
     (tmp_path / "run" / "job.json").write_text("{not json")
     assert model_choices(ckpt) is None
     assert fine_tune_start(cfg)[2] == ["experiment=classify"]  # nothing readable: the classifier recipe, init_from says the rest

@@ -296,6 +296,19 @@ def test_evaluate_refuses_run_dir_data_targets(modules, name: str, key: str, mak
     assert msg.startswith(f"{run / '.hydra' / 'config.yaml'}: data.{key}") and "_target_=" in msg
 
 
+def test_evaluate_with_data_given_still_refuses_the_run_dirs_data_target(modules, make_cfg, make_eval_cfg, tmp_path: Path) -> None:
+    """`evaluate.py ckpt_path=<received run> data=<config>` takes the DataModule kind from the run's
+    data node: that `_target_` is checked too (it was imported and called unchecked on this path)."""
+    from wbc.cli import evaluate
+
+    run = data_run(modules, make_cfg, tmp_path / "run", "_target_", {})
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"]["_target_"] = "collections.OrderedDict"
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    msg = refused(tmp_path / "marker", evaluate.evaluate, make_eval_cfg(run, "data=synthetic_tiny"))
+    assert msg.startswith(f"{run / '.hydra' / 'config.yaml'}: data") and "collections.OrderedDict" in msg
+
+
 # ----------------------------------------------------------------------------- paths read from files
 @pytest.fixture(scope="module")
 def elsewhere(modules, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -38,6 +38,7 @@ from wbc.rundir import (
     job_sort_key,
     override_key,
     stage_file,
+    trained_here,
 )
 from wbc.spreadsheet import guard
 from wbc.stages import STAGES
@@ -111,10 +112,18 @@ def read_job(run_dir: Path) -> Job:
     return job
 
 
+def is_evaluation(run_dir: Path) -> bool:
+    """An evaluate.py output dir: its Hydra config's task_name says so (training jobs: train)."""
+    return not trained_here(run_dir) and (_load_yaml(Path(run_dir) / ".hydra" / "config.yaml") or {}).get("task_name") == "evaluate"
+
+
 def read_sweep(sweep_dir: Path) -> list[Job]:
-    """Every job of a sweep dir (its run dirs, in job-number order)."""
+    """Every training job of a sweep dir (its run dirs, in job-number order). An evaluate.py output dir
+    kept in the sweep (ensemble_test/: benchmarks/quality.py writes one) is not a fold: its score was
+    averaged in as one more."""
     sweep_dir = Path(sweep_dir)
-    runs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and is_run_dir(d)), key=job_sort_key)
+    jobs = (d for d in sweep_dir.iterdir() if d.is_dir() and is_run_dir(d) and not is_evaluation(d))
+    runs = sorted(jobs, key=job_sort_key)
     return [read_job(d) for d in runs]
 
 

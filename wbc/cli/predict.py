@@ -172,18 +172,44 @@ def fine_tune_start(cfg: DictConfig) -> tuple[list[Path], str | None, list[str]]
     """(the classifier's members, the one to start from, the choices that rebuild its network). An ensemble
     starts from its first member; each member can be fine-tuned on the ensemble's labels alike (the README's
     seed-ensemble recipe). Choices from its run's job.json, else `experiment=classify` alone."""
-    from wbc.rundir import expand, model_choices, override_key, resolve_checkpoint
+    from wbc.rundir import expand, model_choices, override_key, resolve_checkpoint, run_dir_of
 
     members = expand(cfg.get("classifier") or cfg.get("ensemble") or cfg.get("run"))
     shipped, choices = (str(members[0]) if members else None), None
     if shipped:
         try:
-            choices = model_choices(resolve_checkpoint(shipped, "classification", key="classifier"))
+            ckpt = resolve_checkpoint(shipped, "classification", key="classifier")
+            choices = model_choices(ckpt)
         except (FileNotFoundError, ValueError):
+            choices = None
+        try:
+            checked_choices(choices or [], f"{run_dir_of(ckpt)}/job.json" if choices else "")
+        except ValueError as err:  # a received run's job.json must not make the printed command run code
+            log.warning("%s: the fine-tuning command names only experiment=classify", err)
             choices = None
     if not any(override_key(c) in ("experiment", "stage") for c in choices or []):
         choices = ["experiment=classify", *(choices or [])]
     return members, shipped, choices
+
+
+def checked_choices(overrides: list[str], where: str) -> None:
+    """The overrides a received run recorded, parsed as Hydra will parse the printed command: a
+    `_target_` outside the allowlist (`+model.loss={_target_:torch.load,...}`) is refused
+    (wbc.targets.check_targets, UnsafeConfigError naming `where`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from wbc.targets import check_targets
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except Exception as err:  # noqa: BLE001 - Hydra's grammar errors: say which override
+            raise ValueError(f"{where}: override {text!r} does not parse ({err})") from err
+        key = override.key_or_group
+        value = None if override.is_delete() else override.value()
+        node: dict = {"_target_": value} if key.split(".")[-1] == "_target_" else {key: value}
+        check_targets(node, where, key.rsplit(".", 1)[0] if key.endswith("_target_") else "")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict.yaml")

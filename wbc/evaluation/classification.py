@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,15 @@ from wbc.spreadsheet import guard, unguard_row
 OOF_FILE = Path("val_predictions.csv")
 UNIT = "crops"
 MAIN_METRIC = "macro_f1"
+
+
+def same_classes(data_classes: Sequence[str], model_classes: Sequence[str], spec: Any) -> None:
+    """Refuse to score a classifier on data whose classes are not the model's, in its order: each
+    label is scored against the probability column of the same index (another order, e.g. data=folder's
+    alphabetical one, scored every cell against another class's column, silently)."""
+    if model_classes and list(data_classes) != list(model_classes):
+        hint = f"pass data.classes=[{','.join(model_classes)}]" if sorted(data_classes) == sorted(model_classes) else "evaluate it on data with its classes"
+        raise ValueError(f"{spec}: the data's classes {list(data_classes)} are not the model's {list(model_classes)} in its order; {hint}")
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], prefix: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from wbc.cells import find_cells, match_instances
 from wbc.data.manifest import NUCLEUS, load_instances, load_sample
-from wbc.evaluation.classification import classification_report, confusion
+from wbc.evaluation.classification import classification_report, confusion, same_classes
 from wbc.evaluation.segmentation import case_scores
 from wbc.inference import CellPipeline
 from wbc.io import write_json
@@ -33,6 +33,8 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
     """Detection precision/recall of the predicted cells (one-to-one IoU matching) and the class
     metrics of the matched ones, on the test split; pipeline_summary.json + pipeline_confusion.png."""
     classes = datamodule.classes
+    if pipe.classifier is not None:
+        same_classes(list(classes), list(pipe.classes), "the pipeline's classifier")
     ids = datamodule.split_ids()["test"]
     items = datamodule.cached(ids)
     if adapt_bn:

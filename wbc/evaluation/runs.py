@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wbc.evaluation.classification import same_classes
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
@@ -52,6 +53,8 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
         # the DataModule kind (images or cell crops) follows the run: a pipeline run's stages share `data`
         own = (run_config(run_dir).get("data") or {}).get("_target_")
         if own and data_cfg.get("_target_") != own:
+            # the run dir is a file anyone can hand over: its target is checked like its whole data node below
+            check_targets({"_target_": own}, str(Path(run_dir) / CONFIG), "data")
             with open_dict(data_cfg):
                 data_cfg["_target_"] = own
     else:
@@ -129,6 +132,8 @@ def evaluate_members(
     data_cfgs = [data_config(data, run_dir_of(ckpts[group_of.index(g)]), i) for g, i in enumerate(infos)]
     datamodules = [build_datamodule(c, post) for c in data_cfgs]
     data_cfg, datamodule = data_cfgs[0], datamodules[0]
+    if stage.name == "classification":
+        same_classes(list(getattr(datamodule, "classes", None) or []), list(getattr(model, "classes", None) or []), spec)
     shown = split_label(split, data_cfg)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
     scoring = stage.scoring
