@@ -130,7 +130,8 @@ class WBCDataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         # several datasets as one (datamodules.parts): each part reads itself
-        self.parts = DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights) if parts else None
+        self.parts = (DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights, self.splits_cfg)
+                      if parts else None)
         self.cache: dict[str, CachedSample] = {}
         self.datasets: dict[str, Dataset] = {}
 

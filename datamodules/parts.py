@@ -8,10 +8,14 @@ leave-one-dataset-out (LODO) or cross-dataset experiment: the held-out part cont
 split (nothing of it is trained or validated on), the others only their training folds;
 `data.holdout_split=dev` tests on the held-out part's training images instead, so levers can be
 chosen on a cross-domain figure without looking at any test split.
+
+The split settings are the parts' own (`data.parts.<name>.splits.*`): a value set on the combined node's
+`data.splits` that differs from a part's is refused (`check_split_settings`), never silently ignored.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
@@ -28,6 +32,44 @@ PART_KEYS = (
     "require_masks", "filters", "max_pixels", "allow_outside_root", "pixel_size_um",
 )
 SEP = "/"
+# data.splits keys of the combined node that a part decides: (key, default, node value that counts as set)
+# k, seed and test_fraction are compared whenever the node has them (its k also drives CV sweeps'
+# data.fold range); file and dir only when set (null: each part's own); use_groups only when false and
+# group_duplicates only when true (the shipped combined node's defaults, which the parts may override)
+NODE_SPLIT_KEYS = (("k", 5, None), ("seed", 0, None), ("test_fraction", 0.3, None), ("file", None, "set"), ("dir", None, "set"),
+                   ("use_groups", True, False), ("group_duplicates", False, True))
+
+
+def check_split_settings(node: Mapping[str, Any], children: Mapping[str, Any]) -> None:
+    """Refuse combined-node `data.splits` values the parts would ignore (each part makes its own split
+    from its own settings), naming the `data.parts.<name>.splits.<key>` to set instead."""
+    problems = []
+    for key, default, counts in NODE_SPLIT_KEYS:
+        if key not in node:
+            continue
+        value = node[key]
+        if counts == "set" and value in (None, ""):
+            continue
+        if counts not in (None, "set") and value != counts:
+            continue
+        for name, child in children.items():
+            own = dict(getattr(child, "splits_cfg", {}) or {}).get(key, default)
+            if counts == "set" and key == "dir" and own in (None, ""):
+                own = str(child.root)  # a part's split file sits next to its data unless it sets a dir
+            if key in ("use_groups", "group_duplicates"):
+                same = bool(own) == bool(value)
+            elif key == "dir":  # one folder however it is written (relative, trailing slash, ~)
+                same = os.path.abspath(os.path.expanduser(str(own))) == os.path.abspath(os.path.expanduser(str(value)))
+            else:
+                same = own == value
+            if not same:
+                problems.append(f"data.splits.{key}={value!r} but data.parts.{name}.splits.{key}={own!r}")
+    if problems:
+        raise SplitError(
+            "a combined data config's split is the union of its parts' own splits, made with each part's data.parts.<name>.splits "
+            f"settings; the combined node's data.splits would be ignored: {'; '.join(problems)}. Set data.parts.<name>.splits.<key> "
+            "for every part instead (and, for k, seed and test_fraction, data.splits.<key> to the same value, or leave it unset)"
+        )
 
 
 class DataParts:
@@ -37,7 +79,7 @@ class DataParts:
 
     def __init__(
         self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=(), holdout_split: str = "test",
-        part_weights: Mapping[str, float] | None = None,
+        part_weights: Mapping[str, float] | None = None, splits: Mapping[str, Any] | None = None,
     ) -> None:
         if not parts:
             raise ValueError("data.parts is empty: name the datasets to combine (e.g. data=lodo_seg_d1, or +data@data.parts.<name>=<data config>)")
@@ -65,6 +107,7 @@ class DataParts:
             if drop_classes:  # the combined node's data.drop_classes applies to every part
                 child.drop_classes = sorted({*child.drop_classes, *drop_classes})
             self.children[name] = child
+        self.node_splits = dict(splits or {})  # the combined node's data.splits: checked against the parts' when splitting
 
     def prepare_data(self) -> None:
         for child in self.children.values():
@@ -82,6 +125,7 @@ class DataParts:
         return Manifest(first.root, samples, classes, {})
 
     def splits(self) -> dict:
+        check_split_settings(self.node_splits, self.children)
         parts = {name: child.load_splits() for name, child in self.children.items()}
         ks = {name: len(s["folds"]) for name, s in parts.items()}
         if len(set(ks.values())) != 1:

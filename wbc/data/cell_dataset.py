@@ -11,6 +11,7 @@ lab's own annotated points (`write_annotated_dataset`, wbc.annotations: the web 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -103,16 +104,54 @@ def held_out_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str], or
                    note: str) -> dict:
     """A split (`data.splits.file`) that trains on every cell except, per class with at least three cells,
     the first in `order` (validation) and the second (test): a few labelled cells are too precious for a
-    70/30 split, and the training loop only needs a small held-out part."""
-    val, test = [], []
+    70/30 split, and the training loop only needs a small held-out part.
+
+    Cells of one source field (the `group` column) stay on one side: a held-out cell takes its whole
+    field with it (so validation and test may hold a few more cells, of any class), chosen as the first
+    cell in `order` whose field can go without leaving some class with no training cell (nor the class
+    without one for its test draw). Where no such
+    field is left (e.g. all of a class's cells in two fields), that one cell is held out alone, as without
+    fields, and meta.notes names its field, which then sits on two sides (training logs the note). Rows
+    without a group are each their own field: then this is exactly the per-cell choice above."""
+    cid = [r["image"].removesuffix(".png") for r in rows]
+    field = [str(r.get("group") or "") or f"\0{i}" for i, r in enumerate(rows)]
+    members: dict[str, list[int]] = {}
+    for i, f in enumerate(field):
+        members.setdefault(f, []).append(i)
+    train = Counter(r["class_name"] for r in rows)
+    part = [""] * len(rows)  # "", "val" or "test" per row
+    val: list[str] = []
+    test: list[str] = []
+    notes: list[str] = []
+
+    def hold(indices: list[int], side: str) -> None:
+        for i in indices:
+            part[i] = side
+            train[rows[i]["class_name"]] -= 1
+            (val if side == "val" else test).append(cid[i])
+
     for c in classes:
-        ranked = sorted((r for r in rows if r["class_name"] == c), key=lambda r: order(r, c))
-        if len(ranked) >= 3:
-            val.append(ranked[0]["image"].removesuffix(".png"))
-            test.append(ranked[1]["image"].removesuffix(".png"))
-    held = set(val) | set(test)
-    train = [r["image"].removesuffix(".png") for r in rows if r["image"].removesuffix(".png") not in held]
-    return {"test": test, "folds": [{"train": train, "val": val}], "meta": {"note": note}}
+        ranked = sorted((i for i, r in enumerate(rows) if r["class_name"] == c), key=lambda i: order(rows[i], c))
+        if len(ranked) < 3:
+            continue
+        for side in ("val", "test"):
+            if any(part[i] == side for i in ranked):  # a field held out for another class brought one along
+                continue
+            free = [i for i in ranked if not part[i]]
+            # c keeps a cell for its test draw (unless one is there already), every class one to train on
+            need = {c: 2 if side == "val" and not any(part[i] == "test" for i in ranked) else 1}
+            fits = [i for i in free if not any(part[j] for j in members[field[i]])
+                    and all(train[k] - n >= need.get(k, 1) for k, n in Counter(rows[j]["class_name"] for j in members[field[i]]).items())]
+            if fits:
+                hold(members[field[fits[0]]], side)
+            elif free and train[c] > need[c]:
+                hold([free[0]], side)
+                notes.append(f"{c}: no whole source field could be held out for {side} (each would take the last training cells "
+                             f"of some class), so cell {cid[free[0]]} alone is, and its field {rows[free[0]].get('group')!r} is on two sides")
+    split = {"test": test, "folds": [{"train": [cid[i] for i in range(len(rows)) if not part[i]], "val": val}], "meta": {"note": note}}
+    if notes:
+        split["meta"]["notes"] = notes
+    return split
 
 
 def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, context: float = 4.0, overwrite: bool = False,

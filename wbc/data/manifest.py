@@ -3,7 +3,10 @@
 Two layouts are read:
 - `csv`: a folder with `labels.csv` (columns `image`, `mask`, `class_name`; optional `group`
   = patient/slide id, `instances` = nucleus instance map, `image_id`) plus the files;
-- `folders`: `images/<class>/x.png` and `masks/<class>/x.<ext>` with the same stem.
+- `folders`: `images/<class>/x.png` and `masks/<class>/x.<ext>` with the same stem. Images sit
+  directly in their class folder with one of IMAGE_EXTENSIONS; anything else there (a sub-folder, a
+  .webp, a file beside the class folders) and a class folder without images are an error, not skipped
+  (hidden files such as .DS_Store, Thumbs.db and desktop.ini are ignored).
 
 Mask values are decoded through a `MaskEncoding` taken from config, into one label map with
 0 = background, 1 = cytoplasm, 2 = nucleus. Every problem found is reported in one
@@ -35,6 +38,8 @@ BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
 LABEL_NAMES = ("background", "cytoplasm", "nucleus")
 IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 REQUIRED_COLUMNS = ("image", "mask", "class_name")
+# what file managers leave in folders: never an image, never reported
+HIDDEN_NAMES = ("thumbs.db", "desktop.ini", "ehthumbs.db")
 PATH_COLUMNS = ("image", "mask", "instances")
 
 
@@ -229,16 +234,49 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
     return samples
 
 
-def _read_folders(root: Path, allow_outside_root: bool = False) -> list[Sample]:
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.lower() in HIDDEN_NAMES
+
+
+def _read_folders(root: Path, allow_outside_root: bool = False, drop: Iterable[str] = ()) -> list[Sample]:
+    """images/<class>/<image> with masks/<class>/<same stem>.<ext>. Whatever else lies under images/
+    (files in sub-folders of a class folder, other extensions, files beside the class folders) and
+    class folders without images are one error, so no image or class is left out silently; hidden
+    files are ignored, and so is what else lies in the folders of `drop` (data.drop_classes)."""
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():
         raise ManifestError(f"{images_dir}: not found; layout=folders expects images/<class>/<file> and masks/<class>/<file>")
-    samples = []
-    for class_dir in sorted(p for p in images_dir.iterdir() if p.is_dir()):
-        for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            candidates = [masks_dir / class_dir.name / (image.stem + ext) for ext in IMAGE_EXTENSIONS]
+    drop = set(drop)
+    samples, skipped, empty = [], [], []
+    for entry in sorted(p for p in images_dir.iterdir() if not _hidden(p)):
+        if not entry.is_dir():
+            skipped.append(entry)
+            continue
+        found = 0
+        for item in sorted(p for p in entry.iterdir() if not _hidden(p)):
+            if item.is_dir() or item.suffix.lower() not in IMAGE_EXTENSIONS:
+                if entry.name not in drop:  # a dropped class is left out anyway
+                    skipped.append(item)
+                continue
+            candidates = [masks_dir / entry.name / (item.stem + ext) for ext in IMAGE_EXTENSIONS]
             mask = next((c for c in candidates if c.exists()), candidates[0])
-            samples.append(Sample(id=f"{class_dir.name}/{image.stem}", image=image, mask=mask, class_name=class_dir.name))
+            samples.append(Sample(id=f"{entry.name}/{item.stem}", image=item, mask=mask, class_name=entry.name))
+            found += 1
+        if not found and entry.name not in drop:
+            empty.append(entry.name)
+    if skipped or empty:
+        problems = []
+        if skipped:
+            shown = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in skipped[:5]]
+            problems.append(
+                f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} would be left out: {shown}"
+                f"{' ...' if len(skipped) > 5 else ''}; expected images directly in images/<class>/ with extensions "
+                f"{list(IMAGE_EXTENSIONS)} (sub-folders are not read: move their images up, convert other formats, "
+                "or use layout=csv with a labels.csv, whose group column keeps a patient's images together)"
+            )
+        if empty:
+            problems.append(f"class folder(s) {['images/' + c + '/' for c in empty]} hold no images (with those extensions, directly inside)")
+        raise ManifestError(f"{images_dir} (layout=folders): " + "; ".join(problems))
     if not samples:
         raise ManifestError(f"{images_dir}: no images found in class sub-folders (extensions {list(IMAGE_EXTENSIONS)})")
     entries = [
@@ -272,13 +310,13 @@ def read_manifest(
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"data.root={root}: folder not found; set data.root (or the WBC_DATA_DIR / WBC_SHARED_DATA env var)")
+    drop = set(drop_classes)
     if layout == "csv":
         samples = _read_csv(root, csv_name, filters, allow_outside_root)
     elif layout == "folders":
-        samples = _read_folders(root, allow_outside_root)
+        samples = _read_folders(root, allow_outside_root, drop)
     else:
         raise ManifestError(f"data.layout must be 'csv' or 'folders', got {layout!r}")
-    drop = set(drop_classes)
     dropped = Counter(s.class_name for s in samples if s.class_name in drop)
     samples = [replace(s, max_pixels=max_pixels) for s in samples if s.class_name not in drop]
     found = sorted({s.class_name for s in samples})

@@ -3,7 +3,8 @@
 A stratified train/test split comes first (70/30 by default) and never changes with `k` or the
 fold; stratified k-fold runs inside the training part. With a group column (patient or slide)
 both steps are group-aware, so one patient is never on both sides. Augmentation happens later,
-on the training subset only.
+on the training subset only. A new split depends on the rows' ids, classes and groups, not on the
+order of labels.csv's rows (they are put in natural id order first: img2 before img10).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,7 +24,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from wbc.data.split_groups import add_unlisted, group_duplicates
+
 SPLITS_VERSION = 2
+__all__ = ["SplitError", "fingerprint", "rows_fingerprint", "make_splits", "validate_splits", "group_duplicates", "add_unlisted",
+           "load_or_make_splits", "write_splits", "fold_ids"]
 
 
 class SplitError(ValueError):
@@ -31,6 +37,29 @@ class SplitError(ValueError):
 
 def fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def rows_fingerprint(ids: Sequence[str], labels: Sequence, groups: Sequence[str] | None = None) -> str:
+    """Of the sorted (id, class, group) rows, so a persisted split is not reused once an image changed
+    class or patient. Class and group enter as the partitions they make (each named by its first id),
+    not by name or index: renaming a class or a patient everywhere, or reordering data.classes, keeps
+    the split (the same images sit together); moving one image to another class or group does not.
+    Without groups each image is its own group."""
+    ids = [str(i) for i in ids]
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+
+    def partition(values) -> list[str]:
+        first: dict = {}
+        return [first.setdefault(values[i], ids[i]) for i in order]
+
+    labels = [str(v) for v in np.asarray(labels).tolist()]
+    rows = zip([ids[i] for i in order], partition(labels), partition(list(groups) if groups is not None else ids))
+    return hashlib.sha1(json.dumps(list(rows)).encode()).hexdigest()[:16]
+
+
+def _natural_key(sid: str) -> tuple:
+    """img2 before img10; the id itself breaks ties (img01 / img1), so the order is total."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", sid)], sid
 
 
 def _test_split(ids, labels, groups, test_fraction, seed, notes=None):
@@ -97,11 +126,19 @@ def make_splits(
     k: int = 5,
     seed: int = 0,
 ) -> dict:
-    """Compute {"test": ids, "folds": [{"train": ids, "val": ids}] * k, "meta": ...}."""
+    """Compute {"test": ids, "folds": [{"train": ids, "val": ids}] * k, "meta": ...}.
+
+    The rows are put in natural id order first, so the split does not depend on labels.csv's row
+    order (the shipped datasets' rows are already in that order: their splits are unchanged)."""
     ids = list(ids)
     labels = np.asarray(labels)
     if len(set(ids)) != len(ids):
         raise SplitError("sample ids are not unique")
+    order = sorted(range(len(ids)), key=lambda i: _natural_key(str(ids[i])))
+    ids, labels = [ids[i] for i in order], labels[order]
+    if groups is not None:
+        groups = list(groups)
+        groups = [groups[i] for i in order]
     if not 0.0 < test_fraction < 1.0:
         raise SplitError(f"data.splits.test_fraction must be in (0, 1), got {test_fraction}")
     if k < 2:
@@ -121,10 +158,11 @@ def make_splits(
             f"class index(es) {small} have fewer training images than k={k}: some validation folds will not "
             "contain them (their per-class figures are NaN there and left out of fold means)"
         )
-    if groups_arr is None and max(train_counts.values()) < k:
+    if max(train_counts.values()) < k:  # sklearn's (Group)StratifiedKFold would fail with a bare ValueError
         raise SplitError(
             f"data.splits.k={k}: every class has fewer training images than k (largest: "
-            f"{max(train_counts.values())}), so stratified k-fold is impossible; lower data.splits.k"
+            f"{max(train_counts.values())}; per class index {dict(sorted((int(c), n) for c, n in train_counts.items()))}), "
+            "so stratified k-fold is impossible; lower data.splits.k"
         )
     test_classes = set(labels[test_idx].tolist())
     no_test = sorted(int(c) for c in set(labels.tolist()) - test_classes)
@@ -154,6 +192,7 @@ def make_splits(
             "grouped": groups_arr is not None,
             "n_samples": len(ids),
             "fingerprint": fingerprint(ids),
+            "rows_fingerprint": rows_fingerprint(ids, labels, groups),
             "notes": notes,
         },
         "test": sorted(ids[i] for i in test_idx),
@@ -177,49 +216,20 @@ def validate_splits(splits: dict, ids: Sequence[str], where: str) -> None:
         raise SplitError(f"{where}: {len(unknown)} ids not in the dataset, e.g. {sorted(unknown)[:3]}")
 
 
-def group_duplicates(splits: dict, clusters: Sequence[Sequence[str]]) -> dict:
-    """Put every cluster of duplicate images (exact or near copies of one field, wbc.audit) on one
-    side of the split: a cluster with members in the test split and in the training part moves its
-    test members to the training part (the test split stays copies-free), and in every fold the
-    members follow the first training member (train or val). Clusters wholly in the test split stay.
-    The moves are listed in meta.duplicates_moved."""
-    test = set(splits["test"])
-    folds = [{"train": set(f["train"]), "val": set(f["val"])} for f in splits["folds"]]
-    moved: list[dict] = []
-    for cluster in clusters:
-        members = sorted(set(cluster))
-        outside = [m for m in members if m not in test]
-        if not outside:  # wholly in the test split
-            continue
-        anchor = outside[0]
-        for m in members:
-            if m in test:
-                test.discard(m)
-                moved.append({"id": m, "from": "test", "to": "train", "with": anchor})
-        for k, f in enumerate(folds):
-            side = "train" if anchor in f["train"] else "val"
-            other = "val" if side == "train" else "train"
-            for m in members:
-                if m in f[other]:
-                    f[other].discard(m)
-                    moved.append({"id": m, "fold": k, "from": other, "to": side, "with": anchor})
-                f[side].add(m)
-    out = dict(splits)
-    out["test"] = sorted(test)
-    out["folds"] = [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in folds]
-    out["meta"] = {**splits.get("meta", {}), "group_duplicates": True, "duplicate_clusters": [sorted(c) for c in clusters], "duplicates_moved": moved}
-    return out
-
-
 def load_or_make_splits(
     path: str | Path, ids, labels, groups=None, test_fraction=0.3, k=5, seed=0, user_file: str | Path | None = None,
     duplicates: Callable[[], Sequence[Sequence[str]]] | None = None,
 ) -> dict:
     """Reuse the persisted splits if they fit this dataset and settings; else compute and write them.
 
-    A user-supplied file always wins (and is only validated, never rewritten). `duplicates`, when
-    given, returns the clusters of duplicate images (called only when the splits are made), which
-    :func:`group_duplicates` keeps on one side.
+    A user-supplied file always wins (and is only validated, never rewritten); images it does not list
+    are added as :func:`add_unlisted` says (training, or their group's side), with a note. `duplicates`,
+    when given, returns the clusters of duplicate images (called only when the splits are made), which
+    :func:`group_duplicates` keeps on one side (whole groups, when there are groups).
+
+    A persisted file records the fingerprint of its ids and of its (id, class, group) rows: a file
+    whose rows have since changed class or group is refused (one patient could otherwise sit on both
+    sides). A file written before the rows' fingerprint existed is accepted as before.
     """
     if user_file:
         user_file = Path(user_file)
@@ -230,7 +240,7 @@ def load_or_make_splits(
         except json.JSONDecodeError as err:
             raise SplitError(f"data.splits.file={user_file}: not valid JSON ({err})") from err
         validate_splits(splits, ids, str(user_file))
-        return splits
+        return add_unlisted(splits, list(ids), None if groups is None else list(groups), f"data.splits.file={user_file}")
     path = Path(path)
     if path.is_file():
         try:
@@ -253,11 +263,18 @@ def load_or_make_splits(
                 f"{path}: these splits were made with other settings ({shown}); delete the file to recompute, "
                 "or point data.splits.dir elsewhere"
             )
+        if "rows_fingerprint" in meta and meta["rows_fingerprint"] != rows_fingerprint(list(ids), labels, groups):
+            raise SplitError(
+                f"{path}: the dataset's labels or groups changed since this split file was written (the same image ids, "
+                "but some image now has another class or patient/slide group), so reusing it could put a patient on both "
+                "sides or unbalance the classes; delete the file to make a new split (its test images will differ from "
+                "earlier runs'), or set data.splits.dir=<another folder> to make one there and keep this file"
+            )
         validate_splits(splits, ids, str(path))
         return splits
     splits = make_splits(ids, labels, groups, test_fraction, k, seed)
     if duplicates is not None:
-        splits = group_duplicates(splits, duplicates())
+        splits = group_duplicates(splits, duplicates(), None if groups is None else dict(zip(ids, groups)))
     write_splits(path, splits)
     return splits
 
