@@ -148,7 +148,8 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
     @torch.no_grad()
     def predict_views(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of each view (V x B x C): do the test-time flips agree on a cell?"""
-        return self.calibrated(self.views(x).flatten(0, 1)).unflatten(0, (-1, len(x)))
+        views = self.views(x)
+        return self.calibrated(views.flatten(0, 1)).unflatten(0, (views.shape[0], -1))  # batch inferred: an ONNX export's is dynamic
 
     def calibration(self) -> dict[str, float]:
         """What the review flags and reports need from the fitted buffers."""

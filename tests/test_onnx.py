@@ -188,6 +188,10 @@ def test_classifier_tta_is_invariant_and_exported(tmp_path, mode):
     _, oclf = load_export(tmp_path / "export")
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(oclf.predict_proba(x).numpy(), tta.predict_proba(x).numpy(), atol=ATOL, rtol=0)
+    # each view too, so the export raises the "views disagree" review flag as the checkpoint does
+    np.testing.assert_allclose(oclf.predict_views(x).numpy(), tta.predict_views(x).numpy(), atol=ATOL, rtol=0)
+    export_models(seg, plain, tmp_path / "plain_export")
+    assert load_export(tmp_path / "plain_export")[1].predict_views(x).shape == (1, 4, len(plain.classes))
     plain.net, tta.net = OrientedProbe(), OrientedProbe()
     for flipped in (x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)):
         torch.testing.assert_close(tta.predict_proba(flipped), tta.predict_proba(x), atol=1e-6, rtol=0)

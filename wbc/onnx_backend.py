@@ -49,6 +49,20 @@ class _ProbabilityHead(torch.nn.Module):
         return getattr(self.module, self.method)(x)
 
 
+class _ViewsHead(_ProbabilityHead):
+    """The classifier's probabilities and, as a second output, each view's (test-time flips or ensemble
+    members: V x B x C), so the "views disagree" review flag works on an export too."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self.module, self.method)(x), self.module.predict_views(x)
+
+
+def _view_count(model: Any, shape: tuple[int, ...]) -> int:
+    views = getattr(model, "predict_views", None)
+    with torch.no_grad():
+        return int(views(torch.rand(*shape)).shape[0]) if callable(views) else 1
+
+
 def _head(model: torch.nn.Module, method: str, ensemble_method: str) -> _ProbabilityHead:
     """A module's own probability method, or an ensemble's (which averages its members' own)."""
     return _ProbabilityHead(model, method if hasattr(model, method) else ensemble_method)
@@ -63,7 +77,8 @@ def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
     return (batch, channels, size, size)
 
 
-def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_name: str, output_name: str, opset: int) -> None:
+def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_name: str, output_name: str, opset: int,
+            views_name: str | None = None) -> None:
     head = head.cpu().eval()
     example = torch.rand(*shape)
 
@@ -77,8 +92,8 @@ def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_nam
                 dynamo=False,
                 opset_version=opset,
                 input_names=[input_name],
-                output_names=[output_name],
-                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                output_names=[output_name, *([views_name] if views_name else [])],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}, **({views_name: {1: "batch"}} if views_name else {})},
             )
 
     atomic_write(path, _write)
@@ -107,11 +122,15 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
         cls_info = dict(classifier.hparams.get("data_info") or {})
         crop_size = int((cls_info.get("crops") or {}).get("image_size") or cls_info.get("image_size") or 64)
         cls_shape = _input_shape({**cls_info, "image_size": crop_size}, batch=2)
-        _export(_head(classifier, "probabilities", "predict_proba"), cls_shape, out / "classifier.onnx", "crops", "class_probability", opset)
+        views = _view_count(classifier.cpu().eval(), cls_shape) > 1  # test-time flips or members: their agreement is a review reason
+        head = _head(classifier, "probabilities", "predict_proba")
+        _export(_ViewsHead(head.module, head.method) if views else head, cls_shape, out / "classifier.onnx", "crops", "class_probability", opset,
+                "class_probability_views" if views else None)
         meta["classifier"] = {
             "file": "classifier.onnx",
             "stage": classifier.hparams.get("stage", "classification"),
-            "io": "crops: B x C x s x s float in [0, 1] (data_info.crops) -> class_probability: B x n_classes (order: data_info.classes)",
+            "io": "crops: B x C x s x s float in [0, 1] (data_info.crops) -> class_probability: B x n_classes (order: data_info.classes)"
+                  + ("; class_probability_views: V x B x n_classes (each test-time view or member)" if views else ""),
             "input_shape": [None, *cls_shape[1:]],
             "data_info": cls_info,
             # the temperature is inside the graph; the review threshold is applied by the pipeline
@@ -174,6 +193,7 @@ class _OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
         self.hparams = AttributeDict(data_info=dict(data_info or {}), stage=self.stage)
         self.device = torch.device("cpu")
+        self._last: tuple[Any, list[torch.Tensor]] | None = None
 
     def to(self, device: str | torch.device = "cpu", *args, **kwargs) -> _OnnxModel:
         if torch.device(device).type != "cpu":
@@ -184,9 +204,17 @@ class _OnnxModel:
         return self
 
     def run(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+        """Every output of the graph for `x`; the last call's are kept, so asking for a second output of
+        the same batch (a classifier's views) does not run the graph again."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(arr, dtype=np.float32)})[0]
-        return torch.from_numpy(out)
+        out = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: np.ascontiguousarray(arr, dtype=np.float32)})]
+        self._last = (x, out)
+        return out
 
     __call__ = run
 
@@ -204,6 +232,11 @@ class OnnxClassifier(_OnnxModel):
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
+
+    def predict_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Each view's probabilities (V x B x C) when the export has them, else the one view (1 x B x C)."""
+        out = self.outputs(x)
+        return out[1] if len(out) > 1 else out[0][None]
 
     def calibration(self) -> dict:
         """What export.json recorded of the classifier's calibration (its temperature is in the graph)."""

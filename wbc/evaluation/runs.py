@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wbc.evaluation.classification import same_classes
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
@@ -133,6 +132,9 @@ def evaluate_members(
     datamodules = [build_datamodule(c, post) for c in data_cfgs]
     data_cfg, datamodule = data_cfgs[0], datamodules[0]
     if stage.name == "classification":
+        # torchmetrics: not on predict.py's import path
+        from wbc.evaluation.classification import same_classes
+
         same_classes(list(getattr(datamodule, "classes", None) or []), list(getattr(model, "classes", None) or []), spec)
     shown = split_label(split, data_cfg)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
