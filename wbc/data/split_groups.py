@@ -61,13 +61,15 @@ def group_duplicates(splits: dict, clusters: Sequence[Sequence[str]], groups: Ma
     group moves with it (a cluster whose copies sit under two patients joins the two), so no patient
     ends up on two sides. Without groups each image is its own group (the moves are those of single
     images, as before groups were taken into account)."""
-    if groups is not None:
-        return _group_duplicates_grouped(splits, clusters, groups)
+    units = _components(clusters, groups) if groups is not None else [sorted(set(c)) for c in clusters]
     test = set(splits["test"])
     folds = [{"train": set(f["train"]), "val": set(f["val"])} for f in splits["folds"]]
     moved: list[dict] = []
-    for cluster in clusters:
-        members = sorted(set(cluster))
+
+    def of(m: str) -> dict:  # a grouped split's moves name the group too
+        return {"group": groups.get(m, m)} if groups is not None else {}
+
+    for members in units:
         outside = [m for m in members if m not in test]
         if not outside:  # wholly in the test split
             continue
@@ -75,38 +77,14 @@ def group_duplicates(splits: dict, clusters: Sequence[Sequence[str]], groups: Ma
         for m in members:
             if m in test:
                 test.discard(m)
-                moved.append({"id": m, "from": "test", "to": "train", "with": anchor})
+                moved.append({"id": m, **of(m), "from": "test", "to": "train", "with": anchor})
         for k, f in enumerate(folds):
             side = "train" if anchor in f["train"] else "val"
             other = "val" if side == "train" else "train"
             for m in members:
                 if m in f[other]:
                     f[other].discard(m)
-                    moved.append({"id": m, "fold": k, "from": other, "to": side, "with": anchor})
-                f[side].add(m)
-    return _with_moves(splits, test, folds, clusters, moved)
-
-
-def _group_duplicates_grouped(splits: dict, clusters: Sequence[Sequence[str]], groups: Mapping[str, str]) -> dict:
-    test = set(splits["test"])
-    folds = [{"train": set(f["train"]), "val": set(f["val"])} for f in splits["folds"]]
-    moved: list[dict] = []
-    for members in _components(clusters, groups):
-        outside = [m for m in members if m not in test]
-        if not outside:  # wholly in the test split
-            continue
-        anchor = outside[0]
-        for m in members:
-            if m in test:
-                test.discard(m)
-                moved.append({"id": m, "group": groups.get(m, m), "from": "test", "to": "train", "with": anchor})
-        for k, f in enumerate(folds):
-            side = "train" if anchor in f["train"] else "val"
-            other = "val" if side == "train" else "train"
-            for m in members:
-                if m in f[other]:
-                    f[other].discard(m)
-                    moved.append({"id": m, "group": groups.get(m, m), "fold": k, "from": other, "to": side, "with": anchor})
+                    moved.append({"id": m, **of(m), "fold": k, "from": other, "to": side, "with": anchor})
                 f[side].add(m)
     return _with_moves(splits, test, folds, clusters, moved)
 
