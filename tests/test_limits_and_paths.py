@@ -234,6 +234,7 @@ def test_resume_into_run_dir_with_corrupt_metrics_fails_naming_it(tmp_path, data
     assert f"{run / 'metrics.json'}: corrupt metrics file" in proc.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess (~11 s): -m slow, to keep CI under 8 minutes
 def test_ckpt_path_of_a_finished_run_says_so_not_keyerror(trained_run, tmp_path, data_dir):
     """Before: test + scoring ran, then KeyError: optimized_metric='val/dice_best' was not logged."""
     run, _, _ = trained_run  # trainer.max_epochs=1, finished

@@ -175,7 +175,7 @@ class OrientedProbe(torch.nn.Module):
         return 10 * torch.stack([t.mean((1, 2, 3)) for t in terms], 1)
 
 
-@pytest.mark.parametrize("mode", ["true", "dihedral"])
+@pytest.mark.parametrize("mode", ["true", pytest.param("dihedral", marks=pytest.mark.slow)])  # dihedral: -m slow (CI time)
 def test_classifier_tta_is_invariant_and_exported(tmp_path, mode):
     """classification.model.tta=true: probabilities averaged over the four flips, so a flipped crop gets the
     same answer; `dihedral` adds the transposes, so a crop rotated by 90 degrees does too. The ONNX export
@@ -200,7 +200,7 @@ def test_classifier_tta_is_invariant_and_exported(tmp_path, mode):
     assert rotated_same == [mode == "dihedral"] * 3
 
 
-@pytest.mark.parametrize("mode", ["true", "dihedral"])
+@pytest.mark.parametrize("mode", ["true", pytest.param("dihedral", marks=pytest.mark.slow)])  # dihedral: -m slow (CI time)
 def test_segmenter_tta_is_equivariant_and_exported(tmp_path, mode):
     """segmentation.model.tta=true: the nucleus probability of a flipped image is the flipped probability (the
     mean over the four flips); `dihedral`: of a rotated or transposed image (not square: H and W swap) the

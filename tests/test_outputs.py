@@ -145,6 +145,7 @@ def test_sweep_callback_failure_is_an_error_naming_the_file(tmp_path: Path, capl
         CVSummary(dashboards=False).on_multirun_end(cfg)
 
 
+@pytest.mark.slow  # a real Hydra multirun subprocess (~10 s): -m slow, to keep CI under 8 minutes
 def test_multirun_exits_non_zero_when_the_summary_fails(tmp_path: Path) -> None:
     """A real (tiny) multirun with conf/hydra/callbacks/cv_summary.yaml: exit status 1, not 0."""
     sweep = tmp_path / "sweep"

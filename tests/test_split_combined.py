@@ -43,7 +43,11 @@ def test_the_same_values_on_the_combined_node_and_the_parts_are_fine(parts):
     assert len(_dm(three, k=3).load_splits()["folds"]) == 3
 
 
-@pytest.mark.parametrize("name", ["combined_seg_all", "lodo_seg_d1", "lodo_seg_d2", "lodo_seg_all_idb2", "cross_cls_d1_to_d2", "cross_cls_d2_to_d1"])
+SLOW = pytest.mark.slow  # ~2.5 s each: two in CI's default selection, every one with -m slow
+
+
+@pytest.mark.parametrize("name", [pytest.param("combined_seg_all", marks=SLOW), "lodo_seg_d1", pytest.param("lodo_seg_d2", marks=SLOW),
+                                  pytest.param("lodo_seg_all_idb2", marks=SLOW), "cross_cls_d1_to_d2", pytest.param("cross_cls_d2_to_d1", marks=SLOW)])
 def test_the_shipped_combined_configs_are_accepted_and_a_combined_k_is_refused(tmp_path, name):
     from hydra.utils import instantiate
 
