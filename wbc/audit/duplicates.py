@@ -20,6 +20,8 @@ from itertools import combinations
 
 import numpy as np
 
+from wbc.data.split_groups import DisjointSets
+
 # the central share of one thumbnail searched for inside the other
 MATCH_CENTRE = 0.6
 
@@ -160,18 +162,11 @@ def exact_pairs(groups: Sequence[Sequence[str]]) -> list[dict]:
 def clusters(pairs: Sequence[dict]) -> list[list[str]]:
     """Images linked by exact or confirmed near pairs (connected components, 2+ images), largest first:
     the copies of one field, each of which must sit on one side of a split."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets()
     for p in pairs:
         if p.get("confirmed", True):
-            parent[find(p["a"])] = find(p["b"])
+            sets.union(p["b"], p["a"])
+    find, parent = sets.find, sets.parent
     members: dict[str, list[str]] = defaultdict(list)
     for x in list(parent):
         members[find(x)].append(x)

@@ -12,23 +12,33 @@ from collections.abc import Mapping, Sequence
 SHOWN = 5  # ids named in a message before "... (N in all)"
 
 
-def _components(clusters: Sequence[Sequence[str]], groups: Mapping[str, str]) -> list[list[str]]:
-    """The sets of ids that must sit on one side: each duplicate cluster with every image of its
-    members' groups, merged where they share an image or a group (a copy filed under two patients
-    joins the two patients). Sorted, in the order of their first cluster."""
-    parent: dict[str, str] = {}
+class DisjointSets:
+    """Union-find over ids: the copies of one field (wbc.audit.duplicates) and the images that must
+    move together in a split share a root."""
 
-    def find(x: str) -> str:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
         parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            parent[rb] = ra
+            self.parent[rb] = ra
+
+
+def _components(clusters: Sequence[Sequence[str]], groups: Mapping[str, str]) -> list[list[str]]:
+    """The sets of ids that must sit on one side: each duplicate cluster with every image of its
+    members' groups, merged where they share an image or a group (a copy filed under two patients
+    joins the two patients). Sorted, in the order of their first cluster."""
+    sets = DisjointSets()
+    find, union, parent = sets.find, sets.union, sets.parent
 
     members_of: dict[str, list[str]] = {}
     for sid, g in groups.items():
