@@ -1,7 +1,8 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
-resumes, a weight EMA that leaves the classifier's calibration alone, the classifier's head trained
-before its pretrained body (LP-FT), MixStyle on early feature maps, RandConv on training crops, and
-batch-norm statistics re-estimated on a held-out lab's test images."""
+resumes, a weight EMA and stochastic weight averaging that leave the classifier's calibration
+alone, the classifier's head trained before its pretrained body (LP-FT), MixStyle on early feature
+maps, RandConv on training crops, and batch-norm statistics re-estimated on a held-out lab's test
+images."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_modules.mixing import mix_styles, random_convolution
@@ -173,11 +174,10 @@ class RandomConvolution(L.Callback):
                 batch[self.key] = random_convolution(batch[self.key], self.kernel_sizes)
 
 
-class CalibratedEMA(EMAWeightAveraging):
-    """Exponential moving average of the weights (Lightning's EMAWeightAveraging), validated,
-    checkpointed and finally kept in place of the raw weights, except for the buffers the module
-    fits on validation itself (`pl_module.unaveraged_buffers`: the classifier's temperature and
-    review threshold).
+class _KeepsCalibration:
+    """Mixin for Lightning's WeightAveraging callbacks: the average is validated, checkpointed and
+    finally kept in place of the raw weights, except for the buffers the module fits on validation
+    itself (`pl_module.unaveraged_buffers`: the classifier's temperature and review threshold).
 
     Those are fitted at each validation epoch's end on the averaged weights' probabilities, after
     the parent callback has swapped the raw weights back; averaged or swapped like weights they
@@ -185,10 +185,7 @@ class CalibratedEMA(EMAWeightAveraging):
     Here they stay on the module, and every checkpoint carries the module's values.
     """
 
-    def __init__(self, decay: float = 0.999, update_starting_at_epoch: int | None = None, **kwargs: Any) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"callbacks.ema.decay: expected a number in (0, 1), got {decay}")
-        super().__init__(decay=decay, update_starting_at_epoch=update_starting_at_epoch, **kwargs)
+    _average_model: Any
 
     @staticmethod
     def _pairs(pl_module: L.LightningModule, average: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -211,7 +208,7 @@ class CalibratedEMA(EMAWeightAveraging):
             cur.data.copy_(avg.data)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]
         for name in getattr(pl_module, "unaveraged_buffers", ()):
             checkpoint["state_dict"][name] = getattr(pl_module, name).detach().clone()
 
@@ -220,7 +217,85 @@ class CalibratedEMA(EMAWeightAveraging):
         # (trainer.test(ckpt_path=...) after fit, with this callback still attached) keeps the
         # average that Lightning has already loaded from state_dict
         if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]
+
+
+class CalibratedEMA(_KeepsCalibration, EMAWeightAveraging):
+    """Exponential moving average of the weights (Lightning's EMAWeightAveraging), the classifier's
+    calibration left as fitted on the average (`_KeepsCalibration`)."""
+
+    def __init__(self, decay: float = 0.999, update_starting_at_epoch: int | None = None, **kwargs: Any) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"callbacks.ema.decay: expected a number in (0, 1), got {decay}")
+        super().__init__(decay=decay, update_starting_at_epoch=update_starting_at_epoch, **kwargs)
+
+
+class CalibratedSWA(_KeepsCalibration, WeightAveraging):
+    """Stochastic weight averaging (Izmailov et al. 2018): from epoch `epoch_start` on, the weights
+    after every optimizer step are averaged with equal weights (batch-norm statistics too), at a
+    constant learning rate `lr` (null: the configured schedule goes on, a plain tail average).
+
+    Unlike an EMA from the first step, nothing is averaged, validated or saved as an average
+    before the window opens: earlier epochs validate and checkpoint the raw weights, so a
+    temperature fitted then belongs to those weights, and a run shorter than the window ends with
+    its raw weights. `epoch_start` below 1 is a fraction of `trainer.max_epochs`.
+    """
+
+    def __init__(self, epoch_start: float = 0.75, lr: float | None = None, **kwargs: Any) -> None:
+        if not (0 < epoch_start < 1 or (epoch_start >= 0 and epoch_start == int(epoch_start))):
+            raise ValueError(f"callbacks.swa.epoch_start: expected an epoch (int >= 0) or a fraction in (0, 1) of max_epochs, got {epoch_start}")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"callbacks.swa.lr: expected a learning rate > 0 or null, got {lr}")
+        super().__init__(**kwargs)
+        self.epoch_start, self.lr = epoch_start, lr
+        self._first_epoch = 0
+        self._in_window = False
+        self._swapped = False
+
+    def _averaged(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = self.epoch_start
+        if 0 < start < 1 and not (trainer.max_epochs or 0) > 0:
+            raise ValueError(f"callbacks.swa.epoch_start: a fraction ({start}) needs trainer.max_epochs, got {trainer.max_epochs}")
+        self._first_epoch = int(start * trainer.max_epochs) if 0 < start < 1 else int(start)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._in_window = trainer.current_epoch >= self._first_epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._in_window and self.lr is not None:  # every step: a step-wise scheduler would undo it
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and self._in_window
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swapped = self._averaged()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._averaged():
+            self._copy_average_to_current(pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._averaged():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        # before the window: a plain checkpoint of the raw weights (a resume re-creates the empty average)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if "current_model_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # else saved before the window (raw weights, loaded already): the average starts empty
 
 
 class AdaptBatchNorm(L.Callback):

@@ -1,0 +1,111 @@
+"""callbacks.swa (lightning_modules.callbacks.CalibratedSWA): nothing is averaged before the
+window, the window's steps run at the SWA learning rate and end as their equal average, and the
+classifier keeps the temperature fitted on that average."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules.callbacks import CalibratedSWA
+from wbc.calibration import fit_temperature
+
+
+class Line(L.LightningModule):
+    """One linear layer on fixed data, recording the weights after every step and at validation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.after_step: list[tuple[int, torch.Tensor, float]] = []  # (epoch, weights, the step's lr)
+        self._lr = 0.0
+        self.validated: list[tuple[int, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self._lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        return nn.functional.mse_loss(self.lin(x), y)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.after_step.append((self.current_epoch, self.lin.weight.detach().clone(), self._lr))
+
+    def validation_step(self, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.validated.append((self.current_epoch, self.lin.weight.detach().clone()))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+
+
+def _fit(tmp_path: Path, callback: CalibratedSWA, epochs: int = 4) -> tuple[Line, L.Trainer]:
+    torch.manual_seed(0)
+    model = Line()
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        enable_checkpointing=False)
+    trainer.fit(model, _loader(), _loader())
+    return model, trainer
+
+
+def test_the_window_runs_at_the_swa_lr_and_ends_as_the_equal_average_of_its_steps(tmp_path: Path) -> None:
+    model, _ = _fit(tmp_path, CalibratedSWA(epoch_start=0.5, lr=0.02), epochs=4)
+    before = [(e, w, lr) for e, w, lr in model.after_step if e < 2]
+    window = [(e, w, lr) for e, w, lr in model.after_step if e >= 2]
+    assert len(window) == 6  # epochs 2 and 3, three steps each
+    assert all(lr == pytest.approx(0.02) for _, _, lr in window)
+    assert [lr for _, _, lr in before] == pytest.approx([0.1] * 3 + [0.05] * 3)  # the schedule, untouched
+    mean = torch.stack([w for _, w, _ in window]).mean(0)
+    assert torch.allclose(model.lin.weight.detach(), mean, atol=1e-6)
+    # before the window validation saw the raw weights (the last step's), in it the average so far
+    validated = dict(model.validated)
+    assert torch.equal(validated[1], before[-1][1])
+    assert torch.allclose(validated[3], mean, atol=1e-6)
+
+
+def test_a_run_that_ends_before_the_window_keeps_its_raw_weights(tmp_path: Path) -> None:
+    model, _ = _fit(tmp_path, CalibratedSWA(epoch_start=5, lr=0.02), epochs=2)
+    assert torch.equal(model.lin.weight.detach(), model.after_step[-1][1])
+    assert all(lr != 0.02 for _, _, lr in model.after_step)
+
+
+@pytest.mark.parametrize("start", [-1, 1.5, 30.2])
+def test_a_bad_epoch_start_names_the_key(start: float) -> None:
+    with pytest.raises(ValueError, match="callbacks.swa.epoch_start"):
+        CalibratedSWA(epoch_start=start)
+
+
+def test_a_bad_lr_names_the_key() -> None:
+    with pytest.raises(ValueError, match="callbacks.swa.lr"):
+        CalibratedSWA(lr=0.0)
+
+
+def test_classifier_trained_with_swa_saves_the_average_and_its_own_temperature(make_cfg, run_training, one_thread) -> None:
+    cfg = make_cfg(["experiment=classify", "callbacks=[default,swa]", "callbacks.swa.epoch_start=1",
+                    "callbacks.swa.lr=0.0005", "trainer.max_epochs=3", "eval_checkpoint=last"])
+    metrics, objects = run_training(cfg)
+    model, trainer = objects["model"], objects["trainer"]
+    assert any(isinstance(cb, CalibratedSWA) for cb in trainer.callbacks)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    saved, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k in saved if k.startswith("net.") and saved[k].is_floating_point() and saved[k].ndim > 1]
+    assert weights and any(not torch.equal(saved[k], raw[k]) for k in weights)  # the average, not the raw weights
+    model.eval()
+    with torch.no_grad():
+        batches = list(objects["datamodule"].val_dataloader())
+        prob = torch.cat([model.probabilities(b["image"], calibrated=False) for b in batches]).numpy()
+    label = torch.cat([b["label"] for b in batches]).numpy()
+    assert saved["temperature"].item() == pytest.approx(fit_temperature(prob, label), rel=1e-4)
+    for k in weights:
+        assert torch.equal(model.state_dict()[k].cpu(), saved[k])
