@@ -111,40 +111,56 @@ def add_unlisted(splits: dict, ids: Sequence[str], groups: Sequence[str] | None,
     """Put the dataset's images that a user's split file (data.splits.file) does not list into it,
     never leaving them out silently: each trains in every fold, unless its group (patient, slide, or
     the source field of a cut-out cell) already has listed images, whose side it then takes (the test
-    split, or a fold's validation part), so no group straddles. A note naming them (the first few and
-    the count) goes into meta.notes, which training logs as a warning; meta.unlisted lists them all.
+    split, or a fold's validation part), so no group straddles. An image listed in some folds but
+    missing from others joins those others the same way (their training part, or validation where its
+    group is validated). A note naming them (the first few and the count) goes into meta.notes, which
+    training logs as a warning; meta.unlisted lists them all (`missing_from_folds`: fold -> ids).
 
     Why not refuse: predict.py's pseudo_dataset / annotated_dataset write a labels.csv with a
     splits.json, and the README tells a lab to label a few more cells into that labels.csv (a class the
     model never called): those rows are meant to be trained on, with the same train.py command.
     The file itself is never rewritten; the split returned has them."""
     test = set(splits["test"])
-    listed = set(test).union(*(set(f.get("train", [])) | set(f.get("val", [])) for f in splits["folds"]))
+    in_fold = [set(f.get("train", [])) | set(f.get("val", [])) for f in splits["folds"]]
+    listed = set(test).union(*in_fold)
     missing = [i for i in ids if i not in listed]
-    if not missing:
+    partly = {k: [i for i in ids if i in listed and i not in test and i not in fold] for k, fold in enumerate(in_fold)}
+    partly = {k: v for k, v in partly.items() if v}
+    if not missing and not partly:
         return splits
     group_of = dict(zip(ids, groups)) if groups is not None else {}
     test_groups = {group_of[i] for i in test if i in group_of}
     to_test = [i for i in missing if i in group_of and group_of[i] in test_groups]
     rest = [i for i in missing if not (i in group_of and group_of[i] in test_groups)]
     folds, to_val = [], set()
-    for f in splits["folds"]:
+    for k, f in enumerate(splits["folds"]):
         train, val = list(f.get("train", [])), list(f.get("val", []))
         val_groups = {group_of[i] for i in val if i in group_of} - {group_of[i] for i in train if i in group_of}
-        v = {i for i in rest if i in group_of and group_of[i] in val_groups}
-        to_val |= v
-        folds.append({"train": sorted(train + [i for i in rest if i not in v]), "val": sorted(val + sorted(v))})
-    shown = ", ".join(missing[:SHOWN]) + (f", ... ({len(missing)} in all)" if len(missing) > SHOWN else "")
-    where_to = "they train in every fold"
-    if to_test or to_val:
-        where_to = (f"they train in every fold, except {len(to_test)} in the test split and {len(to_val)} validated in some fold "
-                    "(their patient/field already sits there)")
-    note = (f"{where}: {len(missing)} image(s) of the dataset are not listed in this split file ({shown}); {where_to}. "
-            "List them in the file to place them yourself, or leave them out of labels.csv (or via data.drop_classes / data.filters)")
+        lacking = rest + partly.get(k, [])
+        v = {i for i in lacking if i in group_of and group_of[i] in val_groups}
+        to_val |= v & set(rest)
+        folds.append({"train": sorted(train + [i for i in lacking if i not in v]), "val": sorted(val + sorted(v))})
+    notes = []
+    if missing:
+        shown = ", ".join(missing[:SHOWN]) + (f", ... ({len(missing)} in all)" if len(missing) > SHOWN else "")
+        where_to = "they train in every fold"
+        if to_test or to_val:
+            where_to = (f"they train in every fold, except {len(to_test)} in the test split and {len(to_val)} validated in some fold "
+                        "(their patient/field already sits there)")
+        notes.append(f"{where}: {len(missing)} image(s) of the dataset are not listed in this split file ({shown}); {where_to}. "
+                     "List them in the file to place them yourself, or leave them out of labels.csv (or via data.drop_classes / data.filters)")
+    if partly:
+        some = sorted({i for v in partly.values() for i in v})
+        shown = ", ".join(some[:SHOWN]) + (f", ... ({len(some)} in all)" if len(some) > SHOWN else "")
+        notes.append(f"{where}: {len(some)} image(s) are listed in some folds but missing from fold(s) {sorted(partly)} ({shown}); "
+                     "they train in those folds (or are validated where their patient/field is). List every image in every fold "
+                     "(train or val) to place them yourself")
     out = dict(splits)
     out["test"] = sorted(test | set(to_test))
     out["folds"] = folds
     meta = dict(splits.get("meta") or {})
-    out["meta"] = {**meta, "notes": [*meta.get("notes", []), note], "unlisted": {"train": sorted(set(rest) - to_val), "test": sorted(to_test),
-                                                                                  "val_in_some_fold": sorted(to_val)}}
+    unlisted = {"train": sorted(set(rest) - to_val), "test": sorted(to_test), "val_in_some_fold": sorted(to_val)}
+    if partly:
+        unlisted["missing_from_folds"] = {str(k): v for k, v in partly.items()}
+    out["meta"] = {**meta, "notes": [*meta.get("notes", []), *notes], "unlisted": unlisted}
     return out
