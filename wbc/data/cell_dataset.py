@@ -111,7 +111,8 @@ def held_out_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str], or
     cell in `order` whose field can go without leaving some class with no training cell (nor the class
     without one for its test draw). Where no such
     field is left (e.g. all of a class's cells in two fields), that one cell is held out alone, as without
-    fields, and meta.notes names its field, which then sits on two sides (training logs the note). Rows
+    fields, and meta.notes names its field, which then sits on two sides (training logs the note). A class
+    of three or more cells still left without a validation or test cell is named in meta.notes too. Rows
     without a group are each their own field: then this is exactly the per-cell choice above."""
     cid = [r["image"].removesuffix(".png") for r in rows]
     field = [str(r.get("group") or "") or f"\0{i}" for i, r in enumerate(rows)]
@@ -130,24 +131,41 @@ def held_out_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str], or
             train[rows[i]["class_name"]] -= 1
             (val if side == "val" else test).append(cid[i])
 
+    of_class = {c: [i for i, r in enumerate(rows) if r["class_name"] == c] for c in classes}
+    eligible = {c for c in classes if len(of_class[c]) >= 3}
+    passed: set[tuple[str, str]] = set()  # (class, side) draws already made or given up
+
+    def need(k: str, side: str) -> int:
+        """Training cells class k must keep when a field goes to `side`: one to train on, plus one for
+        its draw on the other side if that draw is still to come (so a field held out for one class
+        never takes the cell another class's test or validation draw needs)."""
+        other = "test" if side == "val" else "val"
+        pending = k in eligible and (k, other) not in passed and not any(part[i] == other for i in of_class[k])
+        return 1 + int(pending)
+
     for c in classes:
-        ranked = sorted((i for i, r in enumerate(rows) if r["class_name"] == c), key=lambda i: order(rows[i], c))
-        if len(ranked) < 3:
+        ranked = sorted(of_class[c], key=lambda i: order(rows[i], c))
+        if c not in eligible:
             continue
         for side in ("val", "test"):
             if any(part[i] == side for i in ranked):  # a field held out for another class brought one along
+                passed.add((c, side))
                 continue
             free = [i for i in ranked if not part[i]]
-            # c keeps a cell for its test draw (unless one is there already), every class one to train on
-            need = {c: 2 if side == "val" and not any(part[i] == "test" for i in ranked) else 1}
             fits = [i for i in free if not any(part[j] for j in members[field[i]])
-                    and all(train[k] - n >= need.get(k, 1) for k, n in Counter(rows[j]["class_name"] for j in members[field[i]]).items())]
+                    and all(train[k] - n >= need(k, side) for k, n in Counter(rows[j]["class_name"] for j in members[field[i]]).items())]
             if fits:
                 hold(members[field[fits[0]]], side)
-            elif free and train[c] > need[c]:
+            elif free and train[c] > need(c, side):
                 hold([free[0]], side)
                 notes.append(f"{c}: no whole source field could be held out for {side} (each would take the last training cells "
                              f"of some class), so cell {cid[free[0]]} alone is, and its field {rows[free[0]].get('group')!r} is on two sides")
+            passed.add((c, side))
+    for c in sorted(eligible):
+        lacking = [side for side in ("val", "test") if not any(part[i] == side for i in of_class[c])]
+        if lacking:  # never silent: training logs the notes
+            notes.append(f"{c}: no {' or '.join(lacking)} cell ({len(of_class[c])} cells, {train[c]} training): holding one out "
+                         "would take the class's last training cell; label more cells of it")
     split = {"test": test, "folds": [{"train": [cid[i] for i in range(len(rows)) if not part[i]], "val": val}], "meta": {"note": note}}
     if notes:
         split["meta"]["notes"] = notes
