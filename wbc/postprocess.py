@@ -183,7 +183,7 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     if len(peaks) < 2:
         return comps
     # Merge seeds sharing one h-maximum plateau (flat ridge of an elongated nucleus); drop shoulder maxima.
-    ridges, _ = ndi.label(h_maxima(dist, _RIDGE_TOLERANCE, footprint=_EIGHT), structure=_EIGHT)
+    ridges = _ridges(dist, comps, np.unique(comps[peaks[:, 0], peaks[:, 1]], return_counts=True))
     ridge_ids = np.unique(ridges[peaks[:, 0], peaks[:, 1]])
     ridge_ids = ridge_ids[ridge_ids > 0]
     # each ridge's component, in one pass: a ridge (dist > 0, 8-connected) lies inside one 8-connected component
@@ -204,6 +204,38 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     ws = watershed(-dist, markers, mask=split_region, connectivity=2)
     out = np.where(split_region, ws + n, comps)  # offset keeps watershed ids clear of component ids
     return _relabel_sequential(out)
+
+
+def _ridges(dist: np.ndarray, comps: np.ndarray, peak_counts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """8-connected h-maxima plateaus of `dist` (tolerance _RIDGE_TOLERANCE), labelled 1.., computed only in
+    the components holding two or more peaks, each in its bounding box with one background pixel around.
+
+    The same plateaus as h_maxima over the whole image there (the reconstruction never crosses the
+    background between components: a path through it is bounded by 0, below every in-component path of a
+    component whose depth reaches the tolerance; shallower ones have no h-maximum either way), at a
+    fraction of the time: on a 16 MP field the whole-image reconstruction was most of the watershed's."""
+    ridges = np.zeros(dist.shape, dtype=np.int32)
+    comp_ids, counts = peak_counts
+    boxes = ndi.find_objects(comps)
+    firsts: list[np.ndarray] = []  # each ridge's first pixel (row, col) in the image
+    for c in comp_ids[counts >= 2]:
+        ys, xs = boxes[int(c) - 1]
+        box = (slice(max(ys.start - 1, 0), ys.stop + 1), slice(max(xs.start - 1, 0), xs.stop + 1))
+        own = comps[box] == c
+        local, k = ndi.label(h_maxima(np.where(own, dist[box], 0.0), _RIDGE_TOLERANCE, footprint=_EIGHT), structure=_EIGHT)
+        on = local > 0
+        ridges[box][on] = local[on] + sum(len(f) for f in firsts)
+        _, first = np.unique(local, return_index=True)  # ndi.label numbers in raster order: first[1:] follow 1..k
+        r, q = np.divmod(first[1:], local.shape[1])
+        firsts.append(np.stack([r + box[0].start, q + box[1].start], axis=1))
+    if not firsts:
+        return ridges
+    # number the ridges in raster order of their first pixel, as labelling the whole image would
+    first = np.concatenate(firsts)
+    order = np.lexsort((first[:, 1], first[:, 0]))
+    renumber = np.zeros(len(first) + 1, dtype=np.int32)
+    renumber[order + 1] = np.arange(1, len(first) + 1, dtype=np.int32)
+    return renumber[ridges]
 
 
 def join_lobes(mask: np.ndarray, labels: np.ndarray, gap: float) -> np.ndarray:
@@ -232,10 +264,11 @@ def join_lobes(mask: np.ndarray, labels: np.ndarray, gap: float) -> np.ndarray:
 
 
 def _relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    ids, inv = np.unique(labels, return_inverse=True)
-    if ids[0] != 0:  # no background: shift so ids start at 1
-        inv = inv + 1
-    return inv.reshape(labels.shape).astype(np.int32)
+    """Ids 1..n in the order of the old ids, 0 kept (a lookup table: np.unique's sort took seconds on big fields)."""
+    present = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    present[labels.ravel()] = True
+    lookup = np.cumsum(present, dtype=np.int64) - int(present[0])  # no background: the smallest id becomes 1
+    return lookup[labels].astype(np.int32)
 
 
 def _instances_from_labels(labels: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Instance]]:
