@@ -12,11 +12,18 @@ samples) and predict (`max_pixels`, via predict_io.check_file) both use it; `Non
 Bit depth: images (`read_rgb`, `decode_bytes`) keep all 16 bits of 16-bit grey and colour files
 (Pillow alone keeps only the high byte of 16-bit colour); `to_uint8` then scales them by their
 effective bit depth, so a 10/12/14-bit camera frame saved in a 16-bit file is not read nearly black.
+Masks (`read_mask`) are never scaled: 16-bit colour masks become the 8-bit colour codes a mask
+encoding names, exactly or not at all (`mask_codes`).
+
+TIFF layouts: one 2-D image is read, grey or colour, its samples interleaved or planar (channels
+first); a stack of pages is refused, whichever decoder opens it, since which page is meant cannot be
+guessed (`single_image`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import numbers
 import re
 import warnings
@@ -117,21 +124,64 @@ def check_image_size(path: Path, max_pixels: int | None = None, setting: str = "
     return w, h
 
 
+def single_image(tif: Any, label: Any) -> tuple[str, tuple[int, ...]]:
+    """(axes, shape) of a tifffile.TiffFile's first series if it is one 2-D image: Y, X and colour
+    samples (S, interleaved or planar); other axes of size 1 are ignored. Pages (a z-stack, a time
+    series, channels saved as pages, a multi-field scan) are refused: reading page 1 of them silently
+    would train or predict on a part of the data. A thumbnail or preview is a series of its own."""
+    series = tif.series[0]
+    axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
+    pages = math.prod(n for a, n in zip(axes, shape) if a not in "YXS")
+    if pages > 1:
+        raise ImageReadError(
+            f"{label}: multi-page TIFF with {pages} pages (shape {shape}, axes {axes}); "
+            "expected one 2-D image, grey or RGB: save one field per file"
+        )
+    return axes, shape
+
+
 def _read_tiff(path: Path | io.BytesIO, max_pixels: int | None, setting: str, label: Any = None) -> np.ndarray:
-    """tifffile's decode (what PIL cannot open), after the same pixel check on its header."""
+    """tifffile's decode (what PIL cannot open) of one 2-D image, after the same pixel check on its
+    header; planar colour (S, Y, X) comes back as Y x X x S, like every other decoder's."""
     import tifffile
 
+    label = path if label is None else label
     with tifffile.TiffFile(path) as tif:
+        axes, shape = single_image(tif, label)
         w, h, n = _tiff_header(tif)
-        check_pixels(path if label is None else label, w, h, max_pixels, setting, n)
-        return np.asarray(tif.asarray())
+        check_pixels(label, w, h, max_pixels, setting, n)
+        arr = np.asarray(tif.series[0].asarray())
+    kept = [a for a in axes if a in "YXS"]
+    if arr.size != math.prod(shape) or not {"Y", "X"} <= set(kept):
+        return arr  # an unusual layout: as_rgb / read_mask name its shape
+    arr = arr.reshape([n for a, n in zip(axes, shape) if a in "YXS"])
+    return arr.transpose([kept.index(a) for a in "YXS" if a in kept])
+
+
+def _check_tiff_pages(source: Path | io.BytesIO, label: Any) -> None:
+    """`single_image` for a TIFF that PIL opens (PIL reads its first page of a stack silently);
+    a file tifffile cannot parse is left to PIL's decode to judge."""
+    import tifffile
+
+    pos = source.tell() if isinstance(source, io.BytesIO) else None
+    if pos is not None:
+        source.seek(0)  # tifffile reads a buffer from where it stands
+    try:
+        with tifffile.TiffFile(source) as tif:
+            single_image(tif, label)
+    except ImageReadError:
+        raise
+    except Exception:  # noqa: BLE001 - PIL's decode reports a broken file
+        pass
+    finally:
+        if pos is not None:
+            source.seek(pos)
 
 
 def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, full_depth: bool = False) -> np.ndarray:
     """The decoded array as stored; files over `max_pixels` (None = DEFAULT_MAX_PIXELS) are refused
     from their header, before decoding. 16-bit grey stays uint16; 16-bit colour (RGB/RGBA, grey+alpha)
-    keeps its 16 bits only with `full_depth=True` (images: read_rgb), else Pillow's high byte, as
-    masks have always been read."""
+    keeps its 16 bits only with `full_depth=True` (read_rgb, read_mask), else Pillow's high byte."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if not path.is_file():
@@ -192,6 +242,8 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
             with Image.open(source) as im:
                 check_pixels(label, im.size[0], im.size[1], limit, setting)
+                if tiff and getattr(im, "n_frames", 1) > 1:
+                    _check_tiff_pages(source, label)
                 colour16 = full_depth and _colour16(im)
                 if colour16:
                     deep = _decode_colour16(source, label, tiff, limit, setting)
@@ -275,15 +327,46 @@ def as_rgb(arr: np.ndarray, label: Any) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(arr))
 
 
+def mask_codes(arr: np.ndarray, label: Any) -> np.ndarray:
+    """A colour mask wider than 8 bits as the 8-bit colour codes a mask encoding names (its RGB
+    colours are 8-bit): values 0..255 stored in 16 bits stay as they are, full-range values (all
+    multiples of 257 for 16 bits, 255 * 257 = 65535) are divided. Anything else (1000; 255 beside
+    65535) has no exact 8-bit code, and a guess would mislabel pixels silently: refused."""
+    if arr.dtype == np.uint8 or not np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if int(arr.min(initial=0)) >= 0 and int(arr.max(initial=0)) <= 255:
+        return arr.astype(np.uint8)
+    bits = 8 * arr.dtype.itemsize
+    step = (2**bits - 1) // 255 if np.issubdtype(arr.dtype, np.unsignedinteger) else None
+    if step is not None and not (arr % step).any():
+        return (arr // step).astype(np.uint8)
+    full = f" nor all multiples of {step} (full-range {bits} bits)" if step else ""
+    raise ImageReadError(
+        f"{label}: {bits}-bit colour mask whose values {np.unique(arr)[:6].tolist()} are neither all 0..255 "
+        f"(8-bit codes stored in {bits} bits){full}; expected data.mask_encoding's 8-bit colour codes "
+        "stored one of these ways: save the mask as 8-bit RGB"
+    )
+
+
 def read_mask(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
-    """Read a mask with its raw values: HxW (grey) or HxWx3 (colour-coded); alpha dropped; the
-    same pixel limit as `read_rgb`."""
+    """Read a mask with its raw values: HxW (grey, any depth, as stored) or HxWx3 (colour-coded,
+    as 8-bit codes: `mask_codes`); alpha dropped; the same pixel limit as `read_rgb`."""
     path = Path(path)
-    arr = decode_raw(path, max_pixels, setting)
-    if arr.ndim == 3 and arr.shape[2] == 4:
+    arr = decode_raw(path, max_pixels, setting, full_depth=True)  # 16-bit colour whole, not its high byte
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        arr = arr[..., 0]  # grey + alpha
+    elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
-    if arr.ndim == 3 and arr.shape[2] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        grey = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+        try:
+            arr = mask_codes(arr, path)
+        except ImageReadError:
+            if not grey:
+                raise
+            # grey stored as RGB with values no 8-bit code explains (a 16-bit label map): raw, as a grey file's
+        if grey:
+            arr = arr[..., 0]
+    if arr.ndim != 2 and (arr.ndim != 3 or arr.shape[2] != 3):
         raise ImageReadError(f"{path}: unsupported mask shape {arr.shape}; expected HxW or HxWx3")
     return np.ascontiguousarray(arr)
