@@ -186,12 +186,12 @@ def test_store_is_bounded_and_deletable(clf) -> None:
     assert c.get(f"/api/images/{ids[0]}").status_code == 404  # the oldest went
     assert [i["id"] for i in c.get("/api/images").json()] == ids[1:]
     assert c.delete(f"/api/images/{ids[1]}").status_code == 204 and c.get(f"/api/images/{ids[1]}").status_code == 404
-    assert c.delete("/api/images").json() == {"deleted": 1} and c.get("/api/images").json() == []
+    assert c.delete("/api/images").json() == {"deleted": 1, "unknown": []} and c.get("/api/images").json() == []
     mine, theirs = [upload(c, png(field(30, 30, centres=())), f"{i}.png", "/api/images?segment=true").json()["id"] for i in "ab"]
-    assert c.delete("/api/images", params={"ids": ""}).json() == {"deleted": 0}  # ids given, none: nothing, not everything
+    assert c.delete("/api/images", params={"ids": ""}).json() == {"deleted": 0, "unknown": []}  # ids given, none: nothing, not everything
     z = zipfile.ZipFile(io.BytesIO(c.get("/api/files/all.zip", params={"ids": mine}).content))  # the page's own, as "Remove all"
     assert {n.split("/")[0] for n in z.namelist()} == {"a", "manifest.csv"}
-    assert c.delete("/api/images", params={"ids": f"{mine},{mine},gone"}).json() == {"deleted": 1}
+    assert c.delete("/api/images", params={"ids": f"{mine},{mine},gone"}).json() == {"deleted": 1, "unknown": ["gone"]}
     assert c.get(f"/api/images/{mine}").status_code == 404 and c.get(f"/api/images/{theirs}/files/cells.csv").status_code == 200
     with make_client(clf, max_age_min=1e-4) as c2:  # 6 ms
         iid = upload(c2, png(field(30, 30, centres=()))).json()["id"]

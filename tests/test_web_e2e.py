@@ -3,7 +3,7 @@
 uploaded; Classify stays hidden until Segment has finished; the table fills; a cell picked in the
 table or on the image shows its crop and probability bars; every download arrives and parses; the
 theme toggle changes the page's computed background, survives a reload, and the first visit follows
-the system's preference. No console error (a CSP violation would be one). Screenshots of both themes
+the system's preference; a reload lists the tab's images again (sessionStorage). No console error (a CSP violation would be one). Screenshots of both themes
 go to $WBC_SCREENSHOT_DIR (else the test's tmp dir).
 
 Nothing is trained: the dark-nucleus stand-in segmenter and the untrained tiny classifier."""
@@ -303,3 +303,43 @@ def test_an_image_unlike_the_training_images_shows_a_warning_above_it(browser, s
     wait_until(page, "document.getElementById('summary').textContent.startsWith('3 cells: ')")
     assert page.locator("#cell-table tbody .flag").count() == 3
     page.close()
+
+
+def test_a_reload_restores_this_tabs_images_that_the_server_still_has(browser, server) -> None:
+    """The page keeps its images' ids in sessionStorage: a reload lists again those the server still has, at
+    their last step, and forgets one it answers 404 for (expired or deleted meanwhile); another tab (its
+    own sessionStorage) lists none of them."""
+    import httpx
+
+    url, _ = server
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.set_input_files("#file-input", [{"name": f"r{i}.png", "mimeType": "image/png", "buffer": png(field(seed=i))} for i in range(2)])
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent === 'uploaded').length === 2")
+    page.click("#segment-all")
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent.startsWith('segmented')).length === 2")
+    ids = page.evaluate("st.items.map((it) => it.id)")
+    assert httpx.delete(f"{url}/api/images/{ids[1]}").status_code == 204  # as if it had expired
+
+    page.reload()
+    wait_until(page, "st.items.length === 1 && st.items[0].img !== null && document.getElementById('summary').textContent !== ''")
+    assert page.locator("#image-list li").count() == 1 and page.inner_text("#image-list .name") == "r0.png"
+    assert page.inner_text("#image-list .status") == "segmented · 3 cells" and page.evaluate("st.items[0].id") == ids[0]
+    assert page.inner_text("#summary") == "3 cells (not classified yet)" and page.is_visible("#canvas") and page.is_visible("#downloads")
+    assert page.get_attribute("#download-all", "href") == f"/api/files/all.zip?ids={ids[0]}"
+    assert json.loads(page.evaluate("sessionStorage.getItem('wbc-images')")) == [{"id": ids[0], "name": "r0.png"}]
+
+    other = context.new_page()  # another tab of the same browser: its own list
+    other.goto(url)
+    wait_until(other, "document.getElementById('model-line').textContent.includes('neutrophil')")
+    assert other.locator("#image-list li").count() == 0
+    page.click("#clear-all")
+    wait_until(page, "document.querySelectorAll('#image-list li').length === 0")
+    assert page.evaluate("sessionStorage.getItem('wbc-images')") == "[]"
+    # the one expected error: the browser logs the 404 for the image deleted meanwhile
+    assert [e for e in errors if "status of 404" not in e] == [] and len(errors) == 1, errors
+    context.close()

@@ -138,12 +138,17 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"the server could not do this ({type(err).__name__}: {err}); the details are in the server's log"}, status_code=500)
 
+    def gone(ids: list[str]) -> HTTPProblem:
+        """404 naming every id asked for that is not here (a page sends several at once)."""
+        kept = f"the server keeps the last {s.max_images} images for {s.max_age_min:g} minutes"
+        if len(ids) == 1:
+            return HTTPProblem(404, f"no image {ids[0]!r} here: it was deleted or expired ({kept}); upload it again")
+        return HTTPProblem(404, f"no image {', '.join(map(repr, ids))} here: they were deleted or expired ({kept}); upload them again")
+
     def record(image_id: str) -> ImageRecord:
         rec = store.get(image_id)
         if rec is None:
-            raise HTTPProblem(
-                404, f"no image {image_id!r} here: it was deleted or expired (the server keeps the last {s.max_images} images for {s.max_age_min:g} minutes); upload it again"
-            )
+            raise gone([image_id])
         return rec
 
     def too_big(head: bytes) -> HTTPProblem:
@@ -217,9 +222,18 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     async def list_images() -> list[dict]:
         return [{k: v for k, v in engine.view(r).items() if k != "cells"} for r in store.all()]
 
-    @app.delete("/api/images", tags=["images"], summary="Delete these images (ids=a,b,...); without ids every image on the server, every user's")
+    @app.delete(
+        "/api/images", tags=["images"],
+        summary="Delete these images (ids=a,b,...): {deleted: n, unknown: [ids not here]}, 404 when none is; without ids every image on the server, every user's",
+    )
     async def delete_all(ids: str | None = None) -> dict:
-        return {"deleted": store.clear(None if ids is None else [i for i in ids.split(",") if i])}
+        if ids is None:
+            return {"deleted": store.clear(), "unknown": []}
+        asked = [i for i in ids.split(",") if i]
+        deleted, unknown = store.delete_ids(asked)
+        if asked and not deleted:
+            raise gone(unknown)
+        return {"deleted": deleted, "unknown": unknown}
 
     @app.get("/api/images/{image_id}", tags=["images"], summary="One image's state, cells and outlines (its last finished step)")
     async def get_image(image_id: str) -> JSONResponse:
@@ -258,13 +272,25 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         data = await runner.run(engine.download, rec, kind)
         return Response(data, media_type=DOWNLOADS[kind], headers={"Content-Disposition": f'attachment; filename="{rec.stem}_{kind}"'})
 
-    @app.get("/api/files/all.zip", tags=["files"], summary="These images' files in one ZIP, a folder each, and manifest.csv (ids=a,b,...; without ids every segmented image on the server, every user's)")
+    @app.get(
+        "/api/files/all.zip", tags=["files"],
+        summary="These images' files in one ZIP, a folder each, and manifest.csv (ids=a,b,...; ids no longer here are named in "
+        "manifest.csv and missing.txt, 404 when none is here; without ids every segmented image on the server, every user's)",
+    )
     async def all_zip(ids: str | None = None) -> Response:
-        recs = store.all() if ids is None else [record(i) for i in dict.fromkeys(ids.split(",")) if i]
+        missing: list[str] = []
+        if ids is None:
+            recs = store.all()
+        else:  # an image that expired since the page listed it must not cost the page the others
+            found = {i: store.get(i) for i in dict.fromkeys(ids.split(",")) if i}
+            recs = [r for r in found.values() if r is not None]
+            missing = [i for i, r in found.items() if r is None]
+            if missing and not recs:
+                raise gone(missing)
         recs = [r for r in recs if r.labels is not None]
         if not recs:
             raise HTTPProblem(409, "no segmented image to download yet: segment an image first")
-        data = await runner.run(zip_all, engine, recs)
+        data = await runner.run(zip_all, engine, recs, missing)
         return Response(data, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="wbc_results.zip"'})
 
     # ----------------------------------------------------------------------------- the page and the docs

@@ -187,10 +187,7 @@ class Engine:
         with rec.lock:
             if rec.labels is None:
                 raise StepError(f"{rec.name}: segment this image first; downloads need its cells")
-            data = rec.cache.get(kind)  # the store may drop the cache at any time (ResultStore._evict)
-            if data is None:
-                data = rec.cache[kind] = self._encoders(rec)[kind]()
-            return data
+            return rec.cached(kind, lambda: self._encoders(rec)[kind]())  # the store may drop it at any time (ResultStore._evict)
 
     def _encoders(self, rec: ImageRecord) -> dict[str, Callable[[], bytes]]:
         labels, classes, stem = rec.labels, self.classes, rec.stem
@@ -219,10 +216,7 @@ class Engine:
     def display_png(self, rec: ImageRecord) -> bytes:
         """The image as the page shows it (a 16-bit TIFF cannot be shown by a browser): fast PNG. The
         pixels never change after upload, so this does not wait for a step running on the image."""
-        data = rec.cache.get("image.png")
-        if data is None:
-            data = rec.cache["image.png"] = co.png_bytes(rec.rgb, compression=1)
-        return data
+        return rec.cached("image.png", lambda: co.png_bytes(rec.rgb, compression=1))
 
     def crop_png(self, rec: ImageRecord, cell: int) -> bytes:
         """One cell's crop from the last finished step (the cells the page shows), without the lock."""

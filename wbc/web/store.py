@@ -1,11 +1,14 @@
 """Results kept in memory for the page, bounded so a lab PC left open all day never fills up: at most
 `max_images` images, none older than `max_age_min` minutes, at most `max_mb` of pixels and cached
-downloads. Over `max_mb` the cached downloads (re-created on the next request) go first, then whole
-images, the oldest first. Every image can be deleted. Nothing is written to disk.
+downloads. Over `max_mb` the cached downloads (re-created on the next request) go first, the least
+recently used first and only until the rest fits (dropping them all would make a server near its limit
+encode every download again each time), then whole images, the oldest first. Every image can be
+deleted. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import threading
@@ -29,6 +32,7 @@ def display_name(name: str | None) -> str:
 
 
 STEM_MAX = 60
+_USES = itertools.count()  # the order cached downloads were last used in (next() is atomic under the GIL)
 
 
 def safe_stem(name: str) -> str:
@@ -77,6 +81,7 @@ class ImageRecord:
     rows: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, bytes] = field(default_factory=dict)  # encoded downloads, cleared when results change
+    cache_used: dict[str, int] = field(default_factory=dict)  # when each was last used (_USES): the store drops the oldest first
     lock: threading.Lock = field(default_factory=threading.Lock)  # one step at a time per image
     view: View | None = None  # the last finished step's answer (Engine.publish), read by GETs without the lock
 
@@ -95,6 +100,24 @@ class ImageRecord:
         is replaced, not emptied, so a step or download holding the old one is not disturbed."""
         freed, self.cache = self.cache_bytes, {}
         return freed
+
+    def cached(self, kind: str, make: Callable[[], bytes]) -> bytes:
+        """The cached download `kind`, encoded by make() when missing, marked as just used so that the
+        store, over its limit, drops the downloads nobody asked for lately first."""
+        data = self.cache.get(kind)  # the store may replace the dict at any time (drop_cached)
+        if data is None:
+            data = self.cache[kind] = make()
+        self.cache_used[kind] = next(_USES)
+        return data
+
+    def drop_cached(self, kind: str) -> int:
+        """Forget one cached download; the bytes freed. The dict is replaced, as in drop_cache."""
+        cache = self.cache
+        data = cache.get(kind)
+        if data is None:
+            return 0
+        self.cache = {k: v for k, v in cache.items() if k != kind}
+        return len(data)
 
 
 class ResultStore:
@@ -128,14 +151,20 @@ class ResultStore:
         with self._lock:
             return self._items.pop(image_id, None) is not None
 
-    def clear(self, ids: list[str] | None = None) -> int:
-        """Delete these images (None: every image on the server); how many were deleted."""
+    def clear(self) -> int:
+        """Delete every image on the server, every user's; how many were deleted."""
         with self._lock:
-            if ids is None:
-                n = len(self._items)
-                self._items.clear()
-                return n
-            return sum(self._items.pop(i, None) is not None for i in set(ids))
+            n = len(self._items)
+            self._items.clear()
+            return n
+
+    def delete_ids(self, ids: list[str]) -> tuple[int, list[str]]:
+        """Delete these images: (how many were deleted, the ids not here, in their order). An id not
+        here expired, was deleted or never was: the caller says so rather than ignoring it."""
+        with self._lock:
+            self._evict()  # an expired image is unknown here, as it is to every other request
+            unknown = [i for i in dict.fromkeys(ids) if self._items.pop(i, None) is None]
+            return len(set(ids)) - len(unknown), unknown
 
     def all(self) -> list[ImageRecord]:
         with self._lock:
@@ -157,8 +186,12 @@ class ResultStore:
             del self._items[rid]
         order = sorted(self._items.values(), key=lambda r: r.created)
         total = sum(r.nbytes for r in order)
-        if total > self.max_bytes:  # cached downloads first: they are re-created, an image in use is not
-            total -= sum(rec.drop_cache() for rec in order)
+        if total > self.max_bytes:  # cached downloads first (re-created; an image in use is not), least recently used first
+            used = sorted(((r.cache_used.get(k, -1), r, k) for r in order for k in list(r.cache)), key=lambda e: e[0])
+            for _, rec, kind in used:
+                if total <= self.max_bytes:
+                    break
+                total -= rec.drop_cached(kind)
         for rec in order:
             if len(self._items) <= self.max_images and total <= self.max_bytes:
                 break

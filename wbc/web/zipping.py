@@ -1,6 +1,9 @@
 """The all-images ZIP: one folder per image (its download stem; a repeated stem gets _2, _3, ...) and
 `manifest.csv`, which says which folder is which upload: folder, the file name as uploaded, the image
-id, its status and cell count (the csv module, text guarded as in cells.csv: wbc.spreadsheet)."""
+id, its status and cell count (the csv module, text guarded as in cells.csv: wbc.spreadsheet).
+
+Ids asked for that the server no longer has (expired or deleted) get a manifest row of their own, after
+the others, with the status MISSING, and are listed in `missing.txt`: a ZIP without them says so."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("folder", "file", "image_id", "status", "cells")
+MISSING = "not on the server (expired or deleted)"
+MISSING_TXT = "missing.txt"
 
 
 def manifest_csv(rows: list[dict]) -> bytes:
@@ -26,9 +31,17 @@ def manifest_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def zip_all(engine: Engine, recs: list[ImageRecord]) -> bytes:
-    """These (segmented) images' files, a folder each, and the manifest; each image's files and its
-    manifest row are read under its lock, so they come from one run."""
+def missing_txt(ids: list[str]) -> bytes:
+    """The note for ids the server no longer has: it cannot name their files, only their ids."""
+    head = ("These images were asked for but are no longer on the server: they expired (the server keeps a limited "
+            "number of images for a limited time) or were deleted. Upload them again for their results.")
+    return "\n".join([head, "", *ids, ""]).encode("utf-8")
+
+
+def zip_all(engine: Engine, recs: list[ImageRecord], missing: list[str] | tuple[str, ...] = ()) -> bytes:
+    """These (segmented) images' files, a folder each, and the manifest, with a row and missing.txt for
+    each id in `missing`; each image's files and its manifest row are read under its lock, so they come
+    from one run."""
     files: dict[str, bytes] = {}
     used: set[str] = set()
     rows: list[dict] = []
@@ -41,4 +54,6 @@ def zip_all(engine: Engine, recs: list[ImageRecord]) -> bytes:
         with rec.lock:
             files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
             rows.append({"folder": folder, "file": rec.name, "image_id": rec.id, "status": rec.status, "cells": len(rec.rows)})
-    return zip_bytes({MANIFEST: manifest_csv(rows), **files})
+    rows += [{"image_id": i, "status": MISSING} for i in missing]
+    extra = {MISSING_TXT: missing_txt(list(missing))} if missing else {}
+    return zip_bytes({MANIFEST: manifest_csv(rows), **extra, **files})

@@ -16,7 +16,9 @@ async function api(method, url, body) {
   if (!res.ok) {
     let detail = res.statusText;
     try { detail = (await res.json()).detail || detail; } catch (err) { /* not JSON */ }
-    throw new Error(detail);
+    const error = new Error(detail);
+    error.status = res.status; // 404: the image expired or was deleted (session.js drops it)
+    throw error;
   }
   return res.status === 204 ? null : res.json();
 }
@@ -94,7 +96,7 @@ async function loadModel() {
 }
 
 // ---------------------------------------------------------------------------- image list
-const BUSY = new Set(["uploading", "segmenting", "classifying", "queued"]);
+const BUSY = new Set(["uploading", "segmenting", "classifying", "queued", "restoring"]);
 
 function renderList() {
   const ul = $("image-list");
@@ -127,6 +129,7 @@ function renderList() {
   const done = ready.filter((it) => it.data && (it.data.status === "segmented" || it.data.status === "classified"));
   $("download-all").hidden = !done.length; $("download-all").href = "/api/files/all.zip?ids=" + done.map((it) => it.id).join(",");
   $("clear-all").hidden = st.items.length === 0;
+  saveSession(); // every change of the list is rendered here: a reload restores it (session.js)
 }
 
 async function addFiles(files) {
@@ -219,7 +222,7 @@ function show() {
   $("segment-btn").textContent = segmented ? "Segment again" : "Segment";
   $("classify-btn").hidden = !segmented || !(st.model && st.model.has_classifier);
   $("classify-btn").disabled = !segmented || BUSY.has(it.status);
-  $("step-status").textContent = it ? ({ uploading: "uploading…", queued: "waiting…", segmenting: "segmenting…", classifying: "classifying…" }[it.status] || "") : "";
+  $("step-status").textContent = it ? ({ uploading: "uploading…", queued: "waiting…", restoring: "restoring…", segmenting: "segmenting…", classifying: "classifying…" }[it.status] || "") : "";
   showMessage(it && it.error ? it.error : "");
   $("summary").textContent = !segmented ? "" : classified && st.blind ? `${data.count} cells (the model's calls hidden)` : data.summary;
   $("scale-line").textContent = segmented && data.scale_text ? `Processed: ${data.scale_text}` : "";
@@ -390,6 +393,7 @@ function init() {
     if (c) setLabel(it, c, ev.target.value);
   });
   window.addEventListener("resize", draw);
+  restoreSession(); // lists the saved images before anything below saves the list again
   loadModel().then(() => { renderList(); show(); });
 }
 
