@@ -108,3 +108,25 @@ def fixed_morphology_model(classes):
     rng = np.random.default_rng(0)
     n_c, n_f = len(classes), len(FEATURES)
     return MorphologyClassifier(tuple(reversed(classes)), FEATURES, np.zeros(n_f), np.ones(n_f), rng.normal(size=(n_c, n_f)), rng.normal(size=n_c))
+
+
+def assert_saved_average_and_its_temperature(checkpoint: Path, objects: dict) -> None:
+    """A run trained with a weight average (callbacks.ema / callbacks.swa): `checkpoint` holds the
+    average (not the raw weights), with the temperature fitted on the average's own validation
+    probabilities (not an average of earlier epochs'), and the test stage ran that average."""
+    from wbc.calibration import fit_temperature
+
+    model = objects["model"]
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = [k for k in saved if k.startswith("net.") and saved[k].is_floating_point() and saved[k].ndim > 1]
+    assert weights and any(not torch.equal(saved[k], raw[k]) for k in weights)
+    model.eval()
+    with torch.no_grad():
+        batches = list(objects["datamodule"].val_dataloader())
+        prob = torch.cat([model.probabilities(b["image"], calibrated=False) for b in batches]).numpy()
+    label = torch.cat([b["label"] for b in batches]).numpy()
+    assert abs(saved["temperature"].item() - fit_temperature(prob, label)) <= 1e-4 * abs(saved["temperature"].item())
+    assert abs(float(model.temperature) - saved["temperature"].item()) <= 1e-6
+    for k in weights:
+        assert torch.equal(model.state_dict()[k].cpu(), saved[k])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lightning_modules.callbacks import CalibratedEMA
-from wbc.calibration import fit_temperature
+from tests.helpers_models import assert_saved_average_and_its_temperature
 
 
 class Tiny(nn.Module):
@@ -53,22 +53,6 @@ def test_classifier_trained_with_ema_saves_the_average_and_its_own_temperature(m
     cfg = make_cfg(["experiment=classify", "callbacks=[default,ema]", "callbacks.ema.decay=0.5", "trainer.max_epochs=2",
                     f"eval_checkpoint={which}", "callbacks.model_checkpoint.monitor=null"])  # "best": the latest epoch_*.ckpt
     metrics, objects = run_training(cfg)
-    model, trainer = objects["model"], objects["trainer"]
-    assert any(isinstance(cb, CalibratedEMA) for cb in trainer.callbacks)
+    assert any(isinstance(cb, CalibratedEMA) for cb in objects["trainer"].callbacks)
     tested = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt" if which == "last" else Path(metrics["best_checkpoint"])
-    ckpt = torch.load(tested, map_location="cpu", weights_only=True)
-    saved, raw = ckpt["state_dict"], ckpt["current_model_state"]
-    weights = [k for k in saved if k.startswith("net.") and saved[k].is_floating_point() and saved[k].ndim > 1]
-    assert weights and any(not torch.equal(saved[k], raw[k]) for k in weights)  # the average, not the raw weights
-    # the saved temperature is the one fitted on the saved (averaged) weights' validation
-    # probabilities, not an average of earlier epochs' temperatures
-    model.eval()
-    with torch.no_grad():
-        batches = list(objects["datamodule"].val_dataloader())
-        prob = torch.cat([model.probabilities(b["image"], calibrated=False) for b in batches]).numpy()
-    label = torch.cat([b["label"] for b in batches]).numpy()
-    assert saved["temperature"].item() == pytest.approx(fit_temperature(prob, label), rel=1e-4)
-    assert float(model.temperature) == pytest.approx(saved["temperature"].item())
-    # the test stage (trainer.test from that checkpoint, the callback still attached) ran the average
-    for k in weights:
-        assert torch.equal(model.state_dict()[k].cpu(), saved[k])
+    assert_saved_average_and_its_temperature(tested, objects)

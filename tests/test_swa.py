@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.callbacks import CalibratedSWA
-from wbc.calibration import fit_temperature
+from tests.helpers_models import assert_saved_average_and_its_temperature
 
 
 class Line(L.LightningModule):
@@ -94,18 +94,6 @@ def test_a_bad_lr_names_the_key() -> None:
 def test_classifier_trained_with_swa_saves_the_average_and_its_own_temperature(make_cfg, run_training, one_thread) -> None:
     cfg = make_cfg(["experiment=classify", "callbacks=[default,swa]", "callbacks.swa.epoch_start=1",
                     "callbacks.swa.lr=0.0005", "trainer.max_epochs=3", "eval_checkpoint=last"])
-    metrics, objects = run_training(cfg)
-    model, trainer = objects["model"], objects["trainer"]
-    assert any(isinstance(cb, CalibratedSWA) for cb in trainer.callbacks)
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    saved, raw = ckpt["state_dict"], ckpt["current_model_state"]
-    weights = [k for k in saved if k.startswith("net.") and saved[k].is_floating_point() and saved[k].ndim > 1]
-    assert weights and any(not torch.equal(saved[k], raw[k]) for k in weights)  # the average, not the raw weights
-    model.eval()
-    with torch.no_grad():
-        batches = list(objects["datamodule"].val_dataloader())
-        prob = torch.cat([model.probabilities(b["image"], calibrated=False) for b in batches]).numpy()
-    label = torch.cat([b["label"] for b in batches]).numpy()
-    assert saved["temperature"].item() == pytest.approx(fit_temperature(prob, label), rel=1e-4)
-    for k in weights:
-        assert torch.equal(model.state_dict()[k].cpu(), saved[k])
+    _, objects = run_training(cfg)
+    assert any(isinstance(cb, CalibratedSWA) for cb in objects["trainer"].callbacks)
+    assert_saved_average_and_its_temperature(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", objects)
