@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.parts import DataParts
 from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSampler, balanced_weights
+from wbc.data.bitdepth import check_bit_depth
 from wbc.data.imageio import pixel_limit
 from wbc.data.manifest import Manifest, ManifestError, MaskEncoding, Sample, load_sample, read_manifest
 from wbc.data.splits import SplitError, fold_ids, load_or_make_splits
@@ -71,6 +72,7 @@ class WBCDataModule(L.LightningDataModule):
         postprocess: Mapping | PostprocessParams | None = None,
         single_cell: bool = False,
         max_pixels: int | None = None,
+        bit_depth: int | str = "auto",
         allow_outside_root: bool = False,
         pixel_size_um: float | None = None,
         parts: Mapping[str, Mapping] | None = None,
@@ -126,12 +128,14 @@ class WBCDataModule(L.LightningDataModule):
             raise ValueError(f"data.pixel_size_um must be a positive number (µm per pixel) or null, got {pixel_size_um!r}")
         self.pixel_size_um = float(pixel_size_um) if pixel_size_um is not None else None
         self.max_pixels = pixel_limit(max_pixels, "data.max_pixels")  # null -> imageio's default; bad values fail here
+        # the camera's bits per pixel (wbc.data.bitdepth); one for all parts, recorded in data_info for inference
+        self.bit_depth = check_bit_depth(bit_depth, "data.bit_depth")
         self.allow_outside_root = bool(allow_outside_root)
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         # several datasets as one (datamodules.parts): each part reads itself
-        self.parts = (DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights, self.splits_cfg)
-                      if parts else None)
+        self.parts = (DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights, self.splits_cfg,
+                                self.bit_depth) if parts else None)
         self.cache: dict[str, CachedSample] = {}
         self.datasets: dict[str, Dataset] = {}
 
@@ -166,7 +170,7 @@ class WBCDataModule(L.LightningDataModule):
         if self.manifest is None:
             self.manifest = read_manifest(
                 self.root, self.layout, self.csv_name, self.classes, self.drop_classes, self.require_masks, self.filters,
-                allow_outside_root=self.allow_outside_root, max_pixels=self.max_pixels,
+                allow_outside_root=self.allow_outside_root, max_pixels=self.max_pixels, bit_depth=self.bit_depth,
             )
             if self.manifest.dropped:
                 log.info("data.drop_classes excluded %s", self.manifest.dropped)
@@ -359,4 +363,5 @@ class WBCDataModule(L.LightningDataModule):
             "target": self.target,
             "single_cell": self.single_cell,
             "postprocess": self.postprocess.to_dict(),
+            "bit_depth": self.bit_depth,  # predict/serve/ONNX read new images at it (wbc.inference)
         }

@@ -9,6 +9,9 @@ split (nothing of it is trained or validated on), the others only their training
 `data.holdout_split=dev` tests on the held-out part's training images instead, so levers can be
 chosen on a cross-domain figure without looking at any test split.
 
+The camera bit depth is the combined node's (`data.bit_depth`, applied to every part): one depth travels in
+the checkpoint for inference, so a part that sets another is refused.
+
 The split settings are the parts' own (`data.parts.<name>.splits.*`): a value set on the combined node's
 `data.splits` that differs from a part's is refused (`check_split_settings`), never silently ignored.
 """
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from wbc.data.bitdepth import AUTO, check_bit_depth
 from wbc.data.manifest import Manifest, MaskEncoding, Sample
 from wbc.data.splits import SplitError
 
@@ -79,7 +83,7 @@ class DataParts:
 
     def __init__(
         self, owner_cls: type, parts: Mapping[str, Mapping], holdout: str | None, fold: int, drop_classes=(), holdout_split: str = "test",
-        part_weights: Mapping[str, float] | None = None, splits: Mapping[str, Any] | None = None,
+        part_weights: Mapping[str, float] | None = None, splits: Mapping[str, Any] | None = None, bit_depth: int | str = AUTO,
     ) -> None:
         if not parts:
             raise ValueError("data.parts is empty: name the datasets to combine (e.g. data=lodo_seg_d1, or +data@data.parts.<name>=<data config>)")
@@ -106,6 +110,11 @@ class DataParts:
                 raise ValueError(f"data.parts.{name}: expected a data config, got {type(cfg).__name__}")
             if drop_classes:  # the combined node's data.drop_classes applies to every part
                 child.drop_classes = sorted({*child.drop_classes, *drop_classes})
+            own = check_bit_depth(cfg.get("bit_depth", AUTO) if isinstance(cfg, Mapping) else child.bit_depth, f"data.parts.{name}.bit_depth")
+            if own not in (AUTO, bit_depth):
+                raise ValueError(f"data.parts.{name}.bit_depth={own} but data.bit_depth={bit_depth}: one depth is read for every part "
+                                 f"and travels in the checkpoint; set data.bit_depth={own} (a part's auto follows it)")
+            child.bit_depth = bit_depth  # the combined node's data.bit_depth applies to every part
             self.children[name] = child
         self.node_splits = dict(splits or {})  # the combined node's data.splits: checked against the parts' when splitting
 

@@ -58,6 +58,7 @@ def data_infos(cfg: DictConfig) -> tuple[dict, dict]:
         "target": data["target"],
         "single_cell": bool(data.get("single_cell", False)),
         "postprocess": post.to_dict(),
+        "bit_depth": data.get("bit_depth", "auto"),
     }
     return seg, {**seg, "crops": spec.to_dict(), "image_size": spec.image_size}
 

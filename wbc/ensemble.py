@@ -31,7 +31,9 @@ from wbc.rundir import STAGE_DIRS, expand, resolve_checkpoint, run_config, run_d
 log = logging.getLogger("wbc")
 
 # what the members must agree on (they see the same input and predict the same classes)
-SHARED_INFO = ("preprocess", "image_size", "target", "classes", "crops", "postprocess")
+SHARED_INFO = ("preprocess", "image_size", "target", "classes", "crops", "postprocess", "bit_depth")
+# what a member's data_info without the key was trained with (a checkpoint before data_info.bit_depth read auto)
+MISSING_MEANS = {"bit_depth": "auto"}
 
 
 class AttributeDict(dict):
@@ -59,11 +61,11 @@ def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> 
     for key in SHARED_INFO:
         if key in may_differ:
             continue
-        values = [i.get(key) for i in infos]
+        values = [i.get(key, MISSING_MEANS.get(key)) for i in infos]
         if any(v != values[0] for v in values[1:]):
             raise ValueError(
                 f"ensemble members disagree on data_info.{key}: {values}; averaging needs folds trained on the "
-                "same inputs (same data.image_size, data.preprocess, data.target, classes and crops)"
+                "same inputs (same data.image_size, data.preprocess, data.target, data.bit_depth, classes and crops)"
             )
     info = dict(infos[0])
     if any(i.get("appearance") for i in infos):  # like the training images = like any member's (not just the first's)

@@ -1,9 +1,9 @@
 """Image -> nucleus probability -> cells -> class probabilities, with each model's own preprocessing.
 
-The preprocessing (grayscale/CLAHE, network size), the post-processing the segmenter was validated
-with and the crop geometry are read from the checkpoints' data_info, so prediction can never drift
-from what the models were trained on; `postprocess_overrides` (e.g. predict.py postprocess.min_area=50)
-win and are logged.
+The preprocessing (grayscale/CLAHE, network size, the camera bit depth new images are read at), the
+post-processing the segmenter was validated with and the crop geometry are read from the checkpoints'
+data_info, so prediction can never drift from what the models were trained on; `postprocess_overrides`
+(e.g. predict.py postprocess.min_area=50) and `bit_depth` win and are logged.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
 from wbc.appearance import AppearanceProfile, image_features, profile_of
 from wbc.cells import CropSpec, cell_crops, crop_batch
+from wbc.data.bitdepth import check_bit_depth, info_bit_depth
 from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
 from wbc.morphology import MorphologyClassifier
 from wbc.postprocess import (
@@ -60,10 +61,29 @@ class CellResult:
     appearance: dict | None = None  # the image's appearance check (CellPipeline.check_appearance)
 
 
+def pipeline_bit_depth(seg_info: dict, cls_info: dict | None, override: int | str | None = None) -> int | str:
+    """The camera bit depth new images are read at: `override` (predict/serve `bit_depth=`), else the one
+    the checkpoints were trained with (data_info.bit_depth; auto before it was recorded). An image is read
+    once for both models, so a segmenter and a classifier trained at different depths need the override."""
+    if override is not None:
+        chosen = check_bit_depth(override, "bit_depth")
+        log.info("bit_depth=%s: new images are read at it (the checkpoints': %s)", chosen, info_bit_depth(seg_info, "segmenter"))
+        return chosen
+    seg = info_bit_depth(seg_info, "segmenter")
+    cls = info_bit_depth(cls_info, "classifier") if cls_info is not None else seg
+    if cls != seg:
+        raise ValueError(f"the segmenter was trained at data.bit_depth={seg} and the classifier at {cls}, but an image is read once: "
+                         f"pass bit_depth=<the depth of the new images' camera> (e.g. bit_depth={seg} or bit_depth={cls})")
+    if seg != "auto":
+        log.info("bit_depth=%s (the checkpoint's data_info.bit_depth): 16-bit images are divided by %d", seg, 2**int(seg) - 1)
+    return seg
+
+
 class CellPipeline:
     def __init__(
         self, segmenter, classifier=None, device: str | torch.device = "cpu", crop_spec: CropSpec | None = None,
         postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None, review: ReviewOptions | None = None,
+        bit_depth: int | str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.segmenter = segmenter.to(self.device).eval()
@@ -80,6 +100,8 @@ class CellPipeline:
         self.crop_spec = crop_spec or CropSpec.from_config(crops)
         self.postprocess = checkpoint_postprocess(seg_info.get("postprocess") or legacy, postprocess_overrides, "segmenter")
         self.classes: list[str] = list(cls_info.get("classes") or [])
+        # how the readers (wbc.predict_io, the web app) make new 16-bit images 8-bit: as training did
+        self.bit_depth = pipeline_bit_depth(seg_info, cls_info if classifier is not None else None, bit_depth)
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.seg_info = seg_info
         self.scale = scale or ScaleOptions()
@@ -127,6 +149,7 @@ class CellPipeline:
     def from_checkpoints(
         cls, segmenter: str | Path | list, classifier: str | Path | list | None = None, device: str = "cpu",
         postprocess_overrides: dict | None = None, scale: ScaleOptions | None = None, review: ReviewOptions | None = None,
+        bit_depth: int | str | None = None,
     ) -> CellPipeline:
         """Each of segmenter / classifier: a .ckpt file, a run dir (a pipeline run dir gives its
         stage's sub-run), or -- a fold ensemble, probabilities averaged -- a sweep dir of fold runs
@@ -135,7 +158,7 @@ class CellPipeline:
 
         seg = load_models(segmenter, "segmentation", "segmenter", device)
         clf = load_models(classifier, "classification", "classifier", device) if classifier is not None else None
-        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
+        return cls(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review, bit_depth=bit_depth)
 
     @torch.no_grad()
     def segment(self, rgb: np.ndarray) -> np.ndarray:

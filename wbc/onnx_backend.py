@@ -289,16 +289,19 @@ def load_export(export_dir: str | Path, threads: int | None = None, meta: dict |
     return seg, clf
 
 
-def pipeline_from_export(export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None, scale=None, review=None):
-    """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing and scale
-    come from export.json's data_info, as from a checkpoint; overrides win and are logged). The
+def pipeline_from_export(
+    export_dir: str | Path, device: str = "cpu", postprocess_overrides: dict | None = None, threads: int | None = None, scale=None, review=None,
+    bit_depth: int | str | None = None,
+):
+    """A CellPipeline whose two models run on onnxruntime (the segmenter's post-processing, scale and bit
+    depth come from export.json's data_info, as from a checkpoint; overrides win and are logged). The
     segmenter takes a batch of network-size tiles, so full fields slide over it as over the torch one."""
     from wbc.inference import CellPipeline
     from wbc.morphology import MorphologyClassifier
 
     meta = read_export(export_dir)
     seg, clf = load_export(export_dir, threads, meta)
-    pipe = CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review)
+    pipe = CellPipeline(seg, clf, device, postprocess_overrides=postprocess_overrides, scale=scale, review=review, bit_depth=bit_depth)
     if meta.get("morphology"):
         path = export_file(Path(export_dir), meta, "morphology")
         pipe.use_morphology(MorphologyClassifier.load(path), str(path))

@@ -208,7 +208,7 @@ def _predict_one(
     """One image's files (wbc.cell_outputs, the writers the web app uses); (its rows, its appearance
     check) or None when the file is unreadable (skipped)."""
     try:
-        rgb = read_image(f, max_file_mb, max_pixels)
+        rgb = read_image(f, max_file_mb, max_pixels, getattr(pipe, "bit_depth", "auto"))
     except (ImageReadError, OSError) as err:
         log.error("skipped %s: %s", f, err)
         failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
@@ -228,17 +228,20 @@ def _predict_one(
     return rows, getattr(res, "appearance", None)
 
 
-def read_image(f: Path, max_file_mb: float, max_pixels: int | None) -> np.ndarray:
-    """One input's RGB array, after the size and format checks (ImageReadError / OSError if not)."""
+def read_image(f: Path, max_file_mb: float, max_pixels: int | None, bit_depth: int | str = "auto") -> np.ndarray:
+    """One input's RGB array, after the size and format checks (ImageReadError / OSError if not);
+    16-bit files at `bit_depth` (the pipeline's: the checkpoint's or predict's bit_depth)."""
     check_file(Path(f), max_file_mb, max_pixels)
-    return read_rgb(Path(f), max_pixels, "predict.max_pixels")
+    return read_rgb(Path(f), max_pixels, "predict.max_pixels", bit_depth=bit_depth, depth_setting="bit_depth")
 
 
-def readable_images(files: Sequence[Path], max_file_mb: float = 50, max_pixels: int | None = None) -> Iterator[np.ndarray]:
+def readable_images(
+    files: Sequence[Path], max_file_mb: float = 50, max_pixels: int | None = None, bit_depth: int | str = "auto",
+) -> Iterator[np.ndarray]:
     """The RGB arrays of the files predict_images would read (unreadable ones left to it to report)."""
     for f in files:
         try:
-            yield read_image(f, max_file_mb, max_pixels)
+            yield read_image(f, max_file_mb, max_pixels, bit_depth)
         except (ImageReadError, OSError):
             continue
 
@@ -259,7 +262,8 @@ def _append_csv(fh: TextIO, records: list[list[Any]]) -> None:
 def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures: list[dict], images: list[dict], status: str) -> None:
     report = {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes,
               "adapt_bn_images": getattr(pipe, "adapted_on", 0), "adapt_bn_models": list(getattr(pipe, "adapted_models", ())),
-              "morphology": getattr(pipe, "morphology_source", None), "unlike_training_images": unlike_training(images)}
+              "morphology": getattr(pipe, "morphology_source", None), "unlike_training_images": unlike_training(images),
+              "bit_depth": getattr(pipe, "bit_depth", "auto")}
     write_json(out_dir / "predictions.json", report)
 
 

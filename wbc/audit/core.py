@@ -121,6 +121,7 @@ def unchecked_listing(
     filters: Mapping | None = None,
     allow_outside_root: bool = False,
     max_pixels: int | None = None,
+    bit_depth: int | str = "auto",
 ) -> list[Sample]:
     """The rows of a dataset whose listing `read_manifest` refuses for missing files or unknown
     classes, without those checks: the per-file scan then reports each missing file with the rest.
@@ -130,7 +131,7 @@ def unchecked_listing(
     root = Path(root)
     samples = mf._read_csv(root, csv_name, filters, allow_outside_root) if layout == "csv" else mf._read_folders(root, allow_outside_root)
     drop = set(drop_classes)
-    return [replace(s, max_pixels=max_pixels) for s in samples if s.class_name not in drop]
+    return [replace(s, max_pixels=max_pixels, bit_depth=bit_depth) for s in samples if s.class_name not in drop]
 
 
 def audit_samples(
@@ -226,7 +227,7 @@ def duplicate_clusters(samples: Sequence[Sample], radius: int = 6, search: int |
     ids, pixel, phash, thumbs = [], [], [], []
     for s in samples:
         try:
-            rgb = read_rgb(Path(s.image), s.max_pixels)
+            rgb = read_rgb(Path(s.image), s.max_pixels, bit_depth=s.bit_depth)
         except (ImageReadError, OSError):
             continue
         ids.append(s.id)

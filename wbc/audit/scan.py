@@ -3,8 +3,8 @@
 Nothing here raises for a bad file: every problem becomes an entry of `Record.problems`
 ({"kind", "file", "detail"}), so the audit lists all of them where training stops at the first.
 Kinds: `missing`, `empty`, `unreadable` (the header does not read), `truncated` (the header reads,
-the pixel data does not), `too_large` (over data.max_pixels), `size_mismatch` (mask and image differ),
-`mask_values` (values outside data.mask_encoding).
+the pixel data does not), `too_large` (over data.max_pixels), `bit_depth` (a maximum over data.bit_depth),
+`size_mismatch` (mask and image differ), `mask_values` (values outside data.mask_encoding).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from wbc.data.bitdepth import BitDepthError
 from wbc.data.imageio import ImageReadError, read_mask, read_rgb
 from wbc.data.manifest import CYTOPLASM, NUCLEUS, ManifestError, MaskEncoding, Sample
 
@@ -97,6 +98,8 @@ def _kind(err: Exception, header_ok: bool) -> str:
     text = str(err)
     if "exceeds the limit" in text:
         return "too_large"
+    if isinstance(err.__cause__, BitDepthError):
+        return "bit_depth"
     return "truncated" if header_ok else "unreadable"
 
 
@@ -116,7 +119,7 @@ def _read(rec: Record, role: str, path: Path, reader) -> np.ndarray | None:
         return reader(path)
     except Exception as err:  # noqa: BLE001 - every bad file is reported, none stops the audit
         detail = str(err.__cause__ or err) if isinstance(err, ImageReadError) else f"{type(err).__name__}: {err}"
-        if header_ok and "exceeds the limit" not in str(err):
+        if header_ok and _kind(err, header_ok) == "truncated":
             detail = f"the header reads but the pixel data does not decode ({detail})"
         rec.problem(_kind(err, header_ok), path, detail)
         return None
@@ -189,7 +192,7 @@ def perceptual_hash(rgb: np.ndarray) -> str:
 def scan_sample(sample: Sample, encoding: MaskEncoding) -> Record:
     """Read one sample the way training would, recording every problem instead of raising."""
     rec = Record(sample.id, sample.class_name, sample.group, str(sample.image), str(sample.mask) if sample.mask else None)
-    rgb = _read(rec, "image", Path(sample.image), lambda p: read_rgb(p, sample.max_pixels))
+    rgb = _read(rec, "image", Path(sample.image), lambda p: read_rgb(p, sample.max_pixels, bit_depth=sample.bit_depth))
     raw = _read(rec, "mask", Path(sample.mask), lambda p: read_mask(p, sample.max_pixels)) if sample.mask else None
     if rgb is not None:
         rec.pixel_hash = pixel_hash(rgb)

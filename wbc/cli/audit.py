@@ -60,7 +60,8 @@ def audit(cfg: DictConfig) -> tuple[dict, dict]:
     except ManifestError as err:  # missing files / unknown classes: training would stop here, the audit lists them all
         meta["listing_error"] = str(err)
         try:
-            samples = unchecked_listing(dm.root, dm.layout, dm.csv_name, dm.drop_classes, dm.filters, dm.allow_outside_root, dm.max_pixels)
+            samples = unchecked_listing(dm.root, dm.layout, dm.csv_name, dm.drop_classes, dm.filters, dm.allow_outside_root, dm.max_pixels,
+                                        dm.bit_depth)
         except Exception:  # the listing itself is broken: nothing else can be checked
             write_json(out / "audit.json", {"dataset": meta, "manifest_error": str(err)})
             write_text(out / "audit.md", f"# Dataset audit: {dm.name}\n\nThe dataset cannot be listed:\n\n{err}\n")

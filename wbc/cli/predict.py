@@ -30,7 +30,8 @@ log = logging.getLogger("wbc")
 
 
 def build_pipeline(cfg: DictConfig):
-    """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing overrides."""
+    """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing and
+    bit_depth overrides (null = the checkpoints')."""
     from wbc.evaluation.runs import postprocess_overrides
     from wbc.review import ReviewOptions
     from wbc.rundir import is_sweep_dir
@@ -42,7 +43,8 @@ def build_pipeline(cfg: DictConfig):
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 
-        return with_morphology(pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review), cfg.get("morphology"))
+        pipe = pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review, bit_depth=cfg.get("bit_depth"))
+        return with_morphology(pipe, cfg.get("morphology"))
     runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
     segmenter = cfg.segmenter or runs
     classifier = cfg.classifier or runs
@@ -57,7 +59,8 @@ def build_pipeline(cfg: DictConfig):
     if cfg.classifier is None and from_sweep and not has_stage(runs, "classification"):
         log.info("%s holds no classifier: nucleus masks and crops only (add classifier=<run, sweep dir or ckpt>)", runs)
         classifier = None
-    return with_morphology(CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale, review), cfg.get("morphology"))
+    pipe = CellPipeline.from_checkpoints(segmenter, classifier, cfg.device, overrides, scale, review, cfg.get("bit_depth"))
+    return with_morphology(pipe, cfg.get("morphology"))
 
 
 def with_morphology(pipe, path: str | None):
@@ -87,7 +90,7 @@ def predict(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
     if targets:  # AdaBN: batch-norm statistics from these images first (extra passes)
-        pipe.adapt_batchnorm(lambda: readable_images(files, cfg.max_file_mb, cfg.get("max_pixels")), models=targets)
+        pipe.adapt_batchnorm(lambda: readable_images(files, cfg.max_file_mb, cfg.get("max_pixels"), pipe.bit_depth), models=targets)
     rows, failures = predict_images(pipe, files, out_dir, cfg.max_file_mb, cfg.save_crops, cfg.get("max_pixels"), overwrite=overwrite)
     msg = f"{len(files) - len(failures)} image(s) -> {len(rows)} cell(s) in {out_dir}"
     if failures:
@@ -106,7 +109,7 @@ def pseudo_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: CellPi
     and the command that fine-tunes the classifier on it."""
     from wbc.data.pseudo_labels import DATASET_DIR, write_pseudo_dataset
 
-    record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite)
+    record = write_pseudo_dataset(out_dir, cfg.pseudo_dataset.per_class, cfg.pseudo_dataset.get("context", 4.0), overwrite, pipe.bit_depth)
     head = f"pseudo_dataset: {record['cells']} of {record['of_cells']} cells labelled with the classifier's own calls"
     # the labels are the model's own calls: only cells labelled by eye can tell whether fine-tuning helped
     check = (f"then predict again with the fine-tuned classifier and check both runs on cells you label yourself:\n"
@@ -121,7 +124,7 @@ def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: Cel
 
     spec = cfg.annotated_dataset
     record = write_annotated_dataset(out_dir, spec.annotations, spec.get("context", 4.0), overwrite, float(spec.get("match_margin", 0.5)),
-                                     int(spec.get("seed", 0)))
+                                     int(spec.get("seed", 0)), pipe.bit_depth)
     head = f"annotated_dataset: {record['cells']} cells with your labels from {spec.annotations}"
     if record["not_found"]:
         rows = ", ".join(str(p["row"]) for p in record["not_found"][:10])
@@ -144,6 +147,8 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
+    if getattr(pipe, "bit_depth", "auto") != "auto":  # the cut cells are 8-bit (unaffected); the new classifier records it
+        inputs.append(f"data.bit_depth={pipe.bit_depth}")
     split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
     data = ["data=folder", "data.layout=csv", f"data.root={dataset}", *([f"data.splits.file={split}"] if split.is_file() else []),
             f"data.classes=[{','.join(pipe.classes)}]"]

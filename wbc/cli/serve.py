@@ -100,7 +100,7 @@ def build_app(cfg: DictConfig):
     if cfg.get("crops"):
         pipe.crop_spec = CropSpec.from_config({**pipe.crop_spec.to_dict(), **OmegaConf.to_container(cfg.crops, resolve=True)})
     if targets:  # once, before the first request: every user then gets the adapted models
-        pipe.adapt_batchnorm(lambda: readable_images(adapt_files, cfg.max_file_mb, cfg.get("max_pixels")), models=targets)
+        pipe.adapt_batchnorm(lambda: readable_images(adapt_files, cfg.max_file_mb, cfg.get("max_pixels"), pipe.bit_depth), models=targets)
     store = cfg.get("store") or {}
     settings = Settings(
         max_file_mb=float(cfg.max_file_mb), max_pixels=cfg.get("max_pixels"), max_images=int(store.get("max_images", 100)),

@@ -52,9 +52,10 @@ def predicted_cells(predict_dir: Path, purpose: str) -> tuple[Path, list[str], d
 
 
 def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: Mapping[str, dict], classes: Sequence[str],
-              context: float, overwrite: bool, table: Path) -> list[dict]:
+              context: float, overwrite: bool, table: Path, bit_depth: int | str = "auto") -> list[dict]:
     """Write the chosen cells ({cell id: label}) into dest (images/, masks/, labels.csv); returns labels.csv's rows.
-    `table` is the run's file the rows in by_id were read from (predictions.csv or .json), named in errors."""
+    `table` is the run's file the rows in by_id were read from (predictions.csv or .json), named in errors;
+    `bit_depth`: the one predict read the source images at (its pipeline's), so the crops show what the models saw."""
     from wbc.cell_outputs import crop_name, png_bytes
     from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
     from wbc.io import atomic_write
@@ -71,7 +72,7 @@ def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: M
         stem, cell = row["output_stem"], int(row["cell"])
         try:
             if field.get("stem") != stem:
-                field = {"stem": stem, "rgb": read_rgb(row["source"]), "labels": decode_raw(predict_dir / "labels" / f"{stem}.png")}
+                field = {"stem": stem, "rgb": read_rgb(row["source"], bit_depth=bit_depth, depth_setting="bit_depth"), "labels": decode_raw(predict_dir / "labels" / f"{stem}.png")}
         except ImageReadError as err:
             raise CellDatasetError(f"{table} cell {sid}: {err}") from err
         rgb, nucleus = field["rgb"], field["labels"] == cell
@@ -173,12 +174,13 @@ def held_out_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str], or
 
 
 def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, context: float = 4.0, overwrite: bool = False,
-                            margin: float = 0.5, seed: int = 0) -> dict:
+                            margin: float = 0.5, seed: int = 0, bit_depth: int | str = "auto") -> dict:
     """The lab's annotated points (wbc.annotations) as a labelled dataset: each point's predicted cell, cut out
     as above and labelled with the lab's class, in `<predict_dir>/annotated_dataset/`. A point on no predicted
     cell has no nucleus to cut out: it is counted and named in the record (`not_found`), never dropped
     silently; two points on one cell with different labels are an error. The held-out cells are drawn at
-    random (seeded) per class. Returns the record written as annotated_dataset.json."""
+    random (seeded) per class; source images are read at `bit_depth`, as predict read them. Returns the record
+    written as annotated_dataset.json."""
     from wbc.annotations import load_run, match_cell, read_points, resolve_image
     from wbc.io import write_json
 
@@ -204,7 +206,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     if not chosen:
         raise CellDatasetError(f"{annotations}: none of its {len(points)} labelled points is on a cell {predict_dir} found")
     dest = predict_dir / ANNOTATED_DIR
-    rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, run.path / "predictions.json")
+    rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, run.path / "predictions.json", bit_depth)
     rng = np.random.default_rng(seed)
     draw = {r["image"]: float(rng.random()) for r in rows}
     split = held_out_split(rows, classes, lambda r, c: draw[r["image"]],

@@ -10,8 +10,9 @@ samples) and predict (`max_pixels`, via predict_io.check_file) both use it; `Non
 `DEFAULT_MAX_PIXELS`.
 
 Bit depth: images (`read_rgb`, `decode_bytes`) keep all 16 bits of 16-bit grey and colour files
-(Pillow alone keeps only the high byte of 16-bit colour); `to_uint8` then scales them by their
-effective bit depth, so a 10/12/14-bit camera frame saved in a 16-bit file is not read nearly black.
+(Pillow alone keeps only the high byte of 16-bit colour); `to_uint8` (wbc.data.bitdepth) then scales
+them by the camera's bit depth (`bit_depth`: auto = guessed from each image's maximum, or 8..16), so
+a 10/12/14-bit camera frame saved in a 16-bit file is not read nearly black.
 Masks (`read_mask`) are never scaled: 16-bit colour masks become the 8-bit colour codes a mask
 encoding names, exactly or not at all (`mask_codes`).
 
@@ -33,6 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from wbc.data.bitdepth import AUTO, BitDepthError, to_uint8
+
 # Predicting one image costs ~1 GB of process baseline + ~120 bytes per pixel at full resolution
 # (RGB uint8, preprocessed copies, float32 probability maps, distance transform, int32 watershed
 # labels, overlay), measured: 4 MP -> 1.4 GB, 16 MP -> 2.9 GB, 25 MP -> 4 GB / 75 s on one CPU
@@ -47,8 +50,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # PNG, BMP, TIFF/BigTIFF, JPEG: the upload and predict checks decide the type by these bytes, never by the name.
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"BM", *TIFF_MAGIC, b"\xff\xd8\xff")
-# The camera bit depths an integer image's maximum is matched against (to_uint8).
-BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 class ImageReadError(ValueError):
@@ -278,42 +279,21 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
         raise ImageReadError(f"{label}: cannot decode as an image ({err}); truncated or not an image file") from err
 
 
-def effective_bits(arr: np.ndarray) -> int:
-    """The smallest camera bit depth b in BIT_DEPTHS with max < 2**b (wider data: its type's width)."""
-    top = int(arr.max(initial=0))
-    return next((b for b in BIT_DEPTHS if top < 2**b), 8 * arr.dtype.itemsize)
-
-
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Integer data wider than 8 bits (grey and colour alike) to 8 bits by its effective bit depth:
-    divided by 2**b - 1, b = `effective_bits` (8-bit values stored in 16 bits stay as they are, a
-    12-bit camera's 4095 becomes 255, full-range 16-bit is divided by 65535). Scientific cameras
-    store 10/12/14-bit data in 16-bit files, and dividing those by 65535 makes them nearly black.
-    The maximum reveals the depth because a bright-field smear always has a bright background: its
-    brightest pixels are near the camera's top value. Bool -> 0/255; uint8 unchanged; float data in
-    [0, 1] is scaled by 255, other float data is rounded and clipped."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        scale = 255.0 / (2 ** effective_bits(arr) - 1)
-        return (arr.astype(np.float32) * scale).round().clip(0, 255).astype(np.uint8)
-    arr = arr.astype(np.float32)
-    scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-    return (arr * scale).round().clip(0, 255).astype(np.uint8)
-
-
-def read_rgb(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+def read_rgb(
+    path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, bit_depth: int | str = AUTO,
+    depth_setting: str = "data.bit_depth",
+) -> np.ndarray:
     """Read any supported image as HxWx3 uint8 RGB (grey is replicated, alpha dropped); images over
-    `max_pixels` (None = DEFAULT_MAX_PIXELS; `setting` names the config key) are refused undecoded."""
+    `max_pixels` (None = DEFAULT_MAX_PIXELS; `setting` names the config key) are refused undecoded;
+    wider than 8 bits: scaled by `bit_depth` (`as_rgb`)."""
     path = Path(path)
-    return as_rgb(decode_raw(path, max_pixels, setting, full_depth=True), path)
+    return as_rgb(decode_raw(path, max_pixels, setting, full_depth=True), path, bit_depth, depth_setting)
 
 
-def as_rgb(arr: np.ndarray, label: Any) -> np.ndarray:
+def as_rgb(arr: np.ndarray, label: Any, bit_depth: int | str = AUTO, depth_setting: str = "data.bit_depth") -> np.ndarray:
     """A decoded array (decode_raw / decode_bytes) as HxWx3 uint8 RGB: grey replicated, alpha dropped,
-    16-bit scaled by its effective bit depth (`to_uint8`); `label` names the image in errors."""
+    wider than 8 bits divided by 2**bit_depth - 1 (auto: the image's effective depth; wbc.data.bitdepth:
+    a maximum over the depth is refused, naming `depth_setting`); `label` names the image in errors."""
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -324,7 +304,10 @@ def as_rgb(arr: np.ndarray, label: Any) -> np.ndarray:
         raise ImageReadError(f"{label}: unsupported image shape {arr.shape}; expected HxW, HxWx3 or HxWx4")
     if min(arr.shape[:2]) < 1:
         raise ImageReadError(f"{label}: image has no pixels")
-    return np.ascontiguousarray(to_uint8(arr))
+    try:
+        return np.ascontiguousarray(to_uint8(arr, bit_depth, label, depth_setting))
+    except BitDepthError as err:
+        raise ImageReadError(str(err)) from err
 
 
 def mask_codes(arr: np.ndarray, label: Any) -> np.ndarray:

@@ -16,7 +16,8 @@ silently.
 Paths: every listed file must resolve (symlinks and `..` followed) inside the data root unless
 `allow_outside_root` (data.allow_outside_root), and one real file listed twice (`images/x.png` and
 `images/../images/x.png`) is an error: it would otherwise land on both sides of a split. Samples
-carry the data config's pixel limit (data.max_pixels), so every reader of a sample applies it.
+carry the data config's pixel limit (data.max_pixels) and camera bit depth (data.bit_depth), so every
+reader of a sample applies them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Sample:
     instances: Path | None = None
     # data.max_pixels (None = wbc.data.imageio.DEFAULT_MAX_PIXELS): applied wherever the sample is decoded
     max_pixels: int | None = field(default=None, compare=False, repr=False)
+    # data.bit_depth (auto | 8..16): how a 16-bit image of it becomes 8 bits (wbc.data.bitdepth)
+    bit_depth: int | str = field(default="auto", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -301,12 +304,13 @@ def read_manifest(
     filters: Mapping[str, Any] | None = None,
     allow_outside_root: bool = False,
     max_pixels: int | None = None,
+    bit_depth: int | str = "auto",
 ) -> Manifest:
     """Read and check a dataset's listing (files are decoded later, by `load_sample`).
 
     `filters` keeps CSV rows whose column value is listed (e.g. `{"subset": ["dataset1"]}`);
     `allow_outside_root` accepts files outside `root`; `max_pixels` (None = imageio's default) is
-    the pixel limit every sample is decoded with."""
+    the pixel limit and `bit_depth` the camera depth every sample is decoded with."""
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"data.root={root}: folder not found; set data.root (or the WBC_DATA_DIR / WBC_SHARED_DATA env var)")
@@ -318,7 +322,7 @@ def read_manifest(
     else:
         raise ManifestError(f"data.layout must be 'csv' or 'folders', got {layout!r}")
     dropped = Counter(s.class_name for s in samples if s.class_name in drop)
-    samples = [replace(s, max_pixels=max_pixels) for s in samples if s.class_name not in drop]
+    samples = [replace(s, max_pixels=max_pixels, bit_depth=bit_depth) for s in samples if s.class_name not in drop]
     found = sorted({s.class_name for s in samples})
     if classes is None:
         classes = found
@@ -347,7 +351,7 @@ def read_manifest(
 def load_sample(sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode one sample -> (RGB uint8 image, label map uint8 or None); errors name the file."""
     try:
-        image = read_rgb(sample.image, sample.max_pixels)
+        image = read_rgb(sample.image, sample.max_pixels, bit_depth=sample.bit_depth)
         if sample.mask is None:
             return image, None
         raw = read_mask(sample.mask, sample.max_pixels)

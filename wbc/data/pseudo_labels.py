@@ -85,11 +85,12 @@ def training_split(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) ->
                           "pseudo-labels: every cell trains but the least sure of each class (val) and the next (test)")
 
 
-def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float = 4.0, overwrite: bool = False) -> dict:
+def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float = 4.0, overwrite: bool = False,
+                         bit_depth: int | str = "auto") -> dict:
     """A labelled dataset for a lab without annotations, from a predict.py output dir: the `per_class`
     cells per predicted class the classifier is surest of (`select_pseudo_labels`), cut out as
     wbc.data.cell_dataset does, in `<predict_dir>/pseudo_dataset/`, plus `pseudo_dataset.json` (where the
-    labels came from). Returns that record."""
+    labels came from); source images are read at `bit_depth`, as predict read them. Returns that record."""
     from wbc.io import write_json
 
     predict_dir = Path(predict_dir)
@@ -98,7 +99,7 @@ def write_pseudo_dataset(predict_dir: str | Path, per_class: int, context: float
     candidates = [{"sample_id": sid, "pred": r["class"], **{f"p_{c}": r[f"p_{c}"] for c in classes}} for sid, r in by_id.items()]
     chosen = select_pseudo_labels(candidates, list(by_id), classes, per_class, source=str(table))
     dest = predict_dir / DATASET_DIR
-    out_rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, table)
+    out_rows = cut_cells(predict_dir, dest, chosen, by_id, classes, context, overwrite, table, bit_depth)
     split = training_split(out_rows, classes)
     if split["folds"][0]["val"]:  # no class with three cells: the data config's own split applies
         write_json(dest / SPLITS_FILE, split)

@@ -46,7 +46,8 @@ def is_pipeline_run(spec: Any) -> bool:
 
 def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | None) -> DictConfig:
     """The training run's data node (resolved in its own config), unless `data` is given. What the
-    network saw (image_size, preprocess, target, the crops' geometry) always follows the checkpoint."""
+    network saw (image_size, preprocess, target, the crops' geometry) always follows the checkpoint;
+    data.bit_depth is the data's own (a differing one is logged)."""
     if data is not None:
         data_cfg = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
         # the DataModule kind (images or cell crops) follows the run: a pipeline run's stages share `data`
@@ -74,6 +75,12 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
                 log.warning("data.%s=%s differs from the checkpoint's %s: using the checkpoint's", key, data_cfg.get(key), data_info[key])
             with open_dict(data_cfg):
                 data_cfg[key] = data_info[key]
+    # the camera bit depth describes the data's files, not the network: another data config's own holds (a file
+    # over it is refused), but reading them otherwise than training read its own changes what the network sees
+    trained = (data_info or {}).get("bit_depth", "auto")
+    if data is not None and str(data_cfg.get("bit_depth", "auto")) != str(trained):
+        log.warning("data.bit_depth=%s differs from the checkpoint's %s: the data is read at data.bit_depth=%s",
+                    data_cfg.get("bit_depth", "auto"), trained, data_cfg.get("bit_depth", "auto"))
     # the cell crops' geometry too (ROI side, diameters, centring, mask); their augmentation is training's
     saved = dict((data_info or {}).get("crops") or {})
     own = dict(data_cfg.get("crops") or {})

@@ -94,10 +94,11 @@ class Engine:
             raise ImageReadError(f"{name}: not an image file (expected PNG, JPEG, TIFF or BMP content)")
 
     def decode(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
-        """(RGB uint8, ms): the pixel limit is checked from the header before decoding."""
+        """(RGB uint8, ms): the pixel limit is checked from the header before decoding; 16-bit images
+        are read at the pipeline's bit depth (the checkpoint's, or serve's bit_depth)."""
         t0 = time.perf_counter()
         self.check_upload(data, name)
-        rgb = as_rgb(decode_bytes(data, name, self.limits.max_pixels, "max_pixels"), name)
+        rgb = as_rgb(decode_bytes(data, name, self.limits.max_pixels, "max_pixels"), name, getattr(self.pipe, "bit_depth", "auto"), "bit_depth")
         return rgb, _ms(t0)
 
     def segment(self, rec: ImageRecord) -> dict:

@@ -1,0 +1,85 @@
+"""Camera bit depth: how integer images wider than 8 bits become the 8-bit RGB every model sees.
+
+Scientific cameras store 10/12/14-bit data in 16-bit files; dividing those by 65535 makes them nearly
+black. `auto` (the default) guesses each image's depth from its own maximum, which a bright-field
+smear's bright background makes reliable. It fails on dark frames (a 12-bit frame with max 900 reads
+as 10-bit, ~4x too bright) and between frames of one camera (max 1023 is divided by 1023, max 1024 by
+16383): an explicit depth (`data.bit_depth` for training/evaluation, recorded in the checkpoint's
+data_info.bit_depth for predict/serve/ONNX, which may override it with `bit_depth=`) divides every
+16-bit image by 2**b - 1 and refuses a file whose maximum does not fit, naming it. 8-bit files are
+never rescaled, whatever the setting.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+AUTO = "auto"
+# The camera bit depths an explicit setting may name, and an image's maximum is matched against (auto).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+ALLOWED = ", ".join([AUTO, *map(str, BIT_DEPTHS)])
+
+
+class BitDepthError(ValueError):
+    """A file whose pixel values do not fit the bit depth it is read with; the readers (wbc.data.imageio)
+    raise it as the cause of their ImageReadError, so every caller that reports bad files reports it."""
+
+
+def check_bit_depth(value: Any, setting: str = "data.bit_depth") -> int | str:
+    """The setting as `"auto"` or an int of BIT_DEPTHS ("12" and 12.0 too: CLI/JSON spellings);
+    anything else is one error naming `setting` and the allowed values."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    number: Any = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str) and number.isdigit():
+        number = int(number)
+    if isinstance(number, numbers.Real) and not isinstance(number, bool) and float(number).is_integer() and int(number) in BIT_DEPTHS:
+        return int(number)
+    raise ValueError(f"{setting}={value!r}: expected one of {ALLOWED} (the camera's bits per pixel; auto = guessed from each image's maximum)")
+
+
+def info_bit_depth(info: Mapping | None, where: str) -> int | str:
+    """The depth a checkpoint's data_info (or export.json's) records; a checkpoint before the field is `auto`."""
+    return check_bit_depth((info or {}).get("bit_depth", AUTO), f"{where} data_info.bit_depth")
+
+
+def effective_bits(arr: np.ndarray) -> int:
+    """The smallest camera bit depth b in BIT_DEPTHS with max < 2**b (wider data: its type's width)."""
+    top = int(arr.max(initial=0))
+    return next((b for b in BIT_DEPTHS if top < 2**b), 8 * arr.dtype.itemsize)
+
+
+def depth_of(arr: np.ndarray, bit_depth: int | str, label: Any, setting: str) -> int:
+    """The bits an integer image wider than 8 bits is divided by: the guess (auto) or the setting, which
+    its maximum must fit (else BitDepthError naming the file, its maximum and the setting)."""
+    bits = check_bit_depth(bit_depth, setting)
+    if bits == AUTO:
+        return effective_bits(arr)
+    top = int(arr.max(initial=0))
+    if top > 2**bits - 1:
+        raise BitDepthError(
+            f"{label}: maximum pixel value {top} does not fit {setting}={bits} (values 0..{2**bits - 1}); set {setting} "
+            f"to the camera's bit depth ({', '.join(map(str, BIT_DEPTHS))}) or {AUTO}"
+        )
+    return int(bits)
+
+
+def to_uint8(arr: np.ndarray, bit_depth: int | str = AUTO, label: Any = "image", setting: str = "data.bit_depth") -> np.ndarray:
+    """Integer data wider than 8 bits (grey and colour alike) to 8 bits: divided by 2**b - 1, b the
+    setting or, for auto, `effective_bits` (8-bit values stored in 16 bits stay as they are, a 12-bit
+    camera's 4095 becomes 255, full-range 16-bit is divided by 65535). Bool -> 0/255; uint8 unchanged
+    whatever the setting; float data in [0, 1] is scaled by 255, other float data is rounded and clipped."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        scale = 255.0 / (2 ** depth_of(arr, bit_depth, label, setting) - 1)
+        return (arr.astype(np.float32) * scale).round().clip(0, 255).astype(np.uint8)
+    arr = arr.astype(np.float32)
+    scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+    return (arr * scale).round().clip(0, 255).astype(np.uint8)
