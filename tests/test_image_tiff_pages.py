@@ -108,3 +108,20 @@ def test_tiff_with_a_thumbnail_reads_its_first_image(tmp_path):
         tif.write(img[::2, ::2], photometric="rgb")
     np.testing.assert_array_equal(read_rgb(path), img)
     np.testing.assert_array_equal(_upload(path), img)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzma"])
+def test_a_16_bit_planar_tiff_reads_as_its_interleaved_twin(tmp_path: Path, compression: str | None) -> None:
+    """Uncompressed and zlib 16-bit planar files were decoded to wrong pixels silently (PIL's 8-bit
+    reading of the first plane's bytes; OpenCV's plane order): tifffile reads them now."""
+    rgb16 = np.random.default_rng(0).integers(0, 4096, (20, 30, 3)).astype(np.uint16)
+    rgb16[0, 0] = 4095  # a 12-bit camera frame
+    want = np.round(rgb16.astype(np.float32) * 255 / 4095).astype(np.uint8)
+    path = tmp_path / "planar16.tif"
+    tifffile.imwrite(path, rgb16.transpose(2, 0, 1), photometric="rgb", planarconfig="separate", compression=compression)
+    assert np.array_equal(read_rgb(path), want)
+    assert np.array_equal(imageio.as_rgb(imageio.decode_bytes(path.read_bytes(), path.name), path.name), want)
+    mask = np.zeros((20, 30, 3), np.uint16)
+    mask[5:10, 5:10], mask[12:15] = [65535, 0, 0], [0, 65535, 0]
+    tifffile.imwrite(tmp_path / "mask.tif", mask.transpose(2, 0, 1), photometric="rgb", planarconfig="separate", compression=compression)
+    assert np.array_equal(read_mask(tmp_path / "mask.tif"), (mask // 257).astype(np.uint8))

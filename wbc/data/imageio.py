@@ -215,6 +215,16 @@ def _colour16(im: Image.Image) -> bool:
     return isinstance(rawmode, str) and ";16" in rawmode
 
 
+def _planar_deep(im: Image.Image) -> bool:
+    """A planar (channels-first, PlanarConfiguration 2) TIFF with more than 8 bits a sample: PIL reads its
+    first bytes as 8-bit pixels and OpenCV mis-orders its planes, so tifffile decodes it."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or tags.get(284) != 2:
+        return False
+    bits = tags.get(258, (8,))
+    return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+
+
 def _decode_colour16(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str) -> np.ndarray | None:
     """16-bit colour with all its bits, RGB(A) order: OpenCV (PNG; TIFF through libtiff, any
     compression), else tifffile for a TIFF; None if neither decodes it. The pixel limit was checked
@@ -245,6 +255,10 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
                 check_pixels(label, im.size[0], im.size[1], limit, setting)
                 if tiff and getattr(im, "n_frames", 1) > 1:
                     _check_tiff_pages(source, label)
+                if tiff and _planar_deep(im):  # PIL and OpenCV decode these to wrong pixels, silently
+                    if isinstance(source, io.BytesIO):
+                        source.seek(0)
+                    return _read_tiff(source, limit, setting, label)
                 colour16 = full_depth and _colour16(im)
                 if colour16:
                     deep = _decode_colour16(source, label, tiff, limit, setting)
