@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_swa_avg_fn
 
 from lightning_modules.mixing import mix_styles, random_convolution
 from wbc.adaptation import adapt_batchnorm, batchnorm_layers, minimise_entropy
@@ -246,7 +247,9 @@ class CalibratedSWA(_KeepsCalibration, WeightAveraging):
             raise ValueError(f"callbacks.swa.epoch_start: expected an epoch (int >= 0) or a fraction in (0, 1) of max_epochs, got {epoch_start}")
         if lr is not None and not lr > 0:
             raise ValueError(f"callbacks.swa.lr: expected a learning rate > 0 or null, got {lr}")
-        super().__init__(**kwargs)
+        # the per-tensor equal average on every device: torch's grouped CUDA default (no avg_fn) fails on
+        # batch norm's integer num_batches_tracked ("Integer division with addcdiv is no longer supported")
+        super().__init__(avg_fn=get_swa_avg_fn(), **kwargs)
         self.epoch_start, self.lr = epoch_start, lr
         self._first_epoch = 0
         self._in_window = False

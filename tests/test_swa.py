@@ -97,3 +97,27 @@ def test_classifier_trained_with_swa_saves_the_average_and_its_own_temperature(m
     _, objects = run_training(cfg)
     assert any(isinstance(cb, CalibratedSWA) for cb in objects["trainer"].callbacks)
     assert_saved_average_and_its_temperature(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", objects)
+
+
+class WithBatchNorm(Line):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(1)  # an integer buffer (num_batches_tracked) in the average
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.norm(self.lin(x)), y)
+
+
+def test_batch_norm_averages_where_torch_would_take_its_grouped_cuda_path(tmp_path: Path, monkeypatch) -> None:
+    """On CUDA torch's default SWA average (no avg_fn) is a grouped addcdiv, which fails on batch norm's
+    int64 counter at the window's second step; the CPU tests take the per-tensor path. Here the CPU is
+    listed as foreach-capable, the branch a GPU takes."""
+    import torch.optim.swa_utils as swa_utils
+
+    monkeypatch.setattr(swa_utils, "_get_foreach_kernels_supported_devices", lambda: ["cpu", "cuda"])
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_epochs=3, callbacks=[CalibratedSWA(epoch_start=1)], default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
+    trainer.fit(WithBatchNorm(), _loader(), _loader())
+    assert trainer.state.finished
