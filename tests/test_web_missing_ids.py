@@ -70,3 +70,17 @@ def test_delete_of_several_ids_deletes_the_known_and_names_the_unknown(clf) -> N
     assert c.get(f"/api/images/{theirs}").status_code == 200
     assert c.delete("/api/images", params={"ids": ""}).json() == {"deleted": 0, "unknown": []}  # no ids: nothing, not everything
     assert c.delete("/api/images").json() == {"deleted": 1, "unknown": []}  # without ids: every image on the server
+
+
+def test_all_zip_names_an_asked_for_image_not_segmented_yet(clf) -> None:
+    c = make_client(clf)
+    ids = segmented(c, 1)
+    raw = upload(c, png(field(seed=5)), "raw.png", "/api/images").json()["id"]
+    r = c.get("/api/files/all.zip", params={"ids": f"{ids[0]},{raw}"})
+    assert r.status_code == 200, r.text
+    z = zipfile.ZipFile(io.BytesIO(r.content))
+    rows = list(csv.DictReader(io.StringIO(z.read("manifest.csv").decode())))
+    assert [(m["folder"], m["file"], m["image_id"]) for m in rows] == [("f0", "f0.png", ids[0]), ("", "raw.png", raw)]
+    assert "not segmented" in rows[1]["status"] and not any(n.startswith("raw") for n in z.namelist())
+    only_raw = c.get("/api/files/all.zip", params={"ids": raw})
+    assert only_raw.status_code == 409 and "segment" in only_raw.json()["detail"]

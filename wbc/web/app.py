@@ -287,8 +287,9 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
             missing = [i for i, r in found.items() if r is None]
             if missing and not recs:
                 raise gone(missing)
-        recs = [r for r in recs if r.labels is not None]
-        if not recs:
+        if ids is None:  # every image on the server: the segmented ones
+            recs = [r for r in recs if r.labels is not None]
+        if not any(r.labels is not None for r in recs):  # asked-for images not segmented yet get a manifest row
             raise HTTPProblem(409, "no segmented image to download yet: segment an image first")
         data = await runner.run(zip_all, engine, recs, missing)
         return Response(data, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="wbc_results.zip"'})

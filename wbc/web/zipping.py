@@ -39,21 +39,26 @@ def missing_txt(ids: list[str]) -> bytes:
 
 
 def zip_all(engine: Engine, recs: list[ImageRecord], missing: list[str] | tuple[str, ...] = ()) -> bytes:
-    """These (segmented) images' files, a folder each, and the manifest, with a row and missing.txt for
-    each id in `missing`; each image's files and its manifest row are read under its lock, so they come
+    """These images' files, a folder each, and the manifest, with a row (no folder) for each image not
+    segmented yet and a row and missing.txt for each id in `missing`; each image's files and its manifest row are read under its lock, so they come
     from one run."""
     files: dict[str, bytes] = {}
     used: set[str] = set()
     rows: list[dict] = []
+    later: list[dict] = []  # asked for but not segmented yet: named, no folder
     for rec in recs:
-        folder, n = rec.stem, 1
-        while folder.casefold() in used:
-            n += 1
-            folder = f"{rec.stem}_{n}"
-        used.add(folder.casefold())
         with rec.lock:
+            if rec.labels is None:
+                later.append({"file": rec.name, "image_id": rec.id, "status": f"{rec.status}, not segmented: no files"})
+                continue
+            folder, n = rec.stem, 1
+            while folder.casefold() in used:
+                n += 1
+                folder = f"{rec.stem}_{n}"
+            used.add(folder.casefold())
             files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
             rows.append({"folder": folder, "file": rec.name, "image_id": rec.id, "status": rec.status, "cells": len(rec.rows)})
+    rows += later
     rows += [{"image_id": i, "status": MISSING} for i in missing]
     extra = {MISSING_TXT: missing_txt(list(missing))} if missing else {}
     return zip_bytes({MANIFEST: manifest_csv(rows), **extra, **files})
