@@ -266,6 +266,11 @@ class CalibratedSWA(_KeepsCalibration, WeightAveraging):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._in_window = trainer.current_epoch >= self._first_epoch
+        if not self._in_window and self._averaged():  # a resume whose larger max_epochs moved the window on
+            log.warning("callbacks.swa: the restored average (window from epoch %d) is dropped: the window now opens at "
+                        "epoch %d (epoch_start=%s of trainer.max_epochs=%d)", trainer.current_epoch, self._first_epoch,
+                        self.epoch_start, trainer.max_epochs)
+            self._average_model.n_averaged.zero_()  # the next update starts a new average from the weights
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._in_window and self.lr is not None:  # every step: a step-wise scheduler would undo it

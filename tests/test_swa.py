@@ -121,3 +121,22 @@ def test_batch_norm_averages_where_torch_would_take_its_grouped_cuda_path(tmp_pa
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
     trainer.fit(WithBatchNorm(), _loader(), _loader())
     assert trainer.state.finished
+
+
+def test_a_resume_that_moves_the_window_later_starts_a_new_average(tmp_path: Path) -> None:
+    """epoch_start=0.5 of 4 epochs opens at epoch 2; resumed with max_epochs=12 it opens at 6: the average
+    restored from epochs 2-3 must not be validated meanwhile nor end up in the final weights."""
+    torch.manual_seed(0)
+    first = L.Trainer(max_epochs=4, callbacks=[CalibratedSWA(epoch_start=0.5)], default_root_dir=tmp_path, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    first.fit(Line(), _loader(), _loader())
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    model = Line()
+    second = L.Trainer(max_epochs=12, callbacks=[CalibratedSWA(epoch_start=0.5)], default_root_dir=tmp_path / "b", logger=False,
+                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
+    second.fit(model, _loader(), _loader(), ckpt_path=ckpt)
+    window = [w for e, w, _ in model.after_step if e >= 6]
+    assert len(window) == 18
+    assert torch.allclose(model.lin.weight.detach(), torch.stack(window).mean(0), atol=1e-6)
+    validated = dict(model.validated)
+    assert torch.equal(validated[5], [w for e, w, _ in model.after_step if e == 5][-1])  # raw weights before the window
