@@ -8,7 +8,7 @@ predict.py can write it atomically (wbc.io). Pure numpy/OpenCV: no Lightning, no
 Coordinates: full-resolution pixels, origin at the top-left corner of the image; pixel (row r,
 column c) covers x in [c, c+1), y in [r, r+1), so its centre is (c + 0.5, r + 0.5), as QuPath has it.
 A cell's polygon runs along its pixels' outer edges (wbc.outlines, as QuPath traces a label image): its
-area is the cell's pixel count (holes filled), and pixels touching only at a corner are parts of one
+area is the cell's pixel count (a hole is an interior ring), and pixels touching only at a corner are parts of one
 MultiPolygon meeting at that point, so every polygon is valid.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from wbc.cells import shown
 from wbc.morphology import FEATURES as MEASUREMENTS
-from wbc.outlines import mask_outlines
+from wbc.outlines import mask_polygons
 from wbc.overlay import label_cells
 from wbc.postprocess import Instance
 from wbc.spreadsheet import guard
@@ -129,14 +129,15 @@ def _closed(ring: np.ndarray) -> list[list[float]]:
     return [*pts, pts[0]]
 
 
-def cell_polygons(labels: np.ndarray, inst: Instance) -> list[np.ndarray]:
-    """The cell's outline(s) as rings (n x 2, x/y of pixel corners in full-resolution pixels, see the
-    module docstring): one per part, largest first, together exactly the cell's pixels (holes filled)."""
+def cell_polygons(labels: np.ndarray, inst: Instance) -> list[list[np.ndarray]]:
+    """The cell's outline as polygons [outer ring, *holes] (rings n x 2, x/y of pixel corners in
+    full-resolution pixels, see the module docstring): one per part, largest first, together exactly
+    the cell's pixels (a hole in a nucleus stays a hole, so QuPath's area is the table's pixel count)."""
     y0, x0, y1, x1 = (int(v) for v in inst.bbox)
-    rings = mask_outlines(labels[y0:y1, x0:x1] == inst.label)
-    if not rings:  # no pixel of the cell in its box (an edited label map): the box itself
-        rings = [np.array([[0, 0], [x1 - x0, 0], [x1 - x0, y1 - y0], [0, y1 - y0]], dtype=np.float64)]
-    return [r + (x0, y0) for r in rings]
+    polygons = mask_polygons(labels[y0:y1, x0:x1] == inst.label)
+    if not polygons:  # no pixel of the cell in its box (an edited label map): the box itself
+        polygons = [[np.array([[0, 0], [x1 - x0, 0], [x1 - x0, y1 - y0], [0, y1 - y0]], dtype=np.float64)]]
+    return [[r + (x0, y0) for r in rings] for rings in polygons]
 
 
 def cells_geojson(labels: np.ndarray, instances: Sequence[Instance], rows: Sequence[Mapping[str, Any]], classes: Sequence[str], image: str | None = None) -> dict:
@@ -145,12 +146,8 @@ def cells_geojson(labels: np.ndarray, instances: Sequence[Instance], rows: Seque
     row's numbers (geometry, nucleus measurements, probabilities) as flat `measurements`."""
     features = []
     for inst, row in zip(instances, rows):
-        rings = cell_polygons(labels, inst)
-        geometry = (
-            {"type": "Polygon", "coordinates": [_closed(rings[0])]}
-            if len(rings) == 1
-            else {"type": "MultiPolygon", "coordinates": [[_closed(r)] for r in rings]}
-        )
+        polygons = [[_closed(r) for r in rings] for rings in cell_polygons(labels, inst)]
+        geometry = {"type": "Polygon", "coordinates": polygons[0]} if len(polygons) == 1 else {"type": "MultiPolygon", "coordinates": polygons}
         measurements = {"cell": row["cell"], "area_px": row["area"], "centroid_x_px": row["centroid_x"], "centroid_y_px": row["centroid_y"], "review": 1 if row.get("review") else 0}
         measurements.update({name: row[name] for name in MEASUREMENTS if row.get(name) is not None})
         if row.get("class"):

@@ -1,11 +1,13 @@
-"""A binary mask's outline along its pixels' edges, as QuPath traces a label image: the polygon covers
-exactly the mask's pixels (holes filled), so its area is the pixel count and QuPath's area, perimeter
-and circularity agree with the cell table. (Outlines through the outline pixels' centres, used before,
+"""A binary mask's outline along its pixels' edges, as QuPath traces a label image: the polygons (outer
+rings with their holes) cover exactly the mask's pixels, so their area is the pixel count and QuPath's
+area, perimeter and circularity agree with the cell table. (Outlines through the outline pixels' centres, used before,
 lost a half-pixel rim: 69 % of the area of a 6 px disc, 91 % at 20 px.)
 
 Coordinates: x = column, y = row, a pixel (r, c) is the square [c, c+1] x [r, r+1]; vertices are
 pixel corners. Pixels that touch only at a corner are separate parts (4-connected), so every ring is
-simple and the parts of one 8-connected cell meet at points: a valid (Multi)Polygon. Pure numpy/SciPy.
+simple and the parts of one 8-connected cell meet at points: a valid (Multi)Polygon. A hole runs the
+other way round (negative shoelace area), so a canvas fill with the nonzero rule leaves it empty; a part
+inside another part's hole is a polygon of its own. Pure numpy/SciPy.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ _SIDES = (  # (neighbour dr, dc), start, end
 )
 
 
-def _edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends): every boundary edge of the mask, holes filled, as corner coordinates (x, y), mask on
-    the right. (Filled first: a pixel island inside a hole would be a part inside another part.)"""
-    m = np.pad(ndi.binary_fill_holes(mask.astype(bool)), 1)
+def _edges(mask: np.ndarray, fill: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends): every boundary edge of the mask (its holes filled first with `fill`), as corner
+    coordinates (x, y), mask on the right."""
+    m = np.pad(ndi.binary_fill_holes(mask.astype(bool)) if fill else mask.astype(bool), 1)
     starts, ends = [], []
     for (dr, dc), (sx, sy), (ex, ey) in _SIDES:
         r, c = np.nonzero(m[1:-1, 1:-1] & ~m[1 + dr : m.shape[0] - 1 + dr, 1 + dc : m.shape[1] - 1 + dc])
@@ -71,7 +73,45 @@ def signed_area(ring: np.ndarray) -> float:
 def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     """The outer rings (n x 2 float, x/y of pixel corners, not closed) of a 2-D mask's parts, largest
     first; holes are left out (filled). Empty list for an empty mask."""
-    starts, ends = _edges(mask)
+    return [r for r in _rings(mask, fill=True) if signed_area(r) > 0]
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
+    """The mask's parts as polygons [outer ring, *its holes] (rings as in mask_outlines; a hole with a
+    negative signed area), largest outer ring first: together exactly the mask's pixels."""
+    rings = _rings(mask, fill=False)
+    outers = sorted((r for r in rings if signed_area(r) > 0), key=signed_area, reverse=True)
+    polygons = [[r] for r in outers]
+    for hole in (r for r in rings if signed_area(r) < 0):
+        probe = _inside(hole)
+        holders = [k for k, r in enumerate(outers) if _contains(r, probe)]
+        if holders:  # the smallest outer ring around it: a part inside a hole holds its own holes
+            polygons[min(holders, key=lambda k: signed_area(outers[k]))].append(hole)
+    return polygons
+
+
+def _inside(hole: np.ndarray) -> np.ndarray:
+    """The centre of the background pixel beside the hole ring's first edge (the mask lies on the right of
+    the edge, the hole on its left): a point strictly inside the hole, never on a pixel edge."""
+    p0, p1 = hole[0], hole[1]
+    d = (p1 - p0) / np.abs(p1 - p0).max()
+    return p0 + 0.5 * d + 0.5 * np.array([d[1], -d[0]])
+
+
+def _contains(ring: np.ndarray, point: np.ndarray) -> bool:
+    """Even-odd ray casting; `point` has half-integer coordinates, so it is never on a ring's edge."""
+    x, y = point
+    xs, ys = ring[:, 0], ring[:, 1]
+    xn, yn = np.roll(xs, -1), np.roll(ys, -1)
+    crosses = (ys > y) != (yn > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = xs + (y - ys) * (xn - xs) / (yn - ys)
+    return bool(np.count_nonzero(crosses & (at > x)) % 2)
+
+
+def _rings(mask: np.ndarray, fill: bool) -> list[np.ndarray]:
+    """Every boundary ring of the mask (outer: positive signed area; hole: negative), unsorted."""
+    starts, ends = _edges(mask, fill)
     if not len(starts):
         return []
     width = int(max(starts[:, 0].max(), ends[:, 0].max())) + 1
@@ -100,6 +140,6 @@ def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
         for loop in _split_at_repeats(walk) if len(set(walk)) < len(walk) else [walk]:
             ids = np.asarray(loop)
             ring = _corners(np.stack([ids % width, ids // width], axis=1))
-            if len(ring) >= 4 and signed_area(ring) > 0:
+            if len(ring) >= 4 and signed_area(ring) != 0:
                 rings.append(ring)
-    return sorted(rings, key=signed_area, reverse=True)
+    return rings

@@ -111,7 +111,8 @@ class Engine:
             spec, post = pipe.scaled_for_image()
             labels, instances, crops = cell_crops(pipe.cls_pre(rec.rgb), prob, spec, post)
             cells_ms, t2 = _ms(t1), time.perf_counter()
-            polygons = [[ring.round(2).tolist() for ring in co.cell_polygons(labels, inst)] for inst in instances]
+            # every ring of the cell for the page's canvas (holes run the other way: the nonzero fill leaves them empty)
+            polygons = [[ring.round(2).tolist() for rings in co.cell_polygons(labels, inst) for ring in rings] for inst in instances]
             outlines_ms, t3 = _ms(t2), time.perf_counter()
             measurements = cell_measurements(rec.rgb, labels, instances)
             measure_ms, t4 = _ms(t3), time.perf_counter()
