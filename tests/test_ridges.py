@@ -51,3 +51,17 @@ def test_relabel_sequential_keeps_the_order_and_the_background() -> None:
     labels = np.array([[0, 7, 7], [3, 0, 12]])
     assert _relabel_sequential(labels).tolist() == [[0, 2, 2], [1, 0, 3]]
     assert _relabel_sequential(labels + 1).tolist() == [[1, 3, 3], [2, 1, 4]]  # no background: ids from 1
+
+
+def test_the_opencv_distance_transform_is_scipys_bit_for_bit() -> None:
+    from wbc.postprocess import _edt
+
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        mask = rng.random((int(rng.integers(5, 200)), int(rng.integers(5, 200)))) < rng.uniform(0.3, 0.99)
+        if rng.random() < 0.5:
+            mask = ndi.binary_opening(mask, iterations=int(rng.integers(1, 4)))
+        assert np.array_equal(_edt(mask), ndi.distance_transform_edt(mask))
+    blob = np.ones((2100, 2100), bool)
+    blob[0, 0] = False  # distances past 1000 px: scipy itself
+    assert np.array_equal(_edt(blob), ndi.distance_transform_edt(blob))

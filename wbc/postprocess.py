@@ -171,7 +171,7 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     comps, n = _components(mask)
     if n == 0:
         return comps
-    dist = ndi.distance_transform_edt(mask)
+    dist = _edt(mask)
     # peak_local_max keeps values strictly above threshold_abs; nudge it down so ">= min_peak_radius" holds.
     peaks = peak_local_max(
         dist,
@@ -204,6 +204,17 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     ws = watershed(-dist, markers, mask=split_region, connectivity=2)
     out = np.where(split_region, ws + n, comps)  # offset keeps watershed ids clear of component ids
     return _relabel_sequential(out)
+
+
+def _edt(mask: np.ndarray) -> np.ndarray:
+    """scipy's exact Euclidean distance transform, bit for bit, in a fraction of its time: OpenCV's exact
+    transform is float32(sqrt(n)) for the integer squared distance n, so n is recovered by rounding and
+    its float64 square root taken, as scipy does. Beyond 1000 px (n near float32's integer precision)
+    scipy itself."""
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if dist.size and float(dist.max()) > 1000.0:
+        return ndi.distance_transform_edt(mask)
+    return np.sqrt(np.round(dist.astype(np.float64) ** 2))
 
 
 def _ridges(dist: np.ndarray, comps: np.ndarray, peak_counts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
