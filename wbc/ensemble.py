@@ -26,14 +26,13 @@ from typing import Any
 
 import torch
 
+from wbc.data.bitdepth import ABSENT_MEANS
 from wbc.rundir import STAGE_DIRS, expand, resolve_checkpoint, run_config, run_dir_of
 
 log = logging.getLogger("wbc")
 
 # what the members must agree on (they see the same input and predict the same classes)
 SHARED_INFO = ("preprocess", "image_size", "target", "classes", "crops", "postprocess", "bit_depth")
-# what a member's data_info without the key was trained with (a checkpoint before data_info.bit_depth read auto)
-MISSING_MEANS = {"bit_depth": "auto"}
 
 
 class AttributeDict(dict):
@@ -61,7 +60,7 @@ def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> 
     for key in SHARED_INFO:
         if key in may_differ:
             continue
-        values = [i.get(key, MISSING_MEANS.get(key)) for i in infos]
+        values = [i.get(key, ABSENT_MEANS.get(key)) for i in infos]  # a checkpoint before bit_depth read auto
         if any(v != values[0] for v in values[1:]):
             raise ValueError(
                 f"ensemble members disagree on data_info.{key}: {values}; averaging needs folds trained on the "

@@ -41,6 +41,7 @@ import numpy as np
 
 from wbc import cell_outputs as co
 from wbc.cells import shown
+from wbc.data.bitdepth import AUTO
 from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
@@ -208,7 +209,7 @@ def _predict_one(
     """One image's files (wbc.cell_outputs, the writers the web app uses); (its rows, its appearance
     check) or None when the file is unreadable (skipped)."""
     try:
-        rgb = read_image(f, max_file_mb, max_pixels, getattr(pipe, "bit_depth", "auto"))
+        rgb = read_image(f, max_file_mb, max_pixels, getattr(pipe, "bit_depth", AUTO))
     except (ImageReadError, OSError) as err:
         log.error("skipped %s: %s", f, err)
         failures.append({"image": str(f), "source": str(f.absolute()), "error": str(err)})
@@ -228,7 +229,7 @@ def _predict_one(
     return rows, getattr(res, "appearance", None)
 
 
-def read_image(f: Path, max_file_mb: float, max_pixels: int | None, bit_depth: int | str = "auto") -> np.ndarray:
+def read_image(f: Path, max_file_mb: float, max_pixels: int | None, bit_depth: int | str = AUTO) -> np.ndarray:
     """One input's RGB array, after the size and format checks (ImageReadError / OSError if not);
     16-bit files at `bit_depth` (the pipeline's: the checkpoint's or predict's bit_depth)."""
     check_file(Path(f), max_file_mb, max_pixels)
@@ -263,7 +264,7 @@ def _write_report(out_dir: Path, pipe: CellPipeline, rows: list[dict], failures:
     report = {"status": status, "cells": rows, "failed": failures, "images": images, "classes": pipe.classes,
               "adapt_bn_images": getattr(pipe, "adapted_on", 0), "adapt_bn_models": list(getattr(pipe, "adapted_models", ())),
               "morphology": getattr(pipe, "morphology_source", None), "unlike_training_images": unlike_training(images),
-              "bit_depth": getattr(pipe, "bit_depth", "auto")}
+              "bit_depth": getattr(pipe, "bit_depth", AUTO)}
     write_json(out_dir / "predictions.json", report)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wbc.data.bitdepth import ABSENT_MEANS
 from wbc.rundir import CHECKPOINTS, CONFIG, JOB_FILE, METRICS, STAGE_DIRS, is_neutral, run_config
 
 log = logging.getLogger("wbc")
@@ -22,8 +23,6 @@ log = logging.getLogger("wbc")
 TRAINED_FROM = ("data", "model")
 LOCATION_KEYS = ("root", "dir", "data_dir", "output_dir", "log_dir")
 MAY_DIFFER = ("model.scheduler.", "segmentation.model.scheduler.", "classification.model.scheduler.")
-# data settings added after runs were made, and what a run made before them used: absent there = this value
-IMPLIED_DATA = {"bit_depth": "auto"}
 # the top-level nodes job.json's `trained_from` is taken from (`trained_from`)
 JOB_SETTINGS = ("seed", "init_from", *TRAINED_FROM, *STAGE_DIRS)
 
@@ -67,8 +66,8 @@ def _differing(old: Mapping[str, Any], new: Mapping[str, Any], may_differ: tuple
 
     def value(side: Mapping[str, Any], k: str) -> Any:
         leaf = k.rsplit(".", 1)[-1]
-        implied = leaf in IMPLIED_DATA and "data" in k.split(".")[:-1]
-        return side.get(k, IMPLIED_DATA[leaf]) if implied else side.get(k)
+        implied = leaf in ABSENT_MEANS and "data" in k.split(".")[:-1]  # a data setting added since that run
+        return side.get(k, ABSENT_MEANS[leaf]) if implied else side.get(k)
 
     keys = sorted(k for k in old.keys() | new.keys() if value(old, k) != value(new, k)
                   and k.rsplit(".", 1)[-1] not in LOCATION_KEYS and not k.startswith(may_differ))

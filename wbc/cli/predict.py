@@ -141,13 +141,14 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
     it (with `morphology`, also the `fit_morphology.py` command that fits the nucleus-morphology model on the
     same cells: the lab's own labels, not the model's calls), or, when a class has no cell (fine-tuning keeps
     every class), which classes are missing."""
+    from wbc.data.bitdepth import AUTO
     from wbc.data.cell_dataset import SPLITS_FILE
     from wbc.rundir import as_overrides
 
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
     inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
-    if getattr(pipe, "bit_depth", "auto") != "auto":  # the cut cells are 8-bit (unaffected); the new classifier records it
+    if getattr(pipe, "bit_depth", AUTO) != AUTO:  # the cut cells are 8-bit (unaffected); the new classifier records it
         inputs.append(f"data.bit_depth={pipe.bit_depth}")
     split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
     data = ["data=folder", "data.layout=csv", f"data.root={dataset}", *([f"data.splits.file={split}"] if split.is_file() else []),

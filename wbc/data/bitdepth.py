@@ -22,6 +22,9 @@ AUTO = "auto"
 # The camera bit depths an explicit setting may name, and an image's maximum is matched against (auto).
 BIT_DEPTHS = (8, 10, 12, 14, 16)
 ALLOWED = ", ".join([AUTO, *map(str, BIT_DEPTHS)])
+# data settings / data_info keys added after runs were made, and what a run made before them used
+# (absent = this value): resume compares configs with it (wbc.resume), ensembles data_info (wbc.ensemble)
+ABSENT_MEANS = {"bit_depth": AUTO}
 
 
 class BitDepthError(ValueError):

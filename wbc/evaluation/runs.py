@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wbc.data.bitdepth import AUTO
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
@@ -77,10 +78,10 @@ def data_config(data: DictConfig | None, run_dir: Path, data_info: Mapping | Non
                 data_cfg[key] = data_info[key]
     # the camera bit depth describes the data's files, not the network: another data config's own holds (a file
     # over it is refused), but reading them otherwise than training read its own changes what the network sees
-    trained = (data_info or {}).get("bit_depth", "auto")
-    if data is not None and str(data_cfg.get("bit_depth", "auto")) != str(trained):
+    trained, own = (data_info or {}).get("bit_depth", AUTO), data_cfg.get("bit_depth", AUTO)
+    if data is not None and str(own) != str(trained):
         log.warning("data.bit_depth=%s differs from the checkpoint's %s: the data is read at data.bit_depth=%s",
-                    data_cfg.get("bit_depth", "auto"), trained, data_cfg.get("bit_depth", "auto"))
+                    own, trained, own)
     # the cell crops' geometry too (ROI side, diameters, centring, mask); their augmentation is training's
     saved = dict((data_info or {}).get("crops") or {})
     own = dict(data_cfg.get("crops") or {})

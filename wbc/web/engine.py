@@ -26,6 +26,7 @@ import numpy as np
 
 from wbc import cell_outputs as co
 from wbc.cells import cell_crops, shown
+from wbc.data.bitdepth import AUTO
 from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, as_rgb, decode_bytes
 from wbc.morphology import cell_measurements
 from wbc.web.store import ImageRecord, View
@@ -98,7 +99,7 @@ class Engine:
         are read at the pipeline's bit depth (the checkpoint's, or serve's bit_depth)."""
         t0 = time.perf_counter()
         self.check_upload(data, name)
-        rgb = as_rgb(decode_bytes(data, name, self.limits.max_pixels, "max_pixels"), name, getattr(self.pipe, "bit_depth", "auto"), "bit_depth")
+        rgb = as_rgb(decode_bytes(data, name, self.limits.max_pixels, "max_pixels"), name, getattr(self.pipe, "bit_depth", AUTO), "bit_depth")
         return rgb, _ms(t0)
 
     def segment(self, rec: ImageRecord) -> dict:
