@@ -147,6 +147,8 @@ def _read_tiff(path: Path | io.BytesIO, max_pixels: int | None, setting: str, la
     import tifffile
 
     label = path if label is None else label
+    if isinstance(path, io.BytesIO):
+        path.seek(0)  # a buffer PIL has read from: tifffile reads from where it stands
     with tifffile.TiffFile(path) as tif:
         axes, shape = single_image(tif, label)
         w, h, n = _tiff_header(tif)
@@ -256,8 +258,6 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
                 if tiff and getattr(im, "n_frames", 1) > 1:
                     _check_tiff_pages(source, label)
                 if tiff and _planar_deep(im):  # PIL and OpenCV decode these to wrong pixels, silently
-                    if isinstance(source, io.BytesIO):
-                        source.seek(0)
                     return _read_tiff(source, limit, setting, label)
                 colour16 = full_depth and _colour16(im)
                 if colour16:
@@ -283,8 +283,6 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if tiff:
             try:
-                if isinstance(source, io.BytesIO):
-                    source.seek(0)
                 return _read_tiff(source, limit, setting, label)
             except ImageReadError:
                 raise
