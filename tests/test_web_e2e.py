@@ -3,7 +3,7 @@
 uploaded; Classify stays hidden until Segment has finished; the table fills; a cell picked in the
 table or on the image shows its crop and probability bars; every download arrives and parses; the
 theme toggle changes the page's computed background, survives a reload, and the first visit follows
-the system's preference; a reload lists the tab's images again (sessionStorage). No console error (a CSP violation would be one). Screenshots of both themes
+the system's preference; a reload lists the tab's images again with the labels on them (sessionStorage). No console error (a CSP violation would be one). Screenshots of both themes
 go to $WBC_SCREENSHOT_DIR (else the test's tmp dir).
 
 Nothing is trained: the dark-nucleus stand-in segmenter and the untrained tiny classifier."""
@@ -343,3 +343,47 @@ def test_a_reload_restores_this_tabs_images_that_the_server_still_has(browser, s
     # the one expected error: the browser logs the 404 for the image deleted meanwhile
     assert [e for e in errors if "status of 404" not in e] == [] and len(errors) == 1, errors
     context.close()
+
+
+def test_a_reload_keeps_the_labels_and_an_expired_images_labels(browser, server, tmp_path: Path) -> None:
+    """Labels survive a reload of the tab: on an image the server still has they are back in the table, on one
+    it no longer has the image stays listed, saying so, and its labels stay in the CSV; a reload before the
+    download still asks before leaving, one after it does not."""
+    import httpx
+
+    from wbc.annotations import read_points
+
+    url, classes = server
+    page = browser.new_page(accept_downloads=True)
+    page.goto(url)
+    wait_until(page, "document.getElementById('model-line').textContent.includes('neutrophil')")
+    page.set_input_files("#file-input", [{"name": f"k{i}.png", "mimeType": "image/png", "buffer": png(field(seed=i))} for i in range(2)])
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent === 'uploaded').length === 2")
+    page.click("#segment-all")
+    wait_until(page, "[...document.querySelectorAll('#image-list .status')].filter(s => s.textContent.startsWith('segmented')).length === 2")
+    rows = page.locator("#cell-table tbody tr")
+    for i, label in enumerate([classes[1], classes[2]]):
+        page.locator("#image-list li .name").nth(i).click()
+        rows.nth(i).click()
+        page.select_option("#cell-label", label)
+    assert page.inner_text("#download-labels") == "Download my labels (CSV, 2 cells)"
+    ids = page.evaluate("st.items.map((it) => it.id)")
+    assert httpx.delete(f"{url}/api/images/{ids[1]}").status_code == 204  # as if it had expired
+
+    page.reload()
+    wait_until(page, "st.items.length === 2 && st.items[0].img !== null && st.items[1].status === 'error'")
+    page.locator("#image-list li .name").nth(0).click()
+    assert [rows.nth(i).locator("td.yours").inner_text() for i in range(3)] == [classes[1], "", ""]
+    assert "no longer on the server" in page.inner_text("#image-list") and "1 label(s) on it" in page.inner_text("#image-list")
+    assert page.inner_text("#download-labels") == "Download my labels (CSV, 2 cells)"
+    leaving = "(() => { const e = new Event('beforeunload', { cancelable: true }); window.dispatchEvent(e); return e.defaultPrevented; })()"
+    assert page.evaluate(leaving)  # not downloaded before the reload: still asks
+    with page.expect_download() as info:
+        page.click("#download-labels")
+    points, _ = read_points(Path(info.value.path()), classes)
+    assert sorted((p.image, p.label) for p in points) == [("k0.png", classes[1]), ("k1.png", classes[2])]
+
+    page.reload()
+    wait_until(page, "st.items.length === 2 && st.items[1].status === 'error'")
+    assert not page.evaluate(leaving)  # downloaded before this reload: nothing to lose
+    page.close()

@@ -383,8 +383,8 @@ function init() {
   $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });
   $("canvas").addEventListener("click", canvasClick);
   $("blind").addEventListener("change", (ev) => { st.blind = ev.target.checked; show(); });
-  $("download-labels").addEventListener("click", () => { st.unsaved = 0; });
-  // labels live only in this page: leaving it with changes not downloaded asks first
+  $("download-labels").addEventListener("click", () => { st.unsaved = 0; saveSession(); });
+  // labels live in this tab (a reload keeps them, closing it does not): leaving with changes not downloaded asks first
   window.addEventListener("beforeunload", (ev) => {
     if (st.unsaved && st.items.some((it) => (it.marks || []).length)) { ev.preventDefault(); ev.returnValue = ""; }
   });

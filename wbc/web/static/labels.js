@@ -12,6 +12,7 @@ function setLabel(it, c, label) {
   it.marks = (it.marks || []).filter((m) => !c.polygon.some((ring) => inRing(m.x, m.y, ring)));
   if (label) it.marks.push({ x: c.centroid_x, y: c.centroid_y, label });
   st.unsaved++;
+  saveSession(); // a reload keeps the labels (session.js)
   renderLabels(); renderTable(it.data.cells); draw();
 }
 

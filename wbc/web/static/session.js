@@ -1,15 +1,26 @@
-// WBC lab page: this tab's list of its own images, kept in sessionStorage (per tab, so two tabs stay apart)
-// so that a reload lists again the images the server still has. Loaded before app.js (both deferred); uses
-// its state `st` and helpers when called. Labels are not kept: leaving with labels not downloaded asks first.
+// WBC lab page: this tab's list of its own images and the labels on them, kept in sessionStorage (per tab, so
+// two tabs stay apart) so that a reload lists again the images the server still has, with the lab's labels.
+// Loaded before app.js (both deferred); uses its state `st` and helpers when called. Closing the tab loses the
+// labels: leaving with labels not downloaded asks first.
 "use strict";
 
 const SESSION_KEY = "wbc-images";
+const UNSAVED_KEY = "wbc-unsaved-labels"; // label changes since the last download: a reload still asks before leaving
 const IMAGE_ID = /^[0-9a-f]{1,64}$/; // the server's ids (ResultStore.add): nothing else goes into a URL
 
-// the ids of this tab's images and their names (shown while restoring), in the list's order
+// the ids of this tab's images, their names (shown while restoring) and the labels on them, in the list's order
 function saveSession() {
-  const kept = st.items.filter((it) => it.id).map((it) => ({ id: it.id, name: it.name }));
-  try { sessionStorage.setItem(SESSION_KEY, JSON.stringify(kept)); } catch (err) { /* storage off: a reload starts empty */ }
+  const kept = st.items.filter((it) => it.id).map((it) => ((it.marks || []).length ? { id: it.id, name: it.name, marks: it.marks } : { id: it.id, name: it.name }));
+  try {
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(kept));
+    sessionStorage.setItem(UNSAVED_KEY, String(st.unsaved));
+  } catch (err) { /* storage off: a reload starts empty */ }
+}
+
+// a saved label is a point and a class name; anything else in storage is not ours and is left out
+function savedMarks(marks) {
+  const ok = (m) => m && Number.isFinite(m.x) && Number.isFinite(m.y) && typeof m.label === "string" && m.label !== "";
+  return Array.isArray(marks) ? marks.filter(ok).map((m) => ({ x: m.x, y: m.y, label: m.label })) : [];
 }
 
 function savedSession() {
@@ -21,15 +32,18 @@ function savedSession() {
   }
 }
 
-// The saved images are listed at once (the list is read before anything saves it again), then each is asked
-// for: one the server answers 404 for (expired or deleted meanwhile) is dropped, another error is shown.
+// The saved images are listed at once with their labels (the list is read before anything saves it again), then
+// each is asked for: one the server answers 404 for (expired or deleted meanwhile) is dropped, unless the lab
+// labelled cells on it: those labels stay in the CSV, so the image stays listed, saying so. Another error is shown.
 async function restoreSession() {
   const items = savedSession().map((s) => ({
     key: nextKey++, file: null, name: typeof s.name === "string" && s.name ? s.name : s.id, status: "restoring",
-    id: s.id, data: null, error: null, img: null, marks: [],
+    id: s.id, data: null, error: null, img: null, marks: savedMarks(s.marks),
   }));
   if (!items.length) return;
+  try { st.unsaved = Math.max(0, Number(sessionStorage.getItem(UNSAVED_KEY)) || 0); } catch (err) { st.unsaved = 0; }
   st.items.push(...items);
+  renderLabels();
   if (!st.current) select(items[0]); else renderList();
   await pool(items, 2, restoreItem);
 }
@@ -40,12 +54,16 @@ async function restoreItem(it) {
     it.name = it.data.name; it.status = it.data.status;
     await loadImage(it);
   } catch (err) {
-    if (err.status === 404) {
+    if (err.status === 404 && it.marks.length) {
+      it.status = "error";
+      it.error = `${it.name}: no longer on the server (expired or deleted); your ${it.marks.length} label(s) on it stay in Download my labels`;
+    } else if (err.status === 404) {
       st.items = st.items.filter((x) => x !== it);
       if (st.current === it) select(st.items[0] || null); else renderList();
       return;
+    } else {
+      it.status = "error"; it.error = `${it.name}: not restored after the reload: ${err.message}`;
     }
-    it.status = "error"; it.error = `${it.name}: not restored after the reload: ${err.message}`;
   }
   renderList();
   if (it === st.current) show();
