@@ -202,8 +202,12 @@ def test_auto_scale_prefers_the_smallest_fitting_factor_over_fragmented_nuclei()
     def measure(f: float) -> np.ndarray:
         return np.full(10, 110.0 if f < 1.2 else 52.0)  # whole nuclei (110 px) below 1.2, halves above
 
-    choice = choose_scale((1200, 1200), info, "auto", measure=measure)
+    asked: list[float] = []
+    choice = choose_scale((1200, 1200), info, "auto", measure=lambda f: asked.append(f) or measure(f))
     assert choice.factor == pytest.approx(80.0 / 110.0)  # refined from the whole nuclei, not 80 / 52
+    # the ladder is climbed from the smallest factor and stops at the first that fits (0.8 x 0.7: 110 px
+    # are 61.6 network px, within x1.35 of 80): the costlier larger factors are never measured
+    assert asked == pytest.approx([0.8 * r for r in (0.25, 0.35, 0.5, 0.7)])
 
 
 def test_typical_diameter_leaves_out_specks_but_not_the_nuclei_beside_merged_ones():
@@ -315,3 +319,40 @@ def test_auto_measures_only_whole_nuclei_in_its_window():
     discs = [(y, x, 12) for y in range(20, 400, 37) for x in range(20, 600, 37)]
     d = pipe._diameters(smear(400, 600, discs), 0.5)  # window 256 px: its edge crosses several discs
     assert len(d) >= 3 and d.min() > 0.85 * 24 and d.max() < 1.15 * 24, np.sort(d)
+
+
+def test_auto_scale_stopping_at_the_first_fitting_factor_chooses_what_measuring_every_factor_did():
+    """500 random nucleus-size responses, one and two training sources: the factor, diameter and source
+    are those of the smallest fitting factor over the whole ladder (or the nearest when none fits)."""
+    import math
+
+    from wbc.scale import (
+        AUTO_LADDER,
+        AUTO_TOLERANCE,
+        choose_scale,
+        nearest_target,
+        scale_targets,
+        typical_diameter,
+    )
+
+    rng = np.random.default_rng(0)
+    sources = {"a": {"nucleus_diameter": 60.0, "resize_factor": 0.5}, "b": {"nucleus_diameter": 90.0, "resize_factor": 0.9}}
+    for k in range(500):
+        info = {"image_size": 256, "scale": {"nucleus_diameter": 75.0, "resize_factor": 0.7, "source_size": [300, 300]}}
+        if k % 2:
+            info["scale"]["sources"] = sources
+        measure = {0.7 * r: rng.uniform(5, 400, size=int(rng.integers(0, 8))) for r in AUTO_LADDER}.__getitem__
+        found = []
+        for r in AUTO_LADDER:
+            d = measure(0.7 * r)
+            if len(d) >= 3:
+                med = typical_diameter(d)
+                t = nearest_target(med * 0.7 * r, scale_targets(info["scale"]))
+                found.append((abs(math.log(med * 0.7 * r / t[1])), 0.7 * r, med, t))
+        fits = [c for c in found if c[0] <= AUTO_TOLERANCE]
+        best = min(fits, key=lambda c: c[1]) if fits else min(found, default=None, key=lambda c: c[0])
+        choice = choose_scale((1500, 1500), info, "auto", measure=measure)
+        if best is None:
+            assert choice.factor == pytest.approx(0.7)
+        else:
+            assert (choice.factor, choice.nucleus_diameter_px, choice.source) == (pytest.approx(best[3][1] / best[2]), best[2], best[3][0])

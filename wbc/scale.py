@@ -204,7 +204,11 @@ def choose_scale(
         return ScaleChoice(None, "single pass: the image is no larger than the training images")
     base = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
     found: list[tuple[float, float, float, tuple]] = []  # (|log ratio|, factor, typical diameter in image px, target)
-    for rel in AUTO_LADDER:
+    # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
+    # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins.
+    # The ladder is climbed from the smallest factor, so the first that fits is that one: the larger
+    # factors, whose passes cost the most (more of the window at network size), are not measured.
+    for rel in sorted(AUTO_LADDER):
         f = base * rel
         d = measure(f)
         if len(d) < 3:
@@ -212,8 +216,8 @@ def choose_scale(
         med = typical_diameter(d)
         t = nearest_target(med * f, targets)
         found.append((abs(math.log(med * f / t[1])), f, med, t))
-    # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
-    # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins
+        if found[-1][0] <= AUTO_TOLERANCE:
+            break
     plausible = [c for c in found if c[0] <= AUTO_TOLERANCE]
     best = min(plausible, key=lambda c: c[1]) if plausible else min(found, default=None, key=lambda c: c[0])
     if best is None:
