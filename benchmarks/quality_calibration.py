@@ -4,29 +4,33 @@ figures, before and after temperature scaling, with the review flags."""
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
 
 
-def calibrated_oof(jobs: list[Path]) -> tuple[list[list[float]], list[int], list[int], list[float]] | None:
+def calibrated_oof(jobs: list[Path]) -> tuple[list[list[float]], list[int], list[int], list[float], list[list[float]] | None] | None:
     """Every fold job's validation crops (val_predictions.csv, calibrated by that fold's temperature),
-    their labels, fold index, and each fold's temperature (test_calibration.json)."""
-    probs, labels, fold_of, temps = [], [], [], []
+    their labels, fold index, each fold's temperature (test_calibration.json), and the probabilities
+    before it when every file has them (else None: runs written before those columns)."""
+    from wbc.evaluation.classification import has_uncalibrated, prediction_arrays, read_predictions_csv
+
+    probs, labels, fold_of, temps, raws = [], [], [], [], []
+    complete = True
     for d in jobs:
         oof, cal = d / "val_predictions.csv", d / "test_calibration.json"
         if not (oof.is_file() and cal.is_file()):
             continue
         temps.append(float(json.loads(cal.read_text())["calibration"].get("temperature", 1.0)))
-        with open(oof, newline="") as fh:
-            reader = csv.DictReader(fh)
-            classes = [h[2:] for h in reader.fieldnames or [] if h.startswith("p_")]
-            for r in reader:
-                probs.append([float(r[f"p_{c}"]) for c in classes])
-                labels.append(classes.index(r["true"]))
-                fold_of.append(len(temps) - 1)
-    return (probs, labels, fold_of, temps) if probs else None
+        classes, rows = read_predictions_csv(oof)
+        p, y = prediction_arrays(rows, classes)
+        probs += p.tolist()
+        labels += y.tolist()
+        fold_of += [len(temps) - 1] * len(rows)
+        complete = complete and has_uncalibrated(rows, classes)
+        if complete:
+            raws += prediction_arrays(rows, classes, uncalibrated=True)[0].tolist()
+    return (probs, labels, fold_of, temps, raws if complete else None) if probs else None
 
 
 def _values(runs: list[dict], key: str) -> list[float]:
@@ -73,9 +77,11 @@ def calibration_table(sweeps: list[tuple[str, Path]]) -> str:
         got = calibrated_oof(jobs)
         if got is None:
             continue
-        probs, labels, fold_of, temps = got
+        probs, labels, fold_of, temps, raws = got
         p, y, f = np.asarray(probs), np.asarray(labels), np.asarray(fold_of)  # rows in fold order
-        raw = np.concatenate([apply_temperature(p[f == k], 1 / t) for k, t in enumerate(temps)])
+        # before the temperature: as written next to the calibrated columns; older runs' are recovered by
+        # undoing T, which fails where T < 1 saturated the 5 written decimals (a fold with no validation error)
+        raw = np.asarray(raws) if raws is not None else np.concatenate([apply_temperature(p[f == k], 1 / t) for k, t in enumerate(temps)])
         cross = np.concatenate([apply_temperature(raw[f == k], fit_temperature(raw[f != k], y[f != k])) for k in range(len(temps))])
         lines.append(f"| {key} ({sweep.name}) | CV OOF, in-sample T | " + " | ".join(fig(p, y, raw, None)) + " |")
         lines.append(f"| {key} ({sweep.name}) | CV OOF, cross-fitted T | " + " | ".join(fig(cross, y, raw, None)) + " |")

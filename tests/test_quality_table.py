@@ -116,6 +116,33 @@ def test_calibration_table_cross_fits_the_temperature_on_other_folds(quality, tm
     assert any("test, fold models" in line and "10.0%" in line for line in lines)
 
 
+def test_calibration_table_starts_from_the_probabilities_written_before_the_temperature(quality, tmp_path: Path) -> None:
+    """A fold with no validation error fits T near 0: its calibrated columns saturate at 1.00000 / 0.00000 and
+    undoing T cannot recover them; the uncalibrated columns written beside them are what "before" scores."""
+    import numpy as np
+
+    from wbc.calibration import apply_temperature, ece
+
+    folds = [{"test/ece": 0.05}] * 2
+    sweep = fake_sweep(tmp_path / "cls", "quality_cls_all_idb2", folds)
+    rng = np.random.default_rng(1)
+    raws = []
+    for i in range(2):
+        pa = rng.uniform(0.55, 0.95, size=50)
+        raw = np.stack([pa, 1 - pa], 1)
+        raws.append(raw)
+        cal = apply_temperature(raw, 0.05)
+        rows = ["sample_id,cell,true,pred,p_a,p_b,uncalibrated_p_a,uncalibrated_p_b"] + [
+            f"s{j},1,a,a,{c[0]:.5f},{c[1]:.5f},{r[0]:.5f},{r[1]:.5f}" for j, (c, r) in enumerate(zip(cal, raw))]
+        (sweep / str(i) / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+        (sweep / str(i) / "test_calibration.json").write_text(json.dumps({"calibration": {"temperature": 0.05}}))
+    from quality_calibration import calibration_table
+
+    row = next(line for line in calibration_table([("cls_idb2", sweep)]).splitlines() if "in-sample" in line).split("|")
+    expected = ece(np.round(np.concatenate(raws), 5), np.zeros(100, dtype=int))
+    assert float(row[3]) == pytest.approx(expected, abs=1e-4) and expected > 0.1
+
+
 def test_collected_sweep_time_is_each_job_from_job_json_to_metrics_json(quality, tmp_path: Path) -> None:
     """--collect used to print 'nan min' for sweeps it did not run itself (a resumed row, say)."""
     sweep = fake_sweep(tmp_path / "cls", "quality_cls_all_idb2", [{"val/balanced_accuracy": 0.9}] * 3)

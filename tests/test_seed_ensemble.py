@@ -59,3 +59,30 @@ def test_folds_with_different_run_counts_or_crops_are_refused(seed_ensemble, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="empty: no job.json"):
         seed_ensemble.main([str(tmp_path / "empty")])
+
+
+def test_validation_crops_are_averaged_before_each_runs_temperature(seed_ensemble, tmp_path: Path, capsys) -> None:
+    """Each run's temperature was fitted on its fold's validation crops: a run wrong on x2 got a large one
+    there, which softened its error and let the calibrated average call x2 right (a figure that knew the
+    label). The probabilities before the temperatures are what the ensemble figure averages."""
+    def with_raw(run: Path, raw: dict[str, float]) -> None:
+        path = run / "val_predictions.csv"
+        rows = list(csv.reader(path.open()))
+        rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
+        for r in rows[1:]:
+            r += [raw[r[0]], 1 - raw[r[0]]]
+        with path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+
+    # calibrated: (0.45 + 0.7) / 2 = 0.575 -> a (right); before the temperatures: (0.05 + 0.8) / 2 = 0.425 -> b
+    with_raw(fake_run(tmp_path / "s1" / "0", 0, {"x1": ("a", 0.9), "x2": ("a", 0.45)}), {"x1": 0.99, "x2": 0.05})
+    with_raw(fake_run(tmp_path / "s2" / "0", 0, {"x1": ("a", 0.8), "x2": ("a", 0.7)}), {"x1": 0.85, "x2": 0.8})
+    assert seed_ensemble.main([str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
+    out = capsys.readouterr().out
+    assert "averaged before each run's temperature" in out and "WARNING" not in out
+    assert "| 0 | 2 | 0.833 (0.667 / 1.000) | 0.667 |" in out  # x2 called b (F1 over the classes present: a)
+    (tmp_path / "s2" / "0" / "val_predictions.csv").write_text(  # a run from before the columns: calibrated, said so
+        "sample_id,cell,true,pred,p_a,p_b\nx1,1,a,a,0.8,0.2\nx2,1,a,a,0.7,0.3\n")
+    assert seed_ensemble.main([str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "optimistic" in out and "| 0 | 2 | 0.833 (0.667 / 1.000) | 1.000 |" in out

@@ -20,6 +20,9 @@ from wbc.spreadsheet import guard, unguard_row
 
 # the validation split's per-crop probabilities: a fold's out-of-fold predictions
 OOF_FILE = Path("val_predictions.csv")
+# its columns of probabilities before the temperature: the temperature was fitted on these very crops, so
+# anything scored on them across runs (seed ensembles, cross-fitted calibration) starts from these
+UNCALIBRATED = "uncalibrated_p_"
 UNIT = "crops"
 MAIN_METRIC = "macro_f1"
 
@@ -100,25 +103,31 @@ def confusion(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_crops(module, dataset, batch_size: int = 64) -> np.ndarray:
+@torch.no_grad()
+def predict_crops(module, dataset, batch_size: int = 64, calibrated: bool = True) -> np.ndarray:
+    """Class probabilities of every crop; `calibrated=False`: before the module's temperature."""
     device = next(module.parameters()).device
     out = []
     for start in range(0, len(dataset), batch_size):
         x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
-        out.append(module.predict_proba(x).float().cpu().numpy())
+        prob = module.predict_proba(x) if calibrated else module.probabilities(x, calibrated=False)
+        out.append(prob.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(module.classes)))
 
 
-def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str]) -> None:
-    """One row per crop: sample id, cell, true and predicted class, class probabilities (csv module)."""
+def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str], uncalibrated: np.ndarray | None = None) -> None:
+    """One row per crop: sample id, cell, true and predicted class, class probabilities (csv module),
+    and with `uncalibrated` the same before the temperature (UNCALIBRATED columns)."""
     import csv
 
     def _write(p: Path) -> None:
         with open(p, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes)])
-            for c, row in zip(dataset.crops, probs):
-                writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.5f}" for v in row)])
+            extra = [f"{UNCALIBRATED}{c}" for c in classes] if uncalibrated is not None else []
+            writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes), *extra])
+            for i, (c, row) in enumerate(zip(dataset.crops, probs)):
+                raw = [f"{v:.5f}" for v in uncalibrated[i]] if uncalibrated is not None else []
+                writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.5f}" for v in row), *raw])
 
     atomic_write(path, _write)
 
@@ -133,10 +142,18 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
         return classes, [unguard_row(r) for r in reader]
 
 
-def prediction_arrays(rows: list[dict], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N x C class probabilities, N true-class indices) of rows read by `read_predictions_csv`."""
-    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float32)
+def prediction_arrays(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(N x C class probabilities, N true-class indices) of rows read by `read_predictions_csv`;
+    `uncalibrated`: the UNCALIBRATED columns (has_uncalibrated says whether a file has them)."""
+    prefix = UNCALIBRATED if uncalibrated else "p_"
+    probs = np.asarray([[float(r[f"{prefix}{c}"]) for c in classes] for r in rows], dtype=np.float32)
     return probs, np.asarray([classes.index(r["true"]) for r in rows])
+
+
+def has_uncalibrated(rows: list[dict], classes: list[str]) -> bool:
+    """Whether prediction rows carry the probabilities before the temperature (validation predictions
+    written since they do; older runs' hold only the calibrated ones)."""
+    return bool(rows) and all(f"{UNCALIBRATED}{c}" in rows[0] for c in classes)
 
 
 def write_confusion(matrix: np.ndarray, classes: list[str], stem: Path, title: str, loggers=()) -> None:
@@ -228,7 +245,10 @@ def score_test(model, datamodule, out_dir: Path, post=None, num_overlays: int = 
 def score_val(model, datamodule, out_dir: Path, post=None) -> dict[str, float]:
     """val_predictions.csv: the fold's out-of-fold crops (pooled by the CV summary)."""
     val = datamodule.datasets["val"]
-    write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes)
+    # the temperature was fitted on these crops: the probabilities before it go with them, for what is
+    # scored on them later across runs (benchmarks/seed_ensemble.py, quality_calibration.py's cross-fit)
+    raw = predict_crops(model, val, calibrated=False) if hasattr(model, "probabilities") else None
+    write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes, raw)
     return {"val/n_crops": float(len(val))}
 
 
