@@ -13,7 +13,12 @@ def calibrated_oof(jobs: list[Path]) -> tuple[list[list[float]], list[int], list
     """Every fold job's validation crops (val_predictions.csv, calibrated by that fold's temperature),
     their labels, fold index, each fold's temperature (test_calibration.json), and the probabilities
     before it when every file has them (else None: runs written before those columns)."""
-    from wbc.evaluation.classification import has_uncalibrated, prediction_arrays, read_predictions_csv
+    from wbc.evaluation.classification import (
+        has_uncalibrated,
+        prediction_arrays,
+        probability_array,
+        read_predictions_csv,
+    )
 
     probs, labels, fold_of, temps, raws = [], [], [], [], []
     complete = True
@@ -29,7 +34,7 @@ def calibrated_oof(jobs: list[Path]) -> tuple[list[list[float]], list[int], list
         fold_of += [len(temps) - 1] * len(rows)
         complete = complete and has_uncalibrated(rows, classes)
         if complete:
-            raws += prediction_arrays(rows, classes, uncalibrated=True)[0].tolist()
+            raws += probability_array(rows, classes, uncalibrated=True).tolist()
     return (probs, labels, fold_of, temps, raws if complete else None) if probs else None
 
 

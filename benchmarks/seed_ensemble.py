@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
-from wbc.evaluation.classification import has_uncalibrated, prediction_arrays, read_predictions_csv
+from wbc.evaluation.classification import has_uncalibrated, probability_array, read_predictions_csv
 
 Predictions = dict[tuple[str, str], tuple[str, np.ndarray]]  # (sample_id, cell) -> (true, probabilities)
 
@@ -50,7 +50,7 @@ def read_predictions(path: Path, uncalibrated: bool = False) -> tuple[list[str],
     classes, rows = read_predictions_csv(path)
     if not classes or not rows or not {"sample_id", "cell", "true"} <= rows[0].keys():
         raise SystemExit(f"{path}: expected rows with sample_id, cell, true and p_<class> columns (as train.py writes them)")
-    probs, _ = prediction_arrays(rows, classes, uncalibrated)
+    probs = probability_array(rows, classes, uncalibrated)
     return classes, {(r["sample_id"], r["cell"]): (r["true"], p) for r, p in zip(rows, probs)}
 
 

@@ -170,12 +170,17 @@ def test_classify_run_fits_temperature_and_reports_calibration(make_cfg, run_tra
     assert float(best.temperature) == pytest.approx(fit_temperature(raw, labels), rel=0.05)
     # the out-of-fold file carries the probabilities before the temperature too (fitted on these very
     # crops, so a seed ensemble or a cross-fitted calibration must start from them): T maps them onto p_
-    from wbc.evaluation.classification import has_uncalibrated, prediction_arrays, read_predictions_csv
+    from wbc.evaluation.classification import (
+        has_uncalibrated,
+        prediction_arrays,
+        probability_array,
+        read_predictions_csv,
+    )
 
     classes, rows = read_predictions_csv(out / "val_predictions.csv")
     assert has_uncalibrated(rows, classes) and len(rows) == len(val)
     calibrated, _ = prediction_arrays(rows, classes)
-    before, _ = prediction_arrays(rows, classes, uncalibrated=True)
+    before = probability_array(rows, classes, uncalibrated=True)
     assert not np.allclose(before, calibrated, atol=1e-3)
     np.testing.assert_allclose(apply_temperature(before, report["calibration"]["temperature"]), calibrated, atol=2e-4)
 

@@ -142,12 +142,16 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
         return classes, [unguard_row(r) for r in reader]
 
 
-def prediction_arrays(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(N x C class probabilities, N true-class indices) of rows read by `read_predictions_csv`;
-    `uncalibrated`: the UNCALIBRATED columns (has_uncalibrated says whether a file has them)."""
+def probability_array(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> np.ndarray:
+    """N x C class probabilities of rows read by `read_predictions_csv`; `uncalibrated`: the
+    UNCALIBRATED columns (has_uncalibrated says whether a file has them)."""
     prefix = UNCALIBRATED if uncalibrated else "p_"
-    probs = np.asarray([[float(r[f"{prefix}{c}"]) for c in classes] for r in rows], dtype=np.float32)
-    return probs, np.asarray([classes.index(r["true"]) for r in rows])
+    return np.asarray([[float(r[f"{prefix}{c}"]) for c in classes] for r in rows], dtype=np.float32)
+
+
+def prediction_arrays(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(N x C class probabilities, N true-class indices) of rows read by `read_predictions_csv`."""
+    return probability_array(rows, classes, uncalibrated), np.asarray([classes.index(r["true"]) for r in rows])
 
 
 def has_uncalibrated(rows: list[dict], classes: list[str]) -> bool:
