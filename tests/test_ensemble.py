@@ -6,6 +6,7 @@ to check the averaging numerically."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,29 @@ def test_masked_and_plain_classifiers_average_each_on_its_own_view(folds, make_e
     assert "test/macro_f1" in metrics and isinstance(out["module"], ClassifierEnsemble)
     evaluate.evaluate(make_eval_cfg(ckpts[1], *cls_data))  # the masked one alone (same output dir)
     np.testing.assert_allclose(members[1], probs(eval_dir / "predictions.csv"), atol=1e-5)
+
+
+def test_an_ensemble_scored_on_a_validation_split_says_why_the_figure_favours_it(folds, make_eval_cfg, tmp_path: Path) -> None:
+    """split=val: members of two folds each trained on the other's validation images, and classifiers'
+    temperatures were fitted on their own validation crops: each is a caveat, logged and in metrics.json."""
+    sweep = folds["sweep"]
+    runs = [sweep / j / "classification" for j in ("0", "1")]
+    cfg = make_eval_cfg(f"[{runs[0]},{runs[1]}]", "data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule", "split=val")
+    evaluate.evaluate(cfg)
+    caveats = json.loads((tmp_path / "eval" / "metrics.json").read_text())["caveats"]
+    assert len(caveats) == 1 and "members of folds [0, 1]" in caveats[0]
+
+    twin = tmp_path / "twin" / "0"  # seed twins of fold 0, one with a fitted temperature: no fold caveat, a temperature one
+    shutil.copytree(sweep / "0", twin)
+    ckpt = twin / "classification" / "checkpoints" / "epoch_000.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"]["temperature"] = torch.tensor(2.0)
+    torch.save(state, ckpt)
+    cfg = make_eval_cfg(f"[{runs[0]},{twin / 'classification'}]", "data=synthetic_tiny",
+                        "data._target_=datamodules.classification.ClassificationDataModule", "split=val")
+    evaluate.evaluate(cfg)
+    caveats = json.loads((tmp_path / "eval" / "metrics.json").read_text())["caveats"]
+    assert len(caveats) == 1 and "temperatures" in caveats[0] and "seed_ensemble.py" in caveats[0]
+    cfg = make_eval_cfg(f"[{runs[0]},{twin / 'classification'}]", "data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule")
+    evaluate.evaluate(cfg)  # the test split: nothing to say
+    assert "caveats" not in json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -289,11 +289,17 @@ def detect_stage(spec: Any) -> str:
     return stage
 
 
-def member_name(ckpt: Path, index: int) -> str:
+def member_fold(ckpt: Path) -> int | None:
+    """The data.fold a member was trained on (its run's config; a pipeline sub-run: its run's), if known."""
     run = run_dir_of(ckpt)
-    cfg = run_config(run) or (run_config(run.parent) if run.name in STAGE_DIRS else {})  # a pipeline sub-run: its run's
+    cfg = run_config(run) or (run_config(run.parent) if run.name in STAGE_DIRS else {})
     fold = (cfg.get("data") or {}).get("fold")
-    return f"fold{fold}" if isinstance(fold, int) else f"member{index}"
+    return fold if isinstance(fold, int) else None
+
+
+def member_name(ckpt: Path, index: int) -> str:
+    fold = member_fold(ckpt)
+    return f"fold{fold}" if fold is not None else f"member{index}"
 
 
 def member_checkpoints(spec: Any, stage: str, key: str = "ckpt_path") -> list[tuple[str, Path]]:

@@ -146,6 +146,9 @@ def evaluate_members(
         same_classes(list(getattr(datamodule, "classes", None) or []), list(getattr(model, "classes", None) or []), spec)
     shown = split_label(split, data_cfg)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
+    caveats = validation_caveats(split, ckpts, modules)
+    for c in caveats:
+        log.warning("%s", c)
     scoring = stage.scoring
     if len(datamodules) > 1:
         ids = [case_ids(scoring.eval_dataset(dm, split)) for dm in datamodules]
@@ -167,7 +170,7 @@ def evaluate_members(
         write_ensemble_table(stage, split, rows, metrics, out_dir)
     checkpoint: Any = str(ckpts[0]) if len(ckpts) == 1 else [str(c) for c in ckpts]
     write_json(out_dir / "metrics.json", {**metrics, "n_cases": n_items, "checkpoint": checkpoint, "members": names, "split": split,
-                                          "scored_on": shown, "adapt_bn": adapted})
+                                          "scored_on": shown, "adapt_bn": adapted, **({"caveats": caveats} if caveats else {})})
     OmegaConf.save(data_cfg, out_dir / "data_config.yaml")
     if len(modules) == 1:
         from wbc.plots import plot_learning_curves
@@ -178,11 +181,31 @@ def evaluate_members(
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k.count("/") == 1))
     if rows:
         print("\n".join(f"  {r['member']}: {key}={r[key]:.4f}" for r in rows) + f"\n  ensemble: {metrics[key]:.4f}")
+    print("".join(f"  caveat: {c}\n" for c in caveats), end="")
     return metrics, {"module": model, "datamodule": datamodule, "summary": summary, "checkpoint": ckpts if len(ckpts) > 1 else ckpts[0],
                      "members": rows, "postprocess": post}
 
 
 ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
+
+
+def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence) -> list[str]:
+    """Why an ensemble's figure on a validation split favours it, when these are its members' own validation
+    images: members of other folds trained on them, and classifiers' temperatures were fitted on them (the
+    members are averaged calibrated; benchmarks/seed_ensemble.py averages the probabilities before them)."""
+    if split != "val" or len(modules) < 2:
+        return []
+    from wbc.ensemble import member_fold
+
+    out = []
+    folds = sorted({f for f in (member_fold(c) for c in ckpts) if f is not None})
+    if len(folds) > 1:
+        out.append(f"members of folds {folds}: each was trained on the others' validation images, so if these are the members' "
+                   "own data this figure is not out of fold")
+    if any(float(getattr(m, "temperature", 1.0)) != 1.0 for m in modules):
+        out.append("the members are averaged after their temperatures, each fitted on its own validation crops: if these are "
+                   "they, the ensemble's figure favours it (benchmarks/seed_ensemble.py averages the probabilities before them)")
+    return out
 
 
 def case_ids(dataset) -> list:
