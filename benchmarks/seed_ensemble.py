@@ -5,7 +5,7 @@ validation crops: averaging their class probabilities (`val_predictions.csv`) gi
 out-of-fold prediction for fold k, a CV figure to decide on, next to the members' own. The validation
 probabilities averaged are those before each run's temperature (the `uncalibrated_p_` columns): the
 temperature was fitted on these very crops, and averaging calibrated members let it pick the ensemble's
-answer (ALL-IDB2, 3 seeds: CV 0.983 calibrated vs 0.977 before the temperatures). Runs written before
+answer (ALL-IDB2, 3 seeds: CV balanced accuracy 0.983 calibrated vs 0.977 before the temperatures). Runs written before
 those columns existed are averaged calibrated, with a warning that the figure is optimistic. The test
 figure averages every member's `test_predictions.csv` (all folds' models: the fold ensemble of all runs).
 
@@ -85,6 +85,12 @@ def macro_f1(true: list[str], pred: list[str], classes: list[str]) -> float:
     return float(f1_score(true, pred, labels=present, average="macro", zero_division=0))
 
 
+def balanced_accuracy(true: list[str], pred: list[str], classes: list[str]) -> float:
+    """Mean recall over the classes present (the ALL-IDB2 row's metric)."""
+    present = [c for c in classes if c in true]
+    return float(recall_score(true, pred, labels=present, average="macro", zero_division=0))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", type=Path, help="run or sweep dirs of classifier runs")
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"every fold needs the same number of runs; found {dict(sorted(sizes.items()))}")
     pooled_true: list[str] = []
     pooled_pred: list[str] = []
-    members_cv, ensemble_cv = [], []
+    members_cv, ensemble_cv, members_ba, ensemble_ba = [], [], [], []
     raw = all_uncalibrated([r / "val_predictions.csv" for runs in by_fold.values() for r in runs])
     print("validation probabilities averaged before each run's temperature" if raw else
           "WARNING: some runs' val_predictions.csv lack the probabilities before the temperature (runs from before they were "
@@ -110,12 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         own = [macro_f1(*average([f])[1:], classes) for f in files]
         members_cv.append(statistics.mean(own))
         ensemble_cv.append(macro_f1(true, pred, classes))
+        members_ba.append(statistics.mean(balanced_accuracy(*average([f])[1:], classes) for f in files))
+        ensemble_ba.append(balanced_accuracy(true, pred, classes))
         pooled_true += true
         pooled_pred += pred
         print(f"| {fold} | {len(files)} | {members_cv[-1]:.3f} ({' / '.join(f'{x:.3f}' for x in own)}) | {ensemble_cv[-1]:.3f} |")
     sd = statistics.stdev(ensemble_cv) if len(ensemble_cv) > 1 else 0.0
     print(f"\nCV macro-F1: members {statistics.mean(members_cv):.3f}, ensemble {statistics.mean(ensemble_cv):.3f} ± {sd:.3f}"
           f"; pooled out-of-fold {macro_f1(pooled_true, pooled_pred, classes):.3f}")
+    print(f"CV balanced accuracy: members {statistics.mean(members_ba):.4f}, ensemble {statistics.mean(ensemble_ba):.4f}")
     recall = recall_score(pooled_true, pooled_pred, labels=classes, average=None, zero_division=0)
     counts = {c: (sum(t == c == p for t, p in zip(pooled_true, pooled_pred)), pooled_true.count(c)) for c in classes}
     print("pooled recall: " + ", ".join(f"{c} {r:.2f} ({counts[c][0]}/{counts[c][1]})" for c, r in zip(classes, recall)))

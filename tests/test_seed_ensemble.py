@@ -43,6 +43,7 @@ def test_the_ensemble_averages_probabilities_fold_by_fold(seed_ensemble, tmp_pat
     out = capsys.readouterr().out
     assert "| 0 | 2 | 0.833 (0.667 / 1.000) | 1.000 |" in out
     assert "CV macro-F1: members 0.917, ensemble 1.000 ± 0.000; pooled out-of-fold 1.000" in out
+    assert "CV balanced accuracy: members 0.9375, ensemble 1.0000" in out  # fold 0: run 1 (1/2 + 1) / 2, run 2 1; fold 1: 1
     # test: t2's p(a) averages (0.6 + 0.6 + 0.45 + 0.45) / 4 = 0.525 -> called a, wrongly
     assert "a 1.00 (3/3)" in out and "test macro-F1, all 4 models averaged: 0.333" in out
 
@@ -67,7 +68,8 @@ def test_validation_crops_are_averaged_before_each_runs_temperature(seed_ensembl
     label). The probabilities before the temperatures are what the ensemble figure averages."""
     def with_raw(run: Path, raw: dict[str, float]) -> None:
         path = run / "val_predictions.csv"
-        rows = list(csv.reader(path.open()))
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
         rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
         for r in rows[1:]:
             r += [raw[r[0]], 1 - raw[r[0]]]

@@ -103,7 +103,6 @@ def confusion(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_crops(module, dataset, batch_size: int = 64, calibrated: bool = True) -> np.ndarray:
     """Class probabilities of every crop; `calibrated=False`: before the module's temperature."""
     device = next(module.parameters()).device
