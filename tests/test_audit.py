@@ -183,6 +183,28 @@ def test_label_issues_from_out_of_fold_predictions(tmp_path: Path, method: str) 
     assert result["issues"][0]["suggested"] == "b" and result["n_images"] == 8 and result["without_predictions"] == 1
 
 
+def test_label_issues_read_the_probabilities_before_the_temperatures(tmp_path: Path) -> None:
+    """Each fold's temperature was fitted on the labels under audit: with the uncalibrated_p_ columns in every
+    file those are what is judged. Here they show s1 (labelled a) as surely b, which the calibrated columns,
+    softened by the fold's temperature, hid; a file without them leaves every fold calibrated, said so."""
+    sweep = fake_sweep(tmp_path / "sweep")
+    raw = {"s0": 0.95, "s1": 0.02, "s4": 0.05, "s5": 0.1, "s2": 0.9, "s3": 0.02, "s6": 0.1, "s7": 0.2}
+    for fold in ("0", "1"):
+        path = sweep / fold / "val_predictions.csv"
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
+        for r in rows[1:]:
+            r += [raw[r[0]], 1 - raw[r[0]]]
+        with path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+    result = label_issues(sweep, None, "self_confidence")
+    assert sorted(i["id"] for i in result["issues"]) == ["s1", "s3"] and result["probabilities"].startswith("before")
+    fake_sweep(tmp_path / "old")  # written before the columns
+    old = label_issues(tmp_path / "old", None, "self_confidence")
+    assert [i["id"] for i in old["issues"]] == ["s3"] and old["probabilities"].startswith("calibrated")
+
+
 def audit_cfg(overrides: list[str], out: Path, data_dir: Path):
     """audit.yaml composed as the entry point does (tests/conftest.py's compose helper)."""
     from tests.conftest import compose_config

@@ -40,27 +40,34 @@ def oof_files(oof: str | Path) -> list[Path]:
     return found
 
 
-def read_oof(oof: str | Path) -> tuple[list[str], dict[tuple[str, str], dict]]:
-    """(classes, {(sample_id, cell): {"true", "probs" (mean over runs), "runs"}}) pooled over the files;
-    a file with other classes than the first is an error."""
-    from wbc.evaluation.classification import read_predictions_csv
+def read_oof(oof: str | Path) -> tuple[list[str], dict[tuple[str, str], dict], bool]:
+    """(classes, {(sample_id, cell): {"true", "probs" (mean over runs), "runs"}}, whether the probabilities
+    are those before each run's temperature) pooled over the files; a file with other classes than the
+    first is an error. Each fold's temperature was fitted on these crops' labels, the very labels under
+    audit, so the probabilities before it are used when every file has them (runs since they are written)."""
+    from wbc.evaluation.classification import UNCALIBRATED, has_uncalibrated, read_predictions_csv
 
     classes: list[str] | None = None
-    crops: dict[tuple[str, str], dict] = {}
+    read = []
     for path in oof_files(oof):
         cls, rows = read_predictions_csv(path)
         if classes is None:
             classes = cls
         elif cls != classes:
             raise ValueError(f"{path}: classes {cls} differ from the other folds' {classes}")
+        read.append((path, rows))
+    raw = bool(read) and all(has_uncalibrated(rows, classes or []) for _, rows in read)
+    prefix = UNCALIBRATED if raw else "p_"
+    crops: dict[tuple[str, str], dict] = {}
+    for path, rows in read:
         for r in rows:
             key = (r["sample_id"], str(r.get("cell", "")))
             entry = crops.setdefault(key, {"true": r["true"], "probs": [], "runs": []})
-            entry["probs"].append([float(r[f"p_{c}"]) for c in cls])
+            entry["probs"].append([float(r[f"{prefix}{c}"]) for c in classes or []])
             entry["runs"].append(path.parent.name if path.parent.name != "classification" else path.parent.parent.name)
     for entry in crops.values():
         entry["probs"] = np.mean(entry["probs"], axis=0)
-    return classes or [], crops
+    return classes or [], crops, raw
 
 
 def self_confidence_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -101,7 +108,7 @@ def label_issues(oof: str | Path, given: dict[str, str] | None = None, method: s
     `given`: the dataset's sample ids (-> class): predictions of ids not in it, and dataset images
     without predictions, are counted. A crop's label is its cell's (several per image in instance
     mode), so `given`/`suggested`/`cell` name the image's least self-confident crop."""
-    classes, crops = read_oof(oof)
+    classes, crops, raw = read_oof(oof)
     keys = list(crops)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({crops[k]["true"] for k in keys} - set(index))
@@ -135,6 +142,7 @@ def label_issues(oof: str | Path, given: dict[str, str] | None = None, method: s
     return {
         "method": used,
         "source": str(oof),
+        "probabilities": "before each run's temperature" if raw else "calibrated (runs written before the uncalibrated_p_ columns)",
         "n_images": len(per_image),
         "n_crops": len(keys),
         "classes": classes,
