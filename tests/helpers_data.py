@@ -144,3 +144,16 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
     return path
+
+
+def add_uncalibrated_columns(path: Path, p_a: Mapping[str, float]) -> Path:
+    """Give a two-class (a, b) predictions CSV the columns training writes since the temperature leak was
+    found (`uncalibrated_p_a`, `uncalibrated_p_b`): `p_a` maps each row's sample id to its p(a) before it."""
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
+    for r in rows[1:]:
+        r += [p_a[r[0]], 1 - p_a[r[0]]]
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return path

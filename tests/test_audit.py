@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers_data import grey_mask, truncate, write_image, write_labels
+from tests.helpers_data import add_uncalibrated_columns, grey_mask, truncate, write_image, write_labels
 from wbc.audit.core import audit_samples
 from wbc.audit.duplicates import clusters, leakage
 from wbc.audit.labels import label_issues
@@ -190,14 +190,7 @@ def test_label_issues_read_the_probabilities_before_the_temperatures(tmp_path: P
     sweep = fake_sweep(tmp_path / "sweep")
     raw = {"s0": 0.95, "s1": 0.02, "s4": 0.05, "s5": 0.1, "s2": 0.9, "s3": 0.02, "s6": 0.1, "s7": 0.2}
     for fold in ("0", "1"):
-        path = sweep / fold / "val_predictions.csv"
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-        rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
-        for r in rows[1:]:
-            r += [raw[r[0]], 1 - raw[r[0]]]
-        with path.open("w", newline="") as fh:
-            csv.writer(fh).writerows(rows)
+        add_uncalibrated_columns(sweep / fold / "val_predictions.csv", raw)
     result = label_issues(sweep, None, "self_confidence")
     assert sorted(i["id"] for i in result["issues"]) == ["s1", "s3"] and result["probabilities"].startswith("before")
     fake_sweep(tmp_path / "old")  # written before the columns

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers_data import add_uncalibrated_columns
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,14 +69,7 @@ def test_validation_crops_are_averaged_before_each_runs_temperature(seed_ensembl
     there, which softened its error and let the calibrated average call x2 right (a figure that knew the
     label). The probabilities before the temperatures are what the ensemble figure averages."""
     def with_raw(run: Path, raw: dict[str, float]) -> None:
-        path = run / "val_predictions.csv"
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-        rows[0] += ["uncalibrated_p_a", "uncalibrated_p_b"]
-        for r in rows[1:]:
-            r += [raw[r[0]], 1 - raw[r[0]]]
-        with path.open("w", newline="") as fh:
-            csv.writer(fh).writerows(rows)
+        add_uncalibrated_columns(run / "val_predictions.csv", raw)
 
     # calibrated: (0.45 + 0.7) / 2 = 0.575 -> a (right); before the temperatures: (0.05 + 0.8) / 2 = 0.425 -> b
     with_raw(fake_run(tmp_path / "s1" / "0", 0, {"x1": ("a", 0.9), "x2": ("a", 0.45)}), {"x1": 0.99, "x2": 0.05})
