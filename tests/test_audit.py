@@ -191,6 +191,8 @@ def test_label_issues_read_the_probabilities_before_the_temperatures(tmp_path: P
     raw = {"s0": 0.95, "s1": 0.02, "s4": 0.05, "s5": 0.1, "s2": 0.9, "s3": 0.02, "s6": 0.1, "s7": 0.2}
     for fold in ("0", "1"):
         add_uncalibrated_columns(sweep / fold / "val_predictions.csv", raw)
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a fold with no validation crops lacks nothing
+    (sweep / "2" / "val_predictions.csv").write_text("sample_id,cell,true,pred,p_a,p_b\n")
     result = label_issues(sweep, None, "self_confidence")
     assert sorted(i["id"] for i in result["issues"]) == ["s1", "s3"] and result["probabilities"].startswith("before")
     fake_sweep(tmp_path / "old")  # written before the columns

@@ -85,6 +85,24 @@ def test_classification_oof_is_rescored_on_pooled_crops(tmp_path: Path) -> None:
     assert cv.write_oof_tables(cv.read_sweep(sweep), sweep)[0].name == "cv_oof_predictions.csv"
 
 
+def test_pooled_oof_table_keeps_a_column_only_some_folds_wrote(tmp_path: Path) -> None:
+    """A sweep resumed across versions: fold 0 written before the uncalibrated_p_ columns, fold 1 after.
+    The pooled table keeps them (fold 0's cells empty) whichever fold comes first."""
+    import csv
+
+    from tests.helpers_data import add_uncalibrated_columns
+
+    for first in (0, 1):
+        sweep = tmp_path / f"sweep{first}"
+        runs = [fake_run(sweep, j, j, {"val/macro_f1": 0.5}, preds=[(f"s{j}", "a", 0.9)]) for j in range(2)]
+        add_uncalibrated_columns(runs[1 - first] / "val_predictions.csv", {"s0": 0.7, "s1": 0.7})
+        table = cv.write_oof_tables(cv.read_sweep(sweep), sweep)[0]
+        with table.open(newline="") as fh:
+            rows = {r["sample_id"]: r for r in csv.DictReader(fh)}
+        new, old = f"s{1 - first}", f"s{first}"
+        assert rows[new]["uncalibrated_p_a"] == "0.7" and rows[old]["uncalibrated_p_a"] == "" and rows[old]["p_a"] == "0.9"
+
+
 def test_settings_grouped_and_non_fold_sweeps_tabulated(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
     for job, (lr, fold, v) in enumerate([(0.1, 0, 0.5), (0.1, 1, 0.7), (0.01, 0, 0.2), (0.01, 1, 0.4)]):

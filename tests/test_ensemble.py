@@ -294,3 +294,17 @@ def test_an_ensemble_scored_on_a_validation_split_says_why_the_figure_favours_it
     cfg = make_eval_cfg(f"[{runs[0]},{twin / 'classification'}]", "data=synthetic_tiny", "data._target_=datamodules.classification.ClassificationDataModule")
     evaluate.evaluate(cfg)  # the test split: nothing to say
     assert "caveats" not in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_the_ensembles_own_temperature_fitted_out_of_fold_is_a_caveat_on_the_validation_split() -> None:
+    """Members trained without calibration (T = 1), but the ensemble's temperature and review threshold fitted
+    on their out-of-fold crops (calibrate_from_oof): scored on those crops, that is a caveat too."""
+    from types import SimpleNamespace
+
+    from wbc.evaluation.runs import validation_caveats
+
+    members = [SimpleNamespace(temperature=1.0), SimpleNamespace(temperature=1.0)]
+    ens = SimpleNamespace(calibration_source="out-of-fold predictions of 2 runs (40 crops)")
+    assert validation_caveats("val", [], members, ens)[0].startswith("the members are averaged after their temperatures")
+    assert validation_caveats("val", [], members, SimpleNamespace(calibration_source="members' thresholds")) == []
+    assert validation_caveats("test", [], members, ens) == []

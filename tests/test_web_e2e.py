@@ -386,4 +386,15 @@ def test_a_reload_keeps_the_labels_and_an_expired_images_labels(browser, server,
     page.reload()
     wait_until(page, "st.items.length === 2 && st.items[1].status === 'error'")
     assert not page.evaluate(leaving)  # downloaded before this reload: nothing to lose
+    page.locator("#image-list li .name").nth(1).click()
+    assert page.is_disabled("#segment-btn")  # nothing to segment: its image is gone
+    # the same file uploaded again takes over its labels (else the CSV would hold that cell twice, which
+    # compare.py refuses); another file of that name would not
+    page.set_input_files("#file-input", [{"name": "k1.png", "mimeType": "image/png", "buffer": png(field(seed=1))}])
+    wait_until(page, "st.items.length === 2 && st.items[1].status === 'uploaded'")
+    assert page.evaluate("st.items.map((it) => it.marks.length)") == [1, 1] and "no longer on the server" not in page.inner_text("#image-list")
+    assert page.inner_text("#download-labels") == "Download my labels (CSV, 2 cells)"
+    page.click("#segment-btn")
+    wait_until(page, "document.getElementById('summary').textContent === '3 cells (not classified yet)'")
+    assert [rows.nth(i).locator("td.yours").inner_text() for i in range(3)] == ["", classes[2], ""]
     page.close()

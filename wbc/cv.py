@@ -296,7 +296,9 @@ def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
         if pooled is None:
             continue
         rows = pooled[1]
-        keys = [k for k in rows[0] if not isinstance(rows[0][k], list | dict)]
+        # every row's columns, in order of appearance: a sweep resumed across versions mixes folds with and
+        # without a column (e.g. uncalibrated_p_<class>); those folds' cells stay empty
+        keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, list | dict)))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

@@ -155,8 +155,8 @@ def prediction_arrays(rows: list[dict], classes: list[str], uncalibrated: bool =
 
 def has_uncalibrated(rows: list[dict], classes: list[str]) -> bool:
     """Whether prediction rows carry the probabilities before the temperature (validation predictions
-    written since they do; older runs' hold only the calibrated ones)."""
-    return bool(rows) and all(f"{UNCALIBRATED}{c}" in rows[0] for c in classes)
+    written since they do; older runs' hold only the calibrated ones). No rows: nothing lacks them."""
+    return not rows or all(f"{UNCALIBRATED}{c}" in rows[0] for c in classes)
 
 
 def write_confusion(matrix: np.ndarray, classes: list[str], stem: Path, title: str, loggers=()) -> None:
@@ -250,8 +250,13 @@ def score_val(model, datamodule, out_dir: Path, post=None) -> dict[str, float]:
     val = datamodule.datasets["val"]
     # the temperature was fitted on these crops: the probabilities before it go with them, for what is
     # scored on them later across runs (benchmarks/seed_ensemble.py, quality_calibration.py's cross-fit)
-    raw = predict_crops(model, val, calibrated=False) if hasattr(model, "probabilities") else None
-    write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes, raw)
+    if hasattr(model, "calibrated"):
+        raw = predict_crops(model, val, calibrated=False)
+        with torch.no_grad():  # predict_proba's last step, on the module's device
+            calibrated = model.calibrated(torch.as_tensor(raw, device=next(model.parameters()).device)).float().cpu().numpy()
+        write_predictions(out_dir / OOF_FILE, val, calibrated, model.classes, raw)
+    else:
+        write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes)
     return {"val/n_crops": float(len(val))}
 
 

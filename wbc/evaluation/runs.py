@@ -146,7 +146,7 @@ def evaluate_members(
         same_classes(list(getattr(datamodule, "classes", None) or []), list(getattr(model, "classes", None) or []), spec)
     shown = split_label(split, data_cfg)
     log.info("Evaluating %s (%s, %d member(s)) on the %s split of %s -> %s", spec, stage.name, len(modules), shown, data_cfg.get("name"), out_dir)
-    caveats = validation_caveats(split, ckpts, modules)
+    caveats = validation_caveats(split, ckpts, modules, model)
     for c in caveats:
         log.warning("%s", c)
     scoring = stage.scoring
@@ -189,10 +189,11 @@ def evaluate_members(
 ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
 
 
-def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence) -> list[str]:
+def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence, model: Any = None) -> list[str]:
     """Why an ensemble's figure on a validation split favours it, when these are its members' own validation
     images: members of other folds trained on them, and classifiers' temperatures were fitted on them (the
-    members are averaged calibrated; benchmarks/seed_ensemble.py averages the probabilities before them)."""
+    members are averaged calibrated; benchmarks/seed_ensemble.py averages the probabilities before them), as
+    were the ensemble's own temperature and review threshold (wbc.ensemble.calibrate_from_oof)."""
     if split != "val" or len(modules) < 2:
         return []
     from wbc.ensemble import member_fold
@@ -202,9 +203,11 @@ def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence) -> 
     if len(folds) > 1:
         out.append(f"members of folds {folds}: each was trained on the others' validation images, so if these are the members' "
                    "own data this figure is not out of fold")
-    if any(float(getattr(m, "temperature", 1.0)) != 1.0 for m in modules):
-        out.append("the members are averaged after their temperatures, each fitted on its own validation crops: if these are "
-                   "they, the ensemble's figure favours it (benchmarks/seed_ensemble.py averages the probabilities before them)")
+    fitted = getattr(model, "calibration_source", "").startswith("out-of-fold")  # calibrate_from_oof's
+    if fitted or any(float(getattr(m, "temperature", 1.0)) != 1.0 for m in modules):
+        out.append("the members are averaged after their temperatures, each fitted on its own validation crops, and the "
+                   "ensemble's temperature and review threshold on their out-of-fold crops: if these are they, the ensemble's "
+                   "figure favours it (benchmarks/seed_ensemble.py averages the probabilities before the temperatures)")
     return out
 
 

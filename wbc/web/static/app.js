@@ -133,8 +133,8 @@ function renderList() {
 }
 
 async function addFiles(files) {
-  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, status: "queued", id: null, data: null, error: null, img: null, marks: [] }));
-  st.items.push(...added);
+  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, size: file.size, status: "queued", id: null, data: null, error: null, img: null, marks: [] }));
+  adoptLabels(added); st.items.push(...added); // session.js: labels of the same file whose image expired
   if (!st.current && added.length) select(added[0]);
   renderList();
   await pool(added, 2, upload);
@@ -218,7 +218,7 @@ function show() {
   const classified = !!data && data.status === "classified";
   $("empty-hint").hidden = !!(it && it.img);
   $("canvas").hidden = !(it && it.img);
-  $("segment-btn").disabled = !(it && it.id) || BUSY.has(it.status);
+  $("segment-btn").disabled = !(it && it.id) || it.expired || BUSY.has(it.status);
   $("segment-btn").textContent = segmented ? "Segment again" : "Segment";
   $("classify-btn").hidden = !segmented || !(st.model && st.model.has_classifier);
   $("classify-btn").disabled = !segmented || BUSY.has(it.status);

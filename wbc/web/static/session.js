@@ -10,7 +10,7 @@ const IMAGE_ID = /^[0-9a-f]{1,64}$/; // the server's ids (ResultStore.add): noth
 
 // the ids of this tab's images, their names (shown while restoring) and the labels on them, in the list's order
 function saveSession() {
-  const kept = st.items.filter((it) => it.id).map((it) => ((it.marks || []).length ? { id: it.id, name: it.name, marks: it.marks } : { id: it.id, name: it.name }));
+  const kept = st.items.filter((it) => it.id).map((it) => ((it.marks || []).length ? { id: it.id, name: it.name, size: it.size, marks: it.marks } : { id: it.id, name: it.name }));
   try {
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(kept));
     sessionStorage.setItem(UNSAVED_KEY, String(st.unsaved));
@@ -38,7 +38,7 @@ function savedSession() {
 async function restoreSession() {
   const items = savedSession().map((s) => ({
     key: nextKey++, file: null, name: typeof s.name === "string" && s.name ? s.name : s.id, status: "restoring",
-    id: s.id, data: null, error: null, img: null, marks: savedMarks(s.marks),
+    id: s.id, data: null, error: null, img: null, marks: savedMarks(s.marks), size: Number.isFinite(s.size) ? s.size : null,
   }));
   if (!items.length) return;
   try { st.unsaved = Math.max(0, Number(sessionStorage.getItem(UNSAVED_KEY)) || 0); } catch (err) { st.unsaved = 0; }
@@ -55,7 +55,7 @@ async function restoreItem(it) {
     await loadImage(it);
   } catch (err) {
     if (err.status === 404 && it.marks.length) {
-      it.status = "error";
+      it.status = "error"; it.expired = true; // no step can run on it; the same file uploaded again takes its labels
       it.error = `${it.name}: no longer on the server (expired or deleted); your ${it.marks.length} label(s) on it stay in Download my labels`;
     } else if (err.status === 404) {
       st.items = st.items.filter((x) => x !== it);
@@ -67,4 +67,15 @@ async function restoreItem(it) {
   }
   renderList();
   if (it === st.current) show();
+}
+
+// The same file (name and size) uploaded again after its image expired takes over the labels on it: they are
+// points in that image, and kept on both entries they would be one cell twice in the CSV (compare.py refuses that).
+function adoptLabels(added) {
+  for (const it of added) {
+    const old = st.items.find((x) => x.expired && x.name === it.name && x.size === it.size);
+    if (!old) continue;
+    it.marks = old.marks; st.items = st.items.filter((x) => x !== old);
+    if (st.current === old) st.current = null; // addFiles then shows the new entry
+  }
 }
