@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     for fold in sorted(by_fold):
         files = [r / "val_predictions.csv" for r in by_fold[fold]]
         classes, true, pred = average(files, uncalibrated=raw)
-        own = [macro_f1(*average([f])[1:], classes) for f in files]
+        alone = [average([f])[1:] for f in files]  # each run's own (true, pred)
+        own = [macro_f1(*tp, classes) for tp in alone]
         members_cv.append(statistics.mean(own))
         ensemble_cv.append(macro_f1(true, pred, classes))
-        members_ba.append(statistics.mean(balanced_accuracy(*average([f])[1:], classes) for f in files))
+        members_ba.append(statistics.mean(balanced_accuracy(*tp, classes) for tp in alone))
         ensemble_ba.append(balanced_accuracy(true, pred, classes))
         pooled_true += true
         pooled_pred += pred

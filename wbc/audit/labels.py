@@ -45,7 +45,7 @@ def read_oof(oof: str | Path) -> tuple[list[str], dict[tuple[str, str], dict], b
     are those before each run's temperature) pooled over the files; a file with other classes than the
     first is an error. Each fold's temperature was fitted on these crops' labels, the very labels under
     audit, so the probabilities before it are used when every file has them (runs since they are written)."""
-    from wbc.evaluation.classification import UNCALIBRATED, has_uncalibrated, read_predictions_csv
+    from wbc.evaluation.classification import has_uncalibrated, probability_array, read_predictions_csv
 
     classes: list[str] | None = None
     read = []
@@ -57,13 +57,12 @@ def read_oof(oof: str | Path) -> tuple[list[str], dict[tuple[str, str], dict], b
             raise ValueError(f"{path}: classes {cls} differ from the other folds' {classes}")
         read.append((path, rows))
     raw = bool(read) and all(has_uncalibrated(rows, classes or []) for _, rows in read)
-    prefix = UNCALIBRATED if raw else "p_"
     crops: dict[tuple[str, str], dict] = {}
     for path, rows in read:
-        for r in rows:
+        for r, p in zip(rows, probability_array(rows, classes or [], raw, dtype=np.float64)):
             key = (r["sample_id"], str(r.get("cell", "")))
             entry = crops.setdefault(key, {"true": r["true"], "probs": [], "runs": []})
-            entry["probs"].append([float(r[f"{prefix}{c}"]) for c in classes or []])
+            entry["probs"].append(p)
             entry["runs"].append(path.parent.name if path.parent.name != "classification" else path.parent.parent.name)
     for entry in crops.values():
         entry["probs"] = np.mean(entry["probs"], axis=0)

@@ -141,11 +141,11 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict]]:
         return classes, [unguard_row(r) for r in reader]
 
 
-def probability_array(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> np.ndarray:
+def probability_array(rows: list[dict], classes: list[str], uncalibrated: bool = False, dtype=np.float32) -> np.ndarray:
     """N x C class probabilities of rows read by `read_predictions_csv`; `uncalibrated`: the
     UNCALIBRATED columns (has_uncalibrated says whether a file has them)."""
     prefix = UNCALIBRATED if uncalibrated else "p_"
-    return np.asarray([[float(r[f"{prefix}{c}"]) for c in classes] for r in rows], dtype=np.float32)
+    return np.asarray([[float(r[f"{prefix}{c}"]) for c in classes] for r in rows], dtype=dtype).reshape(len(rows), len(classes))
 
 
 def prediction_arrays(rows: list[dict], classes: list[str], uncalibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
