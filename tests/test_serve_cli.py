@@ -89,3 +89,15 @@ def test_serve_adapts_to_the_labs_images_once_and_says_so(modules, tmp_path: Pat
         assert c.get("/api/model").json()["adapted"] is None
         served = c.app.state.engine.pipe.classifier
         assert torch.equal(saved[name], batchnorm_layers(served)[0].running_mean)
+
+
+def test_serve_every_user_key_reaches_the_app(modules, tmp_path: Path) -> None:
+    """conf/serve.yaml's every_user (false: the list of every user's images is refused) is what the app reads."""
+    from tests.helpers_models import compose_cfg
+    from wbc.cli.serve import build_app
+
+    run = fake_pipeline_run(tmp_path / "run", *modules, {"test/dice_post": 0.9})
+    for overrides, status in (([], 403), (["every_user=true"], 200)):
+        app, _ = build_app(compose_cfg("serve.yaml", [f"run={run}", *overrides], tmp_path / "o"))
+        with TestClient(app) as c:
+            assert c.get("/api/images").status_code == status

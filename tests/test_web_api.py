@@ -181,7 +181,7 @@ def test_wrong_requests(client) -> None:
 
 
 def test_store_is_bounded_and_deletable(clf) -> None:
-    c = make_client(clf, max_images=2)
+    c = make_client(clf, max_images=2, every_user=True)
     ids = [upload(c, png(field(30, 30, centres=())), f"{i}.png").json()["id"] for i in range(3)]
     assert c.get(f"/api/images/{ids[0]}").status_code == 404  # the oldest went
     assert [i["id"] for i in c.get("/api/images").json()] == ids[1:]
@@ -244,7 +244,7 @@ def test_during_a_step_an_image_answers_its_last_finished_step_and_holds_up_no_o
     """During a step (Segment again, no cells this time) state, list and crops are the last step's, whole, at once."""
     from wbc import cell_outputs as co
 
-    with make_client(clf) as c, ThreadPoolExecutor(2) as pool:
+    with make_client(clf, every_user=True) as c, ThreadPoolExecutor(2) as pool:
         before = upload(c, png(field()), url="/api/predict").json()
         iid, c.app.state.engine.pipe.segmenter.blank = before["id"], True
         with held(monkeypatch, co, "cell_rows") as inside:  # Segment stops in there, holding the image's lock

@@ -59,7 +59,7 @@ def test_all_zip_of_images_all_gone_is_a_404_naming_each(clf) -> None:
 
 
 def test_delete_of_several_ids_deletes_the_known_and_names_the_unknown(clf) -> None:
-    c = make_client(clf)
+    c = make_client(clf, every_user=True)
     mine, gone, theirs = segmented(c, 3)
     c.delete(f"/api/images/{gone}")
     r = c.delete("/api/images", params={"ids": f"{mine},{gone},{mine},nope"})

@@ -53,6 +53,9 @@ class Settings:
     max_store_mb: float = 2048.0
     jobs: int = 2
     queue: int = 32
+    # the calls on every user's images (list, delete, ZIP without ids): off, since anyone who can reach the
+    # page could otherwise see and fetch other people's uploads; an image is reached by its unguessable id
+    every_user: bool = False
 
 
 class HTTPProblem(Exception):
@@ -84,7 +87,7 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     store = ResultStore(s.max_images, s.max_age_min, s.max_store_mb)
     runner = JobRunner(s.jobs, s.queue)
     colours = {c: list(class_colour(engine.classes, c)) for c in engine.classes}
-    model = {**(info if info is not None else describe(pipe, None, "in-process model")), "colours": colours, "unclassified_colour": list(UNCLASSIFIED_COLOUR), "limits": {"max_file_mb": s.max_file_mb, "max_pixels": s.max_pixels, "max_images": s.max_images, "max_age_min": s.max_age_min, "jobs": s.jobs}}
+    model = {**(info if info is not None else describe(pipe, None, "in-process model")), "colours": colours, "unclassified_colour": list(UNCLASSIFIED_COLOUR), "limits": {"max_file_mb": s.max_file_mb, "max_pixels": s.max_pixels, "max_images": s.max_images, "max_age_min": s.max_age_min, "jobs": s.jobs, "every_user": s.every_user}}
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -192,6 +195,12 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
 
         return store.add(shown, rgb, first_view)
 
+    def every_user(call: str) -> None:
+        if not s.every_user:
+            raise HTTPProblem(403, f"{call} would act on every user's images, which this server does not allow (it would show one "
+                                   "person's uploads to anyone who can reach the page): pass ids=<the ids your uploads returned>, "
+                                   "or start serve.py with every_user=true on a server only you use")
+
     def answer(state: dict) -> JSONResponse:
         return JSONResponse(state, headers=_timing_header(state.get("timings", {})))
 
@@ -218,16 +227,18 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         store.trim()
         return answer(state)
 
-    @app.get("/api/images", tags=["images"], summary="Every image kept on the server, every user's (without their cells)")
+    @app.get("/api/images", tags=["images"], summary="Every image kept on the server, every user's (without their cells); 403 unless serve.py every_user=true")
     async def list_images() -> list[dict]:
+        every_user("GET /api/images")
         return [{k: v for k, v in engine.view(r).items() if k != "cells"} for r in store.all()]
 
     @app.delete(
         "/api/images", tags=["images"],
-        summary="Delete these images (ids=a,b,...): {deleted: n, unknown: [ids not here]}, 404 when none is; without ids every image on the server, every user's",
+        summary="Delete these images (ids=a,b,...): {deleted: n, unknown: [ids not here]}, 404 when none is; without ids every image on the server, every user's (403 unless serve.py every_user=true)",
     )
     async def delete_all(ids: str | None = None) -> dict:
         if ids is None:
+            every_user("DELETE /api/images without ids")
             return {"deleted": store.clear(), "unknown": []}
         asked = [i for i in ids.split(",") if i]
         deleted, unknown = store.delete_ids(asked)
@@ -275,11 +286,12 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     @app.get(
         "/api/files/all.zip", tags=["files"],
         summary="These images' files in one ZIP, a folder each, and manifest.csv (ids=a,b,...; ids no longer here are named in "
-        "manifest.csv and missing.txt, 404 when none is here; without ids every segmented image on the server, every user's)",
+        "manifest.csv and missing.txt, 404 when none is here; without ids every segmented image on the server, every user's: 403 unless serve.py every_user=true)",
     )
     async def all_zip(ids: str | None = None) -> Response:
         missing: list[str] = []
         if ids is None:
+            every_user("GET /api/files/all.zip without ids")
             recs = store.all()
         else:  # an image that expired since the page listed it must not cost the page the others
             found = {i: store.get(i) for i in dict.fromkeys(ids.split(",")) if i}

@@ -134,7 +134,7 @@ class ResultStore:
         """Store a decoded image under a new random id, evicting the oldest beyond the limits.
         `prepare(rec)` runs before the record is visible to any other request (its first view)."""
         shown = display_name(name)
-        rec = ImageRecord(id=secrets.token_hex(8), name=shown, stem=safe_stem(shown), rgb=rgb)
+        rec = ImageRecord(id=secrets.token_hex(16), name=shown, stem=safe_stem(shown), rgb=rgb)
         if prepare is not None:
             prepare(rec)
         with self._lock:
