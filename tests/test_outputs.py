@@ -215,7 +215,7 @@ def test_second_predict_into_the_same_dir_refuses_unless_overwrite(tmp_path: Pat
     run()
     first = (out / "predictions.csv").read_bytes()
     assert not (out / LOCK_FILE).exists()
-    with pytest.raises(FileExistsError, match=r"already holds predictions\.csv, predictions\.json .*overwrite=true"):
+    with pytest.raises(FileExistsError, match=r"already holds predictions\.csv, predictions\.json, 7 file\(s\) in crops/, .*overwrite=true"):
         run()
     assert (out / "predictions.csv").read_bytes() == first
     with pytest.raises(FileExistsError, match=r"already holds predictions\.csv"):  # the library call refuses too

@@ -59,7 +59,8 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     gets the permissions open() would give it, not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    # a short prefix: the temp name must fit where the final name (up to 255 bytes) fits
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=path.suffix[:16], dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))

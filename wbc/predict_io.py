@@ -10,7 +10,8 @@ Output names: an input's `masks/<stem>.png`, `labels/<stem>.png`, `geojson/<stem
 use its file stem when no other input of the run has the same stem (compared case-insensitively,
 so the names also stay apart on macOS/Windows file systems). Inputs that share a stem get
 stem + "_" + extension (`dup.png` -> `dup_png`, `dup.jpg` -> `dup_jpg`), plus `_2`, `_3`, ... should
-that name be taken too. Every row of predictions.csv/.json names its input (`image` as given,
+that name be taken too. A stem over STEM_MAX_BYTES of UTF-8 keeps its head and its tail (lab names differ at
+the end, `..._Field_0001`): a file name may hold 255 bytes, and the crops add `_cellNN.png` to it. Every row of predictions.csv/.json names its input (`image` as given,
 `source` its absolute path) and the `output_stem` its files were written under.
 
 Nothing is lost or silently replaced: predictions.csv gets each image's rows appended and flushed
@@ -19,7 +20,9 @@ images before it, and the run says "stopped after N-1 of M images: <error>" (log
 predictions.json's `status`, and as a note on the re-raised exception). predictions.json is
 written at the end, or when stopping. While running, the output dir holds `predict.lock` (created
 with O_EXCL: a second run into the same dir is refused), and a dir that already holds results is
-refused unless `overwrite=True`.
+refused unless `overwrite=True`, which also empties predict's own per-image folders (IMAGE_DIRS): an
+earlier run's files there (crops of cells that no longer exist, images not in this run) would pass for this
+run's.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ log = logging.getLogger("wbc")
 MAGIC = IMAGE_MAGIC  # PNG, BMP, TIFF/BigTIFF, JPEG (wbc.data.imageio)
 LOCK_FILE = "predict.lock"
 RESULTS = ("predictions.csv", "predictions.json")
+# the per-image folders predict writes (and nothing else does)
+IMAGE_DIRS = ("masks", "labels", "geojson", "crops", "overlays")
+# an output stem's longest UTF-8 form: 255-byte file names less `_cell9999.png` and atomic_write's temp part
+STEM_MAX_BYTES = 200
 CSV_COLUMNS = [
     "image", "cell", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area", "centroid_x", "centroid_y", "class", "probability",
     "review", "review_reasons", *co.MEASUREMENTS,
@@ -87,16 +94,29 @@ def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) ->
     check_image_size(path, max_pixels, "predict.max_pixels")
 
 
+def short_stem(stem: str, limit: int = STEM_MAX_BYTES) -> str:
+    """`stem` when it fits `limit` bytes of UTF-8, else its head and tail joined by `~` (whole characters)."""
+    if len(stem.encode("utf-8")) <= limit:
+        return stem
+    head, tail = stem, stem
+    while len(head.encode("utf-8")) > limit // 2:
+        head = head[:-1]
+    while len(tail.encode("utf-8")) > limit - limit // 2 - 1:
+        tail = tail[1:]
+    return f"{head}~{tail}"
+
+
 def output_stems(files: Sequence[Path]) -> list[str]:
     """One distinct, readable output stem per input (the naming rule of the module docstring)."""
-    counts = Counter(f.stem.casefold() for f in files)
-    taken = {f.stem.casefold() for f in files if counts[f.stem.casefold()] == 1}
+    own = [short_stem(f.stem) for f in files]
+    counts = Counter(s.casefold() for s in own)
+    taken = {s.casefold() for s in own if counts[s.casefold()] == 1}
     stems = []
-    for f in files:
-        if counts[f.stem.casefold()] == 1:
-            stems.append(f.stem)
+    for f, s in zip(files, own):
+        if counts[s.casefold()] == 1:
+            stems.append(s)
             continue
-        base = f"{f.stem}_{f.suffix.lstrip('.')}"
+        base = f"{s}_{f.suffix.lstrip('.')}"
         stem, n = base, 1
         while stem.casefold() in taken:
             n += 1
@@ -116,8 +136,15 @@ def check_output_dir(out_dir: Path, overwrite: bool = False) -> list[str]:
     return _existing_results(out_dir, overwrite)
 
 
+def _image_files(out_dir: Path) -> list[Path]:
+    """The files in predict's per-image folders of out_dir."""
+    return [f for d in IMAGE_DIRS if (out_dir / d).is_dir() for f in sorted((out_dir / d).iterdir()) if not f.is_dir()]
+
+
 def _existing_results(out_dir: Path, overwrite: bool) -> list[str]:
+    files = _image_files(out_dir)
     existing = [n for n in RESULTS if (out_dir / n).exists()]
+    existing += [f"{len(files)} file(s) in {'/, '.join(sorted({f.parent.name for f in files}))}/"] if files else []
     if existing and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds {', '.join(existing)} of an earlier predict; choose another output dir "
@@ -154,6 +181,8 @@ def output_lock(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         if existing:
             log.warning("overwrite=true: replacing %s in %s", ", ".join(existing), out_dir)
             (out_dir / "predictions.json").unlink(missing_ok=True)  # stale until this run writes its own
+            for f in _image_files(out_dir):  # an earlier run's crops, masks, ... would pass for this run's
+                f.unlink()
         yield lock
     finally:
         lock.unlink(missing_ok=True)
