@@ -31,8 +31,8 @@ from wbc.io import write_text
 
 FEATURES: tuple[str, ...] = (
     "lobes",  # nucleus pieces of at least 5 % of its area
-    "solidity",  # area / convex hull area: low for lobed and indented nuclei
-    "circularity",  # 4 pi area / perimeter^2
+    "solidity",  # pixels / pixels of the convex hull: low for lobed, indented and holed nuclei; <= 1
+    "circularity",  # 4 pi area / perimeter^2 of the outline through the boundary pixels' centres; <= 1
     "eccentricity",  # of the largest piece's fitted ellipse
     "extent",  # largest piece's area / its bounding box area
     "thickness_mean",  # mean distance to the nucleus border, in equivalent diameters
@@ -43,6 +43,10 @@ FEATURES: tuple[str, ...] = (
     "ring_b_minus_nucleus",  # Lab b* (yellow-blue) likewise
     "ring_texture",  # std of the ring's lightness over the background-nucleus lightness contrast (granules)
 )
+# version 2 (2026-12-06): solidity and circularity had divided the pixel count by a hull and a perimeter traced
+# through the boundary pixels' centres, a smaller shape, so small round nuclei read above 1 (solidity 1.12);
+# a model file records the version its features were measured with, and one fitted on other numbers is refused
+FEATURE_VERSION = 2
 RING_DIAMETERS = 0.35  # the ring reaches this many equivalent nucleus diameters beyond the nucleus
 MIN_LOBE = 0.05
 MIN_INDENTATION = 0.08
@@ -90,8 +94,14 @@ def nucleus_features(rgb: np.ndarray, nucleus: np.ndarray, outline_closing: floa
 
     pieces = regionprops(label(nuc))
     largest = max(pieces, key=lambda p: p.area)
-    hull_area = cv2.contourArea(cv2.convexHull(cv2.findNonZero(nuc)))
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    # each ratio compares like with like (the pixel count against a hull and a perimeter through the boundary
+    # pixels' centres read above 1): solidity counts the pixels of the hull through those centres, which holds
+    # every nucleus pixel (holes lower it); circularity takes the area the perimeter encloses (isoperimetric: <= 1)
+    hull = np.zeros_like(nuc)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(contours)), 1)
+    hull_pixels = int((hull | nuc).sum())
+    traced = sum(cv2.contourArea(c) for c in contours)
     perimeter = sum(cv2.arcLength(c, True) for c in contours)
     dist = cv2.distanceTransform(nuc, cv2.DIST_L2, 5)[nuc > 0]
     outline = max(contours, key=cv2.contourArea)
@@ -115,8 +125,8 @@ def nucleus_features(rgb: np.ndarray, nucleus: np.ndarray, outline_closing: floa
     contrast = max(float(np.median(background[:, 0]) - nucleus_lab[0]), 1.0)
     return np.array([
         sum(p.area >= MIN_LOBE * area for p in pieces),
-        area / max(hull_area, 1.0),
-        4 * np.pi * area / max(perimeter**2, 1.0),
+        area / hull_pixels,
+        4 * np.pi * traced / max(perimeter**2, 1.0),
         largest.eccentricity,
         largest.extent,
         dist.mean() / eqd,
@@ -221,7 +231,8 @@ class MorphologyClassifier:
     def to_json(self) -> str:
         return json.dumps({"kind": "wbc.morphology.MorphologyClassifier", "classes": list(self.classes), "features": list(self.features),
                            "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
-                           "intercept": self.intercept.tolist(), "outline_closing": self.outline_closing}, indent=1)
+                           "intercept": self.intercept.tolist(), "outline_closing": self.outline_closing,
+                           "feature_version": FEATURE_VERSION}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, source: str = "<text>") -> MorphologyClassifier:
@@ -231,6 +242,11 @@ class MorphologyClassifier:
             raise ValueError(f"{source}: not a morphology classifier (expected kind 'wbc.morphology.MorphologyClassifier')")
         if tuple(d.get("features", ())) != FEATURES:
             raise ValueError(f"{source}: key 'features' is {d.get('features')}, this version measures {list(FEATURES)}")
+        version = d.get("feature_version", 1)
+        if version != FEATURE_VERSION:
+            raise ValueError(f"{source}: key 'feature_version' is {version!r}: its features were measured otherwise than this "
+                             f"version measures them (version {FEATURE_VERSION}: solidity and circularity at most 1); "
+                             "fit it again with `python fit_morphology.py` (seconds)")
         n_c, n_f = len(d["classes"]), len(FEATURES)
         shapes = {"mean": (n_f,), "scale": (n_f,), "coef": (n_c, n_f), "intercept": (n_c,)}
         arrays = {k: np.asarray(d.get(k), dtype=np.float64) for k in shapes}
