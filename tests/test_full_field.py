@@ -60,7 +60,10 @@ def test_tile_starts_cover_the_image_with_the_requested_overlap() -> None:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"batch": -1}, r"tile_batch=-1: expected a whole number"), ({"batch": 0}, "tile_batch=0"), ({"batch": 2.5}, "tile_batch=2.5"),
     ({"overlap": 1.0}, r"tile_overlap=1.0: expected a fraction"), ({"overlap": -0.1}, "tile_overlap=-0.1"),
-    ({"diameter": 0}, r"diameter=0: expected a positive number"), ({"pixel_size_um": -0.1}, "pixel_size_um=-0.1"),
+    ({"diameter": 0}, r"diameter=0: expected a finite positive number"), ({"pixel_size_um": -0.1}, "pixel_size_um=-0.1"),
+    ({"diameter": float("inf")}, r"diameter=inf: expected a finite"), ({"pixel_size_um": float("inf")}, "pixel_size_um=inf"),
+    ({"scale": "inf"}, r"scale='inf': expected auto, single or a finite positive factor"), ({"scale": "1e400"}, "scale='1e400'"),
+    ({"scale": True}, r"scale=True: expected"), ({"scale": float("nan")}, "scale=nan"), ({"scale": "big"}, "scale='big'"),
 ])
 def test_bad_tile_and_scale_options_are_refused_naming_the_key(kwargs, message) -> None:
     """A negative tile_batch used to give an all-NaN probability map and no cells, without an error."""
@@ -372,3 +375,20 @@ def test_a_thin_image_is_padded_with_itself_not_zeros(shape: tuple[int, int]) ->
     prob = sliding_window(predict, image, tile=64, overlap=0.25)
     assert prob.shape == shape and min(seen) >= 0.5
     np.testing.assert_allclose(prob, image[0].numpy(), atol=1e-6)  # the image's own pixels come back where they were
+
+
+def test_a_given_factor_far_off_the_training_scale_is_refused_before_it_stalls() -> None:
+    """scale=0.001 had made a 5001 px opening kernel (minutes on a small image) and scale=5e4 a 750 GB allocation:
+    a given factor is kept within 1/32 to 32 times the training factor and 64 MP at the network's scale."""
+    info = {"image_size": 128, "scale": {"nucleus_diameter": 20.0, "source_size": [256, 256], "resize_factor": 0.5, "network_pixel_size_um": 0.5}}
+    assert choose_scale((81, 81), info, scale=0.5 / 32).factor == pytest.approx(0.5 / 32)  # the limits themselves pass
+    assert choose_scale((81, 81), info, scale=16).factor == 16
+    for kwargs, message in (({"scale": 0.001}, r"scale=0\.001 \(given\): factor 0\.001 puts the image at 0\.002 x the training scale"),
+                            ({"scale": 5e4}, r"scale=50000 \(given\): .* 1e\+05 x the training scale"),
+                            ({"diameter": 0.05}, r"diameter=0\.05 px \(given\).*: factor 400"),
+                            ({"pixel_size_um": 100.0}, r"pixel_size_um=100 \(given\).*: factor 200 puts the image at 400 x the training scale"),
+                            ({"diameter": float("inf")}, r"diameter=inf: expected a finite positive number")):
+        with pytest.raises(ValueError, match=message):
+            choose_scale((81, 81), info, **kwargs)
+    with pytest.raises(ValueError, match=r"the 4000 x 3000 image would be 64000 x 48000 px at the network's scale, over 64 MP"):
+        choose_scale((3000, 4000), info, scale=16)

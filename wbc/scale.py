@@ -31,6 +31,12 @@ SINGLE_PASS_TOLERANCE = 1.25
 AUTO_LADDER = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
 # a candidate "fits" when its nuclei are within this |log ratio| of the training diameter (x/÷ 1.35)
 AUTO_TOLERANCE = math.log(1.35)
+# a given factor (scale=, diameter=, pixel_size_um=) more than this many times off the training resize factor,
+# either way, is refused: nuclei would be under a network pixel or span tiles, and the post-processing lengths
+# (x 1 / factor) made a 5001 px opening that ran for minutes (scale=0.001)
+MAX_RESCALE = 32.0
+# nor may it make the image at the network's scale larger than this (two float32 maps of it are summed)
+MAX_SCALED_PIXELS = 64_000_000
 # scale=auto leaves out nuclei under this fraction of the area-weighted median diameter (specks, cut pieces)
 FRAGMENT_FRACTION = 0.25
 
@@ -146,8 +152,35 @@ class ScaleOptions:
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)) or not 0 <= self.overlap < 1:
             raise ValueError(f"tile_overlap={self.overlap!r}: expected a fraction of the tile in [0, 1)")
         for key, value in (("diameter", self.diameter), ("pixel_size_um", self.pixel_size_um)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"{key}={value!r}: expected a positive number (or leave it unset)")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf):
+                raise ValueError(f"{key}={value!r}: expected a finite positive number (or leave it unset)")
+        if self.scale not in (None, "auto", "single"):
+            given_factor(self.scale)
+
+
+def given_factor(scale: object) -> float:
+    """`scale=<factor>` as a finite positive float, else one error naming the key."""
+    try:
+        f = float(scale) if not isinstance(scale, bool) else math.nan  # scale=true is not a factor of 1
+    except (TypeError, ValueError):
+        f = math.nan
+    if not 0 < f < math.inf:
+        raise ValueError(f"scale={scale!r}: expected auto, single or a finite positive factor (image px -> network px)")
+    return f
+
+
+def within_limits(choice: ScaleChoice, shape: tuple[int, int], training_factor: float) -> ScaleChoice:
+    """A given factor, unless it is more than MAX_RESCALE times off the training factor or makes the image over
+    MAX_SCALED_PIXELS at the network's scale: then one error naming what was given (choice.how)."""
+    f, (h, w) = float(choice.factor), shape
+    ratio = f / training_factor
+    if not 1 / MAX_RESCALE <= ratio <= MAX_RESCALE:
+        raise ValueError(f"{choice.how}: factor {f:.4g} puts the image at {ratio:.3g} x the training scale (factor {training_factor:.4g}); "
+                         f"expected within 1/{MAX_RESCALE:g} to {MAX_RESCALE:g} times: check the value, or use scale=auto")
+    if h * w * f * f > MAX_SCALED_PIXELS:
+        raise ValueError(f"{choice.how}: the {w} x {h} image would be {round(w * f)} x {round(h * f)} px at the network's scale, over "
+                         f"{MAX_SCALED_PIXELS / 1e6:g} MP; expected a smaller factor, or a smaller image")
+    return choice
 
 
 @dataclass(frozen=True)
@@ -176,14 +209,13 @@ def choose_scale(
     target = sc.get("nucleus_diameter")
     if scale == "single":
         return ScaleChoice(None, "single pass (scale=single): the whole image resized to the network square")
+    trained = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
     if scale not in (None, "auto"):
-        try:
-            f = float(scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"scale={scale!r}: expected auto, single or a positive factor") from None
-        if not f > 0:
-            raise ValueError(f"scale={scale!r}: expected auto, single or a positive factor")
-        return ScaleChoice(f, f"scale={f:g} (given)")
+        f = given_factor(scale)
+        return within_limits(ScaleChoice(f, f"scale={f:g} (given)"), shape, trained)
+    for key, value in (("diameter", diameter), ("pixel_size_um", pixel_size_um)):
+        if value is not None:
+            ScaleOptions(**{key: value})  # the same check, for direct calls
     if diameter is not None:
         if not target:
             raise ValueError("diameter=...: the segmenter checkpoint records no training nucleus diameter (data_info.scale); retrain or use scale=<factor>")
@@ -191,18 +223,20 @@ def choose_scale(
             # several training sources: the one whose nuclei had this size in its own image px (the least
             # resampling); the pooled median matches none of them (the case where auto's F1 fell to 0.22)
             source, t, rf = min((t for t in scale_targets(sc) if t[2] > 0), key=lambda t: abs(math.log(float(diameter) * t[2] / t[1])))
-            return ScaleChoice(t / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter of {source} {t:.1f} network px",
-                               float(diameter), source, rf)
-        return ScaleChoice(float(target) / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter {target:.1f} network px", float(diameter))
+            return within_limits(ScaleChoice(t / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter of {source} {t:.1f} network px",
+                                             float(diameter), source, rf), shape, rf)
+        return within_limits(ScaleChoice(float(target) / float(diameter), f"diameter={float(diameter):g} px (given) -> training diameter {target:.1f} network px",
+                                         float(diameter)), shape, trained)
     if pixel_size_um is not None:
         net_um = sc.get("network_pixel_size_um")
         if not net_um:
             raise ValueError("pixel_size_um=...: the training data stated no data.pixel_size_um; use diameter=<nucleus px> or scale=auto")
-        return ScaleChoice(float(pixel_size_um) / float(net_um), f"pixel_size_um={float(pixel_size_um):g} (given) / network {net_um:.3g} µm")
+        return within_limits(ScaleChoice(float(pixel_size_um) / float(net_um), f"pixel_size_um={float(pixel_size_um):g} (given) / network {net_um:.3g} µm"),
+                             shape, trained)
     targets = scale_targets(sc)
     if fits_training_size(shape, info) or not targets or measure is None:
         return ScaleChoice(None, "single pass: the image is no larger than the training images")
-    base = float(sc.get("resize_factor") or int(info.get("image_size") or 128) / max(shape))
+    base = trained
     found: list[tuple[float, float, float, tuple]] = []  # (|log ratio|, factor, typical diameter in image px, target)
     # an over-enlarged image splits each nucleus into pieces that can look the right size (a false
     # fixed point, seen on dataset2 mosaics): among the candidates that fit, the smallest factor wins.
