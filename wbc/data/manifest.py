@@ -42,6 +42,8 @@ REQUIRED_COLUMNS = ("image", "mask", "class_name")
 # what file managers leave in folders: never an image, never reported
 HIDDEN_NAMES = ("thumbs.db", "desktop.ini", "ehthumbs.db")
 PATH_COLUMNS = ("image", "mask", "instances")
+# every column the reader looks at: a header spelled otherwise ("Group", " group") would be skipped without a word
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "instances", "group", "image_id", "subset")
 
 
 class ManifestError(ValueError):
@@ -197,6 +199,10 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
     with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel's UTF-8 CSV) is not part of 'image'
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
+        misspelt = {c: k for c in columns for k in KNOWN_COLUMNS if c != k and c.strip().casefold() == k}
+        if misspelt:
+            raise ManifestError(f"{path}: column(s) {list(misspelt)} would be ignored: did you mean {list(misspelt.values())}? "
+                                f"Column names are lower case without spaces ({list(KNOWN_COLUMNS)}); rename them in the header line")
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise ManifestError(f"{path}: missing columns {missing}; found {columns}, expected at least {list(REQUIRED_COLUMNS)}")
@@ -212,7 +218,11 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
         raise ManifestError(f"{path}: no rows{' after data.filters' if filters else ''}; expected one row per image")
     problems, samples, entries = [], [], []
     for line, row in rows:
-        if not row.get("image") or not row.get("class_name"):
+        if None in row:  # csv.DictReader files the values past the header's last column under None
+            problems.append(f"line {line}: {len(columns) + len(row[None])} values for the header's {len(columns)} columns "
+                            f"(extra: {row[None]}); quote a value holding a comma, or name the column in the header")
+            continue
+        if not (row.get("image") or "").strip() or not (row.get("class_name") or "").strip():
             problems.append(f"line {line}: empty 'image' or 'class_name'")
             continue
         image = root / row["image"]

@@ -1,0 +1,46 @@
+"""A labels.csv row or header that would lose information is refused, naming the line or column: values past
+the header's last column (csv.DictReader kept them under None: a patient column without a header name was
+dropped and the split ignored the patients), a header spelled `Group` or ` group`, a class of only spaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_data import make_csv_dataset
+from wbc.data.manifest import ManifestError, read_manifest
+
+
+def rewrite(root: Path, edit) -> None:
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join(edit(lines)) + "\n")
+
+
+def test_values_past_the_header_are_refused_naming_the_line(tmp_path: Path) -> None:
+    root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2}, columns=("image", "mask", "class_name"))
+    rewrite(root, lambda lines: [lines[0]] + [f"{line},P{i // 2}" for i, line in enumerate(lines[1:])])
+    with pytest.raises(ManifestError, match=r"labels\.csv: line 2: 4 values for the header's 3 columns \(extra: \['P0'\]\); quote"):
+        read_manifest(root, classes=["a", "b"])
+
+
+@pytest.mark.parametrize("header", ["Group", " group", "Class_Name"])
+def test_a_known_column_spelt_otherwise_is_refused(tmp_path: Path, header: str) -> None:
+    root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2}, groups=["P1", "P1", "P2", "P2"])
+    right = header.strip().lower()
+    rewrite(root, lambda lines: [",".join(header if c == right else c for c in lines[0].split(","))] + lines[1:])
+    with pytest.raises(ManifestError, match=rf"column\(s\) \['{header}'\] would be ignored: did you mean \['{right}'\]"):
+        read_manifest(root, classes=["a", "b"])
+
+
+def test_a_class_of_spaces_is_an_empty_class(tmp_path: Path) -> None:
+    root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    rewrite(root, lambda lines: [lines[0], lines[1].replace(",a", ",   ", 1), *lines[2:]])
+    with pytest.raises(ManifestError, match=r"line 2: empty 'image' or 'class_name'"):
+        read_manifest(root)  # no class list: a class '' had been made of it
+
+
+def test_a_well_formed_csv_still_reads(tmp_path: Path) -> None:
+    root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2}, groups=["P1", "P1", "P2", "P2"])
+    m = read_manifest(root, classes=["a", "b"])
+    assert [s.group for s in m.samples] == ["P1", "P1", "P2", "P2"]
