@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.parts import DataParts
+from datamodules.parts import DataParts, refuse_node_reads
 from datamodules.sampling import DistributedEpochSampler, EpochSampler, ShardSampler, balanced_weights
 from wbc.data.bitdepth import check_bit_depth
 from wbc.data.imageio import pixel_limit
@@ -134,6 +134,8 @@ class WBCDataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.splits: dict | None = None
         # several datasets as one (datamodules.parts): each part reads itself
+        if parts:  # what only a part reads, set on the combined node, would be ignored
+            refuse_node_reads({"classes": classes, "filters": filters, "max_pixels": max_pixels, "allow_outside_root": allow_outside_root}, parts)
         self.parts = (DataParts(type(self), parts, holdout, fold, self.drop_classes, holdout_split, part_weights, self.splits_cfg,
                                 self.bit_depth) if parts else None)
         self.cache: dict[str, CachedSample] = {}

@@ -76,6 +76,26 @@ def check_split_settings(node: Mapping[str, Any], children: Mapping[str, Any]) -
         )
 
 
+def files_in_two_parts(samples: list[Sample]) -> list[tuple[str, ...]]:
+    """The (prefixed) ids that name one image file (by its real path) from more than one part."""
+    by_file: dict[str, list[str]] = {}
+    for s in samples:
+        by_file.setdefault(os.path.realpath(s.image), []).append(s.id)
+    return [tuple(ids) for ids in by_file.values() if len({i.split(SEP, 1)[0] for i in ids}) > 1]
+
+
+def refuse_node_reads(node: Mapping[str, Any], parts: Mapping[str, Any]) -> None:
+    """Refuse what the combined node sets but only a part reads (its classes, filters, pixel limit, files outside
+    its root), naming `data.parts.<name>.<key>` to set instead: the parts read their own, so the node's value
+    was ignored (data.max_pixels=100 let images through that the same setting refuses on one dataset)."""
+    set_ = {"classes": lambda v: v is not None, "filters": bool, "max_pixels": lambda v: v is not None, "allow_outside_root": bool}
+    given = {k: v for k, v in node.items() if k in set_ and set_[k](v)}
+    if given:
+        names = ", ".join(f"data.parts.{n}" for n in parts)
+        raise ValueError(f"{', '.join(f'data.{k}={v!r}' for k, v in given.items())} on a combined data config (data.parts) would be "
+                         f"ignored: each part reads its own; set it on the parts ({names}), e.g. data.parts.<name>.{next(iter(given))}")
+
+
 class DataParts:
     """The parts of a combined DataModule: one child DataModule per part (built here from its config
     mapping, or already built by Hydra's recursive instantiate), used only for its manifest, split
@@ -130,11 +150,17 @@ class DataParts:
             m = child.load_manifest()
             classes += [c for c in m.classes if c not in classes]
             samples += [replace(s, id=f"{name}{SEP}{s.id}", group=f"{name}{SEP}{s.group}" if s.group else f"{name}{SEP}{s.id}") for s in m.samples]
+        shared = files_in_two_parts(samples)
+        if shared:
+            raise ValueError(f"data.parts list the same image file twice ({len(shared)} in all), e.g. {shared[:3]}: the parts split "
+                             "on their own, so one image could train in one part and be tested in the other; combine disjoint "
+                             "datasets (data.parts.<name>.filters or drop the overlapping part)")
         first = next(iter(self.children.values()))
         return Manifest(first.root, samples, classes, {})
 
     def splits(self) -> dict:
         check_split_settings(self.node_splits, self.children)
+        self.manifest()  # refuses parts that share an image file before their splits are joined
         parts = {name: child.load_splits() for name, child in self.children.items()}
         ks = {name: len(s["folds"]) for name, s in parts.items()}
         if len(set(ks.values())) != 1:
