@@ -62,3 +62,10 @@ def test_even_groups_keep_the_first_three_group_folds() -> None:
         folds = list(StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=7).split(np.arange(120), labels, groups))
     old = sorted(ids[i] for i in np.concatenate([folds[k][1] for k in range(3)]))
     assert make_splits(ids, labels, groups, 0.3, 5, 7)["test"] == old
+
+
+def test_superscript_digits_in_ids_sort_as_text() -> None:
+    """'²'.isdigit() is true but int('²') fails: a file named cell_10².png had stopped the split without naming it."""
+    ids = ["cell_10²", "cell_2", "cell_10", "cell_3³", "x1", "x2", "x3", "x4", "x5", "x6"]
+    s = make_splits(ids, [0, 1] * 5, None, 0.3, 2, 0)
+    assert sorted(s["test"] + s["folds"][0]["train"] + s["folds"][0]["val"]) == sorted(ids)

@@ -59,7 +59,7 @@ def rows_fingerprint(ids: Sequence[str], labels: Sequence, groups: Sequence[str]
 
 def _natural_key(sid: str) -> tuple:
     """img2 before img10; the id itself breaks ties (img01 / img1), so the order is total."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", sid)], sid
+    return [int(t) if t.isdecimal() else t for t in re.split(r"(\d+)", sid)], sid  # isdigit() holds for '²', int() not
 
 
 def _test_split(ids, labels, groups, test_fraction, seed, notes=None, k=5):
