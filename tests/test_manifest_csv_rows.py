@@ -44,3 +44,12 @@ def test_a_well_formed_csv_still_reads(tmp_path: Path) -> None:
     root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2}, groups=["P1", "P1", "P2", "P2"])
     m = read_manifest(root, classes=["a", "b"])
     assert [s.group for s in m.samples] == ["P1", "P1", "P2", "P2"]
+
+
+def test_one_mask_file_for_two_images_is_refused(tmp_path: Path) -> None:
+    """A copy-paste slip (b_000's row naming a_000's mask) had trained one image on another's outline."""
+    root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    rewrite(root, lambda lines: [*lines[:3], lines[3].replace("masks/b_000.png", "masks/a_000.png"), *lines[4:]])
+    with pytest.raises(ManifestError, match=r"1 mask file\(s\) listed for several images: line 2 and line 4 list one mask file "
+                                            r"'masks/a_000\.png'; each image has its own"):
+        read_manifest(root, classes=["a", "b"])
