@@ -184,13 +184,13 @@ def _path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], roo
     groups = [rows for rows in by_real.values() if len(rows) > 1]
     dupes = []
     for column in ("mask", "instances"):  # one mask for two images is a copy-paste slip: one of them is mislabelled
-        by_file: defaultdict[Path, list[tuple[str, str]]] = defaultdict(list)
+        by_file: defaultdict[Path, list[tuple[str, str, Path]]] = defaultdict(list)
         for where, sample, written in entries:
             if getattr(sample, column) is not None:
-                by_file[_real(getattr(sample, column))].append((where, written[column]))
-        shared = [rows for rows in by_file.values() if len(rows) > 1]
+                by_file[_real(getattr(sample, column))].append((where, written[column], _real(sample.image)))
+        shared = [rows for rows in by_file.values() if len({image for *_, image in rows}) > 1]  # a repeated row: said below
         if shared:
-            detail = "; ".join(" and ".join(w for w, _ in rows) + f" list one {column} file {rows[0][1]!r}" for rows in shared[:5])
+            detail = "; ".join(" and ".join(w for w, *_ in rows) + f" list one {column} file {rows[0][1]!r}" for rows in shared[:5])
             dupes.append(f"{len(shared)} {column} file(s) listed for several images: {detail}; each image has its own "
                          f"(leave the {column} column empty for an image without one)")
     if groups:
