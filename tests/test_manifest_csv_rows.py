@@ -53,3 +53,21 @@ def test_one_mask_file_for_two_images_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"1 mask file\(s\) listed for several images: line 2 and line 4 list one mask file "
                                             r"'masks/a_000\.png'; each image has its own"):
         read_manifest(root, classes=["a", "b"])
+
+
+def test_folders_layout_masks_any_case_and_never_two(tmp_path: Path) -> None:
+    """masks/<class>/<stem>.PNG is the mask of images/<class>/<stem>.png (it was 'not found' under .png), and two
+    masks of one stem (.png and .tif) are refused instead of the .png being taken without a word."""
+    import shutil
+
+    from tests.helpers_data import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "d", {"a": 2, "b": 2})
+    mask = next((root / "masks" / "a").iterdir())
+    mask.rename(mask.with_suffix(".PNG"))
+    m = read_manifest(root, layout="folders")
+    assert {s.mask.name for s in m.samples if s.class_name == "a"} == {mask.with_suffix(".PNG").name, *(
+        p.name for p in (root / "masks" / "a").iterdir() if p.suffix == ".png")}
+    shutil.copy(mask.with_suffix(".PNG"), mask.with_suffix(".tif"))
+    with pytest.raises(ManifestError, match=r"\['masks/a/[^']+\.PNG', 'masks/a/[^']+\.tif'\] are 2 masks for images/a/"):
+        read_manifest(root, layout="folders")

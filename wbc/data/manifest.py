@@ -191,8 +191,7 @@ def _path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], roo
         shared = [rows for rows in by_file.values() if len({image for *_, image in rows}) > 1]  # a repeated row: said below
         if shared:
             detail = "; ".join(" and ".join(w for w, *_ in rows) + f" list one {column} file {rows[0][1]!r}" for rows in shared[:5])
-            dupes.append(f"{len(shared)} {column} file(s) listed for several images: {detail}; each image has its own "
-                         f"(leave the {column} column empty for an image without one)")
+            dupes.append(f"{len(shared)} {column} file(s) listed for several images: {detail}; each image has its own")
     if groups:
         detail = "; ".join(" and ".join(f"{w} {name!r}" for w, name in rows) + " are one file" for rows in groups[:5])
         dupes.append(
@@ -270,25 +269,30 @@ def _read_folders(root: Path, allow_outside_root: bool = False, drop: Iterable[s
     if not images_dir.is_dir():
         raise ManifestError(f"{images_dir}: not found; layout=folders expects images/<class>/<file> and masks/<class>/<file>")
     drop = set(drop)
-    samples, skipped, empty = [], [], []
+    samples, skipped, empty, ambiguous = [], [], [], []
     for entry in sorted(p for p in images_dir.iterdir() if not _hidden(p)):
         if not entry.is_dir():
             skipped.append(entry)
             continue
         found = 0
+        masks: defaultdict[str, list[Path]] = defaultdict(list)  # by stem, any case of extension (a.PNG is a mask too)
+        for m in sorted((masks_dir / entry.name).iterdir()) if (masks_dir / entry.name).is_dir() else []:
+            masks[m.stem] += [m] if m.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(m) else []
         for item in sorted(p for p in entry.iterdir() if not _hidden(p)):
             if item.is_dir() or item.suffix.lower() not in IMAGE_EXTENSIONS:
                 if entry.name not in drop:  # a dropped class is left out anyway
                     skipped.append(item)
                 continue
-            candidates = [masks_dir / entry.name / (item.stem + ext) for ext in IMAGE_EXTENSIONS]
-            mask = next((c for c in candidates if c.exists()), candidates[0])
+            own = masks.get(item.stem, [])
+            if len(own) > 1:  # which one is the mask? Picking one would be a guess
+                ambiguous.append(f"{[m.relative_to(root).as_posix() for m in own]} are {len(own)} masks for {item.relative_to(root).as_posix()}")
+            mask = own[0] if own else masks_dir / entry.name / (item.stem + ".png")
             samples.append(Sample(id=f"{entry.name}/{item.stem}", image=item, mask=mask, class_name=entry.name))
             found += 1
         if not found and entry.name not in drop:
             empty.append(entry.name)
-    if skipped or empty:
-        problems = []
+    if skipped or empty or ambiguous:
+        problems = ambiguous[:5] + ([f"... and {len(ambiguous) - 5} more images with several masks"] if len(ambiguous) > 5 else [])
         if skipped:
             shown = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in skipped[:5]]
             problems.append(
