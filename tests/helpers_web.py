@@ -83,6 +83,26 @@ def field(h: int = 100, w: int = 160, centres=CENTRES, seed: int = 0) -> np.ndar
     return (img + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
 
 
+def curved_field(kind: str, h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:
+    """A round cell at (40, 40) and one whose nucleus is curved, so that its centroid lies outside it: "arc" (a
+    band neutrophil's) or "U" (a horseshoe), centred on (60, 120)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.int16)
+    img[:] = BACKGROUND
+    yy, xx = np.mgrid[:h, :w]
+    d2 = (yy - 40) ** 2 + (xx - 40) ** 2
+    img[d2 <= 14**2], img[d2 <= 7**2] = CYTOPLASM, NUCLEUS
+    cy, cx = 60, 120
+    d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    img[d2 <= 24**2] = CYTOPLASM
+    nucleus = {
+        "arc": (d2 <= 14**2) & (d2 >= 7**2) & (xx < cx + 2),
+        "U": ((abs(xx - cx) <= 12) & (yy - cy >= 4) & (yy - cy <= 10)) | ((abs(abs(xx - cx) - 9) <= 3) & (abs(yy - cy) <= 10)),
+    }[kind]
+    img[nucleus] = NUCLEUS
+    return (img + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
+
+
 def field_profile():
     """The colour profile (wbc.appearance) of the drawn fields, their nuclei the drawn dark discs: a
     classifier "trained on such fields", for the unlike-the-training-images check."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from wbc import cell_outputs as co
@@ -115,6 +116,7 @@ class Engine:
             # every ring of the cell for the page's canvas (holes run the other way: the nonzero fill leaves them empty)
             polygons = [[ring.round(2).tolist() for rings in co.cell_polygons(labels, inst) for ring in rings] for inst in instances]
             outlines_ms, t3 = _ms(t2), time.perf_counter()
+            inside = interior_points(labels, instances)
             measurements = cell_measurements(rec.rgb, labels, instances)
             measure_ms, t4 = _ms(t3), time.perf_counter()
             check = getattr(pipe, "check_appearance", None)  # is the image like the model's training images (wbc.appearance)
@@ -122,7 +124,7 @@ class Engine:
             rows = co.cell_rows(instances, self.classes, measurements=measurements)
             # everything computed: the record changes only now (an error above leaves the last run whole)
             rec.labels = labels.astype(np.uint16) if labels.size and labels.max() < 2**16 else labels
-            rec.instances, rec.crops, rec.polygons, rec.rows = instances, crops, polygons, rows
+            rec.instances, rec.crops, rec.polygons, rec.rows, rec.inside = instances, crops, polygons, rows, inside
             rec.measurements, rec.appearance, rec.scale = measurements, appearance, pipe.last_scale
             rec.class_probs, rec.review = None, None
             rec.status = "segmented"
@@ -170,7 +172,8 @@ class Engine:
         """Everything the page needs about one image (JSON-ready)."""
         h, w = rec.rgb.shape[:2]
         scale = rec.scale.to_dict() if rec.scale is not None and hasattr(rec.scale, "to_dict") else None
-        cells = [{**row, "polygon": poly} for row, poly in zip(rec.rows, rec.polygons)]
+        # inside_x/y: a point surely in the cell (its centroid is not, on a curved nucleus): where the page puts a label
+        cells = [{**row, "polygon": poly, **_inside(rec, i)} for i, (row, poly) in enumerate(zip(rec.rows, rec.polygons))]
         return {
             "id": rec.id, "name": rec.name, "width": w, "height": h, "status": rec.status,
             "count": len(rec.rows) if rec.labels is not None else None,
@@ -232,6 +235,27 @@ class Engine:
             there = f"its cells are {ids[0]} to {ids[-1]}" if ids else "it has no cells"
             raise NotFound(f"{rec.name}: no cell {cell}; {there}")
         return co.png_bytes(shown(crop), compression=1)
+
+
+def interior_points(labels: np.ndarray, instances: list) -> list[tuple[float, float]]:
+    """Per cell, the centre (x, y) of its pixel farthest from its border, in the outlines' coordinates (a pixel
+    spans [x, x + 1]): inside the cell whatever its shape (the centroid of a band or horseshoe nucleus lies
+    outside it). Of equally deep pixels, the one nearest the centroid."""
+    points = []
+    for inst in instances:
+        y0, x0, y1, x1 = inst.bbox
+        mask = np.pad((np.asarray(labels[y0:y1, x0:x1]) == inst.label).astype(np.uint8), 1)
+        depth = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+        ys, xs = np.nonzero(depth >= depth.max() - 1e-6) if mask.any() else (np.array([1]), np.array([1]))
+        k = int(np.argmin((ys - 1 + y0 - inst.centroid[0]) ** 2 + (xs - 1 + x0 - inst.centroid[1]) ** 2))
+        points.append((float(xs[k] - 1 + x0) + 0.5, float(ys[k] - 1 + y0) + 0.5))
+    return points
+
+
+def _inside(rec: ImageRecord, i: int) -> dict:
+    if i >= len(rec.inside):  # cannot happen after segment; a record built elsewhere gets the centroid
+        return {}
+    return {"inside_x": rec.inside[i][0], "inside_y": rec.inside[i][1]}
 
 
 def appearance_text(check: dict | None) -> str:

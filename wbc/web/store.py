@@ -73,6 +73,7 @@ class ImageRecord:
     instances: list[Instance] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     polygons: list[list[list[list[float]]]] = field(default_factory=list)  # per cell, its rings
+    inside: list[tuple[float, float]] = field(default_factory=list)  # per cell, a point inside it (engine.interior_points)
     measurements: np.ndarray | None = None  # per cell, the nucleus measurements (wbc.morphology.cell_measurements)
     scale: Any = None  # the pipeline's ScaleChoice for this image (reported; the review needs it)
     appearance: dict | None = None  # the image's appearance check (CellPipeline.check_appearance; the review needs it)

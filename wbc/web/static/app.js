@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0, blind: false, labelsUrl: null, unsaved: 0 };
+const st = { model: null, items: [], current: null, cell: null, overlay: "outline", opacity: 0.85, labels: true, busy: 0, batching: false, blind: false, labelsUrl: null, unsaved: 0 };
 let nextKey = 1;
 
 // ---------------------------------------------------------------------------- server calls
@@ -18,6 +18,7 @@ async function api(method, url, body) {
     try { detail = (await res.json()).detail || detail; } catch (err) { /* not JSON */ }
     const error = new Error(detail);
     error.status = res.status; // 404: the image expired or was deleted (session.js drops it)
+    error.retryAfter = Number(res.headers.get("Retry-After")) || 0; // 503 busy: when to ask again (steps.js)
     throw error;
   }
   return res.status === 204 ? null : res.json();
@@ -100,12 +101,15 @@ const BUSY = new Set(["uploading", "segmenting", "classifying", "queued", "resto
 
 function renderList() {
   const ul = $("image-list");
+  const focused = document.activeElement && document.activeElement.closest("#image-list li"); // kept on the rebuilt row's button
   ul.replaceChildren();
   for (const it of st.items) {
     const li = document.createElement("li");
     li.dataset.key = it.key;
     li.className = it === st.current ? "current" : "";
-    const name = document.createElement("span"); name.className = "name"; name.textContent = it.name; name.title = it.name;
+    // the name is a button: Tab reaches it, Enter or Space picks the image (its click reaches the row's)
+    const name = document.createElement("button"); name.type = "button"; name.className = "name"; name.textContent = it.name; name.title = it.name;
+    if (it === st.current) name.setAttribute("aria-current", "true");
     const status = document.createElement("span");
     status.className = "status " + (it.error ? "error" : it.status) + (BUSY.has(it.status) ? " busy" : "");
     const n = it.data ? it.data.count : null;
@@ -116,6 +120,7 @@ function renderList() {
     li.append(name, status, rm);
     li.addEventListener("click", () => select(it));
     ul.append(li);
+    if (focused && focused.dataset.key === String(it.key)) name.focus();
     if (it.error) {
       const err = document.createElement("li"); err.className = "item-error"; err.textContent = it.error; ul.append(err);
     }
@@ -123,8 +128,9 @@ function renderList() {
   const ready = st.items.filter((it) => it.id && !it.error);
   // "Segment all" means all: it waits until every image still uploading has arrived
   const uploading = st.items.some((it) => it.status === "queued" || it.status === "uploading");
-  $("segment-all").disabled = uploading || !ready.some((it) => it.status === "uploaded") || st.busy > 0;
+  $("segment-all").disabled = uploading || !ready.some((it) => it.status === "uploaded") || st.busy > 0 || !!st.batching;
   $("classify-all").hidden = !(st.model && st.model.has_classifier) || !ready.some((it) => it.status === "segmented");
+  $("classify-all").disabled = st.busy > 0 || !!st.batching; // a second click while it runs would classify twice
   // this page's images only: the server holds other users' too (a link without ids would give every one)
   const done = ready.filter((it) => it.data && (it.data.status === "segmented" || it.data.status === "classified"));
   $("download-all").hidden = !done.length; $("download-all").href = "/api/files/all.zip?ids=" + done.map((it) => it.id).join(",");
@@ -132,78 +138,7 @@ function renderList() {
   saveSession(); // every change of the list is rendered here: a reload restores it (session.js)
 }
 
-async function addFiles(files) {
-  const added = Array.from(files).map((file) => ({ key: nextKey++, file, name: file.name, size: file.size, status: "queued", id: null, data: null, error: null, img: null, marks: [] }));
-  adoptLabels(added); st.items.push(...added); // session.js: labels of the same file whose image expired
-  if (!st.current && added.length) select(added[0]);
-  renderList();
-  await pool(added, 2, upload);
-}
-
-async function pool(items, width, fn) {
-  const queue = items.slice();
-  const worker = async () => { while (queue.length) await fn(queue.shift()); };
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
-}
-
-async function upload(it) {
-  it.status = "uploading"; renderList();
-  const form = new FormData();
-  form.append("file", it.file, it.file.name);
-  try {
-    it.data = await api("POST", "/api/images", form);
-    it.id = it.data.id; it.status = "uploaded"; it.file = null;
-    await loadImage(it);
-  } catch (err) {
-    it.error = err.message.startsWith(it.name) ? err.message : `${it.name}: ${err.message}`; it.status = "error";
-  }
-  renderList();
-  if (it === st.current) show();
-}
-
-function loadImage(it) {
-  return new Promise((resolve) => {
-    const img = new Image();
-    img.onload = () => { it.img = img; if (it === st.current) draw(); resolve(); };
-    img.onerror = () => resolve();
-    img.src = `/api/images/${it.id}/image.png`;
-  });
-}
-
-async function removeItem(it) {
-  const n = (it.marks || []).length;
-  if (n && !window.confirm(`Remove ${it.name} and your ${n} label(s) on it?`)) return;
-  if (it.id) { try { await api("DELETE", `/api/images/${it.id}`); } catch (err) { /* already gone */ } }
-  st.items = st.items.filter((x) => x !== it);
-  renderLabels();
-  if (st.current === it) select(st.items[0] || null); else renderList();
-}
-
-// ---------------------------------------------------------------------------- steps
-async function runStep(it, step) {
-  const label = step === "segment" ? "segmenting" : "classifying";
-  const before = it.status;
-  it.status = label; st.busy++; renderList(); if (it === st.current) show();
-  try {
-    it.data = await api("POST", `/api/images/${it.id}/${step}`);
-    it.status = it.data.status; it.error = null;
-  } catch (err) {
-    it.status = before; it.error = `${it.name}: ${step} failed: ${err.message}`;
-  }
-  st.busy--; renderList(); if (it === st.current) show();
-}
-
-async function batch(step, todo) {
-  if (!todo.length) return;
-  const verb = step === "segment" ? "Segmenting" : "Classifying";
-  $("batch-progress").hidden = false;
-  let done = 0;
-  const update = () => { $("batch-bar").max = todo.length; $("batch-bar").value = done; $("batch-text").textContent = `${verb} ${Math.min(done + 1, todo.length)} of ${todo.length}`; };
-  update();
-  await pool(todo, 2, async (it) => { await runStep(it, step); done++; update(); });
-  $("batch-text").textContent = `${verb.replace("ing", "ed").replace("Classifyed", "Classified")} ${todo.length} of ${todo.length}`;
-  setTimeout(() => { if (!st.busy) $("batch-progress").hidden = true; }, 1500);
-}
+// adding and removing images: uploads.js; the steps and their batches: steps.js
 
 // ---------------------------------------------------------------------------- the current image
 function select(it) {
@@ -247,7 +182,7 @@ function renderTable(cells) {
     if (c.class && st.blind) cls.textContent = "hidden";
     else if (c.class) { const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = colour(c.class); cls.append(sw, c.class); } else cls.textContent = "–";
     const flag = document.createElement("td");
-    if (c.review) { flag.className = "flag"; flag.textContent = "⚑ review"; flag.title = c.review_reasons; }
+    if (c.review && !st.blind) { flag.className = "flag"; flag.textContent = "⚑ review"; flag.title = c.review_reasons; }
     const texts = [String(c.cell), null, c.probability === null || st.blind ? "–" : c.probability.toFixed(3), String(c.area), `${c.centroid_x.toFixed(0)}, ${c.centroid_y.toFixed(0)}`];
     texts.forEach((text, i) => { if (i === 1) tr.append(cls); else { const td = document.createElement("td"); td.textContent = text; tr.append(td); } });
     const mark = markOf(st.current, c);
@@ -369,15 +304,9 @@ function init() {
   $("file-input").addEventListener("change", (ev) => { addFiles(ev.target.files); ev.target.value = ""; });
   $("segment-btn").addEventListener("click", () => st.current && runStep(st.current, "segment"));
   $("classify-btn").addEventListener("click", () => st.current && runStep(st.current, "classify"));
-  $("segment-all").addEventListener("click", () => batch("segment", st.items.filter((it) => it.id && it.status === "uploaded")));
-  $("classify-all").addEventListener("click", () => batch("classify", st.items.filter((it) => it.id && it.status === "segmented")));
-  $("clear-all").addEventListener("click", async () => {
-    const n = st.items.reduce((k, it) => k + (it.marks || []).length, 0);
-    if (n && !window.confirm(`Remove all images and your ${n} label(s)? Download your labels first to keep them.`)) return;
-    const ids = st.items.filter((it) => it.id).map((it) => it.id); // this page's, never other users' images
-    if (ids.length) { try { await api("DELETE", "/api/images?ids=" + ids.join(",")); } catch (err) { /* already gone */ } }
-    st.items = []; renderLabels(); select(null);
-  });
+  $("segment-all").addEventListener("click", () => batch("segment", "uploaded"));
+  $("classify-all").addEventListener("click", () => batch("classify", "segmented"));
+  $("clear-all").addEventListener("click", removeAll);
   for (const r of document.querySelectorAll('input[name="overlay"]')) r.addEventListener("change", () => { st.overlay = r.value; draw(); });
   $("show-labels").addEventListener("change", (ev) => { st.labels = ev.target.checked; draw(); });
   $("opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; draw(); });

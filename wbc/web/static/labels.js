@@ -2,15 +2,24 @@
 // Loaded before app.js (both deferred); uses its state `st` and helpers when called.
 "use strict";
 
-// A label is a point (the cell's centre) with a class, as compare.py reads them: it stays with its cell
-// when the image is segmented again, and the CSV matches it to the cell under it in any predict run.
+// A label is a point with a class, as compare.py reads them: it stays with its cell when the image is segmented
+// again, and the CSV matches it to the cell under it in any predict run. The point is inside the cell (the server's
+// inside_x/y): the centroid of a band or horseshoe nucleus lies outside it. A label put at the centroid (as before
+// inside_x/y, kept in a tab's session) still belongs to its cell, to the tenth of a pixel the CSV holds.
+function marksOf(it, c) {
+  const atCentre = (m) => Math.abs(m.x - c.centroid_x) < 0.05 && Math.abs(m.y - c.centroid_y) < 0.05;
+  return ((it && it.marks) || []).filter((m) => atCentre(m) || c.polygon.some((ring) => inRing(m.x, m.y, ring)));
+}
+
 function markOf(it, c) {
-  return (it.marks || []).find((m) => c.polygon.some((ring) => inRing(m.x, m.y, ring))) || null;
+  return marksOf(it, c)[0] || null;
 }
 
 function setLabel(it, c, label) {
-  it.marks = (it.marks || []).filter((m) => !c.polygon.some((ring) => inRing(m.x, m.y, ring)));
-  if (label) it.marks.push({ x: c.centroid_x, y: c.centroid_y, label });
+  const old = marksOf(it, c);
+  it.marks = (it.marks || []).filter((m) => !old.includes(m)); // one label per cell: a new one replaces it
+  const inside = Number.isFinite(c.inside_x) && Number.isFinite(c.inside_y);
+  if (label) it.marks.push({ x: inside ? c.inside_x : c.centroid_x, y: inside ? c.inside_y : c.centroid_y, label });
   st.unsaved++;
   saveSession(); // a reload keeps the labels (session.js)
   renderLabels(); renderTable(it.data.cells); draw();

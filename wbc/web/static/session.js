@@ -51,12 +51,12 @@ async function restoreSession() {
 async function restoreItem(it) {
   try {
     it.data = await api("GET", `/api/images/${it.id}`);
-    it.name = it.data.name; it.status = it.data.status;
+    if (it.name === it.id) it.name = it.data.name; // else the name as uploaded (the server shows at most 120 characters): the CSV's
+    it.status = it.data.status;
     await loadImage(it);
   } catch (err) {
     if (err.status === 404 && it.marks.length) {
-      it.status = "error"; it.expired = true; // no step can run on it; the same file uploaded again takes its labels
-      it.error = `${it.name}: no longer on the server (expired or deleted); your ${it.marks.length} label(s) on it stay in Download my labels`;
+      markExpired(it);
     } else if (err.status === 404) {
       st.items = st.items.filter((x) => x !== it);
       if (st.current === it) select(st.items[0] || null); else renderList();
@@ -67,6 +67,14 @@ async function restoreItem(it) {
   }
   renderList();
   if (it === st.current) show();
+}
+
+// An image the server no longer has (404 on a reload or on a step): no step can run on it; the same file
+// uploaded again takes its labels (adoptLabels)
+function markExpired(it) {
+  it.status = "error"; it.expired = true; it.data = null;
+  const n = (it.marks || []).length;
+  it.error = `${it.name}: no longer on the server (expired or deleted)` + (n ? `; your ${n} label(s) on it stay in Download my labels` : ": upload it again");
 }
 
 // The same file (name and size) uploaded again after its image expired takes over the labels on it: they are
