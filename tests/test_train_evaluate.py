@@ -122,6 +122,19 @@ def test_eval_checkpoint_last_tests_the_final_weights(make_cfg, run_training, tm
         run_training(make_cfg(["eval_checkpoint=newest"]))
 
 
+def test_eval_checkpoint_best_reports_the_tested_weights_validation(make_cfg, run_training, tmp_path: Path) -> None:
+    """With eval_checkpoint=best, metrics.json's val/ figures are the tested checkpoint's, not the last epoch's
+    (the CV summary averages them beside the tested weights' out-of-fold figures). A monitor that gets worse
+    (val/loss, mode max) makes the best epoch 0 of 3: its val/loss is the checkpoint's recorded score."""
+    metrics, objects = run_training(make_cfg(["trainer.max_epochs=3", "num_overlays=0", "monitor=val/loss"]))
+    cb = objects["trainer"].checkpoint_callback
+    assert torch.load(cb.best_model_path, map_location="cpu", weights_only=True)["epoch"] != 2  # not the last epoch
+    saved = _read_json(tmp_path / "run" / "metrics.json")
+    assert saved["val/loss"] == pytest.approx(float(cb.best_model_score), rel=1e-5)
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as fh:  # the curves: one validation row an epoch
+        assert len([r for r in csv.DictReader(fh) if r.get("val/loss") not in (None, "")]) == 3
+
+
 def test_test_only_run_uses_ckpt_path(trained_run, make_cfg, run_training) -> None:
     """train=false ckpt_path=...: the given checkpoint is tested (not freshly initialised weights)."""
     run, first_metrics, _ = trained_run

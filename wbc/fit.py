@@ -250,6 +250,8 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
     if trainer.world_size > 1:  # every rank tests the file rank zero saved
         ckpt = trainer.strategy.broadcast(ckpt, src=0)
     metrics["best_checkpoint"] = ckpt  # type: ignore[assignment]
+    if cfg.get("train", True) and ckpt and cfg.get("eval_checkpoint", "best") == "best":
+        metrics.update(validate_tested(trainer, model, datamodule, ckpt))
     if cfg.get("test", True):
         if ckpt is None:
             log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the current weights")
@@ -265,6 +267,18 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         write_json(output_dir / "metrics.json", metrics)
     metrics = from_rank_zero(trainer, metrics)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def validate_tested(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt: str) -> dict[str, float]:
+    """The val/ figures of the weights that are tested (eval_checkpoint=best), in place of the last epoch's that
+    fit logged: the CV summary averages val/ beside the tested weights' out-of-fold figures, and they had
+    described two different sets of weights. Not logged again: the learning curves keep one row an epoch."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        results = trainer.validate(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+    finally:
+        trainer.loggers = loggers
+    return {k: v for r in results for k, v in scalar_metrics(r).items() if k.startswith("val/") and not k.endswith("_best")}
 
 
 def score_after_test(cfg: DictConfig, stage: Any, model: L.LightningModule, datamodule: L.LightningDataModule, output_dir: Path, post: PostprocessParams) -> dict[str, float]:
