@@ -46,13 +46,18 @@ def test_a_well_formed_csv_still_reads(tmp_path: Path) -> None:
     assert [s.group for s in m.samples] == ["P1", "P1", "P2", "P2"]
 
 
-def test_one_mask_file_for_two_images_is_refused(tmp_path: Path) -> None:
-    """A copy-paste slip (b_000's row naming a_000's mask) had trained one image on another's outline."""
+def test_one_mask_file_for_two_images_of_two_classes_is_refused_of_one_class_said(tmp_path: Path, caplog) -> None:
+    """A copy-paste slip (b_000's row naming a_000's mask) had trained one image on another's outline, without a word.
+    One outline under two classes is refused; under one class (copies of a field, or a slip) it is a warning."""
     root = make_csv_dataset(tmp_path / "d", {"a": 2, "b": 2})
     rewrite(root, lambda lines: [*lines[:3], lines[3].replace("masks/b_000.png", "masks/a_000.png"), *lines[4:]])
-    with pytest.raises(ManifestError, match=r"1 mask file\(s\) listed for several images: line 2 and line 4 list one mask file "
-                                            r"'masks/a_000\.png'; each image has its own"):
+    with pytest.raises(ManifestError, match=r"line 2 and line 4 list one mask file 'masks/a_000\.png' with classes \['a', 'b'\]; "
+                                            r"each image has its own"):
         read_manifest(root, classes=["a", "b"])
+    rewrite(root, lambda lines: [*lines[:3], lines[3].replace(",b,", ",a,"), *lines[4:]])
+    with caplog.at_level("WARNING", logger="wbc"):
+        assert len(read_manifest(root, classes=["a", "b"]).samples) == 4
+    assert "line 2 and line 4 list one mask file 'masks/a_000.png': they train on one outline" in caplog.text
 
 
 def test_folders_layout_masks_any_case_and_never_two(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ reader of a sample applies them.
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from wbc.data.imageio import ImageReadError, decode_raw, read_mask, read_rgb
+from wbc.data.manifest_files import path_problems
 from wbc.spreadsheet import unguard_row
 
 BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
@@ -160,47 +160,6 @@ class Manifest:
         return {s.id: s for s in self.samples}
 
 
-def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], root: Path, allow_outside_root: bool) -> tuple[list[str], list[str]]:
-    """(duplicates, outside-root problems) of the listed files, compared by their real paths.
-
-    `entries` are (where, sample, {column: path as written}); `where` names the row or file."""
-    root_real = _real(root)
-    by_real: defaultdict[Path, list[tuple[str, str]]] = defaultdict(list)
-    outside = []
-    for where, sample, written in entries:
-        by_real[_real(sample.image)].append((where, written["image"]))
-        for column in PATH_COLUMNS:
-            path = getattr(sample, column)
-            real = _real(path) if path is not None else None
-            if real is not None and not allow_outside_root and not real.is_relative_to(root_real):
-                outside.append(
-                    f"{where}: {column} {written[column]!r} resolves to {real}, outside data.root={root_real} "
-                    "(keep the files under data.root, or set data.allow_outside_root=true)"
-                )
-    groups = [rows for rows in by_real.values() if len(rows) > 1]
-    dupes = []
-    for column in ("mask", "instances"):  # one mask for two images is a copy-paste slip: one of them is mislabelled
-        by_file: defaultdict[Path, list[tuple[str, str, Path]]] = defaultdict(list)
-        for where, sample, written in entries:
-            if getattr(sample, column) is not None:
-                by_file[_real(getattr(sample, column))].append((where, written[column], _real(sample.image)))
-        shared = [rows for rows in by_file.values() if len({image for *_, image in rows}) > 1]  # a repeated row: said below
-        if shared:
-            detail = "; ".join(" and ".join(w for w, *_ in rows) + f" list one {column} file {rows[0][1]!r}" for rows in shared[:5])
-            dupes.append(f"{len(shared)} {column} file(s) listed for several images: {detail}; each image has its own")
-    if groups:
-        detail = "; ".join(" and ".join(f"{w} {name!r}" for w, name in rows) + " are one file" for rows in groups[:5])
-        dupes.append(
-            f"duplicate rows for image(s) {[rows[0][1] for rows in groups[:5]]} ({len(groups)} in all): {detail}; "
-            "each image must appear once"
-        )
-    return dupes, outside
-
-
 def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = None, allow_outside_root: bool = False) -> list[Sample]:
     path = root / csv_name
     if not path.is_file():
@@ -248,7 +207,7 @@ def _read_csv(root: Path, csv_name: str, filters: Mapping[str, Any] | None = Non
         )
         samples.append(sample)
         entries.append((f"line {line}", sample, {c: row.get(c) or "" for c in PATH_COLUMNS}))
-    dupes, outside = _path_problems(entries, root, allow_outside_root)
+    dupes, outside = path_problems(entries, root, allow_outside_root, PATH_COLUMNS)
     problems = dupes + problems + outside
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
@@ -310,7 +269,7 @@ def _read_folders(root: Path, allow_outside_root: bool = False, drop: Iterable[s
         (str(s.image.relative_to(root)), s, {"image": str(s.image.relative_to(root)), "mask": str(s.mask.relative_to(root)), "instances": ""})
         for s in samples
     ]
-    dupes, outside = _path_problems(entries, root, allow_outside_root)  # symlinked files and class folders
+    dupes, outside = path_problems(entries, root, allow_outside_root, PATH_COLUMNS)  # symlinked files and class folders
     if dupes or outside:
         problems = dupes + outside
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
