@@ -115,7 +115,9 @@ def init_weights_from(model: torch.nn.Module, path: str, stage: str) -> dict:
     if stage == "classification" and list(saved_info.get("classes") or []) != list(own_info.get("classes") or []):
         raise ValueError(f"init_from={path}: its classes {saved_info.get('classes')} differ from this run's {own_info.get('classes')}; "
                          "fine-tuning keeps the classes of the model it starts from, in its order (data.classes / data.drop_classes)")
-    state, own = ckpt["state_dict"], model.state_dict()
+    # compared and loaded as plain networks: either side may have been torch.compile'd (model.compile=true)
+    state, own_keys = uncompiled_state(ckpt["state_dict"]), {k.replace("._orig_mod.", ".", 1): k for k in model.state_dict()}
+    own = {plain: model.state_dict()[k] for plain, k in own_keys.items()}
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     shapes = sorted(f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     if missing or unexpected or shapes:
@@ -124,14 +126,19 @@ def init_weights_from(model: torch.nn.Module, path: str, stage: str) -> dict:
                  f"other shapes: {'; '.join(shapes[:3])}" if shapes else ""]
         raise ValueError(f"init_from={path}: its weights do not fit this run's network ({', '.join(f for f in found if f)}); "
                          "use the model.net settings it was trained with (its name, and grey vs colour input: data.preprocess.grayscale)")
-    model.load_state_dict(state)
+    model.load_state_dict({own_keys[k]: v for k, v in state.items()})
     return dict(saved_info)
 
 
-def check_resume_checkpoint(path: str | None, expected_stage: str) -> None:
-    """Before `trainer.fit(ckpt_path=...)`: the file exists, loads weights-only, is this stage's and
-    holds the training state (optimizer, loops) a resume needs. Lightning's own errors for these
-    cases are a bare FileNotFoundError, or a state-dict key mismatch deep inside the restore."""
+# what a resumed run must read as the run it continues: another class order makes each output another class
+RESUME_SAME_INPUTS = ("classes", "image_size", "preprocess", "target", "crops")
+
+
+def check_resume_checkpoint(path: str | None, expected_stage: str, data_info: Mapping | None = None) -> None:
+    """Before `trainer.fit(ckpt_path=...)`: the file exists, loads weights-only, is this stage's, holds the
+    training state (optimizer, loops) a resume needs and, given this run's `data_info`, was trained on the
+    same classes and inputs. Lightning's own errors for the first cases are a bare FileNotFoundError, or a
+    state-dict key mismatch deep inside the restore; the last went unnoticed (init_from refuses it)."""
     if not path:
         return
     ckpt = load_checkpoint(path, expected_stage)
@@ -141,6 +148,15 @@ def check_resume_checkpoint(path: str | None, expected_stage: str) -> None:
             f"ckpt_path={path}: cannot resume training from it: it has no {missing} (saved with "
             "save_weights_only?); resume from a run's checkpoints/last.ckpt"
         )
+    if data_info is not None:
+        from wbc.data.transforms import Preprocess
+
+        saved = ckpt["hyper_parameters"].get("data_info") or {}
+        differ = [f"data_info.{k}: {saved.get(k)!r} -> {data_info.get(k)!r}" for k in RESUME_SAME_INPUTS
+                  if k in saved and not Preprocess.same_setting(k, saved.get(k), data_info.get(k))]
+        if differ:
+            raise ValueError(f"ckpt_path={path}: it was trained with other classes or inputs than this run's ({'; '.join(differ)}): "
+                             "a resume continues the same run; start a new one from its weights with init_from=<it>")
 
 
 def without_pretrained_weights(hparams: Mapping) -> dict:
@@ -154,13 +170,20 @@ def without_pretrained_weights(hparams: Mapping) -> dict:
     if net.get("encoder_weights"):
         net["encoder_weights"] = None
     hp["net"] = net
+    if hp.get("compile"):  # inference and export run the plain network (torch.compile needs a C compiler, and ONNX refuses it)
+        hp["compile"] = False
     return hp
+
+
+def uncompiled_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict saved from a torch.compile'd network (`net._orig_mod.<...>` keys) for the plain network."""
+    return {k.replace("._orig_mod.", ".", 1) if "._orig_mod." in k else k: v for k, v in state.items()}
 
 
 def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, map_location: str = "cpu") -> L.LightningModule:
     ckpt = load_checkpoint(path, stage, map_location)
     module = cls(**without_pretrained_weights(ckpt["hyper_parameters"]))
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(uncompiled_state(ckpt["state_dict"]))
     module.eval()
     return module
 

@@ -93,8 +93,19 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
     """The checkpoint trainer.fit continues from: `ckpt_path` if given, else with `resume=true`
     the run dir's own checkpoints/last.ckpt (an interrupted fold of a resumed sweep)."""
-    if cfg.get("ckpt_path") or not cfg.get("resume") or not cfg.get("train", True):
-        return cfg.get("ckpt_path")
+    given = cfg.get("ckpt_path")
+    if given and Path(str(given)).expanduser().is_dir():
+        from wbc.rundir import resolve_checkpoint
+
+        if not cfg.get("train", True):  # a test-only run tests the run's own choice (best, else last)
+            return str(resolve_checkpoint(given, cfg.stage))
+        run = Path(str(given)).expanduser()
+        lasts = [r / "checkpoints" / "last.ckpt" for r in (run / cfg.stage, run) if (r / "checkpoints" / "last.ckpt").is_file()]
+        if not lasts:
+            raise FileNotFoundError(f"ckpt_path={given}: holds no {cfg.stage}/checkpoints/last.ckpt or checkpoints/last.ckpt to resume from")
+        return str(lasts[0])
+    if given or not cfg.get("resume") or not cfg.get("train", True):
+        return given
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         from wbc.rundir import is_rank_zero
@@ -224,7 +235,7 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         from lightning_modules.common import check_resume_checkpoint, load_checkpoint
 
         if cfg.get("train", True):
-            check_resume_checkpoint(resume_ckpt, stage.name)
+            check_resume_checkpoint(resume_ckpt, stage.name, data_info)
         else:
             load_checkpoint(resume_ckpt, stage.name)
     if cfg.get("eval_checkpoint", "best") not in ("best", "last"):
@@ -245,8 +256,8 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         ckpt = last
     elif cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
-    elif not cfg.get("train", True) and cfg.get("ckpt_path"):
-        ckpt = str(cfg.ckpt_path)  # test-only run (train=false): test the given checkpoint, not fresh weights
+    elif not cfg.get("train", True) and resume_ckpt:
+        ckpt = resume_ckpt  # test-only run (train=false): test the given checkpoint (a run dir's own), not fresh weights
     if trainer.world_size > 1:  # every rank tests the file rank zero saved
         ckpt = trainer.strategy.broadcast(ckpt, src=0)
     metrics["best_checkpoint"] = ckpt  # type: ignore[assignment]

@@ -101,9 +101,25 @@ def stage_config(cfg: DictConfig, name: str, output_dir: Path, cli_keys: Sequenc
         own["callbacks"] = {k: v for k, v in callbacks.items() if k in present and (present[k] is not None or v is None)}
     sub = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(own))
     OmegaConf.update(sub, "paths.output_dir", str(output_dir), force_add=True)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    OmegaConf.update(sub, "ckpt_path", str(last) if cfg.get("ckpt_path") and last.is_file() else None, force_add=True)
+    OmegaConf.update(sub, "ckpt_path", stage_checkpoint(cfg.get("ckpt_path"), name, output_dir), force_add=True)
     return sub
+
+
+def stage_checkpoint(given: Any, name: str, output_dir: Path) -> str | None:
+    """A pipeline's `ckpt_path` for one stage: the given pipeline run dir's `<name>/` sub-run (its fit resolves
+    it: train=false tests its checkpoint, a resume continues its last.ckpt), else the stage dir's own last.ckpt
+    (a run continued in place). A value that names neither is refused: it had been dropped without a word, and
+    train=false then tested freshly initialised weights."""
+    if not given:
+        return None
+    run = Path(str(given)).expanduser()
+    if (run / name).is_dir():
+        return str(run / name)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    raise ValueError(f"ckpt_path={given}: a pipeline run takes a pipeline run dir (holding {'/ and '.join(STAGES)}/), "
+                     f"and {given} has no {name}/ sub-run")
 
 
 def run_stage(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()) -> tuple[dict, dict]:
