@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -33,6 +34,7 @@ from torchmetrics.classification import (
 from lightning_modules.common import BestValidationMetric, build, configure_optimizers, plain
 from lightning_modules.mixing import MixOptions, mix_batch, mixed_loss
 from wbc.calibration import DEFAULT_COVERAGE, apply_temperature_torch, fit_temperature, review_threshold
+from wbc.evaluation.classification import present_class_recall
 from wbc.tta import tta_count, tta_view
 
 # buffers fitted on validation data; checkpoints written before they existed load with these defaults
@@ -48,7 +50,7 @@ def cls_metrics(num_classes: int) -> MetricCollection:
             "macro_f1": MulticlassF1Score(n, average="macro"),
             "precision": MulticlassPrecision(n, average=None),
             "recall": MulticlassRecall(n, average=None),
-            "auroc": MulticlassAUROC(n, average="macro", thresholds=None),
+            "auroc": MulticlassAUROC(n, average=None, thresholds=None),  # averaged over the classes present (_eval_epoch_end)
         }
     )
 
@@ -186,7 +188,17 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         self._eval_step("test", batch)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
-        values = flatten_metrics(self.metrics[stage].compute(), self.classes, stage)
+        computed = dict(self.metrics[stage].compute())
+        # a class with no true crop this epoch has no recall or AUROC: left out of the means (NaN alone), as scikit-learn
+        # does; torchmetrics counted it as 0 when it was predicted (balanced accuracy, recall/<class>, macro AUROC)
+        recall, balanced = present_class_recall(self.confusion[stage].compute().cpu().numpy())
+        present = torch.as_tensor(np.isfinite(recall))
+        device = computed[f"{stage}/recall"].device
+        computed[f"{stage}/recall"] = torch.as_tensor(recall, dtype=torch.float32, device=device)
+        computed[f"{stage}/balanced_accuracy"] = torch.tensor(balanced, device=device)
+        auroc = computed.pop(f"{stage}/auroc")
+        computed[f"{stage}/auroc"] = auroc[present.to(auroc.device)].mean() if present.any() else torch.tensor(float("nan"), device=device)
+        values = flatten_metrics(computed, self.classes, stage)
         self.metrics[stage].reset()
         main = f"{stage}/macro_f1"
         # computed from synced metric states, so equal on every rank: sync_dist only averages equal

@@ -12,7 +12,6 @@ from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
     multiclass_f1_score,
-    multiclass_recall,
 )
 
 from wbc.io import atomic_write, write_json, write_text
@@ -36,15 +35,28 @@ def same_classes(data_classes: Sequence[str], model_classes: Sequence[str], spec
         raise ValueError(f"{spec}: the data's classes {list(data_classes)} are not the model's {list(model_classes)} in its order; {hint}")
 
 
+def present_class_recall(confusion: Any) -> tuple[np.ndarray, float]:
+    """Per-class recall from a confusion matrix (rows: the true class), NaN for a class with no true sample, and the
+    balanced accuracy: their mean over the classes present, as scikit-learn's balanced_accuracy_score
+    (torchmetrics' macro accuracy counted a class absent from the truth but predicted as a recall of 0)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    support = cm.sum(1)
+    recall = np.full(len(cm), np.nan)
+    recall[support > 0] = np.diag(cm)[support > 0] / support[support > 0]
+    return recall, float(np.nanmean(recall)) if (support > 0).any() else float("nan")
+
+
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], prefix: str) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro-F1 and per-class recall from probabilities (torchmetrics)."""
+    """Accuracy and macro-F1 (torchmetrics), balanced accuracy and per-class recall over the classes present."""
     p, t, n = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long), len(classes)
+    cm = np.bincount(t.numpy() * n + p.argmax(1).numpy(), minlength=n * n).reshape(n, n) if len(t) else np.zeros((n, n))
+    recall, balanced = present_class_recall(cm)
     out = {
         f"{prefix}/accuracy": float(multiclass_accuracy(p, t, n, average="micro")),
-        f"{prefix}/balanced_accuracy": float(multiclass_accuracy(p, t, n, average="macro")),
+        f"{prefix}/balanced_accuracy": balanced,
         f"{prefix}/macro_f1": float(multiclass_f1_score(p, t, n, average="macro")),
     }
-    for c, r in zip(classes, multiclass_recall(p, t, n, average=None)):
+    for c, r in zip(classes, recall):
         out[f"{prefix}/recall/{c}"] = float(r)
     return out
 
