@@ -73,3 +73,17 @@ def test_a_compiled_checkpoint_loads_as_the_plain_network(modules, tmp_path: Pat
     assert not hasattr(loaded.net, "_orig_mod")  # not torch.compile'd again
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(loaded.net(x), clf.eval().net(x))
+
+
+@pytest.mark.parametrize("name", ["hf-hub:attacker/beacon", "HF_HUB:attacker/beacon", "local-dir:/tmp/somewhere"])
+def test_a_checkpoint_naming_a_hub_repo_or_folder_as_model_is_refused(modules, tmp_path: Path, name: str) -> None:
+    """timm fetches `hf-hub:<repo>`'s config (and weights) when the network is built, even from a checkpoint: with
+    HF_HUB_OFFLINE unset a received file could make the machine contact a repo its sender names."""
+    from wbc.targets import UnsafeConfigError
+
+    _, clf = modules
+    hp = {**dict(clf.hparams), "net": {**dict(clf.hparams["net"]), "name": name}}
+    path = tmp_path / "hub.ckpt"
+    torch.save({"state_dict": clf.state_dict(), "hyper_parameters": hp}, path)
+    with pytest.raises(UnsafeConfigError, match=r"net\.name=.* is not allowed \(a model name that fetches from a hub repo"):
+        module_from_checkpoint(ClassifierModule, str(path), "classification")

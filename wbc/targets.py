@@ -55,6 +55,9 @@ FILE_READING_TRANSFORMS = frozenset(
 # pretrained_cfg_overlay.file, albumentations' read_fn, ...), refused at any depth
 DENIED_KEYS = frozenset({"read_fn", "font_path", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"})
 DENIED_KEY_SUFFIXES = ("_fn", "_func", "_function")
+# a model name that makes timm fetch a config / weights from a hub repo or read a folder (`hf-hub:<repo>`,
+# `local-dir:<path>`) when the network is built: a received checkpoint could name an attacker's repo
+DENIED_VALUE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 MAX_DEPTH = 64
 _DOTTED = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 
@@ -170,6 +173,9 @@ def check_targets(node: Any, where: str, key: str = "", _depth: int = 0) -> None
     elif isinstance(node, Sequence) and not isinstance(node, str | bytes):
         for i, value in enumerate(node):
             check_targets(value, where, f"{key}[{i}]", _depth + 1)
+    elif isinstance(node, str) and node.strip().lower().startswith(DENIED_VALUE_PREFIXES):
+        raise UnsafeConfigError(f"{where}: {key}={node!r} is not allowed (a model name that fetches from a hub repo or reads a "
+                                "folder when the network is built); a trained model's weights are in its checkpoint")
     elif isinstance(node, str) and "${" in node:
         raise UnsafeConfigError(
             f"{where}: {key}={node!r} is not allowed (an interpolation: Hydra resolves it only when it instantiates, "
