@@ -48,5 +48,5 @@ def test_the_modules_validation_figures_leave_an_absent_class_out(tmp_path: Path
     assert metrics["val/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(TRUE, PRED))
     assert math.isnan(metrics[f"val/recall/{clf.classes[2]}"])
     probs = torch.softmax(10 * images.mean((2, 3)), 1).numpy()
-    expected_auroc = np.mean([roc_auc_score(TRUE == k, probs[:, k]) for k in (0, 1)])
+    expected_auroc = np.mean([roc_auc_score(k == TRUE, probs[:, k]) for k in (0, 1)])
     assert metrics["val/auroc"] == pytest.approx(expected_auroc, abs=1e-4)
