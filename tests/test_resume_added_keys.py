@@ -30,3 +30,11 @@ def test_a_run_made_before_data_bit_depth_is_the_same_job(tmp_path) -> None:
 
 def test_a_bit_depth_key_outside_a_data_node_is_compared_as_is() -> None:
     assert resume._differing({"model": {}}, {"model": {"bit_depth": "auto"}})
+
+
+@pytest.mark.parametrize(("text", "message"), [('{"fold": 0, "sta', r"job\.json is not readable JSON"), ("[1, 2]", r"job\.json holds a list")])
+def test_a_damaged_job_record_is_named(tmp_path, text: str, message: str) -> None:
+    """A truncated or hand-edited job.json had raised a bare JSONDecodeError / AttributeError naming no file."""
+    (tmp_path / resume.JOB_FILE).write_text(text)
+    with pytest.raises(ValueError, match=rf"resume=true: .*{message}"):
+        resume.check_same_job(tmp_path, resume.job_record(0, "pipeline", [], cfg=_settings()))

@@ -135,7 +135,13 @@ def check_same_job(run_dir: Path, record: Mapping) -> None:
     path = Path(run_dir) / JOB_FILE
     if not path.is_file():
         return
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"resume=true: {path} is not readable JSON ({err}): the job record a resume checks; "
+                         "restore it, or use a new run dir (hydra.run.dir / hydra.sweep.dir)") from err
+    if not isinstance(old, dict):
+        raise ValueError(f"resume=true: {path} holds a {type(old).__name__}, expected the job record (a JSON object)")
     for key in ("fold", "stage"):
         if old.get(key) != record.get(key):
             raise ValueError(
