@@ -180,8 +180,8 @@ def uncompiled_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k.replace("._orig_mod.", ".", 1) if "._orig_mod." in k else k: v for k, v in state.items()}
 
 
-def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, map_location: str = "cpu") -> L.LightningModule:
-    ckpt = load_checkpoint(path, stage, map_location)
+def module_from_checkpoint(cls: type[L.LightningModule], path: str, stage: str, map_location: str = "cpu", key: str = "ckpt_path") -> L.LightningModule:
+    ckpt = load_checkpoint(path, stage, map_location, key)
     module = cls(**without_pretrained_weights(ckpt["hyper_parameters"]))
     module.load_state_dict(uncompiled_state(ckpt["state_dict"]))
     module.eval()

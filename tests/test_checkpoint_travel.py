@@ -87,3 +87,13 @@ def test_a_checkpoint_naming_a_hub_repo_or_folder_as_model_is_refused(modules, t
     torch.save({"state_dict": clf.state_dict(), "hyper_parameters": hp}, path)
     with pytest.raises(UnsafeConfigError, match=r"net\.name=.* is not allowed \(a model name that fetches from a hub repo"):
         module_from_checkpoint(ClassifierModule, str(path), "classification")
+
+
+def test_a_bad_checkpoint_is_named_by_the_key_that_gave_it(tmp_path: Path) -> None:
+    """segmenter= / classifier= had been reported as ckpt_path=."""
+    from wbc.ensemble import load_models
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"^classifier=.*bad\.ckpt: not a PyTorch/Lightning checkpoint file"):
+        load_models(str(bad), "classification", "classifier")

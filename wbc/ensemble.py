@@ -316,7 +316,7 @@ def load_members(spec: Any, stage: str, key: str = "ckpt_path", device: str | to
     from wbc.stages import get_stage
 
     members = member_checkpoints(spec, stage, key)
-    modules = [get_stage(stage).load(c, str(device)) for _, c in members]
+    modules = [get_stage(stage).load(c, str(device), key) for _, c in members]
     return [n for n, _ in members], [c for _, c in members], modules
 
 

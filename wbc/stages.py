@@ -44,11 +44,11 @@ class Stage:
         """The split-relative headline metric (`<split>/<main_metric>`)."""
         return self.scoring.MAIN_METRIC
 
-    def load(self, ckpt: str | Path, device: str = "cpu"):
-        """The module of one checkpoint, weights-only, refusing another stage's file."""
+    def load(self, ckpt: str | Path, device: str = "cpu", key: str = "ckpt_path"):
+        """The module of one checkpoint, weights-only, refusing another stage's file; `key` names the setting in errors."""
         from lightning_modules.common import module_from_checkpoint
 
-        return module_from_checkpoint(_import(self.module_class), str(ckpt), self.name, str(device))
+        return module_from_checkpoint(_import(self.module_class), str(ckpt), self.name, str(device), key)
 
     def ensemble(self, modules: list, names: list[str]):
         return _import(self.ensemble_class)(modules, names)
