@@ -97,3 +97,19 @@ def test_a_bad_checkpoint_is_named_by_the_key_that_gave_it(tmp_path: Path) -> No
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"^classifier=.*bad\.ckpt: not a PyTorch/Lightning checkpoint file"):
         load_models(str(bad), "classification", "classifier")
+
+
+def test_a_checkpoints_folder_symlinked_to_scratch_stays_inside_its_run(modules, tmp_path: Path) -> None:
+    """HPC runs keep checkpoints/ on scratch storage through a symlink: metrics.json's best checkpoint under it had
+    been refused as "outside the run dir" (a path that leaves the run dir as written still is: test_unsafe_configs)."""
+    from wbc.rundir import resolve_checkpoint
+
+    scratch = tmp_path / "scratch" / "run1"
+    scratch.mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").symlink_to(scratch, target_is_directory=True)
+    best = save_checkpoint(modules[0], run / "checkpoints" / "epoch_001.ckpt")
+    save_checkpoint(modules[0], run / "checkpoints" / "last.ckpt")
+    (run / "metrics.json").write_text(f'{{"best_checkpoint": "{best}"}}')
+    assert resolve_checkpoint(run, "segmentation") == best

@@ -174,11 +174,13 @@ def best_checkpoint_in(run: Path, best: Any) -> Path | None:
     where = f"{Path(run) / METRICS}: best_checkpoint={best!r}"
     if not isinstance(best, str):
         raise ValueError(f"{where}: expected the path of a .ckpt file inside the run dir")
-    root = Path(run).resolve()
+    root = Path(os.path.abspath(run))
     given = Path(best).expanduser()
     given = given if given.is_absolute() else Path(run) / given
     for candidate in (given, Path(run) / CHECKPOINTS / given.name):  # the second: the run dir was moved
-        if candidate.is_file() and candidate.resolve().is_relative_to(root):
+        # inside the run dir as written (a checkpoints/ folder symlinked to scratch storage, an HPC habit, stays
+        # inside, as the last.ckpt fallback does); `..` cannot climb out: the path is normalised first
+        if candidate.is_file() and Path(os.path.normpath(os.path.abspath(candidate))).is_relative_to(root):
             return candidate
     if given.is_file():
         raise ValueError(
