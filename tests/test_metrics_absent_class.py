@@ -50,3 +50,19 @@ def test_the_modules_validation_figures_leave_an_absent_class_out(tmp_path: Path
     probs = torch.softmax(10 * images.mean((2, 3)), 1).numpy()
     expected_auroc = np.mean([roc_auc_score(k == TRUE, probs[:, k]) for k in (0, 1)])
     assert metrics["val/auroc"] == pytest.approx(expected_auroc, abs=1e-4)
+
+
+def test_uncalibrated_probabilities_keep_small_values(tmp_path: Path) -> None:
+    """Temperatures are refitted from the uncalibrated columns (fold ensembles, the cross-fitted calibration table):
+    written with 5 decimals a true class's 3e-7 became 0, clipped to 1e-12 in the fit (T 2.03 -> 2.41 in a probe)."""
+    import csv
+    from types import SimpleNamespace
+
+    from wbc.evaluation.classification import write_predictions
+
+    crops = SimpleNamespace(crops=[SimpleNamespace(sample_id="s1", cell=1, label=0)])
+    raw = np.array([[3e-7, 1 - 3e-7]])
+    write_predictions(tmp_path / "p.csv", crops, raw, ["a", "b"], uncalibrated=raw)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["uncalibrated_p_a"]) == pytest.approx(3e-7, rel=1e-6)

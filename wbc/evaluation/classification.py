@@ -137,7 +137,8 @@ def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str]
             extra = [f"{UNCALIBRATED}{c}" for c in classes] if uncalibrated is not None else []
             writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes), *extra])
             for i, (c, row) in enumerate(zip(dataset.crops, probs)):
-                raw = [f"{v:.5f}" for v in uncalibrated[i]] if uncalibrated is not None else []
+                # the probabilities temperatures are fitted from: 8 significant digits, so a true class's 3e-7 is not a 0
+                raw = [f"{v:.8g}" for v in uncalibrated[i]] if uncalibrated is not None else []
                 writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.5f}" for v in row), *raw])
 
     atomic_write(path, _write)
