@@ -123,3 +123,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright (never `playwright install`), for the e2e tests; skips, saying
+    why, without playwright or a Chromium (WBC_CHROMIUM names another binary)."""
+    import shutil
+
+    chromium = os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    if not (Path(chromium).is_file() or shutil.which(chromium)):
+        pytest.skip(f"no Chromium at {chromium}: apt-get install -y chromium (or set WBC_CHROMIUM)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield b
+        b.close()

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -26,19 +25,7 @@ import pytest
 
 from tests.helpers_web import CENTRES, field, field_profile, png, tiny_pair, web_pipeline
 
-CHROMIUM = os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set WBC_CHROMIUM)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

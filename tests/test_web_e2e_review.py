@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,21 +20,9 @@ import pytest
 
 from tests.helpers_web import curved_field, field, png, tiny_pair, web_pipeline
 
-CHROMIUM = os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
 LOADED = "document.getElementById('model-line').textContent.includes('neutrophil')"
 YOURS = "[...document.querySelectorAll('#cell-table td.yours')].map((t) => t.textContent)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set WBC_CHROMIUM)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
