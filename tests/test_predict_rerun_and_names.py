@@ -94,3 +94,23 @@ def test_short_stem_keeps_head_and_tail_and_stays_distinct() -> None:
     a, b = Path("a" * 150 + "1" + "b" * 150 + ".png"), Path("a" * 150 + "2" + "b" * 150 + ".png")
     stems = output_stems([a, b])
     assert len(set(stems)) == 2 and all(len(x.encode()) <= STEM_MAX_BYTES + 6 for x in stems)
+
+
+def test_an_image_of_more_cells_than_a_label_png_holds_is_skipped_not_the_run(tmp_path: Path) -> None:
+    """Over 65535 cell ids the 16-bit label PNG cannot be written: that image is reported (no partial files),
+    the others are written; it had stopped the whole run after writing its mask."""
+    from dataclasses import replace
+
+    files = [image(tmp_path / "in", f"{n}.png") for n in ("a", "b", "c")]
+
+    class Pipes(FixedPipe):
+        def __call__(self, rgb):
+            self.calls = getattr(self, "calls", 0) + 1
+            res = super().__call__(rgb)
+            return replace(res, labels=res.labels * 70000) if self.calls == 2 else res  # cell ids past 65535
+
+    rows, failures = predict_images(Pipes(squares(1)), files, tmp_path / "out")
+    assert [r["output_stem"] for r in rows] == ["a", "c"]
+    assert len(failures) == 1 and failures[0]["image"].endswith("b.png") and "65535" in failures[0]["error"]
+    assert not (tmp_path / "out" / "masks" / "b.png").exists()
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["status"] == "complete"

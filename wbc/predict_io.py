@@ -247,8 +247,14 @@ def _predict_one(
     measured = cell_measurements(rgb, res.labels, res.instances)
     cells = co.cell_rows(res.instances, pipe.classes, res.class_probs, getattr(res, "review", None) or None, measured)
     rows = [{"image": str(f), **row, "source": str(f.absolute()), "output_stem": stem} for row in cells]
+    try:  # before any of its files: an image is written whole or not at all
+        labels_png = co.label_png(res.labels)
+    except ValueError as err:  # more cells than a 16-bit label PNG holds: this image only, the run goes on
+        log.error("skipped %s: %s", f, err)
+        failures.append({"image": str(f), "source": str(f.absolute()), "error": f"{err}; split the image into smaller fields"})
+        return None
     _write_bytes(out_dir / "masks" / f"{stem}.png", co.mask_png(res.labels))
-    _write_bytes(out_dir / "labels" / f"{stem}.png", co.label_png(res.labels))
+    _write_bytes(out_dir / "labels" / f"{stem}.png", labels_png)
     geo = co.cells_geojson(res.labels, res.instances, cells, pipe.classes, str(f))
     _write_bytes(out_dir / "geojson" / f"{stem}.geojson", json.dumps(geo).encode("utf-8"))
     if save_crops:
