@@ -113,3 +113,22 @@ def test_a_checkpoints_folder_symlinked_to_scratch_stays_inside_its_run(modules,
     save_checkpoint(modules[0], run / "checkpoints" / "last.ckpt")
     (run / "metrics.json").write_text(f'{{"best_checkpoint": "{best}"}}')
     assert resolve_checkpoint(run, "segmentation") == best
+
+
+def test_a_checkpoint_without_its_input_settings_is_said_not_silently_defaulted(modules, caplog) -> None:
+    """A data_info without image_size / crops (a stripped or hand-made file) ran at 128 px / default crops without a word."""
+    import copy
+
+    from wbc.inference import CellPipeline
+
+    seg, clf = (copy.deepcopy(m) for m in modules)
+    del seg.hparams["data_info"]["image_size"]
+    del clf.hparams["data_info"]["crops"]
+    with caplog.at_level("WARNING", logger="wbc"):
+        CellPipeline(seg, clf)
+    assert "the segmenter's data_info has no ['image_size']" in caplog.text
+    assert "the classifier's data_info has no ['crops']" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wbc"):
+        CellPipeline(*modules)
+    assert "data_info has no" not in caplog.text

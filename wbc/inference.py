@@ -94,6 +94,10 @@ class CellPipeline:
         self.seg_pre = StackedPreprocess(tuple(Preprocess.from_config(g) for g in groups)) if groups else own_pre
         self.seg_resize = build_pipeline(None, seg_info.get("image_size", 128))
         cls_info = dict(classifier.hparams.data_info or {}) if classifier is not None else {}
+        for model, info, keys in (("segmenter", seg_info, ("image_size", "preprocess")), ("classifier", cls_info, ("crops", "preprocess"))):
+            absent = [k for k in keys if k not in info] if model == "segmenter" or classifier is not None else []
+            if absent:  # train.py always writes them: a stripped or hand-made file; the defaults may not be its inputs
+                log.warning("the %s's data_info has no %s: the defaults are used (a checkpoint not written by train.py?)", model, absent)
         self.cls_pre = Preprocess.from_config(cls_info.get("preprocess")) if classifier is not None else own_pre
         crops = dict(cls_info.get("crops") or seg_info.get("crops") or {})
         legacy = crops.pop("instance_params", None)  # checkpoints before data_info.postprocess
