@@ -211,9 +211,13 @@ class WBCDataModule(L.LightningDataModule):
         """Copies of one field (wbc.audit), kept on one side of the split (data.splits.group_duplicates)."""
         from wbc.audit.core import duplicate_clusters
 
-        found = duplicate_clusters(self.load_manifest().samples)
+        samples = self.load_manifest().by_id()
+        found = duplicate_clusters(list(samples.values()))
         if found:
             log.info("splits: %d clusters of duplicate images kept on one side: %s", len(found), found)
+        mixed = [{i: samples[i].class_name for i in c} for c in found if len({samples[i].class_name for i in c if i in samples}) > 1]
+        if mixed:  # copies of one field under two classes: one label is wrong, and training sees both
+            log.warning("splits: %d cluster(s) of copies of one field carry different classes (one label is wrong): %s", len(mixed), mixed)
         return found
 
     def split_ids(self) -> dict[str, list[str]]:

@@ -57,3 +57,21 @@ def test_datamodule_groups_a_planted_near_duplicate_across_the_test_split(tmp_pa
     assert any({copy_id, test_id} <= set(c) for c in meta["duplicate_clusters"])
     ids = grouped.split_ids()
     assert (copy_id in ids["test"]) == (test_id in ids["test"])
+
+
+def test_copies_of_one_field_under_two_classes_are_warned_about(tmp_path, caplog):
+    """A pixel-identical copy filed under another class: grouped on one side (as before), and now a warning
+    naming both labels (it was an INFO line listing the cluster: one label is wrong, and training sees both)."""
+    import shutil
+
+    from tests.helpers_data import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "d", {"a": 8, "b": 8}, size=16)
+    shutil.copy(root / "images/a/a_000.png", root / "images/b/copy_of_a0.png")
+    shutil.copy(root / "masks/a/a_000.png", root / "masks/b/copy_of_a0.png")
+    dm = SegmentationDataModule(root=str(root), name="duplab", layout="folders", classes=["a", "b"], image_size=16,
+                                splits={"dir": str(tmp_path / "s"), "k": 2, "group_duplicates": True})
+    with caplog.at_level("WARNING", logger="wbc"):
+        dm.load_splits()
+    warned = [r.getMessage() for r in caplog.records if "carry different classes" in r.getMessage()]
+    assert len(warned) == 1 and "'a/a_000': 'a'" in warned[0] and "'b/copy_of_a0': 'b'" in warned[0]
