@@ -76,3 +76,16 @@ def test_folders_layout_masks_any_case_and_never_two(tmp_path: Path) -> None:
     shutil.copy(mask.with_suffix(".PNG"), mask.with_suffix(".tif"))
     with pytest.raises(ManifestError, match=r"\['masks/a/[^']+\.PNG', 'masks/a/[^']+\.tif'\] are 2 masks for images/a/"):
         read_manifest(root, layout="folders")
+
+
+@pytest.mark.parametrize(("encoding", "message"), [
+    ({"mode": "grey", "cytoplasm": [[100, 210]], "nucleus": [[200, 255]]}, r"cytoplasm \[100, 210\] and nucleus \[200, 255\] claim"),
+    ({"mode": "rgb", "background": [[0, 0, 255]], "nucleus": [[0, 0, 255]]}, r"background \[0, 0, 255\] and nucleus \[0, 0, 255\] claim"),
+])
+def test_mask_classes_claiming_the_same_values_are_refused(encoding, message) -> None:
+    """Overlapping ranges had been settled by a fixed precedence (nucleus over cytoplasm over background), silently."""
+    from wbc.data.manifest import MaskEncoding
+
+    with pytest.raises(ManifestError, match=rf"data\.mask_encoding: {message} the same mask values"):
+        MaskEncoding.from_config(encoding)
+    MaskEncoding.from_config({"mode": "grey", "background": [[0, 50]], "cytoplasm": [[128, 128]], "nucleus": [[255, 255]]})

@@ -103,6 +103,14 @@ class MaskEncoding:
             parts[name] = tuple(entries)
         if not parts["nucleus"]:
             raise ManifestError("data.mask_encoding.nucleus is empty; the nucleus must have at least one value")
+        # a value two classes claim would take the last one's (nucleus over cytoplasm over background) without a word
+        flat = [(n, e) for n, entries in parts.items() for e in entries]
+        for i, (a, ea) in enumerate(flat):
+            for b, eb in flat[i + 1 :]:
+                same = max(ea[0], eb[0]) <= min(ea[1], eb[1]) if mode == "grey" else ea == eb
+                if a != b and same:
+                    raise ManifestError(f"data.mask_encoding: {a} {list(ea)} and {b} {list(eb)} claim the same mask values; "
+                                        "expected each value in one class (disjoint ranges / distinct colours)")
         return cls(mode=mode, **parts)
 
     def decode(self, raw: np.ndarray, where: str = "mask") -> np.ndarray:
