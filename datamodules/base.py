@@ -181,6 +181,7 @@ class WBCDataModule(L.LightningDataModule):
 
     def load_splits(self) -> dict:
         if self.splits is None and self.parts is not None:
+            self.load_manifest()  # the merged manifest, once: it refuses parts that share an image file
             self.splits = self.parts.splits()
         if self.splits is None:
             m = self.load_manifest()

@@ -160,7 +160,6 @@ class DataParts:
 
     def splits(self) -> dict:
         check_split_settings(self.node_splits, self.children)
-        self.manifest()  # refuses parts that share an image file before their splits are joined
         parts = {name: child.load_splits() for name, child in self.children.items()}
         ks = {name: len(s["folds"]) for name, s in parts.items()}
         if len(set(ks.values())) != 1:

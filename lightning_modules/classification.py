@@ -46,6 +46,8 @@ def cls_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(n, average="micro"),
+            # balanced_accuracy and recall are recomputed over the classes present in _eval_epoch_end (kept here for
+            # their place in the logged keys; their states are shared with the others)
             "balanced_accuracy": MulticlassAccuracy(n, average="macro"),
             "macro_f1": MulticlassF1Score(n, average="macro"),
             "precision": MulticlassPrecision(n, average=None),

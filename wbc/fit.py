@@ -95,15 +95,14 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
     the run dir's own checkpoints/last.ckpt (an interrupted fold of a resumed sweep)."""
     given = cfg.get("ckpt_path")
     if given and Path(str(given)).expanduser().is_dir():
-        from wbc.rundir import resolve_checkpoint
+        from wbc.rundir import last_checkpoint_in, resolve_checkpoint
 
         if not cfg.get("train", True):  # a test-only run tests the run's own choice (best, else last)
             return str(resolve_checkpoint(given, cfg.stage))
-        run = Path(str(given)).expanduser()
-        lasts = [r / "checkpoints" / "last.ckpt" for r in (run / cfg.stage, run) if (r / "checkpoints" / "last.ckpt").is_file()]
-        if not lasts:
+        last = last_checkpoint_in(given, cfg.stage)
+        if last is None:
             raise FileNotFoundError(f"ckpt_path={given}: holds no {cfg.stage}/checkpoints/last.ckpt or checkpoints/last.ckpt to resume from")
-        return str(lasts[0])
+        return str(last)
     if given or not cfg.get("resume") or not cfg.get("train", True):
         return given
     last = output_dir / "checkpoints" / "last.ckpt"

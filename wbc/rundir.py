@@ -165,6 +165,15 @@ def resolve_checkpoint(path: str | Path, stage: str, key: str = "ckpt_path") -> 
     raise FileNotFoundError(f"{key}={path}: directory holds no {stage} checkpoint (expected metrics.json or checkpoints/last.ckpt)")
 
 
+def last_checkpoint_in(path: str | Path, stage: str) -> Path | None:
+    """The checkpoint a resume continues: a file as is; a run dir's (or a pipeline run dir's `<stage>/`
+    sub-run's) checkpoints/last.ckpt; None when there is none."""
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        return p
+    return next((r / CHECKPOINTS / "last.ckpt" for r in (p / stage, p) if (r / CHECKPOINTS / "last.ckpt").is_file()), None)
+
+
 def best_checkpoint_in(run: Path, best: Any) -> Path | None:
     """metrics.json's `best_checkpoint`, only inside the run dir: metrics.json is a file anyone can hand
     over, and a path elsewhere would load whatever file it names. A moved run dir finds its file by

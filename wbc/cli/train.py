@@ -53,9 +53,11 @@ def check_not_finished(cfg: DictConfig, out: Path) -> None:
     the run would end without its validation metrics (a KeyError on optimized_metric): say so first."""
     if not cfg.get("train", True) or cfg.stage == "pipeline" or cfg.trainer.get("fast_dev_run"):
         return  # a pipeline resumes each stage from its own last.ckpt (wbc.stages)
+    from wbc.rundir import last_checkpoint_in
+
     last = out / "checkpoints" / "last.ckpt"
     resumed = cfg.get("resume") and not cfg.get("ckpt_path") and last.is_file() and not (out / "metrics.json").is_file()
-    ckpt = Path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else last if resumed else None
+    ckpt = last_checkpoint_in(cfg.ckpt_path, cfg.stage) if cfg.get("ckpt_path") else last if resumed else None  # a run dir: its last.ckpt
     done = _epochs_done(ckpt) if ckpt is not None and ckpt.is_file() else None
     if done is None:
         return

@@ -29,12 +29,13 @@ def path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], root
     root_real = _real(root)
     by_real: defaultdict[Path, list[tuple[str, str]]] = defaultdict(list)
     outside = []
+    reals = []  # per row, {column: real path}: each file resolved once
     for where, sample, written in entries:
-        by_real[_real(sample.image)].append((where, written["image"]))
-        for column in path_columns:
-            path = getattr(sample, column)
-            real = _real(path) if path is not None else None
-            if real is not None and not allow_outside_root and not real.is_relative_to(root_real):
+        real_of = {c: _real(getattr(sample, c)) for c in path_columns if getattr(sample, c) is not None}
+        reals.append(real_of)
+        by_real[real_of["image"]].append((where, written["image"]))
+        for column, real in real_of.items():
+            if not allow_outside_root and not real.is_relative_to(root_real):
                 outside.append(
                     f"{where}: {column} {written[column]!r} resolves to {real}, outside data.root={root_real} "
                     "(keep the files under data.root, or set data.allow_outside_root=true)"
@@ -43,9 +44,9 @@ def path_problems(entries: Sequence[tuple[str, Sample, Mapping[str, str]]], root
     dupes = []
     for column in ("mask", "instances"):  # one mask for two images: a copy-paste slip, or copies of one field
         by_file: defaultdict[Path, list[tuple[str, str, Path, str]]] = defaultdict(list)
-        for where, sample, written in entries:
-            if getattr(sample, column) is not None:
-                by_file[_real(getattr(sample, column))].append((where, written[column], _real(sample.image), sample.class_name))
+        for (where, sample, written), real_of in zip(entries, reals):
+            if column in real_of:
+                by_file[real_of[column]].append((where, written[column], real_of["image"], sample.class_name))
         shared = [rows for rows in by_file.values() if len({r[2] for r in rows}) > 1]  # a repeated row: said below
         for rows in shared:
             text = " and ".join(r[0] for r in rows) + f" list one {column} file {rows[0][1]!r}"

@@ -49,8 +49,7 @@ def present_class_recall(confusion: Any) -> tuple[np.ndarray, float]:
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[str], prefix: str) -> dict[str, float]:
     """Accuracy and macro-F1 (torchmetrics), balanced accuracy and per-class recall over the classes present."""
     p, t, n = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long), len(classes)
-    cm = np.bincount(t.numpy() * n + p.argmax(1).numpy(), minlength=n * n).reshape(n, n) if len(t) else np.zeros((n, n))
-    recall, balanced = present_class_recall(cm)
+    recall, balanced = present_class_recall(confusion(probs, labels, n))
     out = {
         f"{prefix}/accuracy": float(multiclass_accuracy(p, t, n, average="micro")),
         f"{prefix}/balanced_accuracy": balanced,
