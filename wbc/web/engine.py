@@ -193,7 +193,10 @@ class Engine:
         with rec.lock:
             if rec.labels is None:
                 raise StepError(f"{rec.name}: segment this image first; downloads need its cells")
-            return rec.cached(kind, lambda: self._encoders(rec)[kind]())  # the store may drop it at any time (ResultStore._evict)
+            try:
+                return rec.cached(kind, lambda: self._encoders(rec)[kind]())  # the store may drop it at any time (ResultStore._evict)
+            except ValueError as err:  # more cells than a 16-bit label PNG holds: this image's files cannot be written
+                raise StepError(f"{rec.name}: {err}") from err
 
     def _encoders(self, rec: ImageRecord) -> dict[str, Callable[[], bytes]]:
         labels, classes, stem = rec.labels, self.classes, rec.stem

@@ -40,7 +40,8 @@ def missing_txt(ids: list[str]) -> bytes:
 
 def zip_all(engine: Engine, recs: list[ImageRecord], missing: list[str] | tuple[str, ...] = ()) -> bytes:
     """These images' files, a folder each, and the manifest, with a row (no folder) for each image not
-    segmented yet and a row and missing.txt for each id in `missing`; each image's files and its manifest row are read under its lock, so they come
+    segmented yet or whose files cannot be written (more cells than a 16-bit label map holds) and a row and
+    missing.txt for each id in `missing`; each image's files and its manifest row are read under its lock, so they come
     from one run."""
     files: dict[str, bytes] = {}
     used: set[str] = set()
@@ -51,12 +52,17 @@ def zip_all(engine: Engine, recs: list[ImageRecord], missing: list[str] | tuple[
             if rec.labels is None:
                 later.append({"file": rec.name, "image_id": rec.id, "status": f"{rec.status}, not segmented: no files"})
                 continue
+            try:
+                image_files = engine.files(rec)
+            except ValueError as err:  # more cells than a 16-bit label PNG holds: this image only, named
+                later.append({"file": rec.name, "image_id": rec.id, "status": f"{rec.status}, no files: {err}", "cells": len(rec.rows)})
+                continue
             folder, n = rec.stem, 1
             while folder.casefold() in used:
                 n += 1
                 folder = f"{rec.stem}_{n}"
             used.add(folder.casefold())
-            files.update({f"{folder}/{name}": data for name, data in engine.files(rec).items()})
+            files.update({f"{folder}/{name}": data for name, data in image_files.items()})
             rows.append({"folder": folder, "file": rec.name, "image_id": rec.id, "status": rec.status, "cells": len(rec.rows)})
     rows += later
     rows += [{"image_id": i, "status": MISSING} for i in missing]
