@@ -34,7 +34,8 @@ while levers are chosen), its persisted test split with `--split test`. Variants
 With `--adapt-bn` each finished run is also tested with its batch-norm statistics re-estimated on the
 held-out images (`callbacks=[default,adapt_bn]`, AdaBN: same weights, no labels read), into
 `<run>_adabn`; the table shows both. `--collect --ensemble-seeds 42 43 44` also scores those seeds'
-finished runs as one ensemble (their held-out probabilities averaged); `--collect --prior-em` re-scores each
+finished runs as one ensemble (their held-out probabilities averaged), `--collect --ensemble-variants A B`
+the runs of those variants (of `--seed`, or of every ensemble seed) as one model; `--collect --prior-em` re-scores each
 finished run's held-out probabilities for the held-out set's own class frequencies, estimated without labels
 by EM (Saerens et al. 2002: the training prior taken as the mean of the run's own validation probabilities;
 no training, seconds). `--entropy N` adds N passes of Tent's entropy minimisation over
@@ -159,18 +160,19 @@ def row(direction: str, variant: str, split: str, seed: int, adapted: str = "") 
             f"{m.get('test/ece', float('nan')):.3f} | {secs} s |")
 
 
-def ensemble_row(direction: str, variant: str, split: str, seeds: list[int], adapted: str = "") -> str | None:
-    """The runs of several training seeds as one model: their held-out crops' class probabilities
-    (test_predictions.csv) averaged (seed_ensemble.py's averaging), then scored; None while a seed is not run."""
+def ensemble_row(direction: str, variants: list[str], split: str, seeds: list[int], adapted: str = "") -> str | None:
+    """The runs of several training seeds and/or variants as one model: their held-out crops' class
+    probabilities (test_predictions.csv) averaged (seed_ensemble.py's averaging), then scored; None while a
+    member is not run."""
     from seed_ensemble import average
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-    files = [run_dir(direction, variant, split, seed, adapted) / "test_predictions.csv" for seed in seeds]
+    files = [run_dir(direction, v, split, seed, adapted) / "test_predictions.csv" for v in variants for seed in seeds]
     if not all(f.is_file() for f in files):
         return None
-    _, true, pred = average(files, f"{direction} {variant} {adapted}: the seeds' runs must score the same crops to be averaged")
+    _, true, pred = average(files, f"{direction} {' + '.join(variants)} {adapted}: the members' runs must score the same crops to be averaged")
     recalls = " / ".join(f"{r:.2f}" for r in recall_score(true, pred, labels=list(CLASSES), average=None, zero_division=0))
-    name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''}, ensemble of seeds {', '.join(map(str, seeds))}"
+    name = f"{' + '.join(variants)}{' + AdaBN' if adapted == 'adabn' else ''}, ensemble of seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     return (f"| {DIRECTIONS[direction]} | {name} | {split} | {f1_score(true, pred, labels=list(CLASSES), average='macro', zero_division=0):.3f} | "
             f"{balanced_accuracy_score(true, pred):.3f} | {recalls} | | | |")
 
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-em", action="store_true", help="also each run re-scored for the held-out class frequencies (EM, no labels)")
     ap.add_argument("--ensemble-seeds", nargs="*", type=int, default=[], metavar="SEED",
                     help="also score the finished runs of these seeds as one ensemble (probabilities averaged)")
+    ap.add_argument("--ensemble-variants", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                    help="also score the finished runs of these variants (of --seed, or of every --ensemble-seeds) as one model")
     args = ap.parse_args(argv)
     if not args.collect:
         for d in args.directions:
@@ -249,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                 if line:
                     print(line)
             for adapted in ("", "adabn") if len(args.ensemble_seeds) > 1 else ():
-                line = ensemble_row(d, v, args.split, args.ensemble_seeds, adapted)
+                line = ensemble_row(d, [v], args.split, args.ensemble_seeds, adapted)
                 if line:
                     print(line)
+        for adapted in ("", "adabn") if len(args.ensemble_variants) > 1 else ():
+            line = ensemble_row(d, args.ensemble_variants, args.split, args.ensemble_seeds or [args.seed], adapted)
+            if line:
+                print(line)
     return 0
 
 

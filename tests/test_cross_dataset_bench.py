@@ -19,8 +19,8 @@ def cross(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return cross_dataset
 
 
-def write_run(cross, seed: int, probs: list[tuple[str, list[float]]]) -> None:
-    out = cross.run_dir("d1_to_d2", "cells_grey", "dev", seed, "adabn")
+def write_run(cross, seed: int, probs: list[tuple[str, list[float]]], variant: str = "cells_grey") -> None:
+    out = cross.run_dir("d1_to_d2", variant, "dev", seed, "adabn")
     out.mkdir(parents=True)
     with open(out / "test_predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -33,17 +33,28 @@ def test_ensemble_of_seeds_scores_the_averaged_probabilities(cross) -> None:
     # each seed alone gets one of the two cells wrong; their average gets both right
     write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.6, 0.4, 0, 0])])
     write_run(cross, 43, [("neutrophil", [0.4, 0.6, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
-    line = cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
+    line = cross.ensemble_row("d1_to_d2", ["cells_grey"], "dev", [42, 43], "adabn")
     assert line.startswith("| dataset1 -> dataset2 | cells_grey + AdaBN, ensemble of seeds 42, 43 | dev | ")
     assert "| 1.00 / 1.00 / 0.00 / 0.00 |" in line  # recall per class
-    assert cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 44], "adabn") is None  # seed 44 not run
+    assert cross.ensemble_row("d1_to_d2", ["cells_grey"], "dev", [42, 44], "adabn") is None  # seed 44 not run
+
+
+def test_ensemble_of_variants_scores_their_averaged_probabilities(cross, capsys: pytest.CaptureFixture[str]) -> None:
+    # the grey run and the Reinhard run of one seed as one model (--ensemble-variants)
+    write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.6, 0.4, 0, 0])])
+    write_run(cross, 42, [("neutrophil", [0.4, 0.6, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])], variant="cells_reinhard")
+    line = cross.ensemble_row("d1_to_d2", ["cells_grey", "cells_reinhard"], "dev", [42], "adabn")
+    assert line.startswith("| dataset1 -> dataset2 | cells_grey + cells_reinhard + AdaBN, ensemble of seed 42 | dev | 0.500 | 1.000 | 1.00 / 1.00 / 0.00 / 0.00 |")
+    assert cross.ensemble_row("d1_to_d2", ["cells_grey", "cells_reinhard_masked"], "dev", [42], "adabn") is None
+    cross.main(["--collect", "--directions", "d1_to_d2", "--variants", "cells_grey", "--ensemble-variants", "cells_grey", "cells_reinhard"])
+    assert "cells_grey + cells_reinhard + AdaBN, ensemble of seed 42 | dev | 0.500 | 1.000 | 1.00 / 1.00 / 0.00 / 0.00 |" in capsys.readouterr().out
 
 
 def test_ensemble_refuses_runs_scored_on_other_crops(cross) -> None:
     write_run(cross, 42, [("neutrophil", [0.9, 0.1, 0, 0])])
     write_run(cross, 43, [("neutrophil", [0.9, 0.1, 0, 0]), ("lymphocyte", [0.0, 1.0, 0, 0])])
     with pytest.raises(SystemExit, match="not the same classes and crops as .* must score the same crops"):
-        cross.ensemble_row("d1_to_d2", "cells_grey", "dev", [42, 43], "adabn")
+        cross.ensemble_row("d1_to_d2", ["cells_grey"], "dev", [42, 43], "adabn")
 
 
 def test_label_budget_table_reads_each_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
