@@ -1,4 +1,4 @@
-"""wbc.postprocess._ridges: the h-maxima plateaus computed per component (in its bounding box) are the
+"""wbc.postprocess._ridges: the h-dome plateaus computed per component (in its bounding box) are the
 whole image's, numbered alike, so split_touching's labels do not change with the speed-up."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import h_maxima
 
-from wbc.postprocess import _EIGHT, _RIDGE_TOLERANCE, _components, _relabel_sequential, _ridges
+from wbc.postprocess import _EIGHT, _components, _relabel_sequential, _ridges, h_domes
 
 
 def _random_mask(rng: np.random.Generator) -> np.ndarray:
@@ -33,7 +32,7 @@ def test_per_component_ridges_equal_the_whole_image_ones() -> None:
         chosen = rng.choice(np.arange(1, n + 1), size=int(rng.integers(1, n + 1)), replace=False)
         counts = np.full(len(chosen), 2)
         got = _ridges(dist, comps, (chosen, counts))
-        whole, _ = ndi.label(h_maxima(dist, _RIDGE_TOLERANCE, footprint=_EIGHT), structure=_EIGHT)
+        whole, _ = ndi.label(h_domes(dist, 2.0) & mask, structure=_EIGHT)
         want = np.where(np.isin(comps, chosen), whole, 0)
         assert np.array_equal(got, _relabel_sequential(want))  # the same plateaus, in the same order
 

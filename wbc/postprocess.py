@@ -30,12 +30,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import regionprops
-from skimage.morphology import h_maxima
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 
-# Distance-transform maxima whose connecting ridge dips less than this (px) are one seed: stops a single
-# elongated/oval nucleus (flat ridge -> many equal maxima) from being cut into slices.
-_RIDGE_TOLERANCE = 2.0
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -56,6 +53,9 @@ class PostprocessParams:
     min_peak_radius: float = 14.0
     # px between watershed seeds
     min_distance: int = 12
+    # px; distance-transform peaks joined by a ridge that dips less than this below the lower peak are one
+    # seed: a peanut / bean-shaped or elongated nucleus (a waist, or a flat ridge) is not cut in two
+    ridge_tolerance: float = 2.0
     # px; smaller nuclei are dropped (dust, noise)
     min_area: int = 30
     # drop nuclei touching the image border (cells cut by the frame) unless nothing else is left:
@@ -86,7 +86,7 @@ class PostprocessParams:
             raise ValueError(f"{where}.threshold must be in [0, 1], got {self.threshold!r}")
         for key, minimum in (("opening_kernel", 0), ("min_distance", 1), ("min_area", 0)):
             _check_int(getattr(self, key), f"{where}.{key}", minimum)
-        for key in ("min_peak_radius", "lobe_gap"):
+        for key in ("min_peak_radius", "ridge_tolerance", "lobe_gap"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{where}.{key} must be a finite number >= 0 (px), got {value!r}")
@@ -157,7 +157,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, n - 1
 
 
-def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance: int = 12) -> np.ndarray:
+def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance: int = 12, ridge_tolerance: float = 2.0) -> np.ndarray:
     """bool mask -> int32 label map (0 bg) with touching fat nuclei split.
 
     Components with 0 or 1 seeds stay whole (e.g. multi-lobed neutrophils); components with >= 2 seeds are
@@ -182,8 +182,8 @@ def split_touching(mask: np.ndarray, min_peak_radius: float = 14.0, min_distance
     )
     if len(peaks) < 2:
         return comps
-    # Merge seeds sharing one h-maximum plateau (flat ridge of an elongated nucleus); drop shoulder maxima.
-    ridges = _ridges(dist, comps, np.unique(comps[peaks[:, 0], peaks[:, 1]], return_counts=True))
+    # Merge seeds sharing one h-dome plateau (a waist or flat ridge of one nucleus, a shoulder of a peak).
+    ridges = _ridges(dist, comps, np.unique(comps[peaks[:, 0], peaks[:, 1]], return_counts=True), ridge_tolerance)
     ridge_ids = np.unique(ridges[peaks[:, 0], peaks[:, 1]])
     ridge_ids = ridge_ids[ridge_ids > 0]
     # each ridge's component, in one pass: a ridge (dist > 0, 8-connected) lies inside one 8-connected component
@@ -217,14 +217,18 @@ def _edt(mask: np.ndarray) -> np.ndarray:
     return np.sqrt(np.round(dist.astype(np.float64) ** 2))
 
 
-def _ridges(dist: np.ndarray, comps: np.ndarray, peak_counts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """8-connected h-maxima plateaus of `dist` (tolerance _RIDGE_TOLERANCE), labelled 1.., computed only in
-    the components holding two or more peaks, each in its bounding box with one background pixel around.
+def h_domes(image: np.ndarray, tolerance: float) -> np.ndarray:
+    """The regional maxima (8-connected) of `image`'s h-maxima transform: each peak cut `tolerance` below
+    its top, one plateau per dome; peaks joined by a saddle less than `tolerance` below the lower one share
+    a plateau. (skimage's h_maxima marks only each peak's top pixels, so a waist dipping 0.5 px left two.)"""
+    return local_maxima(reconstruction(image - tolerance, image), footprint=_EIGHT)
 
-    The same plateaus as h_maxima over the whole image there (the reconstruction never crosses the
-    background between components: a path through it is bounded by 0, below every in-component path of a
-    component whose depth reaches the tolerance; shallower ones have no h-maximum either way), at a
-    fraction of the time: on a 16 MP field the whole-image reconstruction was most of the watershed's."""
+
+def _ridges(dist: np.ndarray, comps: np.ndarray, peak_counts: tuple[np.ndarray, np.ndarray], tolerance: float = 2.0) -> np.ndarray:
+    """8-connected h-dome plateaus of `dist` (h_domes), labelled 1.., computed only in the components holding
+    two or more peaks, each in its bounding box with one background pixel around: the whole image's plateaus
+    there (a reconstruction path through the background is bounded by 0), at a fraction of the time (on a
+    16 MP field the whole-image reconstruction was most of the watershed's)."""
     ridges = np.zeros(dist.shape, dtype=np.int32)
     comp_ids, counts = peak_counts
     boxes = ndi.find_objects(comps)
@@ -233,7 +237,7 @@ def _ridges(dist: np.ndarray, comps: np.ndarray, peak_counts: tuple[np.ndarray, 
         ys, xs = boxes[int(c) - 1]
         box = (slice(max(ys.start - 1, 0), ys.stop + 1), slice(max(xs.start - 1, 0), xs.stop + 1))
         own = comps[box] == c
-        local, k = ndi.label(h_maxima(np.where(own, dist[box], 0.0), _RIDGE_TOLERANCE, footprint=_EIGHT), structure=_EIGHT)
+        local, _ = ndi.label(h_domes(np.where(own, dist[box], 0.0), tolerance) & own, structure=_EIGHT)
         on = local > 0
         ridges[box][on] = local[on] + sum(len(f) for f in firsts)
         _, first = np.unique(local, return_index=True)  # ndi.label numbers in raster order: first[1:] follow 1..k
@@ -302,12 +306,14 @@ def _instances_from_labels(labels: np.ndarray, min_area: int) -> tuple[np.ndarra
     return lookup[labels], instances
 
 
-def drop_border_objects(labels: np.ndarray) -> np.ndarray:
-    """Label map without the objects touching the image border; unchanged if that would empty it."""
+def drop_border_objects(labels: np.ndarray, min_area: int = 0) -> np.ndarray:
+    """Label map without the objects touching the image border; unchanged if no object of at least
+    `min_area` px would be left (a speck the area filter drops next must not cost the cut nucleus)."""
     from skimage.segmentation import clear_border
 
     cleared = clear_border(labels)
-    return cleared if cleared.any() else labels
+    sizes = np.bincount(cleared.ravel())[1:]
+    return cleared if (sizes >= max(min_area, 1)).any() else labels
 
 
 def extract_instances(
@@ -318,13 +324,13 @@ def extract_instances(
     min_area = _check_int(params.min_area, "params.min_area", 0)
     mask = open_mask(binarize(mask_or_prob, params.threshold), params.opening_kernel)
     if params.watershed:
-        labels = split_touching(mask, params.min_peak_radius, params.min_distance)
+        labels = split_touching(mask, params.min_peak_radius, params.min_distance, params.ridge_tolerance)
     else:
         labels = _components(mask)[0]
     if params.lobe_gap > 0:
         labels = join_lobes(mask, labels, params.lobe_gap)
     if params.clear_border:
-        labels = drop_border_objects(labels)
+        labels = drop_border_objects(labels, min_area)
     return _instances_from_labels(labels, min_area)
 
 
@@ -337,16 +343,14 @@ def union_instance(
     mask = open_mask(binarize(mask_or_prob, params.threshold), params.opening_kernel)
     comps, _ = _components(mask)
     if params.clear_border:
-        comps = drop_border_objects(comps)
+        comps = drop_border_objects(comps, min_area)
     kept, _ = _instances_from_labels(comps, min_area)
     return _instances_from_labels((kept > 0).astype(np.int32), 1)
-
 
 
 def instances_from_labels(labels: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Instance]]:
     """Instances of an existing label map (e.g. a dataset's ground-truth instance file)."""
     return _instances_from_labels(np.asarray(labels, dtype=np.int32), _check_int(min_area, "min_area", 0))
-
 
 
 def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -389,6 +393,7 @@ def rescale_postprocess(params: PostprocessParams, k: float) -> PostprocessParam
         params,
         opening_kernel=kernel,
         min_peak_radius=params.min_peak_radius * k,
+        ridge_tolerance=params.ridge_tolerance * k,
         min_distance=max(1, int(round(params.min_distance * k))),
         min_area=int(round(params.min_area * k * k)),
         lobe_gap=params.lobe_gap * k,
