@@ -10,7 +10,8 @@ fitted on that epoch's validation probabilities (wbc.calibration) and kept as a 
 checkpoint carries the temperature of its own weights, and so does everything that loads it
 (evaluate, predict, the ONNX export, the web app). The same epoch fixes `review_min_probability`:
 the calibrated confidence below which a cell is flagged for review, chosen so that
-`model.review_coverage` of the validation crops stay unflagged.
+`model.review_coverage` of the validation crops stay unflagged (with `model.calibrate=false` as well:
+then on the probabilities as they are, T = 1).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         # weighted by the batch size: a per-crop mean, whatever the batching (DDP shards, last batch)
         getattr(self, f"{stage}_loss")(self.criterion(logits, batch["label"]) if self.criterion else torch.tensor(0.0), len(batch["label"]))
         raw = self.probabilities(batch["image"], logits, calibrated=False)
-        if stage == "val" and self.hparams.get("calibrate", True) and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:  # the review threshold too
             self._val_outputs.append((raw.detach().float(), batch["label"].detach()))
         prob = raw if stage == "val" else self.calibrated(raw)  # the temperature is fitted at this epoch's end
         self.metrics[stage].update(prob, batch["label"])
@@ -226,7 +227,7 @@ class ClassifierModule(BestValidationMetric, L.LightningModule):
         if self.trainer.world_size > 1:
             prob, label = self.all_gather(prob).flatten(0, 1), self.all_gather(label).flatten()
         prob, label = prob.cpu().numpy(), label.cpu().numpy()
-        t = fit_temperature(prob, label)
+        t = fit_temperature(prob, label) if self.hparams.get("calibrate", True) else 1.0  # model.calibrate=false: T = 1
         self.temperature.fill_(t)
         conf = self.calibrated(torch.as_tensor(prob, device=self.temperature.device)).max(1).values.cpu().numpy()
         self.review_min_probability.fill_(review_threshold(conf, float(self.hparams.get("review_coverage", DEFAULT_COVERAGE))))

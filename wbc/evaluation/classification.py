@@ -136,9 +136,10 @@ def write_predictions(path: Path, dataset, probs: np.ndarray, classes: list[str]
             extra = [f"{UNCALIBRATED}{c}" for c in classes] if uncalibrated is not None else []
             writer.writerow(["sample_id", "cell", "true", "pred", *(f"p_{c}" for c in classes), *extra])
             for i, (c, row) in enumerate(zip(dataset.crops, probs)):
-                # the probabilities temperatures are fitted from: 8 significant digits, so a true class's 3e-7 is not a 0
+                # 8 significant digits, so a true class's 3e-7 is not a 0: temperatures are fitted from these
+                # (an ensemble's from the members' calibrated p_ columns, wbc.ensemble.calibrate_from_oof)
                 raw = [f"{v:.8g}" for v in uncalibrated[i]] if uncalibrated is not None else []
-                writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.5f}" for v in row), *raw])
+                writer.writerow([guard(str(c.sample_id)), c.cell, guard(classes[c.label]), guard(classes[int(np.argmax(row))]), *(f"{v:.8g}" for v in row), *raw])
 
     atomic_write(path, _write)
 
