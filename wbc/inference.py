@@ -257,9 +257,10 @@ class CellPipeline:
                 "unlike_training": bool(distance > threshold)}
 
     def review(self, shape: tuple[int, int], instances: list[Instance], class_probs: np.ndarray, views: np.ndarray | None = None,
-               appearance: dict | None = None) -> list[list[str]]:
+               appearance: dict | None = None, classifier_probs: np.ndarray | None = None) -> list[list[str]]:
         """Per cell, the reasons to review it (wbc.review), at the scale the last image was segmented at;
-        `appearance`: the image's check_appearance."""
+        `appearance`: the image's check_appearance; `classifier_probs`: the classifier's own calibrated
+        probabilities when `class_probs` averaged a morphology model in (its review threshold reads those)."""
         tile = int(self.seg_info.get("image_size") or 128)
         h, w = shape
         factor = self.last_scale.factor if self.last_scale is not None and self.last_scale.factor else math.sqrt(tile / h * tile / w)
@@ -274,6 +275,7 @@ class CellPipeline:
         return review_reasons(
             class_probs, views, instances, shape, self.classes, float(self.calibration.get("review_min_probability", 0.0)),
             tuple(q) if q else None, factor, self.review_options, appearance,
+            None if classifier_probs is None or np.size(classifier_probs) == 0 else np.asarray(classifier_probs).max(1),
         )
 
     @torch.no_grad()
@@ -352,10 +354,10 @@ class CellPipeline:
         prob, labels, instances, crops, seg_seconds = self._cells(rgb)
         t1 = t0 + seg_seconds
         t2 = time.perf_counter()
-        class_probs, views = self.classify_with_views(crops)
-        class_probs = self.with_morphology(rgb, labels, instances, class_probs)
+        own, views = self.classify_with_views(crops)
+        class_probs = self.with_morphology(rgb, labels, instances, own)
         appearance = self.check_appearance(rgb, labels)
-        review = self.review(rgb.shape[:2], instances, class_probs, views, appearance)
+        review = self.review(rgb.shape[:2], instances, class_probs, views, appearance, own if class_probs is not own else None)
         t3 = time.perf_counter()
         timings = {"segment_ms": 1e3 * (t1 - t0), "cells_ms": 1e3 * (t2 - t1), "classify_ms": 1e3 * (t3 - t2)}
         for k, v in timings.items():

@@ -63,13 +63,16 @@ def review_reasons(
     px_to_network: float = 1.0,
     options: ReviewOptions = ReviewOptions(),
     appearance: Mapping | None = None,
+    confidence: np.ndarray | None = None,
 ) -> list[list[str]]:
     """One list of plain-language reasons per cell (empty: not flagged).
 
     class_probs: n x C calibrated probabilities (n x 0 without a classifier); views: V x n x C
     (flips or ensemble members) or None; shape: the image's (H, W); diameter_range: the plausible
     nucleus diameters in network px; px_to_network: image px -> network px for this image;
-    appearance: the image's appearance check (CellPipeline.check_appearance) or None."""
+    appearance: the image's appearance check (CellPipeline.check_appearance) or None; confidence: per cell, the
+    calibrated probability the threshold was fitted on when class_probs are not it (a morphology model averaged
+    in: the threshold reads the classifier's own top probability, and says so)."""
     h, w = shape
     has_classes = class_probs is not None and np.size(class_probs) > 0
     threshold = options.min_probability if options.min_probability is not None else min_probability
@@ -77,9 +80,9 @@ def review_reasons(
     for k, inst in enumerate(instances):
         reasons = []
         if has_classes:
-            p = class_probs[k]
-            if threshold and float(p.max()) < threshold:
-                reasons.append(f"low confidence ({float(p.max()):.2f} < {threshold:.2f})")
+            top = float(class_probs[k].max() if confidence is None else confidence[k])
+            if threshold and top < threshold:
+                reasons.append(f"low {'classifier ' if confidence is not None else ''}confidence ({top:.2f} < {threshold:.2f})")
             if options.views_disagree and views is not None and len(views) > 1:
                 picks = sorted({classes[int(i)] for i in np.argmax(views[:, k], axis=1)})
                 if len(picks) > 1:

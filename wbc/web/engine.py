@@ -144,13 +144,13 @@ class Engine:
             pipe.last_scale = rec.scale
             t0 = time.perf_counter()
             with_views = getattr(pipe, "classify_with_views", None)
-            probs, views = with_views(rec.crops) if callable(with_views) else (pipe.classify(rec.crops), None)
+            own, views = with_views(rec.crops) if callable(with_views) else (pipe.classify(rec.crops), None)
             fuse = getattr(pipe, "with_morphology", None)  # a nucleus-morphology model averaged in (serve.py morphology=)
-            if callable(fuse):
-                probs = fuse(rec.rgb, np.asarray(rec.labels), rec.instances, probs)
+            probs = fuse(rec.rgb, np.asarray(rec.labels), rec.instances, own) if callable(fuse) else own
             classify_ms, t1 = _ms(t0), time.perf_counter()
             reviewer = getattr(pipe, "review", None)  # per-cell review reasons (wbc.review), where the pipeline has them
-            review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views, rec.appearance) if callable(reviewer) else None
+            fused = {"classifier_probs": own} if probs is not own else {}  # its threshold reads the classifier's own
+            review = reviewer(rec.rgb.shape[:2], rec.instances, probs, views, rec.appearance, **fused) if callable(reviewer) else None
             rec.class_probs, rec.review = np.asarray(probs), review
             rec.rows = co.cell_rows(rec.instances, self.classes, rec.class_probs, review, rec.measurements)
             rec.status = "classified"
