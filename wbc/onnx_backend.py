@@ -7,6 +7,8 @@ prediction from the export sees exactly the inputs the checkpoints were trained 
 (fold runs, or an RGB and a grey + CLAHE segmenter for another lab's smears) is exported as one
 graph that averages its members; segmenters of different inputs take them stacked along the
 channels (`data_info.input_groups`), which the pipeline builds from export.json as from checkpoints.
+Each graph carries its stage and classes and export.json its sha256, and the loader checks them against each
+other (wbc.onnx_checks); the files are written into a temporary sibling folder and moved in at the end.
 
 `OnnxSegmenter` / `OnnxClassifier` quack like the Lightning modules as far as
 `wbc.inference.CellPipeline` is concerned (`predict_probability`, `predict_proba`,
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,14 +31,22 @@ import numpy as np
 import torch
 
 from wbc.ensemble import AttributeDict
-from wbc.io import atomic_write, write_json
+from wbc.io import write_json
+from wbc.onnx_checks import (
+    EXPORT_JSON,
+    FORMAT_VERSION,
+    STAGES,
+    check_data_info,
+    check_export_json,
+    stamp_graph,
+    verify_graph,
+    warn_unverified,
+)
 
 log = logging.getLogger("wbc")
 
-EXPORT_JSON = "export.json"
 MORPHOLOGY_JSON = "morphology.json"
 OPSET = 17
-FORMAT_VERSION = 1
 
 
 class _ProbabilityHead(torch.nn.Module):
@@ -77,58 +90,95 @@ def _input_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
     return (batch, channels, size, size)
 
 
+def _classifier_shape(data_info: dict, batch: int = 1) -> tuple[int, int, int, int]:
+    """The classifier graph's input: crops of data_info.crops.image_size (the network size of a crop)."""
+    crop_size = int((data_info.get("crops") or {}).get("image_size") or data_info.get("image_size") or 64)
+    return _input_shape({**data_info, "image_size": crop_size}, batch)
+
+
 def _export(head: torch.nn.Module, shape: tuple[int, ...], path: Path, input_name: str, output_name: str, opset: int,
             views_name: str | None = None) -> None:
     head = head.cpu().eval()
     example = torch.rand(*shape)
+    with warnings.catch_warnings(), torch.no_grad():  # into the export's temporary folder (export_models moves it into place)
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            head,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=[output_name, *([views_name] if views_name else [])],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}, **({views_name: {1: "batch"}} if views_name else {})},
+        )
 
-    def _write(tmp: Path) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(
-                head,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[input_name],
-                output_names=[output_name, *([views_name] if views_name else [])],
-                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}, **({views_name: {1: "batch"}} if views_name else {})},
-            )
 
-    atomic_write(path, _write)
+def _install(tmp: Path, out: Path) -> None:
+    """Move a finished export from `tmp` into `out` (files of other names there stay, as before): export.json
+    is removed first and moved last, so a crash in between leaves a folder that is refused (no export.json,
+    or graphs whose sha256 it does not record), never old and new files that run together."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_JSON).unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir()):
+        if f.name != EXPORT_JSON:
+            os.replace(f, out / f.name)
+    os.replace(tmp / EXPORT_JSON, out / EXPORT_JSON)
+
+
+def _checked_info(model: Any, key: str) -> dict:
+    """The model's data_info, refused before anything is written if an export of it would be refused at load."""
+    stage = model.hparams.get("stage", STAGES[key])
+    if stage != STAGES[key]:
+        raise ValueError(f"export.py: the {key} given is a {stage} model (hparams.stage); expected a {STAGES[key]} one "
+                         "(segmenter= and classifier= swapped?)")
+    info = dict(model.hparams.get("data_info") or {})
+    check_data_info(key, info, f"export.py {key}")
+    return info
 
 
 def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opset: int = OPSET, sources: dict | None = None, morphology=None) -> dict:
     """Write segmenter.onnx [+ classifier.onnx] [+ morphology.json: a wbc.morphology model averaged into the
     class probabilities, carried so the export runs as the pipeline it came from] + export.json into out_dir;
     returns the JSON dict."""
-    if morphology is not None and classifier is not None:  # refused before any file is written
-        morphology.check_classes((classifier.hparams.get("data_info") or {}).get("classes") or [])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    seg_info = _checked_info(segmenter, "segmenter")  # refused before any file is written
+    cls_info = _checked_info(classifier, "classifier") if classifier is not None else {}
+    if morphology is not None and classifier is not None:
+        morphology.check_classes(cls_info.get("classes") or [])
+    # everything is written into a temporary sibling folder first: a failed (re-)export leaves `out` as it was
+    real = Path(out_dir).resolve()
+    real.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{real.name[:32]}.export-", dir=real.parent))
+    try:
+        meta = _write_export(segmenter, classifier, seg_info, cls_info, out, opset, sources, morphology)
+        _install(out, real)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return meta
+
+
+def _write_export(segmenter, classifier, seg_info: dict, cls_info: dict, out: Path, opset: int, sources: dict | None, morphology) -> dict:
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "opset": opset, "torch": torch.__version__, "sources": dict(sources or {})}
-    seg_info = dict(segmenter.hparams.get("data_info") or {})
     seg_shape = _input_shape(seg_info)
     _export(_head(segmenter, "probability", "predict_probability"), seg_shape, out / "segmenter.onnx", "image", "nucleus_probability", opset)
     meta["segmenter"] = {
         "file": "segmenter.onnx",
-        "stage": segmenter.hparams.get("stage", "segmentation"),
+        "sha256": stamp_graph(out / "segmenter.onnx", "segmenter", seg_info),
+        "stage": STAGES["segmenter"],
         "io": "image: B x C x S x S float in [0, 1] after data_info.preprocess and a resize to S -> nucleus_probability: B x 1 x S x S",
         "input_shape": [None, *seg_shape[1:]],
         "data_info": seg_info,
     }
     if classifier is not None:
-        cls_info = dict(classifier.hparams.get("data_info") or {})
-        crop_size = int((cls_info.get("crops") or {}).get("image_size") or cls_info.get("image_size") or 64)
-        cls_shape = _input_shape({**cls_info, "image_size": crop_size}, batch=2)
+        cls_shape = _classifier_shape(cls_info, batch=2)
         views = _view_count(classifier.cpu().eval(), cls_shape) > 1  # test-time flips or members: their agreement is a review reason
         head = _head(classifier, "probabilities", "predict_proba")
         _export(_ViewsHead(head.module, head.method) if views else head, cls_shape, out / "classifier.onnx", "crops", "class_probability", opset,
                 "class_probability_views" if views else None)
         meta["classifier"] = {
             "file": "classifier.onnx",
-            "stage": classifier.hparams.get("stage", "classification"),
+            "sha256": stamp_graph(out / "classifier.onnx", "classifier", cls_info),
+            "stage": STAGES["classifier"],
             "io": "crops: B x C x s x s float in [0, 1] (data_info.crops) -> class_probability: B x n_classes (order: data_info.classes)"
                   + ("; class_probability_views: V x B x n_classes (each test-time view or member)" if views else ""),
             "input_shape": [None, *cls_shape[1:]],
@@ -166,7 +216,7 @@ def export_checkpoints(segmenter: Any, classifier: Any, out_dir: str | Path, ops
 # --------------------------------------------------------------------------- runtime side
 
 
-def _session(path: Path, threads: int | None = None):
+def _session(graph: Path | bytes, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -177,7 +227,8 @@ def _session(path: Path, threads: int | None = None):
     # no busy-waiting between runs: the spinning pool threads would slow the CPU-bound cell
     # extraction that follows each segmenter call
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class _OnnxModel:
@@ -185,11 +236,12 @@ class _OnnxModel:
 
     stage = ""
 
-    def __init__(self, path: str | Path, data_info: dict | None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, data_info: dict | None, threads: int | None = None, graph: bytes | None = None) -> None:
+        """`graph`: the file's bytes as load_export checked them (run as they are, so the file can not change in between)."""
         self.path = Path(path)
-        if not self.path.is_file():
+        if graph is None and not self.path.is_file():
             raise FileNotFoundError(f"onnx={self.path.parent}: {self.path.name} not found (run export.py first)")
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path if graph is None else graph, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.hparams = AttributeDict(data_info=dict(data_info or {}), stage=self.stage)
         self.device = torch.device("cpu")
@@ -245,7 +297,8 @@ class OnnxClassifier(_OnnxModel):
 
 def read_export(export_dir: str | Path) -> dict:
     """export.json of an export folder, checked: valid JSON with a segmenter entry, every file it names inside
-    the folder (one clear error naming the folder and the key otherwise)."""
+    the folder, a known format_version, each entry of its stage with the data_info the pipeline needs (one
+    clear error naming the folder and the key otherwise; the graphs are checked against it by load_export)."""
     d = Path(export_dir)
     meta_path = d / EXPORT_JSON
     if not meta_path.is_file():
@@ -259,6 +312,7 @@ def read_export(export_dir: str | Path) -> dict:
     for key in ("segmenter", "classifier", "morphology"):
         if key == "segmenter" or meta.get(key):
             export_file(d, meta, key)  # refuse an entry pointing outside the folder before anything is read
+    check_export_json(export_dir, meta)
     return meta
 
 
@@ -278,14 +332,32 @@ def export_file(export_dir: Path, meta: dict, key: str) -> Path:
 
 
 def load_export(export_dir: str | Path, threads: int | None = None, meta: dict | None = None) -> tuple[OnnxSegmenter, OnnxClassifier | None]:
-    """The export's two onnxruntime models; `meta`: its export.json as read_export returned it (read here if None)."""
+    """The export's two onnxruntime models, each graph checked against export.json first (wbc.onnx_checks);
+    `meta`: its export.json as read_export returned it (read here if None)."""
     d = Path(export_dir)
     meta = read_export(d) if meta is None else meta
-    seg = OnnxSegmenter(export_file(d, meta, "segmenter"), meta["segmenter"].get("data_info"), threads)
+    unverified = False
+
+    def graph(key: str) -> tuple[Path, bytes]:
+        nonlocal unverified
+        path = export_file(d, meta, key)
+        if not path.is_file():
+            raise FileNotFoundError(f"onnx={export_dir}: {path.name} not found (run export.py first)")
+        info = meta[key]["data_info"]
+        shape = _input_shape(info) if key == "segmenter" else _classifier_shape(info)
+        data, verified = verify_graph(export_dir, meta, key, path, shape[1:])
+        unverified = unverified or not verified
+        return path, data
+
+    path, data = graph("segmenter")
+    seg = OnnxSegmenter(path, meta["segmenter"]["data_info"], threads, data)
     clf = None
     if meta.get("classifier"):
-        clf = OnnxClassifier(export_file(d, meta, "classifier"), meta["classifier"].get("data_info"), threads)
+        path, data = graph("classifier")
+        clf = OnnxClassifier(path, meta["classifier"]["data_info"], threads, data)
         clf.calibration_info = dict(meta["classifier"].get("calibration") or {})
+    if unverified:
+        warn_unverified(export_dir)
     return seg, clf
 
 

@@ -43,6 +43,11 @@ def build_pipeline(cfg: DictConfig):
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 
+        given = [k for k in ("run", "ensemble", "segmenter", "classifier") if cfg.get(k)]
+        if given:  # the export holds both models: a checkpoint given too would be silently ignored
+            raise ValueError(f"onnx={cfg.onnx} and {given[0]}={cfg.get(given[0])} were both given: onnx= runs the export's own models; "
+                             f"expected one of them (drop {given[0]}= to run the export, or onnx= to run the checkpoints)")
+
         pipe = pipeline_from_export(cfg.onnx, cfg.device, overrides, scale=scale, review=review, bit_depth=cfg.get("bit_depth"))
         return with_morphology(pipe, cfg.get("morphology"))
     runs = cfg.get("ensemble") or cfg.run  # a run dir, or a sweep dir of fold runs / a list (fold ensemble)
