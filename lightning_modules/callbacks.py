@@ -116,19 +116,39 @@ class HeadFirst(L.Callback):
         self._train_body(pl_module, True)  # the module leaves training as it came
 
 
+def early_stages(net: torch.nn.Module, most: int = 3) -> list[str]:
+    """Module names of a network's first stages (all but its last, at most `most`): their outputs carry
+    the style (stain, lighting) while still little of the class. Found by structure, an `encoder` first
+    (an smp decoder has `blocks` too): timm EfficientNet/MobileNet `blocks.N` or `stages.N`, ResNet
+    `layerN`, or a Sequential's pooling layers (the SmallCNN's `features` blocks end in one); [] if none."""
+    named = sorted(net.named_modules(), key=lambda item: "encoder" not in item[0].split("."))
+    for name, module in named:
+        prefix, children = f"{name}." if name else "", dict(module.named_children())
+        stages = next(([f"{prefix}{key}.{i}" for i in range(len(children[key]))] for key in ("blocks", "stages")
+                       if isinstance(children.get(key), torch.nn.Sequential | torch.nn.ModuleList)), [])
+        stages = stages or [f"{prefix}{key}" for key in sorted((k for k in children if k.startswith("layer") and k[5:].isdigit()), key=lambda k: int(k[5:]))]
+        if not stages and isinstance(module, torch.nn.Sequential):
+            stages = [f"{prefix}{key}" for key, child in children.items() if isinstance(child, torch.nn.MaxPool2d | torch.nn.AvgPool2d)]
+        if len(stages) >= 2:
+            return stages[:min(most, len(stages) - 1)]
+    return []
+
+
 class MixStyle(L.Callback):
     """While training, mix the feature statistics of the network's early stages between crops
     (`lightning_modules.mixing.mix_styles`, with probability `p` per stage and batch): a
     domain-generalisation lever for images from other labs. Forward hooks on `pl_module.net`'s
-    modules named in `layers`, attached at the start of training and removed at its end, acting only
-    in training mode: validation, testing, exports and checkpoints never see them (no parameters)."""
+    modules named in `layers` (None: its first stages, `early_stages`, so one setting serves every
+    network), attached at the start of training and removed at its end, acting only in training
+    mode: validation, testing, exports and checkpoints never see them (no parameters)."""
 
-    def __init__(self, p: float = 0.5, alpha: float = 0.1, layers: list[str] | tuple[str, ...] = ("blocks.0", "blocks.1", "blocks.2")) -> None:
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, layers: list[str] | tuple[str, ...] | None = None) -> None:
         if not 0.0 <= p <= 1.0 or alpha <= 0:
             raise ValueError(f"callbacks.mixstyle: expected p in [0, 1] and alpha > 0, got p={p}, alpha={alpha}")
-        if not layers:
-            raise ValueError("callbacks.mixstyle.layers: expected at least one module name of the network")
-        self.p, self.alpha, self.layers = float(p), float(alpha), [str(name) for name in layers]
+        if layers is not None and not layers:
+            raise ValueError("callbacks.mixstyle.layers: expected at least one module name of the network, or null")
+        self.p, self.alpha = float(p), float(alpha)
+        self.layers = None if layers is None else [str(name) for name in layers]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
@@ -137,14 +157,18 @@ class MixStyle(L.Callback):
         return mix_styles(output, self.alpha)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        modules = dict(getattr(pl_module, "net", pl_module).named_modules())
-        missing = [name for name in self.layers if name not in modules]
-        if missing:
+        net = getattr(pl_module, "net", pl_module)
+        modules = dict(net.named_modules())
+        names = self.layers if self.layers is not None else early_stages(net)
+        missing = [name for name in names if name not in modules]
+        if missing or not names:
             stages = [n for n in modules if n and n.count(".") <= 1][:12]
-            raise ValueError(f"callbacks.mixstyle.layers: {missing} not found in {type(modules['']).__name__} "
-                             f"(module names such as {stages})")
+            what = f"{missing} not found in" if missing else "null: found no early stages in"
+            raise ValueError(f"callbacks.mixstyle.layers: {what} {type(net).__name__} (module names such as {stages})")
+        if self.layers is None:
+            log.info("mixstyle: mixing the outputs of %s (callbacks.mixstyle.layers=null)", names)
         self._remove()
-        self._handles = [modules[name].register_forward_hook(self._hook) for name in self.layers]
+        self._handles = [modules[name].register_forward_hook(self._hook) for name in names]
 
     def _remove(self) -> None:
         for handle in self._handles:

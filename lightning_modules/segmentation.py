@@ -80,8 +80,9 @@ def seg_metrics() -> MetricCollection:
 
 
 def update_seg_metrics(metrics: MetricCollection, prob: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> None:
-    """prob: Bx1xHxW nucleus probability; truth: Bx1xHxW {0,1}."""
-    pred = (prob >= threshold).long()
+    """prob: Bx1xHxW nucleus probability; truth: Bx1xHxW {0,1}. Foreground is `prob > threshold`, as
+    post-processing binarises (wbc.postprocess.binarize), so the Dice scored is the mask's."""
+    pred = (prob > threshold).long()
     truth = truth.long()
     for name, metric in metrics.items(keep_base=True):
         if name in ("dice", "iou"):
@@ -161,7 +162,7 @@ class SegmentationModule(BestValidationMetric, L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, prob, truth, _ = self._step(batch)
         self.train_loss(loss.detach())
-        self.train_dice.update((prob >= self.threshold).long().flatten(), truth.long().flatten())
+        self.train_dice.update((prob > self.threshold).long().flatten(), truth.long().flatten())
         n = len(batch["image"])
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, batch_size=n)

@@ -41,9 +41,21 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     fit_accelerator(trainer_cfg)
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_dict(cfg.get("logger"), "logger")
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(trainer_cfg, callbacks=without_logger_callbacks(callbacks, loggers), logger=loggers or False)
     check_launch(trainer)
     return trainer
+
+
+def without_logger_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[Any]:
+    """The callbacks, less the LearningRateMonitor when there is no logger (`logger=none`): Lightning
+    refuses it then ("Cannot use LearningRateMonitor callback with Trainer that has no logger"), and the
+    default callback set carries one."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    if loggers or not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        return callbacks
+    log.info("logger=none: the learning-rate monitor (callbacks.lr_monitor) is left out, it has nowhere to log")
+    return [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
 
 
 def fit_accelerator(trainer_cfg: dict) -> dict:

@@ -1,4 +1,6 @@
-"""OmegaConf resolvers used by `conf/` (registered once, on import of `wbc`)."""
+"""OmegaConf resolvers used by `conf/` (`${wbc.channels:...}` and co.). Importing this module registers
+nothing: `wbc.cli.prepare()` calls `register_resolvers()` before any command composes its config (tests do
+the same in conftest.py); a second call is a no-op."""
 
 from __future__ import annotations
 

@@ -57,6 +57,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     return evaluate_spec(
         ckpt_argument(cfg), cfg.split, Path(cfg.paths.output_dir), cfg.get("data"), postprocess_overrides(cfg.get("postprocess")),
         cfg.num_overlays, cfg.get("tta"), eval_device(cfg), adapt_targets(cfg.get("adapt_bn")), cfg.get("morphology"),
+        cfg.get("iou_threshold"),
     )
 
 

@@ -255,14 +255,16 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
                   num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: Sequence[str] = (),
-                  morphology: str | None = None) -> tuple[dict, dict]:
+                  morphology: str | None = None, iou_threshold: float | None = None) -> tuple[dict, dict]:
     """Any run: a pipeline run dir, or a mapping {"segmentation": run, "classification": run} of two
     separate runs (evaluate.py segmenter=... classifier=...), scores both stages (`<out>/segmentation/`,
     `<out>/classification/`) and, on the test split, the full pipeline; anything else is one stage's
     member(s). With `adapt_bn` (model names) those models first re-estimate their batch-norm
     statistics on the images they are scored on (a stage on the split's images or crops, the
     pipeline as predict.py does). `morphology` (a wbc.morphology model file) is averaged into the
-    full pipeline's class probabilities, as predict.py's morphology= does; the stages are scored without it."""
+    full pipeline's class probabilities, as predict.py's morphology= does; the stages are scored without it.
+    `iou_threshold`: the full pipeline's cell-matching IoU (None: a pipeline run's own
+    pipeline.iou_threshold, else 0.5), so a re-scored run matches cells as its training run did."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
@@ -271,6 +273,9 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
     if morphology and (split != "test" or not (composed or is_pipeline_run(spec))):
         raise ValueError(f"morphology={morphology} acts on the full pipeline, scored on the test split of a pipeline run "
                          "or of segmenter= + classifier=; it is not used by one stage or another split")
+    if iou_threshold is not None and (split != "test" or not (composed or is_pipeline_run(spec))):
+        raise ValueError(f"iou_threshold={iou_threshold} matches the full pipeline's cells, scored on the test split of a "
+                         "pipeline run or of segmenter= + classifier=; it is not used by one stage or another split")
     if not composed and not is_pipeline_run(spec):
         stage = get_stage(detect_stage(spec))
         return evaluate_members(stage, spec, split, out_dir, data, post_overrides, num_overlays, tta, device, adapt_bn)
@@ -290,7 +295,10 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
             from wbc.morphology import MorphologyClassifier
 
             pipe.use_morphology(MorphologyClassifier.load(morphology), str(morphology))
-        iou = 0.5 if composed else float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
+        if iou_threshold is not None:
+            iou = float(iou_threshold)
+        else:
+            iou = 0.5 if composed else float((run_config(Path(str(spec))).get(PIPELINE) or {}).get("iou_threshold", 0.5))
         metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, tuple(adapt_bn)))
     write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": {k: str(v) for k, v in spec.items()} if composed else str(spec)})
     return metrics, objects
