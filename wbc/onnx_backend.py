@@ -38,6 +38,7 @@ from wbc.onnx_checks import (
     STAGES,
     check_data_info,
     check_export_json,
+    require,
     stamp_graph,
     verify_graph,
     warn_unverified,
@@ -141,6 +142,7 @@ def export_models(segmenter, classifier=None, out_dir: str | Path = "onnx", opse
     """Write segmenter.onnx [+ classifier.onnx] [+ morphology.json: a wbc.morphology model averaged into the
     class probabilities, carried so the export runs as the pipeline it came from] + export.json into out_dir;
     returns the JSON dict."""
+    require("onnx", "export.py")  # torch.onnx.export writes through it
     seg_info = _checked_info(segmenter, "segmenter")  # refused before any file is written
     cls_info = _checked_info(classifier, "classifier") if classifier is not None else {}
     if morphology is not None and classifier is not None:

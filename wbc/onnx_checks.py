@@ -27,6 +27,15 @@ STAGES = {"segmenter": "segmentation", "classifier": "classification"}
 META_STAGE, META_CLASSES, META_VERSION = "wbc.stage", "wbc.classes", "wbc.format_version"
 
 
+def require(module: str, what: str) -> None:
+    """One clear error when the ONNX packages are missing: the default install leaves them to the `onnx`
+    extra, and a bare ModuleNotFoundError deep in an export did not say what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"{what} needs the {module!r} package: pip install -e '.[onnx]' (or pip install 'wbc-lab[onnx]')")
+
+
 def missing_info(key: str, info: dict) -> list[str]:
     """The data_info keys the pipeline needs for this model that `info` lacks: without them it would run
     on library defaults, not the inputs the model was trained on."""
@@ -80,6 +89,7 @@ def check_export_json(export_dir: str | Path, meta: dict) -> None:
 def stamp_graph(path: Path, key: str, info: dict) -> str:
     """Write the data_info essentials into the graph's metadata_props; returns the file's sha256 (what
     export.json records, so a graph swapped or half re-exported afterwards is refused)."""
+    require("onnx", "export.py")
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -112,6 +122,8 @@ def _dims(value_info: Any) -> list[int | None]:
 def verify_graph(export_dir: str | Path, meta: dict, key: str, path: Path, expected_input: tuple[int, ...]) -> tuple[bytes, bool]:
     """The graph file's bytes, checked against export.json (what onnxruntime then runs, so the file can not
     change between check and load); and whether it could be verified (False: a format_version 1 export)."""
+    require("onnx", "onnx=")
+    require("onnxruntime", "onnx=")
     import onnx
     from onnx.external_data_helper import uses_external_data
 
