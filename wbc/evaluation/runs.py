@@ -190,12 +190,20 @@ ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # st
 
 
 def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence, model: Any = None) -> list[str]:
-    """Why an ensemble's figure on a validation split favours it, when these are its members' own validation
+    """Why one classifier's calibration figures on a validation split are in-sample, and why an ensemble's figure
+    there favours it, when these are its members' own validation
     images: members of other folds trained on them, and classifiers' temperatures were fitted on them (the
     members are averaged calibrated; benchmarks/seed_ensemble.py averages the probabilities before them), as
     were the ensemble's own temperature and review threshold (wbc.ensemble.calibrate_from_oof)."""
-    if split != "val" or len(modules) < 2:
+    if split != "val":
         return []
+    if len(modules) == 1:  # one classifier: its temperature and review threshold were fitted on its validation crops
+        t, floor = float(getattr(modules[0], "temperature", 1.0)), float(getattr(modules[0], "review_min_probability", 0.0))
+        if t == 1.0 and floor == 0.0:
+            return []
+        return [f"the checkpoint's temperature (T={t:.3g}) and review threshold ({floor:.3g}) were fitted on its own validation "
+                "crops: if these are they, the calibration and review figures are in-sample (the uncalibrated ones and the "
+                "classes called are not)"]
     from wbc.ensemble import member_fold
 
     out = []
