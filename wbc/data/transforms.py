@@ -25,10 +25,15 @@ class Preprocess:
     clahe: bool = True
     clip_limit: float = 2.0
     tile_grid: int = 8
-    # scale each channel so the background (the brightest BACKGROUND_SHARE of pixels) becomes neutral grey-white
+    # scale each channel so the background (the brightest white_balance_share of pixels) becomes neutral
+    # grey-white at white_balance_level
     white_balance: bool = False
-    # colour normalisation: null or `reinhard` (each image's LAB mean / std mapped to REINHARD_TARGET)
+    white_balance_share: float = 0.1
+    white_balance_level: float = 235.0
+    # colour normalisation: null or `reinhard` (each image's LAB mean / std mapped to stain_target:
+    # ((L mean, L std), (a mean, a std), (b mean, b std)) in OpenCV's 8-bit LAB)
     stain_norm: str | None = None
+    stain_target: tuple[tuple[float, float], ...] = ((198.0, 54.0), (138.0, 15.0), (141.0, 17.0))
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> Preprocess:
@@ -37,13 +42,33 @@ class Preprocess:
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"data.preprocess: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        out = cls(**dict(cfg))
-        if out.stain_norm not in STAIN_NORMS:
-            raise ValueError(f"data.preprocess.stain_norm={out.stain_norm!r}: expected one of {list(STAIN_NORMS)}")
+        values = dict(cfg)
+        if "stain_target" in values:  # a config's / JSON's nested lists: the tuples the dataclass compares and hashes
+            try:
+                values["stain_target"] = tuple((float(m), float(sd)) for m, sd in values["stain_target"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"data.preprocess.stain_target={values['stain_target']!r}: expected three [mean, std] pairs "
+                                 "(L, a, b)") from err
+        out = cls(**values)
+        out.check()
         return out
 
+    def check(self) -> None:
+        """One error naming the key, before any image is read."""
+        if self.stain_norm not in STAIN_NORMS:
+            raise ValueError(f"data.preprocess.stain_norm={self.stain_norm!r}: expected one of {list(STAIN_NORMS)}")
+        if not 0.0 < float(self.white_balance_share) <= 1.0:
+            raise ValueError(f"data.preprocess.white_balance_share={self.white_balance_share!r}: expected a share in (0, 1]")
+        if not 0.0 < float(self.white_balance_level) <= 255.0:
+            raise ValueError(f"data.preprocess.white_balance_level={self.white_balance_level!r}: expected a level in (0, 255]")
+        target = self.stain_target
+        if len(target) != 3 or not all(0.0 <= m <= 255.0 and 0.0 < sd <= 255.0 for m, sd in target):
+            raise ValueError(f"data.preprocess.stain_target={target!r}: expected three [mean, std] pairs (L, a, b) in "
+                             "OpenCV's 8-bit LAB: means in [0, 255], spreads in (0, 255]")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values (lists, not tuples) for a checkpoint's data_info, hparams.yaml and export.json."""
+        return {**asdict(self), "stain_target": [list(p) for p in self.stain_target]}
 
     @classmethod
     def same(cls, a: Mapping | None, b: Mapping | None) -> bool:
@@ -69,9 +94,9 @@ class Preprocess:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"Preprocess expects HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
         if self.white_balance:
-            rgb = white_balance(rgb)
+            rgb = white_balance(rgb, self.white_balance_share, self.white_balance_level)
         if self.stain_norm == "reinhard":
-            rgb = reinhard(rgb)
+            rgb = reinhard(rgb, self.stain_target)
         clahe = cv2.createCLAHE(clipLimit=float(self.clip_limit), tileGridSize=(self.tile_grid, self.tile_grid)) if self.clahe else None
         if self.grayscale:
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -102,28 +127,23 @@ class StackedPreprocess:
         return np.concatenate([p(rgb) for p in self.parts], axis=-1)
 
 
-# the share of brightest pixels taken as background, and the level it is mapped to
-BACKGROUND_SHARE = 0.1
-BACKGROUND_LEVEL = 235.0
-
-
-def white_balance(rgb: np.ndarray) -> np.ndarray:
+def white_balance(rgb: np.ndarray, share: float = Preprocess.white_balance_share, level: float = Preprocess.white_balance_level) -> np.ndarray:
     """Von Kries / white-patch balance on the background: each channel is scaled so that the mean of
-    the brightest 10 % of pixels (by luminance: slide background in a smear or a cell crop) becomes
-    BACKGROUND_LEVEL in every channel. A yellowish or lavender background turns neutral while the
-    stain's contrast between nucleus and cytoplasm is kept."""
+    the brightest `share` of pixels (by luminance: slide background in a smear or a cell crop) becomes
+    `level` in every channel. A yellowish or lavender background turns neutral while the stain's
+    contrast between nucleus and cytoplasm is kept."""
     lum = rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
-    cut = np.quantile(lum, 1.0 - BACKGROUND_SHARE)
+    cut = np.quantile(lum, 1.0 - share)
     bright = rgb[lum >= cut].astype(np.float32)
     bg = np.maximum(bright.mean(axis=0), 1.0)
-    out = rgb.astype(np.float32) * (BACKGROUND_LEVEL / bg)
+    out = rgb.astype(np.float32) * (level / bg)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 STAIN_NORMS = (None, "reinhard")
 # per-image (mean, std) of OpenCV's 8-bit L, a, b, averaged over segmentation_wbc dataset1 (yellowish)
-# and dataset2 (pink): a middle colour rather than one lab's
-REINHARD_TARGET = ((198.0, 54.0), (138.0, 15.0), (141.0, 17.0))
+# and dataset2 (pink): a middle colour rather than one lab's (data.preprocess.stain_target's default)
+REINHARD_TARGET = Preprocess.stain_target
 
 
 def reinhard(rgb: np.ndarray, target: Sequence[Sequence[float]] = REINHARD_TARGET) -> np.ndarray:
