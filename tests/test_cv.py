@@ -147,12 +147,15 @@ def test_resumed_sweep_skips_finished_continues_interrupted_and_names_failed(seg
     failed = (sweep / "2" / "FAILED").read_text()
     assert "SplitError" in failed and "data.fold=7" in failed
     assert not (sweep / "2" / "metrics.json").exists()
+    # fold 0 kept the schedule it ran (1 epoch, job.json), fold 1 ran on to 2: two settings, not one mean
+    assert "trainer.max_epochs" in out and "skipped" in out
     s = read_json(sweep / "cv_summary.json")
-    assert s["folds"] == [0, 1] and s["failed_folds"] == [7]
-    assert s["failed"][0]["job"] == "2" and "data.fold=7" in s["failed"][0]["reason"]
-    assert s["mean"]["val/dice_best"] == pytest.approx(
-        np.mean([read_json(sweep / j / "metrics.json")["val/dice_best"] for j in ("0", "1")])
-    )
+    groups = {"trainer.max_epochs=1" in g["overrides"]: g for g in s["groups"]}
+    assert groups[True]["folds"] == [0] and groups[False]["folds"] == [1] and groups[False]["failed_folds"] == [7]
+    assert "trainer.max_epochs=2" in groups[False]["overrides"] and s["failed_folds"] == [7]
+    assert groups[False]["failed"][0]["job"] == "2" and "data.fold=7" in groups[False]["failed"][0]["reason"]
+    for job, g in (("0", groups[True]), ("1", groups[False])):
+        assert g["mean"]["val/dice_best"] == pytest.approx(read_json(sweep / job / "metrics.json")["val/dice_best"])
     rows = {r["job"]: r for r in csv_rows(sweep / "cv_summary.csv")}
     assert rows["2"]["status"] == "failed" and "SplitError" in rows["2"]["note"]
 

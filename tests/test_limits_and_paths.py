@@ -246,13 +246,14 @@ def test_ckpt_path_of_a_finished_run_says_so_not_keyerror(trained_run, tmp_path,
     assert "Raise trainer.max_epochs" in proc.stderr and "train=false" in proc.stderr
 
 
-def test_resume_true_of_a_finished_run_without_metrics_says_so(trained_run, make_cfg, run_training, tmp_path):
-    """resume=true into a run that finished training but lost metrics.json (stopped while testing)."""
+def test_resume_true_of_a_finished_run_without_metrics_tests_and_scores_it(trained_run, make_cfg, run_training, tmp_path):
+    """resume=true into a run that finished training but lost metrics.json (stopped while testing): fit is
+    skipped and the run is tested and scored (it was refused for good: a preempted fold never finished)."""
     run, _, _ = trained_run
     out = tmp_path / "run"
     shutil.copytree(run / "checkpoints", out / "checkpoints")
-    with pytest.raises(ValueError, match=r"resume=true: .*run \(no metrics\.json: it stopped after training\): this run already finished training"):
-        run_training(make_cfg(["resume=true", "num_overlays=0"], output_dir=out))
+    metrics, _ = run_training(make_cfg(["resume=true", "num_overlays=0"], output_dir=out))
+    assert (out / "metrics.json").is_file() and any(k.startswith("test/") for k in metrics)
 
 
 def test_resume_refuses_a_pipeline_stage_trained_with_other_settings(make_cfg, monkeypatch):

@@ -94,7 +94,11 @@ def read_job(run_dir: Path) -> Job:
     run_dir = Path(run_dir)
     record = json.loads((run_dir / JOB_FILE).read_text()) if (run_dir / JOB_FILE).is_file() else {}
     cfg = _load_yaml(run_dir / ".hydra" / "config.yaml") or {}
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or record.get("overrides") or []
+    # job.json: the job that produced the metrics; Hydra rewrites .hydra/overrides.yaml on every launch,
+    # also a resumed one that skipped this finished job
+    overrides = record.get("overrides") if isinstance(record.get("overrides"), list) else None
+    if overrides is None:
+        overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     job = Job(run_dir.name, run_dir, "failed", _fold_from(overrides, cfg), cfg.get("stage") or record.get("stage"), list(overrides), record=record)
     if (run_dir / FAILED).exists():
         text = (run_dir / FAILED).read_text().strip()
@@ -155,7 +159,9 @@ def _nanmean(values: Iterable[Any]) -> float | None:
     return float(np.nanmean(arr)) if arr.size and not np.isnan(arr).all() else None
 
 
-def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
+def summarize_group(jobs: Sequence[Job], ddof: int = 1, pool: bool = True) -> dict:
+    """One group's table; `pool`: score its pooled out-of-fold predictions (a fold sweep's group only:
+    jobs on one fold would pool the same validation images several times)."""
     ok = [j for j in jobs if j.status == "ok"]
     failed = [j for j in jobs if j.status != "ok"]
     names = sorted({k for j in ok for k, v in j.metrics.items() if is_score(k, v)})
@@ -187,10 +193,15 @@ def summarize_group(jobs: Sequence[Job], ddof: int = 1) -> dict:
     opt = next((j.record.get("optimized_metric") for j in jobs if j.record.get("optimized_metric")), None)
     if opt:
         summary["optimized_metric"] = opt
-    for name in STAGES:
+    for name in STAGES if pool else ():
         pooled = pool_oof(name, ok)
         if pooled is not None:
             summary["oof"][name] = pooled[0]
+            n, unique = pooled[0].get("n_cases"), pooled[0].get("n_unique_cases")
+            if unique is not None and n != unique:
+                log.warning("CV summary: group %s pools %s %s out-of-fold cases but only %s distinct ones: its validation "
+                            "folds overlap (or a fold ran twice); the pooled figure counts some images more than once",
+                            " ".join(summary["overrides"]) or "(all jobs)", n, name, unique)
     return summary
 
 
@@ -219,15 +230,27 @@ def _pool_fails(scoring: Any, job: Job) -> bool:
 
 def summarize_jobs(jobs: Sequence[Job], sweep_dir: Path | None = None, ddof: int = 1) -> dict:
     """One summary per group of jobs that differ only in data.fold; one group -> a flat summary."""
-    is_cv = any(override_key(o) == "data.fold" for j in jobs for o in j.overrides)
-    groups: dict[tuple, list[Job]] = defaultdict(list)
-    for j in jobs:  # a fold sweep: one group per setting; any other sweep (Optuna trials): one table
-        groups[j.group if is_cv else ()].append(j)
+    is_cv, groups = group_jobs(jobs)
     head = {"sweep_dir": str(sweep_dir) if sweep_dir else None, "kind": "cv" if is_cv else "sweep"}
-    summaries = [summarize_group(g, ddof) for g in groups.values()]
+    summaries = [summarize_group(g, ddof, pool=is_cv) for g in groups.values()]
     if len(summaries) == 1:
         return {**head, **summaries[0]}
     return {**head, "n_jobs": len(jobs), "failed_folds": [f for s in summaries for f in s["failed_folds"]], "groups": summaries}
+
+
+def group_jobs(jobs: Sequence[Job]) -> tuple[bool, dict[tuple, list[Job]]]:
+    """(a fold sweep?, its groups). A fold sweep: some setting ran on more than one data.fold, one group
+    per setting. Any other sweep (Optuna trials, an lr sweep on one fixed fold): one table of all jobs."""
+    by_setting: dict[tuple, list[Job]] = defaultdict(list)
+    for j in jobs:
+        by_setting[j.group].append(j)
+    is_cv = any(len({repr(j.fold) for j in g if j.fold is not None}) > 1 for g in by_setting.values())
+    return is_cv, (dict(by_setting) if is_cv else {(): list(jobs)})
+
+
+def group_label(key: tuple, index: int) -> str:
+    """How the tables name a group: its overrides, else its number."""
+    return " ".join(key) or str(index)
 
 
 def summarize_sweep(sweep_dir: Path, ddof: int = 1) -> dict:
@@ -254,7 +277,7 @@ def summary_table(summary: Mapping) -> tuple[list[str], list[list[Any]]]:
     unit = "folds" if summary.get("kind") == "cv" else "jobs"
     rows: list[list[Any]] = []
     for gi, g in enumerate(groups):
-        label = " ".join(g.get("overrides") or []) or str(gi)
+        label = group_label(tuple(g.get("overrides") or ()), gi)
         for f in g["per_fold"]:
             own = [o for o in f.get("overrides", []) if o not in (g.get("overrides") or [])]  # what this job varied
             note = "; ".join(x for x in (" ".join(own), f.get("reason") or "") if x)
@@ -288,14 +311,17 @@ def write_summary(summary: Mapping, out_dir: Path, stem: str | None = None) -> t
 
 
 def write_oof_tables(jobs: Sequence[Job], out_dir: Path) -> list[Path]:
-    """The pooled OOF cases / crops, one row each with its fold: cv_oof_cases.csv, cv_oof_predictions.csv."""
-    ok = [j for j in jobs if j.status == "ok"]
+    """The pooled OOF cases / crops, one row each with its group (the setting, as the summary names it)
+    and fold: cv_oof_cases.csv, cv_oof_predictions.csv. Each group's folds are pooled on their own."""
+    _, groups = group_jobs(jobs)
     written = []
     for name in STAGES:
-        pooled = pool_oof(name, ok)
-        if pooled is None:
+        rows = []
+        for i, (key, members) in enumerate(groups.items()):
+            pooled = pool_oof(name, [j for j in members if j.status == "ok"])
+            rows += [{"group": group_label(key, i), **r} for r in (pooled[1] if pooled is not None else [])]
+        if not rows:
             continue
-        rows = pooled[1]
         # every row's columns, in order of appearance: a sweep resumed across versions mixes folds with and
         # without a column (e.g. uncalibrated_p_<class>); those folds' cells stay empty
         keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, list | dict)))

@@ -115,8 +115,10 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         if last is None:
             raise FileNotFoundError(f"ckpt_path={given}: holds no {cfg.stage}/checkpoints/last.ckpt or checkpoints/last.ckpt to resume from")
         return str(last)
-    if given or not cfg.get("resume") or not cfg.get("train", True):
+    if given or not cfg.get("resume"):
         return given
+    if not cfg.get("train", True):
+        return own_tested_checkpoint(cfg, output_dir)
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         from wbc.rundir import is_rank_zero
@@ -132,6 +134,40 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
 BEFORE_RESUME = "metrics_before_resume.csv"
 
 
+def own_tested_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """train=false resume=true (no ckpt_path): the checkpoint the run in output_dir tests: metrics.json's
+    best, else the best its last.ckpt recorded (a run stopped while testing), else last.ckpt; None when
+    it holds none (fit_stage refuses that rather than test freshly initialised weights)."""
+    from wbc.resume import recorded_best
+    from wbc.rundir import last_checkpoint_in, resolve_checkpoint
+
+    last = last_checkpoint_in(output_dir, cfg.stage)
+    if (output_dir / "metrics.json").is_file() or last is None:
+        try:
+            return str(resolve_checkpoint(output_dir, cfg.stage))
+        except FileNotFoundError:
+            return None
+    best = recorded_best(last) if cfg.get("eval_checkpoint", "best") == "best" else None
+    log.info("resume=true train=false: %s tests %s", output_dir, best or last)
+    return str(best or last)
+
+
+def finished_fit(cfg: DictConfig, output_dir: Path, resume_ckpt: str | None) -> str | None:
+    """resume=true in a run dir stopped after its last epoch (while testing or scoring): last.ckpt has run
+    the whole schedule, so fit is skipped. Returns the checkpoint the uninterrupted run tested (the best
+    one its ModelCheckpoint recorded, or last.ckpt with eval_checkpoint=last); None for any other run."""
+    from wbc.resume import recorded_best, schedule_reached
+
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if (not cfg.get("resume") or cfg.get("ckpt_path") or not cfg.get("train", True) or cfg.trainer.get("fast_dev_run")
+            or resume_ckpt != str(last) or schedule_reached(last, cfg.trainer) is None):
+        return None
+    best = recorded_best(last) if cfg.get("eval_checkpoint", "best") == "best" else None
+    log.info("resume=true: %s finished training before it stopped (%s): testing and scoring %s",
+             output_dir, schedule_reached(last, cfg.trainer), best or last)
+    return str(best or last)
+
+
 def merge_resumed_csv(csv_dir: Path) -> None:
     """csv/metrics.csv of a resumed run = the epochs logged before the interruption (up to the
     checkpoint it resumed from) + those logged after, so learning curves stay whole."""
@@ -145,8 +181,14 @@ def merge_resumed_csv(csv_dir: Path) -> None:
     with open(new_path, newline="") as fh:
         reader = csv.DictReader(fh)
         new, new_keys = list(reader), list(reader.fieldnames or [])
-    first_epoch = min((int(float(r["epoch"])) for r in new if r.get("epoch")), default=None)
-    first_step = min((int(float(r["step"])) for r in new if r.get("step")), default=None)
+    def tested(r: dict) -> bool:
+        return any(v not in (None, "") for k, v in r.items() if k and k.startswith("test/"))
+
+    # a run that skipped fit (it had finished training) logs only its test: those rows mark no epoch
+    first_epoch = min((int(float(r["epoch"])) for r in new if r.get("epoch") and not tested(r)), default=None)
+    first_step = min((int(float(r["step"])) for r in new if r.get("step") and not tested(r)), default=None)
+    if any(tested(r) for r in new):  # the interrupted attempt's test rows: tested again
+        old = [r for r in old if not tested(r)]
 
     def before(r: dict) -> bool:
         if r.get("epoch"):
@@ -234,6 +276,11 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         if finished is not None:
             return finished
     resume_ckpt = resume_from(cfg, output_dir)  # before the loggers start (the CSV logger clears its file)
+    if not cfg.get("train", True) and not resume_ckpt and not cfg.get("init_from"):
+        where = f"resume=true: {output_dir} holds no checkpoint" if cfg.get("resume") else "no ckpt_path was given"
+        raise FileNotFoundError(f"train=false tests a trained model, and {where}: pass ckpt_path=<a run dir or .ckpt> "
+                                "(or resume=true in the run dir of a run that holds checkpoints/)")
+    done = finished_fit(cfg, output_dir, resume_ckpt)  # fit already ran to its end: test, validate, score
     post = postprocess_of(cfg)
     datamodule = build_datamodule(cfg.data, post)
     data_info = {**datamodule.data_info(), "scale": measure_training_scale(datamodule, datamodule.pixel_size_um)}
@@ -257,7 +304,11 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     metrics: dict[str, float] = {}
-    if cfg.get("train", True):
+    if done:
+        from wbc.resume import logged_fit_metrics
+
+        metrics.update(logged_fit_metrics(output_dir / "csv" / BEFORE_RESUME, Path(resume_ckpt)))
+    elif cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume_ckpt)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     ckpt = None
@@ -267,8 +318,8 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
         ckpt = last
     elif cb is not None and getattr(cb, "best_model_path", ""):
         ckpt = cb.best_model_path
-    elif not cfg.get("train", True) and resume_ckpt:
-        ckpt = resume_ckpt  # test-only run (train=false): test the given checkpoint (a run dir's own), not fresh weights
+    elif done or (not cfg.get("train", True) and resume_ckpt):
+        ckpt = done or resume_ckpt  # test-only run (train=false): test the given checkpoint (a run dir's own), not fresh weights
     if trainer.world_size > 1:  # every rank tests the file rank zero saved
         ckpt = trainer.strategy.broadcast(ckpt, src=0)
     metrics["best_checkpoint"] = ckpt  # type: ignore[assignment]

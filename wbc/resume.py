@@ -157,3 +157,107 @@ def check_same_job(run_dir: Path, record: Mapping) -> None:
     now = sorted(o for o in record.get("overrides", []) if not is_neutral(o))
     if before != now:  # a job.json written before `trained_from` existed: the overrides are all there is
         log.warning("resume=true: %s was run with overrides %s, this job has %s", run_dir, before, now)
+
+
+# ----------------------------------------------------------------------------- a run stopped after training
+def checkpoint_state(path: Path) -> dict | None:
+    """A checkpoint's saved dict (weights-only load, memory-mapped); None when it cannot be read
+    (fit's own checks report unreadable files with the path)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not ours to report here
+        return None
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+def schedule_reached(ckpt: Path, trainer_cfg: Mapping) -> str | None:
+    """'its N epoch(s) reach trainer.max_epochs=M' (or max_steps) when `ckpt` already ran the whole schedule
+    of `trainer_cfg`: resuming it trains nothing. None when it did not, or cannot tell."""
+    state = checkpoint_state(Path(ckpt)) if Path(ckpt).is_file() else None
+    try:
+        epochs = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])  # type: ignore[index]
+        step = int(state["global_step"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps") or -1
+    if max_epochs is None and max_steps == -1:
+        max_epochs = 1000  # Lightning's default
+    if max_steps > 0 and step >= max_steps:
+        return f"its {step} steps reach trainer.max_steps={max_steps}"
+    if max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
+        return f"its {epochs} epoch(s) reach trainer.max_epochs={max_epochs}"
+    return None
+
+
+def recorded_best(last: Path) -> Path | None:
+    """The best checkpoint a monitoring ModelCheckpoint had chosen when `last` was saved (its callback
+    state records best_model_path), found inside the run dir (also a moved one); None when it recorded
+    none. A run stopped after training tests that file, as the uninterrupted run would have."""
+    from wbc.rundir import best_checkpoint_in, run_dir_of
+
+    states = (checkpoint_state(Path(last)) or {}).get("callbacks") or {}
+    for key, state in states.items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(state, Mapping) and state.get("monitor") and state.get("best_model_path"):
+            run = run_dir_of(Path(last))
+            try:
+                found = best_checkpoint_in(run, str(state["best_model_path"]))
+            except ValueError:  # outside the run dir: not this run's file to load
+                found = None
+            if found is None:
+                raise FileNotFoundError(
+                    f"{last} records the best checkpoint {state['best_model_path']}, which is gone (not in {run / CHECKPOINTS}): "
+                    "test the last one with eval_checkpoint=last, or another with train=false ckpt_path=<a .ckpt>")
+            return found
+    return None
+
+
+def differing_overrides(run_dir: Path, record: Mapping) -> list[str]:
+    """'key: old -> new' for each override that differs between the job that finished in `run_dir` (its
+    job.json) and `record` (the job now launched), neutral keys (resume, loggers, hydra.*) left out; []
+    without a job.json."""
+    path = Path(run_dir) / JOB_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return []
+
+    def settings(overrides: Any) -> dict[str, str]:
+        from wbc.rundir import override_key
+
+        out = {}
+        for o in overrides or []:
+            key = override_key(str(o))
+            if not is_neutral(str(o)) and key != "hydra" and not key.startswith("hydra."):
+                out[key] = str(o).split("=", 1)[1] if "=" in str(o) else "(deleted)"
+        return out
+
+    before, now = settings(old.get("overrides") if isinstance(old, dict) else None), settings(record.get("overrides"))
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    return [f"{k}: {before.get(k, '(not set)')} -> {now.get(k, '(not set)')}" for k in keys]
+
+
+def logged_fit_metrics(csv_log: Path, last: Path) -> dict[str, float]:
+    """What trainer.fit's metrics were at its end, for a run whose fit finished before an interruption:
+    each metric's last value in its CSV log (test/ columns left out: tested again), and the best-so-far
+    the module keeps in the checkpoint (`val_dice_best` -> val/dice_best) where the CSV has none."""
+    import csv
+    import re
+
+    out: dict[str, float] = {}
+    if Path(csv_log).is_file():
+        with open(csv_log, newline="") as fh:
+            for row in csv.DictReader(fh):
+                for k, v in row.items():
+                    if k in ("epoch", "step") or not k or k.startswith("test/") or v in (None, ""):
+                        continue
+                    try:
+                        out[k] = float(v)
+                    except ValueError:
+                        continue
+    for k, v in (checkpoint_state(Path(last)) or {}).items():
+        m = re.fullmatch(r"val_(.+)_best", str(k))
+        if m and isinstance(v, float):
+            out.setdefault(f"val/{m.group(1)}_best", v)
+    return out

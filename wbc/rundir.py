@@ -254,6 +254,38 @@ def is_neutral(override: str) -> bool:
     return any(key == n or key.startswith(n + ".") for n in NEUTRAL_OVERRIDES)
 
 
+def results_in(run_dir: Path) -> list[str]:
+    """What an earlier run left in run_dir that a new job would mix with its own: metrics.json and
+    checkpoints (also a pipeline run's stage sub-dirs'), relative to run_dir."""
+    run_dir = Path(run_dir)
+    found = []
+    for sub in ("", *STAGE_DIRS):
+        d = run_dir / sub
+        if (d / METRICS).is_file():
+            found.append(str(Path(sub) / METRICS))
+        if (d / CHECKPOINTS).is_dir() and any((d / CHECKPOINTS).iterdir()):
+            found.append(str(Path(sub) / CHECKPOINTS) + "/")
+    return found
+
+
+def check_fresh(run_dir: Path, multirun: bool = False, ckpt_path: Any = None) -> None:
+    """A job without resume=true starts in a run dir that holds no earlier results: its scoring files
+    (val_eval/, test_eval/, metrics.json) would otherwise stay beside the new job's until overwritten,
+    and a killed re-launch be taken as finished with the old figures. Refused, nothing deleted. A run
+    continued in place (`ckpt_path` inside run_dir) is the same run. Rank zero only: a DDP job's other
+    ranks join the dir rank zero started."""
+    given = Path(os.path.abspath(Path(str(ckpt_path)).expanduser())) if ckpt_path else None
+    if not is_rank_zero() or (given is not None and given.is_relative_to(os.path.abspath(run_dir))):
+        return
+    found = results_in(run_dir)
+    if found:
+        new_dir = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        raise FileExistsError(
+            f"{run_dir} already holds results of an earlier run ({', '.join(found)}): pass resume=true to continue "
+            f"or keep them (a finished job is skipped), or a new {new_dir} to start over; nothing was deleted"
+        )
+
+
 def start_job(run_dir: Path, record: Mapping) -> None:
     """Before a job runs: forget an earlier attempt's failure, record which job this dir holds
     (rank zero only: the other ranks of a DDP job run in the same dir)."""

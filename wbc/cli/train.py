@@ -36,44 +36,22 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, objects
 
 
-def _epochs_done(path: Path) -> tuple[int, int] | None:
-    """(epochs Lightning counts as done, global step) of a checkpoint; None when it cannot tell
-    (fit's own checks report unreadable files)."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]), int(ckpt["global_step"])
-    except Exception:  # noqa: BLE001 - not ours to report here
-        return None
-
-
 def check_not_finished(cfg: DictConfig, out: Path) -> None:
     """Resuming a checkpoint that already reached trainer.max_epochs / max_steps trains nothing, and
-    the run would end without its validation metrics (a KeyError on optimized_metric): say so first."""
-    if not cfg.get("train", True) or cfg.stage == "pipeline" or cfg.trainer.get("fast_dev_run"):
+    the run would end without its validation metrics (a KeyError on optimized_metric): say so first.
+    `resume=true` in a run dir stopped after its last epoch (while testing or scoring: last.ckpt, no
+    metrics.json) is not refused: wbc.fit skips fit and tests, validates and scores its best checkpoint."""
+    if not cfg.get("train", True) or cfg.stage == "pipeline" or cfg.trainer.get("fast_dev_run") or not cfg.get("ckpt_path"):
         return  # a pipeline resumes each stage from its own last.ckpt (wbc.stages)
+    from wbc.resume import schedule_reached
     from wbc.rundir import last_checkpoint_in
 
-    last = out / "checkpoints" / "last.ckpt"
-    resumed = cfg.get("resume") and not cfg.get("ckpt_path") and last.is_file() and not (out / "metrics.json").is_file()
-    ckpt = last_checkpoint_in(cfg.ckpt_path, cfg.stage) if cfg.get("ckpt_path") else last if resumed else None  # a run dir: its last.ckpt
-    done = _epochs_done(ckpt) if ckpt is not None and ckpt.is_file() else None
-    if done is None:
+    ckpt = last_checkpoint_in(cfg.ckpt_path, cfg.stage)  # a run dir: its last.ckpt
+    reached = schedule_reached(ckpt, cfg.trainer) if ckpt is not None else None
+    if reached is None:
         return
-    epochs, step = done
-    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps") or -1
-    if max_epochs is None and max_steps == -1:
-        max_epochs = 1000  # Lightning's default
-    if max_steps > 0 and step >= max_steps:
-        reached = f"its {step} steps reach trainer.max_steps={max_steps}"
-    elif max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:
-        reached = f"its {epochs} epoch(s) reach trainer.max_epochs={max_epochs}"
-    else:
-        return
-    where = f"ckpt_path={ckpt}" if cfg.get("ckpt_path") else f"resume=true: {out} (no metrics.json: it stopped after training)"
     raise ValueError(
-        f"{where}: this run already finished training ({reached}), so there is nothing to resume. Raise "
+        f"ckpt_path={ckpt}: this run already finished training ({reached}), so there is nothing to resume. Raise "
         f"trainer.max_epochs to train on, or test and score it: python train.py train=false ckpt_path={ckpt} "
         "(or python evaluate.py ckpt_path=<its run dir>)"
     )
@@ -111,11 +89,13 @@ def run(cfg: DictConfig) -> float | None:
     and the sweep summary names it (with a sweeper that handles failures itself, e.g. Optuna's
     `max_failure_rate`, the exception is re-raised for it). `resume=true`: a run dir that already
     holds metrics.json is skipped (its metric is returned); an interrupted one continues from its
-    checkpoints/last.ckpt (wbc.fit)."""
+    checkpoints/last.ckpt (wbc.fit). Without resume=true a run dir that holds results is refused."""
     from wbc import provenance, resume, rundir
 
     out = Path(cfg.paths.output_dir)
     multirun, basic_sweeper, job_num, overrides = _hydra_job()
+    if not cfg.get("resume"):  # before the try: a FAILED marker would brand the earlier run's results as failed
+        rundir.check_fresh(out, multirun, cfg.get("ckpt_path"))
     try:
         # every run records which job it is, what its weights come from and the software it ran with
         # (job.json), so a later resume=true into this dir can check it is the same job
@@ -131,6 +111,7 @@ def run(cfg: DictConfig) -> float | None:
             if done is not None:
                 log.info("resume=true: %s already finished (metrics.json): skipped", out)
                 print(f"resume=true: {out} already finished: skipped")
+                warn_other_overrides(out, record)
                 return rundir.returned_metric(done, cfg.get("optimized_metric"))
         rundir.start_job(out, record)
         extras(cfg)
@@ -148,6 +129,19 @@ def run(cfg: DictConfig) -> float | None:
             raise
         log.error("Job %s failed (%s: %s); %s written, the multirun goes on", job_num, type(err).__name__, err, out / rundir.FAILED)
         return float("nan")
+
+
+def warn_other_overrides(out: Path, record: dict) -> None:
+    """A finished job kept by resume=true ran with the overrides in its job.json; name those the new
+    launch changes (e.g. trainer.max_epochs), since its metrics stay those of the old settings."""
+    from wbc.resume import differing_overrides
+
+    lines = differing_overrides(out, record)
+    if lines:
+        msg = (f"resume=true: {out} finished with other overrides than this launch ({'; '.join(lines)}): "
+               "its metrics are kept and the summary labels it with the overrides it ran with")
+        log.warning(msg)
+        print(f"WARNING: {msg}")
 
 
 def main() -> None:
