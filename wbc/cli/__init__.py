@@ -17,18 +17,25 @@ CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 def register_configs() -> None:
     """`postprocess/params`: wbc.postprocess.PostprocessParams as Hydra's schema (its defaults are the
-    only copy); `postprocess/checkpoint`: the same keys, all null = "as the segmenter checkpoint has them"."""
+    only copy); `postprocess/checkpoint`: the same keys, all null = "as the segmenter checkpoint has them";
+    `review/params`: wbc.review.ReviewOptions likewise (predict.py and serve.py's `review.*`)."""
     from hydra.core.config_store import ConfigStore
 
     from wbc.postprocess import PostprocessParams
+    from wbc.review import ReviewOptions
 
     cs = ConfigStore.instance()
-    hints = get_type_hints(PostprocessParams)
-    # a mutable twin (the params themselves are frozen; OmegaConf would make the node read-only)
-    schema = make_dataclass("PostprocessParams", [(f.name, hints[f.name], field(default=f.default)) for f in fields(PostprocessParams)])
-    cs.store(group="postprocess", name="params", node=schema)
+    cs.store(group="postprocess", name="params", node=mutable_twin(PostprocessParams))
     overrides = make_dataclass("PostprocessOverrides", [(f.name, Any, None) for f in fields(PostprocessParams)])
     cs.store(group="postprocess", name="checkpoint", node=overrides)
+    cs.store(group="review", name="params", node=mutable_twin(ReviewOptions))
+
+
+def mutable_twin(cls: type) -> type:
+    """The same fields, types and defaults in a dataclass that is not frozen: OmegaConf makes a frozen
+    dataclass's node read-only, so no `key=value` override could reach it."""
+    hints = get_type_hints(cls)
+    return make_dataclass(cls.__name__, [(f.name, hints[f.name], field(default=f.default)) for f in fields(cls)])
 
 
 def prepare() -> None:

@@ -38,7 +38,8 @@ def build_pipeline(cfg: DictConfig):
     from wbc.scale import ScaleOptions
 
     overrides = postprocess_overrides(cfg.get("postprocess"))
-    scale = ScaleOptions(cfg.get("scale", "auto"), cfg.get("diameter"), cfg.get("pixel_size_um"), cfg.get("tile_overlap", 0.25), cfg.get("tile_batch", 8))
+    scale = ScaleOptions(cfg.get("scale", ScaleOptions.scale), cfg.get("diameter"), cfg.get("pixel_size_um"),  # conf/inference/scale.yaml
+                         cfg.get("tile_overlap", ScaleOptions.overlap), cfg.get("tile_batch", ScaleOptions.batch))
     review = ReviewOptions.from_config(OmegaConf.to_container(cfg.review, resolve=True) if cfg.get("review") is not None else None)
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
