@@ -66,10 +66,14 @@ def model_calibration(model) -> dict:
     return dict(fn()) if callable(fn) else {}
 
 
-def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str], calibration: Mapping, out_dir: Path, prefix: str, stem: str = "") -> dict[str, float]:
+def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str], calibration: Mapping, out_dir: Path, prefix: str, stem: str = "",
+                      uncalibrated: np.ndarray | None = None) -> dict[str, float]:
     """ECE (+ bootstrap 95 %), per-class ECE, NLL, Brier before and after the temperature, and the
     review figures (share flagged by the model's threshold, error of kept vs all, error at 90 %
-    coverage, AURC); writes `<stem>calibration.json` and the `<stem>reliability.png` diagram."""
+    coverage, AURC); writes `<stem>calibration.json` and the `<stem>reliability.png` diagram.
+    `uncalibrated`: the probabilities before the temperature where the caller has them (a training run's
+    test scoring); else rebuilt by undoing T (inexact for T < 1, where tiny probabilities were clipped;
+    for an ensemble only its own temperature is undone, the members' stay applied)."""
     from wbc.calibration import (
         apply_temperature,
         calibration_report,
@@ -80,7 +84,7 @@ def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str],
     from wbc.plots import plot_reliability
 
     t = float(calibration.get("temperature", 1.0))
-    before = apply_temperature(probs, 1.0 / t) if t != 1.0 else np.asarray(probs)
+    before = np.asarray(uncalibrated) if uncalibrated is not None else apply_temperature(probs, 1.0 / t) if t != 1.0 else np.asarray(probs)
     after = calibration_report(probs, labels, classes, prefix)
     raw = calibration_report(before, labels, classes, f"{prefix}/uncalibrated", n_boot=200)
     out = {**after, **{k: v for k, v in raw.items() if k.count("/") == 2}, f"{prefix}/temperature": t}
@@ -251,10 +255,10 @@ def report_test(model, out_dir: Path) -> None:
 def score_test(model, datamodule, out_dir: Path, post=None, num_overlays: int = 0) -> dict[str, float]:
     """After trainer.test (which logged the test metrics): per-crop test predictions next to the run."""
     ds = datamodule.datasets["test"]
-    probs = predict_crops(model, ds)
+    raw, probs = calibrated_pair(model, ds)
     write_predictions(out_dir / "test_predictions.csv", ds, probs, model.classes)
     labels = np.asarray([c.label for c in ds.crops])
-    calib = score_calibration(probs, labels, list(model.classes), model_calibration(model), out_dir, "test", "test_") if len(labels) else {}
+    calib = score_calibration(probs, labels, list(model.classes), model_calibration(model), out_dir, "test", "test_", raw) if len(labels) else {}
     return {"test/n_crops": float(len(ds)), **calib}
 
 
@@ -263,14 +267,19 @@ def score_val(model, datamodule, out_dir: Path, post=None) -> dict[str, float]:
     val = datamodule.datasets["val"]
     # the temperature was fitted on these crops: the probabilities before it go with them, for what is
     # scored on them later across runs (benchmarks/seed_ensemble.py, quality_calibration.py's cross-fit)
-    if hasattr(model, "calibrated"):
-        raw = predict_crops(model, val, calibrated=False)
-        with torch.no_grad():  # predict_proba's last step, on the module's device
-            calibrated = model.calibrated(torch.as_tensor(raw, device=next(model.parameters()).device)).float().cpu().numpy()
-        write_predictions(out_dir / OOF_FILE, val, calibrated, model.classes, raw)
-    else:
-        write_predictions(out_dir / OOF_FILE, val, predict_crops(model, val), model.classes)
+    raw, calibrated = calibrated_pair(model, val)
+    write_predictions(out_dir / OOF_FILE, val, calibrated, model.classes, raw)
     return {"val/n_crops": float(len(val))}
+
+
+def calibrated_pair(model, dataset) -> tuple[np.ndarray | None, np.ndarray]:
+    """(probabilities before the temperature, after it) of every crop, from one forward pass; (None, after)
+    for a model without a temperature of its own."""
+    if not hasattr(model, "calibrated"):
+        return None, predict_crops(model, dataset)
+    raw = predict_crops(model, dataset, calibrated=False)
+    with torch.no_grad():  # predict_proba's last step, on the module's device
+        return raw, model.calibrated(torch.as_tensor(raw, device=next(model.parameters()).device)).float().cpu().numpy()
 
 
 def pool_oof(jobs) -> tuple[dict, list[dict]] | None:
