@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,11 @@ def calibrate_from_oof(ens: ClassifierEnsemble, ckpts: Sequence[Path]) -> None:
         if path is None:
             log.info("ensemble calibration: %s has no %s; temperature 1, members' review thresholds", run_dir_of(ckpt), OOF_FILE)
             return
+        tested = tested_checkpoint(path.parent)
+        if tested is not None and os.path.realpath(tested) != os.path.realpath(ckpt):
+            log.warning("ensemble calibration: %s was written by %s, not by the member given (%s); temperature 1, "
+                        "members' review thresholds", path, tested, ckpt)
+            return
         classes, rows = read_predictions_csv(path)
         if classes != ens.classes:
             log.warning("ensemble calibration: %s has classes %s, expected %s; not used", path, classes, ens.classes)
@@ -256,6 +262,19 @@ def calibrate_from_oof(ens: ClassifierEnsemble, ckpts: Sequence[Path]) -> None:
     ens.calibration_source = (f"out-of-fold predictions of {len(ckpts)} runs ({len(y)} crops"
                               + (f", {shared} seen by several members, averaged)" if shared else ")"))
     log.info("ensemble calibration: T=%.3f, review below p=%.3f (%s)", ens.temperature, ens.review_min_probability, ens.calibration_source)
+
+
+def tested_checkpoint(run: Path) -> Path | None:
+    """The checkpoint a run tested and scored its out-of-fold file with (metrics.json's best_checkpoint), or
+    None when it does not say."""
+    from wbc.rundir import METRICS, best_checkpoint_in, read_metrics
+
+    if not (run / METRICS).is_file():
+        return None
+    try:
+        return best_checkpoint_in(run, read_metrics(run).get("best_checkpoint"))
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------- members
