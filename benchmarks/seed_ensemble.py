@@ -13,7 +13,8 @@ figure averages every member's `test_predictions.csv` (all folds' models: the fo
 
 Each argument is a run dir (job.json + val_predictions.csv, as train.py writes) or a sweep dir
 holding such run dirs. Prints macro-F1 per fold (members' mean and the ensemble), the CV mean ± std,
-the pooled out-of-fold macro-F1 and recall per class. No training, seconds.
+the pooled out-of-fold macro-F1 and recall per class. Macro-F1 is metrics.json's (benchmarks/bench_stats.py:
+the classes true or predicted), so these figures compare with the runs' own. No training, seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score
+from bench_stats import macro_f1
+from sklearn.metrics import recall_score
 
 from wbc.evaluation.classification import has_uncalibrated, probability_array, read_predictions_csv
 
@@ -80,11 +82,6 @@ def average(files: list[Path], why: str = "runs of one fold must share its split
     return classes, [t for t, _ in mean.values()], [classes[int(np.argmax(p))] for _, p in mean.values()]
 
 
-def macro_f1(true: list[str], pred: list[str], classes: list[str]) -> float:
-    present = [c for c in classes if c in true]
-    return float(f1_score(true, pred, labels=present, average="macro", zero_division=0))
-
-
 def balanced_accuracy(true: list[str], pred: list[str], classes: list[str]) -> float:
     """Mean recall over the classes present (the ALL-IDB2 row's metric)."""
     present = [c for c in classes if c in true]
@@ -122,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         pooled_true += true
         pooled_pred += pred
         print(f"| {fold} | {len(files)} | {members_cv[-1]:.3f} ({' / '.join(f'{x:.3f}' for x in own)}) | {ensemble_cv[-1]:.3f} |")
-    sd = statistics.stdev(ensemble_cv) if len(ensemble_cv) > 1 else 0.0
-    print(f"\nCV macro-F1: members {statistics.mean(members_cv):.3f}, ensemble {statistics.mean(ensemble_cv):.3f} ± {sd:.3f}"
+    # one fold has no spread to quote (wbc/cv.py's std is null there), not a spread of 0
+    sd = f"± {statistics.stdev(ensemble_cv):.3f}" if len(ensemble_cv) > 1 else "(n=1)"
+    print(f"\nCV macro-F1: members {statistics.mean(members_cv):.3f}, ensemble {statistics.mean(ensemble_cv):.3f} {sd}"
           f"; pooled out-of-fold {macro_f1(pooled_true, pooled_pred, classes):.3f}")
     print(f"CV balanced accuracy: members {statistics.mean(members_ba):.4f}, ensemble {statistics.mean(ensemble_ba):.4f}")
     recall = recall_score(pooled_true, pooled_pred, labels=classes, average=None, zero_division=0)

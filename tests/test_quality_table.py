@@ -161,6 +161,8 @@ def test_collected_sweeps_of_other_overrides_stay_apart(quality, tmp_path: Path,
         s = fake_sweep(tmp_path / name, "quality_cls_all_idb2", [{"val/balanced_accuracy": value}] * 2)
         for i in range(2):
             (s / str(i) / "job.json").write_text(json.dumps({"fold": i, "overrides": ["experiment=quality_cls_all_idb2", f"data.fold={i}", f"seed={name[-2:]}", "extras.print_config=False", *extra]}))
+            # the seed the run trained with (what pairing reads), as Hydra resolves seed=<n> into it
+            (s / str(i) / ".hydra" / "config.yaml").write_text(f"task_name: quality_cls_all_idb2\nseed: {name[-2:]}\n")
         (s / "ensemble_test").mkdir()  # as if evaluate.py had run: no subprocess here
         (s / "ensemble_test" / "metrics.json").write_text("{}")
         return s
@@ -176,7 +178,7 @@ def test_collected_sweeps_of_other_overrides_stay_apart(quality, tmp_path: Path,
     # paired with the configured row by seed and fold: only seed 42's two folds have a partner
     assert quality.paired_table([("cls_idb2", [s], 0.0) for s in sweeps]).splitlines()[-1] == (
         "| lymphoblast vs non-blast, all_idb2, balanced accuracy | model.loss.label_smoothing=0.1 | val/balanced_accuracy "
-        "| -0.2000 +- 0.0000 (n=2) | 0 of 2 |")
+        "| -0.2000 +- 0.0000 (n=2) | 0 higher, 2 lower of 2 | n/a (2 non-zero pairs, needs 5) |")
     assert quality.paired_table([("cls_idb2", sweeps[:2], 0.0)]) == ""  # no variant, no pairs
 
 

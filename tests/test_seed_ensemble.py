@@ -77,9 +77,10 @@ def test_validation_crops_are_averaged_before_each_runs_temperature(seed_ensembl
     assert seed_ensemble.main([str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
     out = capsys.readouterr().out
     assert "averaged before each run's temperature" in out and "WARNING" not in out
-    assert "| 0 | 2 | 0.833 (0.667 / 1.000) | 0.667 |" in out  # x2 called b (F1 over the classes present: a)
+    # x2 called b: F1 over the classes true or predicted (metrics.json's), b predicted only counts 0
+    assert "| 0 | 2 | 0.667 (0.333 / 1.000) | 0.333 |" in out
     (tmp_path / "s2" / "0" / "val_predictions.csv").write_text(  # a run from before the columns: calibrated, said so
         "sample_id,cell,true,pred,p_a,p_b\nx1,1,a,a,0.8,0.2\nx2,1,a,a,0.7,0.3\n")
     assert seed_ensemble.main([str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
     out = capsys.readouterr().out
-    assert "WARNING" in out and "optimistic" in out and "| 0 | 2 | 0.833 (0.667 / 1.000) | 1.000 |" in out
+    assert "WARNING" in out and "optimistic" in out and "| 0 | 2 | 0.667 (0.333 / 1.000) | 1.000 |" in out
