@@ -317,6 +317,17 @@ class WBCDataModule(L.LightningDataModule):
             return 1, 0
         return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
 
+    def draw_weights(self, split: str) -> np.ndarray | None:
+        """The training draw weights: classes uniform (sampler=balanced), parts at their data.part_weights
+        shares, or both: classes balanced inside each part (`balanced_weights` says why), None for neither."""
+        balanced = self.sampler == "balanced"
+        if self.parts is None or not self.parts.weights:
+            return balanced_weights(self.dataset_labels(split)) if balanced else None
+        if not balanced:
+            return self.parts.item_weights(self.item_ids(split))
+        parts = [self.source_of(i) for i in self.item_ids(split)]
+        return balanced_weights(self.dataset_labels(split), parts, self.parts.weights)
+
     def _loader(self, split: str, train: bool, shard: bool = False) -> DataLoader:
         """`train`: the epoch-keyed order (a rank's shard of it under DDP). `shard`: under DDP each
         rank gets its own items, each exactly once (test, predict). Validation under DDP is left to
@@ -328,10 +339,7 @@ class WBCDataModule(L.LightningDataModule):
         world, rank = self.replicas()
         sampler: Sampler | None = None
         if train:  # order and augmentation keyed by (seed, epoch): reproducible and exactly resumable
-            weights = balanced_weights(self.dataset_labels(split)) if self.sampler == "balanced" else None
-            if self.parts is not None and self.parts.weights:
-                part = self.parts.item_weights(self.item_ids(split))
-                weights = part if weights is None else weights * part
+            weights = self.draw_weights(split)
             if world > 1:
                 sampler = DistributedEpochSampler(len(ds), world, rank, self.sampler_seed, weights)
             else:

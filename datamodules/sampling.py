@@ -3,7 +3,10 @@ whatever the worker count, and an interrupted run resumed from `last.ckpt` repla
 
 The sampler (main process) yields `epoch * n + i`; the dataset decodes (epoch, i) and seeds the
 albumentations pipeline from (seed, epoch, i). albumentations keeps its own RNG, independent of
-`seed_everything`, so without this its augmentations would differ on every run.
+`seed_everything`, so without this its augmentations would differ on every run. A balanced sampler
+draws with replacement: the k-th repeat (k >= 1) of item i in an epoch is sent as a negative index
+(`draw_index`) and seeded from (seed, epoch, i, k), so every copy gets its own augmentation (they
+were pixel-identical) while first draws, and every unweighted epoch, keep their earlier indices and seeds.
 
 Under DDP each rank gets a shard of that same epoch order (`DistributedEpochSampler`: position p of
 the order goes to rank p % world_size, as torch's DistributedSampler deals them), so the union of the
@@ -13,16 +16,41 @@ splits get `ShardSampler`: every item exactly once over the ranks, no padding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed from (seed, epoch, index); index < 0 names a per-epoch stream (order, model)."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index & 0xFFFFFFFF]).generate_state(1)[0])
+def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """A 32-bit seed from (seed, epoch, index) and, for an item's repeat >= 1 within an epoch, the repeat;
+    index < 0 names a per-epoch stream (order, model)."""
+    entropy = [seed & 0xFFFFFFFF, epoch, index & 0xFFFFFFFF] + ([repeat] if repeat else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def draw_index(n: int, epoch: int, item: int, repeat: int = 0) -> int:
+    """The sampler index of an epoch's draw of `item`, its `repeat`-th (0: first) in that epoch.
+
+    A first draw is `epoch * n + item`, as it always was (unweighted epochs, resumes of older runs);
+    a repeat is `item - (epoch * n + repeat) * n`, negative, so that it cannot clash with a first
+    draw. Either way `index % n == item`."""
+    if not repeat:
+        return epoch * n + item
+    if not 0 < repeat < n:
+        raise ValueError(f"an epoch of {n} draws repeats an item at most {n - 1} times, got repeat {repeat}")
+    return item - (epoch * n + repeat) * n
+
+
+def split_index(idx: int, n: int) -> tuple[int, int, int]:
+    """(epoch, item, repeat) of a sampler index (`draw_index`'s inverse); a plain index < n is epoch 0."""
+    q, item = divmod(int(idx), n)
+    if q >= 0:
+        return q, item, 0
+    epoch, repeat = divmod(-q, n)
+    return epoch, item, repeat
 
 
 class EpochSampler(Sampler[int]):
@@ -56,16 +84,20 @@ class EpochSampler(Sampler[int]):
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None, shuffle: bool = True) -> list[int]:
-    """The epoch's sampler indices (`epoch * n + i`), drawn from (seed, epoch) only: shuffled, class-
-    balanced with replacement (`weights`), or in order."""
+    """The epoch's sampler indices (`draw_index`), drawn from (seed, epoch) only: shuffled, class-
+    balanced with replacement (`weights`: an item's repeats numbered in draw order), or in order."""
     g = torch.Generator().manual_seed(item_seed(seed, epoch, -1))
     if weights is not None:
-        order = torch.multinomial(weights, n, replacement=True, generator=g)
-    elif shuffle:
-        order = torch.randperm(n, generator=g)
-    else:
-        order = torch.arange(n)
-    return (epoch * n + order).tolist()
+        drawn = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+        seen: Counter[int] = Counter()
+        order = []
+        for item in drawn:
+            order.append(draw_index(n, epoch, item, seen[item]))
+            seen[item] += 1
+        return order
+    if shuffle:
+        return (epoch * n + torch.randperm(n, generator=g)).tolist()
+    return list(range(epoch * n, epoch * n + n))
 
 
 class DistributedEpochSampler(DistributedSampler):
@@ -108,11 +140,23 @@ class ShardSampler(DistributedSampler):
         return self.num_samples
 
 
-def balanced_weights(labels: Sequence[int]) -> np.ndarray:
-    """Each item weighted by 1 / its class frequency: classes drawn about uniformly."""
+def balanced_weights(labels: Sequence[int], parts: Sequence[str] | None = None, part_weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """Each item weighted by 1 / its class frequency: classes drawn about uniformly.
+
+    With `parts` (each item's part of a combined data config) and `part_weights` (`data.part_weights`,
+    1 for a part not named): w_i = part_weights[p] / (K_p * n_{p,c(i)}), K_p the classes present in
+    part p and n_{p,c} its items of class c. Each part then gets its asked share of an epoch and
+    draws its own classes uniformly. Multiplying the global 1 / n_c by the part's weight / size
+    honoured neither: a part holding a rare class took most of the epoch, and the classes of the
+    other parts came out far from uniform."""
     labels = np.asarray(labels)
-    counts = np.bincount(labels)
-    return 1.0 / counts[labels]
+    if parts is None:
+        counts = np.bincount(labels)
+        return 1.0 / counts[labels]
+    weights = part_weights or {}
+    pairs = Counter(zip(parts, labels.tolist(), strict=True))
+    classes_in = Counter(p for p, _ in pairs)
+    return np.array([weights.get(p, 1.0) / (classes_in[p] * pairs[p, c]) for p, c in zip(parts, labels.tolist(), strict=True)], dtype=np.float64)
 
 
 class SeededAugmentation:
@@ -123,8 +167,7 @@ class SeededAugmentation:
     augment: bool = False
 
     def resolve(self, idx: int) -> int:
-        n = len(self)  # type: ignore[arg-type]
-        epoch, i = divmod(int(idx), n)
+        epoch, i, repeat = split_index(idx, len(self))  # type: ignore[arg-type]
         if self.augment and self.pipeline is not None:
-            self.pipeline.set_random_seed(item_seed(self.seed, epoch, i))
+            self.pipeline.set_random_seed(item_seed(self.seed, epoch, i, repeat))
         return i

@@ -21,7 +21,7 @@ class SegmentationDataset(SeededAugmentation, Dataset):
         self.pipeline = build_pipeline(transforms, image_size)
         if crop:  # patch training (nnU-Net style): full-resolution detail at the cost of a small input
             self.pipeline = A.Compose([*self.pipeline.transforms, A.RandomCrop(crop, crop)])
-        self.augment = bool(transforms)
+        self.augment = bool(transforms) or bool(crop)  # the crop alone is random too: seeded like the rest
         self.seed = seed
         self.target = target
         self.class_labels = [it.label for it in items]

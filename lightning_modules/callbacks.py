@@ -1,25 +1,26 @@
 """Training callbacks: prediction overlays for image-capable loggers, per-epoch reseeding for exact
 resumes, a weight EMA and stochastic weight averaging that leave the classifier's calibration
-alone, the classifier's head trained before its pretrained body (LP-FT), MixStyle on early feature
-maps, RandConv on training crops, and batch-norm statistics re-estimated on a held-out lab's test
-images."""
+alone (lightning_modules.weight_averaging, re-exported here for the configs' targets), the
+classifier's head trained before its pretrained body (LP-FT), MixStyle on early feature maps,
+RandConv on training crops, and batch-norm statistics re-estimated on a held-out lab's test images."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
-from lightning.pytorch.trainer.states import TrainerFn
-from torch.optim.swa_utils import get_swa_avg_fn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_modules.mixing import mix_styles, random_convolution
+from lightning_modules.weight_averaging import CalibratedEMA, CalibratedSWA
 from wbc.adaptation import adapt_batchnorm, batchnorm_layers, minimise_entropy
 from wbc.overlay import draw_overlay
+
+__all__ = ["AdaptBatchNorm", "CalibratedEMA", "CalibratedSWA", "EpochSeed", "HeadFirst", "MixStyle", "RandomConvolution",
+           "ValidationOverlays", "early_stages"]
 
 log = logging.getLogger("wbc")
 
@@ -84,33 +85,57 @@ class HeadFirst(L.Callback):
     everything (LP-FT: fine-tuning under a random head distorts the ImageNet features, which costs most
     on images unlike the training ones; Kumar et al., ICLR 2022). `epochs` >= max_epochs trains the head
     alone (a linear probe). Freezing is decided at each epoch's start, so a resumed run does the same;
-    the optimizer holds every parameter and skips those without gradients."""
+    the optimizer holds every parameter and skips those without gradients. While frozen, the body's
+    batch norms run in eval mode too: in train mode their running statistics would go on moving with
+    each head-only batch (no gradient stops that), so the "frozen" body would change under the head."""
 
     def __init__(self, epochs: int = 10) -> None:
         if int(epochs) < 1:
             raise ValueError(f"callbacks.head_first.epochs: expected >= 1 head-only epochs, got {epochs}")
         self.epochs = int(epochs)
+        self._frozen = False
 
     @staticmethod
-    def body(pl_module: L.LightningModule) -> list[torch.nn.Parameter]:
-        """The network's parameters outside its classification head (timm's get_classifier(), or `.head`)."""
+    def _net_and_head(pl_module: L.LightningModule) -> tuple[torch.nn.Module, torch.nn.Module]:
         net = getattr(pl_module, "net", None)
         head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
         if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
             raise ValueError(f"callbacks.head_first: {type(net).__name__} has no classification head to train first "
                              "(expected a timm classifier's get_classifier() or a `.head` module)")
+        return net, head
+
+    @classmethod
+    def body(cls, pl_module: L.LightningModule) -> list[torch.nn.Parameter]:
+        """The network's parameters outside its classification head (timm's get_classifier(), or `.head`)."""
+        net, head = cls._net_and_head(pl_module)
         mine = {id(p) for p in head.parameters()}
         return [p for p in net.parameters() if id(p) not in mine]
+
+    @classmethod
+    def body_norms(cls, pl_module: L.LightningModule) -> list[_BatchNorm]:
+        """The batch-norm layers outside the classification head."""
+        net, head = cls._net_and_head(pl_module)
+        mine = {id(m) for m in head.modules()}
+        return [m for m in net.modules() if isinstance(m, _BatchNorm) and id(m) not in mine]
 
     def _train_body(self, pl_module: L.LightningModule, on: bool) -> None:
         for p in self.body(pl_module):
             p.requires_grad_(on)
+        self._frozen = not on
+        net = self._net_and_head(pl_module)[0]
+        for m in self.body_norms(pl_module):
+            m.train(on and net.training)  # unfrozen: back to the network's own mode
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         frozen = trainer.current_epoch < self.epochs
         self._train_body(pl_module, not frozen)
         if trainer.current_epoch in (0, self.epochs):
             log.info("head_first: epoch %d trains %s", trainer.current_epoch, "the head only" if frozen else "the whole network")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._frozen:  # again each batch: Lightning puts the module back in train mode (each epoch, after validation)
+            for m in self.body_norms(pl_module):
+                m.eval()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._train_body(pl_module, True)  # the module leaves training as it came
@@ -199,137 +224,6 @@ class RandomConvolution(L.Callback):
                 batch[self.key] = random_convolution(batch[self.key], self.kernel_sizes)
 
 
-class _KeepsCalibration:
-    """Mixin for Lightning's WeightAveraging callbacks: the average is validated, checkpointed and
-    finally kept in place of the raw weights, except for the buffers the module fits on validation
-    itself (`pl_module.unaveraged_buffers`: the classifier's temperature and review threshold).
-
-    Those are fitted at each validation epoch's end on the averaged weights' probabilities, after
-    the parent callback has swapped the raw weights back; averaged or swapped like weights they
-    would end up as an average of past temperatures, not the one fitted for the saved weights.
-    Here they stay on the module, and every checkpoint carries the module's values.
-    """
-
-    _average_model: Any
-
-    @staticmethod
-    def _pairs(pl_module: L.LightningModule, average: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(averaged, current) tensors by name, the module's unaveraged buffers left out."""
-        skip = set(getattr(pl_module, "unaveraged_buffers", ()))
-        mine = dict(itertools.chain(average.named_parameters(), average.named_buffers()))
-        return [(mine[name], t) for name, t in itertools.chain(pl_module.named_parameters(), pl_module.named_buffers())
-                if name not in skip and name in mine]
-
-    def _swap_models(self, pl_module: L.LightningModule) -> None:
-        assert self._average_model is not None
-        for avg, cur in self._pairs(pl_module, self._average_model.module):
-            tmp = avg.data.clone()
-            avg.data.copy_(cur.data)
-            cur.data.copy_(tmp)
-
-    def _copy_average_to_current(self, pl_module: L.LightningModule) -> None:
-        assert self._average_model is not None
-        for avg, cur in self._pairs(pl_module, self._average_model.module):
-            cur.data.copy_(avg.data)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]
-        for name in getattr(pl_module, "unaveraged_buffers", ()):
-            checkpoint["state_dict"][name] = getattr(pl_module, name).detach().clone()
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # only a resumed fit needs the raw weights back; testing or predicting from a checkpoint
-        # (trainer.test(ckpt_path=...) after fit, with this callback still attached) keeps the
-        # average that Lightning has already loaded from state_dict
-        if trainer.state.fn == TrainerFn.FITTING:
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]
-
-
-class CalibratedEMA(_KeepsCalibration, EMAWeightAveraging):
-    """Exponential moving average of the weights (Lightning's EMAWeightAveraging), the classifier's
-    calibration left as fitted on the average (`_KeepsCalibration`)."""
-
-    def __init__(self, decay: float = 0.999, update_starting_at_epoch: int | None = None, **kwargs: Any) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"callbacks.ema.decay: expected a number in (0, 1), got {decay}")
-        super().__init__(decay=decay, update_starting_at_epoch=update_starting_at_epoch, **kwargs)
-
-
-class CalibratedSWA(_KeepsCalibration, WeightAveraging):
-    """Stochastic weight averaging (Izmailov et al. 2018): from epoch `epoch_start` on, the weights
-    after every optimizer step are averaged with equal weights (batch-norm statistics too), at a
-    constant learning rate `lr` (null: the configured schedule goes on, a plain tail average).
-
-    Unlike an EMA from the first step, nothing is averaged, validated or saved as an average
-    before the window opens: earlier epochs validate and checkpoint the raw weights, so a
-    temperature fitted then belongs to those weights, and a run shorter than the window ends with
-    its raw weights. `epoch_start` below 1 is a fraction of `trainer.max_epochs`.
-    """
-
-    def __init__(self, epoch_start: float = 0.75, lr: float | None = None, **kwargs: Any) -> None:
-        if not (0 < epoch_start < 1 or (epoch_start >= 0 and epoch_start == int(epoch_start))):
-            raise ValueError(f"callbacks.swa.epoch_start: expected an epoch (int >= 0) or a fraction in (0, 1) of max_epochs, got {epoch_start}")
-        if lr is not None and not lr > 0:
-            raise ValueError(f"callbacks.swa.lr: expected a learning rate > 0 or null, got {lr}")
-        # the per-tensor equal average on every device: torch's grouped CUDA default (no avg_fn) fails on
-        # batch norm's integer num_batches_tracked ("Integer division with addcdiv is no longer supported")
-        super().__init__(avg_fn=get_swa_avg_fn(), **kwargs)
-        self.epoch_start, self.lr = epoch_start, lr
-        self._first_epoch = 0
-        self._in_window = False
-        self._swapped = False
-
-    def _averaged(self) -> bool:
-        return self._average_model is not None and int(self._average_model.n_averaged) > 0
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        start = self.epoch_start
-        if 0 < start < 1 and not (trainer.max_epochs or 0) > 0:
-            raise ValueError(f"callbacks.swa.epoch_start: a fraction ({start}) needs trainer.max_epochs, got {trainer.max_epochs}")
-        self._first_epoch = int(start * trainer.max_epochs) if 0 < start < 1 else int(start)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._in_window = trainer.current_epoch >= self._first_epoch
-        if not self._in_window and self._averaged():  # a resume whose larger max_epochs moved the window on
-            log.warning("callbacks.swa: the restored average (window from epoch %d) is dropped: the window now opens at "
-                        "epoch %d (epoch_start=%s of trainer.max_epochs=%d)", trainer.current_epoch, self._first_epoch,
-                        self.epoch_start, trainer.max_epochs)
-            self._average_model.n_averaged.zero_()  # the next update starts a new average from the weights
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._in_window and self.lr is not None:  # every step: a step-wise scheduler would undo it
-            for optimizer in trainer.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = self.lr
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and self._in_window
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._swapped = self._averaged()
-        if self._swapped:
-            self._swap_models(pl_module)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._swapped:
-            self._swap_models(pl_module)
-            self._swapped = False
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._averaged():
-            self._copy_average_to_current(pl_module)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self._averaged():
-            super().on_save_checkpoint(trainer, pl_module, checkpoint)
-        # before the window: a plain checkpoint of the raw weights (a resume re-creates the empty average)
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if "current_model_state" in checkpoint:
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        # else saved before the window (raw weights, loaded already): the average starts empty
-
-
 class AdaptBatchNorm(L.Callback):
     """Before testing, re-estimate the network's batch-norm statistics on the test images
     themselves (`wbc.adaptation.adapt_batchnorm`; their labels are not read). For a held-out
@@ -338,7 +232,11 @@ class AdaptBatchNorm(L.Callback):
 
     `entropy_epochs` > 0 then adds Tent's step (`wbc.adaptation.minimise_entropy`): that many
     shuffled passes over the test images moving only the batch-norm scales and shifts (Adam,
-    `entropy_lr`) towards confident predictions. Off by default: see the README's figures."""
+    `entropy_lr`) towards confident predictions. Off by default: see the README's figures.
+
+    Both last for the test split only: the stage's own test scoring after trainer.test (predictions, test_eval/)
+    still sees them, then `restore_after_test` (wbc.fit, before the validation split is scored: the fold's
+    out-of-fold files) puts back what on_test_start saved."""
 
     def __init__(self, key: str = "image", seed: int = 0, entropy_epochs: int = 0, entropy_lr: float = 1e-3) -> None:
         if entropy_epochs < 0 or entropy_lr <= 0:
@@ -347,9 +245,35 @@ class AdaptBatchNorm(L.Callback):
         self.seed = seed
         self.entropy_epochs = entropy_epochs
         self.entropy_lr = entropy_lr
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _save(self, pl_module: L.LightningModule) -> None:
+        """The batch-norm buffers (and, with Tent, scales and shifts) that testing is about to change."""
+        layers = batchnorm_layers(pl_module)
+        keep = [t for m in layers for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+        if self.entropy_epochs:
+            keep += [p for m in layers for p in (m.weight, m.bias) if p is not None]
+        self._saved = [(t, t.detach().clone()) for t in keep]
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for t, value in self._saved:
+                t.copy_(value)
+        self._saved = []
+
+    def restore_after_test(self) -> None:
+        """The statistics the model was trained with again: what runs after the test scoring (the stage's
+        scoring of its validation split: the fold's out-of-fold predictions) must see the checkpoint's
+        model, not one adapted to the test images."""
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch.utils.data import DataLoader
+
+        self._save(pl_module)
 
         loaders = trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]

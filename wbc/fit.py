@@ -271,6 +271,9 @@ def fit_stage(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict
 
     stage = get_stage(cfg.stage)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # each stage from the run's seed: a pipeline's classifier would otherwise start from whatever RNG state
+    # segmentation training left, and a pipeline resumed after its segmentation stage trained another one
+    L.seed_everything(cfg.get("seed"), workers=True)
     if cfg.get("resume") and (output_dir / "metrics.json").is_file():
         finished = load_finished_stage(cfg, output_dir)
         if finished is not None:
@@ -359,12 +362,18 @@ def score_after_test(cfg: DictConfig, stage: Any, model: L.LightningModule, data
     split at original resolution (test_eval/, predictions), then the validation split (the fold's
     out-of-fold files). Called on global rank zero only, over the whole splits, so under DDP every
     image is scored once and every file written once."""
-    stage.scoring.report_test(model, output_dir)
-    if cfg.trainer.get("fast_dev_run"):
-        return {}
     metrics: dict[str, float] = {}
-    model.eval()
-    metrics.update(stage.scoring.score_test(model, datamodule, output_dir, post, cfg.get("num_overlays", 8)))
+    try:  # the test split's own scoring sees the model as trainer.test did (adapted to it: AdaptBatchNorm) ...
+        stage.scoring.report_test(model, output_dir)
+        if cfg.trainer.get("fast_dev_run"):
+            return {}
+        model.eval()
+        metrics.update(stage.scoring.score_test(model, datamodule, output_dir, post, cfg.get("num_overlays", 8)))
+    finally:  # ... the validation split the checkpoint's own model
+        trainer = model._trainer
+        for cb in trainer.callbacks if trainer is not None else ():
+            if callable(getattr(cb, "restore_after_test", None)):
+                cb.restore_after_test()
     val = getattr(datamodule, "datasets", {}).get("val")
     # the validation split with the tested weights: the fold's out-of-fold predictions (pooled by
     # the CV summary). With eval_checkpoint=best the epoch was chosen on it (slightly optimistic).
