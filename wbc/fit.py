@@ -126,6 +126,7 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         log.info("resume=true: %s continues from %s", output_dir, last)
         csv_log = output_dir / "csv" / "metrics.csv"
         if csv_log.is_file() and is_rank_zero():  # the CSV logger starts a new file in the same dir: keep the old epochs
+            merge_resumed_csv(csv_log.parent)  # stopped again before the last resume merged them: all attempts' epochs
             csv_log.replace(csv_log.with_name(BEFORE_RESUME))
         return str(last)
     return None
