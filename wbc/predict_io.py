@@ -45,6 +45,7 @@ import numpy as np
 from wbc import cell_outputs as co
 from wbc.cells import shown
 from wbc.data.bitdepth import AUTO
+from wbc.data.formats import IMAGE_LIKE_SUFFIXES, check_magic
 from wbc.data.imageio import IMAGE_MAGIC, ImageReadError, check_image_size, read_rgb
 from wbc.data.manifest import IMAGE_EXTENSIONS
 from wbc.inference import CellPipeline
@@ -67,11 +68,18 @@ CSV_COLUMNS = [
 
 
 def list_inputs(path: str | Path) -> list[Path]:
+    """The images predict reads: the file, or a folder's files with IMAGE_EXTENSIONS; image files in
+    other formats (.webp, .gif: IMAGE_LIKE_SUFFIXES) it skips are named in a warning, never left out silently."""
     p = Path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        skipped = sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_LIKE_SUFFIXES)
+        if skipped:
+            log.warning("input=%s: skipped %d image file(s) in formats predict does not read: %s%s; expected %s "
+                        "(convert them, e.g. to PNG)", path, len(skipped), skipped[:10], " ..." if len(skipped) > 10 else "",
+                        list(IMAGE_EXTENSIONS))
         if not files:
             raise FileNotFoundError(f"input={path}: folder contains no images (extensions {list(IMAGE_EXTENSIONS)})")
         return files
@@ -88,9 +96,8 @@ def check_file(path: Path, max_file_mb: float, max_pixels: int | None = None) ->
     if size > max_file_mb * 2**20:
         raise ImageReadError(f"{path}: {size} bytes exceeds the limit max_file_mb={max_file_mb:g} (predict.max_file_mb)")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if not head.startswith(MAGIC):
-        raise ImageReadError(f"{path}: not an image file (no PNG/BMP/TIFF/BigTIFF/JPEG header)")
+        head = fh.read(16)
+    check_magic(head, path)  # the rule training and the web app apply (wbc.data.formats)
     check_image_size(path, max_pixels, "predict.max_pixels")
 
 

@@ -19,6 +19,14 @@ encoding names, exactly or not at all (`mask_codes`).
 TIFF layouts: one 2-D image is read, grey or colour, its samples interleaved or planar (channels
 first); a stack of pages is refused, whichever decoder opens it, since which page is meant cannot be
 guessed (`single_image`).
+
+One decode for files and uploads: a file's bytes are read and decoded exactly as an upload's
+(`decode_raw` = `decode_bytes`), so Pillow never memory-maps a file (a memory-mapped grey TIFF skipped
+its Orientation turn while reporting the turned size: scrambled pixels). What a file is, and whether
+it is a TIFF, is decided by its first bytes (IMAGE_MAGIC, TIFF_MAGIC), never by its name: PNG, JPEG,
+TIFF/BigTIFF and BMP are read, anything else (WebP, GIF) is refused in training, predict and the web
+app alike. Every image and mask is turned by its EXIF / TIFF Orientation tag, whichever decoder
+reads it (wbc.data.orientation): what viewers show, and what annotators drew on.
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wbc.data.bitdepth import AUTO, BitDepthError, to_uint8
+from wbc.data.formats import IMAGE_MAGIC, TIFF_MAGIC, ImageReadError, check_magic  # noqa: F401 - IMAGE_MAGIC re-exported
+from wbc.data.mask_values import mask_codes, palette_note  # noqa: F401 - palette_note re-exported
+from wbc.data.orientation import ORIENTATION_TAG, orient
 
 # Predicting one image costs ~1 GB of process baseline + ~120 bytes per pixel at full resolution
 # (RGB uint8, preprocessed copies, float32 probability maps, distance transform, int32 watershed
@@ -45,15 +56,6 @@ DEFAULT_MAX_PIXELS = 20_000_000
 # PIL's own guard (it refuses twice this) stays as a hard ceiling far above any sensible max_pixels;
 # its warning is ignored below because `check_pixels` decides.
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
-TIFF_SUFFIXES = (".tif", ".tiff")
-# The first bytes of a TIFF and a BigTIFF, little- and big-endian.
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-# PNG, BMP, TIFF/BigTIFF, JPEG: the upload and predict checks decide the type by these bytes, never by the name.
-IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"BM", *TIFF_MAGIC, b"\xff\xd8\xff")
-
-
-class ImageReadError(ValueError):
-    """A file that should be an image cannot be decoded."""
 
 
 def pixel_limit(max_pixels: int | float | None, setting: str = "data.max_pixels") -> int:
@@ -106,7 +108,7 @@ def header_size(path: Path, max_pixels: int | None = None, setting: str = "data.
     except Image.DecompressionBombError as err:
         raise _bomb_error(path, err, max_pixels, setting) from err
     except Exception as err:  # noqa: BLE001 - an unreadable header is reported like any bad file
-        if path.suffix.lower() in TIFF_SUFFIXES:  # TIFFs PIL cannot open are read by tifffile
+        if _head(path).startswith(TIFF_MAGIC):  # TIFFs PIL cannot open (float, planar) are read by tifffile
             try:
                 import tifffile
 
@@ -115,6 +117,15 @@ def header_size(path: Path, max_pixels: int | None = None, setting: str = "data.
             except Exception:  # noqa: BLE001 - report PIL's message below
                 pass
         raise ImageReadError(f"{path}: cannot read the image header ({err}); truncated or not an image file") from err
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    """A file's first bytes (empty if unreadable: the caller's own open reports why)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
 
 
 def check_image_size(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> tuple[int, int]:
@@ -153,12 +164,14 @@ def _read_tiff(path: Path | io.BytesIO, max_pixels: int | None, setting: str, la
         axes, shape = single_image(tif, label)
         w, h, n = _tiff_header(tif)
         check_pixels(label, w, h, max_pixels, setting, n)
+        tag = tif.pages[0].tags.get(274)
+        orientation = tag.value if tag is not None else 1
         arr = np.asarray(tif.series[0].asarray())
     kept = [a for a in axes if a in "YXS"]
     if arr.size != math.prod(shape) or not {"Y", "X"} <= set(kept):
         return arr  # an unusual layout: as_rgb / read_mask name its shape
     arr = arr.reshape([n for a, n in zip(axes, shape) if a in "YXS"])
-    return arr.transpose([kept.index(a) for a in "YXS" if a in kept])
+    return orient(arr.transpose([kept.index(a) for a in "YXS" if a in kept]), orientation)  # tifffile never turns it
 
 
 def _check_tiff_pages(source: Path | io.BytesIO, label: Any) -> None:
@@ -181,30 +194,41 @@ def _check_tiff_pages(source: Path | io.BytesIO, label: Any) -> None:
             source.seek(pos)
 
 
-def decode_raw(path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, full_depth: bool = False) -> np.ndarray:
-    """The decoded array as stored; files over `max_pixels` (None = DEFAULT_MAX_PIXELS) are refused
-    from their header, before decoding. 16-bit grey stays uint16; 16-bit colour (RGB/RGBA, grey+alpha)
-    keeps its 16 bits only with `full_depth=True` (read_rgb, read_mask), else Pillow's high byte."""
+def decode_raw(
+    path: Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, full_depth: bool = False,
+    palette_indices: bool = False,
+) -> np.ndarray:
+    """The decoded array, turned upright by its Orientation tag; files over `max_pixels` (None =
+    DEFAULT_MAX_PIXELS) are refused from their header, before decoding. 16-bit grey stays uint16;
+    16-bit colour (RGB/RGBA, grey+alpha) keeps its 16 bits only with `full_depth=True` (read_rgb,
+    read_mask), else Pillow's high byte. The file's bytes go through `decode_bytes`' code: one decode."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file (a folder?); expected an image file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: file is empty (0 bytes); expected an image")
     limit = pixel_limit(max_pixels, setting)  # a bad setting is a config error, not a bad file
-    return _decode(path, path, path.suffix.lower() in TIFF_SUFFIXES, limit, setting, full_depth)
+    try:
+        data = path.read_bytes()  # never memory-mapped by Pillow (which skipped a grey TIFF's Orientation)
+    except PermissionError as err:
+        raise ImageReadError(f"{path}: cannot be read ({err.strerror or err}); check the file's permissions") from err
+    return _decode_data(data, path, limit, setting, full_depth, palette_indices)
 
 
 def decode_bytes(
     data: bytes, name: str, max_pixels: int | None = None, setting: str = "max_pixels", *, full_depth: bool = True
 ) -> np.ndarray:
-    """`decode_raw` for an image held in memory (an upload): `name` only labels the messages, the
-    TIFF fallback is chosen by the content's magic bytes, the same pixel limit applies before decoding;
-    16-bit colour keeps its 16 bits unless `full_depth=False`."""
+    """`decode_raw` for an image held in memory (an upload): `name` only labels the messages; the
+    same decode, type check, orientation and pixel limit; 16-bit colour keeps its 16 bits unless
+    `full_depth=False`."""
+    return _decode_data(data, name, pixel_limit(max_pixels, setting), setting, full_depth)
+
+
+def _decode_data(data: bytes, label: Any, limit: int, setting: str, full_depth: bool, palette_indices: bool = False) -> np.ndarray:
+    """The decode of a file's or an upload's bytes: an image type and a TIFF are told by the first bytes."""
     if not data:
-        raise ImageReadError(f"{name}: file is empty (0 bytes); expected an image")
-    limit = pixel_limit(max_pixels, setting)
-    return _decode(io.BytesIO(data), name, data.startswith(TIFF_MAGIC), limit, setting, full_depth)
+        raise ImageReadError(f"{label}: file is empty (0 bytes); expected an image")
+    check_magic(data[:16], label)
+    return _decode(io.BytesIO(data), label, data.startswith(TIFF_MAGIC), limit, setting, full_depth, palette_indices)
 
 
 def _colour16(im: Image.Image) -> bool:
@@ -227,16 +251,17 @@ def _planar_deep(im: Image.Image) -> bool:
     return max(bits if isinstance(bits, tuple) else (bits,)) > 8
 
 
-def _decode_colour16(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str) -> np.ndarray | None:
-    """16-bit colour with all its bits, RGB(A) order: OpenCV (PNG; TIFF through libtiff, any
-    compression), else tifffile for a TIFF; None if neither decodes it. The pixel limit was checked
-    from the header already."""
+def _decode_colour16(source: io.BytesIO, label: Any, tiff: bool, limit: int, setting: str, orientation: Any) -> np.ndarray | None:
+    """16-bit colour with all its bits, RGB(A) order, upright: OpenCV (PNG, turned here by the EXIF
+    `orientation`; TIFF through libtiff, any compression, which OpenCV turns itself), else tifffile for a
+    TIFF; None if neither decodes it. The pixel limit was checked from the header already."""
     import cv2
 
-    data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+    data = source.getvalue()
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is not None and arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[2] in (3, 4):
-        return arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV's BGR(A)
+        arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV's BGR(A)
+        return arr if tiff else orient(arr, orientation)  # IMREAD_UNCHANGED ignores a PNG's EXIF
     if tiff:
         try:
             return _read_tiff(io.BytesIO(data), limit, setting, label)
@@ -247,9 +272,12 @@ def _decode_colour16(source: Path | io.BytesIO, label: Any, tiff: bool, limit: i
     return None
 
 
-def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setting: str, full_depth: bool = False) -> np.ndarray:
-    """PIL's decode of a file or buffer (tifffile for the TIFFs PIL cannot open; OpenCV/tifffile for
-    16-bit colour when `full_depth`); `label` names it in errors."""
+def _decode(
+    source: io.BytesIO, label: Any, tiff: bool, limit: int, setting: str, full_depth: bool = False, palette_indices: bool = False,
+) -> np.ndarray:
+    """PIL's decode of a buffer (tifffile for the TIFFs PIL cannot open; OpenCV/tifffile for 16-bit
+    colour when `full_depth`), upright; a palette image's indices with `palette_indices`, else its
+    colours; `label` names it in errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
@@ -261,12 +289,20 @@ def _decode(source: Path | io.BytesIO, label: Any, tiff: bool, limit: int, setti
                     return _read_tiff(source, limit, setting, label)
                 colour16 = full_depth and _colour16(im)
                 if colour16:
-                    deep = _decode_colour16(source, label, tiff, limit, setting)
+                    deep = _decode_colour16(source, label, tiff, limit, setting, im.getexif().get(ORIENTATION_TAG))
                     if deep is not None:
                         return deep
                 im.load()  # forces a full decode: truncated files raise here
+                ImageOps.exif_transpose(im, in_place=True)  # JPEG/PNG/WebP; a TIFF's turn Pillow made in load()
                 if colour16:
                     warnings.warn(f"{label}: 16-bit colour read as 8 bits (the high byte): OpenCV and tifffile cannot decode it", stacklevel=3)
+                if im.mode == "P" and palette_indices:
+                    idx = np.asarray(im)
+                    pal = np.asarray(im.getpalette() or [], dtype=np.int32).reshape(-1, 3)
+                    used = pal[np.unique(idx)[np.unique(idx) < len(pal)]]
+                    if len(used) and (used == used[:, :1]).all():  # a grey palette: the greys it shows, as before
+                        return np.asarray(im.convert("L"))
+                    return idx  # colours standing for classes: the values the annotator painted
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -322,32 +358,12 @@ def as_rgb(arr: np.ndarray, label: Any, bit_depth: int | str = AUTO, depth_setti
         raise ImageReadError(str(err)) from err
 
 
-def mask_codes(arr: np.ndarray, label: Any) -> np.ndarray:
-    """A colour mask wider than 8 bits as the 8-bit colour codes a mask encoding names (its RGB
-    colours are 8-bit): values 0..255 stored in 16 bits stay as they are, full-range values (all
-    multiples of 257 for 16 bits, 255 * 257 = 65535) are divided. Anything else (1000; 255 beside
-    65535) has no exact 8-bit code, and a guess would mislabel pixels silently: refused."""
-    if arr.dtype == np.uint8 or not np.issubdtype(arr.dtype, np.integer):
-        return arr
-    if int(arr.min(initial=0)) >= 0 and int(arr.max(initial=0)) <= 255:
-        return arr.astype(np.uint8)
-    bits = 8 * arr.dtype.itemsize
-    step = (2**bits - 1) // 255 if np.issubdtype(arr.dtype, np.unsignedinteger) else None
-    if step is not None and not (arr % step).any():
-        return (arr // step).astype(np.uint8)
-    full = f" nor all multiples of {step} (full-range {bits} bits)" if step else ""
-    raise ImageReadError(
-        f"{label}: {bits}-bit colour mask whose values {np.unique(arr)[:6].tolist()} are neither all 0..255 "
-        f"(8-bit codes stored in {bits} bits){full}; expected data.mask_encoding's 8-bit colour codes "
-        "stored one of these ways: save the mask as 8-bit RGB"
-    )
-
-
-def read_mask(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels") -> np.ndarray:
+def read_mask(path: str | Path, max_pixels: int | None = None, setting: str = "data.max_pixels", *, palette_indices: bool = False) -> np.ndarray:
     """Read a mask with its raw values: HxW (grey, any depth, as stored) or HxWx3 (colour-coded,
-    as 8-bit codes: `mask_codes`); alpha dropped; the same pixel limit as `read_rgb`."""
+    as 8-bit codes: `mask_codes`); alpha dropped; the same pixel limit and orientation as `read_rgb`.
+    A palette image gives its colours, or with `palette_indices` (a grey encoding) its indices."""
     path = Path(path)
-    arr = decode_raw(path, max_pixels, setting, full_depth=True)  # 16-bit colour whole, not its high byte
+    arr = decode_raw(path, max_pixels, setting, full_depth=True, palette_indices=palette_indices)  # 16-bit colour whole
     if arr.ndim == 3 and arr.shape[2] == 2:
         arr = arr[..., 0]  # grey + alpha
     elif arr.ndim == 3 and arr.shape[2] == 4:

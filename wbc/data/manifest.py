@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from wbc.data.imageio import ImageReadError, decode_raw, read_mask, read_rgb
+from wbc.data.imageio import ImageReadError, decode_raw, palette_note, read_mask, read_rgb
 from wbc.data.manifest_files import path_problems
+from wbc.data.orientation import describe, orientation_of
 from wbc.spreadsheet import unguard_row
 
 BACKGROUND, CYTOPLASM, NUCLEUS = 0, 1, 2
@@ -340,20 +341,39 @@ def read_manifest(
 
 
 def load_sample(sample: Sample, encoding: MaskEncoding) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one sample -> (RGB uint8 image, label map uint8 or None); errors name the file."""
+    """Decode one sample -> (RGB uint8 image, label map uint8 or None); errors name the file. Both are
+    read upright (their Orientation tags applied); a palette mask gives its indices to a grey encoding."""
     try:
         image = read_rgb(sample.image, sample.max_pixels, bit_depth=sample.bit_depth)
         if sample.mask is None:
             return image, None
-        raw = read_mask(sample.mask, sample.max_pixels)
+        raw = read_mask(sample.mask, sample.max_pixels, palette_indices=encoding.mode == "grey")
     except ImageReadError as err:
         raise ManifestError(str(err)) from err
     if raw.shape[:2] != image.shape[:2]:
-        raise ManifestError(
-            f"{sample.mask}: mask size {raw.shape[1]}x{raw.shape[0]} differs from image {sample.image.name} "
-            f"size {image.shape[1]}x{image.shape[0]} (width x height); they must be equal"
-        )
-    return image, encoding.decode(raw, where=str(sample.mask))
+        raise ManifestError(_size_mismatch(sample, raw.shape[:2], image.shape[:2]))
+    try:
+        return image, encoding.decode(raw, where=str(sample.mask))
+    except ManifestError as err:
+        note = palette_note(sample.mask)
+        if note is None:
+            raise
+        raise ManifestError(f"{err}; {note}") from err
+
+
+def _size_mismatch(sample: Sample, mask_hw: tuple[int, ...], image_hw: tuple[int, ...]) -> str:
+    """The mask/image size error; names an Orientation tag of either file (both are read turned by it,
+    as viewers show them), since a mask drawn on the stored pixels differs by exactly that turn."""
+    text = (f"{sample.mask}: mask size {mask_hw[1]}x{mask_hw[0]} differs from image {sample.image.name} "
+            f"size {image_hw[1]}x{image_hw[0]} (width x height); they must be equal")
+    tags = [(name, path, orientation_of(path)) for name, path in (("image", sample.image), ("mask", sample.mask))]
+    turned = [f"the {name} {path.name} has {describe(o)}" for name, path, o in tags if o != 1]
+    if turned:
+        text += "; " + " and ".join(turned) + " and is read turned by it, as image viewers show it"
+        if tuple(mask_hw) == tuple(image_hw)[::-1]:
+            text += (f" (the swapped size {mask_hw[0]}x{mask_hw[1]} would match: one file's pixels are turned relative to the "
+                     "other's; turn the mask to match the image as viewers show it, or save the file without the tag)")
+    return text
 
 
 def load_instances(sample: Sample) -> np.ndarray | None:
