@@ -13,7 +13,10 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from wbc.spreadsheet import unguard_row
 
@@ -72,6 +75,34 @@ def load_run(path: str | Path) -> Run:
     for c in data.get("cells", []):
         cells.setdefault(str(c.get("source") or c["image"]), []).append(c)
     return Run(file.parent, list(data["classes"]), cells, names)
+
+
+TRAINED_DIRS = ("annotated_dataset", "pseudo_dataset")  # wbc.data.cell_dataset / pseudo_labels write them into a run
+
+
+def fine_tune_cells(run_path: Path) -> set[tuple[str, int]]:
+    """(output stem, cell) of the cells a fine-tune from this predict run trains or validates on: its
+    annotated_dataset/ and pseudo_dataset/ splits' train and val ids (`images/<stem>_cell<NN>`), or every
+    listed cell of one without a split file. A fair comparison scores other cells than these."""
+    import re
+
+    out: set[tuple[str, int]] = set()
+    for d in TRAINED_DIRS:
+        ids: list[str] = []
+        try:
+            if (run_path / d / "splits.json").is_file():
+                split = json.loads((run_path / d / "splits.json").read_text(encoding="utf-8"))
+                ids = [str(i) for fold in split.get("folds", []) for key in ("train", "val") for i in fold.get(key, [])]
+            elif (run_path / d / "labels.csv").is_file():
+                with open(run_path / d / "labels.csv", newline="", encoding="utf-8") as fh:
+                    ids = [str(r.get("image", "")).rsplit(".", 1)[0] for r in csv.DictReader(fh)]
+        except (OSError, ValueError, AttributeError):
+            continue
+        for i in ids:
+            m = re.fullmatch(r"images/(.+)_cell(\d+)", i)
+            if m:
+                out.add((m.group(1), int(m.group(2))))
+    return out
 
 
 def read_points(path: str | Path, classes: Sequence[str]) -> tuple[list[Point], int]:
@@ -187,9 +218,17 @@ def resolve_image(run: Run, point: Point, file: Path) -> str:
                           f"{run.path} (e.g. {examples})")
 
 
-def match_cell(cells: Sequence[dict], x: float, y: float, margin: float) -> dict | None:
-    """The predicted cell under (x, y): among cells whose nucleus box holds the point, else whose box grown
-    by `margin` of its size on each side does (a point on the cytoplasm), the one with the nearest centre."""
+def match_cell(cells: Sequence[dict], x: float, y: float, margin: float, labels: np.ndarray | None = None) -> dict | None:
+    """The predicted cell under (x, y): the one whose nucleus pixel it is on (`labels`: the run's label map of
+    the image; boxes overlap where nuclei touch, and the nearest centre there can be the neighbour's), else
+    among cells whose nucleus box holds the point, else whose box grown by `margin` of its size on each side
+    does (a point on the cytoplasm), the one with the nearest centre."""
+    if labels is not None and 0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]:
+        under = int(labels[int(y), int(x)])
+        hit = next((c for c in cells if int(c["cell"]) == under), None) if under else None
+        if hit is not None:
+            return hit
+
     def inside(c: dict, grow: float) -> bool:
         h, w = c["bbox_y1"] - c["bbox_y0"], c["bbox_x1"] - c["bbox_x0"]
         return c["bbox_x0"] - grow * w <= x < c["bbox_x1"] + grow * w and c["bbox_y0"] - grow * h <= y < c["bbox_y1"] + grow * h
@@ -201,10 +240,26 @@ def match_cell(cells: Sequence[dict], x: float, y: float, margin: float) -> dict
     return None
 
 
+def label_map(run: Run, source: str) -> np.ndarray | None:
+    """The run's label map of one image (`labels/<stem>.png`, pixel = cell id), or None when it did not write
+    one (an older run, or an image without cells): points then match by box, as before."""
+    cells = run.cells.get(source) or []
+    stem = cells[0].get("output_stem") if cells else None
+    return _read_labels(run.path / "labels" / f"{stem}.png") if stem else None
+
+
+@lru_cache(maxsize=8)
+def _read_labels(path: Path) -> np.ndarray | None:
+    from wbc.data.imageio import decode_raw
+
+    return decode_raw(path, full_depth=True) if path.is_file() else None
+
+
 def calls(run: Run, points: Sequence[Point], file: Path, margin: float) -> list[str]:
     """The run's class for every point (NOT_FOUND where no predicted cell is under it)."""
     out = []
     for p in points:
-        cell = match_cell(run.cells[resolve_image(run, p, file)], p.x, p.y, margin)
+        source = resolve_image(run, p, file)
+        cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
         out.append(NOT_FOUND if cell is None else str(cell["class"]))
     return out

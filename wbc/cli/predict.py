@@ -142,6 +142,11 @@ def annotated_dataset(cfg: DictConfig, out_dir: Path, overwrite: bool, pipe: Cel
     return fine_tune_message(cfg, out_dir / ANNOTATED_DIR, pipe, record, head, check, morphology=True)
 
 
+# a cell dataset's masks are nuclei this predict already post-processed: taken as they are (the default 30 px
+# minimum and 5 px opening, made for probability maps, dropped small nuclei and stopped the printed command)
+AS_DRAWN = ("postprocess.min_area=0", "postprocess.opening_kernel=0", "postprocess.watershed=false")
+
+
 def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record: dict, head: str, check: str, morphology: bool = False) -> dict:
     """Print (and log) what a cell dataset holds and the `train.py` command that fine-tunes the classifier on
     it (with `morphology`, also the `fit_morphology.py` command that fits the nucleus-morphology model on the
@@ -158,7 +163,7 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
         inputs.append(f"data.bit_depth={pipe.bit_depth}")
     split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
     data = ["data=folder", "data.layout=csv", f"data.root={dataset}", *([f"data.splits.file={split}"] if split.is_file() else []),
-            f"data.classes=[{','.join(pipe.classes)}]"]
+            f"data.classes=[{','.join(pipe.classes)}]", *AS_DRAWN]
     command = shlex.join(["python", "train.py", *choices, *data, *inputs, f"init_from={shipped or '<the classifier run>'}"])
     # the morphology model measures the raw image: only the cell finding (data.crops) has to match
     fit = shlex.join(["python", "fit_morphology.py", *data, *as_overrides("data.crops", pipe.crop_spec.to_dict()), "fit_on=train+val"])

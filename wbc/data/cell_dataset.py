@@ -181,7 +181,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     silently; two points on one cell with different labels are an error. The held-out cells are drawn at
     random (seeded) per class; source images are read at `bit_depth`, as predict read them. Returns the record
     written as annotated_dataset.json."""
-    from wbc.annotations import load_run, match_cell, read_points, resolve_image
+    from wbc.annotations import label_map, load_run, match_cell, read_points, resolve_image
     from wbc.io import write_json
 
     predict_dir = Path(predict_dir)
@@ -194,7 +194,8 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     first_row: dict[str, str] = {}
     not_found = []
     for p in points:
-        cell = match_cell(run.cells[resolve_image(run, p, Path(annotations))], p.x, p.y, margin)
+        source = resolve_image(run, p, Path(annotations))
+        cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
         if cell is None:
             not_found.append({"row": p.row, "image": p.image, "x": p.x, "y": p.y, "label": p.label})
             continue
