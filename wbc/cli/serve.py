@@ -105,7 +105,7 @@ def build_app(cfg: DictConfig):
     settings = Settings(
         max_file_mb=float(cfg.max_file_mb), max_pixels=cfg.get("max_pixels"), max_images=int(store.get("max_images", 100)),
         max_age_min=float(store.get("max_age_min", 240)), max_store_mb=float(store.get("max_mb", 2048)), jobs=int(cfg.jobs), queue=int(cfg.queue),
-        every_user=bool(cfg.get("every_user", False)),
+        every_user=bool(cfg.get("every_user", False)), upload_timeout_s=float(cfg.get("upload_timeout_s", 120)),
     )
     info = describe(pipe, source, kind, adapted_folder=str(cfg.adapt_on) if targets else None)
     return create_app(pipe, info, settings), source

@@ -7,9 +7,11 @@ in-process; `wbc.cli.serve` loads the models once and runs it under uvicorn.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from starlette.datastructures import UploadFile
 from wbc.cell_outputs import UNCLASSIFIED_COLOUR, class_colour
 from wbc.data.imageio import ImageReadError
 from wbc.web.engine import DOWNLOADS, Engine, Limits, NotFound, StepError, TooLarge
+from wbc.web.guard import CSP, DOCS_CSP, GuardedResponses  # noqa: F401 - CSP: the page's, imported from here
 from wbc.web.jobs import Busy, JobRunner
 from wbc.web.model_info import describe
 from wbc.web.store import ImageRecord, ResultStore, display_name
@@ -30,12 +33,6 @@ from wbc.web.zipping import zip_all
 
 log = logging.getLogger("wbc")
 STATIC = Path(__file__).parent / "static"
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
-# Swagger UI (served from local files) styles its widgets inline; scripts stay 'self' only
-DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -56,6 +53,11 @@ class Settings:
     # the calls on every user's images (list, delete, ZIP without ids): off, since anyone who can reach the
     # page could otherwise see and fetch other people's uploads; an image is reached by its unguessable id
     every_user: bool = False
+    # uploads being read at once (None: jobs + queue, what the workers could take next): each holds its body in
+    # memory; one more is answered 503 at once. A body not fully arrived after upload_timeout_s is refused (408),
+    # so a stalled client cannot hold its part of the memory forever
+    uploads: int | None = None
+    upload_timeout_s: float = 120.0
 
 
 class HTTPProblem(Exception):
@@ -64,6 +66,27 @@ class HTTPProblem(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
+
+
+class Slots:
+    """A count of things in progress, at most `limit`; taken without waiting (the answer is 503 at once). A
+    threading lock: a test client may run requests on several event loops."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"uploads must be >= 1, got {limit}")
+        self.limit, self.used, self._lock = int(limit), 0, threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
 
 
 def _timing_header(timings: dict[str, float]) -> dict[str, str]:
@@ -86,6 +109,7 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     engine = Engine(pipe, Limits(s.max_file_mb, s.max_pixels))
     store = ResultStore(s.max_images, s.max_age_min, s.max_store_mb)
     runner = JobRunner(s.jobs, s.queue)
+    uploading = Slots(s.uploads if s.uploads is not None else s.jobs + s.queue)
     colours = {c: list(class_colour(engine.classes, c)) for c in engine.classes}
     model = {**(info if info is not None else describe(pipe, None, "in-process model")), "colours": colours, "unclassified_colour": list(UNCLASSIFIED_COLOUR), "limits": {"max_file_mb": s.max_file_mb, "max_pixels": s.max_pixels, "max_images": s.max_images, "max_age_min": s.max_age_min, "jobs": s.jobs, "every_user": s.every_user}}
     @asynccontextmanager
@@ -98,19 +122,6 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         description="Upload a smear image, segment its nuclei, classify the cells, download masks, tables and QuPath GeoJSON.",
     )
     app.state.engine, app.state.store, app.state.runner = engine, store, runner
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        docs = request.url.path in ("/docs", "/docs/") or request.url.path.startswith("/docs-assets")
-        response.headers["Content-Security-Policy"] = DOCS_CSP if docs else CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     @app.exception_handler(HTTPProblem)
     async def problem(_request: Request, err: HTTPProblem) -> JSONResponse:
@@ -136,11 +147,6 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     async def busy(_request: Request, err: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
 
-    @app.exception_handler(Exception)
-    async def failed(request: Request, err: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"the server could not do this ({type(err).__name__}: {err}); the details are in the server's log"}, status_code=500)
-
     def gone(ids: list[str]) -> HTTPProblem:
         """404 naming every id asked for that is not here (a page sends several at once)."""
         kept = f"the server keeps the last {s.max_images} images for {s.max_age_min:g} minutes"
@@ -160,8 +166,8 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
         name = display_name(found.group(1).decode("utf-8", "replace")) + ": " if found else ""
         return HTTPProblem(413, f"{name}the upload is larger than the limit max_file_mb={s.max_file_mb:g}")
 
-    async def read_upload(request: Request) -> tuple[bytes, str]:
-        """The file of a multipart upload; the body is refused as soon as it passes the size limit."""
+    async def read_body(request: Request) -> bytes:
+        """The request body; refused as soon as it passes the size limit."""
         limit = engine.limits.max_bytes + 2**20  # + the multipart envelope
         length = request.headers.get("content-length", "")
         body = bytearray()
@@ -171,17 +177,29 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
                 raise too_big(bytes(body))
         if length.isdigit() and int(length) > limit:  # a body that ended early
             raise too_big(bytes(body))
-        request._body = bytes(body)  # the form parser reads the capped body, never the socket again
+        return bytes(body)
+
+    async def read_upload(request: Request) -> tuple[bytes, str]:
+        """The file of a multipart upload, read in one of the `uploads` slots and within upload_timeout_s."""
+        if not uploading.take():
+            raise HTTPProblem(503, f"the server is busy ({uploading.limit} uploads arriving); try again in a moment", {"Retry-After": "1"})
         try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception as err:  # noqa: BLE001 - a malformed body is the client's error, said plainly
-            raise HTTPProblem(400, f"expected a multipart/form-data upload with one 'file' field ({err})") from err
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPProblem(400, "expected a multipart/form-data upload with one 'file' field")
-        data = await upload.read()
-        await form.close()
-        return data, upload.filename or "image"
+            try:
+                request._body = await asyncio.wait_for(read_body(request), s.upload_timeout_s)  # the form parser reads it, never the socket
+            except TimeoutError as err:
+                raise HTTPProblem(408, f"the upload did not arrive within {s.upload_timeout_s:g} s; try again", {"Connection": "close"}) from err
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except Exception as err:  # noqa: BLE001 - a malformed body is the client's error, said plainly
+                raise HTTPProblem(400, f"expected a multipart/form-data upload with one 'file' field ({err})") from err
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPProblem(400, "expected a multipart/form-data upload with one 'file' field")
+            data = await upload.read()
+            await form.close()
+            return data, upload.filename or "image"
+        finally:
+            uploading.give()
 
     async def add_image(request: Request) -> ImageRecord:
         data, name = await read_upload(request)
@@ -194,6 +212,15 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
             engine.publish(rec)
 
         return store.add(shown, rgb, first_view)
+
+    async def step_or_forget(rec: ImageRecord, step: Awaitable[dict]) -> dict:
+        """The step of an upload that segments too; when it fails (busy, an error, the client gone) the
+        image is deleted: nobody has its id, yet it would count toward max_images and evict others' images."""
+        try:
+            return await step
+        except BaseException:
+            store.delete(rec.id)
+            raise
 
     def every_user(call: str) -> None:
         if not s.every_user:
@@ -216,14 +243,14 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     @app.post("/api/images", tags=["images"], summary="Upload one image (multipart field 'file'); ?segment=true segments it too", openapi_extra=UPLOAD_BODY)
     async def upload(request: Request, segment: bool = False) -> JSONResponse:
         rec = await add_image(request)
-        state = await runner.run(engine.segment, rec) if segment else engine.view(rec)
+        state = await step_or_forget(rec, runner.run(engine.segment, rec)) if segment else engine.view(rec)
         store.trim()
         return answer(state)
 
     @app.post("/api/predict", tags=["images"], summary="Upload, segment and classify one image in one call (for scripts)", openapi_extra=UPLOAD_BODY)
     async def predict(request: Request) -> JSONResponse:
         rec = await add_image(request)
-        state = await runner.run(_segment_and_classify, engine, rec)
+        state = await step_or_forget(rec, runner.run(_segment_and_classify, engine, rec))
         store.trim()
         return answer(state)
 
@@ -315,6 +342,8 @@ def create_app(pipe: Any, info: dict | None = None, settings: Settings | None = 
     async def docs() -> FileResponse:
         return FileResponse(STATIC / "docs.html", media_type="text/html")
 
+    # outside the exception handlers: the headers go on every answer, the 500s made here included
+    app.add_middleware(GuardedResponses)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     swagger = _swagger_dir()
     if swagger is not None:

@@ -64,6 +64,31 @@ def _software_of(source: Path | None) -> dict | None:
     return software if isinstance(software, dict) else None
 
 
+def shown_path(path: Path | str | None) -> str | None:
+    """A path as the page shows it: from below the outputs dir when it is in one, else its last part (a
+    checkpoint file with its folder): anyone who reaches the page sees it, and the server's layout is
+    none of their business."""
+    if not path:
+        return None
+    parts = Path(path).parts
+    if "outputs" in parts[:-1]:
+        return "/".join(parts[len(parts) - parts[::-1].index("outputs"):])
+    return "/".join(parts[-2:]) if Path(path).suffix else (parts[-1] if parts else None)
+
+
+def _shown_software(software: dict | None) -> dict | None:
+    """job.json's `software` without what describes the training machine rather than the code (the
+    platform string, the names of the files changed in the checkout): the page shows the commit, whether it
+    had uncommitted changes, the library and Python versions."""
+    if software is None:
+        return None
+    code = software.get("code")
+    shown = {k: v for k, v in software.items() if k != "platform"}
+    if isinstance(code, dict):
+        shown["code"] = {k: v for k, v in code.items() if k != "modified_files"}
+    return shown
+
+
 def _first_number(metrics: dict, key: str) -> float | None:
     for k in (key, key.replace("/", "/mean/", 1)):
         v = metrics.get(k)
@@ -89,7 +114,7 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
     options = getattr(pipe, "review_options", None)
     checks_appearance = profile is not None and bool(getattr(options, "unlike_training", True))
     return {
-        "source": str(path) if path else None,
+        "source": shown_path(path),
         "kind": kind,
         "classes": list(getattr(pipe, "classes", []) or []),
         "has_classifier": getattr(pipe, "classifier", None) is not None or getattr(pipe, "morphology", None) is not None,
@@ -102,9 +127,10 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "training_scale": seg_info.get("scale"),
         "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
         "trained": trained,
-        "software": _software_of(path),
+        "software": _shown_software(_software_of(path)),
         "test_figures": figures,
-        "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on, "folder": adapted_folder}
+        "adapted": ({"models": list(getattr(pipe, "adapted_models", ())), "images": adapted_on,
+                     "folder": Path(adapted_folder).name if adapted_folder else None}
                     if adapted_on else None),
         "appearance_check": ({"model": getattr(pipe, "appearance_model", None), "training_images": profile.images,
                               "sources": [{"name": c.name, "images": c.images,
