@@ -162,6 +162,7 @@ class Engine:
     def publish(self, rec: ImageRecord) -> dict:
         """Snapshot the record for the GETs (the caller holds rec.lock, or nobody else sees rec yet)."""
         rec.view = View(self.state(rec), rec.crops)
+        rec.measure(len(json.dumps(rec.view.state, default=str)))
         return rec.view.state
 
     def view(self, rec: ImageRecord) -> dict:
