@@ -105,6 +105,7 @@ def test_labels_that_cannot_make_a_training_set_are_refused(tmp_path: Path, lab_
     same = write_points(tmp_path / "same.csv", [("img03.png", 24, 24, classes[0]), ("img03.png", 25, 23, classes[0])])
     record = write_annotated_dataset(out, same)  # two clicks on one cell, one label: one cell
     assert record["cells"] == 1 and not (out / "annotated_dataset" / "splits.json").exists()
+    assert record["merged"] == [{"row": "row 2", "same_cell_as": "row 1", "cell": "img03/01"}]  # said, not silently merged
     with pytest.raises(FileExistsError, match="annotated_dataset already exists"):
         write_annotated_dataset(out, same)
     images[3].unlink()  # a source image moved away after predict: the error names the run's file it read

@@ -11,6 +11,7 @@ lab's own annotated points (`write_annotated_dataset`, wbc.annotations: the web 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from wbc.spreadsheet import guard
+
+log = logging.getLogger("wbc")
 
 SPLITS_FILE = "splits.json"
 ANNOTATED_DIR = "annotated_dataset"
@@ -192,7 +195,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     points, unlabelled = read_points(annotations, classes)
     chosen: dict[str, str] = {}
     first_row: dict[str, str] = {}
-    not_found = []
+    not_found, merged = [], []
     for p in points:
         source = resolve_image(run, p, Path(annotations))
         cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
@@ -203,7 +206,12 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
         if sid in chosen and chosen[sid] != p.label:
             raise CellDatasetError(f"{annotations} {first_row[sid]} and {p.row}: one predicted cell ({sid} of {predict_dir}) "
                                    f"labelled {chosen[sid]!r} and {p.label!r}; correct one of them")
+        if sid in chosen:  # a second point on the cell, with the same label: one cell, said
+            merged.append({"row": p.row, "same_cell_as": first_row[sid], "cell": sid})
         chosen[sid], first_row[sid] = p.label, first_row.get(sid, p.row)
+    if merged:
+        log.info("%s: %d point(s) on a cell another point already labelled the same, counted once: %s", annotations, len(merged),
+                 ", ".join(f"{m['row']} (= {m['same_cell_as']})" for m in merged[:5]) + (" ..." if len(merged) > 5 else ""))
     if not chosen:
         raise CellDatasetError(f"{annotations}: none of its {len(points)} labelled points is on a cell {predict_dir} found")
     dest = predict_dir / ANNOTATED_DIR
@@ -217,6 +225,6 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     counts = {c: list(chosen.values()).count(c) for c in classes}
     record = {"predictions": str((run.path / "predictions.json").resolve()), "annotations": str(Path(annotations).resolve()), "context": context,
               "classes": classes, "counts": counts, "cells": len(rows), "points": len(points), "unlabelled_rows": unlabelled,
-              "not_found": not_found, "note": "labels are the lab's annotations; each point's predicted cell was cut out"}
+              "not_found": not_found, "merged": merged, "note": "labels are the lab's annotations; each point's predicted cell was cut out"}
     write_json(dest / "annotated_dataset.json", record)
     return record
