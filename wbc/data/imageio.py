@@ -285,6 +285,9 @@ def _decode(
                 check_pixels(label, im.size[0], im.size[1], limit, setting)
                 if tiff and getattr(im, "n_frames", 1) > 1:
                     _check_tiff_pages(source, label)
+                elif im.format == "PNG" and getattr(im, "n_frames", 1) > 1:  # APNG: frame 1 alone was read silently (a JPEG's MPO previews are not fields)
+                    raise ImageReadError(f"{label}: animated {im.format} with {im.n_frames} frames; expected one 2-D image: "
+                                         "save one field per file")
                 if tiff and _planar_deep(im):  # PIL and OpenCV decode these to wrong pixels, silently
                     return _read_tiff(source, limit, setting, label)
                 colour16 = full_depth and _colour16(im)
