@@ -124,13 +124,19 @@ def test_a_label_on_a_curved_nucleus_attaches_to_its_cell(browser, server) -> No
     page.context.close()
 
 
-def test_segment_all_skips_an_image_the_lab_segmented_and_classified_by_hand_meanwhile(browser, server) -> None:
-    url, _, _ = server
+def segment_all(browser, url: str, prefix: str, n: int):
+    """A page with n synthetic fields added (<prefix>0.png, ...) and Segment all clicked; (page, its POSTs)."""
     page = open_page(browser, url)
     sent = posts(page)
-    add(page, {f"b{i}.png": png(field(seed=i)) for i in range(6)})
+    add(page, {f"{prefix}{i}.png": png(field(seed=i)) for i in range(n)})
     wait_until(page, "!document.getElementById('segment-all').disabled")
     page.click("#segment-all")
+    return page, sent
+
+
+def test_segment_all_skips_an_image_the_lab_segmented_and_classified_by_hand_meanwhile(browser, server) -> None:
+    url, _, _ = server
+    page, sent = segment_all(browser, url, "b", 6)
     page.locator("#image-list li .name").nth(5).click()  # still waiting its turn in the batch
     segment_current(page)
     page.click("#classify-btn")
@@ -264,11 +270,7 @@ def test_a_batch_asks_again_after_busy_and_counts_its_failures(browser, server) 
 
 def test_a_double_click_on_classify_all_classifies_each_image_once(browser, server) -> None:
     url, _, _ = server
-    page = open_page(browser, url)
-    sent = posts(page)
-    add(page, {f"c{i}.png": png(field(seed=i)) for i in range(4)})
-    wait_until(page, "!document.getElementById('segment-all').disabled")
-    page.click("#segment-all")
+    page, sent = segment_all(browser, url, "c", 4)
     wait_until(page, "!st.batching && st.busy === 0 && st.items.every((it) => it.status === 'segmented')")
     page.dblclick("#classify-all")
     wait_until(page, "!st.batching && st.busy === 0 && st.items.every((it) => it.status === 'classified')")
