@@ -94,6 +94,7 @@ class HeadFirst(L.Callback):
             raise ValueError(f"callbacks.head_first.epochs: expected >= 1 head-only epochs, got {epochs}")
         self.epochs = int(epochs)
         self._frozen = False
+        self._norms: list[_BatchNorm] = []
 
     @staticmethod
     def _net_and_head(pl_module: L.LightningModule) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -122,8 +123,9 @@ class HeadFirst(L.Callback):
         for p in self.body(pl_module):
             p.requires_grad_(on)
         self._frozen = not on
-        net = self._net_and_head(pl_module)[0]
-        for m in self.body_norms(pl_module):
+        self._norms = self.body_norms(pl_module)  # found once an epoch, not on every batch
+        net = getattr(pl_module, "net", None)
+        for m in self._norms:
             m.train(on and net.training)  # unfrozen: back to the network's own mode
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -134,7 +136,7 @@ class HeadFirst(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._frozen:  # again each batch: Lightning puts the module back in train mode (each epoch, after validation)
-            for m in self.body_norms(pl_module):
+            for m in self._norms:
                 m.eval()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -248,18 +248,30 @@ def label_map(run: Run, source: str) -> np.ndarray | None:
     return _read_labels(run.path / "labels" / f"{stem}.png") if stem else None
 
 
-@lru_cache(maxsize=8)
-def _read_labels(path: Path) -> np.ndarray | None:
+def read_label_png(path: Path) -> np.ndarray:
+    """A predict run's `labels/<stem>.png` as written: cell ids at full depth (16-bit past 255 cells)."""
     from wbc.data.imageio import decode_raw
 
-    return decode_raw(path, full_depth=True) if path.is_file() else None
+    return decode_raw(path, full_depth=True)
 
 
-def calls(run: Run, points: Sequence[Point], file: Path, margin: float) -> list[str]:
-    """The run's class for every point (NOT_FOUND where no predicted cell is under it)."""
+@lru_cache(maxsize=8)
+def _read_labels(path: Path) -> np.ndarray | None:
+    return read_label_png(path) if path.is_file() else None
+
+
+def matched_cells(run: Run, points: Sequence[Point], file: Path, margin: float) -> list[dict | None]:
+    """The run's predicted cell under every point (None where there is none), by its label map where it wrote one."""
     out = []
     for p in points:
         source = resolve_image(run, p, file)
-        cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
+        out.append(match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source)))
+    return out
+
+
+def calls(run: Run, points: Sequence[Point], file: Path, margin: float, cells: Sequence[dict | None] | None = None) -> list[str]:
+    """The run's class for every point (NOT_FOUND where no predicted cell is under it); `cells`: matched_cells' answer."""
+    out = []
+    for cell in cells if cells is not None else matched_cells(run, points, file, margin):
         out.append(NOT_FOUND if cell is None else str(cell["class"]))
     return out

@@ -161,11 +161,13 @@ def finished_fit(cfg: DictConfig, output_dir: Path, resume_ckpt: str | None) -> 
 
     last = output_dir / "checkpoints" / "last.ckpt"
     if (not cfg.get("resume") or cfg.get("ckpt_path") or not cfg.get("train", True) or cfg.trainer.get("fast_dev_run")
-            or resume_ckpt != str(last) or schedule_reached(last, cfg.trainer) is None):
+            or resume_ckpt != str(last)):
+        return None
+    reached = schedule_reached(last, cfg.trainer)
+    if reached is None:
         return None
     best = recorded_best(last) if cfg.get("eval_checkpoint", "best") == "best" else None
-    log.info("resume=true: %s finished training before it stopped (%s): testing and scoring %s",
-             output_dir, schedule_reached(last, cfg.trainer), best or last)
+    log.info("resume=true: %s finished training before it stopped (%s): testing and scoring %s", output_dir, reached, best or last)
     return str(best or last)
 
 

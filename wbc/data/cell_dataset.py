@@ -59,8 +59,9 @@ def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: M
     """Write the chosen cells ({cell id: label}) into dest (images/, masks/, labels.csv); returns labels.csv's rows.
     `table` is the run's file the rows in by_id were read from (predictions.csv or .json), named in errors;
     `bit_depth`: the one predict read the source images at (its pipeline's), so the crops show what the models saw."""
+    from wbc.annotations import read_label_png
     from wbc.cell_outputs import crop_name, png_bytes
-    from wbc.data.imageio import ImageReadError, decode_raw, read_rgb
+    from wbc.data.imageio import ImageReadError, read_rgb
     from wbc.io import atomic_write
 
     if dest.exists() and not overwrite:
@@ -75,7 +76,7 @@ def cut_cells(predict_dir: Path, dest: Path, chosen: Mapping[str, str], by_id: M
         stem, cell = row["output_stem"], int(row["cell"])
         try:
             if field.get("stem") != stem:
-                field = {"stem": stem, "rgb": read_rgb(row["source"], bit_depth=bit_depth, depth_setting="bit_depth"), "labels": decode_raw(predict_dir / "labels" / f"{stem}.png")}
+                field = {"stem": stem, "rgb": read_rgb(row["source"], bit_depth=bit_depth, depth_setting="bit_depth"), "labels": read_label_png(predict_dir / "labels" / f"{stem}.png")}
         except ImageReadError as err:
             raise CellDatasetError(f"{table} cell {sid}: {err}") from err
         rgb, nucleus = field["rgb"], field["labels"] == cell
@@ -184,7 +185,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     silently; two points on one cell with different labels are an error. The held-out cells are drawn at
     random (seeded) per class; source images are read at `bit_depth`, as predict read them. Returns the record
     written as annotated_dataset.json."""
-    from wbc.annotations import label_map, load_run, match_cell, read_points, resolve_image
+    from wbc.annotations import load_run, matched_cells, read_points
     from wbc.io import write_json
 
     predict_dir = Path(predict_dir)
@@ -196,9 +197,7 @@ def write_annotated_dataset(predict_dir: str | Path, annotations: str | Path, co
     chosen: dict[str, str] = {}
     first_row: dict[str, str] = {}
     not_found, merged = [], []
-    for p in points:
-        source = resolve_image(run, p, Path(annotations))
-        cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
+    for p, cell in zip(points, matched_cells(run, points, Path(annotations), margin)):
         if cell is None:
             not_found.append({"row": p.row, "image": p.image, "x": p.x, "y": p.y, "label": p.label})
             continue

@@ -26,11 +26,9 @@ from wbc.annotations import (
     AnnotationError,
     calls,
     fine_tune_cells,
-    label_map,
     load_run,
-    match_cell,
+    matched_cells,
     read_points,
-    resolve_image,
 )
 
 log = logging.getLogger("wbc")
@@ -105,10 +103,11 @@ def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "
     classes = list(dict.fromkeys(c for r in loaded for c in r.classes))
     points, unlabelled = read_points(annotations, classes)
     truth = [p.label for p in points]
-    per_run = [calls(r, points, Path(annotations), margin) for r in loaded]
+    matched = [matched_cells(r, points, Path(annotations), margin) for r in loaded]
+    per_run = [calls(r, points, Path(annotations), margin, m) for r, m in zip(loaded, matched)]
     models = []
-    for r, pred in zip(loaded, per_run):
-        seen = trained_points(r, points, Path(annotations), margin)
+    for r, pred, cells_here in zip(loaded, per_run, matched):
+        seen = trained_points(r, cells_here)
         if seen:
             log.warning("compare: %d of the %d labelled cells are cells a fine-tune from %s trained or validated on "
                         "(its annotated_dataset / pseudo_dataset): the comparison favours that fine-tuned model; "
@@ -158,17 +157,10 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trained_points(run, points, file: Path, margin: float) -> int:
-    """How many labelled points fall on cells a fine-tune from this run trained or validated on."""
+def trained_points(run, cells: Sequence[dict | None]) -> int:
+    """How many labelled points (their matched cells) fall on cells a fine-tune from this run trained or validated on."""
     trained = fine_tune_cells(run.path)
-    if not trained:
-        return 0
-    n = 0
-    for p in points:
-        source = resolve_image(run, p, file)
-        cell = match_cell(run.cells[source], p.x, p.y, margin, label_map(run, source))
-        n += cell is not None and (str(cell.get("output_stem")), int(cell["cell"])) in trained
-    return n
+    return sum(c is not None and (str(c.get("output_stem")), int(c["cell"])) in trained for c in cells) if trained else 0
 
 
 def sample_template(run_path: str | Path, n: int, seed: int = 0) -> list[dict]:
