@@ -179,7 +179,7 @@ def test_pipeline_and_predict_with_a_sweep_dir(folds, tmp_path: Path) -> None:
 def test_segmenters_of_different_inputs_average_each_on_its_own(folds, make_eval_cfg, tmp_path: Path) -> None:
     """An RGB and a grey + CLAHE segmenter (each wins on another lab's smears) average as one model: it takes
     both preprocessings stacked along the channels, the pipeline and evaluate.py give each member its own, and
-    classifiers of different inputs are still refused."""
+    classifiers of different inputs average too (tests/test_ensemble_inputs.py)."""
     from wbc.data.transforms import Preprocess
     from wbc.evaluation.segmentation import evaluate_segmentation, predict
     from wbc.inference import CellPipeline
@@ -195,8 +195,7 @@ def test_segmenters_of_different_inputs_average_each_on_its_own(folds, make_eval
     assert torch.allclose(ens.predict_probability(x), (2 * pa + pg) / 3, atol=1e-6)  # the mean over members
     with pytest.raises(ValueError, match=r"takes 4 channels \(its members' inputs \[3, 1\]"):
         ens.predict_probability(x[:, :3])
-    with pytest.raises(ValueError, match=r"data_info\.preprocess"):
-        ClassifierEnsemble([clf_rgb, clf_grey])
+    assert ClassifierEnsemble([clf_rgb, clf_grey]).member_group == [0, 1]
 
     rgb = cell(40, seed=5)[0]
     both = CellPipeline(SegmentationEnsemble([seg_rgb, seg_grey]), None).segment(rgb)
@@ -230,7 +229,7 @@ def test_masked_and_plain_classifiers_average_each_on_its_own_view(folds, make_e
     assert not torch.allclose(pp, pm)
     assert torch.allclose(ens.predict_proba(x), (2 * pp + pm) / 3, atol=1e-6)
     for wrong in (x[:, :3], x[:, :4]):
-        with pytest.raises(ValueError, match=r"takes both views stacked along the channels \(6"):
+        with pytest.raises(ValueError, match=r"takes 6 channels \(its members' inputs \[3\], stacked, plain then nucleus-masked"):
             ens.predict_proba(wrong)
     _, other = tiny_modules(folds["tmp"] / "other_geometry", ["data.crops.masked=true", "data.crops.size=24"], seed=5)
     with pytest.raises(ValueError, match=r"data_info\.crops.*only `masked` may differ"):

@@ -5,12 +5,12 @@
 (`predict_probability` / `predict_proba`, `hparams.data_info`, `hparams.stage`, `classes`,
 `.to()`, `.eval()`), so wbc.inference.CellPipeline, wbc.evaluation.segmentation and wbc.evaluation.classification take them
 unchanged. Members must have been trained on the same inputs (input size, preprocessing, target,
-classes, crop geometry): anything else is refused, with two exceptions: segmenters trained on different
+classes, crop geometry): anything else is refused, with two exceptions: members trained on different
 preprocessing (e.g. RGB and grey + CLAHE, which each win on another lab's smears) average as one model;
 they take the image through every member's preprocessing, stacked along the channels
 (`data_info.input_groups`, wbc.data.transforms.StackedPreprocess). Likewise classifiers trained on
 nucleus-masked and on plain crops (`data.crops.masked`): their crops stack both views
-(`masked: both`, wbc.cells.instance_crops) and each member reads its own.
+(`masked: both`, wbc.cells.instance_crops). Each member reads its own channels.
 
 `load_models(spec, stage)` turns what a user passes -- a .ckpt file, a run dir, a sweep dir of
 fold runs (`<sweep>/<job>/`), or a list of those (wbc.rundir.expand) -- into one module or an ensemble.
@@ -75,6 +75,25 @@ def common_data_info(members: Sequence[Any], may_differ: Sequence[str] = ()) -> 
     return info
 
 
+def preprocess_groups(members: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """The distinct preprocessings (wbc.data.transforms.Preprocess) the members were trained on, in order
+    of first use, and which of them each member reads: an ensemble's input stacks them along the channels."""
+    from wbc.data.transforms import Preprocess
+
+    groups: list[Preprocess] = []
+    which: list[int] = []
+    for m in members:
+        pre = Preprocess.from_config((m.hparams.get("data_info") or {}).get("preprocess"))
+        if pre not in groups:
+            groups.append(pre)
+        which.append(groups.index(pre))
+    return groups, which
+
+
+def describe_groups(groups: Sequence[Any], which: Sequence[int]) -> str:
+    return "; ".join(f"{sum(i == k for i in which)} x {g.to_dict()}" for k, g in enumerate(groups))
+
+
 class _Ensemble(torch.nn.Module):
     stage = ""
     may_differ: tuple[str, ...] = ()  # data_info keys the members need not share
@@ -108,20 +127,11 @@ class SegmentationEnsemble(_Ensemble):
 
     def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
         super().__init__(members, names)
-        from wbc.data.transforms import Preprocess
-
-        groups: list[Preprocess] = []
-        self.member_group: list[int] = []
-        for m in members:
-            pre = Preprocess.from_config((m.hparams.get("data_info") or {}).get("preprocess"))
-            if pre not in groups:
-                groups.append(pre)
-            self.member_group.append(groups.index(pre))
-        self.input_groups = groups
-        if len(groups) > 1:
-            self.hparams.data_info["input_groups"] = [g.to_dict() for g in groups]
+        self.input_groups, self.member_group = preprocess_groups(members)
+        if len(self.input_groups) > 1:
+            self.hparams.data_info["input_groups"] = [g.to_dict() for g in self.input_groups]
             log.info("segmentation ensemble over %d inputs (%s): each member sees its own preprocessing",
-                     len(groups), "; ".join(f"{sum(i == k for i in self.member_group)} x {g.to_dict()}" for k, g in enumerate(groups)))
+                     len(self.input_groups), describe_groups(self.input_groups, self.member_group))
 
     def group_infos(self) -> list[dict]:
         if len(self.input_groups) == 1:
@@ -150,10 +160,12 @@ class SegmentationEnsemble(_Ensemble):
 class ClassifierEnsemble(_Ensemble):
     """Class probabilities = the mean of the members' (calibrated) softmax outputs, then the
     ensemble's own temperature (fitted on the members' pooled out-of-fold predictions when they are
-    known: :func:`calibrate_from_oof`; 1 otherwise)."""
+    known: :func:`calibrate_from_oof`; 1 otherwise). Members may differ in preprocessing (e.g. Reinhard
+    RGB and grey + CLAHE: `data_info.input_groups`, the crops cut from the stacked preprocessings) and in
+    `data.crops.masked` (the crops then stack the plain views, then the masked ones); each reads its own."""
 
     stage = "classification"
-    may_differ = ("crops",)  # only in `masked`: checked below
+    may_differ = ("crops", "preprocess")  # crops only in `masked`: checked below
 
     def __init__(self, members: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
         super().__init__(members, names)
@@ -165,13 +177,21 @@ class ClassifierEnsemble(_Ensemble):
                 "geometry (data.crops size / diameters / image_size / mode / center; only `masked` may differ)"
             )
         masked = [bool(c.get("masked", False)) for c in crops]
-        if len(set(masked)) > 1:
+        self.input_groups, pre_of = preprocess_groups(members)
+        # a member's view: (masked?, preprocessing); member_group indexes `views` (evaluation: one DataModule each)
+        self.views: list[tuple[bool, int]] = list(dict.fromkeys(zip(masked, pre_of)))
+        self.member_group = [self.views.index(v) for v in zip(masked, pre_of)]
+        self.both_views = len(set(masked)) > 1
+        if self.both_views:
             from wbc.cells import BOTH_VIEWS
 
-            self.member_group = [int(m) for m in masked]  # which view each member reads: 0 plain, 1 masked
             self.hparams.data_info["crops"] = {**crops[0], "masked": BOTH_VIEWS}
             log.info("classifier ensemble over plain and nucleus-masked crops (%d masked of %d): each member sees its own view",
                      sum(masked), len(members))
+        if len(self.input_groups) > 1:
+            self.hparams.data_info["input_groups"] = [g.to_dict() for g in self.input_groups]
+            log.info("classifier ensemble over %d inputs (%s): each member sees its own preprocessing",
+                     len(self.input_groups), describe_groups(self.input_groups, pre_of))
         self.temperature = 1.0
         self.review_min_probability = max(float(getattr(m, "review_min_probability", 0.0)) for m in members)
         self.calibration_source = "members' thresholds (no out-of-fold predictions)"
@@ -181,23 +201,25 @@ class ClassifierEnsemble(_Ensemble):
         return list(self.hparams.data_info.get("classes") or [])
 
     def group_infos(self) -> list[dict]:
-        if len(set(self.member_group)) == 1:
+        if len(self.views) == 1:
             return super().group_infos()
-        info = self.hparams.data_info
-        return [{**info, "crops": {**info["crops"], "masked": m}} for m in (False, True)]
+        info = {k: v for k, v in self.hparams.data_info.items() if k != "input_groups"}
+        return [{**info, "preprocess": self.input_groups[g].to_dict(), "crops": {**info["crops"], "masked": m}} for m, g in self.views]
 
     def member_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each member's view of `x`: all of it, or (plain and masked crops stacked) its half."""
-        if len(set(self.member_group)) == 1:
+        """Each member's channels of `x`: all of it, or its view of crops that stack every preprocessing
+        (wbc.data.transforms.StackedPreprocess) and, with plain and masked members, both views of that."""
+        if len(self.views) == 1:
             return [x] * len(self.members)
-        from wbc.data.transforms import Preprocess
-
-        want = 2 * Preprocess.from_config(self.hparams.data_info.get("preprocess")).channels
+        sizes = [g.channels for g in self.input_groups]
+        want = sum(sizes) * (2 if self.both_views else 1)
         if x.shape[1] != want:
-            raise ValueError(f"this classifier ensemble averages masked and plain crops: it takes both views stacked along the "
-                             f"channels ({want}: data.crops.masked='both', wbc.cells.instance_crops), got {x.shape[1]} channels")
-        views = torch.chunk(x, 2, dim=1)  # plain, masked
-        return [views[g] for g in self.member_group]
+            raise ValueError(f"this classifier ensemble takes {want} channels (its members' inputs {sizes}, stacked"
+                             f"{', plain then nucleus-masked: data.crops.masked=both' if self.both_views else ''}; "
+                             f"wbc.cells.instance_crops), got {x.shape[1]}")
+        offsets = [sum(sizes[:g]) + (sum(sizes) if m else 0) for m, g in self.views]
+        chunks = [x[:, o:o + sizes[g]] for o, (_, g) in zip(offsets, self.views)]
+        return [chunks[v] for v in self.member_group]
 
     @torch.no_grad()
     def predict_views(self, x: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,10 @@ class CellPipeline:
             absent = [k for k in keys if k not in info] if model == "segmenter" or classifier is not None else []
             if absent:  # train.py always writes them: a stripped or hand-made file; the defaults may not be its inputs
                 log.warning("the %s's data_info has no %s: the defaults are used (a checkpoint not written by train.py?)", model, absent)
-        self.cls_pre = Preprocess.from_config(cls_info.get("preprocess")) if classifier is not None else own_pre
+        cls_groups = cls_info.get("input_groups")  # classifiers trained on different inputs: the crops stack them all
+        self.cls_pre: Preprocess | StackedPreprocess = (
+            (StackedPreprocess(tuple(Preprocess.from_config(g) for g in cls_groups)) if cls_groups
+             else Preprocess.from_config(cls_info.get("preprocess"))) if classifier is not None else own_pre)
         crops = dict(cls_info.get("crops") or seg_info.get("crops") or {})
         legacy = crops.pop("instance_params", None)  # checkpoints before data_info.postprocess
         self.crop_spec = crop_spec or CropSpec.from_config(crops)

@@ -158,7 +158,7 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
 
     members, shipped, choices = fine_tune_start(cfg)
     # the fine-tuning rebuilds its network and sees the pixels and crops it was trained with (as this predict used them)
-    inputs = [*as_overrides("data.preprocess", pipe.cls_pre.to_dict()), *as_overrides("data.crops", pipe.crop_spec.to_dict())]
+    inputs = fine_tune_inputs(pipe)
     if getattr(pipe, "bit_depth", AUTO) != AUTO:  # the cut cells are 8-bit (unaffected); the new classifier records it
         inputs.append(f"data.bit_depth={pipe.bit_depth}")
     split = dataset / SPLITS_FILE  # every labelled cell trains but a few (wbc.data.cell_dataset.held_out_split)
@@ -183,6 +183,21 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
         log.info(msg)
     print(msg)
     return {**record, "command": None if never else command, **({"fit_morphology_command": None if never else fit} if morphology else {})}
+
+
+def fine_tune_inputs(pipe: CellPipeline) -> list[str]:
+    """The overrides that give the fine-tuning the pixels and crops its starting network was trained on: the
+    first member's preprocessing and crop view for an ensemble (whose crops stack every member's inputs)."""
+    from wbc.data.transforms import Preprocess
+    from wbc.rundir import as_overrides
+
+    pre, crops = pipe.cls_pre, pipe.crop_spec.to_dict()
+    members = list(getattr(pipe.classifier, "members", []))
+    if members:
+        info = dict(members[0].hparams.get("data_info") or {})
+        pre = Preprocess.from_config(info.get("preprocess"))
+        crops["masked"] = bool((info.get("crops") or {}).get("masked", False))
+    return [*as_overrides("data.preprocess", pre.to_dict()), *as_overrides("data.crops", crops)]
 
 
 def fine_tune_start(cfg: DictConfig) -> tuple[list[Path], str | None, list[str]]:
