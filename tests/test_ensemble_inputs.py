@@ -115,3 +115,44 @@ def test_export_and_fine_tuning_command_of_a_mixed_ensemble(members, tmp_path: P
     inputs = fine_tune_inputs(eager)
     assert "data.preprocess.grayscale=true" in inputs and "data.crops.masked=false" in inputs
     assert fine_tune_inputs(CellPipeline(seg, ClassifierEnsemble([plain, grey]))).count("data.preprocess.grayscale=false") == 1
+
+
+def test_crops_people_see_are_the_first_members_input(members, tmp_path: Path) -> None:
+    """Crops that stack RGB and grey (and masked views) are written as the first member's input: an RGB PNG
+    for [plain, grey], a grey one for [grey, plain], never a 4- or 8-channel array (predict.py's crops/)."""
+    from PIL import Image
+
+    from tests.helpers_data import write_image
+    from wbc.predict_io import _predict_one
+
+    seg, plain, grey, masked = members["seg"], members["plain"], members["grey"], members["masked"]
+    f = write_image(tmp_path / "field.png", cell(48, seed=7)[0])
+    for order, mode in (((plain, grey, masked), "RGB"), ((grey, plain), "L")):
+        pipe = CellPipeline(seg, ClassifierEnsemble(list(order)))
+        out = tmp_path / mode
+        assert _predict_one(pipe, f, "field", out, 50.0, True, None, []) is not None
+        pngs = sorted((out / "crops").glob("*.png"))
+        assert pngs and {Image.open(p).mode for p in pngs} == {mode}
+
+
+def test_the_web_page_shows_and_zips_the_first_members_input(members) -> None:
+    """The web app with a [grey, plain] classifier ensemble: classify works on the 4-channel crops, one
+    cell's crop and the crops / all-images ZIPs are grey PNGs (the first member's input)."""
+    import io
+    import zipfile
+
+    from fastapi.testclient import TestClient
+
+    from tests.helpers_web import decode, field, png, upload, web_pipeline
+    from wbc.web.app import create_app
+
+    ens = ClassifierEnsemble([members["grey"], members["plain"]])
+    with TestClient(create_app(web_pipeline(ens))) as client:
+        iid = upload(client, png(field())).json()["id"]
+        assert client.post(f"/api/images/{iid}/segment").status_code == 200
+        cls = client.post(f"/api/images/{iid}/classify")
+        assert cls.status_code == 200 and sum(cls.json()["counts"].values()) == 3
+        assert decode(client.get(f"/api/images/{iid}/crops/1.png").content).ndim == 2
+        with zipfile.ZipFile(io.BytesIO(client.get(f"/api/images/{iid}/files/all.zip").content)) as z:
+            crops = [n for n in z.namelist() if n.startswith("crops/")]
+            assert len(crops) == 3 and all(decode(z.read(n)).ndim == 2 for n in crops)

@@ -204,9 +204,10 @@ def crop_name(stem: str, cell: int) -> str:
 
 def image_files(
     stem: str, rgb: np.ndarray, labels: np.ndarray, instances: Sequence[Instance], rows: Sequence[Mapping[str, Any]],
-    crops: Sequence[np.ndarray], classes: Sequence[str], image: str | None = None,
+    crops: Sequence[np.ndarray], classes: Sequence[str], image: str | None = None, channels: int | None = None,
 ) -> dict[str, bytes]:
-    """Every download of one image, by file name: mask, 16-bit labels, overlay, cells CSV, GeoJSON, crops."""
+    """Every download of one image, by file name: mask, 16-bit labels, overlay, cells CSV, GeoJSON, crops
+    (their first `channels`: wbc.cells.shown)."""
     import json
 
     files = {
@@ -217,7 +218,7 @@ def image_files(
         f"{stem}_cells.geojson": json.dumps(cells_geojson(labels, instances, rows, classes, image)).encode("utf-8"),
     }
     for row, c in zip(rows, crops):
-        files[f"crops/{crop_name(stem, row['cell'])}"] = png_bytes(shown(c))
+        files[f"crops/{crop_name(stem, row['cell'])}"] = png_bytes(shown(c, channels))
     return files
 
 

@@ -86,9 +86,14 @@ class CropSpec:
         return asdict(self)
 
 
-def shown(crop: np.ndarray) -> np.ndarray:
+def shown(crop: np.ndarray, channels: int | None = None) -> np.ndarray:
     """The crop as a person sees it (PNG files, the web page): the plain view of a crop that
-    stacks a plain and a masked one (data.crops.masked="both": 6 channels, or 2 for grey)."""
+    stacks a plain and a masked one (data.crops.masked="both": 6 channels, or 2 for grey); with
+    `channels` (CellPipeline.shown_channels: the first member input's, 3 or 1), the first input of a
+    crop that stacks several (a classifier ensemble over RGB and grey + CLAHE)."""
+    if channels is not None and crop.ndim == 3 and crop.shape[2] > channels:
+        view = crop[..., :channels]
+        return view[..., 0] if channels == 1 else view
     if crop.ndim == 3 and crop.shape[2] in (2, 6):
         view = crop[..., : crop.shape[2] // 2]
         return view[..., 0] if view.shape[2] == 1 else view

@@ -127,6 +127,11 @@ class CellPipeline:
         self.appearance: AppearanceProfile | None = profile_of(cls_info if which == "classifier" else seg_info, f"{which} data_info.appearance")
         self.appearance_model = which
 
+    @property
+    def shown_channels(self) -> int:
+        """How many of a crop's channels people see (wbc.cells.shown): the first classifier input's."""
+        return (self.cls_pre.parts[0] if isinstance(self.cls_pre, StackedPreprocess) else self.cls_pre).channels
+
     def use_morphology(self, model: MorphologyClassifier | None, source: str | None = None) -> None:
         """Average each cell's class probabilities with a nucleus-morphology model's (wbc.morphology:
         the cues that travel between labs); without a classifier its probabilities are the classes."""

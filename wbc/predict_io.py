@@ -266,7 +266,7 @@ def _predict_one(
     _write_bytes(out_dir / "geojson" / f"{stem}.geojson", json.dumps(geo).encode("utf-8"))
     if save_crops:
         for row, crop in zip(cells, res.crops):
-            _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(shown(crop)))
+            _write_bytes(out_dir / "crops" / co.crop_name(stem, row["cell"]), co.png_bytes(shown(crop, getattr(pipe, "shown_channels", None))))
     _write_bytes(out_dir / "overlays" / f"{stem}.png", co.png_bytes(co.overlay_image(rgb, res.labels, res.instances, cells)))
     return rows, getattr(res, "appearance", None)
 

@@ -204,7 +204,7 @@ class Engine:
         geo = co.cells_geojson(labels, rec.instances, rec.rows, classes, rec.name)
 
         def crops_zip() -> bytes:
-            return co.zip_bytes({co.crop_name(stem, r["cell"]): co.png_bytes(shown(c)) for r, c in zip(rec.rows, rec.crops)})
+            return co.zip_bytes({co.crop_name(stem, r["cell"]): co.png_bytes(shown(c, self.shown_channels)) for r, c in zip(rec.rows, rec.crops)})
 
         def all_zip() -> bytes:
             return co.zip_bytes(self.files(rec))
@@ -219,9 +219,14 @@ class Engine:
             "all.zip": all_zip,
         }
 
+    @property
+    def shown_channels(self) -> int | None:
+        """How many of a crop's channels the page and the downloads show (CellPipeline.shown_channels)."""
+        return getattr(self.pipe, "shown_channels", None)
+
     def files(self, rec: ImageRecord) -> dict[str, bytes]:
         """All of one image's files by name (the per-image ZIP and the all-images ZIP)."""
-        return co.image_files(rec.stem, rec.rgb, rec.labels, rec.instances, rec.rows, rec.crops, self.classes, rec.name)
+        return co.image_files(rec.stem, rec.rgb, rec.labels, rec.instances, rec.rows, rec.crops, self.classes, rec.name, self.shown_channels)
 
     def display_png(self, rec: ImageRecord) -> bytes:
         """The image as the page shows it (a 16-bit TIFF cannot be shown by a browser): fast PNG. The
@@ -238,7 +243,7 @@ class Engine:
             ids = [c["cell"] for c in view.state["cells"]]
             there = f"its cells are {ids[0]} to {ids[-1]}" if ids else "it has no cells"
             raise NotFound(f"{rec.name}: no cell {cell}; {there}")
-        return co.png_bytes(shown(crop), compression=1)
+        return co.png_bytes(shown(crop, self.shown_channels), compression=1)
 
 
 def interior_points(labels: np.ndarray, instances: list) -> list[tuple[float, float]]:
