@@ -156,3 +156,14 @@ def test_the_web_page_shows_and_zips_the_first_members_input(members) -> None:
         with zipfile.ZipFile(io.BytesIO(client.get(f"/api/images/{iid}/files/all.zip").content)) as z:
             crops = [n for n in z.namelist() if n.startswith("crops/")]
             assert len(crops) == 3 and all(decode(z.read(n)).ndim == 2 for n in crops)
+
+
+def test_the_model_card_says_what_each_member_reads(members) -> None:
+    """The web page's model card names the ensemble's inputs and views in words."""
+    from wbc.web.model_info import describe
+
+    seg, plain, grey, masked = members["seg"], members["plain"], members["grey"], members["masked"]
+    card = describe(CellPipeline(seg, ClassifierEnsemble([plain, grey, masked])), None, "checkpoints")
+    assert card["classifier_inputs"] == "RGB (CLAHE) and grey (CLAHE), plain and nucleus-masked crops; 3 models averaged, each on its own input"
+    assert describe(CellPipeline(seg, plain), None, "checkpoints")["classifier_inputs"] == "RGB (CLAHE), crops"
+    assert describe(CellPipeline(seg, None), None, "checkpoints")["classifier_inputs"] is None

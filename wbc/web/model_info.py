@@ -97,6 +97,25 @@ def _first_number(metrics: dict, key: str) -> float | None:
     return None
 
 
+def classifier_input(pipe: Any) -> str | None:
+    """The classifier's input in words (its crops' preprocessing, views and models averaged): an ensemble
+    may mix RGB and grey inputs and plain and nucleus-masked crops, which a lab should see on the card."""
+    if getattr(pipe, "classifier", None) is None:
+        return None
+    pre = getattr(pipe, "cls_pre", None)
+    parts = list(getattr(pre, "parts", None) or ([pre] if pre is not None else []))
+
+    def words(p: Any) -> str:
+        steps = [s for s, on in (("white-balanced", p.white_balance), (f"{p.stain_norm} stain-normalised", p.stain_norm),
+                                  ("CLAHE", p.clahe)) if on]
+        return ("grey" if p.grayscale else "RGB") + (f" ({', '.join(steps)})" if steps else "")
+
+    views = "plain and nucleus-masked crops" if getattr(getattr(pipe, "crop_spec", None), "masked", False) == "both" else (
+        "nucleus-masked crops" if getattr(getattr(pipe, "crop_spec", None), "masked", False) else "crops")
+    n = len(getattr(pipe.classifier, "members", None) or [pipe.classifier])
+    return " and ".join(words(p) for p in parts) + f", {views}" + (f"; {n} models averaged, each on its own input" if n > 1 else "")
+
+
 def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | None = None) -> dict:
     """The model card the page shows. `kind`: pipeline run / fold ensemble / ONNX export / checkpoints.
     `adapted`: which models took their batch-norm statistics from how many of the lab's images
@@ -124,6 +143,7 @@ def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | Non
         "preprocess": seg_info.get("input_groups") or seg_info.get("preprocess"),  # a list: segmenters of several inputs
         "crop_size": getattr(spec, "size", None),
         "classifier_input": getattr(spec, "image_size", None),
+        "classifier_inputs": classifier_input(pipe),
         "training_scale": seg_info.get("scale"),
         "postprocess": post.to_dict() if hasattr(post, "to_dict") else None,
         "trained": trained,

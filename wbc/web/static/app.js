@@ -68,6 +68,7 @@ async function loadModel() {
     ["trained", m.trained || "unknown"], ["trained with", softwareLine(m.software)], ["data", m.data || "unknown"],
     ["segmenter input", m.segmenter_input ? `${m.segmenter_input} x ${m.segmenter_input} px` : "?"],
     ["cell crop", m.crop_size ? `${m.crop_size} px, classified at ${m.classifier_input} px` : "whole image"],
+    ["classifier input", m.classifier_inputs || "none"],
   ].concat(figures.map((f) => ["test figure", f]));
   if (m.morphology) {
     rows.push(["nucleus morphology", `class probabilities averaged with the morphology model ${m.morphology}`]);
