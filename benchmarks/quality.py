@@ -23,6 +23,7 @@ classifiers; `benchmarks/quality_ensembles.py`), trained first when not collecte
     python benchmarks/quality.py --rows seg_lodo_d1_both --folds 0 --extra trainer.max_epochs=20   # trains both members
     python benchmarks/quality.py --rows seg_lodo_d1_randconv_grey --folds 0 --extra trainer.max_epochs=20   # the RandConv pair
     python benchmarks/quality.py --rows cross_pipe_d1_d2_pair --folds 0 --extra segmentation.trainer.max_epochs=20   # plain + masked classifiers
+    python benchmarks/quality.py --rows cross_pipe_d1_d2_triple --folds 0 --extra segmentation.trainer.max_epochs=20  # + a grey + CLAHE one
     python benchmarks/quality.py --rows cls_wbc_pair --seeds 42 43   # in domain: the 4-class row and its masked twin, per fold
 
 A sweep run with other overrides (`--extra`, a lever tried) is a row of its own, labelled with them;

@@ -94,6 +94,16 @@ ROWS = {
                                        reference="classification/test/macro_f1", judged_on="test",
                                        members=(f"cross_pipe_{a}_{b}", f"cross_pipe_{a}_{b}_masked"))
        for a, b, src, dst in CROSS_PAIRS},
+    # a grey + CLAHE classifier, and it as a third member beside the plain + masked pair
+    **{f"cross_pipe_{a}_{b}_grey": Row(f"quality_cross_pipeline_{a}_to_{b}_grey", "pipeline/cell_macro_f1", 0.795,
+                                       f"4-class cell macro-F1, trained on {src}, full pipeline on {dst}, grey + CLAHE classifier",
+                                       reference="classification/test/macro_f1", judged_on="test")
+       for a, b, src, dst in CROSS_PAIRS},
+    **{f"cross_pipe_{a}_{b}_triple": Row("", "pipeline/cell_macro_f1", 0.795,
+                                         f"4-class cell macro-F1, trained on {src}, full pipeline on {dst}, plain + masked + grey classifiers as one",
+                                         reference="classification/test/macro_f1", judged_on="test",
+                                         members=(f"cross_pipe_{a}_{b}", f"cross_pipe_{a}_{b}_masked", f"cross_pipe_{a}_{b}_grey"))
+       for a, b, src, dst in CROSS_PAIRS},
     "pipeline_wbc": Row(
         "quality_pipeline_wbc", "pipeline/macro_f1", -0.02, "macro-F1 through the pipeline minus on ground-truth crops", reference="classification/test/macro_f1"
     ),
