@@ -75,9 +75,11 @@ def cell_cut(pair: Pair, context: float = 4.0) -> Pair:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wbc.appearance import COVERAGE
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), help="data configs (conf/data/<name>.yaml)")
-    ap.add_argument("--coverage", type=float, default=0.99, help="train.yaml appearance_coverage")
+    ap.add_argument("--coverage", type=float, default=COVERAGE, help="train.yaml appearance_coverage (default: wbc.appearance.COVERAGE)")
     args = ap.parse_args(argv)
     from _common import compose_train
 

@@ -269,6 +269,41 @@ def matched_cells(run: Run, points: Sequence[Point], file: Path, margin: float) 
     return out
 
 
+def one_point_per_cell(points: Sequence[Point], matched: Sequence[Sequence[dict | None]]) -> tuple[list[list[int]], list[dict], list[dict]]:
+    """The lab's cells from its points, each scored once: points that fall on one predicted cell in any run
+    (`matched`: matched_cells' answer per run) are one cell (the lab clicked it twice, or a segmenter could not
+    tell them apart, and the paired comparison needs the same cells in every run). Returns (groups of point
+    indices to score, in file order, the first point first; `merged`: a second point with the same label,
+    counted once; `conflicting`: points of one cell with different labels). A cell with different labels is
+    left out of the scores of every run and listed, never one label picked for it."""
+    parent = list(range(len(points)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for cells in matched:
+        first: dict[tuple[str, int], int] = {}
+        for i, c in enumerate(cells):
+            if c is not None:
+                key = (str(c.get("source") or c.get("image")), int(c["cell"]))
+                a, b = root(i), root(first.setdefault(key, i))
+                parent[max(a, b)] = min(a, b)  # the group's root is its first point
+    groups: dict[int, list[int]] = {}
+    for i in range(len(points)):
+        groups.setdefault(root(i), []).append(i)
+    kept, merged, conflicting = [], [], []
+    for g in groups.values():
+        if len({points[i].label for i in g}) > 1:
+            conflicting.append({"rows": [points[i].row for i in g], "labels": [points[i].label for i in g], "image": points[g[0]].image})
+            continue
+        merged += [{"row": points[i].row, "same_cell_as": points[g[0]].row} for i in g[1:]]
+        kept.append(g)
+    return kept, merged, conflicting
+
+
 def calls(run: Run, points: Sequence[Point], file: Path, margin: float, cells: Sequence[dict | None] | None = None) -> list[str]:
     """The run's class for every point (NOT_FOUND where no predicted cell is under it); `cells`: matched_cells' answer."""
     out = []

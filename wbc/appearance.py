@@ -37,16 +37,22 @@ MIN_NUCLEUS_PX = 10
 # pixels of each region (nucleus, the rest) measured at most: an evenly strided sample of bigger ones, at
 # full resolution (a resized field would blend small nuclei into their surroundings)
 MAX_PIXELS = 16384
-# default share of validation images that stay under the threshold (train.yaml appearance_coverage)
+# default share of validation images that stay under the threshold: the only copy of it; train.yaml's
+# `appearance_coverage: default` means this value (USE_DEFAULT), so the two can never disagree
 COVERAGE = 0.99
+USE_DEFAULT = "default"
 # training images measured at most (a seeded sample of bigger training splits)
 MAX_IMAGES = 2000
 
 
 def check_coverage(value, key: str = "appearance_coverage") -> float:
-    """A share in (0, 1), or one error naming the setting."""
+    """A share in (0, 1) (`default`: COVERAGE, the config's default without a copy of the number), or one
+    error naming the setting."""
+    if value == USE_DEFAULT:
+        return COVERAGE
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ValueError(f"{key}={value!r}: expected a share in (0, 1) (of validation images under the distance limit), or null for no profile")
+        raise ValueError(f"{key}={value!r}: expected a share in (0, 1) (of validation images under the distance limit), "
+                         f"{USE_DEFAULT} ({COVERAGE}), or null for no profile")
     return float(value)
 
 

@@ -154,16 +154,16 @@ def own_tested_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
 
 
 def finished_fit(cfg: DictConfig, output_dir: Path, resume_ckpt: str | None) -> str | None:
-    """resume=true in a run dir stopped after its last epoch (while testing or scoring): last.ckpt has run
-    the whole schedule, so fit is skipped. Returns the checkpoint the uninterrupted run tested (the best
-    one its ModelCheckpoint recorded, or last.ckpt with eval_checkpoint=last); None for any other run."""
-    from wbc.resume import recorded_best, schedule_reached
+    """resume=true in a run dir stopped after its last epoch (while testing or scoring): last.ckpt ran the whole
+    schedule or early stopping had stopped it (wbc.resume.fit_ended), so fit is skipped. Returns the checkpoint the
+    uninterrupted run tested (its ModelCheckpoint's recorded best, or last.ckpt with eval_checkpoint=last); else None."""
+    from wbc.resume import fit_ended, recorded_best
 
     last = output_dir / "checkpoints" / "last.ckpt"
     if (not cfg.get("resume") or cfg.get("ckpt_path") or not cfg.get("train", True) or cfg.trainer.get("fast_dev_run")
             or resume_ckpt != str(last)):
         return None
-    reached = schedule_reached(last, cfg.trainer)
+    reached = fit_ended(last, cfg.trainer, cfg.get("callbacks"))
     if reached is None:
         return None
     best = recorded_best(last) if cfg.get("eval_checkpoint", "best") == "best" else None

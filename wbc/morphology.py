@@ -57,7 +57,18 @@ MAX_MEASURE_THREADS = 8
 # filling holes and closing at this fraction of the equivalent diameter before measuring lifted the model
 # on predicted nuclei in both cross-source directions (benchmarks/morphology_cross.py, README). Recorded in
 # each model file (MorphologyClassifier.outline_closing): features are measured as the model was fitted.
+# The only copy of the default: fit_morphology.yaml's `outline_closing: default` means it (check_outline_closing).
 OUTLINE_CLOSING = 0.05
+
+
+def check_outline_closing(value: object, key: str = "outline_closing") -> float:
+    """A closing in [0, 0.5) equivalent diameters (`default`: OUTLINE_CLOSING, so a config never holds a
+    second copy of the number), or one error naming the setting."""
+    if value == "default":
+        return OUTLINE_CLOSING
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 0.5:
+        raise ValueError(f"{key}={value!r}: expected a number in [0, 0.5) (equivalent nucleus diameters), or default ({OUTLINE_CLOSING})")
+    return float(value)
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -191,6 +191,43 @@ def schedule_reached(ckpt: Path, trainer_cfg: Mapping) -> str | None:
     return None
 
 
+def early_stopped(ckpt: Path, trainer_cfg: Mapping, callbacks_cfg: Mapping | None) -> str | None:
+    """'early stopping stopped it (...)' when `ckpt` was saved by a run an EarlyStopping callback had told to
+    stop: Lightning keeps trainer.should_stop out of the checkpoint, so a resume would train on (and test
+    another epoch's weights) where the uninterrupted run went on to test. Read from the callback's saved
+    state (`stopping_reason`, Lightning >= 2.6; else `stopped_epoch` > 0 or `wait_count` >= `patience`).
+    None when it was not stopped, when trainer.min_epochs had not been reached (Lightning trains on then),
+    or when `callbacks_cfg` (the resumed run's callbacks) has no early stopping: that resume trains on."""
+    targets = [str(c.get("_target_", "")) for c in (callbacks_cfg or {}).values() if isinstance(c, Mapping)]
+    if not any(t.rsplit(".", 1)[-1] == "EarlyStopping" for t in targets):
+        return None
+    state = checkpoint_state(Path(ckpt)) if Path(ckpt).is_file() else None
+    try:
+        epochs = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if epochs < int(trainer_cfg.get("min_epochs") or 0):
+        return None
+    for key, es in ((state or {}).get("callbacks") or {}).items():
+        if not str(key).startswith("EarlyStopping") or not isinstance(es, Mapping):
+            continue
+        reason = es.get("stopping_reason")
+        if reason is not None:
+            stopped = int(reason) != 0  # EarlyStoppingReason.NOT_STOPPED
+        else:
+            stopped = int(es.get("stopped_epoch") or 0) > 0 or int(es.get("wait_count") or 0) >= int(es.get("patience") or 1)
+        if stopped:
+            why = es.get("stopping_reason_message") or f"wait_count {es.get('wait_count')} of patience {es.get('patience')}"
+            return f"early stopping stopped it after {epochs} epoch(s): {str(why).strip()}"
+    return None
+
+
+def fit_ended(ckpt: Path, trainer_cfg: Mapping, callbacks_cfg: Mapping | None) -> str | None:
+    """Why trainer.fit would train nothing more from `ckpt` (its schedule reached, or early stopping had
+    stopped it), None when it would: a run stopped after that goes straight to testing."""
+    return schedule_reached(ckpt, trainer_cfg) or early_stopped(ckpt, trainer_cfg, callbacks_cfg)
+
+
 def recorded_best(last: Path) -> Path | None:
     """The best checkpoint a monitoring ModelCheckpoint had chosen when `last` was saved (its callback
     state records best_model_path), found inside the run dir (also a moved one); None when it recorded

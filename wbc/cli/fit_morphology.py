@@ -66,13 +66,11 @@ def fit_morphology(cfg: DictConfig) -> tuple[dict, dict]:
     """Measure, fit, score, write morphology.json + metrics.json; returns (metrics, {"model", "datamodule"})."""
     from wbc.fit import build_datamodule, postprocess_of
     from wbc.io import write_json
-    from wbc.morphology import MorphologyClassifier
+    from wbc.morphology import MorphologyClassifier, check_outline_closing
 
     if cfg.fit_on not in FIT_ON:
         raise ValueError(f"fit_on={cfg.fit_on!r}: expected one of {list(FIT_ON)}")
-    closing, c = cfg.outline_closing, cfg.c
-    if isinstance(closing, bool) or not isinstance(closing, int | float) or not 0 <= closing < 0.5:
-        raise ValueError(f"outline_closing={closing!r}: expected a number in [0, 0.5) (equivalent nucleus diameters)")
+    closing, c = check_outline_closing(cfg.outline_closing), cfg.c  # `default`: wbc.morphology.OUTLINE_CLOSING
     if isinstance(c, bool) or not isinstance(c, int | float) or c <= 0:
         raise ValueError(f"c={c!r}: expected a positive number (inverse regularisation strength)")
     out = Path(cfg.paths.output_dir)

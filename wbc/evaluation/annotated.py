@@ -28,6 +28,7 @@ from wbc.annotations import (
     fine_tune_cells,
     load_run,
     matched_cells,
+    one_point_per_cell,
     read_points,
 )
 
@@ -96,14 +97,23 @@ def paired(truth: Sequence[str], ref: Sequence[str], other: Sequence[str], metri
 
 def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "macro_f1", draws: int = 2000,
             confidence: float = 0.95, seed: int = 0, margin: float = 0.5) -> dict:
-    """Score every run on the annotated cells; runs[1:] each against runs[0] (the reference)."""
+    """Score every run on the annotated cells; runs[1:] each against runs[0] (the reference). Each cell is scored
+    once (wbc.annotations.one_point_per_cell): a second point on it with the same label is merged, and a cell
+    whose points carry different labels is left out of every run's scores; both are warned about and listed
+    (`merged`, `conflicting`). A run's call for a merged cell is that of the cell under its first point it found."""
     if metric not in METRICS:
         raise AnnotationError(f"metric={metric!r}; expected one of {', '.join(METRICS)}")
     loaded = [load_run(r) for r in runs]
     classes = list(dict.fromkeys(c for r in loaded for c in r.classes))
     points, unlabelled = read_points(annotations, classes)
+    by_point = [matched_cells(r, points, Path(annotations), margin) for r in loaded]
+    groups, merged, conflicting = one_point_per_cell(points, by_point)
+    _warn_shared_cells(annotations, merged, conflicting)
+    if not groups:
+        raise AnnotationError(f"{annotations}: every labelled cell has points with different labels; correct them")
+    points = [points[g[0]] for g in groups]
     truth = [p.label for p in points]
-    matched = [matched_cells(r, points, Path(annotations), margin) for r in loaded]
+    matched = [[next((m[i] for i in g if m[i] is not None), None) for g in groups] for m in by_point]
     per_run = [calls(r, points, Path(annotations), margin, m) for r, m in zip(loaded, matched)]
     models = []
     for r, pred, cells_here in zip(loaded, per_run, matched):
@@ -122,7 +132,19 @@ def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "
              for k, p in enumerate(points)]
     counts = {c: truth.count(c) for c in sorted(set(truth))}
     return {"annotations": str(annotations), "annotations_sha256": _digest(Path(annotations)), "cells": len(points), "unlabelled_rows": unlabelled, "per_class": counts,
+            "merged": merged, "conflicting": conflicting,
             "metric": metric, "confidence": confidence, "bootstrap": draws, "models": models, "calls": cells}
+
+
+def _warn_shared_cells(annotations: str | Path, merged: list[dict], conflicting: list[dict]) -> None:
+    """Say which points were scored as one cell, and which cells were left out for their different labels."""
+    if merged:
+        log.warning("compare: %d point(s) of %s on a cell another point labelled the same, counted once: %s", len(merged), annotations,
+                    ", ".join(f"{m['row']} (= {m['same_cell_as']})" for m in merged[:5]) + (" ..." if len(merged) > 5 else ""))
+    if conflicting:
+        log.warning("compare: %d cell(s) of %s carry points with different labels, left out of the scores (correct them): %s",
+                    len(conflicting), annotations, "; ".join(f"{', '.join(c['rows'])} ({' / '.join(c['labels'])})" for c in conflicting[:5])
+                    + (" ..." if len(conflicting) > 5 else ""))
 
 
 def _digest(path: Path) -> str:
@@ -142,7 +164,9 @@ def to_markdown(report: dict) -> str:
     lines = [f"# Models on {a['cells']} annotated cells", "",
              f"Annotations: `{a['annotations']}` (sha256 {a['annotations_sha256'][:16]}), "
              + ", ".join(f"{c} {n}" for c, n in a["per_class"].items())
-             + (f"; {a['unlabelled_rows']} entries without a label skipped" if a["unlabelled_rows"] else "") + ".",
+             + (f"; {a['unlabelled_rows']} entries without a label skipped" if a["unlabelled_rows"] else "")
+             + (f"; {len(a.get('merged', []))} second point(s) on a labelled cell counted once" if a.get("merged") else "")
+             + (f"; {len(a.get('conflicting', []))} cell(s) with different labels left out" if a.get("conflicting") else "") + ".",
              f"Verdict: paired permutation test on {a['metric']} at {a['confidence']:.0%} ({a['bootstrap']} draws); "
              "a missed cell counts as wrong.", "",
              "| run | found | macro-F1 | accuracy | balanced accuracy | difference [interval] | right only here / in reference | permutation p | verdict |",
