@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -156,6 +156,14 @@ class ScaleOptions:
                 raise ValueError(f"{key}={value!r}: expected a finite positive number (or leave it unset)")
         if self.scale not in (None, "auto", "single"):
             given_factor(self.scale)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> ScaleOptions:
+        """From an entry point's top-level keys (conf/inference/scale.yaml: scale, diameter, pixel_size_um,
+        tile_overlap, tile_batch), absent ones at their defaults: the one reading of that file."""
+        default = cls()
+        return cls(cfg.get("scale", default.scale), cfg.get("diameter"), cfg.get("pixel_size_um"),
+                   cfg.get("tile_overlap", default.overlap), cfg.get("tile_batch", default.batch))
 
 
 def given_factor(scale: object) -> float:

@@ -163,14 +163,17 @@ def run_pipeline(cfg: DictConfig, output_dir: Path, cli_keys: Sequence[str] = ()
 
 def score_and_write_pipeline(cfg: DictConfig, output_dir: Path, objects: dict, metrics: dict, adapt: Sequence[str] = ()) -> None:
     """The full pipeline on the test split (its `adapt` models first AdaBN-adapted to the test images),
-    a few predict.py-style outputs, then metrics.json (updates `metrics`)."""
+    a few predict.py-style outputs, then metrics.json (updates `metrics`). The pipeline reads the run's
+    `review.*` and scale keys (conf/review/, conf/inference/scale.yaml) as predict.py does."""
     from wbc.io import write_json
 
     if not cfg.trainer.get("fast_dev_run"):
         from wbc.evaluation.pipeline import score_pipeline
+        from wbc.evaluation.runs import inference_options
         from wbc.inference import CellPipeline
 
-        pipe = CellPipeline(objects["segmentation"]["model"], objects["classification"]["model"])
+        scale, review = inference_options(cfg)
+        pipe = CellPipeline(objects["segmentation"]["model"], objects["classification"]["model"], scale=scale, review=review)
         dm = objects["classification"]["datamodule"]
         metrics.update(score_pipeline(pipe, dm, output_dir, cfg.pipeline.get("iou_threshold", 0.5), tuple(adapt)))
         n_predict = int(cfg.pipeline.get("predict_images", 0))

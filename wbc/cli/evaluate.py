@@ -51,13 +51,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     import lightning as L
 
     from wbc.adaptation import adapt_targets
-    from wbc.evaluation.runs import evaluate_spec, postprocess_overrides
+    from wbc.evaluation.runs import evaluate_spec, inference_options, postprocess_overrides
 
     L.seed_everything(cfg.seed, workers=True)
+    scale, review = inference_options(cfg)  # the full pipeline's review.* and scale keys, read as predict.py reads them
     return evaluate_spec(
         ckpt_argument(cfg), cfg.split, Path(cfg.paths.output_dir), cfg.get("data"), postprocess_overrides(cfg.get("postprocess")),
         cfg.num_overlays, cfg.get("tta"), eval_device(cfg), adapt_targets(cfg.get("adapt_bn")), cfg.get("morphology"),
-        cfg.get("iou_threshold"),
+        cfg.get("iou_threshold"), scale=scale, review=review,
     )
 
 

@@ -32,15 +32,11 @@ log = logging.getLogger("wbc")
 def build_pipeline(cfg: DictConfig):
     """The CellPipeline (or its ONNX twin) that `cfg` names, with the user's post-processing and
     bit_depth overrides (null = the checkpoints')."""
-    from wbc.evaluation.runs import postprocess_overrides
-    from wbc.review import ReviewOptions
+    from wbc.evaluation.runs import inference_options, postprocess_overrides
     from wbc.rundir import is_sweep_dir
-    from wbc.scale import ScaleOptions
 
     overrides = postprocess_overrides(cfg.get("postprocess"))
-    scale = ScaleOptions(cfg.get("scale", ScaleOptions.scale), cfg.get("diameter"), cfg.get("pixel_size_um"),  # conf/inference/scale.yaml
-                         cfg.get("tile_overlap", ScaleOptions.overlap), cfg.get("tile_batch", ScaleOptions.batch))
-    review = ReviewOptions.from_config(OmegaConf.to_container(cfg.review, resolve=True) if cfg.get("review") is not None else None)
+    scale, review = inference_options(cfg)  # conf/inference/scale.yaml and review.*, as evaluate.py and train.py's pipeline
     if cfg.get("onnx"):  # the models exported by export.py, on onnxruntime
         from wbc.onnx_backend import pipeline_from_export
 

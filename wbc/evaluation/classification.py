@@ -71,9 +71,10 @@ def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str],
     """ECE (+ bootstrap 95 %), per-class ECE, NLL, Brier before and after the temperature, and the
     review figures (share flagged by the model's threshold, error of kept vs all, error at 90 %
     coverage, AURC); writes `<stem>calibration.json` and the `<stem>reliability.png` diagram.
-    `uncalibrated`: the probabilities before the temperature where the caller has them (a training run's
-    test scoring); else rebuilt by undoing T (inexact for T < 1, where tiny probabilities were clipped;
-    for an ensemble only its own temperature is undone, the members' stay applied)."""
+    `uncalibrated`: the probabilities before the temperature, from the same forward pass (a training run's
+    test scoring, evaluate.py: for an ensemble the mean of its members' T = 1 probabilities); without them
+    rebuilt by undoing T (inexact for T < 1, where tiny probabilities were clipped; for an ensemble only its
+    own temperature is undone, the members' stay applied)."""
     from wbc.calibration import (
         apply_temperature,
         calibration_report,
@@ -107,7 +108,8 @@ def score_calibration(probs: np.ndarray, labels: np.ndarray, classes: list[str],
     write_json(out_dir / f"{stem}calibration.json", {
         "metrics": out, "calibration": dict(calibration), "bins": 15,
         "definition": "top-1 ECE over 15 equal-width confidence bins (k/15, (k+1)/15], 1.0 in the last; 95 % bootstrap interval; "
-                      "uncalibrated = the same probabilities with the temperature undone; review: cells below the model's "
+                      "uncalibrated = " + ("the probabilities before any temperature (T = 1), from the same forward pass" if uncalibrated is not None
+                                              else "the same probabilities with the temperature undone") + "; review: cells below the model's "
                       "review_min_probability are flagged; error_at_90 = error rate of the 90 % most confident",
     })
     return out
@@ -213,6 +215,12 @@ def predict(module, datamodule, split: str) -> np.ndarray:
     return predict_crops(module, eval_dataset(datamodule, split))
 
 
+def predict_pair(module, datamodule, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """(before the temperature, after it) of a split's crops from one forward pass: evaluate.py's "before
+    calibration" figures then read the T = 1 probabilities themselves, not T undone on the calibrated ones."""
+    return calibrated_pair(module, eval_dataset(datamodule, split))
+
+
 def average(member_probs, model=None) -> np.ndarray:
     """The mean of the members' class probabilities (before argmax), then the ensemble's own
     temperature when `model` (the ClassifierEnsemble) has one: what its predict_proba gives."""
@@ -225,18 +233,21 @@ def average(member_probs, model=None) -> np.ndarray:
 
 def score(
     datamodule, split: str, probabilities: np.ndarray, out_dir: Path, post=None, num_overlays: int = 0, title: str = "", model=None,
+    uncalibrated: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
     """(metrics, summary) of one model's or an ensemble's crop probabilities on a split; writes
     predictions.csv, confusion.csv/.png, calibration.json, reliability.png and summary.json under
-    out_dir (`model`: what produced the probabilities, for its temperature and review threshold)."""
+    out_dir (`model`: what produced the probabilities, for its temperature and review threshold;
+    `uncalibrated`: the same crops before any temperature, scored as "before calibration" and written
+    as the UNCALIBRATED columns)."""
     dataset = eval_dataset(datamodule, split)
     classes = list(datamodule.classes)
     labels = np.asarray([c.label for c in dataset.crops])
     report = classification_report(probabilities, labels, classes, split)
     matrix = confusion(probabilities, labels, len(classes))
     out_dir = Path(out_dir)
-    report.update(score_calibration(probabilities, labels, classes, model_calibration(model), out_dir, split))
-    write_predictions(out_dir / "predictions.csv", dataset, probabilities, classes)
+    report.update(score_calibration(probabilities, labels, classes, model_calibration(model), out_dir, split, uncalibrated=uncalibrated))
+    write_predictions(out_dir / "predictions.csv", dataset, probabilities, classes, uncalibrated)
     write_confusion(matrix, classes, out_dir / "confusion", title or f"{split} confusion matrix (crops)")
     summary = {"split": split, "n_crops": len(labels), "n_cases": len(labels), "classes": classes, "metrics": report, "confusion": matrix}
     write_json(out_dir / "summary.json", summary)

@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from wbc.data.bitdepth import AUTO
 from wbc.io import write_json, write_text
 from wbc.postprocess import PostprocessParams, checkpoint_postprocess
+from wbc.review import ReviewOptions
 from wbc.rundir import CONFIG, STAGE_DIRS, is_sweep_dir, run_config, run_dir_of
+from wbc.scale import ScaleOptions
 from wbc.spreadsheet import guard
 from wbc.stages import PIPELINE, Stage, get_stage
 from wbc.targets import check_targets
@@ -158,13 +160,15 @@ def evaluate_members(
     if adapted:
         for g, dm in enumerate(datamodules):
             adapt_members([m for m, k in zip(modules, group_of) if k == g], scoring.eval_dataset(dm, split), device)
-    probs = [scoring.predict(m, datamodules[g], split) for m, g in zip(modules, group_of)]
+    raws, probs = zip(*(predicted(scoring, m, datamodules[g], split) for m, g in zip(modules, group_of)))
     rows: list[dict] = []
     if len(modules) > 1:
-        for n, c, p, m in zip(names, ckpts, probs, modules):
-            member, _ = scoring.score(datamodule, split, p, out_dir / "members" / n, post, 0, f"{n} ({split})", model=m)
+        for n, c, p, r, m in zip(names, ckpts, probs, raws, modules):
+            member, _ = scoring.score(datamodule, split, p, out_dir / "members" / n, post, 0, f"{n} ({split})", model=m, **before(r))
             rows.append({"member": n, "checkpoint": str(c), **member})
-    metrics, summary = scoring.score(datamodule, split, scoring.average(probs, model), out_dir, post, num_overlays, f"{split} ({len(modules)} model(s))", model=model)
+    raw = None if any(r is None for r in raws) else np.mean(np.stack(raws), axis=0)  # an ensemble's: its members' T = 1 mean
+    metrics, summary = scoring.score(datamodule, split, scoring.average(list(probs), model), out_dir, post, num_overlays,
+                                     f"{split} ({len(modules)} model(s))", model=model, **before(raw))
     n_items = summary["n_cases"]
     if rows:
         write_ensemble_table(stage, split, rows, metrics, out_dir)
@@ -187,6 +191,18 @@ def evaluate_members(
 
 
 ADAPT_NAME = {"segmentation": "segmenter", "classification": "classifier"}  # stage -> adapt_bn's model name
+
+
+def predicted(scoring: Any, module: Any, datamodule: Any, split: str) -> tuple[np.ndarray | None, Any]:
+    """(probabilities before the temperature or None, those scored) of one member: a classifier's both from
+    one forward pass (its scoring's predict_pair), so the "before calibration" figures are exact, not T undone."""
+    pair = getattr(scoring, "predict_pair", None)
+    return pair(module, datamodule, split) if pair is not None else (None, scoring.predict(module, datamodule, split))
+
+
+def before(raw: np.ndarray | None) -> dict:
+    """score()'s `uncalibrated` argument where there is one (a segmentation scoring takes none)."""
+    return {} if raw is None else {"uncalibrated": raw}
 
 
 def validation_caveats(split: str, ckpts: Sequence[Path], modules: Sequence, model: Any = None) -> list[str]:
@@ -263,7 +279,8 @@ def write_ensemble_table(stage: Stage, split: str, rows: list[dict], metrics: di
 
 def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None = None, post_overrides: Mapping | None = None,
                   num_overlays: int = 0, tta: bool | None = None, device: str = "cpu", adapt_bn: Sequence[str] = (),
-                  morphology: str | None = None, iou_threshold: float | None = None) -> tuple[dict, dict]:
+                  morphology: str | None = None, iou_threshold: float | None = None, scale: ScaleOptions | None = None,
+                  review: ReviewOptions | None = None) -> tuple[dict, dict]:
     """Any run: a pipeline run dir, or a mapping {"segmentation": run, "classification": run} of two
     separate runs (evaluate.py segmenter=... classifier=...), scores both stages (`<out>/segmentation/`,
     `<out>/classification/`) and, on the test split, the full pipeline; anything else is one stage's
@@ -272,7 +289,8 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
     pipeline as predict.py does). `morphology` (a wbc.morphology model file) is averaged into the
     full pipeline's class probabilities, as predict.py's morphology= does; the stages are scored without it.
     `iou_threshold`: the full pipeline's cell-matching IoU (None: a pipeline run's own
-    pipeline.iou_threshold, else 0.5), so a re-scored run matches cells as its training run did."""
+    pipeline.iou_threshold, else 0.5), so a re-scored run matches cells as its training run did.
+    `scale` / `review`: the full pipeline's, as predict.py's (`inference_options`; None = their defaults)."""
     from wbc.ensemble import detect_stage
 
     if spec in (None, ""):
@@ -298,7 +316,7 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
         from wbc.inference import CellPipeline
 
         seg, clf = objects["segmentation"]["module"], objects["classification"]["module"]
-        pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}))
+        pipe = CellPipeline(seg, clf, device, postprocess_overrides=dict(post_overrides or {}), scale=scale, review=review)
         if morphology:
             from wbc.morphology import MorphologyClassifier
 
@@ -310,6 +328,15 @@ def evaluate_spec(spec: Any, split: str, out_dir: Path, data: DictConfig | None 
         metrics.update(score_pipeline(pipe, objects["classification"]["datamodule"], out_dir, iou, tuple(adapt_bn)))
     write_json(out_dir / "metrics.json", {**metrics, "split": split, "run": {k: str(v) for k, v in spec.items()} if composed else str(spec)})
     return metrics, objects
+
+
+def inference_options(cfg: Mapping) -> tuple[ScaleOptions, ReviewOptions]:
+    """The scale / tile keys (conf/inference/scale.yaml) and `review.*` (conf/review/, wbc.review.ReviewOptions)
+    of an entry point's config: predict.py, serve.py, evaluate.py and a pipeline run's scoring read them here,
+    so the pipeline that scores is set up as the one that predicts."""
+    node = cfg.get("review")
+    review = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return ScaleOptions.from_config(cfg), ReviewOptions.from_config(review)
 
 
 def postprocess_overrides(node: Any) -> dict:
