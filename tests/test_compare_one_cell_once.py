@@ -60,3 +60,17 @@ def test_only_cells_with_different_labels_is_an_error(tmp_path: Path) -> None:
     points = write_points(tmp_path / "labels.csv", [("a.png", 19, 19, "neutrophil"), ("a.png", 22, 22, "lymphocyte")])
     with pytest.raises(AnnotationError, match="different labels"):
         compare([ref, new], points, draws=50)
+
+
+def test_a_run_that_merges_two_differently_labelled_cells_is_scored_on_both(tmp_path: Path) -> None:
+    """Two touching cells labelled neutrophil and lymphocyte: the reference splits them, the candidate merges them
+    into one cell called lymphocyte. They stay two cells (one run tells them apart), so the merging run is wrong
+    on the neutrophil, not spared by leaving both out."""
+    split = [box(17, 20, r=3, cls="neutrophil", cell=1), box(23, 20, r=3, cls="lymphocyte", cell=3), box(60, 60, cls="monocyte", cell=2)]
+    merged = [box(20, 20, cls="lymphocyte", cell=1), box(60, 60, cls="monocyte", cell=2)]
+    ref, new = write_run(tmp_path / "ref", split, [IMAGE]), write_run(tmp_path / "new", merged, [IMAGE])
+    points = write_points(tmp_path / "labels.csv", [("a.png", 17, 20, "neutrophil"), ("a.png", 23, 20, "lymphocyte"),
+                                                    ("a.png", 60, 60, "monocyte")])
+    report = compare([ref, new], points, draws=50)
+    assert report["cells"] == 3 and report["conflicting"] == [] and report["merged"] == []
+    assert [m["accuracy"] for m in report["models"]] == [pytest.approx(1.0), pytest.approx(2 / 3)]

@@ -114,7 +114,18 @@ def test_export_and_fine_tuning_command_of_a_mixed_ensemble(members, tmp_path: P
 
     inputs = fine_tune_inputs(eager)
     assert "data.preprocess.grayscale=true" in inputs and "data.crops.masked=false" in inputs
+    assert fine_tune_inputs(onnx) == inputs  # the export records what each member reads (data_info.member_inputs)
     assert fine_tune_inputs(CellPipeline(seg, ClassifierEnsemble([plain, grey]))).count("data.preprocess.grayscale=false") == 1
+    masked_first = CellPipeline(seg, ClassifierEnsemble([members["masked"], plain]))
+    assert "data.crops.masked=true" in fine_tune_inputs(masked_first)
+    old = CellPipeline(seg, ClassifierEnsemble([grey, plain]))
+    del old.classifier.hparams.data_info["member_inputs"]  # an export written before it was recorded: warned, first group
+    assert "data.preprocess.grayscale=true" in fine_tune_inputs(old)
+
+    from wbc.web.model_info import describe
+
+    card = describe(onnx, str(tmp_path / "export"), "ONNX export")["classifier_inputs"]
+    assert card == "grey (CLAHE) and RGB (CLAHE), crops; 2 models averaged, each on its own input"
 
 
 def test_crops_people_see_are_the_first_members_input(members, tmp_path: Path) -> None:
@@ -167,3 +178,5 @@ def test_the_model_card_says_what_each_member_reads(members) -> None:
     assert card["classifier_inputs"] == "RGB (CLAHE) and grey (CLAHE), plain and nucleus-masked crops; 3 models averaged, each on its own input"
     assert describe(CellPipeline(seg, plain), None, "checkpoints")["classifier_inputs"] == "RGB (CLAHE), crops"
     assert describe(CellPipeline(seg, None), None, "checkpoints")["classifier_inputs"] is None
+    folds = describe(CellPipeline(seg, ClassifierEnsemble([plain, plain])), None, "checkpoints")["classifier_inputs"]
+    assert folds == "RGB (CLAHE), crops; 2 models averaged"  # a fold / seed ensemble: one input for all

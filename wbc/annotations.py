@@ -270,12 +270,13 @@ def matched_cells(run: Run, points: Sequence[Point], file: Path, margin: float) 
 
 
 def one_point_per_cell(points: Sequence[Point], matched: Sequence[Sequence[dict | None]]) -> tuple[list[list[int]], list[dict], list[dict]]:
-    """The lab's cells from its points, each scored once: points that fall on one predicted cell in any run
-    (`matched`: matched_cells' answer per run) are one cell (the lab clicked it twice, or a segmenter could not
-    tell them apart, and the paired comparison needs the same cells in every run). Returns (groups of point
-    indices to score, in file order, the first point first; `merged`: a second point with the same label,
-    counted once; `conflicting`: points of one cell with different labels). A cell with different labels is
-    left out of the scores of every run and listed, never one label picked for it."""
+    """The lab's cells from its points, each scored once (`matched`: matched_cells' answer per run). Two points with
+    the same label that a run puts on one predicted cell are one cell (the lab clicked it twice; a run that splits
+    it is scored on its first point's part). Two points with different labels are two cells unless every run that
+    found both puts them on one cell: a run that merged two differently labelled cells is scored on both, and its
+    one call is wrong for one of them. Returns (groups of point indices to score, in file order, the first point first; `merged`: a second point
+    with the same label, counted once; `conflicting`: points that every run puts on one cell but that carry
+    different labels). Such a cell is left out of the scores of every run and listed, never one label picked."""
     parent = list(range(len(points)))
 
     def root(i: int) -> int:
@@ -284,13 +285,22 @@ def one_point_per_cell(points: Sequence[Point], matched: Sequence[Sequence[dict 
             i = parent[i]
         return i
 
+    def key(c: dict) -> tuple[str, int]:
+        return str(c.get("source") or c.get("image")), int(c["cell"])
+
+    shared: set[tuple[int, int]] = set()  # pairs of points some run puts on one cell
     for cells in matched:
         first: dict[tuple[str, int], int] = {}
         for i, c in enumerate(cells):
             if c is not None:
-                key = (str(c.get("source") or c.get("image")), int(c["cell"]))
-                a, b = root(i), root(first.setdefault(key, i))
-                parent[max(a, b)] = min(a, b)  # the group's root is its first point
+                j = first.setdefault(key(c), i)
+                if j != i:
+                    shared.add((j, i))
+    for i, j in sorted(shared):
+        # different labels: one cell only if no run that found both tells them apart
+        if points[i].label == points[j].label or all(c[i] is None or c[j] is None or key(c[i]) == key(c[j]) for c in matched):
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)  # the group's root is its first point
     groups: dict[int, list[int]] = {}
     for i in range(len(points)):
         groups.setdefault(root(i), []).append(i)

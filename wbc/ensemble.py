@@ -182,6 +182,9 @@ class ClassifierEnsemble(_Ensemble):
         self.views: list[tuple[bool, int]] = list(dict.fromkeys(zip(masked, pre_of)))
         self.member_group = [self.views.index(v) for v in zip(masked, pre_of)]
         self.both_views = len(set(masked)) > 1
+        # what each member reads, in order: travels in export.json, so an export says it too (the model card, and
+        # the fine-tuning command predict.py prints, which starts from the first member)
+        self.hparams.data_info["member_inputs"] = [{"preprocess": self.input_groups[g].to_dict(), "masked": m} for m, g in zip(masked, pre_of)]
         if self.both_views:
             from wbc.cells import BOTH_VIEWS
 

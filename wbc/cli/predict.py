@@ -183,16 +183,22 @@ def fine_tune_message(cfg: DictConfig, dataset: Path, pipe: CellPipeline, record
 
 def fine_tune_inputs(pipe: CellPipeline) -> list[str]:
     """The overrides that give the fine-tuning the pixels and crops its starting network was trained on: the
-    first member's preprocessing and crop view for an ensemble (whose crops stack every member's inputs)."""
-    from wbc.data.transforms import Preprocess
+    first member's preprocessing and crop view for an ensemble, checkpoints or export (whose crops stack every
+    member's inputs: data_info.member_inputs says which is whose)."""
+    from wbc.cells import BOTH_VIEWS
+    from wbc.data.transforms import Preprocess, StackedPreprocess
     from wbc.rundir import as_overrides
 
     pre, crops = pipe.cls_pre, pipe.crop_spec.to_dict()
-    members = list(getattr(pipe.classifier, "members", []))
-    if members:
-        info = dict(members[0].hparams.get("data_info") or {})
-        pre = Preprocess.from_config(info.get("preprocess"))
-        crops["masked"] = bool((info.get("crops") or {}).get("masked", False))
+    info = dict(getattr(getattr(pipe.classifier, "hparams", None), "data_info", None) or {})
+    first = (info.get("member_inputs") or [None])[0]
+    if isinstance(first, dict):
+        pre, crops["masked"] = Preprocess.from_config(first.get("preprocess")), bool(first.get("masked", False))
+    elif isinstance(pre, StackedPreprocess) or crops.get("masked") == BOTH_VIEWS:  # an export made before member_inputs
+        log.warning("the classifier ensemble does not record which input its first member read (data_info.member_inputs): the "
+                    "fine-tuning command assumes the first input group on plain crops; check it against that run's data.preprocess")
+        pre = pre.parts[0] if isinstance(pre, StackedPreprocess) else pre
+        crops["masked"] = False
     return [*as_overrides("data.preprocess", pre.to_dict()), *as_overrides("data.crops", crops)]
 
 

@@ -98,9 +98,10 @@ def paired(truth: Sequence[str], ref: Sequence[str], other: Sequence[str], metri
 def compare(runs: Sequence[str | Path], annotations: str | Path, metric: str = "macro_f1", draws: int = 2000,
             confidence: float = 0.95, seed: int = 0, margin: float = 0.5) -> dict:
     """Score every run on the annotated cells; runs[1:] each against runs[0] (the reference). Each cell is scored
-    once (wbc.annotations.one_point_per_cell): a second point on it with the same label is merged, and a cell
-    whose points carry different labels is left out of every run's scores; both are warned about and listed
-    (`merged`, `conflicting`). A run's call for a merged cell is that of the cell under its first point it found."""
+    once (wbc.annotations.one_point_per_cell): a second point with the same label on a cell is merged; points with
+    different labels are separate cells unless every run puts them on one cell, which is then left out of every run's
+    scores; both are warned about and listed (`merged`, `conflicting`). A run that merged two differently labelled
+    cells is scored on both. A run's call for a merged cell is that of the cell under its first point it found."""
     if metric not in METRICS:
         raise AnnotationError(f"metric={metric!r}; expected one of {', '.join(METRICS)}")
     loaded = [load_run(r) for r in runs]
@@ -142,7 +143,8 @@ def _warn_shared_cells(annotations: str | Path, merged: list[dict], conflicting:
         log.warning("compare: %d point(s) of %s on a cell another point labelled the same, counted once: %s", len(merged), annotations,
                     ", ".join(f"{m['row']} (= {m['same_cell_as']})" for m in merged[:5]) + (" ..." if len(merged) > 5 else ""))
     if conflicting:
-        log.warning("compare: %d cell(s) of %s carry points with different labels, left out of the scores (correct them): %s",
+        log.warning("compare: %d cell(s) of %s carry points with different labels that every run puts on one cell, left out of "
+                    "the scores (a labelling slip, or two cells no run tells apart): %s",
                     len(conflicting), annotations, "; ".join(f"{', '.join(c['rows'])} ({' / '.join(c['labels'])})" for c in conflicting[:5])
                     + (" ..." if len(conflicting) > 5 else ""))
 

@@ -110,10 +110,13 @@ def classifier_input(pipe: Any) -> str | None:
                                   ("CLAHE", p.clahe)) if on]
         return ("grey" if p.grayscale else "RGB") + (f" ({', '.join(steps)})" if steps else "")
 
-    views = "plain and nucleus-masked crops" if getattr(getattr(pipe, "crop_spec", None), "masked", False) == "both" else (
-        "nucleus-masked crops" if getattr(getattr(pipe, "crop_spec", None), "masked", False) else "crops")
-    n = len(getattr(pipe.classifier, "members", None) or [pipe.classifier])
-    return " and ".join(words(p) for p in parts) + f", {views}" + (f"; {n} models averaged, each on its own input" if n > 1 else "")
+    masked = getattr(getattr(pipe, "crop_spec", None), "masked", False)
+    views = "plain and nucleus-masked crops" if masked == "both" else "nucleus-masked crops" if masked else "crops"
+    # data_info.member_inputs: what each member reads (also in an export's export.json, where the members are one graph)
+    info = dict(getattr(getattr(pipe.classifier, "hparams", None), "data_info", None) or {})
+    n = len(info.get("member_inputs") or getattr(pipe.classifier, "members", None) or [pipe.classifier])
+    own = " each on its own input" if len(parts) > 1 or masked == "both" else ""
+    return " and ".join(words(p) for p in parts) + f", {views}" + (f"; {n} models averaged{',' + own if own else ''}" if n > 1 else "")
 
 
 def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | None = None) -> dict:
