@@ -94,14 +94,15 @@ def score_pipeline(pipe: CellPipeline, datamodule, out_dir: Path, iou_threshold:
 def cell_f1(pairs: list[tuple[int | None, int | None]], classes: list[str], prefix: str) -> dict[str, float]:
     """Per-class and macro F1 over cells, detection included: TP = matched and given its true class;
     FP = given class c but unmatched or truly another class; FN = of class c but missed or given
-    another class. The macro mean is over the classes with true cells."""
+    another class. The macro mean is over the classes with a true or a given cell (a class only given
+    counts 0): test/macro_f1's convention (torchmetrics' macro F1), so the two differ by detection alone."""
     out: dict[str, float] = {}
     f1s = []
     for c, name in enumerate(classes):
         tp = sum(t == c and p == c for t, p in pairs)
         fp = sum(p == c and t != c for t, p in pairs)
         fn = sum(t == c and p != c for t, p in pairs)
-        if tp + fn == 0:
+        if tp + fn + fp == 0:
             continue
         out[f"{prefix}/cell_f1/{name}"] = 2 * tp / (2 * tp + fp + fn)
         f1s.append(out[f"{prefix}/cell_f1/{name}"])
