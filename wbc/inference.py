@@ -24,7 +24,7 @@ from wbc.adaptation import MODELS, adapt_batchnorm, batches_of, batchnorm_layers
 from wbc.appearance import AppearanceProfile, image_features, profile_of
 from wbc.cells import CropSpec, cell_crops, crop_batch
 from wbc.data.bitdepth import check_bit_depth, info_bit_depth
-from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, to_tensor
+from wbc.data.transforms import Preprocess, StackedPreprocess, build_pipeline, model_input, to_tensor
 from wbc.morphology import MorphologyClassifier
 from wbc.postprocess import (
     Instance,
@@ -90,18 +90,15 @@ class CellPipeline:
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         seg_info = dict(segmenter.hparams.data_info or {})
         own_pre = Preprocess.from_config(seg_info.get("preprocess"))
-        groups = seg_info.get("input_groups")  # an ensemble of segmenters trained on different inputs: each gets its own
-        self.seg_pre = StackedPreprocess(tuple(Preprocess.from_config(g) for g in groups)) if groups else own_pre
+        self.seg_pre = model_input(seg_info)  # an ensemble of segmenters trained on different inputs: all of them stacked
         self.seg_resize = build_pipeline(None, seg_info.get("image_size", 128))
         cls_info = dict(classifier.hparams.data_info or {}) if classifier is not None else {}
         for model, info, keys in (("segmenter", seg_info, ("image_size", "preprocess")), ("classifier", cls_info, ("crops", "preprocess"))):
             absent = [k for k in keys if k not in info] if model == "segmenter" or classifier is not None else []
             if absent:  # train.py always writes them: a stripped or hand-made file; the defaults may not be its inputs
                 log.warning("the %s's data_info has no %s: the defaults are used (a checkpoint not written by train.py?)", model, absent)
-        cls_groups = cls_info.get("input_groups")  # classifiers trained on different inputs: the crops stack them all
-        self.cls_pre: Preprocess | StackedPreprocess = (
-            (StackedPreprocess(tuple(Preprocess.from_config(g) for g in cls_groups)) if cls_groups
-             else Preprocess.from_config(cls_info.get("preprocess"))) if classifier is not None else own_pre)
+        # classifiers trained on different inputs: the crops are cut from all of them stacked
+        self.cls_pre: Preprocess | StackedPreprocess = model_input(cls_info) if classifier is not None else own_pre
         crops = dict(cls_info.get("crops") or seg_info.get("crops") or {})
         legacy = crops.pop("instance_params", None)  # checkpoints before data_info.postprocess
         self.crop_spec = crop_spec or CropSpec.from_config(crops)

@@ -127,6 +127,13 @@ class StackedPreprocess:
         return np.concatenate([p(rgb) for p in self.parts], axis=-1)
 
 
+def model_input(info: Mapping) -> Preprocess | StackedPreprocess:
+    """What a model takes from an RGB image, from its data_info: its preprocessing, or for an ensemble of members
+    trained on different inputs (data_info.input_groups) every one of them stacked."""
+    groups = info.get("input_groups")
+    return StackedPreprocess(tuple(Preprocess.from_config(g) for g in groups)) if groups else Preprocess.from_config(info.get("preprocess"))
+
+
 def white_balance(rgb: np.ndarray, share: float = Preprocess.white_balance_share, level: float = Preprocess.white_balance_level) -> np.ndarray:
     """Von Kries / white-patch balance on the background: each channel is scaled so that the mean of
     the brightest `share` of pixels (by luminance: slide background in a smear or a cell crop) becomes

@@ -115,8 +115,8 @@ def classifier_input(pipe: Any) -> str | None:
     # data_info.member_inputs: what each member reads (also in an export's export.json, where the members are one graph)
     info = dict(getattr(getattr(pipe.classifier, "hparams", None), "data_info", None) or {})
     n = len(info.get("member_inputs") or getattr(pipe.classifier, "members", None) or [pipe.classifier])
-    own = " each on its own input" if len(parts) > 1 or masked == "both" else ""
-    return " and ".join(words(p) for p in parts) + f", {views}" + (f"; {n} models averaged{',' + own if own else ''}" if n > 1 else "")
+    own = ", each on its own input" if len(parts) > 1 or masked == "both" else ""
+    return " and ".join(words(p) for p in parts) + f", {views}" + (f"; {n} models averaged{own}" if n > 1 else "")
 
 
 def describe(pipe: Any, source: str | None, kind: str, adapted_folder: str | None = None) -> dict:
